@@ -1,0 +1,3 @@
+from lalm.cli import main
+
+raise SystemExit(main())

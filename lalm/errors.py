@@ -1,0 +1,26 @@
+"""Typed errors. Every failure caused by bad input raises a subclass of `LalmError`
+whose message names the input (file, request field, checkpoint) and the problem."""
+
+
+class LalmError(Exception):
+    """Base class of lalm's own errors."""
+
+
+class AudioError(LalmError, ValueError):
+    """Audio that cannot be decoded or used: empty, corrupt, non-finite, absurd rate, too long."""
+
+
+class TokenizerError(LalmError, ValueError):
+    """A tokenizer file that is missing or malformed, or text the tokenizer cannot take."""
+
+
+class PromptError(LalmError, ValueError):
+    """A prompt spec or chat message list that cannot be built, or output that cannot be parsed."""
+
+
+class CheckpointError(LalmError, ValueError):
+    """A checkpoint directory or file that is missing, half-written or does not fit the model."""
+
+
+class AssetError(LalmError, RuntimeError):
+    """A packaged asset (from a PyPI distribution) that cannot be fetched or fails its checksum."""

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set up lalm in ./.venv on a fresh machine: `bash setup.sh` (runtime) or `bash setup.sh --test`
+# (runtime + test and reference dependencies). Re-running is cheap: nothing is reinstalled
+# unless pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")"
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+py=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$py" -m venv .venv
+stamp=".setup-stamp$( [ -n "$extras" ] && echo -test )"
+want="$(sha256sum pyproject.toml | cut -c1-16)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  # The CPU build of torch 2.13.0 lies on this machine's disk; a bare `torch` pulls CUDA (GBs).
+  .venv/bin/python -m pip install -q "torch==2.13.0"
+  .venv/bin/python -m pip install -q -e ".$extras"
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,50 @@
+"""Shared test fixtures: the team's fixtures folder (../shared/fixtures), seeds, real assets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = Path(os.environ.get("LALM_SHARED_FIXTURES", REPO.parent / "shared" / "fixtures"))
+
+
+def shared_fixture(name: str) -> Path:
+    """Path of a folder under ../shared/fixtures, or skip the test with the reason."""
+    path = SHARED_FIXTURES / name
+    if not path.exists():
+        pytest.skip(f"shared fixture {name!r} not found at {path} (CI always has ../shared)")
+    return path
+
+
+@pytest.fixture
+def v1_fixture() -> Path:
+    """The tiny Qwen-Audio v1 checkpoint with goldens from the official reference code."""
+    return shared_fixture("qwen_audio_v1_tiny_A")
+
+
+@pytest.fixture
+def qwen2_tokenizer_dir() -> Path:
+    """Qwen2-Audio-7B-Instruct tokenizer and processor files rebuilt from the real BPE."""
+    return shared_fixture("qwen2_audio_tokenizer")
+
+
+@pytest.fixture(scope="session")
+def qwen_tiktoken() -> Path:
+    """The real Qwen BPE ranks: the shared fixture's copy, else fetched from the dashscope wheel."""
+    local = SHARED_FIXTURES / "qwen_audio_v1_tiny_A" / "qwen.tiktoken"
+    if local.exists():
+        return local
+    from lalm.assets import asset_path
+
+    return asset_path("qwen.tiktoken")
+
+
+@pytest.fixture
+def seed():
+    import torch
+
+    torch.manual_seed(0)
+    return 0
