@@ -1,0 +1,764 @@
+"""Prompt formats of both families, and the parser of what the model writes back.
+
+This is the only module that writes tag strings. It holds:
+
+* the tag tables: ChatML, Qwen2-Audio's ``<|AUDIO|>`` tokens, and Qwen-Audio (v1)'s 3,314 audio
+  specials in id order (`QWEN_AUDIO_SPECIAL_TOKENS`, read by `lalm.tokenizer`);
+* v1 hierarchical task prompts: `TaskSpec` -> ``<audio>path</audio><|startoftranscript|>...``,
+  exactly as the official evaluation scripts write them (`TaskSpec.asr`, `.s2tt`, `.srwt`, ...);
+* chat prompts (`Message` with `TextPart` / `AudioPart` content) for the v1 Chat ChatML and the
+  Qwen2-Audio-Instruct template, and Qwen2-Audio base-model prompts;
+* `Prompt.encode`: token ids with each audio expanded to its N frame tokens (`PromptIds`);
+* `parse_output`: generated text -> plain text, language, SRWT words with times, timestamps,
+  note-analysis fields; `format_timed_words` / `format_note_analysis` write such targets.
+
+The prompt layer never loads audio: an `AudioPart` only refers to its source.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Literal, Union
+
+from lalm.errors import PromptError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from lalm.tokenizer import Tokenizer
+
+Seconds = float
+
+
+class Family(str, Enum):
+    """A checkpoint family: its special tokens, audio placeholders and prompt formats."""
+
+    QWEN_AUDIO = "qwen-audio"
+    QWEN2_AUDIO = "qwen2-audio"
+
+
+def tag(name: str) -> str:
+    """The special-token string ``<|name|>``."""
+    return f"<|{name}|>"
+
+
+# ---------------------------------------------------------------------------- tag tables
+
+ENDOFTEXT = tag("endoftext")
+IM_START = tag("im_start")
+IM_END = tag("im_end")
+EXTRA_TOKENS = tuple(tag(f"extra_{i}") for i in range(205))
+
+AUDIO_PAD = "[[[AUDIO:modality]]]"  # v1 per-frame placeholder, id 151851
+AUDIO_START = "<audio>"  # v1, id 155163
+AUDIO_END = "</audio>"  # v1, id 155164
+QWEN2_AUDIO_TOKEN = tag("AUDIO")  # 151646
+QWEN2_AUDIO_BOS = tag("audio_bos")  # 151647
+QWEN2_AUDIO_EOS = tag("audio_eos")  # 151648
+
+LANGUAGES = ("en", "zh", "de", "es", "ko", "fr", "ja", "it")
+UNKNOWN_LANGUAGE = "unknown"
+LANGUAGE_TAGS = (UNKNOWN_LANGUAGE, *LANGUAGES, "zh_tr")  # zh_tr: traditional Chinese
+_SPACELESS_LANGUAGES = frozenset({"zh", "zh_tr", "ja"})
+
+MAX_TIMESTAMP: Seconds = 30.0  # timestamps <|0.00|> .. <|30.00|> in steps of 0.01 s
+
+
+def timestamp_tag(t: Seconds) -> str:
+    """``<|t|>`` for t in [0, 30] s, rounded to the 0.01 s grid.
+
+    Raises:
+        PromptError: t is outside [0, 30] or not finite.
+    """
+    if not (0.0 <= t <= MAX_TIMESTAMP):
+        raise PromptError(f"timestamp {t!r} s is outside [0, {MAX_TIMESTAMP:.0f}] s")
+    centi = round(t * 100)
+    return tag(f"{centi // 100}.{centi % 100:02d}")
+
+
+class Header(str, Enum):
+    """First v1 tag: transcription-like or analysis-like output."""
+
+    TRANSCRIPT = "startoftranscript"
+    ANALYSIS = "startofanalysis"
+
+
+class Task(str, Enum):
+    """v1 task tag (QUESTION writes ``<|question|>...<|answer|>`` instead of a task tag)."""
+
+    TRANSLATE = "translate"
+    TRANSCRIBE = "transcribe"
+    CAPTION = "caption"
+    KEYWORD = "keyword"
+    QUESTION = "question"
+
+
+class Instruction(str, Enum):
+    """v1 output-instruction tags (the last tag of a task prompt)."""
+
+    CAPTION_AUDIOCAPS = "caption_audiocaps"
+    CAPTION_CLOTHO = "caption_clotho"
+    AUDIOSET_ONTOLOGY = "audioset_ontology"
+    CAPTION_PLAIN = "caption_plain"
+    ITN = "itn"  # inverse text normalisation on
+    WO_ITN = "wo_itn"
+    NAMED_ENTITY_RECOGNITION = "named_entity_recognition"
+    AUDIO_GROUNDING = "audio_grounding"
+    EMOTION_RECOGNITION = "emotion_recognition"
+    MUSIC_DESCRIPTION = "music_description"
+    NOTE_ANALYSIS = "note_analysis"
+    SPEAKER_META = "speaker_meta"
+    SONG_META = "song_meta"
+    SCENE = "scene"
+    EVENT = "event"
+    VOCAL_CLASSIFICATION = "vocal_classification"
+    SPEECH_UNDERSTANDING = "speech_understanding"
+    SPEECH_EDIT = "speech_edit"
+
+
+_V1_AUDIO_TAG_NAMES = (
+    *(h.value for h in Header),
+    *(t.value for t in Task if t is not Task.QUESTION),
+    *LANGUAGE_TAGS,
+    "notimestamps", "sil", "timestamps",
+    *(f"{i // 100}.{i % 100:02d}" for i in range(3001)),
+    "caption_audiocaps", "caption_clotho", "audioset_ontology", "caption_plain", "itn", "wo_itn",
+    "startofentityvalue", "endofentityvalue", "startofentitytype", "endofentitytype",
+    "named_entity_recognition", "audio_grounding", "startofword", "endofword", "delim",
+    "emotion_recognition", "music_description", "note_analysis",
+    "pitch", *(f"midi_pitch_{i}" for i in range(128)),
+    "velocity", *(f"midi_velocity_{i}" for i in range(128)),
+    "sonic", "instrument", "speaker_meta", "song_meta", "question", "answer", "choice", "scene",
+    "event", "vocal_classification", "speech_understanding", "scenario", "action", "entities",
+    "speech_edit",
+)
+# v1 audio specials (AUDIO_ST), ids 151851..155164 in this order.
+QWEN_AUDIO_AUDIO_TOKENS = (AUDIO_PAD, *map(tag, _V1_AUDIO_TAG_NAMES), AUDIO_START, AUDIO_END)
+# The whole v1 special table, ids from 151643 (right after the 151,643 BPE ranks) on.
+QWEN_AUDIO_SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, *EXTRA_TOKENS, *QWEN_AUDIO_AUDIO_TOKENS)
+# Qwen2-Audio's added tokens, ids 151643..151648.
+QWEN2_AUDIO_SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, QWEN2_AUDIO_TOKEN, QWEN2_AUDIO_BOS,
+                              QWEN2_AUDIO_EOS)
+
+_SLOT_TOKENS = {Family.QWEN_AUDIO: (AUDIO_START, AUDIO_PAD, AUDIO_END),
+                Family.QWEN2_AUDIO: (QWEN2_AUDIO_TOKEN,)}
+# Specials a v1 chat message may contain: the audio tags, as make_context allows, minus the
+# slot tokens (audio enters a message only as an AudioPart).
+_V1_CONTENT_SPECIALS = (frozenset(QWEN_AUDIO_AUDIO_TOKENS)
+                        - frozenset(_SLOT_TOKENS[Family.QWEN_AUDIO]))
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+# ---------------------------------------------------------------------------- v1 task prompts
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A v1 hierarchical-tag task prompt.
+
+    Rendered as ``<|header|><|audio_language|>`` then either ``<|question|>{question}<|answer|>``
+    (Task.QUESTION) or ``<|task|><|text_language|><|(no)timestamps|>[<|first_timestamp|>]
+    [<|instruction|>]``.
+
+    Attributes:
+        task: the task tag.
+        audio_language: language spoken in the audio, a `LANGUAGE_TAGS` name ("unknown" for sounds).
+        text_language: language of the output (required except for Task.QUESTION).
+        timestamps: ask for word timestamps (``<|timestamps|>``) instead of ``<|notimestamps|>``.
+        instruction: the output-instruction tag, if any.
+        first_timestamp: a timestamp that primes the output (the SRWT evaluation primes 0.00).
+        question: the question of Task.QUESTION (AQA).
+        header: first tag; None = TRANSCRIPT for transcribe/translate, ANALYSIS otherwise.
+    """
+
+    task: Task
+    audio_language: str = UNKNOWN_LANGUAGE
+    text_language: str | None = None
+    timestamps: bool = False
+    instruction: Instruction | None = None
+    first_timestamp: Seconds | None = None
+    question: str | None = None
+    header: Header | None = None
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> PromptError:
+            return PromptError(f"TaskSpec: {msg}")
+
+        if not isinstance(self.task, Task):
+            raise bad(f"task must be a Task, got {self.task!r}")
+        for name in ("audio_language", "text_language"):
+            lang = getattr(self, name)
+            if lang is not None and lang not in LANGUAGE_TAGS:
+                raise bad(f"unknown {name} {lang!r}; known: {', '.join(LANGUAGE_TAGS)}")
+        if self.instruction is not None and not isinstance(self.instruction, Instruction):
+            raise bad(f"instruction must be an Instruction, got {self.instruction!r}")
+        if self.header is not None and not isinstance(self.header, Header):
+            raise bad(f"header must be a Header, got {self.header!r}")
+        if self.task is Task.QUESTION:
+            if not isinstance(self.question, str) or not self.question.strip():
+                raise bad("task QUESTION needs a non-empty question")
+            if (self.text_language, self.timestamps, self.instruction,
+                    self.first_timestamp) != (None, False, None, None):
+                raise bad("task QUESTION takes no text_language, timestamps, instruction or "
+                          "first_timestamp")
+            _check_text(self.question, _SLOT_TOKENS[Family.QWEN_AUDIO], "TaskSpec.question")
+            return
+        if self.question is not None:
+            raise bad(f"question is only for task QUESTION, not {self.task.value}")
+        if self.text_language is None:
+            raise bad(f"task {self.task.value} needs a text_language")
+        if self.first_timestamp is not None:
+            if not self.timestamps:
+                raise bad("first_timestamp needs timestamps=True")
+            timestamp_tag(self.first_timestamp)
+
+    @property
+    def header_tag(self) -> Header:
+        """The header in effect."""
+        if self.header is not None:
+            return self.header
+        transcript = self.task in (Task.TRANSCRIBE, Task.TRANSLATE)
+        return Header.TRANSCRIPT if transcript else Header.ANALYSIS
+
+    def render(self) -> str:
+        """The tag string that follows ``<audio>path</audio>``."""
+        head = tag(self.header_tag.value) + tag(self.audio_language)
+        if self.task is Task.QUESTION:
+            return f"{head}{tag('question')}{self.question}{tag('answer')}"
+        assert self.text_language is not None  # checked in __post_init__
+        out = head + tag(self.task.value) + tag(self.text_language)
+        out += tag("timestamps" if self.timestamps else "notimestamps")
+        if self.first_timestamp is not None:
+            out += timestamp_tag(self.first_timestamp)
+        if self.instruction is not None:
+            out += tag(self.instruction.value)
+        return out
+
+    # The official evaluation scripts' prompts (QwenLM/Qwen-Audio eval_audio/evaluate_*.py).
+    @classmethod
+    def asr(cls, language: str = "en") -> TaskSpec:
+        """Speech recognition (evaluate_asr.py): no ITN, no timestamps."""
+        return cls(Task.TRANSCRIBE, language, language, instruction=Instruction.WO_ITN)
+
+    @classmethod
+    def s2tt(cls, source: str, target: str) -> TaskSpec:
+        """Speech translation ``source`` -> ``target`` (evaluate_st.py), with ITN."""
+        return cls(Task.TRANSLATE, source, target, instruction=Instruction.ITN)
+
+    @classmethod
+    def srwt(cls, language: str = "en") -> TaskSpec:
+        """Speech recognition with word timestamps (evaluate_srwt.py), primed with 0.00."""
+        return cls(Task.TRANSCRIBE, language, language, timestamps=True, first_timestamp=0.0)
+
+    @classmethod
+    def aac(cls, style: Instruction = Instruction.CAPTION_CLOTHO) -> TaskSpec:
+        """Audio captioning (evaluate_caption.py); style CAPTION_CLOTHO/_AUDIOCAPS/_PLAIN."""
+        return cls(Task.CAPTION, UNKNOWN_LANGUAGE, "en", instruction=style)
+
+    @classmethod
+    def scene(cls) -> TaskSpec:
+        """Acoustic scene classification (evaluate_scene.py: CochlScene, TUT)."""
+        return cls(Task.KEYWORD, UNKNOWN_LANGUAGE, "en", instruction=Instruction.SCENE)
+
+    @classmethod
+    def emotion(cls) -> TaskSpec:
+        """Speech emotion recognition (evaluate_emotion.py: MELD)."""
+        return cls(Task.KEYWORD, "en", "en", instruction=Instruction.EMOTION_RECOGNITION)
+
+    @classmethod
+    def vocal_sound(cls) -> TaskSpec:
+        """Vocal sound classification (evaluate_vocal_sound.py: VocalSound)."""
+        return cls(Task.KEYWORD, "en", "en", instruction=Instruction.VOCAL_CLASSIFICATION)
+
+    @classmethod
+    def aqa(cls, question: str) -> TaskSpec:
+        """Audio question answering (evaluate_aqa.py: ClothoAQA)."""
+        return cls(Task.QUESTION, "en", question=question)
+
+    @classmethod
+    def note_analysis(cls) -> TaskSpec:
+        """Music note analysis (evaluate_note_analysis.py: NSynth pitch, velocity, instrument)."""
+        return cls(Task.KEYWORD, UNKNOWN_LANGUAGE, "en", instruction=Instruction.NOTE_ANALYSIS)
+
+
+# ---------------------------------------------------------------------------- messages
+
+AudioSource = Union[str, "os.PathLike[str]", bytes, "np.ndarray"]
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class TextPart:
+    """Text in a message."""
+
+    text: str
+
+
+@dataclass(frozen=True, eq=False)
+class AudioPart:
+    """An audio clip in a message or prompt, by reference (never loaded here).
+
+    Attributes:
+        source: a path, encoded file bytes, or a float waveform array [N].
+        name: text written between ``<audio>`` and ``</audio>`` in v1 prompts (it never reaches
+            the ids); default: the path, or ``"audio"`` for bytes/arrays.
+    """
+
+    source: AudioSource
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The v1 ``<audio>label</audio>`` text."""
+        if self.name is not None:
+            return self.name
+        if isinstance(self.source, (str, os.PathLike)):
+            return os.fspath(self.source)
+        return "audio"
+
+
+Part = Union[TextPart, AudioPart]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat turn; ``content`` may be given as a plain string (one TextPart)."""
+
+    role: Role
+    content: tuple[Part, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.role not in ("system", "user", "assistant"):
+            raise PromptError(f"Message.role must be system, user or assistant, not {self.role!r}")
+        content = self.content
+        parts = (TextPart(content),) if isinstance(content, str) else tuple(content)
+        for p in parts:
+            if not isinstance(p, (TextPart, AudioPart)):
+                raise PromptError(f"Message content must be TextPart/AudioPart, got {p!r}")
+        object.__setattr__(self, "content", parts)
+
+
+# ---------------------------------------------------------------------------- prompts and ids
+
+
+@dataclass(frozen=True)
+class _Text:
+    """Text encoded in one tokenizer call, with the specials it may contain."""
+
+    text: str
+    allowed: Literal["all"] | frozenset[str] = "all"
+
+
+@dataclass(frozen=True)
+class PromptIds:
+    """A prompt's token ids with audio expanded.
+
+    Attributes:
+        ids: token ids [S].
+        audio_spans: per audio k (prompt order), the [start, end) positions of ``ids`` that take
+            its rows: v1 ``<audio>``, N x ``[[[AUDIO:modality]]]``, ``</audio>`` (N + 2 rows:
+            BOS, frames, EOS); Qwen2-Audio the N ``<|AUDIO|>`` positions.
+    """
+
+    ids: list[int]
+    audio_spans: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt before tokenization: text pieces and audio slots in order, for one family."""
+
+    family: Family
+    pieces: tuple[_Text | AudioPart, ...]
+
+    @property
+    def audios(self) -> tuple[AudioPart, ...]:
+        """The audio parts, in the order their rows are spliced in."""
+        return tuple(p for p in self.pieces if isinstance(p, AudioPart))
+
+    @property
+    def text(self) -> str:
+        """The prompt as one string (v1 audio as ``<audio>label</audio>``; v2 as ``<|AUDIO|>``)."""
+        return "".join(p.text if isinstance(p, _Text) else self._audio_text(p) for p in self.pieces)
+
+    def _audio_text(self, audio: AudioPart) -> str:
+        if self.family is Family.QWEN_AUDIO:
+            return f"{AUDIO_START}{audio.label}{AUDIO_END}"
+        return QWEN2_AUDIO_TOKEN
+
+    @classmethod
+    def from_text(cls, text: str, family: Family,
+                  audios: Sequence[AudioPart] | None = None) -> Prompt:
+        """A prompt from raw text, as the references tokenize it (every special allowed).
+
+        v1: each ``<audio>path</audio>`` is an audio (path = its source unless ``audios`` is
+        given). Qwen2-Audio: each ``<|AUDIO|>`` is an audio, taken in order from ``audios``.
+
+        Raises:
+            PromptError: audio count differs from ``audios``, or a stray slot token.
+        """
+        family = Family(family)
+        splitter = (r"<audio>(.*?)</audio>" if family is Family.QWEN_AUDIO
+                    else f"{re.escape(QWEN2_AUDIO_TOKEN)}()")
+        chunks = re.split(splitter, text)
+        texts, labels = chunks[0::2], chunks[1::2]
+        if audios is None:
+            if family is Family.QWEN2_AUDIO and labels:
+                raise PromptError(f"prompt text has {len(labels)} {QWEN2_AUDIO_TOKEN}; pass audios")
+            audios = [AudioPart(label) for label in labels]
+        elif len(audios) != len(labels):
+            raise PromptError(f"prompt text has {len(labels)} audio slots but {len(audios)} "
+                              f"audios were given")
+        pieces: list[_Text | AudioPart] = []
+        for i, chunk in enumerate(texts):
+            _check_text(chunk, _SLOT_TOKENS[family], "prompt text")
+            if chunk:
+                pieces.append(_Text(chunk))
+            if i < len(audios):
+                pieces.append(audios[i])
+        return cls(family, tuple(pieces))
+
+    def encode(self, tokenizer: Tokenizer, audio_token_counts: Sequence[int]) -> PromptIds:
+        """Token ids with each audio expanded to its frame tokens.
+
+        Args:
+            tokenizer: a tokenizer of this prompt's family.
+            audio_token_counts: N_k for each audio in order (`lalm.audio.audio_token_count`).
+
+        Raises:
+            PromptError: wrong family or number of counts, or a negative count.
+        """
+        if tokenizer.family is not self.family:
+            raise PromptError(f"a {self.family.value} prompt cannot be encoded with a "
+                              f"{tokenizer.family.value} tokenizer ({tokenizer.source})")
+        counts = list(audio_token_counts)
+        if len(counts) != len(self.audios):
+            raise PromptError(f"prompt has {len(self.audios)} audios but {len(counts)} audio "
+                              f"token counts were given")
+        if any(not isinstance(n, int) or n < 0 for n in counts):
+            raise PromptError(f"audio token counts must be ints >= 0, got {counts}")
+        v1 = self.family is Family.QWEN_AUDIO
+        ids: list[int] = []
+        spans: list[tuple[int, int]] = []
+        for piece in self.pieces:
+            if isinstance(piece, _Text):
+                ids += tokenizer.encode(piece.text, piece.allowed)
+                continue
+            n = counts[len(spans)]
+            start = len(ids)
+            if v1:
+                ids += [tokenizer.audio_start_id, *[tokenizer.audio_pad_id] * n,
+                        tokenizer.audio_end_id]
+            else:
+                ids += [tokenizer.audio_pad_id] * n
+            spans.append((start, len(ids)))
+        return PromptIds(ids, tuple(spans))
+
+
+def _check_text(text: str, forbidden: Sequence[str], what: str) -> None:
+    for token in forbidden:
+        if token in text:
+            raise PromptError(f"{what} contains the special token {token!r}; pass audio as an "
+                              f"AudioPart and keep special tokens out of text")
+
+
+def build_prompt(spec: TaskSpec, audio: AudioPart) -> Prompt:
+    """A v1 task prompt: ``<audio>label</audio>`` followed by the spec's tags.
+
+    Example: ``TaskSpec.asr("en")`` on ``a.wav`` gives ``<audio>a.wav</audio>`` followed by
+    ``<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>``.
+    """
+    if not isinstance(audio, AudioPart):
+        raise PromptError(f"build_prompt takes an AudioPart, got {type(audio).__name__}")
+    return Prompt(Family.QWEN_AUDIO, (audio, _Text(spec.render())))
+
+
+def build_base_prompt(audios: Sequence[AudioPart], instruction: str) -> Prompt:
+    """A Qwen2-Audio base-model prompt (no ChatML).
+
+    ``<|audio_bos|><|AUDIO|><|audio_eos|>`` per audio, then the instruction, e.g.
+    ``"Generate the caption in English:"``.
+
+    Raises:
+        PromptError: no audio, or the instruction holds ``<|AUDIO|>``.
+    """
+    if not audios:
+        raise PromptError("a Qwen2-Audio base prompt needs at least one audio")
+    _check_text(instruction, _SLOT_TOKENS[Family.QWEN2_AUDIO], "instruction")
+    pieces: list[_Text | AudioPart] = []
+    for audio in audios:
+        pieces += [_Text(QWEN2_AUDIO_BOS), audio, _Text(QWEN2_AUDIO_EOS)]
+    pieces.append(_Text(instruction))
+    return Prompt(Family.QWEN2_AUDIO, _merge_texts(pieces))
+
+
+def _merge_texts(pieces: Sequence[_Text | AudioPart]) -> tuple[_Text | AudioPart, ...]:
+    """Join neighbouring texts (with equal allowed sets): they are one tokenizer call."""
+    out: list[_Text | AudioPart] = []
+    for p in pieces:
+        if isinstance(p, _Text) and out and isinstance(out[-1], _Text) \
+                and out[-1].allowed == p.allowed:
+            out[-1] = _Text(out[-1].text + p.text, p.allowed)
+        elif not (isinstance(p, _Text) and not p.text):
+            out.append(p)
+    return tuple(out)
+
+
+def build_chat_prompt(messages: Sequence[Message], family: Family, *,
+                      add_generation_prompt: bool = True) -> Prompt:
+    """A ChatML conversation with audio, as each family's chat model was trained on it.
+
+    Both families insert the system prompt "You are a helpful assistant." when the first
+    message is not a system message.
+
+    * v1 (Qwen-Audio-Chat, ``make_context``): each audio of a message becomes
+      ``Audio k:<audio>label</audio>\\n`` (k counts within the message); every turn is
+      ``\\n<|im_start|>role\\ncontent<|im_end|>`` (no leading newline for the first), encoded
+      piece by piece as make_context does; message text may hold v1 task tags.
+    * Qwen2-Audio-Instruct (its chat template): ``Audio k: <|audio_bos|><|AUDIO|><|audio_eos|>\\n``
+      (k counts over the conversation); every turn is ``<|im_start|>role\\ncontent<|im_end|>\\n``.
+      Message text may not hold special tokens. Audio-only turns are voice chat, audio + text
+      turns are audio analysis: the same template.
+
+    Args:
+        messages: an optional leading system message, then user/assistant turns.
+        family: which chat format.
+        add_generation_prompt: end with the opening of an assistant turn (the last message must
+            then be a user turn); False renders a finished conversation (e.g. for training).
+
+    Raises:
+        PromptError: a misplaced system message, no turns, or a conversation that ends wrongly.
+    """
+    family = Family(family)
+    messages = list(messages)
+    if not messages or not all(isinstance(m, Message) for m in messages):
+        raise PromptError("build_chat_prompt needs a non-empty list of Message")
+    if any(m.role == "system" for m in messages[1:]):
+        raise PromptError("a system message may only come first")
+    if messages[0].role != "system":
+        messages.insert(0, Message("system", DEFAULT_SYSTEM_PROMPT))
+    if len(messages) < 2:
+        raise PromptError("a chat needs at least one user or assistant message")
+    if add_generation_prompt and messages[-1].role != "user":
+        raise PromptError("add_generation_prompt needs the last message to be a user turn")
+    pieces: list[_Text | AudioPart] = []
+    if family is Family.QWEN_AUDIO:
+        for i, m in enumerate(messages):
+            pieces += [_Text("\n")] if i else []
+            pieces += [_Text(IM_START), _Text(m.role), _Text("\n"), *_v1_content(m), _Text(IM_END)]
+        if add_generation_prompt:
+            pieces += [_Text("\n"), _Text(IM_START), _Text("assistant"), _Text("\n")]
+        return Prompt(family, tuple(p for p in pieces if not isinstance(p, _Text) or p.text))
+    count = 0
+    for m in messages:
+        pieces.append(_Text(f"{IM_START}{m.role}\n"))
+        for part in m.content:
+            if isinstance(part, AudioPart):
+                count += 1
+                pieces += [_Text(f"Audio {count}: {QWEN2_AUDIO_BOS}"), part,
+                           _Text(f"{QWEN2_AUDIO_EOS}\n")]
+            else:
+                _check_text(part.text, QWEN2_AUDIO_SPECIAL_TOKENS, f"{m.role} message text")
+                pieces.append(_Text(part.text))
+        pieces.append(_Text(f"{IM_END}\n"))
+    if add_generation_prompt:
+        pieces.append(_Text(f"{IM_START}assistant\n"))
+    return Prompt(family, _merge_texts(pieces))
+
+
+def _v1_content(message: Message) -> list[_Text | AudioPart]:
+    """v1 message content as from_list_format writes it; text between audios is one call."""
+    pieces: list[_Text | AudioPart] = []
+    count = 0
+    for part in message.content:
+        if isinstance(part, AudioPart):
+            count += 1
+            pieces += [_Text(f"Audio {count}:", _V1_CONTENT_SPECIALS), part,
+                       _Text("\n", _V1_CONTENT_SPECIALS)]
+        else:
+            _check_text(part.text, _SLOT_TOKENS[Family.QWEN_AUDIO], f"{message.role} message text")
+            pieces.append(_Text(part.text, _V1_CONTENT_SPECIALS))
+    return list(_merge_texts(pieces))
+
+
+# ---------------------------------------------------------------------------- output parsing
+
+_TAG_RE = re.compile(r"<\|([^<>|]*)\|>")
+_TIMESTAMP_RE = re.compile(r"\d{1,2}\.\d\d")
+_END_TAGS = (ENDOFTEXT, IM_END, IM_START)
+
+
+@dataclass(frozen=True)
+class TimedWord:
+    """A word (or character run) with its start and end in seconds."""
+
+    word: str
+    start: Seconds
+    end: Seconds
+
+
+@dataclass(frozen=True)
+class NoteAnalysis:
+    """Note-analysis fields (NSynth): MIDI pitch and velocity, instrument, sonic qualities."""
+
+    pitch: int | None = None
+    velocity: int | None = None
+    instrument: str | None = None
+    sonic: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ParsedOutput:
+    """What a generated text says, tags resolved.
+
+    Attributes:
+        text: the text without tags (in non-timestamp mode a timestamp tag becomes its number,
+            so "starts at <|2.33|> seconds" reads "starts at 2.33 seconds").
+        language: the first language tag, if any.
+        words: timed words (SRWT output).
+        silences: (start, end) of each ``<|sil|>`` span between two timestamps.
+        timestamps: every timestamp, in order (e.g. the ends of a grounding answer).
+        tags: every other tag name, in order.
+        note: note-analysis fields when the output has any.
+    """
+
+    text: str
+    language: str | None = None
+    words: tuple[TimedWord, ...] = ()
+    silences: tuple[tuple[Seconds, Seconds], ...] = ()
+    timestamps: tuple[Seconds, ...] = ()
+    tags: tuple[str, ...] = ()
+    note: NoteAnalysis | None = None
+
+
+def _segments(text: str) -> list[tuple[bool, str]]:
+    """(is_tag, tag name or text) runs of ``text``."""
+    out: list[tuple[bool, str]] = []
+    pos = 0
+    for m in _TAG_RE.finditer(text):
+        if m.start() > pos:
+            out.append((False, text[pos:m.start()]))
+        out.append((True, m.group(1)))
+        pos = m.end()
+    if pos < len(text):
+        out.append((False, text[pos:]))
+    return out
+
+
+def parse_output(text: str, spec: TaskSpec | None = None) -> ParsedOutput:
+    """Parse generated text (decoded with special tokens kept).
+
+    Everything from the first ``<|endoftext|>`` / ``<|im_end|>`` / ``<|im_start|>`` on is ignored.
+
+    Args:
+        text: the generated text, without the prompt.
+        spec: the task prompt it answers. With ``spec.timestamps`` the output is read as SRWT:
+            ``<|t0|>w1<|t1|>w2<|t2|>`` gives words (w1, t0, t1), (w2, t1, t2), and
+            ``<|a|><|sil|><|b|>`` a silence (a, b); ``spec.first_timestamp`` is the opening
+            boundary the prompt already wrote. Words lacking a boundary are kept in ``text`` only.
+
+    Returns:
+        The `ParsedOutput`.
+    """
+    if not isinstance(text, str):
+        raise PromptError(f"parse_output takes a str, got {type(text).__name__}")
+    cut = min((i for i in (text.find(t) for t in _END_TAGS) if i >= 0), default=len(text))
+    srwt = spec is not None and spec.timestamps
+    last_ts = spec.first_timestamp if srwt and spec is not None else None
+    language: str | None = None
+    words: list[TimedWord] = []
+    silences: list[tuple[Seconds, Seconds]] = []
+    stamps: list[Seconds] = []
+    tags: list[str] = []
+    chunks: list[str] = []
+    pending: list[str] = []
+    silence = False
+    numbers: dict[str, int] = {}  # note analysis: pitch, velocity
+    texts: dict[str, str] = {}  # note analysis: instrument, sonic
+    expect: str | None = None  # the note field whose value comes next
+    for is_tag, value in _segments(text[:cut]):
+        if is_tag and _TIMESTAMP_RE.fullmatch(value):
+            t = float(value)
+            stamps.append(t)
+            if last_ts is not None and pending:
+                words.append(TimedWord(" ".join(pending), last_ts, t))
+            if last_ts is not None and silence:
+                silences.append((last_ts, t))
+            pending, silence, last_ts = [], False, t
+            if not srwt:
+                chunks.append(value)
+            continue
+        if not is_tag:
+            if expect in ("instrument", "sonic") and value.strip():
+                texts[expect] = value.strip()
+            expect = None
+            if srwt:
+                pending += [value.strip()] if value.strip() else []
+                chunks += [value.strip()] if value.strip() else []
+            else:
+                chunks.append(value)
+            continue
+        if value == "sil":
+            silence = True
+        elif language is None and value in LANGUAGE_TAGS:
+            language = value
+        elif expect in ("pitch", "velocity") and value.startswith(f"midi_{expect}_"):
+            numbers[expect] = int(value.rsplit("_", 1)[1])
+        tags.append(value)
+        expect = value if value in ("pitch", "velocity", "instrument", "sonic") else None
+    spaceless = spec is not None and spec.text_language in _SPACELESS_LANGUAGES
+    plain = ("" if spaceless else " ").join(chunks) if srwt else "".join(chunks)
+    note = None
+    if numbers or texts:
+        sonic = tuple(s.strip() for s in texts.get("sonic", "").split(",") if s.strip())
+        note = NoteAnalysis(numbers.get("pitch"), numbers.get("velocity"), texts.get("instrument"),
+                            sonic)
+    return ParsedOutput(plain.strip(), language, tuple(words), tuple(silences), tuple(stamps),
+                        tuple(tags), note)
+
+
+def format_timed_words(words: Sequence[TimedWord],
+                       silences: Sequence[tuple[Seconds, Seconds]] = ()) -> str:
+    """SRWT target text: ``<|start|>word<|end|>``, a boundary shared when one word ends where the
+    next starts, and ``<|a|><|sil|><|b|>`` for silences. Times are rounded to 0.01 s.
+
+    Raises:
+        PromptError: a time outside [0, 30] s, or a word holding a tag.
+    """
+    events = sorted([(w.start, 1, w.word, w.end) for w in words]
+                    + [(a, 0, tag("sil"), b) for a, b in silences], key=lambda e: (e[0], e[1]))
+    out: list[str] = []
+    last: str | None = None
+    for start, is_word, body, end in events:
+        if is_word and _TAG_RE.search(body):
+            raise PromptError(f"timed word {body!r} contains a tag")
+        first = timestamp_tag(start)
+        out += [] if first == last else [first]
+        last = timestamp_tag(end)
+        out += [body, last]
+    return "".join(out)
+
+
+def format_note_analysis(note: NoteAnalysis) -> str:
+    """Note-analysis target text: ``<|pitch|><|midi_pitch_P|><|velocity|><|midi_velocity_V|>
+    <|instrument|>name<|sonic|>a, b`` (fields that are set, in that order).
+
+    Raises:
+        PromptError: pitch or velocity outside 0..127.
+    """
+    out = ""
+    for name, value in (("pitch", note.pitch), ("velocity", note.velocity)):
+        if value is not None:
+            if not 0 <= value <= 127:
+                raise PromptError(f"NoteAnalysis.{name} {value} is outside 0..127")
+            out += tag(name) + tag(f"midi_{name}_{value}")
+    if note.instrument is not None:
+        out += tag("instrument") + note.instrument
+    if note.sonic:
+        out += tag("sonic") + ", ".join(note.sonic)
+    return out
