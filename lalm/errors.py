@@ -24,3 +24,12 @@ class CheckpointError(LalmError, ValueError):
 
 class AssetError(LalmError, RuntimeError):
     """A packaged asset (from a PyPI distribution) that cannot be fetched or fails its checksum."""
+
+
+class DataError(LalmError, ValueError):
+    """A manifest or example record that is missing, malformed or inconsistent."""
+
+
+class ScoringError(LalmError, ValueError):
+    """Predictions and references that cannot be scored: mismatched lengths, nothing to score,
+    an unknown scoring procedure, or a reference the official procedure rejects."""
