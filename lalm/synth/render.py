@@ -1,0 +1,84 @@
+"""Render a lalm-synth `Example` into each family's prompt and target, through `lalm.prompt`.
+
+The record stores the task as typed fields; this module maps them onto lalm.prompt's v1 task
+specs (Qwen-Audio hierarchical tags) and chat messages (Qwen-Audio-Chat and Qwen2-Audio-Instruct
+ChatML). No tag string is written here.
+
+* v1 (`Family.QWEN_AUDIO`): ASR, S2TT, SRWT, captioning and open scene classification use the
+  official task prompts; every other audio task is a ``question`` prompt whose question is the
+  item's instruction (choices included); chat tasks use the Qwen-Audio-Chat format.
+* v2 (`Family.QWEN2_AUDIO`): the Qwen2-Audio-Instruct chat with the natural-language
+  instruction (or the item's own turns for chat tasks); word times as plain text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lalm import prompt as P
+from lalm.data.manifest import Example
+
+
+def v1_task_spec(example: Example) -> P.TaskSpec | None:
+    """The v1 tag prompt of an example; None for chat tasks (they use the chat format)."""
+    t = example.task
+    if example.messages:
+        return None
+    if t.name == "asr":
+        return P.TaskSpec.asr(t.audio_language or P.UNKNOWN_LANGUAGE)
+    if t.name == "s2tt":
+        return P.TaskSpec.s2tt(t.audio_language or P.UNKNOWN_LANGUAGE, t.output_language)
+    if t.name == "srwt":
+        return P.TaskSpec.srwt(t.audio_language or P.UNKNOWN_LANGUAGE)
+    if t.name == "mixed_caption":
+        return P.TaskSpec.aac(P.Instruction.CAPTION_PLAIN)
+    if t.name == "acoustic_scene" and not t.choices:
+        return P.TaskSpec.scene()
+    return P.TaskSpec(P.Task.QUESTION, t.audio_language or P.UNKNOWN_LANGUAGE,
+                      question=t.instruction)
+
+
+def _messages(example: Example, audio_root: Path) -> list[P.Message]:
+    """The conversation up to the answer: the item's turns, or one user turn."""
+    audios = [P.AudioPart(str(audio_root / a.path), name=a.path) for a in example.audios]
+    turns = example.messages[:-1] if example.messages else ()
+    if not turns:
+        return [P.Message("user", (*audios, P.TextPart(example.task.instruction)))]
+    out = []
+    for m in turns:
+        parts: list[P.Part] = [audios[i] for i in m.audios]
+        out.append(P.Message(m.role, (*parts, P.TextPart(m.text)) if m.text else tuple(parts)))
+    return out
+
+
+def render_prompt(example: Example, family: P.Family, audio_root: str | Path = ".") -> P.Prompt:
+    """The prompt (up to where the model writes) for one family.
+
+    Args:
+        example: the item.
+        family: `Family.QWEN_AUDIO` (v1 tags / v1 chat) or `Family.QWEN2_AUDIO` (v2 chat).
+        audio_root: folder the example's relative audio paths start from.
+    """
+    root = Path(audio_root)
+    spec = v1_task_spec(example) if family is P.Family.QWEN_AUDIO else None
+    if spec is not None:
+        audio = example.audios[0]
+        return P.build_prompt(spec, P.AudioPart(str(root / audio.path), name=audio.path))
+    return P.build_chat_prompt(_messages(example, root), family)
+
+
+def render_target(example: Example, family: P.Family) -> str:
+    """What the model should write after the prompt: the target, or for timestamped tasks the
+    timed words: v1 as timestamp tags (the prompt already primes ``<|0.00|>``, so a leading
+    0.00 boundary is dropped), v2 as plain text ``word (start-end)`` with 0.01 s times."""
+    if not example.task.timestamps:
+        return example.target
+    spec = v1_task_spec(example) if family is P.Family.QWEN_AUDIO else None
+    if spec is None:
+        return " ".join(f"{w.word} ({w.start:.2f}-{w.end:.2f})" for w in example.words
+                        if w.word is not None)
+    words = [P.TimedWord(w.word, w.start, w.end) for w in example.words if w.word is not None]
+    silences = [(w.start, w.end) for w in example.words if w.word is None]
+    text = P.format_timed_words(words, silences)
+    primed = P.timestamp_tag(spec.first_timestamp or 0.0)
+    return text[len(primed):] if text.startswith(primed) else text
