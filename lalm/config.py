@@ -1,0 +1,257 @@
+"""Architecture configuration: one `ModelConfig` = encoder + projector + decoder sub-configs.
+
+Both checkpoint families (Qwen-Audio v1 and Qwen2-Audio) are the same computation; the few
+places where they differ are switches here (`EncoderConfig.frame_cutoff`,
+`ProjectorConfig.audio_bos_eos`, `DecoderConfig.dynamic_ntk` / `logn_attn`, widths, eps, vocab).
+Presets are named real architectures plus tiny random ones derived from them for tests.
+`resolve_dtype` turns the user's precision option into a torch dtype.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+FrameCutoff = Literal["lookahead", "pairs"]
+
+
+@dataclass
+class EncoderConfig:
+    """Whisper-style audio encoder (conv stem, sinusoidal positions, pre-LN blocks)."""
+
+    n_mels: int = 128  # mel bins of the input features (Qwen2-Audio 128, Qwen-Audio v1 80)
+    n_ctx: int = 1500  # positions after the stride-2 conv stem (30 s of audio)
+    dim: int = 1280  # model width (Whisper n_state)
+    n_head: int = 20  # attention heads
+    n_layer: int = 32  # transformer blocks
+    hidden_dim: int = 5120  # MLP width (4 * dim in every released checkpoint)
+    norm_eps: float = 1e-5  # LayerNorm eps (PyTorch default in both families)
+    # Which mel frames the conv stem may see after a clip's real length L: "lookahead" keeps
+    # frames < L + 2 (Qwen2-Audio: the reference convolves its 30 s pad), "pairs" keeps frames
+    # < 2 * n with n = (L - 1) // 2 + 1 (Qwen-Audio v1: the reference cuts before conv1).
+    frame_cutoff: FrameCutoff = "lookahead"
+
+    def __post_init__(self) -> None:
+        _check_heads("encoder", self.dim, self.n_head, self.n_head)
+        if self.frame_cutoff not in ("lookahead", "pairs"):
+            raise ValueError(
+                f"encoder.frame_cutoff must be 'lookahead' or 'pairs', got {self.frame_cutoff!r}"
+            )
+        _check_positive("encoder", n_mels=self.n_mels, n_ctx=self.n_ctx, n_layer=self.n_layer,
+                        hidden_dim=self.hidden_dim)
+
+
+@dataclass
+class ProjectorConfig:
+    """Stride-2 average pool, LayerNorm (`ln_post`), Linear to the decoder width."""
+
+    audio_bos_eos: bool = False  # learned [2, out_dim] rows framing each clip (Qwen-Audio v1)
+    norm_eps: float = 1e-5  # eps of ln_post
+
+
+@dataclass
+class DecoderConfig:
+    """Qwen-style decoder LLM: RMSNorm, RoPE, SwiGLU, q/k/v bias, GQA, untied lm_head."""
+
+    vocab_size: int = 156032  # rows of the embedding and of lm_head (may exceed the tokenizer)
+    dim: int = 4096  # model width
+    n_layer: int = 32  # decoder blocks
+    n_head: int = 32  # query heads
+    n_kv_head: int = 32  # key/value heads (== n_head: plain multi-head attention)
+    hidden_dim: int = 11008  # SwiGLU width
+    norm_eps: float = 1e-5  # RMSNorm eps
+    rope_theta: float = 10000.0  # RoPE base
+    max_seq_len: int = 8192  # longest sequence a KV cache is set up for by default
+    qkv_bias: bool = True  # q/k/v projections carry a bias (o never does)
+    # Qwen-Audio v1: past `train_seq_len` tokens, dynamic NTK raises the RoPE base (alpha chosen
+    # once, at prefill, per row) and logn attention scales queries past it.
+    dynamic_ntk: bool = False  # scale the RoPE base for prefills longer than train_seq_len
+    logn_attn: bool = False  # scale queries past train_seq_len by log(p + 1) / log(train_seq_len)
+    train_seq_len: int = 2048  # the length dynamic NTK and logn attention are relative to
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.dim // self.n_head
+
+    def __post_init__(self) -> None:
+        _check_heads("decoder", self.dim, self.n_head, self.n_kv_head)
+        if self.head_dim % 2:
+            raise ValueError(f"decoder head_dim must be even for RoPE, got {self.head_dim}")
+        _check_positive("decoder", vocab_size=self.vocab_size, n_layer=self.n_layer,
+                        hidden_dim=self.hidden_dim, max_seq_len=self.max_seq_len,
+                        train_seq_len=self.train_seq_len, rope_theta=self.rope_theta)
+
+
+@dataclass
+class ModelConfig:
+    """The whole audio-language model."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON-ready)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of `to_dict`; unknown sections or fields raise ValueError naming them."""
+        unknown = set(data) - {"encoder", "projector", "decoder"}
+        if unknown:
+            raise ValueError(f"unknown model config sections: {sorted(unknown)}")
+        return cls(
+            encoder=_build(EncoderConfig, "encoder", data.get("encoder", {})),
+            projector=_build(ProjectorConfig, "projector", data.get("projector", {})),
+            decoder=_build(DecoderConfig, "decoder", data.get("decoder", {})),
+        )
+
+    def to_file(self, path: str | Path) -> None:
+        """Write the config as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ModelConfig:
+        """Read a config written by `to_file`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: dict[str, Any]) -> ModelConfig:
+        """A preset, optionally with per-section overrides.
+
+        Example: ``ModelConfig.from_name("qwen2-audio-7b", decoder={"n_layer": 2, "dim": 64})``.
+
+        Raises:
+            KeyError: unknown preset name (the message lists the known ones).
+        """
+        if name not in PRESETS:
+            raise KeyError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
+        data = copy.deepcopy(PRESETS[name])
+        for section, values in overrides.items():
+            data.setdefault(section, {}).update(values)
+        return cls.from_dict(data)
+
+    def replace(self, **sections: dict[str, Any]) -> ModelConfig:
+        """A copy with some fields changed: ``cfg.replace(decoder={"n_layer": 1})``."""
+        return ModelConfig(
+            **{
+                name: replace(getattr(self, name), **sections.get(name, {}))
+                for name in ("encoder", "projector", "decoder")
+            }
+        )
+
+
+def _build(cls: type, section: str, values: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown {section} config fields: {sorted(unknown)}")
+    return cls(**values)
+
+
+def _check_heads(section: str, dim: int, n_head: int, n_kv_head: int) -> None:
+    if n_head <= 0 or n_kv_head <= 0 or dim <= 0:
+        raise ValueError(f"{section}: dim, n_head and n_kv_head must be positive")
+    if dim % n_head:
+        raise ValueError(f"{section}.dim ({dim}) must be divisible by {section}.n_head ({n_head})")
+    if n_head % n_kv_head:
+        raise ValueError(
+            f"{section}.n_head ({n_head}) must be divisible by {section}.n_kv_head ({n_kv_head})"
+        )
+
+
+def _check_positive(section: str, **values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{section}.{name} must be positive, got {value}")
+
+
+_QWEN2_AUDIO_7B: dict[str, dict[str, Any]] = {
+    "encoder": {"n_mels": 128, "n_ctx": 1500, "dim": 1280, "n_head": 20, "n_layer": 32,
+                "hidden_dim": 5120, "frame_cutoff": "lookahead"},
+    "projector": {"audio_bos_eos": False},
+    "decoder": {"vocab_size": 156032, "dim": 4096, "n_layer": 32, "n_head": 32, "n_kv_head": 32,
+                "hidden_dim": 11008, "norm_eps": 1e-5, "rope_theta": 10000.0,
+                "max_seq_len": 8192},
+}
+_QWEN_AUDIO_7B: dict[str, dict[str, Any]] = {
+    "encoder": {"n_mels": 80, "n_ctx": 1500, "dim": 1280, "n_head": 20, "n_layer": 32,
+                "hidden_dim": 5120, "frame_cutoff": "pairs"},
+    "projector": {"audio_bos_eos": True},
+    "decoder": {"vocab_size": 155947, "dim": 4096, "n_layer": 32, "n_head": 32, "n_kv_head": 32,
+                "hidden_dim": 11008, "norm_eps": 1e-5, "rope_theta": 10000.0,
+                "max_seq_len": 8192, "dynamic_ntk": True, "logn_attn": True,
+                "train_seq_len": 2048},
+}
+_TINY_ENCODER = {"dim": 64, "n_head": 4, "n_layer": 2, "hidden_dim": 256}
+_TINY_DECODER = {"vocab_size": 512, "dim": 64, "n_layer": 2, "n_head": 4, "n_kv_head": 2,
+                 "hidden_dim": 176, "max_seq_len": 512}
+
+
+def _derive(
+    base: dict[str, dict[str, Any]], **sections: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    out = copy.deepcopy(base)
+    for section, values in sections.items():
+        out[section].update(values)
+    return out
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "qwen2-audio-7b": _QWEN2_AUDIO_7B,  # Qwen/Qwen2-Audio-7B and -7B-Instruct
+    "qwen-audio-7b": _QWEN_AUDIO_7B,  # Qwen/Qwen-Audio and Qwen-Audio-Chat (v1)
+    # Tiny random models for tests: the real presets shrunk, every switch kept.
+    "tiny-random": _derive(_QWEN2_AUDIO_7B, encoder=_TINY_ENCODER, decoder=_TINY_DECODER),
+    "tiny-random-v1": _derive(_QWEN_AUDIO_7B, encoder=_TINY_ENCODER,
+                              decoder={**_TINY_DECODER, "n_kv_head": 4, "train_seq_len": 64}),
+}
+
+DtypeName = Literal["fp32", "bf16", "fp16"]
+_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16,
+}
+
+
+def resolve_dtype(name: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
+    """The torch dtype for a precision option, checked against the device.
+
+    On CPU, half-precision matrix products are a trap unless the CPU has bf16 units (AMX /
+    AVX512-BF16, as reported by oneDNN): without them a bf16 matmul runs ~100x slower than fp32,
+    and fp16 has no fast CPU kernels at all. There the option falls back to fp32 with a warning.
+
+    Args:
+        name: "fp32" | "bf16" | "fp16" (or "float32" / "bfloat16" / "float16", or a torch dtype).
+        device: where the model will run.
+
+    Returns:
+        The dtype to build or cast the model with.
+
+    Raises:
+        ValueError: an unknown precision name.
+    """
+    if isinstance(name, torch.dtype):
+        dtype = name
+        if dtype not in _DTYPES.values():
+            raise ValueError(f"dtype must be fp32, bf16 or fp16, got {dtype}")
+    elif name in _DTYPES:
+        dtype = _DTYPES[name]
+    else:
+        raise ValueError(f"dtype must be one of fp32, bf16, fp16, got {name!r}")
+    if torch.device(device).type != "cpu" or dtype == torch.float32:
+        return dtype
+    if dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return dtype
+    warnings.warn(
+        f"{dtype} matrix products are very slow on this CPU (no bf16 units); using float32",
+        stacklevel=2,
+    )
+    return torch.float32

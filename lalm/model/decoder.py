@@ -1,0 +1,241 @@
+"""Qwen-style decoder LLM (Qwen2 and Qwen v1 share it): RMSNorm, RoPE, SwiGLU, GQA.
+
+Inference protocol (gpt-fast style, extended for left-padded batches):
+
+    decoder.setup_caches(batch_size, max_seq_len)
+    logits = decoder(embeds, input_pos, token_mask, output="last_logits")   # prefill
+    logits = decoder(next_embeds, next_pos, output="last_logits")           # each decode step
+
+`input_pos` holds per-row RoPE positions (a left-padded row's first real token has position 0),
+`token_mask` marks real tokens; the cache records it so later steps never attend to pads.
+Shape alphabet: B batch, S positions, K keys, D width, V vocab, H heads.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lalm.config import DecoderConfig
+from lalm.model.kv_cache import KVCache
+from lalm.model.layers import (
+    RMSNorm,
+    SwiGLU,
+    apply_rope,
+    attention_mask,
+    logn_scale,
+    ntk_alpha,
+    ntk_rope_base,
+    rope_cos_sin,
+    rope_inv_freq,
+)
+
+DecoderOutput = Literal["logits", "last_logits", "hidden"]
+
+
+def positions_from_mask(token_mask: Tensor) -> Tensor:
+    """Per-row RoPE positions for a padded batch: real tokens count 0, 1, 2, ... in each row.
+
+    Works for left and right padding; pad tokens get the position of the previous real token
+    (or 0), which is harmless because pads are never attended to.
+
+    Args:
+        token_mask: [B, S] bool, True for real tokens.
+
+    Returns:
+        [B, S] int64.
+    """
+    return (token_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+class Attention(nn.Module):
+    """Causal self-attention with RoPE, q/k/v bias, no o bias, grouped key/value heads."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_kv_head = config.n_kv_head
+        self.head_dim = config.head_dim
+        kv_dim = config.n_kv_head * config.head_dim
+        self.q = nn.Linear(config.dim, config.dim, bias=config.qkv_bias)
+        self.k = nn.Linear(config.dim, kv_dim, bias=config.qkv_bias)
+        self.v = nn.Linear(config.dim, kv_dim, bias=config.qkv_bias)
+        self.o = nn.Linear(config.dim, config.dim, bias=False)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor,
+        q_scale: Tensor | None,
+        cache: KVCache | None,
+        layer: int,
+    ) -> Tensor:
+        """One attention sub-layer.
+
+        Args:
+            x: [B, S, D] normed hidden states.
+            cos, sin: [B, 1, S, head_dim] RoPE tables.
+            mask: [B, 1, S, K] bool, True = attend (K = S without cache, cached length with).
+            q_scale: [B, 1, S, 1] float32 logn factors, or None.
+            cache: the decoder's KV cache, or None to attend within `x` only.
+            layer: this layer's index in the cache.
+
+        Returns:
+            [B, S, D].
+        """
+        batch, seq, _ = x.shape
+        q = self.q(x).view(batch, seq, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(batch, seq, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(batch, seq, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if q_scale is not None:
+            q = q * q_scale.to(q.dtype)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # [B, H_kv, K, hd] including earlier tokens
+        if self.n_kv_head != self.n_head:
+            repeat = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, S, hd]
+        return self.o(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x += attn(attn_norm(x)); x += mlp(mlp_norm(x))."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attn = Attention(config)
+        self.mlp_norm = RMSNorm(config.dim, config.norm_eps)
+        self.mlp = SwiGLU(config.dim, config.hidden_dim)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor,
+        q_scale: Tensor | None,
+        cache: KVCache | None,
+        layer: int,
+    ) -> Tensor:
+        """x: [B, S, D] -> [B, S, D]; other arguments as in `Attention.forward`."""
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, q_scale, cache, layer)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class TextDecoder(nn.Module):
+    """Token embedding, decoder blocks, final RMSNorm and an untied `lm_head`."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_layer))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.cache: KVCache | None = None
+
+    def setup_caches(
+        self,
+        batch_size: int,
+        max_seq_len: int | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> KVCache:
+        """Preallocate a KV cache; later forwards read and extend it until `clear_caches`.
+
+        Args:
+            batch_size: rows of every following forward.
+            max_seq_len: columns to hold (prompt + new tokens); default `config.max_seq_len`.
+            dtype: cache dtype; default the model's.
+
+        Returns:
+            The new cache (also kept as `self.cache`).
+        """
+        weight = self.embed.weight
+        self.cache = KVCache(
+            self.config.n_layer,
+            batch_size,
+            self.config.n_kv_head,
+            max_seq_len or self.config.max_seq_len,
+            self.config.head_dim,
+            dtype=dtype or weight.dtype,
+            device=weight.device,
+        )
+        return self.cache
+
+    def clear_caches(self) -> None:
+        """Drop the KV cache: forwards attend within their own input again."""
+        self.cache = None
+
+    def _rope_base(self, token_mask: Tensor) -> Tensor:
+        """[B] float32 RoPE base per row; under dynamic NTK chosen from the real length, once."""
+        cache = self.cache
+        if cache is not None and cache.rope_base is not None:
+            return cache.rope_base
+        cfg = self.config
+        if cfg.dynamic_ntk:
+            alpha = ntk_alpha(token_mask.sum(dim=1), cfg.train_seq_len)
+        else:
+            alpha = torch.ones(token_mask.shape[0], dtype=torch.float64, device=token_mask.device)
+        base = ntk_rope_base(cfg.rope_theta, alpha, cfg.head_dim)
+        if cache is not None:
+            cache.rope_base = base
+        return base
+
+    def forward(
+        self,
+        embeds: Tensor,
+        input_pos: Tensor,
+        token_mask: Tensor | None = None,
+        output: DecoderOutput = "logits",
+    ) -> Tensor:
+        """Run the decoder over new positions (all of them, or the next ones after the cache).
+
+        Args:
+            embeds: [B, S, D] input embeddings (model dtype).
+            input_pos: [B, S] int64 RoPE positions, per row.
+            token_mask: [B, S] bool, True for real tokens (False for padding); default all True.
+            output: "logits" -> [B, S, V] float32; "last_logits" -> [B, V] float32 for the last
+                column only (prefill/decode: avoids the B*S*V tensor); "hidden" -> [B, S, D]
+                after the final norm.
+
+        Returns:
+            See `output`.
+
+        Raises:
+            ValueError: mismatched shapes, or a batch/length the KV cache cannot take.
+        """
+        batch, seq, dim = embeds.shape
+        if dim != self.config.dim or input_pos.shape != (batch, seq):
+            raise ValueError(
+                f"decoder expects embeds [B, S, {self.config.dim}] and input_pos [B, S]; got "
+                f"{tuple(embeds.shape)} and {tuple(input_pos.shape)}"
+            )
+        if token_mask is None:
+            token_mask = torch.ones(batch, seq, dtype=torch.bool, device=embeds.device)
+        cache = self.cache
+        start = 0 if cache is None else cache.length
+        key_mask = token_mask if cache is None else cache.append_mask(token_mask)
+        mask = attention_mask(torch.arange(start, start + seq, device=embeds.device), key_mask)
+        inv_freq = rope_inv_freq(self.config.head_dim, self._rope_base(token_mask))
+        cos, sin = rope_cos_sin(input_pos, inv_freq, embeds.dtype)
+        q_scale = None
+        if self.config.logn_attn:
+            q_scale = logn_scale(input_pos, self.config.train_seq_len)
+
+        x = embeds
+        for index, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, q_scale, cache, index)
+        if cache is not None:
+            cache.advance(seq)
+        if output == "hidden":
+            return self.norm(x)
+        if output == "last_logits":
+            return self.lm_head(self.norm(x[:, -1])).float()
+        return self.lm_head(self.norm(x)).float()

@@ -1,0 +1,67 @@
+"""Tiny random models and inputs for tests (deterministic for a given seed).
+
+Every bias and norm weight gets a random value, not the usual 0 / 1, so a test comparing two
+implementations notices a missing bias or norm weight.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lalm.config import ModelConfig
+from lalm.model import AudioLanguageModel
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> None:
+    """Fill every parameter in place: weights and biases ~ N(0, std), norm weights ~ 1 + N(0, 0.1).
+
+    Buffers (the sinusoidal positional table) are left as they are.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen, dtype=torch.float32)
+            is_norm = name.rsplit(".", 2)[-2].endswith(("norm", "_ln", "ln_post"))
+            if is_norm and name.endswith("weight"):
+                value = 1.0 + 0.1 * noise
+            else:
+                value = std * noise
+            param.copy_(value.to(param.dtype))
+
+
+def random_model(
+    config: ModelConfig | str = "tiny-random", seed: int = 0, dtype: torch.dtype = torch.float32
+) -> AudioLanguageModel:
+    """An `AudioLanguageModel` with deterministic random weights, in eval mode.
+
+    Args:
+        config: a config or a preset name.
+        seed: weight seed.
+        dtype: parameter dtype.
+    """
+    if isinstance(config, str):
+        config = ModelConfig.from_name(config)
+    model = AudioLanguageModel(config)
+    randomize_(model, seed)
+    return model.to(dtype).eval()
+
+
+def random_features(feature_lens: list[int], n_mels: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """A padded log-mel-like batch in the contract's layout.
+
+    Args:
+        feature_lens: real length L of each clip.
+        n_mels: mel bins.
+        seed: value seed.
+
+    Returns:
+        (features [B, n_mels, max(L) + 2] float32, feature_lens [B] int64): each clip has random
+        values on frames < L + 2 (the real frames and 2 lookahead frames) and zeros after.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    lens = torch.tensor(feature_lens, dtype=torch.int64)
+    n_frames = max(feature_lens) + 2
+    values = torch.randn(len(feature_lens), n_mels, n_frames, generator=gen)
+    keep = torch.arange(n_frames)[None, None, :] < (lens + 2)[:, None, None]
+    return values * keep, lens
