@@ -1,0 +1,68 @@
+"""Registry of foreign checkpoint formats lalm reads (and writes): one entry per family.
+
+A format is data plus small functions: how to recognise its config.json, translate the config,
+and rename (or split) its tensors into lalm's names and back. Adding a family means adding an
+entry here, never touching the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from lalm.checkpoint import qwen2_audio
+from lalm.config import ModelConfig
+from lalm.errors import CheckpointError
+
+StateDict = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """How one checkpoint family maps onto `AudioLanguageModel`.
+
+    Attributes:
+        name: format name used by `save_model(..., format=name)`.
+        matches: whether a parsed config.json belongs to this family.
+        config_from_hf: (config.json dict, source name for errors) -> ModelConfig.
+        to_lalm: foreign state dict -> lalm state dict.
+        config_to_hf: (ModelConfig, torch dtype name) -> config.json dict; None if not writable.
+        from_lalm: lalm state dict -> foreign state dict; None if not writable.
+    """
+
+    name: str
+    matches: Callable[[dict[str, Any]], bool]
+    config_from_hf: Callable[[dict[str, Any], str], ModelConfig]
+    to_lalm: Callable[[StateDict], StateDict]
+    config_to_hf: Callable[[ModelConfig, str], dict[str, Any]] | None = None
+    from_lalm: Callable[[StateDict], StateDict] | None = None
+
+
+FORMATS: dict[str, CheckpointFormat] = {
+    "qwen2_audio": CheckpointFormat(
+        name="qwen2_audio",
+        matches=qwen2_audio.is_qwen2_audio,
+        config_from_hf=qwen2_audio.config_from_hf,
+        to_lalm=qwen2_audio.to_lalm,
+        config_to_hf=qwen2_audio.config_to_hf,
+        from_lalm=qwen2_audio.from_lalm,
+    ),
+}
+
+
+def detect_format(hf_config: dict[str, Any], source: str) -> CheckpointFormat:
+    """The format whose `matches` accepts this config.json.
+
+    Raises:
+        CheckpointError: no known format matches (the message names model_type).
+    """
+    for fmt in FORMATS.values():
+        if fmt.matches(hf_config):
+            return fmt
+    raise CheckpointError(
+        f"{source}: unknown checkpoint kind (model_type {hf_config.get('model_type')!r}); "
+        f"lalm reads {sorted(FORMATS)}"
+    )

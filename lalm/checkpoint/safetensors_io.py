@@ -1,0 +1,150 @@
+"""Reading and writing safetensors checkpoints: single file or Hugging Face-style shards.
+
+Reading is memory-mapped: the returned tensors are views of the mapped files, so loading a
+model with `load_state_dict(assign=True)` copies nothing until the one cast to the user's dtype.
+Writing goes to a temporary file in the same directory and is renamed into place, so a reader
+never sees a half-written file; the shard index is written after its shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from lalm.errors import CheckpointError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def read_safetensors(path: str | Path) -> dict[str, Tensor]:
+    """All tensors of one safetensors file, memory-mapped.
+
+    Raises:
+        CheckpointError: the file is missing, truncated (half-written) or not safetensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"cannot read {path} (truncated or not safetensors?): {err}") from err
+
+
+def read_checkpoint_dir(directory: str | Path) -> dict[str, Tensor]:
+    """The weights of a checkpoint directory: `model.safetensors`, or shards listed in
+    `model.safetensors.index.json` (each shard must hold exactly the keys the index gives it).
+
+    Raises:
+        CheckpointError: no weights, a missing or unreadable shard, or shards and index disagree.
+    """
+    directory = Path(directory)
+    index_path = directory / INDEX_FILE
+    if not index_path.is_file():
+        if not (directory / SINGLE_FILE).is_file():
+            raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE} in {directory}")
+        return read_safetensors(directory / SINGLE_FILE)
+    try:
+        weight_map: dict[str, str] = json.loads(index_path.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{index_path} is not a valid shard index: {err}") from err
+    tensors: dict[str, Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        found = read_safetensors(directory / shard)
+        expected = {key for key, name in weight_map.items() if name == shard}
+        if set(found) != expected:
+            missing, extra = sorted(expected - set(found)), sorted(set(found) - expected)
+            raise CheckpointError(
+                f"shard {directory / shard} disagrees with {INDEX_FILE}: missing {missing[:10]}, "
+                f"unlisted {extra[:10]}"
+            )
+        tensors.update(found)
+    return tensors
+
+
+def write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Call `write(tmp_path)` on a temporary file next to `path`, then rename it to `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write pretty JSON atomically."""
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def write_checkpoint_dir(
+    tensors: Mapping[str, Tensor], directory: str | Path, max_shard_bytes: int | None = None
+) -> list[Path]:
+    """Write weights as `model.safetensors`, or as shards plus an index when they exceed
+    `max_shard_bytes` (Hugging Face names `model-00001-of-0000N.safetensors`).
+
+    Returns:
+        The files written, the index (if any) last.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    shards = _plan_shards(tensors, max_shard_bytes)
+    metadata = {"format": "pt"}
+    if len(shards) == 1:
+        path = directory / SINGLE_FILE
+        _write_shard(path, shards[0], metadata)
+        return [path]
+    written, weight_map = [], {}
+    for number, shard in enumerate(shards, start=1):
+        path = directory / f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        _write_shard(path, shard, metadata)
+        weight_map.update(dict.fromkeys(shard, path.name))
+        written.append(path)
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    write_json(directory / INDEX_FILE, index)
+    return [*written, directory / INDEX_FILE]
+
+
+def _plan_shards(
+    tensors: Mapping[str, Tensor], max_shard_bytes: int | None
+) -> list[dict[str, Tensor]]:
+    shards: list[dict[str, Tensor]] = [{}]
+    size = 0
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        nbytes = tensor.numel() * tensor.element_size()
+        if max_shard_bytes is not None and shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    return shards
+
+
+def _write_shard(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    # safetensors refuses views that share storage; contiguous copies only where needed.
+    plain = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    write_atomic(path, lambda tmp: save_file(plain, tmp, metadata=metadata))
+
+
+__all__ = [
+    "INDEX_FILE",
+    "SINGLE_FILE",
+    "read_checkpoint_dir",
+    "read_safetensors",
+    "write_atomic",
+    "write_checkpoint_dir",
+    "write_json",
+]
