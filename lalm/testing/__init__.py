@@ -1,0 +1,1 @@
+"""Test-data builders that downstream users can reuse (real speech, tiny checkpoints)."""
