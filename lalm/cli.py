@@ -63,3 +63,40 @@ def _synth(args: argparse.Namespace) -> int:
     print(f"lalm-synth in {args.out}: {report.made} items made, {report.skipped} already there; "
           f"{sizes}; {report.airbench} AIR-Bench items")
     return 0
+
+
+def _from_whisper_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("whisper", help="Whisper checkpoint: CTranslate2 folder, transformers folder "
+                                   "or openai-whisper .pt")
+    p.add_argument("out", help="output folder (a Qwen2-Audio checkpoint)")
+    p.add_argument("--decoder-preset", default="tiny-random",
+                   help="model preset whose decoder section sizes the new decoder")
+    p.add_argument("--decoder", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override one decoder field, e.g. --decoder n_layer=4 (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the new weights")
+
+
+@command("from-whisper", "build a new model: a real Whisper encoder + a fresh random decoder",
+         _from_whisper_arguments)
+def _from_whisper(args: argparse.Namespace) -> int:
+    import json
+
+    from lalm.checkpoint.whisper import build_from_whisper
+    from lalm.config import ModelConfig
+
+    overrides = {}
+    for item in args.decoder:
+        field, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"lalm from-whisper: --decoder expects FIELD=VALUE, got {item!r}")
+        try:
+            overrides[field] = json.loads(value)  # numbers and booleans
+        except json.JSONDecodeError:
+            overrides[field] = value
+    try:
+        decoder = ModelConfig.from_name(args.decoder_preset, decoder=overrides).decoder
+    except (KeyError, ValueError, TypeError) as e:
+        raise SystemExit(f"lalm from-whisper: {e}") from e
+    files = build_from_whisper(args.whisper, decoder, args.out, seed=args.seed)
+    print(f"wrote {len(files)} files to {args.out}")
+    return 0
