@@ -1,0 +1,560 @@
+"""Audio front end: decoding to 16 kHz mono, Whisper-style log-mel over the real length, batching,
+SpecAugment. Pure functions over numpy arrays and torch tensors; nothing here imports the model.
+
+The log-mel is the one both checkpoint families were trained on (Whisper's): a centred STFT with a
+periodic Hann window of 400 samples and a hop of 160, the last frame dropped, power, a slaney mel
+filterbank, ``log10(max(x, 1e-10))``, a floor at (max - 8), then ``(x + 4) / 4``. The references
+compute it on the waveform zero-padded to 30 s; lalm computes only the frames a clip needs and gets
+the same values on them (see `log_mel_spectrogram`).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import shutil
+import struct
+import subprocess
+import warnings
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+from torch import Tensor
+
+from lalm.errors import AudioError
+
+SAMPLE_RATE = 16000  # Hz, the rate every model input has
+N_FFT = 400  # samples per STFT window: 25 ms
+HOP_LENGTH = 160  # samples between frames: 10 ms, so 100 mel frames per second
+N_FREQ = N_FFT // 2 + 1  # 201 one-sided frequency bins
+CHUNK_LENGTH = 30  # seconds in the references' padded window
+N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in the padded window
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in the padded window
+MAX_SOURCE_RATE = 384_000  # Hz; a source rate above this (or <= 0) is rejected as absurd
+LOG_FLOOR_RANGE = 8.0  # log10 units kept below each clip's maximum
+
+Seconds = float
+# How a clip of N samples counts its real mel frames L. "floor": N // 160 (Qwen-Audio v1's
+# reference, and Whisper's). "ceil": ceil(N / 160) (transformers' WhisperFeatureExtractor /
+# Qwen2AudioProcessor, whose attention mask samples every 160th sample): when N % 160 != 0 the
+# frame N // 160 of the padded reference, which holds the clip's last samples, counts too.
+RealLength = Literal["floor", "ceil"]
+AudioSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | np.ndarray | Tensor
+
+_READ_BLOCK = 1 << 18  # frames per block when decoding, so a lying header never sizes a buffer
+_FFMPEG_TIMEOUT: Seconds = 600.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def load_audio(
+    source: AudioSource, sr: int | None = None, *, max_seconds: Seconds | None = None
+) -> np.ndarray:
+    """Decode any common audio source to 16 kHz mono float32.
+
+    Files (WAV, FLAC, OGG, MP3 and the other formats libsndfile reads) are decoded with soundfile;
+    when soundfile cannot open one and an ``ffmpeg`` executable is on PATH, ffmpeg decodes it
+    (16 kHz mono s16le, as the Qwen-Audio reference does). Integer PCM is scaled by its full range
+    (16-bit: ``x / 32768``, as ffmpeg's s16le output divided by 32768); channels are averaged;
+    other rates are resampled with soxr (high quality).
+
+    Args:
+        source: a path, the bytes of a file, a binary file-like object, or samples as a numpy
+            array or torch tensor: [N] mono or [N, C] / [C, N] (the shorter axis is channels),
+            float in [-1, 1] or integer PCM.
+        sr: sample rate of an array source in Hz (default 16000). Files carry their own rate, so
+            passing it with a file is an error.
+        max_seconds: refuse (AudioError) sources longer than this; the decoder stops reading as
+            soon as the limit is passed. Nothing is ever truncated silently.
+
+    Returns:
+        float32 [N] samples at 16 kHz.
+
+    Raises:
+        AudioError: naming the source (path, ``<bytes>``, ``<file>`` or ``<array>``) and the
+            problem: missing file, directory, empty file, not audio, truncated file, no samples,
+            NaN/Inf samples, absurd rate, longer than ``max_seconds``.
+    """
+    name = _describe(source)
+    if max_seconds is not None and not max_seconds > 0:
+        raise AudioError(f"{name}: max_seconds must be > 0, got {max_seconds!r}")
+    if isinstance(source, (np.ndarray, Tensor)):
+        rate = SAMPLE_RATE if sr is None else sr
+        _check_rate(rate, name)
+        samples = _array_samples(source, name)
+        _check_duration(samples.shape[0], rate, max_seconds, name)
+    else:
+        if sr is not None:
+            raise AudioError(f"{name}: sr is only for array sources; a file carries its own rate")
+        samples, rate = _decode(source, name, max_seconds)
+    if samples.shape[0] == 0:
+        raise AudioError(f"{name}: no audio samples")
+    if not np.isfinite(samples).all():
+        raise AudioError(f"{name}: contains NaN or Inf samples")
+    mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
+    if rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
+        if mono.shape[0] == 0:
+            raise AudioError(f"{name}: {samples.shape[0]} samples at {rate} Hz are too short to "
+                             f"give one sample at {SAMPLE_RATE} Hz")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def _describe(source: object) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    if isinstance(source, (np.ndarray, Tensor)):
+        return "<array>"
+    return str(getattr(source, "name", "<file>"))
+
+
+def _check_rate(rate: object, name: str) -> None:
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)):
+        raise AudioError(f"{name}: sample rate must be an integer, got {rate!r}")
+    if not 0 < rate <= MAX_SOURCE_RATE:
+        raise AudioError(f"{name}: absurd sample rate {rate} Hz (allowed 1..{MAX_SOURCE_RATE})")
+
+
+def _check_duration(n_frames: int, rate: int, max_seconds: Seconds | None, name: str) -> None:
+    if max_seconds is not None and n_frames > max_seconds * rate:
+        raise AudioError(f"{name}: longer than max_seconds={max_seconds:g} "
+                         f"(at least {n_frames / rate:.1f} s)")
+
+
+def _array_samples(array: np.ndarray | Tensor, name: str) -> np.ndarray:
+    """float32 [N, C] samples of an array source, integer PCM scaled by its full range."""
+    if isinstance(array, Tensor):
+        array = array.detach().cpu().numpy()
+    if array.ndim == 1:
+        array = array[:, None]
+    elif array.ndim == 2:
+        array = array if array.shape[0] >= array.shape[1] else array.T
+    else:
+        raise AudioError(f"{name}: expected [N] or [N, C] samples, got shape {array.shape}")
+    if array.dtype.kind == "f":
+        return array.astype(np.float32, copy=False)
+    if array.dtype.kind == "i":
+        return (array / float(1 << (8 * array.itemsize - 1))).astype(np.float32)
+    if array.dtype.kind == "u":  # unsigned PCM (8-bit WAV): centred on half range
+        half = float(1 << (8 * array.itemsize - 1))
+        return ((array - half) / half).astype(np.float32)
+    raise AudioError(f"{name}: samples must be float or integer PCM, got dtype {array.dtype}")
+
+
+def _decode(
+    source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO,
+    name: str,
+    max_seconds: Seconds | None,
+) -> tuple[np.ndarray, int]:
+    """Decode a file source to (float32 [N, C] samples, rate)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            raise AudioError(f"{name}: is a directory, not an audio file")
+        if path.exists() and not path.is_file():  # a device or pipe could be endless
+            raise AudioError(f"{name}: not a regular file")
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise AudioError(f"{name}: no such file") from None
+        except OSError as e:
+            raise AudioError(f"{name}: cannot read ({e.strerror or e})") from None
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        data = source.read()
+        if not isinstance(data, bytes):
+            raise AudioError(f"{name}: file object must be opened in binary mode")
+    if not data:
+        raise AudioError(f"{name}: empty file (0 bytes)")
+    _check_riff_length(data, name)
+    try:
+        sound = sf.SoundFile(io.BytesIO(data))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        reason = _reason(e)
+        if shutil.which("ffmpeg"):
+            return _decode_ffmpeg(data, name, max_seconds, reason), SAMPLE_RATE
+        raise AudioError(f"{name}: not a decodable audio file ({reason}; "
+                         "ffmpeg is not on PATH to try other formats)") from None
+    with sound:
+        _check_rate(sound.samplerate, name)
+        return _read_blocks(sound, name, max_seconds), sound.samplerate
+
+
+def _reason(error: Exception) -> str:
+    """libsndfile's own words for a decoding failure."""
+    return (getattr(error, "error_string", None) or str(error)).strip().rstrip(".")
+
+
+def _read_blocks(sound: sf.SoundFile, name: str, max_seconds: Seconds | None) -> np.ndarray:
+    """Read float32 [N, C] in blocks until the end (or past ``max_seconds``)."""
+    blocks, n = [], 0
+    block = max(1, _READ_BLOCK // max(1, sound.channels))
+    try:
+        while True:
+            chunk = sound.read(block, dtype="float32", always_2d=True)
+            if chunk.shape[0] == 0:
+                break
+            blocks.append(chunk)
+            n += chunk.shape[0]
+            _check_duration(n, sound.samplerate, max_seconds, name)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        raise AudioError(f"{name}: corrupt or truncated audio data ({_reason(e)})") from None
+    if 0 < n < sound.frames:
+        raise AudioError(f"{name}: truncated: the header declares {sound.frames} frames, "
+                         f"the data holds {n}")
+    if not blocks:
+        return np.zeros((0, sound.channels), dtype=np.float32)
+    return np.concatenate(blocks)
+
+
+def _check_riff_length(data: bytes, name: str) -> None:
+    """Refuse a RIFF/WAVE file whose 'data' chunk declares more bytes than the file holds.
+
+    libsndfile silently clamps such a chunk to the bytes present, which hides a truncated
+    download or a header claiming hours of audio. The sizes 0 and 0xFFFFFFFF mean "unknown
+    length" (streamed WAV, RF64) and are accepted.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk_id, size = data[pos:pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+        if chunk_id == b"data":
+            held = len(data) - pos - 8
+            if size not in (0, 0xFFFFFFFF) and size > held:
+                raise AudioError(f"{name}: truncated WAV: the header declares {size} bytes of "
+                                 f"audio, the file holds {held}")
+            return
+        pos += 8 + size + (size & 1)
+
+
+def _decode_ffmpeg(data: bytes, name: str, max_seconds: Seconds | None, why: str) -> np.ndarray:
+    """Decode with the ffmpeg CLI to float32 [N, 1] at 16 kHz (s16le / 32768)."""
+    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-i", "pipe:0"]
+    if max_seconds is not None:  # one sample past the limit is enough to refuse the file
+        cmd += ["-t", f"{max_seconds + 2 / SAMPLE_RATE:.6f}"]
+    cmd += ["-vn", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "pipe:1"]
+    try:
+        proc = subprocess.run(cmd, input=data, capture_output=True, timeout=_FFMPEG_TIMEOUT,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise AudioError(f"{name}: not decodable by soundfile ({why}) and ffmpeg failed ({e})"
+                         ) from None
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise AudioError(f"{name}: not a decodable audio file (soundfile: {why}; ffmpeg: "
+                         f"{err[-1] if err else 'exit code ' + str(proc.returncode)})")
+    pcm = np.frombuffer(proc.stdout[: len(proc.stdout) // 2 * 2], dtype="<i2")
+    _check_duration(pcm.shape[0], SAMPLE_RATE, max_seconds, name)
+    return (pcm.astype(np.float32) / 32768.0)[:, None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-mel
+# ---------------------------------------------------------------------------------------------
+
+
+def mel_filters(n_mels: int) -> Tensor:
+    """The slaney-style mel filterbank Whisper uses (librosa's default), computed here.
+
+    Triangles on the slaney mel scale (linear below 1 kHz, logarithmic above) between 0 Hz and
+    8 kHz, each scaled to unit area (``2 / bandwidth``); computed in float64, cast to float32.
+
+    Args:
+        n_mels: number of mel bins (80 for Qwen-Audio, 128 for Qwen2-Audio).
+
+    Returns:
+        float32 [n_mels, 201] filter weights over the one-sided STFT bins.
+    """
+    return _mel_filters(n_mels).clone()
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_filters(n_mels: int) -> Tensor:
+    if isinstance(n_mels, bool) or not isinstance(n_mels, int) or n_mels < 1:
+        raise AudioError(f"n_mels must be a positive integer, got {n_mels!r}")
+    f_sp = 200.0 / 3  # Hz per mel on the linear part
+    min_log_hz, log_step = 1000.0, np.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+
+    def hz_to_mel(hz: float) -> float:
+        return hz / f_sp if hz < min_log_hz else min_log_mel + np.log(hz / min_log_hz) / log_step
+
+    mels = np.linspace(hz_to_mel(0.0), hz_to_mel(SAMPLE_RATE / 2), n_mels + 2)
+    hz = np.where(mels < min_log_mel, mels * f_sp,
+                  min_log_hz * np.exp(log_step * (mels - min_log_mel)))
+    fft_hz = np.linspace(0.0, SAMPLE_RATE / 2, N_FREQ)
+    width = np.diff(hz)  # [n_mels + 1]
+    ramps = hz[:, None] - fft_hz[None, :]  # [n_mels + 2, 201]
+    rising = -ramps[:-2] / width[:-1, None]
+    falling = ramps[2:] / width[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights *= (2.0 / (hz[2:] - hz[:-2]))[:, None]
+    return torch.from_numpy(weights.astype(np.float32))
+
+
+@functools.lru_cache(maxsize=8)
+def _sparse_mel_filters(n_mels: int) -> Tensor:
+    """`mel_filters` as a CSR matrix: ~400 of its n_mels x 201 weights are nonzero."""
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"; the product is stable
+        warnings.simplefilter("ignore", UserWarning)
+        return _mel_filters(n_mels).to_sparse_csr()
+
+
+@functools.lru_cache(maxsize=4)
+def _hann_window(device: torch.device) -> Tensor:
+    return torch.hann_window(N_FFT, periodic=True, device=device)
+
+
+def audio_token_count(mel_len: int | Tensor) -> int | Tensor:
+    """Number of audio tokens for ``mel_len`` real mel frames (both checkpoint families).
+
+    The conv stem (k3 s1 p1, then k3 s2 p1) gives ``n = (L - 1) // 2 + 1`` frames, and the
+    stride-2 average pool ``(n - 2) // 2 + 1`` (= ``n // 2``) tokens.
+
+    Args:
+        mel_len: real mel length L (int, or an int64 tensor of any shape).
+
+    Returns:
+        The token count, of the same kind as ``mel_len``.
+    """
+    if (mel_len < 0).any() if isinstance(mel_len, Tensor) else mel_len < 0:
+        raise AudioError(f"mel length must be >= 0, got {mel_len}")
+    n = (mel_len - 1) // 2 + 1
+    return (n - 2) // 2 + 1
+
+
+def mel_length(n_samples: int, real_length: RealLength = "floor") -> int:
+    """Real mel length L of a clip of ``n_samples`` samples (see `RealLength`).
+
+    Clips longer than 30 s keep all their frames, as the references' no-truncation mode does:
+    L is at most ``max(n_samples, 480000) // 160``.
+
+    Raises:
+        AudioError: unknown ``real_length``.
+    """
+    if real_length == "floor":
+        return n_samples // HOP_LENGTH
+    if real_length == "ceil":
+        return min(-(-n_samples // HOP_LENGTH), max(n_samples, N_SAMPLES) // HOP_LENGTH)
+    raise AudioError(f"real_length must be 'floor' or 'ceil', got {real_length!r}")
+
+
+def log_mel_spectrogram(
+    audio: np.ndarray | Tensor, n_mels: int, lookahead: int = 0, real_length: RealLength = "floor"
+) -> Tensor:
+    """Log-mel of one clip over its real length, equal to the 30-s padded reference's frames.
+
+    With N samples the clip has L = N // 160 real frames (or ceil(N / 160): `RealLength`).
+    Frame t here equals frame t of the reference, which zero-pads the waveform to 30 s (480000
+    samples; a longer clip is taken whole, as transformers' no-truncation mode does),
+    reflect-pads 200 samples at each end, drops the last STFT frame and floors at (max over all
+    its frames - 8). Only the frames up to N // 160 + 2 can hold signal, so those are all that
+    is computed: the left edge is reflected, the right edge sees the zeros (or the far
+    reflection) the padded signal has there.
+
+    Args:
+        audio: float [N] samples at 16 kHz (numpy or torch; a tensor keeps its device).
+        n_mels: mel bins (80 for Qwen-Audio, 128 for Qwen2-Audio).
+        lookahead: frames to return after the real length, computed as the reference computes
+            frames L, L+1, ...; where the reference has no such frame (clips of 30 s or more)
+            they are 0, as the encoder's zero padding sees them.
+        real_length: how L counts a last partial hop (`RealLength`): "floor" (v1) gives
+            N // 160, "ceil" (Qwen2-Audio) ceil(N / 160).
+
+    Returns:
+        float32 [n_mels, L + lookahead].
+
+    Raises:
+        AudioError: not 1-D float samples, shorter than one hop (160 samples), NaN/Inf, or
+            so loud that the power overflows float32.
+    """
+    return _log_mel([audio], n_mels, lookahead, real_length, single=True)[0][0]
+
+
+def log_mel_padded(audio: np.ndarray | Tensor, n_mels: int) -> Tensor:
+    """The references' 30-s variant: the clip cut or zero-padded to 480000 samples.
+
+    Args:
+        audio: float [N] samples at 16 kHz; samples past 30 s are dropped, as the references do.
+        n_mels: mel bins.
+
+    Returns:
+        float32 [n_mels, 3000]: exactly the reference's input features (``input_features`` of
+        transformers' WhisperFeatureExtractor, ``input_audios`` of Qwen-Audio).
+    """
+    clip = audio[:N_SAMPLES]
+    return log_mel_spectrogram(clip, n_mels, lookahead=N_FRAMES - clip.shape[0] // HOP_LENGTH)
+
+
+def batch_log_mel(
+    audios: list[np.ndarray | Tensor], n_mels: int, real_length: RealLength = "floor"
+) -> tuple[Tensor, Tensor]:
+    """Log-mel of several clips, each over its real length plus 2 lookahead frames.
+
+    Each clip's rows equal ``log_mel_spectrogram(clip, n_mels, lookahead=2)``: the encoder's conv
+    stem reads frames L and L+1 of a clip, so they travel with it. One batched STFT and one mel
+    product serve the whole batch.
+
+    Args:
+        audios: B float [N_b] clips at 16 kHz, all on one device.
+        n_mels: mel bins.
+        real_length: how L counts a last partial hop (`RealLength`; "ceil" for Qwen2-Audio).
+
+    Returns:
+        features: float32 [B, n_mels, T] with T = max(L) + 2; zeros after each clip's L_b + 2.
+        feature_lens: int64 [B], the real lengths L_b (lookahead not included).
+    """
+    if not audios:
+        raise AudioError("batch_log_mel needs at least one clip")
+    return _log_mel(audios, n_mels, 2, real_length, single=False)
+
+
+def _waveform(audio: np.ndarray | Tensor, name: str) -> Tensor:
+    x = torch.from_numpy(np.asarray(audio)) if not isinstance(audio, Tensor) else audio
+    if x.ndim != 1 or not x.is_floating_point():
+        raise AudioError(f"{name}: expected 1-D float samples at 16 kHz, got "
+                         f"{x.dtype} {tuple(x.shape)} (load_audio gives them)")
+    if x.shape[0] < HOP_LENGTH:
+        raise AudioError(f"{name}: {x.shape[0]} samples is shorter than one {HOP_LENGTH}-sample "
+                         "hop, so it has no mel frame")
+    return x.to(torch.float32)
+
+
+def _reference_signals(waves: list[Tensor], n_frames: list[int]) -> Tensor:
+    """The padded reference signal around each clip's first frames: [B, S], zeros after.
+
+    Frame t covers original samples [160 t - 200, 160 t + 200). The reference signal is the clip
+    zero-padded to P = max(N, 480000) and reflected by 200 samples at both ends; row b holds its
+    first 160 (n_frames[b] - 1) + 400 samples, so a plain (uncentred) STFT of the row gives
+    exactly the reference's frames 0..n_frames[b]-1.
+    """
+    half = N_FFT // 2
+    lengths = [HOP_LENGTH * (f - 1) + N_FFT for f in n_frames]
+    rows = waves[0].new_zeros(len(waves), max(lengths))
+    for row, x, length in zip(rows, waves, lengths):
+        padded, core = max(x.shape[0], N_SAMPLES), length - half  # original samples [0, core)
+        kept = min(x.shape[0], core)
+        row[half: half + kept] = x[:kept]
+        if core > padded:  # the last kept frames reach past P: the reflection of the padded clip
+            reach = core - padded
+            row[half + padded: half + core] = row[half + padded - 1 - reach:
+                                                  half + padded - 1].flip(0)
+        row[:half] = row[half + 1: 2 * half + 1].flip(0)
+    return rows
+
+
+def _log_mel(
+    audios: list[np.ndarray | Tensor],
+    n_mels: int,
+    lookahead: int,
+    real_length: RealLength,
+    single: bool,
+) -> tuple[Tensor, Tensor]:
+    """Shared body of `log_mel_spectrogram` and `batch_log_mel`: ([B, n_mels, T], [B])."""
+    if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0:
+        raise AudioError(f"lookahead must be a non-negative integer, got {lookahead!r}")
+    filters = _sparse_mel_filters(n_mels)
+    names = ["audio"] if single else [f"audio {b}" for b in range(len(audios))]
+    waves = [_waveform(a, name) for a, name in zip(audios, names)]
+    device = waves[0].device
+    lens = [mel_length(w.shape[0], real_length) for w in waves]
+    kept = [max(w.shape[0], N_SAMPLES) // HOP_LENGTH for w in waves]  # frames the reference keeps
+    computed = [min(n + max(lookahead, 3), k) for n, k in zip(lens, kept)]
+    returned = [min(n + lookahead, k) for n, k in zip(lens, kept)]
+    spec = torch.stft(_reference_signals(waves, computed), N_FFT, HOP_LENGTH,
+                      window=_hann_window(device), center=False,
+                      return_complex=True)  # [B, 201, F], laid out as [B, F, 201]
+    power = torch.addcmul(spec.real.square(), spec.imag, spec.imag)  # |X|^2, same layout
+    n_frames = power.shape[-1]
+    # one sparse [n_mels, 201] @ [201, B * F] product: a slaney filter covers a few bins only
+    mel = filters.to(device) @ power.transpose(1, 2).reshape(-1, N_FREQ).T.contiguous()
+    mel = mel.clamp_(min=1e-10).log10_().view(n_mels, -1, n_frames)  # [n_mels, B, F]
+    features = mel.new_zeros(len(waves), n_mels, max(lens) + lookahead)
+    for b, (wave, n_computed, n_returned) in enumerate(zip(waves, computed, returned)):
+        # frames past L + 2 hold only zeros, so they never raise the max the floor is taken from
+        peak = mel[:, b, :n_computed].max()
+        if not torch.isfinite(peak):
+            problem = ("contains NaN or Inf samples" if not torch.isfinite(wave).all() else
+                       f"power overflows float32 (peak |sample| {wave.abs().max().item():.3g})")
+            raise AudioError(f"{names[b]}: {problem}")
+        out = features[b, :, :n_returned]
+        torch.clamp(mel[:, b, :n_returned], min=peak - LOG_FLOOR_RANGE, out=out)
+        out.add_(4.0).div_(4.0)
+    return features, torch.tensor(lens, dtype=torch.int64, device=device)
+
+
+def spec_augment(
+    features: Tensor,
+    feature_lens: Tensor,
+    *,
+    freq_masks: int = 2,
+    freq_width: int = 27,
+    time_masks: int = 2,
+    time_width: int = 100,
+    max_time_ratio: float = 0.2,
+    mask_value: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """SpecAugment masking (Park et al., 2019) inside each clip's real frames.
+
+    Each clip gets ``freq_masks`` bands of f ~ U{0..freq_width} mel bins and ``time_masks``
+    spans of t ~ U{0..min(time_width, max_time_ratio * L)} frames, at uniform positions, all
+    set to ``mask_value``. Frames at or past a clip's real length L (lookahead, padding) are
+    never touched. All randomness comes from ``generator`` (a CPU generator), so a seeded
+    generator gives the same masks on any device.
+
+    Args:
+        features: float [B, n_mels, T] log-mel features (``batch_log_mel`` output).
+        feature_lens: int [B] real lengths L_b <= T.
+        freq_masks: frequency bands per clip.
+        freq_width: widest frequency band, in mel bins.
+        time_masks: time spans per clip.
+        time_width: widest time span, in frames.
+        max_time_ratio: a time span is also at most this fraction of the clip's L.
+        mask_value: value written into masked cells.
+        generator: source of randomness; the global CPU generator when None.
+
+    Returns:
+        A masked copy of ``features`` ([B, n_mels, T], same dtype and device).
+    """
+    if features.ndim != 3 or feature_lens.shape != features.shape[:1]:
+        raise AudioError(f"spec_augment needs features [B, n_mels, T] and feature_lens [B], got "
+                         f"{tuple(features.shape)} and {tuple(feature_lens.shape)}")
+    batch, n_mels, width = features.shape
+    lens = feature_lens.detach().to("cpu", torch.int64)
+    if (lens < 0).any() or (lens > width).any():
+        raise AudioError(f"feature_lens must lie in 0..{width}, got {lens.tolist()}")
+
+    def spans(n: int, longest: Tensor, extent: Tensor) -> tuple[Tensor, Tensor]:
+        """n random [start, end) spans per clip, width <= longest, inside 0..extent: [B, n]."""
+        size = (torch.rand(batch, n, generator=generator) * (longest[:, None] + 1)).floor()
+        start = (torch.rand(batch, n, generator=generator) * (extent[:, None] - size + 1)).floor()
+        return start.long(), (start + size).long()
+
+    freq_cap = torch.full((batch,), min(freq_width, n_mels))
+    f_start, f_end = spans(freq_masks, freq_cap, torch.full((batch,), n_mels))
+    time_cap = torch.minimum(torch.full((batch,), time_width), (lens * max_time_ratio).long())
+    t_start, t_end = spans(time_masks, time_cap, lens)
+    bins, frames = torch.arange(n_mels), torch.arange(width)
+
+    def covered(axis: Tensor, start: Tensor, end: Tensor) -> Tensor:  # [B, len(axis)]
+        inside = (axis[None, None, :] >= start[..., None]) & (axis[None, None, :] < end[..., None])
+        return inside.any(dim=1)
+
+    real = frames[None, :] < lens[:, None]  # [B, T]
+    mask = (covered(bins, f_start, f_end)[:, :, None] & real[:, None, :]) | covered(
+        frames, t_start, t_end)[:, None, :]  # [B, n_mels, T]
+    return features.masked_fill(mask.to(features.device), mask_value)
