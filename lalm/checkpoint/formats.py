@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
-from lalm.checkpoint import qwen2_audio
+from lalm.checkpoint import qwen2_audio, qwen_audio_v1
 from lalm.config import ModelConfig
 from lalm.errors import CheckpointError
 
@@ -49,6 +49,14 @@ FORMATS: dict[str, CheckpointFormat] = {
         to_lalm=qwen2_audio.to_lalm,
         config_to_hf=qwen2_audio.config_to_hf,
         from_lalm=qwen2_audio.from_lalm,
+    ),
+    "qwen_audio_v1": CheckpointFormat(
+        name="qwen_audio_v1",
+        matches=qwen_audio_v1.is_qwen_audio_v1,
+        config_from_hf=qwen_audio_v1.config_from_hf,
+        to_lalm=qwen_audio_v1.to_lalm,
+        config_to_hf=qwen_audio_v1.config_to_hf,
+        from_lalm=qwen_audio_v1.from_lalm,
     ),
 }
 

@@ -1,4 +1,8 @@
-"""Load a checkpoint directory as published (config.json + safetensors) into lalm's model.
+"""Load a checkpoint directory as published (config.json + weights) into lalm's model.
+
+The family (Qwen2-Audio, Qwen-Audio v1, ...) is recognised from config.json by
+`lalm.checkpoint.formats.detect_format`; weights are safetensors (single or sharded) or PyTorch
+`.bin` shards (`lalm.checkpoint.safetensors_io.read_checkpoint_dir`).
 
 No transformers needed: the model is built on the meta device (no memory, no init), the weights
 are memory-mapped, renamed by the family's key map, assigned (`load_state_dict(assign=True)`)
@@ -78,7 +82,8 @@ def load_model(
     """Load a checkpoint directory (any format in `lalm.checkpoint.formats.FORMATS`).
 
     Args:
-        directory: folder with config.json and model.safetensors (or sharded safetensors).
+        directory: folder with config.json and its weights (model.safetensors, safetensors
+            shards, pytorch_model.bin or .bin shards).
         dtype: "fp32" | "bf16" | "fp16" (see `lalm.config.resolve_dtype` for the CPU fallback).
         device: where the model goes.
 

@@ -2,6 +2,8 @@
 
 Reading is memory-mapped: the returned tensors are views of the mapped files, so loading a
 model with `load_state_dict(assign=True)` copies nothing until the one cast to the user's dtype.
+Directories published with PyTorch `.bin` weights (`pytorch_model.bin` or its shards) are read
+too, with `torch.load(weights_only=True)`: no code in the file runs.
 Writing goes to a temporary file in the same directory and is renamed into place, so a reader
 never sees a half-written file; the shard index is written after its shards.
 """
@@ -10,10 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
@@ -22,6 +27,8 @@ from lalm.errors import CheckpointError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+BIN_FILE = "pytorch_model.bin"
+BIN_INDEX_FILE = "pytorch_model.bin.index.json"
 
 
 def read_safetensors(path: str | Path) -> dict[str, Tensor]:
@@ -40,31 +47,64 @@ def read_safetensors(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(f"cannot read {path} (truncated or not safetensors?): {err}") from err
 
 
+def read_torch_bin(path: str | Path) -> dict[str, Tensor]:
+    """All tensors of one PyTorch `.bin` state-dict file, loaded with `weights_only=True`
+    (memory-mapped when it is a zip archive, as every file of torch >= 1.6 is).
+
+    Raises:
+        CheckpointError: the file is missing, truncated or not a state dict of tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True,
+                           mmap=zipfile.is_zipfile(path))
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"cannot read {path} (truncated or not a PyTorch file?): {err}") \
+            from err
+    if not isinstance(state, dict) or not all(isinstance(t, Tensor) for t in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
 def read_checkpoint_dir(directory: str | Path) -> dict[str, Tensor]:
     """The weights of a checkpoint directory: `model.safetensors`, or shards listed in
-    `model.safetensors.index.json` (each shard must hold exactly the keys the index gives it).
+    `model.safetensors.index.json`; failing those `pytorch_model.bin` or the shards listed in
+    `pytorch_model.bin.index.json`. Each shard must hold exactly the keys the index gives it.
 
     Raises:
         CheckpointError: no weights, a missing or unreadable shard, or shards and index disagree.
     """
     directory = Path(directory)
-    index_path = directory / INDEX_FILE
-    if not index_path.is_file():
-        if not (directory / SINGLE_FILE).is_file():
-            raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE} in {directory}")
-        return read_safetensors(directory / SINGLE_FILE)
+    layouts = ((INDEX_FILE, SINGLE_FILE, read_safetensors),
+               (BIN_INDEX_FILE, BIN_FILE, read_torch_bin))
+    for index_name, single_name, read in layouts:
+        if (directory / index_name).is_file():
+            return _read_shards(directory, index_name, read)
+        if (directory / single_name).is_file():
+            return read(directory / single_name)
+    raise CheckpointError(
+        f"no {SINGLE_FILE}, {INDEX_FILE}, {BIN_FILE} or {BIN_INDEX_FILE} in {directory}"
+    )
+
+
+def _read_shards(
+    directory: Path, index_name: str, read: Callable[[Path], dict[str, Tensor]]
+) -> dict[str, Tensor]:
+    index_path = directory / index_name
     try:
         weight_map: dict[str, str] = json.loads(index_path.read_text())["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise CheckpointError(f"{index_path} is not a valid shard index: {err}") from err
     tensors: dict[str, Tensor] = {}
     for shard in sorted(set(weight_map.values())):
-        found = read_safetensors(directory / shard)
+        found = read(directory / shard)
         expected = {key for key, name in weight_map.items() if name == shard}
         if set(found) != expected:
             missing, extra = sorted(expected - set(found)), sorted(set(found) - expected)
             raise CheckpointError(
-                f"shard {directory / shard} disagrees with {INDEX_FILE}: missing {missing[:10]}, "
+                f"shard {directory / shard} disagrees with {index_name}: missing {missing[:10]}, "
                 f"unlisted {extra[:10]}"
             )
         tensors.update(found)
@@ -140,10 +180,13 @@ def _write_shard(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str
 
 
 __all__ = [
+    "BIN_FILE",
+    "BIN_INDEX_FILE",
     "INDEX_FILE",
     "SINGLE_FILE",
     "read_checkpoint_dir",
     "read_safetensors",
+    "read_torch_bin",
     "write_atomic",
     "write_checkpoint_dir",
     "write_json",
