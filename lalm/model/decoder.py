@@ -51,6 +51,24 @@ def positions_from_mask(token_mask: Tensor) -> Tensor:
     return (token_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
+def positions_from_segments(segment_ids: Tensor, token_mask: Tensor) -> Tensor:
+    """Per-row RoPE positions of packed rows: real tokens count 0, 1, 2, ... in each segment.
+
+    Args:
+        segment_ids: [B, S] int64; a segment is a run of equal ids.
+        token_mask: [B, S] bool, True for real tokens.
+
+    Returns:
+        [B, S] int64 (pads as in `positions_from_mask`).
+    """
+    real = token_mask.long()
+    count = real.cumsum(dim=1)  # real tokens up to and including each position
+    first = torch.ones_like(token_mask)
+    first[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    before = torch.where(first, count - real, 0).cummax(dim=1).values  # real tokens before it
+    return (count - 1 - before).clamp(min=0)
+
+
 class Attention(nn.Module):
     """Causal self-attention with RoPE, q/k/v bias, no o bias, grouped key/value heads."""
 
@@ -173,16 +191,16 @@ class TextDecoder(nn.Module):
         """Drop the KV cache: forwards attend within their own input again."""
         self.cache = None
 
-    def _rope_base(self, token_mask: Tensor) -> Tensor:
-        """[B] float32 RoPE base per row; under dynamic NTK chosen from the real length, once."""
+    def _rope_base(self, lengths: Tensor) -> Tensor:
+        """[B] float32 RoPE base per row; under dynamic NTK chosen from [B] lengths, once."""
         cache = self.cache
         if cache is not None and cache.rope_base is not None:
             return cache.rope_base
         cfg = self.config
         if cfg.dynamic_ntk:
-            alpha = ntk_alpha(token_mask.sum(dim=1), cfg.train_seq_len)
+            alpha = ntk_alpha(lengths, cfg.train_seq_len)
         else:
-            alpha = torch.ones(token_mask.shape[0], dtype=torch.float64, device=token_mask.device)
+            alpha = torch.ones(lengths.shape[0], dtype=torch.float64, device=lengths.device)
         base = ntk_rope_base(cfg.rope_theta, alpha, cfg.head_dim)
         if cache is not None:
             cache.rope_base = base
@@ -194,6 +212,7 @@ class TextDecoder(nn.Module):
         input_pos: Tensor,
         token_mask: Tensor | None = None,
         output: DecoderOutput = "logits",
+        segment_ids: Tensor | None = None,
     ) -> Tensor:
         """Run the decoder over new positions (all of them, or the next ones after the cache).
 
@@ -204,12 +223,17 @@ class TextDecoder(nn.Module):
             output: "logits" -> [B, S, V] float32; "last_logits" -> [B, V] float32 for the last
                 column only (prefill/decode: avoids the B*S*V tensor); "hidden" -> [B, S, D]
                 after the final norm.
+            segment_ids: [B, S] int64 for packed rows (no KV cache): a token attends only to
+                tokens of its own segment; `input_pos` restart at 0 in each segment. Under
+                dynamic NTK every segment must be at most `train_seq_len` long (its alpha is
+                then 1, as alone).
 
         Returns:
             See `output`.
 
         Raises:
-            ValueError: mismatched shapes, or a batch/length the KV cache cannot take.
+            ValueError: mismatched shapes, a batch/length the KV cache cannot take, segments
+                with a KV cache, or a segment too long for dynamic NTK.
         """
         batch, seq, dim = embeds.shape
         if dim != self.config.dim or input_pos.shape != (batch, seq):
@@ -223,7 +247,17 @@ class TextDecoder(nn.Module):
         start = 0 if cache is None else cache.length
         key_mask = token_mask if cache is None else cache.append_mask(token_mask)
         mask = attention_mask(torch.arange(start, start + seq, device=embeds.device), key_mask)
-        inv_freq = rope_inv_freq(self.config.head_dim, self._rope_base(token_mask))
+        lengths = token_mask.sum(dim=1)
+        if segment_ids is not None:
+            if cache is not None:
+                raise ValueError("segment_ids (packed rows) need a forward without KV cache")
+            mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+            lengths = input_pos.max(dim=1).values + 1  # the longest segment
+            if self.config.dynamic_ntk and int(lengths.max()) > self.config.train_seq_len:
+                raise ValueError(f"a packed segment of {int(lengths.max())} tokens is longer "
+                                 f"than train_seq_len {self.config.train_seq_len}: dynamic NTK "
+                                 f"would give it another RoPE base than it has alone")
+        inv_freq = rope_inv_freq(self.config.head_dim, self._rope_base(lengths))
         cos, sin = rope_cos_sin(input_pos, inv_freq, embeds.dtype)
         q_scale = None
         if self.config.logn_attn:

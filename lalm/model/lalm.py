@@ -19,7 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lalm.config import ModelConfig
-from lalm.model.decoder import DecoderOutput, TextDecoder, positions_from_mask
+from lalm.model.decoder import (
+    DecoderOutput,
+    TextDecoder,
+    positions_from_mask,
+    positions_from_segments,
+)
 from lalm.model.encoder import AudioEncoder
 from lalm.model.projector import Projector
 
@@ -99,6 +104,7 @@ class AudioLanguageModel(nn.Module):
         token_mask: Tensor | None = None,
         labels: Tensor | None = None,
         output: DecoderOutput = "logits",
+        segment_ids: Tensor | None = None,
     ) -> ModelOutput:
         """Full forward without KV cache (training, scoring, reference comparisons).
 
@@ -111,6 +117,9 @@ class AudioLanguageModel(nn.Module):
             labels: [B, S] int64 targets aligned with `ids` (shifted inside: position s
                 predicts labels[:, s + 1]); -100 marks positions without a target.
             output: decoder output kind; "logits" unless only the last position is needed.
+            segment_ids: [B, S] int64 for rows packing several items: each segment attends
+                only to itself and its positions start at 0, so it computes what it computes
+                alone (`TextDecoder.forward`). A segment's first label must be -100 (a prompt).
 
         Returns:
             `ModelOutput` with logits ([B, S, V], or [B, V] for "last_logits", float32) and the
@@ -127,7 +136,11 @@ class AudioLanguageModel(nn.Module):
             embeds = self.embed_prompt(ids, rows, audio_slot_mask)
         if token_mask is None:
             token_mask = torch.ones_like(ids, dtype=torch.bool)
-        logits = self.decoder(embeds, positions_from_mask(token_mask), token_mask, output=output)
+        if segment_ids is None:
+            input_pos = positions_from_mask(token_mask)
+        else:
+            input_pos = positions_from_segments(segment_ids, token_mask)
+        logits = self.decoder(embeds, input_pos, token_mask, output=output, segment_ids=segment_ids)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(
