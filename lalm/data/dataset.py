@@ -1,0 +1,191 @@
+"""Training items: an `Example` -> token ids, labels and log-mel features, for either family.
+
+The prompt comes from `lalm.synth.render.render_prompt` (through `lalm.prompt`, which writes every
+tag), each clip's audio tokens are expanded to its real length, and the target follows:
+
+    ids    = prompt ids (audio slots expanded)      + target ids + [end]
+    labels = -100 for every prompt position          + target ids + [end]
+
+``end`` closes the answer: ``<|im_end|>`` after a ChatML reply (Qwen2-Audio, Qwen-Audio-Chat),
+``<|endoftext|>`` after a Qwen-Audio (v1) task prompt's answer. The loss therefore falls only on
+the target and its end token; prompt text, audio slots and (in `collate`) padding are -100.
+
+Item dict (`AudioTextDataset.__getitem__`; K = clips of the item, in prompt order, S = tokens,
+M = mel bins, L_k = real mel frames of clip k):
+
+    {
+        "id": str,                          # the example id
+        "ids": int64 [S],                   # prompt + target + end
+        "labels": int64 [S],                # -100 outside the target (and its end token)
+        "audio_slot_mask": bool [S],        # True where audio rows go (tokenizer.audio_slot_ids)
+        "features": [float32 [M, L_k + 2]], # per clip, 2 lookahead frames (lalm.audio contract)
+        "feature_lens": int64 [K],          # L_k
+    }
+
+`lalm.data.collate.collate` turns a list of items into the model's batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch.utils.data import Dataset
+
+from lalm.audio import HOP_LENGTH, SAMPLE_RATE, audio_token_count, load_audio, log_mel_spectrogram
+from lalm.data.formats import read_examples
+from lalm.data.manifest import AudioRef, Example
+from lalm.errors import DataError, LalmError
+from lalm.model.lalm import IGNORE_INDEX
+from lalm.prompt import AUDIO_END, AUDIO_PAD, AUDIO_START, QWEN_AUDIO_AUDIO_TOKENS, Family
+from lalm.synth.render import render_prompt, render_target, v1_task_spec
+from lalm.tokenizer import Tokenizer
+
+Seconds = float
+LOOKAHEAD = 2  # mel frames each clip carries after its real length (the conv stem reads them)
+
+# Tags a v1 target may hold (timestamps, silence, note-analysis fields); never the audio slots.
+_V1_TARGET_SPECIALS = frozenset(QWEN_AUDIO_AUDIO_TOKENS) - {AUDIO_START, AUDIO_PAD, AUDIO_END}
+
+
+def prompt_audio_order(example: Example, family: Family) -> list[int]:
+    """Indices into `example.audios` in the order the rendered prompt hears them.
+
+    A v1 task prompt hears the first clip; a chat hears the clips its turns (before the answer)
+    refer to, in turn order; a single-turn chat all clips in order.
+    """
+    if family is Family.QWEN_AUDIO and v1_task_spec(example) is not None:
+        return [0]
+    turns = example.messages[:-1]
+    if not turns:
+        return list(range(len(example.audios)))
+    return [i for m in turns for i in m.audios]
+
+
+def load_clip(ref: AudioRef, max_seconds: Seconds | None = None) -> np.ndarray:
+    """The samples of one clip window: float32 [N] at 16 kHz.
+
+    Raises:
+        AudioError: the file cannot be decoded.
+        DataError: the window lies past the end of the file or is longer than `max_seconds`.
+    """
+    audio = load_audio(ref.path)
+    start = round(ref.offset * SAMPLE_RATE)
+    end = audio.shape[0] if ref.duration is None else start + round(ref.duration * SAMPLE_RATE)
+    if start >= audio.shape[0] or end > audio.shape[0]:
+        raise DataError(f"audio {ref.path}: window [{ref.offset}, {end / SAMPLE_RATE}) s lies "
+                        f"past the end ({audio.shape[0] / SAMPLE_RATE} s)")
+    if max_seconds is not None and end - start > max_seconds * SAMPLE_RATE:
+        raise DataError(f"audio {ref.path}: {(end - start) / SAMPLE_RATE:.2f} s is longer than "
+                        f"{max_seconds:g} s; split it")
+    return audio[start:end]
+
+
+def _estimated_frames(ref: AudioRef) -> int:
+    """Mel frames of a clip from its header (exact for 16 kHz files), without decoding it."""
+    if ref.duration is not None:
+        return round(ref.duration * SAMPLE_RATE) // HOP_LENGTH
+    try:
+        info = sf.info(ref.path)
+        seconds = info.frames / info.samplerate - ref.offset
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        seconds = load_audio(ref.path).shape[0] / SAMPLE_RATE - ref.offset
+    return round(seconds * SAMPLE_RATE) // HOP_LENGTH
+
+
+class AudioTextDataset(Dataset):
+    """Examples as training items (see the module docstring for the item dict).
+
+    Args:
+        examples: the examples; relative audio paths are relative to `audio_root`.
+        tokenizer: the family's tokenizer (its family picks the prompt format).
+        n_mels: mel bins of the model (80 for Qwen-Audio, 128 for Qwen2-Audio).
+        audio_root: folder relative audio paths start from.
+        max_audio_seconds: longer clips are an error (the encoder sees 30 s); None: no limit.
+    """
+
+    def __init__(self, examples: Sequence[Example], tokenizer: Tokenizer, n_mels: int,
+                 audio_root: str | os.PathLike[str] = ".",
+                 max_audio_seconds: Seconds | None = 30.0) -> None:
+        self.examples = list(examples)
+        self.tokenizer = tokenizer
+        self.family = tokenizer.family
+        self.n_mels = n_mels
+        self.audio_root = Path(audio_root)
+        self.max_audio_seconds = max_audio_seconds
+        self._slot_ids = torch.tensor(sorted(tokenizer.audio_slot_ids))
+
+    @classmethod
+    def from_manifest(cls, path: str | os.PathLike[str], tokenizer: Tokenizer, n_mels: int,
+                      fmt: str | None = None, **kwargs: object) -> AudioTextDataset:
+        """A dataset over a manifest file in any `lalm.data.formats` format."""
+        return cls(read_examples(path, fmt), tokenizer, n_mels, **kwargs)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def _clips(self, example: Example) -> list[AudioRef]:
+        refs = [example.audios[i] for i in prompt_audio_order(example, self.family)]
+        return [AudioRef(str(self.audio_root / r.path), r.offset, r.duration) for r in refs]
+
+    def _token_ids(self, example: Example, mel_lens: Sequence[int]) -> tuple[list[int], int]:
+        """(prompt + target + end ids, prompt length) for clips of `mel_lens` real frames."""
+        tok = self.tokenizer
+        prompt = render_prompt(example, self.family, self.audio_root)
+        counts = [int(audio_token_count(n)) for n in mel_lens]
+        prompt_ids = prompt.encode(tok, counts).ids
+        v1 = self.family is Family.QWEN_AUDIO
+        allowed = _V1_TARGET_SPECIALS if v1 else ()
+        target_ids = tok.encode(render_target(example, self.family), allowed_special=allowed)
+        chat = not v1 or v1_task_spec(example) is None
+        end = tok.im_end_id if chat else tok.eod_id
+        return prompt_ids + target_ids + [end], len(prompt_ids)
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        """The item dict of example `index` (module docstring).
+
+        Raises:
+            DataError: naming the example, when its audio, prompt or target cannot be used.
+        """
+        example = self.examples[index]
+        try:
+            features = [log_mel_spectrogram(load_clip(ref, self.max_audio_seconds), self.n_mels,
+                                            lookahead=LOOKAHEAD) for ref in self._clips(example)]
+            mel_lens = [f.shape[1] - LOOKAHEAD for f in features]
+            ids, n_prompt = self._token_ids(example, mel_lens)
+        except LalmError as e:
+            raise DataError(f"example {example.id!r}: {e}") from e
+        ids_t = torch.tensor(ids, dtype=torch.int64)
+        labels = ids_t.clone()
+        labels[:n_prompt] = IGNORE_INDEX
+        return {
+            "id": example.id,
+            "ids": ids_t,
+            "labels": labels,
+            "audio_slot_mask": torch.isin(ids_t, self._slot_ids),
+            "features": features,
+            "feature_lens": torch.tensor(mel_lens, dtype=torch.int64),
+        }
+
+    @functools.cached_property
+    def lengths(self) -> tuple[list[int], list[list[int]]]:
+        """Sizes for batching, without decoding audio: (tokens per item, mel frames per clip).
+
+        Token counts are exact for 16 kHz files and windows (other rates: estimated from the
+        header, within a frame).
+        """
+        tokens, frames = [], []
+        for example in self.examples:
+            try:
+                mel_lens = [_estimated_frames(ref) for ref in self._clips(example)]
+                tokens.append(len(self._token_ids(example, mel_lens)[0]))
+            except LalmError as e:
+                raise DataError(f"example {example.id!r}: {e}") from e
+            frames.append(mel_lens)
+        return tokens, frames
+

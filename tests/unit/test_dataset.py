@@ -1,0 +1,257 @@
+"""Training items and batches: ids/labels per family, features, collate, batched = single,
+DataLoader workers, and a lalm-synth set from generation to batches."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch.utils.data import DataLoader
+
+from lalm.audio import audio_token_count, load_audio, log_mel_spectrogram
+from lalm.config import ModelConfig
+from lalm.data.check import check_manifest
+from lalm.data.collate import Collator, collate, model_inputs, pack_items
+from lalm.data.dataset import AudioTextDataset
+from lalm.data.manifest import AudioRef, Example, Message, TaskSpec, TimedWord, read_manifest
+from lalm.data.sampler import BucketBatchSampler
+from lalm.errors import DataError
+from lalm.prompt import Family
+from lalm.synth.render import render_prompt
+from lalm.testing.models import random_model
+from lalm.tokenizer import Tokenizer, load_tokenizer
+
+N_MELS = {Family.QWEN_AUDIO: 80, Family.QWEN2_AUDIO: 128}
+
+
+@functools.cache
+def _load(path: Path) -> Tokenizer:
+    return load_tokenizer(path)
+
+
+@pytest.fixture
+def tokenizers(qwen_tiktoken, qwen2_tokenizer_dir) -> dict[Family, Tokenizer]:
+    """Both real tokenizers, loaded once per test session."""
+    return {Family.QWEN_AUDIO: _load(qwen_tiktoken), Family.QWEN2_AUDIO: _load(qwen2_tokenizer_dir)}
+
+
+@pytest.fixture
+def clips(tmp_path: Path, v1_fixture: Path) -> Path:
+    """tmp_path with the fixture's real speech (a.wav, b.wav) and a 3 s 22.05 kHz chord."""
+    for name in ("a.wav", "b.wav"):
+        shutil.copy(v1_fixture / name, tmp_path / name)
+    t = np.arange(3 * 22050) / 22050
+    chord = sum(np.sin(2 * np.pi * f * t) for f in (261.6, 329.6, 392.0)) / 4
+    sf.write(tmp_path / "chord.wav", chord.astype(np.float32), 22050, subtype="PCM_16")
+    return tmp_path
+
+
+def _examples() -> list[Example]:
+    asr = TaskSpec("asr", "en", "en", instruction="Transcribe the speech.")
+    words = (TimedWord(0.0, 0.4, None), TimedWord(0.4, 0.9, "hello"), TimedWord(1.0, 1.5, "there"))
+    return [
+        Example("asr", (AudioRef("a.wav"),), asr, "hello there"),
+        Example("srwt", (AudioRef("b.wav"),), TaskSpec(
+            "srwt", "en", "en", timestamps=True, instruction="Transcribe with word times."),
+            "hello there", words=words),
+        Example("window", (AudioRef("chord.wav", 0.5, 1.25),),
+                TaskSpec("chord_quality", instruction="Which chord is this?"), "major"),
+        Example("chat", (AudioRef("a.wav"), AudioRef("chord.wav")),
+                TaskSpec("chat", instruction="And this one?"), "A chord.",
+                messages=(Message("user", "What is this?", (0,)), Message("assistant", "Speech."),
+                          Message("user", "And this one?", (1,)),
+                          Message("assistant", "A chord."))),
+        Example("text", (), TaskSpec("text_chat", instruction="Say hi."), "Hi.",
+                messages=(Message("user", "Say hi."), Message("assistant", "Hi."))),
+    ]
+
+
+@pytest.mark.parametrize("family", list(Family))
+def test_item_ids_labels_and_features(family, tokenizers, clips):
+    tok = tokenizers[family]
+    ds = AudioTextDataset(_examples(), tok, N_MELS[family], audio_root=clips)
+    for index, example in enumerate(ds.examples):
+        item = ds[index]
+        ids, labels = item["ids"].tolist(), item["labels"].tolist()
+        # features: the contract's log-mel of each clip window, 2 lookahead frames
+        refs = {"asr": [("a.wav", 0, None)], "srwt": [("b.wav", 0, None)],
+                "window": [("chord.wav", 8000, 8000 + 20000)],
+                "chat": [("a.wav", 0, None), ("chord.wav", 0, None)], "text": []}[example.id]
+        assert len(item["features"]) == len(refs)
+        for feats, (name, start, end) in zip(item["features"], refs):
+            expected = log_mel_spectrogram(load_audio(clips / name)[start:end], N_MELS[family],
+                                           lookahead=2)
+            torch.testing.assert_close(feats, expected, rtol=0, atol=0)
+        mel_lens = item["feature_lens"].tolist()
+        assert mel_lens == [f.shape[1] - 2 for f in item["features"]]
+        # ids: exactly the rendered prompt, then the target and the end token
+        counts = [int(audio_token_count(n)) for n in mel_lens]
+        prompt = render_prompt(example, family, clips).encode(tok, counts).ids
+        assert ids[: len(prompt)] == prompt
+        assert labels[: len(prompt)] == [-100] * len(prompt)
+        answer = ids[len(prompt):]
+        assert labels[len(prompt):] == answer
+        v1_task = family is Family.QWEN_AUDIO and example.id in ("asr", "srwt", "window")
+        assert answer[-1] == (tok.eod_id if v1_task else tok.im_end_id)
+        slots = item["audio_slot_mask"]
+        assert int(slots.sum()) == sum(counts) + (2 * len(counts) if family is Family.QWEN_AUDIO
+                                                  else 0)
+        assert not slots[len(prompt):].any()
+    v1_srwt = family is Family.QWEN_AUDIO
+    answer = ds[1]["ids"][ds[1]["labels"] != -100].tolist()
+    text = tok.decode(answer)
+    if v1_srwt:  # timestamps and <|sil|> are single special tokens, not BPE pieces
+        assert text == "<|sil|><|0.40|>hello<|0.90|><|1.00|>there<|1.50|><|endoftext|>"
+        assert tok.special_tokens["<|0.40|>"] in answer
+    else:
+        assert text == "hello (0.40-0.90) there (1.00-1.50)<|im_end|>"
+
+
+def test_bad_example_error_names_it(tokenizers, clips):
+    ds = AudioTextDataset([Example("lost", (AudioRef("nowhere.wav"),), TaskSpec("asr"), "x"),
+                           Example("late", (AudioRef("a.wav", 99.0, 1.0),), TaskSpec("asr"), "x")],
+                          tokenizers[Family.QWEN2_AUDIO], 128, audio_root=clips)
+    with pytest.raises(DataError, match="example 'lost'.*nowhere.wav"):
+        ds[0]
+    with pytest.raises(DataError, match="example 'late'.*past the end"):
+        ds[1]
+
+
+def test_collate_layout(tokenizers, clips):
+    tok = tokenizers[Family.QWEN2_AUDIO]
+    ds = AudioTextDataset(_examples(), tok, 128, audio_root=clips)
+    items = [ds[i] for i in range(len(ds))]
+    batch = collate(items, tok.eod_id)
+    lens = [len(i["ids"]) for i in items]
+    assert batch["ids"].shape == (5, max(lens)) and batch["token_lens"].tolist() == lens
+    assert batch["example_ids"] == ["asr", "srwt", "window", "chat", "text"]
+    assert batch["clip_counts"].tolist() == [1, 1, 1, 2, 0]
+    all_lens = [n for i in items for n in i["feature_lens"].tolist()]
+    assert batch["feature_lens"].tolist() == all_lens
+    assert batch["features"].shape == (5, 128, max(all_lens) + 2)
+    clips_in_order = [f for i in items for f in i["features"]]
+    for c, clip in enumerate(clips_in_order):
+        assert torch.equal(batch["features"][c, :, : clip.shape[1]], clip)
+        assert not batch["features"][c, :, clip.shape[1]:].any()
+    for b, n in enumerate(lens):
+        assert batch["token_mask"][b].tolist() == [True] * n + [False] * (max(lens) - n)
+        assert (batch["ids"][b, n:] == tok.eod_id).all()
+        assert (batch["labels"][b, n:] == -100).all()
+    text_only = collate([items[4]], tok.eod_id)
+    assert text_only["features"] is None and text_only["feature_lens"] is None
+
+
+def _small_vocab(batch: dict, vocab: int) -> dict:
+    """The batch with token ids folded into a tiny model's vocabulary (id % vocab).
+
+    Batching invariance does not depend on which ids a row holds; folding keeps the tiny model's
+    logits small ([B, S, 512] instead of [B, S, 151k]). Slot masks are already computed.
+    """
+    labels = batch["labels"]
+    return {**batch, "ids": batch["ids"] % vocab,
+            "labels": torch.where(labels == -100, labels, labels % vocab)}
+
+
+@pytest.mark.parametrize("family", list(Family))
+def test_batched_equals_single(family, tokenizers, clips):
+    """Each row of a padded batch gets the logits it gets alone; the loss is the token mean."""
+    tok = tokenizers[family]
+    model = random_model("tiny-random-v1" if family is Family.QWEN_AUDIO else "tiny-random")
+    vocab = model.config.decoder.vocab_size
+    ds = AudioTextDataset(_examples(), tok, model.config.encoder.n_mels, audio_root=clips)
+    items = [ds[i] for i in range(len(ds))]
+    with torch.no_grad():
+        batched = model(**model_inputs(_small_vocab(collate(items, tok.eod_id), vocab)))
+        total, count = 0.0, 0
+        for b, item in enumerate(items):
+            alone = model(**model_inputs(_small_vocab(collate([item], tok.eod_id), vocab)))
+            n = len(item["ids"])
+            torch.testing.assert_close(batched.logits[b, :n], alone.logits[0], rtol=1e-4,
+                                       atol=1e-4)
+            labeled = int((item["labels"][1:] != -100).sum())
+            total, count = total + float(alone.loss) * labeled, count + labeled
+    assert float(batched.loss) == pytest.approx(total / count, rel=1e-5)
+
+
+def test_dataloader_workers_and_sampler(tokenizers, clips):
+    tok = tokenizers[Family.QWEN_AUDIO]
+    ds = AudioTextDataset(_examples() * 2, tok, 80, audio_root=clips)
+    tokens, frames = ds.lengths
+    assert tokens == [len(ds[i]["ids"]) for i in range(len(ds))]
+    assert frames == [ds[i]["feature_lens"].tolist() for i in range(len(ds))]
+    sampler = BucketBatchSampler(tokens, frames, max_tokens=800, max_frames=2000, seed=3)
+    serial = list(DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(tok.eod_id)))
+    sampler.set_epoch(0)
+    parallel = list(DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(tok.eod_id),
+                               num_workers=2))
+    assert [b["example_ids"] for b in parallel] == [b["example_ids"] for b in serial]
+    assert sorted(i for b in serial for i in b["example_ids"]) == sorted(
+        e.id for e in ds.examples)
+    for a, b in zip(serial, parallel):
+        for key in ("ids", "labels", "token_mask", "audio_slot_mask"):
+            assert torch.equal(a[key], b[key])
+        assert (a["features"] is None and b["features"] is None) or torch.equal(
+            a["features"], b["features"])
+
+
+def test_lalm_synth_set_validates_and_loads_into_batches(tmp_path, tokenizers):
+    from lalm.synth import generate
+
+    tasks = ["sound_event", "music_pitch", "event_order", "chord_quality", "text_chat"]
+    generate(tmp_path, "tiny", seed=0, tasks=tasks, workers=1)
+    manifest = tmp_path / "train.jsonl"
+    report = check_manifest(manifest)
+    assert report.ok, report.summary()
+    assert report.good == len(read_manifest(manifest)) == len(tasks)
+    for family, tok in tokenizers.items():
+        ds = AudioTextDataset.from_manifest(manifest, tok, N_MELS[family])
+        tokens, frames = ds.lengths
+        sampler = BucketBatchSampler(tokens, frames, max_tokens=4096, max_frames=16000)
+        batches = list(DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(tok.eod_id)))
+        assert sorted(i for b in batches for i in b["example_ids"]) == sorted(
+            e.id for e in ds.examples)
+        for b in batches:
+            assert (b["labels"] != -100).any(dim=1).all()  # every item has a target
+
+
+@pytest.mark.parametrize("family", list(Family))
+def test_packed_rows_equal_single(family, tokenizers, clips):
+    """Items packed into one row (segment_ids) get the logits they get alone, and the loss."""
+    tok = tokenizers[family]
+    v1 = family is Family.QWEN_AUDIO
+    config = ModelConfig.from_name("tiny-random-v1" if v1 else "tiny-random")
+    if v1:  # packed segments must stay within train_seq_len under dynamic NTK
+        config = config.replace(decoder={"train_seq_len": 512})
+    model = random_model(config)
+    vocab = config.decoder.vocab_size
+    ds = AudioTextDataset(_examples(), tok, config.encoder.n_mels, audio_root=clips)
+    items = [ds[i] for i in range(len(ds))]
+    rows = pack_items(items, max_tokens=256)
+    assert 1 < len(rows) < len(items)
+    assert sorted(i for r in rows for i in r["id"].split("+")) == sorted(i["id"] for i in items)
+    batch = Collator(tok.eod_id, pack_tokens=256)(items)
+    assert batch["example_ids"] == [r["id"] for r in rows]
+    with torch.no_grad():
+        packed = model(**model_inputs(_small_vocab(batch, vocab)))
+        alone = {i["id"]: model(**model_inputs(_small_vocab(collate([i], tok.eod_id), vocab)))
+                 for i in items}
+        unpacked = model(**model_inputs(_small_vocab(collate(items, tok.eod_id), vocab)))
+    for r, row in enumerate(rows):
+        start = 0
+        for k, example_id in enumerate(row["id"].split("+")):
+            n = alone[example_id].logits.shape[1]
+            assert (batch["segment_ids"][r, start:start + n] == k).all()
+            torch.testing.assert_close(packed.logits[r, start:start + n],
+                                       alone[example_id].logits[0], rtol=1e-4, atol=1e-4)
+            start += n
+        assert (batch["segment_ids"][r, start:] == -1).all()
+    assert float(packed.loss) == pytest.approx(float(unpacked.loss), rel=1e-5)
+    if v1:
+        short = model.config.replace(decoder={"train_seq_len": 64})
+        with pytest.raises(ValueError, match="longer than train_seq_len 64"):
+            random_model(short)(**model_inputs(_small_vocab(batch, vocab)))
