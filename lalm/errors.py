@@ -33,3 +33,13 @@ class DataError(LalmError, ValueError):
 class ScoringError(LalmError, ValueError):
     """Predictions and references that cannot be scored: mismatched lengths, nothing to score,
     an unknown scoring procedure, or a reference the official procedure rejects."""
+
+
+class GenerationError(LalmError, ValueError):
+    """Generation options or inputs that cannot run: bad option values, a prompt plus
+    max_new_tokens beyond the KV cache, audios that do not match the prompt's placeholders."""
+
+
+class ConfigError(LalmError, ValueError):
+    """A run configuration (YAML file or ``key=value`` override) that is missing, malformed or
+    inconsistent; the message names the file and the field."""

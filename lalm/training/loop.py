@@ -1,0 +1,399 @@
+"""The training loop: one function, `train(config)`, readable top to bottom.
+
+1. join torchrun's process group (or run alone), seed every generator;
+2. build tokenizer, model (trainable parts, LoRA), the DPO reference, the datasets and the
+   bucketing sampler, AdamW and the warmup-cosine schedule;
+3. resume from the newest complete checkpoint when asked (model, optimizer, scheduler, data
+   position, RNGs: the continuation is bit-identical to an uninterrupted run);
+4. each step: take ``grad_accum`` micro-batches, count their targets over all ranks, backprop
+   each micro-batch's share of the global loss, clip, step, schedule;
+5. log (tqdm, JSONL, TensorBoard), validate (held-out loss and task metrics), save checkpoints;
+6. at the end: a last checkpoint and the export (Qwen2-Audio HF layout, LoRA merged).
+
+Loss normalisation: the step's loss is the sum of per-target losses (``lm``: target tokens;
+``dpo``: pairs) over every micro-batch on every rank, divided by their global count. Each
+micro-batch backpropagates ``its loss sum x world_size / global count`` because DDP and FSDP
+average gradients over ranks; so one process with ``grad_accum = k x w`` and ``w`` processes with
+``grad_accum = k`` compute the same gradient from the same batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.utils.checkpoint import checkpoint
+from torch.utils.data import DataLoader
+
+from lalm.checkpoint import load_model
+from lalm.config import resolve_dtype
+from lalm.data.collate import Collator, model_inputs
+from lalm.data.sampler import BucketBatchSampler
+from lalm.errors import ConfigError
+from lalm.model import AudioLanguageModel
+from lalm.model.lalm import IGNORE_INDEX
+from lalm.training.build import (
+    build_dataset,
+    build_model,
+    export,
+    load_stage_tokenizer,
+    merged_copy,
+)
+from lalm.training.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    no_grad_sync,
+    shutdown,
+    unwrap,
+    wrap_model,
+)
+from lalm.training.dpo import PairCollator, dpo_loss, sequence_logprobs
+from lalm.training.metrics import task_metrics
+from lalm.training.optim import build_optimizer, build_scheduler
+from lalm.training.stages import TrainConfig
+from lalm.training.state import (
+    TrainerState,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+@dataclass
+class TrainResult:
+    """What a run did.
+
+    Attributes:
+        step: optimizer steps done (max_steps unless stopped early).
+        losses: training loss of each step run by this call (global, all ranks).
+        validation: the last validation record (val_loss and task metrics), if any.
+        checkpoint: the last full-state checkpoint folder.
+        export_dir: the exported HF checkpoint, if written.
+        tokens_per_s, examples_per_s: training throughput of this call (all ranks).
+    """
+
+    step: int
+    losses: list[float] = field(default_factory=list)
+    validation: dict[str, float] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    export_dir: Path | None = None
+    tokens_per_s: float = 0.0
+    examples_per_s: float = 0.0
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    """Seed Python, NumPy and torch; ranks get different streams (dropout differs per rank)."""
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    torch.manual_seed(seed + rank)
+
+
+def enable_grad_checkpointing(model: AudioLanguageModel) -> None:
+    """Recompute every encoder block and decoder layer in backward instead of storing its
+    activations (the blocks' parameter names do not change)."""
+    for block in [*model.encoder.blocks, *model.decoder.layers]:
+        forward = block.forward
+
+        def checkpointed(*args: Any, _forward: Callable = forward) -> Tensor:
+            return checkpoint(_forward, *args, use_reentrant=False)
+
+        block.forward = checkpointed
+
+
+class BatchStream:
+    """Micro-batches across epochs, counting what this rank consumed (the resumable position:
+    DataLoader workers prefetch, so the sampler's own position runs ahead)."""
+
+    def __init__(self, loader: DataLoader, sampler: BucketBatchSampler,
+                 state: TrainerState) -> None:
+        self.loader, self.sampler, self.state = loader, sampler, state
+        self._it: Any = None
+
+    def next(self) -> dict[str, Any]:
+        """The next micro-batch (a new epoch starts when one runs out)."""
+        while True:
+            if self._it is None:
+                self.sampler.load_state_dict({"seed": self.sampler.seed,
+                                              "epoch": self.state.epoch,
+                                              "position": self.state.consumed})
+                self._it = iter(self.loader)
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self.state.epoch, self.state.consumed, self._it = self.state.epoch + 1, 0, None
+                continue
+            self.state.consumed += 1
+            return batch
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move the batch's tensors to `device`."""
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def count_targets(batch: dict[str, Any], objective: str) -> int:
+    """How many terms a micro-batch adds to the loss: target tokens (lm) or pairs (dpo)."""
+    if objective == "dpo":
+        return len(batch["example_ids"]) // 2
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def loss_sum(model: nn.Module, batch: dict[str, Any], objective: str, beta: float,
+             reference: nn.Module | None) -> Tensor:
+    """Sum of the micro-batch's loss terms (scalar float32, differentiable).
+
+    lm: mean next-token cross-entropy x target tokens. dpo: the pairs' DPO losses summed; the
+    batch holds P chosen rows then P rejected rows (`PairCollator`).
+    """
+    inputs = model_inputs(batch)
+    if objective == "lm":
+        n = count_targets(batch, objective)
+        out = model(**inputs)
+        return out.loss * n if n else out.logits.sum() * 0.0
+    labels = inputs.pop("labels")
+    policy = sequence_logprobs(model(**inputs).logits, labels)
+    with torch.no_grad():
+        ref = sequence_logprobs(reference(**inputs).logits, labels)
+    p = policy.shape[0] // 2
+    return dpo_loss(policy[:p], policy[p:], ref[:p], ref[p:], beta).losses.sum()
+
+
+def _loader(dataset: Any, sampler: BucketBatchSampler, config: TrainConfig,
+            pad_id: int) -> DataLoader:
+    collate = PairCollator(pad_id) if config.objective == "dpo" else Collator(pad_id)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                      num_workers=config.data.num_workers)
+
+
+def _sampler(dataset: Any, config: TrainConfig, dist: DistInfo, shuffle: bool
+             ) -> BucketBatchSampler:
+    tokens, frames = dataset.lengths
+    d = config.data
+    return BucketBatchSampler(tokens, frames, d.max_tokens, d.max_frames, max_items=d.max_items,
+                              seed=config.run.seed, shuffle=shuffle, bucket_ratio=d.bucket_ratio,
+                              rank=dist.rank, world_size=dist.world_size)
+
+
+class RunLog:
+    """Rank 0's log sinks: JSONL (``log.jsonl``), optional TensorBoard, tqdm."""
+
+    def __init__(self, out_dir: Path, config: TrainConfig, dist: DistInfo, start: int) -> None:
+        self.enabled = dist.main
+        self.path = out_dir / "log.jsonl"
+        self.writer = None
+        self.bar = None
+        if not self.enabled:
+            return
+        if config.run.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ConfigError("run.tensorboard needs the tensorboard package "
+                                  "(pip install tensorboard)") from e
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+        if config.run.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=config.run.max_steps, initial=start, unit="step",
+                            desc=config.stage)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record (it carries its ``step``) to every sink."""
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, record["step"])
+        if self.bar is not None and "loss" in record:
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+
+    def advance(self) -> None:
+        """One step done."""
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        """Flush and close the sinks."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader: DataLoader, config: TrainConfig, dist: DistInfo,
+             reference: nn.Module | None, autocast: Callable[[], Any]) -> float:
+    """Held-out loss over the first `run.eval_batches` batches of every rank (global mean)."""
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64)
+    for i, batch in enumerate(loader):
+        if i == config.run.eval_batches:
+            break
+        batch = to_device(batch, dist.device)
+        with autocast():
+            loss = loss_sum(model, batch, config.objective, config.dpo.beta, reference)
+        total += torch.tensor([float(loss), count_targets(batch, config.objective)],
+                              dtype=torch.float64)
+    total = all_reduce_sum(total, dist)
+    model.train()
+    return float(total[0] / max(total[1], 1))
+
+
+def train(config: TrainConfig, resume: bool = False) -> TrainResult:
+    """Run one stage (module docstring). Launch under torchrun for several ranks.
+
+    Args:
+        config: the stage.
+        resume: continue from the newest complete checkpoint under ``run.out_dir`` (a fresh
+            start if there is none).
+
+    Returns:
+        The `TrainResult` (losses of this call, last validation, checkpoint and export paths).
+
+    Raises:
+        ConfigError, DataError, CheckpointError: bad config, data or checkpoints.
+    """
+    # 1. processes and randomness
+    run = config.run
+    dist = init_distributed(run.device)
+    seed_everything(run.seed, dist.rank)
+    out_dir = Path(run.out_dir)
+    ckpt_root = out_dir / "checkpoints"
+    if dist.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+    # 2. model, data, optimiser
+    tokenizer = load_stage_tokenizer(config)
+    base = build_model(config, tokenizer).to(dist.device)
+    reference = None
+    if config.objective == "dpo":
+        reference = (load_model(config.dpo.reference) if config.dpo.reference
+                     else copy.deepcopy(base)).to(dist.device).eval().requires_grad_(False)
+    if run.grad_checkpointing:
+        enable_grad_checkpointing(base)
+    model = wrap_model(base, run.strategy, dist)
+    n_mels = base.config.encoder.n_mels
+    train_set = build_dataset(config.data.train, config, tokenizer, n_mels, run.seed)
+    sampler = _sampler(train_set, config, dist, shuffle=True)
+    loader = _loader(train_set, sampler, config, tokenizer.eod_id)
+    valid_loader, metric_examples = None, []
+    if config.data.valid is not None:
+        valid_set = build_dataset([config.data.valid], config, tokenizer, n_mels, run.seed)
+        valid_loader = _loader(valid_set, _sampler(valid_set, config, dist, shuffle=False),
+                               config, tokenizer.eod_id)
+        if config.objective == "lm":
+            metric_examples = valid_set.examples[: run.metric_items]
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, run.max_steps)
+    amp_dtype = resolve_dtype(run.precision, dist.device)
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=amp_dtype == torch.float16)
+
+    def autocast() -> Any:
+        if amp_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(dist.device.type, dtype=amp_dtype)
+
+    # 3. resume
+    state = TrainerState()
+    found = latest_checkpoint(ckpt_root) if resume else None
+    if found is not None:
+        state, extra = load_checkpoint(found, model, optimizer, scheduler, dist)
+        if "scaler" in extra:
+            scaler.load_state_dict(extra["scaler"])
+    stream = BatchStream(loader, sampler, state)
+    log = RunLog(out_dir, config, dist, state.step)
+    result = TrainResult(step=state.step, checkpoint=found)
+    params = [p for p in model.parameters() if p.requires_grad]
+    accum = config.optim.grad_accum
+    tokens_seen = examples_seen = 0
+    t_start = time.perf_counter()
+
+    def save() -> Path:
+        extra = {"scaler": scaler.state_dict()} if scaler.is_enabled() else {}
+        return save_checkpoint(ckpt_root, model, optimizer, scheduler, state, config.to_dict(),
+                               dist, run.keep_last, extra)
+
+    def evaluate() -> None:
+        if valid_loader is None:
+            return
+        record: dict[str, Any] = {"step": state.step, "val_loss": validate(
+            model, valid_loader, config, dist, reference, autocast)}
+        if metric_examples and dist.main and not (dist.distributed and run.strategy == "fsdp"):
+            # FSDP shards parameters: decoding needs every rank, so metrics run only unsharded.
+            with autocast():
+                record.update(task_metrics(unwrap(model), tokenizer, metric_examples,
+                                           run.max_new_tokens))
+        log.write(record)
+        result.validation = record
+
+    # 4-5. the steps
+    while state.step < run.max_steps:
+        micro = [to_device(stream.next(), dist.device) for _ in range(accum)]
+        count = all_reduce_sum(torch.tensor(
+            sum(count_targets(b, config.objective) for b in micro), dtype=torch.float64), dist)
+        step_loss = torch.zeros((), dtype=torch.float64)
+        for i, batch in enumerate(micro):
+            with no_grad_sync(model, skip=i < accum - 1):
+                with autocast():
+                    loss = loss_sum(model, batch, config.objective, config.dpo.beta, reference)
+                scaler.scale(loss * dist.world_size / count.clamp(min=1)).backward()
+            step_loss += loss.detach().double().cpu()
+            tokens_seen += int(batch["token_lens"].sum())
+            examples_seen += len(batch["example_ids"])
+        scaler.unscale_(optimizer)
+        grad_norm = (torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
+                     if config.optim.grad_clip > 0 else torch.zeros(()))
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        loss_value = float(all_reduce_sum(step_loss, dist) / count.clamp(min=1))
+        result.losses.append(loss_value)
+        log.advance()
+        if state.step % run.log_every == 0 or state.step == run.max_steps:
+            elapsed = time.perf_counter() - t_start
+            log.write({"step": state.step, "loss": loss_value,
+                       "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                       "epoch": state.epoch, "tokens_per_s": tokens_seen * dist.world_size
+                       / elapsed, "elapsed_s": elapsed})
+        if run.eval_every and state.step % run.eval_every == 0 and state.step < run.max_steps:
+            evaluate()
+        if run.save_every and state.step % run.save_every == 0 and state.step < run.max_steps:
+            result.checkpoint = save()
+
+    # 6. the end: throughput, validation, last checkpoint, export
+    elapsed = max(time.perf_counter() - t_start, 1e-9)
+    result.tokens_per_s = tokens_seen * dist.world_size / elapsed
+    result.examples_per_s = examples_seen * dist.world_size / elapsed
+    result.step = state.step
+    evaluate()
+    result.checkpoint = save()
+    if run.export:
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                      cpu_offload=True))
+        if dist.main:
+            merged = merged_copy(unwrap(model), full, config.parts, config.lora)
+            export(merged, config.data.tokenizer or config.model.checkpoint, out_dir / "export")
+            result.export_dir = out_dir / "export"
+        barrier(dist)
+    log.close()
+    shutdown(dist)
+    return result
