@@ -106,6 +106,28 @@ class KVCache(nn.Module):
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def reorder(self, rows: Tensor) -> None:
+        """Rebuild the batch from existing rows (beam search): new row i is old row `rows[i]`.
+
+        Rows may repeat or drop, and the batch size may change (one prompt row expanded to
+        several beams). Only the filled columns are copied.
+
+        Args:
+            rows: [B'] int64 indices into the current batch.
+        """
+        rows = rows.to(self.k.device)
+        end = self.length
+        if rows.shape[0] == self.batch_size:
+            self.k[:, :, :, :end] = self.k[:, rows, :, :end]
+            self.v[:, :, :, :end] = self.v[:, rows, :, :end]
+            self.key_mask[:, :end] = self.key_mask[rows, :end]
+        else:
+            self.k = self.k.index_select(1, rows)
+            self.v = self.v.index_select(1, rows)
+            self.key_mask = self.key_mask.index_select(0, rows)
+        if self.rope_base is not None:
+            self.rope_base = self.rope_base.index_select(0, rows.to(self.rope_base.device))
+
     def advance(self, n_new: int) -> None:
         """Mark the S columns written by the current forward as filled."""
         self.length += n_new
