@@ -1,0 +1,29 @@
+"""Generation: decoding policy (`GenerationOptions`), logits processors, the prefill + KV-cache
+decode loop (greedy, sampling, beam search, streaming), and the pipeline that runs the whole
+data path from audio and text to parsed output."""
+
+from lalm.generation.generate import (
+    PromptBatch,
+    Step,
+    beam_search,
+    generate,
+    generate_steps,
+    left_pad,
+)
+from lalm.generation.options import GenerationOptions, GenerationResult
+from lalm.generation.pipeline import REAL_LENGTH, IncrementalDecoder, Pipeline, Request
+
+__all__ = [
+    "REAL_LENGTH",
+    "GenerationOptions",
+    "GenerationResult",
+    "IncrementalDecoder",
+    "Pipeline",
+    "PromptBatch",
+    "Request",
+    "Step",
+    "beam_search",
+    "generate",
+    "generate_steps",
+    "left_pad",
+]

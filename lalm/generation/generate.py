@@ -1,0 +1,347 @@
+"""Prefill + KV-cache decode loop: greedy, sampling and beam search over a left-padded batch.
+
+The loop talks to the model through the narrow protocol only: ``model.decoder.setup_caches``,
+``model.decoder(embeds, input_pos, token_mask, output="last_logits")`` and
+``model.decoder.embed``. Prompts arrive as embeddings (audio already spliced in by the
+pipeline), left-padded, with a token mask; every row gets the RoPE positions and keys it has
+alone, so a row's tokens do not depend on the rest of the batch.
+
+Shape alphabet: B prompts, K beams, S prompt positions, D width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lalm.errors import GenerationError
+from lalm.generation.options import GenerationOptions, GenerationResult
+from lalm.generation.sampling import process_logits, select_tokens
+from lalm.model import AudioLanguageModel, positions_from_mask
+
+Decode = Callable[[list[int]], str]
+
+
+@dataclass
+class PromptBatch:
+    """Left-padded prompts ready for the decoder.
+
+    Attributes:
+        ids: [B, S] int64 token ids (pad ids where `token_mask` is False).
+        token_mask: [B, S] bool, True for real tokens; every row's last column is real.
+        embeds: [B, S, D] input embeddings in the model dtype (audio rows spliced in).
+    """
+
+    ids: Tensor
+    token_mask: Tensor
+    embeds: Tensor
+
+    @property
+    def lengths(self) -> Tensor:
+        """[B] int64 real prompt lengths."""
+        return self.token_mask.sum(dim=1)
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Left-pad token id lists into a batch.
+
+    Args:
+        rows: B non-empty id lists.
+        pad_id: id written into pad columns (never attended to).
+
+    Returns:
+        (ids [B, S] int64, token_mask [B, S] bool) with S = the longest row.
+
+    Raises:
+        GenerationError: no rows, or an empty row.
+    """
+    if not rows or any(len(r) == 0 for r in rows):
+        raise GenerationError("every prompt needs at least one token")
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + list(r) for r in rows], dtype=torch.int64)
+    mask = torch.arange(width)[None, :] >= torch.tensor([width - len(r) for r in rows])[:, None]
+    return ids, mask
+
+
+@dataclass
+class Step:
+    """What one decode step produced.
+
+    Attributes:
+        tokens: per row, the token chosen at this step, or None for a row already finished.
+        results: the live per-row results (tokens so far; `finish_reason` None while running).
+    """
+
+    tokens: list[int | None]
+    results: list[GenerationResult]
+
+
+class _StopSequences:
+    """Finds stop texts in the tail of a row's output, decoding only a few tokens."""
+
+    def __init__(self, sequences: Sequence[str], decode: Decode | None) -> None:
+        if sequences and decode is None:
+            raise GenerationError("stop_sequences need a decode function (the tokenizer's)")
+        self.sequences = tuple(sequences)
+        self.decode = decode
+        # a character is at most 4 UTF-8 bytes and a token at least 1: 4 * chars tokens suffice
+        self.window = 4 * max((len(s) for s in sequences), default=0) + 1
+
+    def hit(self, tokens: list[int]) -> bool:
+        if not self.sequences or self.decode is None:
+            return False
+        tail = self.decode(tokens[-self.window:])
+        return any(s in tail for s in self.sequences)
+
+
+def _check_room(model: AudioLanguageModel, prompt_len: int, options: GenerationOptions) -> int:
+    """KV-cache columns the run needs; GenerationError when the model cannot hold them."""
+    need = prompt_len + options.max_new_tokens
+    limit = model.config.decoder.max_seq_len
+    if need > limit:
+        raise GenerationError(
+            f"prompt of {prompt_len} tokens + max_new_tokens {options.max_new_tokens} = {need} "
+            f"exceeds the model's max_seq_len {limit}; lower max_new_tokens or shorten the prompt"
+        )
+    return need
+
+
+def _seen_mask(prompt: PromptBatch, vocab_size: int) -> Tensor:
+    """[B, V] bool: ids present in each row's real prompt tokens."""
+    # pads scatter into an extra column that is dropped
+    ids = torch.where(prompt.token_mask, prompt.ids.clamp(max=vocab_size - 1), vocab_size)
+    seen = torch.zeros(ids.shape[0], vocab_size + 1, dtype=torch.bool, device=ids.device)
+    return seen.scatter_(1, ids, True)[:, :vocab_size]
+
+
+def _prefill(model: AudioLanguageModel, prompt: PromptBatch, columns: int) -> Tensor:
+    """Set up a cache of `columns` columns and run the prompts: [B, V] float32 last logits."""
+    model.decoder.setup_caches(prompt.ids.shape[0], columns)
+    return model.decoder(prompt.embeds, positions_from_mask(prompt.token_mask),
+                         prompt.token_mask, output="last_logits")
+
+
+def _step(model: AudioLanguageModel, tokens: Tensor, input_pos: Tensor) -> Tensor:
+    """Feed one token per row at `input_pos` [B]: [B, V] float32 next logits."""
+    embeds = model.decoder.embed(tokens[:, None])
+    return model.decoder(embeds, input_pos[:, None], output="last_logits")
+
+
+def _banned(options: GenerationOptions, stop_ids: Sequence[int], n_done: int) -> list[int]:
+    banned = list(options.suppress_token_ids)
+    return banned + list(stop_ids) if n_done < options.min_new_tokens else banned
+
+
+@torch.inference_mode()
+def generate_steps(
+    model: AudioLanguageModel,
+    prompt: PromptBatch,
+    options: GenerationOptions,
+    stop_ids: Sequence[int],
+    decode: Decode | None = None,
+) -> Iterator[Step]:
+    """Greedy or sampled decoding, one `Step` per generated position (streaming).
+
+    Rows stop independently (a stop id, a stop sequence, or ``max_new_tokens``); a finished row
+    keeps a cache slot but its tokens are ignored. The loop ends when every row has finished.
+
+    Args:
+        model: the model (its decoder gets a fresh KV cache, cleared at the end).
+        prompt: the left-padded prompts.
+        options: decoding policy with ``num_beams == 1``.
+        stop_ids: ids that end a row (kept as the row's last token).
+        decode: ids -> text, needed for ``options.stop_sequences``.
+
+    Yields:
+        `Step` after each generated position.
+
+    Raises:
+        GenerationError: beam search options, or a prompt + max_new_tokens beyond the cache.
+    """
+    if options.num_beams > 1:
+        raise GenerationError("generate_steps does not beam search; use beam_search")
+    batch = prompt.ids.shape[0]
+    columns = _check_room(model, prompt.ids.shape[1], options)
+    stops = _StopSequences(options.stop_sequences, decode)
+    stop_set = set(stop_ids)
+    generator = None
+    if options.do_sample and options.seed is not None:
+        generator = torch.Generator(prompt.ids.device).manual_seed(options.seed)
+    vocab = model.config.decoder.vocab_size
+    seen = _seen_mask(prompt, vocab) if options.repetition_penalty != 1.0 else None
+    results = [GenerationResult(tokens=[], finish_reason=None, logprob=0.0)
+               for _ in range(batch)]
+    active = [True] * batch
+    input_pos = prompt.lengths.clone()
+    try:
+        logits = _prefill(model, prompt, columns)
+        for n_done in range(options.max_new_tokens):
+            processed = process_logits(logits, options, seen, _banned(options, stop_ids, n_done))
+            chosen = select_tokens(processed, options.do_sample, generator)  # [B]
+            logprobs = logits.log_softmax(dim=-1).gather(1, chosen[:, None])[:, 0]
+            tokens: list[int | None] = []
+            for row, (token, logprob) in enumerate(zip(chosen.tolist(), logprobs.tolist())):
+                if not active[row]:
+                    tokens.append(None)
+                    continue
+                result = results[row]
+                result.tokens.append(token)
+                result.logprob += logprob
+                tokens.append(token)
+                if token in stop_set:
+                    result.finish_reason = "stop"
+                elif stops.hit(result.tokens):
+                    result.finish_reason = "stop_sequence"
+                elif n_done + 1 == options.max_new_tokens:
+                    result.finish_reason = "length"
+                active[row] = result.finish_reason is None
+            yield Step(tokens, results)
+            if not any(active):
+                return
+            if seen is not None:
+                seen[torch.arange(batch), chosen] = True
+            logits = _step(model, chosen, input_pos)
+            input_pos += 1
+    finally:
+        model.decoder.clear_caches()
+
+
+def generate(
+    model: AudioLanguageModel,
+    prompt: PromptBatch,
+    options: GenerationOptions,
+    stop_ids: Sequence[int],
+    decode: Decode | None = None,
+) -> list[GenerationResult]:
+    """Generate for every prompt of the batch (greedy, sampling or beam search).
+
+    Args: as `generate_steps` (``num_beams > 1`` runs `beam_search`).
+
+    Returns:
+        One `GenerationResult` per prompt, in order (`text` still empty: the pipeline decodes).
+    """
+    if options.num_beams > 1:
+        return beam_search(model, prompt, options, stop_ids, decode)
+    results: list[GenerationResult] = []
+    for step in generate_steps(model, prompt, options, stop_ids, decode):
+        results = step.results
+    return results
+
+
+@dataclass
+class _Hypothesis:
+    tokens: list[int]
+    logprob: float
+    score: float
+    finish_reason: str
+
+
+@torch.inference_mode()
+def beam_search(
+    model: AudioLanguageModel,
+    prompt: PromptBatch,
+    options: GenerationOptions,
+    stop_ids: Sequence[int],
+    decode: Decode | None = None,
+) -> list[GenerationResult]:
+    """Beam search with ``options.num_beams`` beams per prompt.
+
+    A beam that emits a stop id (or completes a stop sequence) becomes a finished hypothesis
+    scored ``logprob / len ** length_penalty``; a prompt is done when it holds K finished
+    hypotheses and no running beam can still beat the worst of them (transformers' default
+    ``early_stopping=False`` rule), or at ``max_new_tokens`` (running beams then count as
+    finished with reason "length").
+
+    Args: as `generate_steps`.
+
+    Returns:
+        The best hypothesis per prompt.
+    """
+    beams, batch = options.num_beams, prompt.ids.shape[0]
+    columns = _check_room(model, prompt.ids.shape[1], options)
+    stops = _StopSequences(options.stop_sequences, decode)
+    stop_set = set(stop_ids)
+    vocab = model.config.decoder.vocab_size
+    seen = _seen_mask(prompt, vocab) if options.repetition_penalty != 1.0 else None
+    expand = torch.arange(batch, device=prompt.ids.device).repeat_interleave(beams)  # [B*K]
+    input_pos = prompt.lengths[expand]
+    # 1. beam k of prompt b lives in row b * K + k; all start from the prompt, and only beam 0
+    #    may extend at the first step (the others are its copies)
+    scores = torch.full((batch, beams), float("-inf"), device=prompt.ids.device)
+    scores[:, 0] = 0.0
+    running: list[list[list[int]]] = [[[] for _ in range(beams)] for _ in range(batch)]
+    finished: list[list[_Hypothesis]] = [[] for _ in range(batch)]
+    done = [False] * batch
+
+    def rank(logprob: float, length: int) -> float:
+        return logprob / max(length, 1) ** options.length_penalty
+
+    try:
+        logits = _prefill(model, prompt, columns)[expand]
+        model.decoder.cache.reorder(expand)
+        seen = None if seen is None else seen[expand]
+        for n_done in range(options.max_new_tokens):
+            # 2. every beam's continuations, scored by the beam's total log-probability
+            processed = process_logits(logits, options, seen, _banned(options, stop_ids, n_done))
+            cand = scores.view(-1, 1) + processed.log_softmax(dim=-1)  # [B*K, V]
+            top_scores, top_index = cand.view(batch, -1).topk(min(2 * beams, cand.shape[-1]),
+                                                                 dim=-1)  # [B, 2K]
+            next_rows, next_tokens, next_scores = [], [], []
+            for b in range(batch):
+                kept: list[tuple[int, int, float]] = []
+                for r, (score, index) in enumerate(zip(top_scores[b].tolist(),
+                                                       top_index[b].tolist())):
+                    if done[b] or score == float("-inf"):
+                        break
+                    beam, token = divmod(index, vocab)
+                    tokens = running[b][beam] + [token]
+                    # 3. a stop ends a hypothesis (only from the K best candidates, as upstream)
+                    reason = ("stop" if token in stop_set else
+                              "stop_sequence" if stops.hit(tokens) else None)
+                    if reason is not None:
+                        if r < beams:
+                            finished[b].append(_Hypothesis(tokens, score,
+                                                           rank(score, len(tokens)), reason))
+                        continue
+                    kept.append((beam, token, score))
+                    if len(kept) == beams:
+                        break
+                while len(kept) < beams:  # a done prompt (or too few candidates): filler rows
+                    kept.append((0, 0, float("-inf")))
+                running[b] = [running[b][beam] + [token] for beam, token, _ in kept]
+                next_rows += [b * beams + beam for beam, _, _ in kept]
+                next_tokens += [token for _, token, _ in kept]
+                next_scores += [score for _, _, score in kept]
+                # 4. done when K hypotheses are finished and no running beam can beat them
+                if not done[b] and len(finished[b]) >= beams:
+                    finished[b] = sorted(finished[b], key=lambda h: -h.score)[:beams]
+                    best_running = rank(max(next_scores[-beams:]), n_done + 1)
+                    done[b] = best_running <= finished[b][-1].score
+            if all(done) or n_done + 1 == options.max_new_tokens:
+                break
+            rows = torch.tensor(next_rows, device=prompt.ids.device)
+            chosen = torch.tensor(next_tokens, device=prompt.ids.device)
+            scores = torch.tensor(next_scores, device=prompt.ids.device).view(batch, beams)
+            model.decoder.cache.reorder(rows)
+            if seen is not None:
+                seen = seen[rows]
+                seen[torch.arange(batch * beams), chosen] = True
+            logits = _step(model, chosen, input_pos)
+            input_pos += 1
+    finally:
+        model.decoder.clear_caches()
+    results = []
+    for b in range(batch):
+        pool = list(finished[b])
+        if not done[b]:  # 5. out of tokens: running beams compete as "length" hypotheses
+            for beam, score in enumerate(next_scores[b * beams:(b + 1) * beams]):
+                if score > float("-inf"):
+                    tokens = running[b][beam]
+                    pool.append(_Hypothesis(tokens, score, rank(score, len(tokens)), "length"))
+        best = max(pool, key=lambda h: h.score)
+        results.append(GenerationResult(tokens=best.tokens, finish_reason=best.finish_reason,
+                                        logprob=best.logprob))
+    return results

@@ -1,0 +1,109 @@
+"""Decoding policy as data: a frozen `GenerationOptions` and the `GenerationResult` it produces.
+
+Defaults live here and only here; the CLI flags map one-to-one onto the fields
+(``--max-new-tokens`` <-> ``max_new_tokens``). Per-call overrides use `dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from lalm.errors import GenerationError
+
+if TYPE_CHECKING:
+    from lalm.prompt import ParsedOutput
+
+FinishReason = Literal["stop", "stop_sequence", "length"]
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to pick the next tokens and when to stop.
+
+    Greedy decoding is ``temperature == 0`` with ``num_beams == 1`` (the default); sampling is
+    ``temperature > 0``; beam search is ``num_beams > 1`` (deterministic, temperature 0).
+    """
+
+    max_new_tokens: int = 256  # tokens generated after the prompt, at most
+    min_new_tokens: int = 0  # stop tokens are banned until this many tokens were generated
+    temperature: float = 0.0  # 0: greedy / beam search; > 0: sample from softmax(logits / t)
+    top_k: int = 0  # sampling: keep the k most likely tokens (0: all)
+    top_p: float = 1.0  # sampling: keep the smallest set with probability >= p (1: all)
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in prompt or output (CTRL)
+    num_beams: int = 1  # beam search width (1: no beam search)
+    length_penalty: float = 1.0  # beam search: rank finished beams by logprob / length**this
+    stop_token_ids: tuple[int, ...] | None = None  # None: the tokenizer's end-of-turn ids
+    stop_sequences: tuple[str, ...] = ()  # texts that end the output (not included in .text)
+    suppress_token_ids: tuple[int, ...] = ()  # ids never generated
+    seed: int | None = None  # sampling seed (None: torch's global generator)
+
+    def __post_init__(self) -> None:
+        def bad(name: str, rule: str) -> GenerationError:
+            return GenerationError(f"GenerationOptions.{name} {rule}, got {getattr(self, name)!r}")
+
+        for name in ("max_new_tokens", "num_beams"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(name, "must be an integer >= 1")
+        for name in ("min_new_tokens", "top_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad(name, "must be an integer >= 0")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise bad("min_new_tokens", f"must be <= max_new_tokens ({self.max_new_tokens})")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise bad("temperature", "must be a finite number >= 0")
+        if not 0 < self.top_p <= 1:
+            raise bad("top_p", "must lie in (0, 1]")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise bad("repetition_penalty", "must be a finite number > 0")
+        if not math.isfinite(self.length_penalty):
+            raise bad("length_penalty", "must be finite")
+        if self.num_beams > 1 and self.temperature > 0:
+            raise bad("temperature", "must be 0 with beam search (num_beams > 1)")
+        for name in ("stop_token_ids", "suppress_token_ids"):
+            ids = getattr(self, name)
+            if ids is not None and any(isinstance(i, bool) or not isinstance(i, int) or i < 0
+                                       for i in ids):
+                raise bad(name, "must hold token ids (integers >= 0)")
+        if any(not isinstance(s, str) or not s for s in self.stop_sequences):
+            raise bad("stop_sequences", "must hold non-empty strings")
+
+    @property
+    def do_sample(self) -> bool:
+        """Whether tokens are sampled (temperature > 0) rather than chosen deterministically."""
+        return self.temperature > 0
+
+
+@dataclass
+class GenerationResult:
+    """One prompt's output.
+
+    Attributes:
+        tokens: the generated ids, the final stop token included when there is one.
+        text: the decoded output without the stop token and cut before a stop sequence
+            (special tokens other than the stop token kept, e.g. v1 timestamps); "" until the
+            pipeline decodes it.
+        finish_reason: "stop" (a stop token), "stop_sequence" or "length" (max_new_tokens);
+            None while the row is still being generated.
+        logprob: sum of the model's log-probabilities of `tokens` (float32 softmax of the raw
+            logits, before temperature or filters; for beam search the beam score, i.e. after
+            the repetition penalty and banned tokens).
+        parsed: `lalm.prompt.parse_output` of the text (task fields, timestamps), set by the
+            pipeline.
+        timings: seconds spent per stage ("features", "prefill", "decode"; batch totals).
+    """
+
+    tokens: list[int]
+    finish_reason: FinishReason | None
+    logprob: float
+    text: str = ""
+    parsed: ParsedOutput | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def avg_logprob(self) -> float:
+        """Mean log-probability per generated token (0 for an empty output)."""
+        return self.logprob / len(self.tokens) if self.tokens else 0.0
