@@ -4,6 +4,7 @@ and formats the result. Subcommands register themselves in `_COMMANDS` below, on
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -99,4 +100,285 @@ def _from_whisper(args: argparse.Namespace) -> int:
         raise SystemExit(f"lalm from-whisper: {e}") from e
     files = build_from_whisper(args.whisper, decoder, args.out, seed=args.seed)
     print(f"wrote {len(files)} files to {args.out}")
+    return 0
+
+
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    from lalm.data.formats import FORMATS
+
+    sub = p.add_subparsers(dest="data_command", required=True)
+    check = sub.add_parser("check", help="decode every audio of a manifest and list what is bad "
+                           "(exit 1 if anything is)")
+    check.add_argument("manifest", help="manifest file (or hf dataset folder)")
+    check.add_argument("--format", choices=list(FORMATS), default=None,
+                       help="manifest format (default: guessed)")
+    check.add_argument("--audio-dir", default=None,
+                       help="where audio embedded in the manifest (hf) is extracted to")
+    check.add_argument("--max-seconds", type=float, default=30.0,
+                       help="report clips longer than this (the encoder's window)")
+    convert = sub.add_parser("convert", help="convert a manifest to another format")
+    convert.add_argument("src", help="source manifest")
+    convert.add_argument("dst", help="destination file (or hf dataset folder)")
+    convert.add_argument("--from", dest="src_format", choices=list(FORMATS), default=None,
+                         help="source format (default: guessed)")
+    convert.add_argument("--to", dest="dst_format", choices=list(FORMATS), required=True,
+                         help="destination format")
+    convert.add_argument("--audio-dir", default=None,
+                         help="where embedded source audio is extracted to "
+                              "(default: <dst>_audio beside the destination)")
+
+
+@command("data", "check manifests and convert them between formats", _data_arguments)
+def _data(args: argparse.Namespace) -> int:
+    if args.data_command == "check":
+        from lalm.data.check import check_manifest
+
+        report = check_manifest(args.manifest, args.format, args.audio_dir, args.max_seconds)
+        print(report.summary())
+        return 0 if report.ok else 1
+    from lalm.data.formats import convert
+
+    n = convert(args.src, args.src_format, args.dst, args.dst_format, args.audio_dir)
+    print(f"wrote {n} examples to {args.dst} ({args.dst_format})")
+    return 0
+
+
+def _generation_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags shared by chat and transcribe; each maps onto one GenerationOptions field."""
+    p.add_argument("--model", required=True, help="checkpoint directory (weights, config.json, "
+                                                  "tokenizer files)")
+    p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; > 0: sampling")
+    p.add_argument("--top-k", type=int, default=0, help="sampling: keep the k best tokens")
+    p.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus probability")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 discourages repeated tokens")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search width")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop sequence (repeatable)")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+
+
+def _options(args: argparse.Namespace):
+    from lalm.generation import GenerationOptions
+
+    return GenerationOptions(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, repetition_penalty=args.repetition_penalty, num_beams=args.num_beams,
+        seed=args.seed, stop_sequences=tuple(args.stop))
+
+
+def _result_json(result, **extra: object) -> dict:
+    parsed = result.parsed
+    return {**extra, "text": parsed.text if parsed else result.text, "raw": result.text,
+            "language": parsed.language if parsed else None, "tokens": result.tokens,
+            "finish_reason": result.finish_reason, "avg_logprob": result.avg_logprob}
+
+
+def _chat_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("question", nargs="?", default="", help="the question (may be empty with "
+                                                           "--audio: voice chat)")
+    p.add_argument("--audio", action="append", default=[], metavar="FILE",
+                   help="an audio file for the turn (repeatable, in order)")
+    _generation_arguments(p)
+
+
+@command("chat", "ask a question about one or more audio files", _chat_arguments)
+def _chat(args: argparse.Namespace) -> int:
+    import json
+
+    from lalm.api import load_model
+
+    options = _options(args)
+    pipe = load_model(args.model, dtype=args.dtype)
+    request = pipe.chat_request(args.question, args.audio)
+    if args.json or options.num_beams > 1:
+        result = pipe.generate([request], options)[0]
+        print(json.dumps(_result_json(result), ensure_ascii=False) if args.json else result.text)
+        return 0
+    for piece in pipe.stream(request, options):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def _transcribe_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", help="audio files")
+    p.add_argument("--language", default="en", help="language of the speech (a language tag)")
+    p.add_argument("--batch-size", type=int, default=8, help="files per batch")
+    _generation_arguments(p)
+
+
+@command("transcribe", "transcribe audio files (batched)", _transcribe_arguments)
+def _transcribe(args: argparse.Namespace) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from lalm.api import load_model
+
+    options = _options(args)
+    pipe = load_model(args.model, dtype=args.dtype)
+    with tqdm(total=len(args.files), unit="file", file=sys.stderr) as bar:
+        results = pipe.transcribe(args.files, args.language, options, args.batch_size,
+                                  progress=bar.update)
+    for path, result in zip(args.files, results):
+        if args.json:
+            print(json.dumps(_result_json(result, file=path), ensure_ascii=False))
+        else:
+            print(f"{path}\t{result.parsed.text if result.parsed else result.text}")
+    return 0
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="stage YAML (configs/train/*.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override one config field by dotted path, e.g. --set optim.lr=3e-5 "
+                        "(repeatable; values are YAML)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete checkpoint in run.out_dir")
+
+
+@command("train", "train one stage from a YAML config (under torchrun for several ranks)",
+         _train_arguments)
+def _train(args: argparse.Namespace) -> int:
+    from lalm.training import TrainConfig, train
+
+    result = train(TrainConfig.from_file(args.config, args.overrides), resume=args.resume)
+    summary = {"step": result.step, "loss": result.losses[-1] if result.losses else None,
+               "tokens_per_s": round(result.tokens_per_s, 1), **result.validation}
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in summary.items()))
+    if result.export_dir is not None:
+        print(f"exported to {result.export_dir}")
+    return 0
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of `lalm serve`; the limits map onto `lalm.serve.Limits` fields."""
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.add_argument("--served-model-name", default=None,
+                   help="the model id clients pass (default: the directory's name)")
+    p.add_argument("--api-key", default=os.environ.get("LALM_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $LALM_API_KEY; none)")
+    p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--max-batch-size", type=int, default=16, help="requests per forward pass")
+    p.add_argument("--max-queue", type=int, default=256, help="waiting requests (more: 429)")
+    p.add_argument("--request-timeout", type=float, default=120.0, help="seconds (then 504)")
+    p.add_argument("--max-body-mb", type=float, default=25.0, help="request body limit, MiB")
+    p.add_argument("--max-audio-seconds", type=float, default=30.0, help="per clip")
+    p.add_argument("--max-audios", type=int, default=8, help="clips per request")
+    p.add_argument("--max-tokens-limit", type=int, default=1024,
+                   help="largest max_tokens a request may ask for")
+    p.add_argument("--default-max-tokens", type=int, default=256,
+                   help="max_tokens when a request gives none")
+    p.add_argument("--allow-audio-url", action="append", default=[], metavar="PREFIX",
+                   help="allow audio_url fetches under this http(s) prefix (repeatable)")
+    p.add_argument("--allow-audio-dir", action="append", default=[], metavar="DIR",
+                   help="allow audio_url local paths inside this folder (repeatable)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+
+
+@command("serve", "serve a model over an OpenAI-compatible HTTP API with a web page",
+         _serve_arguments)
+def _serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lalm.api import load_model
+    from lalm.serve import AudioAccess, Limits
+    from lalm.serve.app import ServerConfig, serve
+
+    limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+                    max_audio_seconds=args.max_audio_seconds, max_audios=args.max_audios,
+                    max_new_tokens=args.max_tokens_limit,
+                    default_max_tokens=args.default_max_tokens)
+    access = AudioAccess(tuple(args.allow_audio_url),
+                         tuple(Path(d) for d in args.allow_audio_dir))
+    config = ServerConfig(args.served_model_name or Path(args.model).resolve().name,
+                          args.api_key, limits, access, args.max_batch_size, args.max_queue,
+                          args.request_timeout)
+    serve(load_model(args.model, dtype=args.dtype, device=args.device), config, args.host,
+          args.port, args.access_log)
+    return 0
+
+
+def _eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--task", required=True,
+                   help="a built-in task (lalm.eval.tasks), e.g. librispeech, covost2, meld, "
+                        "airbench-foundation, lalm-synth; an unknown name lists them all")
+    p.add_argument("--data", required=True,
+                   help="the task's data: its JSONL / meta file / manifest, or the folder of it")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: runs/eval/<task>; reruns resume)")
+    p.add_argument("--scoring", choices=["official", "strict"], default="official",
+                   help="official: each benchmark's procedure; strict: nothing dropped")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
+    p.add_argument("--limit", type=int, default=None, help="only the first N items")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="override the official decoding budget of the task")
+    p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    p.add_argument("--judge-url", default=None,
+                   help="airbench-chat: OpenAI-compatible API root of the judge")
+    p.add_argument("--judge-model", default="gpt-4-0125-preview", help="airbench-chat: judge")
+    p.add_argument("--judge-cache", default=None,
+                   help="airbench-chat: judgement cache (default: <out>/judgements.jsonl)")
+
+
+@command("eval", "evaluate a model on a benchmark (batched, resumable, versioned scores)",
+         _eval_arguments)
+def _eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from lalm.api import load_model
+    from lalm.eval.airbench import ChatJudge
+    from lalm.eval.evaluate import evaluate
+    from lalm.eval.tasks import get_task
+
+    task = get_task(args.task)  # an unknown name fails before the model loads
+    out = Path(args.out or Path("runs") / "eval" / args.task)
+    judge = None
+    if args.judge_url:
+        judge = ChatJudge(args.judge_url, args.judge_model, os.environ.get("LALM_JUDGE_API_KEY"),
+                          args.judge_cache or out / "judgements.jsonl")
+    pipe = load_model(args.model, dtype=args.dtype, device=args.device)
+    summary = evaluate(pipe, task, args.data, out, args.scoring, args.batch_size,
+                       args.limit, judge, model=args.model, max_new_tokens=args.max_new_tokens)
+    print(json.dumps(summary["scores"], indent=1, ensure_ascii=False))
+    print(f"predictions and summary in {out}")
+    return 0
+
+
+def _bench_synth_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--data", required=True, help="lalm-synth folder (test.jsonl, airbench/)")
+    p.add_argument("--out", default="runs/bench-synth", help="output folder (reruns resume)")
+    p.add_argument("--scoring", choices=["official", "strict"], default="official",
+                   help="scoring mode of the per-task rows (AIR-Bench shows both)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
+    p.add_argument("--limit", type=int, default=None, help="only the first N items of each set")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="override the official decoding budget of the task")
+    p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+
+
+@command("bench-synth", "evaluate a model on every lalm-synth task: table, Markdown/JSON, chart",
+         _bench_synth_arguments)
+def _bench_synth(args: argparse.Namespace) -> int:
+    from lalm.api import load_model
+    from lalm.eval.synth_bench import markdown_table, run_synth_bench
+
+    pipe = load_model(args.model, dtype=args.dtype, device=args.device)
+    report = run_synth_bench(pipe, args.data, args.out, args.scoring, args.batch_size,
+                             args.limit, model=args.model, max_new_tokens=args.max_new_tokens)
+    print(markdown_table(report.rows), end="")
+    print(f"wrote {report.markdown}, {report.json} and {report.chart}")
     return 0
