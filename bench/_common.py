@@ -1,0 +1,38 @@
+"""Helpers shared by the bench scripts (not part of the lalm package)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def measure(run: Callable[[], object], repeats: int) -> float:
+    """Median wall seconds of ``run()`` over ``repeats`` calls, after one warm-up call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def clips(seconds: list[float], seed: int = 0) -> list[np.ndarray]:
+    """Tone + noise clips of the given durations, lengths not multiples of 160 samples."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in seconds:
+        n = int(s * 16000) + int(rng.integers(1, 159))
+        t = np.arange(n) / 16000
+        out.append((0.3 * np.sin(2 * np.pi * rng.uniform(100, 2000) * t)
+                    + 0.05 * rng.standard_normal(n)).astype(np.float32))
+    return out
+
+
+def librispeech_like(n: int, seed: int = 0) -> list[float]:
+    """Durations of a LibriSpeech-like utterance mix: 2-20 s, most between 10 and 16 s."""
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(12.5, 4.0, n), 2.0, 20.0).round(2).tolist()
