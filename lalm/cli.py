@@ -25,7 +25,8 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lalm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="lalm", description="Large audio-language models of the Qwen-Audio kind.")
     parser.add_argument("--version", action="version", version=f"lalm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_, add_arguments, run) in _COMMANDS.items():

@@ -1,0 +1,493 @@
+"""Built-in evaluation tasks: where each benchmark's data lies, its official prompt per family,
+its decoding budget and its scorer.
+
+A task (`EvalTask`) reads a local copy of a benchmark into `EvalItem`s, turns an item into a
+pipeline `Request` for a checkpoint family, and scores the finished prediction records.
+
+Official suites (`OFFICIAL_SUITES`) read the JSONL files of the QwenLM evaluation scripts
+(``QwenLM/Qwen-Audio`` and ``QwenLM/Qwen2-Audio`` ``eval_audio/``), one JSON object a line::
+
+    {"audio": "path/to/clip.wav", "gt": "reference", "source": "librispeech_test_clean",
+     "question": "...",            # ClothoAQA only
+     "prompt": "..."}              # Qwen2-Audio's files: the base-model instruction
+
+``--data`` is that file, or a folder holding it at one of the scripts' relative paths (e.g.
+``asr/librispeech_eval.jsonl`` or ``data/asr/librispeech_eval.jsonl``). Relative audio paths
+start from that folder (the scripts' working directory), else from the file's folder.
+
+Prompts. Qwen-Audio (v1): the official task prompt (`lalm.prompt.TaskSpec` factories) and the
+scripts' budget (``max_new_tokens`` 256 / 30 / 10 / 4 by task, ``min_new_tokens`` 1, greedy,
+stop on ``<|endoftext|>``); the response is the decoded output with special tokens kept, as the
+scripts decode it. Qwen2-Audio: the base-model prompt ``<|audio_bos|><|AUDIO|><|audio_eos|>`` +
+the item's ``prompt`` field (the official files carry it), else the task's default instruction
+(the official texts where Qwen2-Audio published them: ASR, S2TT, MELD, VocalSound, captioning;
+lalm's own for scenes and AQA; NSynth has none); budget 256; special tokens skipped.
+
+AIR-Bench (``airbench-foundation``, ``airbench-chat``) reads the ``Foundation_meta.json`` /
+``Chat_meta.json`` layout (see `lalm.eval.airbench`); the lalm-synth task (``lalm-synth``) a lalm
+manifest or a lalm-synth folder (`lalm.eval.synth_bench`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lalm.errors import DataError, PromptError, ScoringError
+from lalm.eval.airbench import CHAT_META, FOUNDATION_META, foundation_instruction, read_meta
+from lalm.eval.analysis import nsynth_scores
+from lalm.eval.caption import cider_d, spice
+from lalm.eval.metrics import (
+    ASR_QWEN2_AUDIO,
+    ASR_QWEN_AUDIO,
+    EXACT_MATCH,
+    accuracy,
+    aqa_accuracy,
+    bleu,
+    error_rate_by_source,
+)
+from lalm.generation import GenerationOptions, Request
+from lalm.prompt import (
+    AudioPart,
+    Family,
+    Message,
+    TaskSpec,
+    TextPart,
+    build_base_prompt,
+    build_chat_prompt,
+    build_prompt,
+    tag,
+)
+
+OFFICIAL = "official"
+STRICT = "strict"
+SCORING_MODES = (OFFICIAL, STRICT)
+
+# Language names for the Qwen2-Audio S2TT instruction "Translate the speech into <name>:".
+_LANGUAGE_NAMES = {
+    "en": "English", "de": "German", "zh": "Chinese", "ja": "Japanese", "fr": "French",
+    "es": "Spanish", "it": "Italian", "ko": "Korean", "ca": "Catalan", "fa": "Persian",
+    "et": "Estonian", "mn": "Mongolian", "tr": "Turkish", "ar": "Arabic", "sv": "Swedish",
+    "lv": "Latvian", "sl": "Slovenian", "ta": "Tamil", "id": "Indonesian", "cy": "Welsh",
+    "ru": "Russian", "pt": "Portuguese", "nl": "Dutch",
+}
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One item to answer.
+
+    Attributes:
+        id: unique within the data set (the official files' line number when they have none).
+        audios: absolute audio paths, in prompt order.
+        reference: the ground truth (a list for several reference captions; "" when the
+            benchmark's scorer reads its truth from ``fields``).
+        source: the scoring group (the official ``source``, a synth task, an AIR-Bench group).
+        fields: everything else the prompt or the scorer needs (JSON values).
+    """
+
+    id: str
+    audios: tuple[str, ...]
+    reference: str | list[str]
+    source: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """The item as a predictions-file record (the runner adds the response)."""
+        return {"id": self.id, "audios": list(self.audios), "reference": self.reference,
+                "source": self.source, **self.fields}
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """A data set as read: its items, and what was left out with the reason (``path: why``)."""
+
+    items: list[EvalItem]
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ScoreContext:
+    """What a scorer may depend on besides the records.
+
+    Attributes:
+        family: the model's prompt family (picks e.g. the ASR procedure).
+        scoring: ``"official"`` (each benchmark's procedure, quirks included) or ``"strict"``
+            (nothing dropped or forgiven: failed extractions count as wrong, exact matches).
+        judge: an AIR-Bench chat judge (`lalm.eval.airbench.ChatJudge`), for ``airbench-chat``.
+    """
+
+    family: Family
+    scoring: str = OFFICIAL
+    judge: Any = None
+
+    def __post_init__(self) -> None:
+        if self.scoring not in SCORING_MODES:
+            raise ScoringError(f"unknown scoring mode {self.scoring!r}; use official or strict")
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """One benchmark.
+
+    Attributes:
+        name: the ``--task`` name.
+        description: one line for ``--help`` and summaries.
+        read: data path -> `EvalData`.
+        request: (item, family) -> the pipeline request (raises `PromptError` when the family
+            has no prompt for the task).
+        score: (prediction records, context) -> JSON-ready scores, each with its version.
+        max_new_tokens: the v1 scripts' budget (Qwen2-Audio's scripts use 256 everywhere).
+    """
+
+    name: str
+    description: str
+    read: Callable[[Path], EvalData]
+    request: Callable[[EvalItem, Family], Request]
+    score: Callable[[list[dict[str, Any]], ScoreContext], dict[str, Any]]
+    max_new_tokens: int = 256
+
+    def options(self, family: Family, eod_id: int) -> GenerationOptions:
+        """The official decoding settings for a family (greedy, at least one token)."""
+        if family is Family.QWEN_AUDIO:
+            return GenerationOptions(max_new_tokens=self.max_new_tokens, min_new_tokens=1,
+                                     stop_token_ids=(eod_id,))
+        return GenerationOptions(max_new_tokens=256, min_new_tokens=1)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def find_data_file(data: Path, candidates: Sequence[str]) -> tuple[Path, Path]:
+    """The data file and the folder its relative audio paths start from.
+
+    Args:
+        data: a file, or a folder holding one of ``candidates`` (relative paths).
+        candidates: where the official scripts look, relative to their working directory.
+
+    Raises:
+        DataError: nothing found (the message lists where it looked).
+    """
+    if data.is_file():
+        return data, data.parent
+    tried = [data / c for c in candidates]
+    for path in tried:
+        if path.is_file():
+            return path, data
+    raise DataError(f"no data file at {data}; looked for " + ", ".join(map(str, tried)))
+
+
+def _resolve(path: str, roots: Sequence[Path]) -> str:
+    """An absolute audio path: as given, else under the first root where it exists."""
+    if os.path.isabs(path):
+        return path
+    for root in roots:
+        if (root / path).exists():
+            return str((root / path).resolve())
+    return str((roots[0] / path).resolve())
+
+
+def read_official_jsonl(data: Path, candidates: Sequence[str]) -> EvalData:
+    """Items of an official evaluation JSONL (``audio``, ``gt``, ``source`` and extras).
+
+    Raises:
+        DataError: a missing file, or a line that is not JSON or lacks a field (the message
+            names the file and line).
+    """
+    path, root = find_data_file(data, candidates)
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                audio, gt, source = row["audio"], row["gt"], row["source"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise DataError(f"{path}:{n}: not an evaluation record ({e!r})") from e
+            extra = {k: v for k, v in row.items() if k not in ("audio", "gt", "source")}
+            items.append(EvalItem(str(row.get("id", n)), (_resolve(audio, [root, path.parent]),),
+                                  gt, source, extra))
+    if not items:
+        raise DataError(f"{path} holds no records")
+    return EvalData(items)
+
+
+# ---------------------------------------------------------------------------- prompts
+
+
+def _v2_base(item: EvalItem, default: str | None, task: str) -> Request:
+    """Qwen2-Audio base prompt: the item's own ``prompt``, else the task default."""
+    text = item.fields.get("prompt", default)
+    if text is None:
+        raise PromptError(f"task {task}: Qwen2-Audio has no official prompt for it and item "
+                          f"{item.id} carries no 'prompt' field")
+    return Request(build_base_prompt([AudioPart(item.audios[0])], text))
+
+
+def _v1(item: EvalItem, spec: TaskSpec) -> Request:
+    return Request(build_prompt(spec, AudioPart(item.audios[0])), spec)
+
+
+def _st_languages(item: EvalItem) -> tuple[str, str]:
+    """(audio, text) language of a CoVoST2 item from its source, e.g. ``covost2_en_de_test``."""
+    parts = item.source.split("_")
+    if len(parts) < 3:
+        raise DataError(f"CoVoST2 item {item.id}: source {item.source!r} does not name the "
+                        f"languages (<name>_<audio>_<text>_<split>)")
+    return parts[-3], parts[-2]
+
+
+def _asr_request(language: str) -> Callable[[EvalItem, Family], Request]:
+    def request(item: EvalItem, family: Family) -> Request:
+        if family is Family.QWEN_AUDIO:
+            return _v1(item, TaskSpec.asr(language))
+        return _v2_base(item, f"Detect the language and recognize the speech: {tag(language)}",
+                        "asr")
+    return request
+
+
+def _st_request(item: EvalItem, family: Family) -> Request:
+    audio, text = _st_languages(item)
+    if family is Family.QWEN_AUDIO:
+        return _v1(item, TaskSpec.s2tt(audio, text))
+    name = _LANGUAGE_NAMES.get(text)
+    return _v2_base(item, f"Translate the speech into {name}:" if name else None, "covost2")
+
+
+def _fixed_request(spec: TaskSpec, v2_default: str | None, task: str
+                   ) -> Callable[[EvalItem, Family], Request]:
+    def request(item: EvalItem, family: Family) -> Request:
+        if family is Family.QWEN_AUDIO:
+            return _v1(item, spec)
+        return _v2_base(item, v2_default, task)
+    return request
+
+
+def _aqa_request(item: EvalItem, family: Family) -> Request:
+    question = item.fields.get("question")
+    if not isinstance(question, str):
+        raise DataError(f"ClothoAQA item {item.id} has no 'question'")
+    if family is Family.QWEN_AUDIO:
+        return _v1(item, TaskSpec.aqa(question))
+    return _v2_base(item, question, "clothoaqa")
+
+
+def chat_request(item: EvalItem, family: Family, text: str) -> Request:
+    """One user turn: the item's audio, then ``text`` (AIR-Bench, both families' chat format)."""
+    parts = (*(AudioPart(a) for a in item.audios), TextPart(text))
+    return Request(build_chat_prompt([Message("user", parts)], family))
+
+
+# ---------------------------------------------------------------------------- scorers
+
+
+def groups(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Records by ``source``, in order of first appearance (as the official scripts group)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        out.setdefault(r["source"], []).append(r)
+    return out
+
+
+def _asr_score(language: str) -> Callable[[list[dict[str, Any]], ScoreContext], dict[str, Any]]:
+    def score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, Any]:
+        version = ASR_QWEN_AUDIO if ctx.family is Family.QWEN_AUDIO else ASR_QWEN2_AUDIO
+        rates = error_rate_by_source([r["response"] for r in records],
+                                     [r["reference"] for r in records],
+                                     [r["source"] for r in records], language, version)
+        return {"version": version, "unit": next(iter(rates.values())).unit,
+                "error_rate": {s: e.score for s, e in rates.items()},
+                "count": {s: e.count for s, e in rates.items()}}
+    return score
+
+
+def _st_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, Any]:
+    out: dict[str, Any] = {"bleu": {}, "signature": {}, "count": {}}
+    for source, rs in groups(records).items():
+        target = source.split("_")[-2]
+        result = bleu([r["response"] for r in rs], [r["reference"] for r in rs], target)
+        out["bleu"][source] = result.score
+        out["signature"][source] = result.signature
+        out["count"][source] = result.count
+        out["version"] = result.version
+    return out
+
+
+def _accuracy_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, Any]:
+    scores = {s: accuracy([r["response"] for r in rs], [r["reference"] for r in rs], EXACT_MATCH)
+              for s, rs in groups(records).items()}
+    return {"version": EXACT_MATCH, "accuracy": {s: a.score for s, a in scores.items()},
+            "count": {s: a.count for s, a in scores.items()}}
+
+
+def _aqa_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, Any]:
+    out: dict[str, Any] = {"version": EXACT_MATCH, "accuracy": {}, "yes_no_accuracy": {},
+                           "count": {}}
+    for source, rs in groups(records).items():
+        overall, binary = aqa_accuracy([r["response"] for r in rs], [r["reference"] for r in rs])
+        out["accuracy"][source] = overall.score
+        out["count"][source] = overall.count
+        # official: the yes/no subset is reported for Clotho sources only
+        if binary is not None and (ctx.scoring == STRICT or source.startswith("clotho")):
+            out["yes_no_accuracy"][source] = binary.score
+    return out
+
+
+def _caption_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, Any]:
+    out: dict[str, Any] = {"cider_d": {}, "spice": {}, "spider": {}, "count": {}}
+    for source, rs in groups(records).items():
+        hyps = [r["response"] for r in rs]
+        refs = [r["reference"] if isinstance(r["reference"], list) else [r["reference"]]
+                for r in rs]
+        c = cider_d(hyps, refs)
+        out["cider_d"][source], out["count"][source] = c.score, c.count
+        out["cider_d_version"] = c.version
+        try:
+            s = spice(hyps, refs)
+        except ScoringError as e:  # SPICE is optional (Java + CoreNLP models)
+            out["spice_error"] = str(e)
+            continue
+        out["spice"][source] = s.score
+        out["spider"][source] = (c.score + s.score) / 2
+    return out
+
+
+def _nsynth_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for source, rs in groups(records).items():
+        result = nsynth_scores([r["response"] for r in rs], [r["reference"] for r in rs])
+        out[source] = asdict(result)
+    return out
+
+
+# ---------------------------------------------------------------------------- the suites
+
+
+def _suite(name: str, description: str, paths: Sequence[str], request: Callable,
+           score: Callable, max_new_tokens: int) -> EvalTask:
+    return EvalTask(name, description, lambda data: read_official_jsonl(data, paths), request,
+                    score, max_new_tokens)
+
+
+def _asr_suite(name: str, description: str, files: Sequence[str], language: str) -> EvalTask:
+    paths = [p for f in files for p in (f"asr/{f}", f"data/asr/{f}")]
+    return _suite(name, description, paths, _asr_request(language), _asr_score(language), 256)
+
+
+_SCENE = _fixed_request(TaskSpec.scene(), "Classify the acoustic scene in English:", "scene")
+
+#: The official evaluation suites of Qwen-Audio and Qwen2-Audio.
+OFFICIAL_SUITES: dict[str, EvalTask] = {t.name: t for t in [
+    _asr_suite("librispeech", "LibriSpeech ASR (WER per source)", ["librispeech_eval.jsonl"],
+               "en"),
+    _asr_suite("aishell1", "AISHELL-1 ASR (CER)", ["aishell1_eval.jsonl"], "zh"),
+    _asr_suite("aishell2", "AISHELL-2 ASR (CER)", ["aishell2_eval.jsonl"], "zh"),
+    _asr_suite("cv15_en", "Common Voice 15 English ASR", ["cv15_asr_en_eval.jsonl"], "en"),
+    _asr_suite("cv15_zh", "Common Voice 15 Mandarin ASR", ["cv15_asr_zh_eval.jsonl"], "zh"),
+    _asr_suite("cv15_yue", "Common Voice 15 Cantonese ASR (Qwen2-Audio)",
+               ["cv15_asr_yue_eval.jsonl"], "yue"),
+    _asr_suite("cv15_fr", "Common Voice 15 French ASR", ["cv15_asr_fr_eval.jsonl"], "fr"),
+    _asr_suite("fleurs_zh", "FLEURS Mandarin ASR", ["fleurs_asr_zh_eval.jsonl"], "zh"),
+    _suite("covost2", "CoVoST2 speech translation (BLEU per language pair)",
+           ["st/covost2_eval.jsonl", "data/st/covost2_eval.jsonl"], _st_request, _st_score, 256),
+    _suite("clotho", "Clotho audio captioning (CIDEr-D, SPICE, SPIDEr)",
+           ["caption/clotho_eval.jsonl", "data/caption/clotho_eval.jsonl"],
+           _fixed_request(TaskSpec.aac(), "Generate the caption in English:", "clotho"),
+           _caption_score, 30),
+    _suite("cochlscene", "CochlScene acoustic scenes (accuracy)",
+           ["asc/cochlscene_eval.jsonl", "data/asc/cochlscene_eval.jsonl"], _SCENE,
+           _accuracy_score, 10),
+    _suite("tut2017", "TUT2017 acoustic scenes (accuracy)",
+           ["asc/tut2017_eval.jsonl", "data/asc/tut2017_eval.jsonl"], _SCENE, _accuracy_score, 10),
+    _suite("meld", "MELD speech emotion (accuracy)",
+           ["ser/meld_eval.jsonl", "data/emotion/meld_eval.jsonl", "data/ser/meld_eval.jsonl"],
+           _fixed_request(TaskSpec.emotion(), "Recognize the emotion with keywords in English:",
+                          "meld"), _accuracy_score, 4),
+    _suite("vocalsound", "VocalSound vocal sounds (accuracy)",
+           ["vsc/vocalsound_eval.jsonl", "data/vsc/vocalsound_eval.jsonl"],
+           _fixed_request(TaskSpec.vocal_sound(),
+                          "Classify the human vocal sound to VocalSound in English:",
+                          "vocalsound"), _accuracy_score, 4),
+    _suite("clothoaqa", "ClothoAQA audio QA (accuracy, yes/no subset)",
+           ["aqa/clothoaqa_eval.jsonl", "data/aqa/clothoaqa_eval.jsonl",
+            "data/st/clothoaqa_eval.jsonl"], _aqa_request, _aqa_score, 4),
+    _suite("nsynth", "NSynth note analysis (pitch, velocity, instrument, qualities mAP)",
+           ["mna/nsynth_eval.jsonl", "data/mna/nsynth_eval.jsonl"],
+           _fixed_request(TaskSpec.note_analysis(), None, "nsynth"), _nsynth_score, 30),
+]}
+
+
+def _read_airbench(data: Path, meta_name: str) -> EvalData:
+    rows, root = read_meta(data, meta_name)
+    items, skipped = [], []
+    for row in rows:
+        audio = root / f"{row['task_name']}_{row['dataset_name']}" / row["path"]
+        if row["task_name"] == "Audio_Grounding":  # the official script reads .flac there
+            audio = audio.with_suffix(".flac")
+        if not audio.exists():  # the official inference script skips missing audio
+            skipped.append(f"{audio}: missing audio")
+            continue
+        fields = {k: v for k, v in row.items() if k not in ("path", "answer_gt")}
+        items.append(EvalItem(str(row["uniq_id"]), (str(audio),), row["answer_gt"],
+                              f"{row['task_name']}_{row['dataset_name']}",
+                              {"path": row["path"], **fields}))
+    return EvalData(items, skipped)
+
+
+def _foundation_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, Any]:
+    from lalm.eval.airbench import score_foundation
+
+    rows = [{**r, "answer_gt": r["reference"]} for r in records]
+    result = score_foundation(rows, ctx.scoring)
+    return {"version": result.version, "overall": result.overall.score, "macro": result.macro,
+            "failed": result.overall.failed, "scored": result.overall.scored,
+            "groups": {g: a.score for g, a in result.groups.items()}}
+
+
+def _chat_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, Any]:
+    from lalm.eval.airbench import score_chat
+
+    if ctx.judge is None:
+        raise ScoringError("airbench-chat needs a judge endpoint (--judge-url, --judge-model)")
+    rows = [{**r, "answer_gt": r["reference"]} for r in records]
+    return score_chat(rows, ctx.judge).to_dict()
+
+
+def _builtin_tasks() -> dict[str, EvalTask]:
+    from lalm.eval.synth_bench import SYNTH_TASK
+
+    airbench = {
+        "airbench-foundation": EvalTask(
+            "airbench-foundation", "AIR-Bench foundation single-choice questions (accuracy)",
+            lambda data: _read_airbench(data, FOUNDATION_META),
+            lambda item, family: chat_request(item, family, foundation_instruction(item.fields)),
+            _foundation_score),
+        "airbench-chat": EvalTask(
+            "airbench-chat", "AIR-Bench chat (LLM judge, 1-10, both orders averaged)",
+            lambda data: _read_airbench(data, CHAT_META),
+            lambda item, family: chat_request(item, family, item.fields["question"]),
+            _chat_score),
+    }
+    return {**OFFICIAL_SUITES, **airbench, SYNTH_TASK.name: SYNTH_TASK}
+
+
+def task_names() -> list[str]:
+    """Every built-in task name."""
+    return list(_builtin_tasks())
+
+
+def get_task(name: str) -> EvalTask:
+    """A built-in task by name.
+
+    Raises:
+        DataError: an unknown name (the message lists the known ones).
+    """
+    tasks = _builtin_tasks()
+    if name not in tasks:
+        raise DataError(f"unknown evaluation task {name!r}; known: {', '.join(tasks)}")
+    return tasks[name]
