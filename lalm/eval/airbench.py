@@ -1,4 +1,4 @@
-"""AIR-Bench foundation scoring: answer-letter extraction and accuracy, official and strict.
+"""AIR-Bench: foundation prompts and scoring (official and strict), and the chat judge.
 
 The official ``OFA-Sys/AIR-Bench score_foundation.py`` reads the model's response with a
 minimal rule (`extract_choice`): after stripping and removing newlines, the answer is the first
@@ -16,14 +16,29 @@ Two modes differ only in what a failed extraction counts as:
 Both report the failure count. The official rule also reads a response that merely *starts*
 with a capital A-D (``"As the speaker..."``) as that letter; both modes keep that rule so the
 two differ in one thing only.
+
+Prompts and data: `read_meta` reads ``Foundation_meta.json`` / ``Chat_meta.json`` and
+`foundation_instruction` writes the official inference script's text prompt.
+
+Chat (version ``airbench-chat-judge-v1``): `score_chat` asks an LLM judge (`ChatJudge`, any
+OpenAI-compatible chat endpoint) the official judge prompt twice, reference first and model
+first, and averages each side's two 1-10 scores; judgements that do not read as two scores are
+dropped and counted, as officially. Unlike the official script (temperature 1, sometimes 2),
+requests are deterministic (temperature 0, fixed seed) and cached.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from lalm.errors import ScoringError
+from lalm.errors import DataError, ScoringError
 
 CHOICE_LETTERS = "ABCD"
 OFFICIAL = "airbench-foundation-official-v1"
@@ -145,3 +160,246 @@ def score_foundation(items: Sequence[Mapping[str, object]], mode: str = "officia
     scored = [g.score for g in groups.values() if g.scored]
     macro = sum(scored) / len(scored) if scored else float("nan")
     return FoundationResult(groups, overall, macro, version)
+
+
+# ---------------------------------------------------------------------------- data and prompts
+
+FOUNDATION_META = "Foundation_meta.json"
+CHAT_META = "Chat_meta.json"
+# The instruction of the official Inference_Foundation.py, before the question and choices.
+FOUNDATION_QUESTION_PROMPT = (
+    "Choose the most suitable answer from options A, B, C, and D to respond the question in "
+    "next line, you may only choose A or B or C or D."
+)
+
+
+def read_meta(data: str | os.PathLike[str], name: str) -> tuple[list[dict[str, Any]], Path]:
+    """The rows of an AIR-Bench meta file and the folder the per-task audio folders are in.
+
+    Args:
+        data: the meta file itself, or the folder holding it (``Foundation_meta.json`` /
+            ``Chat_meta.json``; audio under ``<folder>/<task_name>_<dataset_name>/<path>``).
+        name: `FOUNDATION_META` or `CHAT_META`.
+
+    Raises:
+        DataError: a missing or malformed file, or rows without the official fields.
+    """
+    path = Path(data)
+    path = path / name if path.is_dir() else path
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DataError(f"AIR-Bench meta file {path}: {e.strerror or e}") from e
+    except json.JSONDecodeError as e:
+        raise DataError(f"AIR-Bench meta file {path} is not JSON: {e}") from e
+    need = ("path", "question", "answer_gt", "task_name", "dataset_name", "uniq_id")
+    if not isinstance(rows, list) or not rows:
+        raise DataError(f"AIR-Bench meta file {path} must hold a non-empty JSON list")
+    for i, row in enumerate(rows):
+        missing = [k for k in need if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise DataError(f"AIR-Bench meta file {path}, row {i}: missing {missing}")
+    return rows, path.parent
+
+
+def foundation_instruction(item: Mapping[str, object]) -> str:
+    """The text prompt of a foundation item, exactly as the official inference script builds it.
+
+    The script formats all four choices whatever their number, so a two-choice item reads
+    ``C. None`` and ``D. None``; that is reproduced (the models were scored on it).
+    """
+    choices = "\n".join(f"{letter}. {item.get(f'choice_{letter.lower()}')}"
+                        for letter in CHOICE_LETTERS)
+    return f"{FOUNDATION_QUESTION_PROMPT}\n{item['question']}\n{choices}"
+
+
+# ---------------------------------------------------------------------------- chat judge
+
+CHAT_VERSION = "airbench-chat-judge-v1"
+# The official score_chat.py judge prompt; XAudioX etc. are its placeholders.
+JUDGE_PROMPT = (
+    "You are a helpful and precise assistant for checking the quality of the answer.\n"
+    "[Detailed Audio Description]\nXAudioX\n[Question]\nXQuestionX\n"
+    "[The Start of Assistant 1s Answer]\nXAssistant1X\n[The End of Assistant 1s Answer]\n"
+    "[The Start of Assistant 2s Answer]\nXAssistant2X\n[The End of Assistant 2s Answer]\n"
+    "[System]\n"
+    "We would like to request your feedback on the performance of two AI assistants in response "
+    "to the user question and audio description displayed above. AI assistants are provided "
+    "with detailed audio descriptions and questions.\n"
+    "Please rate the helpfulness, relevance, accuracy, and comprehensiveness of their responses. "
+    "Each assistant receives an overall score on a scale of 1 to 10, where a higher score "
+    "indicates better overall performance. Please output a single line containing only two "
+    "values indicating the scores for Assistant 1 and 2, respectively. The two scores are "
+    "separated by a space."
+)
+#: task_name -> category, as the official cal_score.py groups the chat tasks.
+CHAT_CATEGORIES = {
+    "speech_QA": "speech", "speech_dialogue_QA": "speech", "sound_QA": "sound",
+    "sound_generation_QA": "sound", "music_QA": "music", "music_generation_analysis_QA": "music",
+    "speech_and_sound_QA": "speech_and_sound", "speech_and_music_QA": "speech_and_music",
+}
+
+
+def judge_prompt(audio_description: str, question: str, answer_1: str, answer_2: str) -> str:
+    """The official judge prompt with its four slots filled (in the official order of
+    replacement, so a slot marker inside an earlier value is replaced too, as officially)."""
+    return (JUDGE_PROMPT.replace("XAudioX", audio_description).replace("XQuestionX", question)
+            .replace("XAssistant1X", answer_1).replace("XAssistant2X", answer_2))
+
+
+def parse_judge_scores(text: str) -> tuple[int, int] | None:
+    """The two 1-10 scores of a judgement (``"8 6"``), or None when it does not read as two
+    integers in 1..10 (the official cal_score.py counts such judgements as failures)."""
+    parts = text.strip().replace("\n", "").split(" ")
+    if len(parts) != 2:
+        return None
+    try:
+        a, b = int(parts[0]), int(parts[1])
+    except ValueError:
+        return None
+    return (a, b) if 1 <= a <= 10 and 1 <= b <= 10 else None
+
+
+class ChatJudge:
+    """An LLM judge behind any endpoint that speaks the OpenAI chat-completions API.
+
+    Requests are deterministic (temperature 0 and a fixed seed, where the official script
+    samples at temperature 1 or 2) and every judgement is cached in a JSONL file keyed by the
+    exact request, so a rerun costs nothing and reproduces the same scores.
+
+    Args:
+        base_url: API root, e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``
+            (``/chat/completions`` is appended).
+        model: the judge model name (the official one is ``gpt-4-0125-preview``).
+        api_key: sent as ``Authorization: Bearer``; None sends none.
+        cache: JSONL cache file (created); None caches in memory only.
+        temperature, seed, max_tokens: request settings (part of the cache key).
+        timeout: seconds per HTTP request.
+        retries: attempts per judgement before giving up.
+    """
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None,
+                 cache: str | os.PathLike[str] | None = None, temperature: float = 0.0,
+                 seed: int = 0, max_tokens: int = 16, timeout: float = 120.0,
+                 retries: int = 3) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self.api_key = model, api_key
+        self.settings = {"temperature": temperature, "seed": seed, "max_tokens": max_tokens}
+        self.timeout, self.retries = timeout, max(1, retries)
+        self.cache_path = Path(cache) if cache is not None else None
+        self._cache: dict[str, str] = {}
+        if self.cache_path is not None and self.cache_path.exists():
+            for line in self.cache_path.read_text(encoding="utf-8").splitlines():
+                try:  # a line cut short by an interruption is skipped
+                    row = json.loads(line)
+                    self._cache[row["key"]] = row["content"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+    def _body(self, prompt: str) -> dict[str, Any]:
+        return {"model": self.model, "messages": [{"role": "user", "content": prompt}],
+                **self.settings}
+
+    def complete(self, prompt: str) -> str:
+        """The judge's reply to one prompt (cached).
+
+        Raises:
+            ScoringError: the endpoint failed `retries` times or answered malformed JSON.
+        """
+        body = self._body(prompt)
+        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+        if key in self._cache:
+            return self._cache[key]
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.url, json.dumps(body).encode("utf-8"), headers)
+        error: Exception | None = None
+        for _ in range(self.retries):
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    reply = json.loads(response.read().decode("utf-8"))
+                content = reply["choices"][0]["message"]["content"]
+                break
+            except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
+                error = e
+        else:
+            raise ScoringError(f"judge {self.url} failed {self.retries} times: {error}")
+        self._cache[key] = content
+        if self.cache_path is not None:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.cache_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": key, "content": content}, ensure_ascii=False) + "\n")
+        return content
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """AIR-Bench chat scores.
+
+    Attributes:
+        categories: category -> (model's mean score, reference answer's mean score, items).
+        model_score: the model's mean over all judged items.
+        reference_score: the reference answers' mean over the same items.
+        judged: items with both orders judged.
+        failed: items with a judgement that did not parse (dropped, as officially).
+        version: `CHAT_VERSION`.
+    """
+
+    categories: dict[str, tuple[float, float, int]]
+    model_score: float
+    reference_score: float
+    judged: int
+    failed: int
+    version: str = CHAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"version": self.version, "model_score": self.model_score,
+                "reference_score": self.reference_score, "judged": self.judged,
+                "failed": self.failed,
+                "categories": {c: {"model": m, "reference": r, "count": n}
+                               for c, (m, r, n) in self.categories.items()}}
+
+
+def score_chat(items: Sequence[Mapping[str, Any]], judge: ChatJudge) -> ChatResult:
+    """Judge chat answers against the reference answers, in both orders.
+
+    Each item is judged twice: reference as Assistant 1 and the model as Assistant 2 (the
+    official order), then swapped (the official ``cir`` run). The model's score is the mean of
+    its two scores, and likewise for the reference, which cancels the judge's position bias.
+
+    Args:
+        items: records with ``meta_info`` (the audio description), ``question``,
+            ``answer_gt``, ``response`` and ``task_name``.
+        judge: the judge endpoint.
+
+    Raises:
+        ScoringError: no items, an unknown task_name, a failing endpoint, or nothing judged.
+    """
+    sums: dict[str, list[float]] = {}
+    judged = failed = 0
+    for item in items:
+        category = CHAT_CATEGORIES.get(str(item.get("task_name")))
+        if category is None:
+            raise ScoringError(f"AIR-Bench chat item {item.get('uniq_id')!r}: unknown task_name "
+                               f"{item.get('task_name')!r}")
+        description, question = str(item["meta_info"]), str(item["question"])
+        reference, response = str(item["answer_gt"]), str(item["response"])
+        first = parse_judge_scores(judge.complete(
+            judge_prompt(description, question, reference, response)))
+        second = parse_judge_scores(judge.complete(
+            judge_prompt(description, question, response, reference)))
+        if first is None or second is None:
+            failed += 1
+            continue
+        s = sums.setdefault(category, [0.0, 0.0, 0])
+        s[0] += (first[1] + second[0]) / 2
+        s[1] += (first[0] + second[1]) / 2
+        s[2] += 1
+        judged += 1
+    if not judged:
+        raise ScoringError(f"AIR-Bench chat: no item was judged ({failed} judgements failed)")
+    categories = {c: (m / n, r / n, int(n)) for c, (m, r, n) in sums.items()}
+    return ChatResult(categories, sum(s[0] for s in sums.values()) / judged,
+                      sum(s[1] for s in sums.values()) / judged, judged, failed)
