@@ -61,6 +61,12 @@ FORMATS: dict[str, CheckpointFormat] = {
 }
 
 
+def native_format(config: ModelConfig) -> str:
+    """The format a model of this config is published in: Qwen-Audio (v1) models carry the
+    learned audio BOS/EOS rows, Qwen2-Audio models do not."""
+    return "qwen_audio_v1" if config.projector.audio_bos_eos else "qwen2_audio"
+
+
 def detect_format(hf_config: dict[str, Any], source: str) -> CheckpointFormat:
     """The format whose `matches` accepts this config.json.
 

@@ -23,9 +23,11 @@ from lalm.data.formats import read_examples
 from lalm.data.manifest import AudioRef, Example
 from lalm.errors import ConfigError
 from lalm.model import AudioLanguageModel
+from lalm.model.encoder import AudioEncoder
 from lalm.prompt import Family
 from lalm.tokenizer import Tokenizer, load_tokenizer
 from lalm.training.dpo import PreferenceDataset, PreferencePair, read_pairs
+from lalm.training.encoder_cache import EncodedDataset
 from lalm.training.lora import apply_lora, merge_lora
 from lalm.training.stages import PARTS, DataSource, LoraConfig, PartsConfig, TrainConfig
 
@@ -127,8 +129,8 @@ def copy_tokenizer_files(tokenizer_path: str | Path, directory: str | Path) -> l
 
 def export(model: AudioLanguageModel, tokenizer_path: str | Path,
            directory: str | Path) -> list[Path]:
-    """Write a merged model as a Qwen2-Audio HF checkpoint folder with its tokenizer files (what
-    `lalm.load_model` and transformers' `Qwen2AudioForConditionalGeneration` read)."""
+    """Write a merged model in its family's checkpoint layout (Qwen2-Audio HF, which transformers'
+    `Qwen2AudioForConditionalGeneration` reads, or Qwen-Audio v1) with its tokenizer files."""
     written = save_model(model, directory)
     return [*copy_tokenizer_files(tokenizer_path, directory), *written]
 
@@ -162,9 +164,11 @@ def _read_source(source: DataSource, objective: str) -> list:
 
 
 def build_dataset(sources: Sequence[DataSource], config: TrainConfig, tokenizer: Tokenizer,
-                  n_mels: int, seed: int) -> Dataset:
+                  n_mels: int, seed: int, encoder: AudioEncoder | None = None) -> Dataset:
     """The mixed dataset of `sources` (`AudioTextDataset`, or `PreferenceDataset` for DPO);
-    audio paths are made absolute so sources with different roots mix.
+    audio paths are made absolute so sources with different roots mix. With `encoder` (the
+    frozen encoder, for ``data.encoder_cache``) the items carry its cached outputs instead of
+    log-mels (`EncodedDataset`).
 
     Raises:
         ConfigError: a source that leaves no item.
@@ -179,4 +183,5 @@ def build_dataset(sources: Sequence[DataSource], config: TrainConfig, tokenizer:
     if config.objective == "dpo":
         pairs: list[PreferencePair] = items
         return PreferenceDataset(pairs, tokenizer, n_mels, max_audio_seconds=limit)
-    return AudioTextDataset(items, tokenizer, n_mels, max_audio_seconds=limit)
+    dataset = AudioTextDataset(items, tokenizer, n_mels, max_audio_seconds=limit)
+    return dataset if encoder is None else EncodedDataset(dataset, encoder, config.run.progress)
