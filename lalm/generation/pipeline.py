@@ -7,30 +7,60 @@
 Callers (the CLI, the server, the evaluator) pass audio + text, a `Prompt`, or chat messages
 and get `GenerationResult`s with text and parsed fields. The prompt family comes from the
 checkpoint's tokenizer; so does the real mel length rule (`REAL_LENGTH`).
+
+Audio longer than the encoder's 30-s window is never cut silently (`lalm.longform`):
+
+* in a prompt (chat, analysis, any `Request`), a clip is split into <= 30-s windows, each is
+  encoded, and the windows' rows fill the clip's single audio span in order (25 audio tokens
+  per second); a clip longer than `Pipeline.max_audio_seconds` is an `AudioError`;
+* `Pipeline.transcribe` with ``long_form`` transcribes a long clip window by window (cut in
+  pauses found by voice activity, or fixed windows with overlap), all windows of all clips in
+  one batched run, and stitches the windows' words (v1 SRWT word times) or texts.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import torch
+from torch import Tensor
 
-from lalm.audio import RealLength, audio_token_count, batch_log_mel, load_audio
+from lalm.audio import HOP_LENGTH, SAMPLE_RATE, RealLength, Seconds, batch_log_mel, load_audio
 from lalm.errors import AudioError, CheckpointError, PromptError
 from lalm.generation.generate import PromptBatch, generate, generate_steps, left_pad
 from lalm.generation.options import GenerationOptions, GenerationResult
-from lalm.model import AudioLanguageModel, conv_output_lengths
+from lalm.longform import (
+    DEFAULT_MAX_CHAT_S,
+    DEFAULT_OVERLAP_S,
+    MAX_WINDOW_S,
+    TOKENS_PER_SECOND,
+    Window,
+    join_window_rows,
+    plan_windows,
+    speech_regions,
+    split_for_chat,
+    stitch_texts,
+    stitch_words,
+)
+from lalm.model import AudioLanguageModel
 from lalm.prompt import (
+    _SPACELESS_LANGUAGES,  # languages written without spaces: one list, in the prompt layer
     AudioPart,
     AudioSource,
     Family,
     Message,
+    ParsedOutput,
     Prompt,
     TaskSpec,
     TextPart,
+    TimedWord,
     build_base_prompt,
     build_chat_prompt,
     build_prompt,
@@ -46,6 +76,11 @@ REAL_LENGTH: dict[Family, RealLength] = {Family.QWEN2_AUDIO: "ceil", Family.QWEN
 # Qwen2-Audio base-model ASR instruction (the official LibriSpeech evaluation's prompt).
 QWEN2_ASR_INSTRUCTION = "Detect the language and recognize the speech: "
 
+# How `Pipeline.transcribe` treats a clip longer than one window: "vad" cuts windows in the
+# pauses an energy voice-activity detector finds, "fixed" cuts fixed windows with overlap,
+# None keeps the clip as one prompt (its windows' rows joined, as in chat).
+LongForm = Literal["vad", "fixed"] | None
+
 
 @dataclass(frozen=True)
 class Request:
@@ -55,10 +90,14 @@ class Request:
         prompt: the prompt, audio parts included.
         spec: the v1 task it asks for, used to parse the output (timestamps, SRWT); None for
             free text.
+        audio_rows: the prompt's audio already encoded (`Pipeline.encode_audio`), one [R_k, D]
+            tensor per audio part in order, so `Pipeline.prepare` does not encode it again (a
+            conversation's earlier clips); None to encode the parts.
     """
 
     prompt: Prompt
     spec: TaskSpec | None = None
+    audio_rows: tuple[Tensor, ...] | None = field(default=None, compare=False)
 
 
 class IncrementalDecoder:
@@ -91,6 +130,11 @@ class IncrementalDecoder:
         return text
 
 
+def as_audio_part(audio: AudioSource | AudioPart) -> AudioPart:
+    """``audio`` as an `AudioPart` (a part passes through, keeping its name for messages)."""
+    return audio if isinstance(audio, AudioPart) else AudioPart(audio)
+
+
 def _cut_at_stop(text: str, stop_sequences: Sequence[str]) -> str:
     """``text`` up to (not including) the earliest stop sequence."""
     cuts = [i for i in (text.find(s) for s in stop_sequences) if i >= 0]
@@ -105,10 +149,14 @@ class Pipeline:
         tokenizer: the checkpoint's tokenizer; its family picks prompt formats and mel lengths.
         family: the prompt family.
         options: default generation options (overridden per call).
+        max_audio_seconds: longest clip a prompt takes, in seconds (None: no limit). A clip
+            longer than the encoder's window costs 25 audio tokens per second all the same
+            (`lalm.longform`); the default 300 s (7500 tokens) fits an 8192-position decoder.
     """
 
     def __init__(self, model: AudioLanguageModel, tokenizer: Tokenizer,
-                 options: GenerationOptions | None = None) -> None:
+                 options: GenerationOptions | None = None,
+                 max_audio_seconds: Seconds | None = DEFAULT_MAX_CHAT_S) -> None:
         is_v1 = tokenizer.family is Family.QWEN_AUDIO
         if model.config.projector.audio_bos_eos != is_v1:
             raise CheckpointError(
@@ -119,6 +167,25 @@ class Pipeline:
         self.tokenizer = tokenizer
         self.family = tokenizer.family
         self.options = options or GenerationOptions()
+        self.max_audio_seconds = max_audio_seconds
+
+    @property
+    def max_audio_seconds(self) -> Seconds | None:
+        """Longest clip a prompt takes, in seconds; None for no limit."""
+        return self._max_audio_seconds
+
+    @max_audio_seconds.setter
+    def max_audio_seconds(self, seconds: Seconds | None) -> None:
+        number = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+        if seconds is not None and not (number and seconds > 0):
+            raise AudioError(f"max_audio_seconds must be a number > 0 or None, got {seconds!r}")
+        self._max_audio_seconds = seconds
+
+    @property
+    def window_s(self) -> Seconds:
+        """The encoder's window in seconds: 30 s (n_ctx 1500 conv frames of 20 ms)."""
+        n_ctx = self.model.config.encoder.n_ctx
+        return min(MAX_WINDOW_S, n_ctx * 2 * HOP_LENGTH / SAMPLE_RATE)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: str | torch.dtype = "fp32",
@@ -135,7 +202,7 @@ class Pipeline:
     # ------------------------------------------------------------------ requests
 
     def chat_request(self, text: str | Sequence[Message],
-                     audios: Sequence[AudioSource] = ()) -> Request:
+                     audios: Sequence[AudioSource | AudioPart] = ()) -> Request:
         """A chat prompt: a user turn with ``audios`` then ``text``, or a message list.
 
         Raises:
@@ -144,7 +211,7 @@ class Pipeline:
         if isinstance(text, str):
             if not text.strip() and not audios:
                 raise PromptError("empty prompt: give a question and/or audio")
-            parts = [AudioPart(a) for a in audios]
+            parts = [as_audio_part(a) for a in audios]
             parts += [TextPart(text)] if text.strip() else []
             messages: Sequence[Message] = [Message("user", tuple(parts))]
         else:
@@ -153,61 +220,107 @@ class Pipeline:
             messages = text
         return Request(build_chat_prompt(messages, self.family))
 
-    def transcribe_request(self, audio: AudioSource, language: str = "en") -> Request:
+    def transcribe_request(self, audio: AudioSource | AudioPart, language: str = "en",
+                           timestamps: bool = False) -> Request:
         """The family's speech-recognition prompt for one clip.
 
-        v1: the official ``TaskSpec.asr`` task prompt. Qwen2-Audio: the base model's
+        v1: the official ``TaskSpec.asr`` task prompt, or ``TaskSpec.srwt`` (words with start
+        and end times, ``<|timestamps|>``) with ``timestamps``. Qwen2-Audio: the base model's
         ``<|audio_bos|><|AUDIO|><|audio_eos|>Detect the language and recognize the speech: <|en|>``.
+
+        Raises:
+            PromptError: ``timestamps`` on a Qwen2-Audio checkpoint (it has no timestamp tags).
         """
-        part = AudioPart(audio)
+        part = as_audio_part(audio)
         if self.family is Family.QWEN_AUDIO:
-            spec = TaskSpec.asr(language)
+            spec = TaskSpec.srwt(language) if timestamps else TaskSpec.asr(language)
             return Request(build_prompt(spec, part), spec)
+        if timestamps:
+            raise PromptError("word timestamps need a Qwen-Audio (v1) checkpoint; "
+                              f"{self.tokenizer.source} is {self.family.value}")
         return Request(build_base_prompt([part], QWEN2_ASR_INSTRUCTION + tag(language)))
 
     # ------------------------------------------------------------------ the data path
 
+    def encode_audio(self, parts: Sequence[AudioPart]) -> list[Tensor]:
+        """Load and encode clips: the rows each clip's audio span takes, in one encoder batch.
+
+        A clip longer than the encoder's window is split into near-equal windows
+        (`lalm.longform.split_for_chat`); every window of every clip goes through the encoder
+        together and each clip's windows are joined into one span (`join_window_rows`).
+
+        Args:
+            parts: the clips.
+
+        Returns:
+            One [R_k, D] tensor per clip in the model dtype: R_k = N_k audio tokens
+            (Qwen2-Audio) or N_k + 2 with the v1 BOS/EOS rows; N_k = 25 per second.
+
+        Raises:
+            AudioError: a clip that cannot be loaded, or longer than `max_audio_seconds`.
+        """
+        if not parts:
+            return []
+        model, v1 = self.model, self.family is Family.QWEN_AUDIO
+        windows: list[np.ndarray] = []
+        owner: list[int] = []
+        for k, part in enumerate(parts):
+            clip = load_audio(part.source)
+            seconds = clip.shape[0] / SAMPLE_RATE
+            if self.max_audio_seconds is not None and seconds > self.max_audio_seconds:
+                raise AudioError(
+                    f"{part.label}: {seconds:.2f} s is longer than max_audio_seconds="
+                    f"{self.max_audio_seconds:g} s ({TOKENS_PER_SECOND} audio tokens per "
+                    f"second); raise the limit or transcribe it with long-form windows")
+            pieces = split_for_chat(clip, self.window_s, max_duration_s=None)
+            windows += pieces
+            owner += [k] * len(pieces)
+        features, lens = batch_log_mel(windows, model.config.encoder.n_mels,
+                                       REAL_LENGTH[self.family])
+        device, dtype = model.decoder.embed.weight.device, model.decoder.embed.weight.dtype
+        with torch.inference_mode():
+            rows = model.embed_audio(features.to(device, dtype), lens.to(device))
+        return [join_window_rows([r for r, o in zip(rows, owner) if o == k], boundary_rows=v1)
+                for k in range(len(parts))]
+
     def prepare(self, requests: Sequence[Request]) -> PromptBatch:
         """Load every clip, compute features, tokenize, embed: one left-padded batch.
 
+        Clips of requests without `Request.audio_rows` are encoded together (`encode_audio`);
+        requests with rows reuse them.
+
         Raises:
-            AudioError: a clip that cannot be loaded, or longer than the encoder's window.
-            PromptError: a prompt with no tokens.
+            AudioError: a clip that cannot be loaded, or longer than `max_audio_seconds`.
+            PromptError: a prompt with no tokens, or `audio_rows` that do not fit its prompt.
         """
         model, tokenizer = self.model, self.tokenizer
-        parts = [a for r in requests for a in r.prompt.audios]
-        counts: list[int] = []
-        rows = None
-        if parts:
-            clips = [load_audio(p.source) for p in parts]
-            features, lens = batch_log_mel(clips, model.config.encoder.n_mels,
-                                           REAL_LENGTH[self.family])
-            n_ctx = model.config.encoder.n_ctx
-            for part, n in zip(parts, conv_output_lengths(lens).tolist()):
-                if n > n_ctx:
-                    raise AudioError(f"{part.label}: longer than the encoder's {n_ctx * 2 // 100}"
-                                     f" s window; split it into shorter clips")
-            counts = [int(audio_token_count(n)) for n in lens.tolist()]
-            device, dtype = model.decoder.embed.weight.device, model.decoder.embed.weight.dtype
-            with torch.inference_mode():
-                rows = model.embed_audio(features.to(device, dtype), lens.to(device))
-        ids_list, used = [], 0
+        fresh = iter(self.encode_audio(
+            [a for r in requests if r.audio_rows is None for a in r.prompt.audios]))
+        boundary = 2 if self.family is Family.QWEN_AUDIO else 0  # v1 BOS/EOS rows per clip
+        ids_list, rows = [], []
         for r in requests:
-            n_audio = len(r.prompt.audios)
-            ids = r.prompt.encode(tokenizer, counts[used:used + n_audio]).ids
-            used += n_audio
+            audios = r.prompt.audios
+            given = list(r.audio_rows) if r.audio_rows is not None else None
+            if given is not None and len(given) != len(audios):
+                raise PromptError(f"request has {len(audios)} audios but {len(given)} "
+                                  f"audio_rows tensors")
+            clip_rows = given if given is not None else [next(fresh) for _ in audios]
+            counts = [int(x.shape[0]) - boundary for x in clip_rows]
+            ids = r.prompt.encode(tokenizer, counts).ids
             if not ids:
                 raise PromptError("empty prompt: it encodes to no tokens")
             ids_list.append(ids)
+            rows += clip_rows
         ids, mask = left_pad(ids_list, tokenizer.eod_id)
         device = model.decoder.embed.weight.device
         ids, mask = ids.to(device), mask.to(device)
         slots = torch.tensor(sorted(tokenizer.audio_slot_ids), device=device)
         with torch.inference_mode():
-            if rows is None:
+            if not rows:
                 embeds = model.decoder.embed(ids)
             else:
-                embeds = model.embed_prompt(ids, rows, torch.isin(ids, slots) & mask)
+                embeds = model.embed_prompt(ids, [x.to(device) for x in rows],
+                                            torch.isin(ids, slots) & mask)
         return PromptBatch(ids=ids, token_mask=mask, embeds=embeds)
 
     def _stop_ids(self, options: GenerationOptions) -> tuple[int, ...]:
@@ -288,18 +401,114 @@ class Pipeline:
 
     # ------------------------------------------------------------------ conveniences
 
-    def chat(self, text: str | Sequence[Message], audios: Sequence[AudioSource] = (),
+    def chat(self, text: str | Sequence[Message], audios: Sequence[AudioSource | AudioPart] = (),
              options: GenerationOptions | None = None) -> GenerationResult:
         """Answer one chat turn (see `chat_request`)."""
         return self.generate([self.chat_request(text, audios)], options)[0]
 
     def transcribe(self, audios: Sequence[AudioSource], language: str = "en",
                    options: GenerationOptions | None = None, batch_size: int = 8,
-                   progress: Callable[[int], None] | None = None) -> list[GenerationResult]:
-        """Speech recognition for each clip (batched); read `.parsed.text` for the words."""
-        requests = [self.transcribe_request(a, language) for a in audios]
-        return self.generate(requests, options, batch_size, progress)
+                   progress: Callable[[int], None] | None = None, *, timestamps: bool = False,
+                   long_form: LongForm = "vad",
+                   overlap_s: Seconds = DEFAULT_OVERLAP_S) -> list[GenerationResult]:
+        """Speech recognition for each clip (batched); read `.parsed.text` for the words.
+
+        A clip no longer than the encoder's window is one prompt (`transcribe_request`). A
+        longer one, with ``long_form``, is planned into windows (`lalm.longform.plan_windows`:
+        cut in pauses with "vad", fixed windows overlapping by ``overlap_s`` with "fixed");
+        the windows of all clips run together in batches of ``batch_size``, then each clip's
+        windows are stitched: on v1 every window asks for SRWT (``<|timestamps|>``) and the
+        words are joined by their times (`stitch_words`, each boundary word once); on
+        Qwen2-Audio (and for v1 windows whose output lacks the SRWT times) the window texts
+        are joined by aligning their overlaps (`stitch_texts`).
+        A stitched result has ``text`` = ``parsed.text`` (the joined words), ``parsed.words``
+        in recording seconds (v1), ``tokens`` / ``logprob`` of all its windows in order, and
+        the ``timings`` of its last window's batch. A recording without speech ("vad") gives
+        an empty result.
+
+        Args:
+            audios: the clips (paths, bytes, or float arrays at 16 kHz).
+            language: language of the speech, a prompt language tag.
+            options: decoding policy (default: the pipeline's).
+            batch_size: prompts (clips or windows) per batch.
+            progress: called with the number of clips finished after each batch.
+            timestamps: words with start/end seconds in ``parsed.words`` (v1 only: SRWT).
+            long_form: "vad", "fixed", or None to send a long clip as one prompt whose audio
+                span holds all its windows' rows (as in chat; up to `max_audio_seconds`).
+            overlap_s: overlap of neighbouring windows that cannot meet in a pause.
+
+        Returns:
+            One `GenerationResult` per clip, in order.
+
+        Raises:
+            AudioError: a clip that cannot be loaded, or a bad ``long_form`` / ``overlap_s``.
+            PromptError: ``timestamps`` on a Qwen2-Audio checkpoint.
+        """
+        if long_form not in ("vad", "fixed", None):
+            raise AudioError(f"long_form must be 'vad', 'fixed' or None, got {long_form!r}")
+        v1 = self.family is Family.QWEN_AUDIO
+        window = round(self.window_s * SAMPLE_RATE)
+        requests: list[Request] = []
+        plans: list[list[Window] | None] = []  # per clip: its windows, or None for one prompt
+        for audio in audios:
+            clip = load_audio(audio) if long_form is not None else None
+            if clip is None or clip.shape[0] <= window:
+                plans.append(None)
+                requests.append(self.transcribe_request(audio if clip is None else clip,
+                                                        language, timestamps))
+                continue
+            speech = speech_regions(clip) if long_form == "vad" else None
+            plan = plan_windows(clip, window_s=self.window_s, overlap_s=overlap_s, speech=speech)
+            plans.append(plan)
+            requests += [self.transcribe_request(w.clip(clip), language, timestamps=v1)
+                         for w in plan]
+        # progress counts clips: a clip is finished when its last window is
+        ends = list(itertools.accumulate(1 if p is None else len(p) for p in plans))
+        finished = [0, 0]  # prompts, clips
+
+        def advance(n_prompts: int) -> None:
+            finished[0] += n_prompts
+            clips = bisect.bisect_right(ends, finished[0])
+            if progress is not None and clips > finished[1]:
+                progress(clips - finished[1])
+            finished[1] = clips
+
+        results = iter(self.generate(requests, options, batch_size, advance))
+        out: list[GenerationResult] = []
+        for plan in plans:
+            if plan is None:
+                out.append(next(results))
+            else:
+                out.append(self._stitch(plan, [next(results) for _ in plan], language))
+        if progress is not None and finished[1] < len(plans):  # clips without any window
+            progress(len(plans) - finished[1])
+        return out
+
+    def _stitch(self, plan: Sequence[Window], parts: Sequence[GenerationResult],
+                language: str) -> GenerationResult:
+        """One clip's result from its windows' results (see `transcribe`)."""
+        spaceless = language in _SPACELESS_LANGUAGES
+        parsed = [r.parsed or ParsedOutput(r.text) for r in parts]
+        words: tuple[TimedWord, ...] = ()
+        # v1 windows are stitched by word times; a window whose output came without times
+        # (malformed SRWT) has only text, and then the texts are aligned instead
+        if self.family is Family.QWEN_AUDIO and all(p.words or not p.text for p in parsed):
+            words = tuple(stitch_words(plan, [p.words for p in parsed]))
+            text = ("" if spaceless else " ").join(w.word for w in words)
+        else:
+            text = stitch_texts(plan, [p.text for p in parsed], spaceless)
+        reasons = [r.finish_reason for r in parts]
+        return GenerationResult(
+            tokens=[t for r in parts for t in r.tokens],
+            finish_reason="length" if "length" in reasons else (reasons or ["stop"])[-1],
+            logprob=sum(r.logprob for r in parts),
+            text=text,
+            parsed=ParsedOutput(text, next((p.language for p in parsed if p.language), None),
+                                words),
+            timings=dict(parts[-1].timings) if parts else {},
+        )
 
     def with_options(self, **changes: object) -> Pipeline:
         """A pipeline sharing model and tokenizer with other default options."""
-        return Pipeline(self.model, self.tokenizer, replace(self.options, **changes))
+        return Pipeline(self.model, self.tokenizer, replace(self.options, **changes),
+                        self.max_audio_seconds)

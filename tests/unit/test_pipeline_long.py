@@ -1,0 +1,196 @@
+"""Audio longer than the encoder's 30-s window in the pipeline: chat prompts hold every window's
+rows in one span per clip (batched = single still), a clear limit, and long-form transcription
+planned, batched and stitched (with an oracle transcriber standing in for a trained model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lalm.audio import SAMPLE_RATE, audio_token_count, batch_log_mel, mel_length
+from lalm.config import ModelConfig
+from lalm.errors import AudioError, PromptError
+from lalm.generation import GenerationOptions, GenerationResult, Pipeline
+from lalm.longform import Window, chat_audio_token_count, join_window_rows, split_for_chat
+from lalm.prompt import AudioPart, TimedWord, parse_output
+from lalm.testing.models import random_model
+from lalm.testing.oracle import oracle_transcript
+from lalm.tokenizer import load_tokenizer
+
+OPTIONS = GenerationOptions(max_new_tokens=4)
+
+
+def _clip(seconds: float, seed: int, extra: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SAMPLE_RATE) + extra
+    t = np.arange(n) / SAMPLE_RATE
+    return (0.3 * np.sin(2 * np.pi * rng.uniform(200, 900) * t)
+            + 0.05 * rng.standard_normal(n)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def qwen2() -> Pipeline:
+    from conftest import shared_fixture
+
+    config = ModelConfig.from_name("tiny-random", decoder={"vocab_size": 156032,
+                                                           "max_seq_len": 4096})
+    return Pipeline(random_model(config, seed=3),
+                    load_tokenizer(shared_fixture("qwen2_audio_tokenizer")), OPTIONS)
+
+
+@pytest.fixture(scope="module")
+def v1(qwen_tiktoken) -> Pipeline:
+    config = ModelConfig.from_name("tiny-random-v1", decoder={"vocab_size": 155947,
+                                                              "max_seq_len": 4096})
+    return Pipeline(random_model(config, seed=4), load_tokenizer(qwen_tiktoken), OPTIONS)
+
+
+def _window_rows(pipe: Pipeline, clip: np.ndarray, real_length: str) -> list[torch.Tensor]:
+    windows = split_for_chat(clip)
+    features, lens = batch_log_mel(windows, pipe.model.config.encoder.n_mels, real_length)
+    with torch.inference_mode():
+        return pipe.model.embed_audio(features, lens)
+
+
+def test_a_long_clip_is_one_span_of_its_windows_rows(qwen2: Pipeline) -> None:
+    clip = _clip(65, 0, extra=321)  # 3 windows; the last ends inside a hop ("ceil" counts it)
+    (rows,) = qwen2.encode_audio([AudioPart(clip)])
+    windows = split_for_chat(clip)
+    assert len(windows) == 3
+    torch.testing.assert_close(rows, torch.cat(_window_rows(qwen2, clip, "ceil")),
+                               rtol=0, atol=0)
+    expected = sum(audio_token_count(mel_length(len(w), "ceil")) for w in windows)
+    assert rows.shape[0] == expected and abs(expected - 25 * 65) <= 1
+    batch = qwen2.prepare([qwen2.chat_request("What happens?", [clip])])
+    assert int((batch.ids == 151646).sum()) == expected  # one <|AUDIO|> run, all windows
+
+
+def test_v1_keeps_one_bos_and_one_eos_per_clip(v1: Pipeline) -> None:
+    clip = _clip(61, 1)
+    (rows,) = v1.encode_audio([AudioPart(clip)])
+    windows = _window_rows(v1, clip, "floor")
+    assert len(windows) == 3
+    torch.testing.assert_close(rows, join_window_rows(windows, boundary_rows=True),
+                               rtol=0, atol=0)
+    n = chat_audio_token_count(len(clip))
+    assert rows.shape[0] == n + 2
+    batch = v1.prepare([v1.chat_request("Describe it.", [clip])])
+    ids = batch.ids[0].tolist()
+    assert ids.count(155163) == ids.count(155164) == 1 and ids.count(151851) == n
+
+
+@pytest.mark.parametrize("family", ["qwen2", "v1"])
+def test_batched_equals_single_with_long_clips(family: str, request) -> None:
+    pipe: Pipeline = request.getfixturevalue(family)
+    long_a, long_b, short = _clip(33, 2), _clip(30.7, 3), _clip(2.5, 4)
+    requests = [pipe.chat_request("Compare them.", [short, long_a]),
+                pipe.transcribe_request(long_b),
+                pipe.chat_request("Hi.")]
+    batched = pipe.generate(requests)
+    for req, result in zip(requests, batched):
+        assert pipe.generate([req])[0].tokens == result.tokens
+
+
+def test_the_limit_is_a_clear_error_never_a_cut(qwen2: Pipeline) -> None:
+    limited = Pipeline(qwen2.model, qwen2.tokenizer, OPTIONS, max_audio_seconds=40)
+    with pytest.raises(AudioError, match=r"talk: 41\.00 s is longer than max_audio_seconds=40"):
+        limited.chat("What?", [AudioPart(_clip(41, 5), name="talk")])
+    assert limited.with_options(max_new_tokens=2).max_audio_seconds == 40
+    limited.max_audio_seconds = None
+    assert limited.encode_audio([AudioPart(_clip(41, 5))])[0].shape[0] == 41 * 25
+    for bad in (0, -1.0, "30", True):
+        with pytest.raises(AudioError, match="max_audio_seconds"):
+            limited.max_audio_seconds = bad  # type: ignore[assignment]
+
+
+# ------------------------------------------------------------------ long-form transcription
+
+
+def _recording(seconds: float, seed: int) -> tuple[np.ndarray, list[TimedWord]]:
+    """Tone bursts as words with exact times: 60-260 ms apart in a sentence, 0.5-0.9 s between
+    sentences of 4-9 words (the pauses a voice-activity cut needs)."""
+    rng = np.random.default_rng(seed)
+    audio = (1e-4 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
+    words: list[TimedWord] = []
+    pos = int(0.4 * SAMPLE_RATE)
+    while True:
+        for i in range(int(rng.integers(4, 10))):
+            n = int(rng.integers(3200, 8000))
+            if pos + n + SAMPLE_RATE > audio.shape[0]:
+                return audio, words
+            t = np.arange(n) / SAMPLE_RATE
+            audio[pos:pos + n] += 0.3 * np.sin(2 * np.pi * rng.uniform(150, 600) * t)
+            words.append(TimedWord(f"w{len(words)}", pos / SAMPLE_RATE, (pos + n) / SAMPLE_RATE))
+            pos += n + int(rng.integers(960, 4160))
+        pos += int(rng.integers(8000, 14400))
+
+
+def _oracle(pipe: Pipeline, recordings: list[tuple[np.ndarray, list[TimedWord]]],
+            monkeypatch, seen: list[int]) -> None:
+    """Replace the model run by an oracle that writes each window's exact words."""
+
+    def locate(view: np.ndarray) -> tuple[list[TimedWord], Window]:
+        for audio, truth in recordings:
+            offset = (view.ctypes.data - audio.ctypes.data) // view.itemsize
+            if np.shares_memory(view, audio) and 0 <= offset < audio.shape[0]:
+                return truth, Window(offset, offset + view.shape[0])
+        raise AssertionError("a window that is not a view of a recording")
+
+    def generate(requests, options=None, batch_size=None, progress=None):
+        results = []
+        for start in range(0, len(requests), batch_size):
+            chunk = requests[start:start + batch_size]
+            seen.append(len(chunk))
+            for req in chunk:
+                truth, window = locate(req.prompt.audios[0].source)
+                text = oracle_transcript(truth, window, "heard",
+                                         timestamps=req.spec is not None and req.spec.timestamps)
+                results.append(GenerationResult([1], "stop", -1.0, text,
+                                                parse_output(text, req.spec)))
+            progress(len(chunk))
+        return results
+
+    monkeypatch.setattr(pipe, "generate", generate)
+
+
+@pytest.mark.parametrize("long_form", ["vad", "fixed"])
+@pytest.mark.parametrize("family", ["v1", "qwen2"])
+def test_long_form_transcripts_lose_and_repeat_no_word(family: str, long_form: str, request,
+                                                       monkeypatch) -> None:
+    pipe: Pipeline = request.getfixturevalue(family)
+    recordings = [_recording(95, 10), _recording(70, 11)]
+    seen: list[int] = []
+    _oracle(pipe, recordings, monkeypatch, seen)
+    clips = [recordings[0][0], recordings[1][0]]
+    done: list[int] = []
+    results = pipe.transcribe(clips, batch_size=3, progress=done.append, long_form=long_form)
+    assert sum(seen) >= 7 and max(seen) == 3  # all windows of both clips, in batches of 3
+    assert sum(done) == 2
+    for (_, truth), result in zip(recordings, results):
+        assert result.text.split() == [w.word for w in truth]
+        if family == "v1":  # SRWT windows: the words keep recording times (0.01-s tags)
+            assert [w.word for w in result.parsed.words] == [w.word for w in truth]
+            for got, want in zip(result.parsed.words, truth):
+                assert abs(got.start - want.start) <= 0.0051
+                assert abs(got.end - want.end) <= 0.0051
+
+
+def test_short_clips_and_long_form_off_are_single_prompts(v1: Pipeline, monkeypatch) -> None:
+    recording = _recording(40, 12)
+    seen: list[int] = []
+    _oracle(v1, [recording], monkeypatch, seen)
+    short = recording[0][: 20 * SAMPLE_RATE]
+    result = v1.transcribe([short], timestamps=True, long_form="fixed")[0]
+    assert seen == [1]
+    assert [w.word for w in result.parsed.words] == \
+        [w.word for w in recording[1] if w.end <= 20]
+
+
+def test_long_form_arguments_are_checked(v1: Pipeline, qwen2: Pipeline) -> None:
+    with pytest.raises(AudioError, match="long_form"):
+        v1.transcribe([_clip(1, 0)], long_form="sliding")  # type: ignore[arg-type]
+    with pytest.raises(AudioError, match="overlap_s"):
+        v1.transcribe([_clip(40, 0)], long_form="fixed", overlap_s=20)
+    with pytest.raises(PromptError, match="Qwen-Audio"):
+        qwen2.transcribe([_clip(1, 0)], timestamps=True)
