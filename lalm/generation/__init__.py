@@ -2,6 +2,7 @@
 decode loop (greedy, sampling, beam search, streaming), and the pipeline that runs the whole
 data path from audio and text to parsed output."""
 
+from lalm.generation.conversation import Conversation
 from lalm.generation.generate import (
     PromptBatch,
     Step,
@@ -15,6 +16,7 @@ from lalm.generation.pipeline import REAL_LENGTH, IncrementalDecoder, Pipeline, 
 
 __all__ = [
     "REAL_LENGTH",
+    "Conversation",
     "GenerationOptions",
     "GenerationResult",
     "IncrementalDecoder",
