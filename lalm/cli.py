@@ -182,7 +182,13 @@ def _chat_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("question", nargs="?", default="", help="the question (may be empty with "
                                                            "--audio: voice chat)")
     p.add_argument("--audio", action="append", default=[], metavar="FILE",
-                   help="an audio file for the turn (repeatable, in order)")
+                   help="an audio file for the turn (repeatable, in order); longer than 30 s: "
+                        "split into 30-s windows, 25 audio tokens per second")
+    p.add_argument("--max-audio-seconds", type=float, default=None,
+                   help="longest clip accepted, in seconds (default: the pipeline's, 300)")
+    p.add_argument("--interactive", action="store_true",
+                   help="after the answer, read follow-up questions from stdin, one per line "
+                        "(until an empty line or EOF); the audio is encoded once")
     _generation_arguments(p)
 
 
@@ -191,45 +197,105 @@ def _chat(args: argparse.Namespace) -> int:
     import json
 
     from lalm.api import load_model
+    from lalm.generation import Conversation
 
     options = _options(args)
     pipe = load_model(args.model, dtype=args.dtype)
-    request = pipe.chat_request(args.question, args.audio)
-    if args.json or options.num_beams > 1:
-        result = pipe.generate([request], options)[0]
-        print(json.dumps(_result_json(result), ensure_ascii=False) if args.json else result.text)
-        return 0
-    for piece in pipe.stream(request, options):
-        print(piece, end="", flush=True)
-    print()
-    return 0
+    if args.max_audio_seconds is not None:
+        pipe.max_audio_seconds = args.max_audio_seconds
+    conversation = Conversation(pipe)
+    question, audios = args.question, args.audio
+    while True:
+        if args.json or options.num_beams > 1:
+            result = conversation.ask(question, audios, options)
+            print(json.dumps(_result_json(result), ensure_ascii=False) if args.json
+                  else result.text, flush=True)
+        else:
+            for piece in conversation.stream(question, audios, options):
+                print(piece, end="", flush=True)
+            print(flush=True)
+        question, audios = (sys.stdin.readline().strip() if args.interactive else ""), []
+        if not question:
+            return 0
 
 
 def _transcribe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", help="audio files")
     p.add_argument("--language", default="en", help="language of the speech (a language tag)")
-    p.add_argument("--batch-size", type=int, default=8, help="files per batch")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts (files or windows) per "
+                                                            "batch")
+    p.add_argument("--timestamps", action="store_true",
+                   help="words with start and end seconds (Qwen-Audio v1 checkpoints)")
+    p.add_argument("--format", choices=["text", "json", "srt", "vtt"], default="text",
+                   help="output: text (with --timestamps one 'start end word' line per word), "
+                        "json lines, or SRT / VTT subtitles (need --timestamps)")
+    p.add_argument("--output-dir", default=None,
+                   help="write one <file stem>.<format> per input here instead of printing")
+    p.add_argument("--long-form", choices=["vad", "fixed", "off"], default="vad",
+                   help="audio longer than 30 s: windows cut in pauses (vad), fixed windows "
+                        "with overlap (fixed), or one prompt (off)")
+    p.add_argument("--overlap", type=float, default=None,
+                   help="seconds of overlap between windows that cannot meet in a pause "
+                        "(default: the pipeline's, 5)")
     _generation_arguments(p)
 
 
-@command("transcribe", "transcribe audio files (batched)", _transcribe_arguments)
-def _transcribe(args: argparse.Namespace) -> int:
+def _transcript(path: str, result, fmt: str, timestamps: bool, language: str) -> str:
+    """One file's transcription in the output format (ends with a newline)."""
     import json
+
+    from lalm.prompt import _SPACELESS_LANGUAGES
+    from lalm.subtitles import format_srt, format_vtt, group_cues
+
+    parsed = result.parsed
+    words = list(parsed.words) if parsed is not None else []
+    if fmt == "json":
+        extra = {"words": [{"word": w.word, "start": w.start, "end": w.end} for w in words]} \
+            if timestamps else {}
+        return json.dumps(_result_json(result, file=path, **extra), ensure_ascii=False) + "\n"
+    if fmt in ("srt", "vtt"):
+        cues = group_cues(words, spaceless=language in _SPACELESS_LANGUAGES)
+        return format_srt(cues) if fmt == "srt" else format_vtt(cues)
+    if timestamps:
+        return f"{path}\n" + "".join(f"{w.start:8.2f} {w.end:8.2f}  {w.word}\n" for w in words)
+    return f"{path}\t{parsed.text if parsed else result.text}\n"
+
+
+@command("transcribe", "transcribe audio files (batched; long audio in windows)",
+         _transcribe_arguments)
+def _transcribe(args: argparse.Namespace) -> int:
+    from pathlib import Path
 
     from tqdm import tqdm
 
     from lalm.api import load_model
 
+    fmt = "json" if args.json else args.format
+    if fmt in ("srt", "vtt") and not args.timestamps:
+        raise LalmError(f"--format {fmt} needs --timestamps (word times)")
+    if fmt in ("srt", "vtt") and len(args.files) > 1 and args.output_dir is None:
+        raise LalmError(f"--format {fmt} with several files needs --output-dir")
     options = _options(args)
     pipe = load_model(args.model, dtype=args.dtype)
+    long_form = {"long_form": None if args.long_form == "off" else args.long_form}
+    if args.overlap is not None:
+        long_form["overlap_s"] = args.overlap
     with tqdm(total=len(args.files), unit="file", file=sys.stderr) as bar:
         results = pipe.transcribe(args.files, args.language, options, args.batch_size,
-                                  progress=bar.update)
-    for path, result in zip(args.files, results):
-        if args.json:
-            print(json.dumps(_result_json(result, file=path), ensure_ascii=False))
-        else:
-            print(f"{path}\t{result.parsed.text if result.parsed else result.text}")
+                                  progress=bar.update, timestamps=args.timestamps, **long_form)
+    outputs = [_transcript(path, result, fmt, args.timestamps, args.language)
+               for path, result in zip(args.files, results)]
+    if args.output_dir is None:
+        print("".join(outputs), end="")
+        return 0
+    folder = Path(args.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, text in zip(args.files, outputs):
+        target = folder / f"{Path(path).stem}.{'txt' if fmt == 'text' else fmt}"
+        partial = target.with_name(target.name + ".partial")
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(target)  # never a half-written file under the final name
+        print(target)
     return 0
 
 
@@ -248,6 +314,8 @@ def _train(args: argparse.Namespace) -> int:
     from lalm.training import TrainConfig, train
 
     result = train(TrainConfig.from_file(args.config, args.overrides), resume=args.resume)
+    if not result.main:  # under torchrun, rank 0 reports for the job
+        return 0
     summary = {"step": result.step, "loss": result.losses[-1] if result.losses else None,
                "tokens_per_s": round(result.tokens_per_s, 1), **result.validation}
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
