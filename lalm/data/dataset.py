@@ -10,13 +10,19 @@ tag), each clip's audio tokens are expanded to its real length, and the target f
 ``<|endoftext|>`` after a Qwen-Audio (v1) task prompt's answer. The loss therefore falls only on
 the target and its end token; prompt text, audio slots and (in `collate`) padding are -100.
 
+Multi-turn chats (stage-2 SFT) learn every assistant turn: the earlier assistant turns inside
+the prompt keep their labels too, each turn's content and its ``<|im_end|>``. The ChatML
+scaffolding around them (``<|im_start|>assistant\n``, the ``\n`` after ``<|im_end|>``), system
+and user turns and audio slots stay -100. (`PreferenceDataset` scores only the final answer:
+``all_turns=False``.) Text-only items (no audio) are ordinary items with no clips.
+
 Item dict (`AudioTextDataset.__getitem__`; K = clips of the item, in prompt order, S = tokens,
 M = mel bins, L_k = real mel frames of clip k):
 
     {
         "id": str,                          # the example id
         "ids": int64 [S],                   # prompt + target + end
-        "labels": int64 [S],                # -100 outside the target (and its end token)
+        "labels": int64 [S],                # -100 outside the assistant turns (+ end tokens)
         "audio_slot_mask": bool [S],        # True where audio rows go (tokenizer.audio_slot_ids)
         "features": [float32 [M, L_k + 2]], # per clip, 2 lookahead frames (lalm.audio contract)
         "feature_lens": int64 [K],          # L_k
@@ -37,10 +43,18 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from lalm.audio import HOP_LENGTH, SAMPLE_RATE, audio_token_count, load_audio, log_mel_spectrogram
+from lalm.audio import (
+    SAMPLE_RATE,
+    RealLength,
+    audio_token_count,
+    load_audio,
+    log_mel_spectrogram,
+    mel_length,
+)
 from lalm.data.formats import read_examples
 from lalm.data.manifest import AudioRef, Example
 from lalm.errors import DataError, LalmError
+from lalm.generation.pipeline import REAL_LENGTH
 from lalm.model.lalm import IGNORE_INDEX
 from lalm.prompt import AUDIO_END, AUDIO_PAD, AUDIO_START, QWEN_AUDIO_AUDIO_TOKENS, Family
 from lalm.synth.render import render_prompt, render_target, v1_task_spec
@@ -86,16 +100,16 @@ def load_clip(ref: AudioRef, max_seconds: Seconds | None = None) -> np.ndarray:
     return audio[start:end]
 
 
-def _estimated_frames(ref: AudioRef) -> int:
+def _estimated_frames(ref: AudioRef, real_length: RealLength) -> int:
     """Mel frames of a clip from its header (exact for 16 kHz files), without decoding it."""
     if ref.duration is not None:
-        return round(ref.duration * SAMPLE_RATE) // HOP_LENGTH
+        return mel_length(round(ref.duration * SAMPLE_RATE), real_length)
     try:
         info = sf.info(ref.path)
         seconds = info.frames / info.samplerate - ref.offset
     except (sf.LibsndfileError, RuntimeError, OSError):
         seconds = load_audio(ref.path).shape[0] / SAMPLE_RATE - ref.offset
-    return round(seconds * SAMPLE_RATE) // HOP_LENGTH
+    return mel_length(round(seconds * SAMPLE_RATE), real_length)
 
 
 class AudioTextDataset(Dataset):
@@ -107,18 +121,24 @@ class AudioTextDataset(Dataset):
         n_mels: mel bins of the model (80 for Qwen-Audio, 128 for Qwen2-Audio).
         audio_root: folder relative audio paths start from.
         max_audio_seconds: longer clips are an error (the encoder sees 30 s); None: no limit.
+        all_turns: label every assistant turn of a chat (SFT); False: only the final answer.
     """
 
     def __init__(self, examples: Sequence[Example], tokenizer: Tokenizer, n_mels: int,
                  audio_root: str | os.PathLike[str] = ".",
-                 max_audio_seconds: Seconds | None = 30.0) -> None:
+                 max_audio_seconds: Seconds | None = 30.0, all_turns: bool = True) -> None:
         self.examples = list(examples)
         self.tokenizer = tokenizer
         self.family = tokenizer.family
+        self.real_length = REAL_LENGTH[self.family]  # the pipeline's rule: train = inference
         self.n_mels = n_mels
         self.audio_root = Path(audio_root)
         self.max_audio_seconds = max_audio_seconds
+        self.all_turns = all_turns
         self._slot_ids = torch.tensor(sorted(tokenizer.audio_slot_ids))
+        # what opens an assistant turn after <|im_start|>: the role and its newline, encoded as
+        # both families' chat prompts encode them ("assistant", "\n")
+        self._assistant_header = tokenizer.encode("assistant") + tokenizer.encode("\n")
 
     @classmethod
     def from_manifest(cls, path: str | os.PathLike[str], tokenizer: Tokenizer, n_mels: int,
@@ -133,8 +153,11 @@ class AudioTextDataset(Dataset):
         refs = [example.audios[i] for i in prompt_audio_order(example, self.family)]
         return [AudioRef(str(self.audio_root / r.path), r.offset, r.duration) for r in refs]
 
-    def _token_ids(self, example: Example, mel_lens: Sequence[int]) -> tuple[list[int], int]:
-        """(prompt + target + end ids, prompt length) for clips of `mel_lens` real frames."""
+    def _token_ids(self, example: Example, mel_lens: Sequence[int]
+                   ) -> tuple[list[int], list[tuple[int, int]]]:
+        """(prompt + target + end ids, the [start, end) spans that carry labels) for clips of
+        `mel_lens` real frames: the earlier assistant turns (with `all_turns`), then the answer.
+        """
         tok = self.tokenizer
         prompt = render_prompt(example, self.family, self.audio_root)
         counts = [int(audio_token_count(n)) for n in mel_lens]
@@ -144,7 +167,30 @@ class AudioTextDataset(Dataset):
         target_ids = tok.encode(render_target(example, self.family), allowed_special=allowed)
         chat = not v1 or v1_task_spec(example) is None
         end = tok.im_end_id if chat else tok.eod_id
-        return prompt_ids + target_ids + [end], len(prompt_ids)
+        ids = prompt_ids + target_ids + [end]
+        spans = self._assistant_spans(example, prompt_ids) if chat and self.all_turns else []
+        return ids, [*spans, (len(prompt_ids), len(ids))]
+
+    def _assistant_spans(self, example: Example, prompt_ids: list[int]) -> list[tuple[int, int]]:
+        """[start, end) of each assistant turn's content + ``<|im_end|>`` inside a chat prompt.
+
+        Raises:
+            DataError: the turns found differ from the example's earlier assistant messages (a
+                reply whose first token merges with the header, e.g. one starting with a
+                newline).
+        """
+        tok, header = self.tokenizer, self._assistant_header
+        spans = []
+        for start, token in enumerate(prompt_ids):
+            body = start + 1 + len(header)  # the prompt's own last header opens the answer
+            if token == tok.im_start_id and body < len(prompt_ids) \
+                    and prompt_ids[start + 1: body] == header:
+                spans.append((body, prompt_ids.index(tok.im_end_id, body) + 1))
+        expected = sum(m.role == "assistant" for m in example.messages[:-1])
+        if len(spans) != expected:
+            raise DataError(f"found {len(spans)} of its {expected} earlier assistant turns in "
+                            f"the token ids; a reply must not start with a newline")
+        return spans
 
     def __getitem__(self, index: int) -> dict[str, object]:
         """The item dict of example `index` (module docstring).
@@ -155,14 +201,16 @@ class AudioTextDataset(Dataset):
         example = self.examples[index]
         try:
             features = [log_mel_spectrogram(load_clip(ref, self.max_audio_seconds), self.n_mels,
-                                            lookahead=LOOKAHEAD) for ref in self._clips(example)]
+                                            lookahead=LOOKAHEAD, real_length=self.real_length)
+                        for ref in self._clips(example)]
             mel_lens = [f.shape[1] - LOOKAHEAD for f in features]
-            ids, n_prompt = self._token_ids(example, mel_lens)
+            ids, spans = self._token_ids(example, mel_lens)
         except LalmError as e:
             raise DataError(f"example {example.id!r}: {e}") from e
         ids_t = torch.tensor(ids, dtype=torch.int64)
-        labels = ids_t.clone()
-        labels[:n_prompt] = IGNORE_INDEX
+        labels = torch.full_like(ids_t, IGNORE_INDEX)
+        for start, end in spans:
+            labels[start:end] = ids_t[start:end]
         return {
             "id": example.id,
             "ids": ids_t,
@@ -182,7 +230,8 @@ class AudioTextDataset(Dataset):
         tokens, frames = [], []
         for example in self.examples:
             try:
-                mel_lens = [_estimated_frames(ref) for ref in self._clips(example)]
+                mel_lens = [_estimated_frames(ref, self.real_length)
+                            for ref in self._clips(example)]
                 tokens.append(len(self._token_ids(example, mel_lens)[0]))
             except LalmError as e:
                 raise DataError(f"example {example.id!r}: {e}") from e

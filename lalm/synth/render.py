@@ -20,9 +20,10 @@ from lalm.data.manifest import Example
 
 
 def v1_task_spec(example: Example) -> P.TaskSpec | None:
-    """The v1 tag prompt of an example; None for chat tasks (they use the chat format)."""
+    """The v1 tag prompt of an example; None for chat tasks and text-only items (they use the
+    chat format: a v1 tag prompt starts with an audio)."""
     t = example.task
-    if example.messages:
+    if example.messages or not example.audios:
         return None
     if t.name == "asr":
         return P.TaskSpec.asr(t.audio_language or P.UNKNOWN_LANGUAGE)

@@ -123,7 +123,9 @@ class PreferenceDataset(Dataset):
                  audio_root: str | os.PathLike[str] = ".",
                  max_audio_seconds: float | None = 30.0) -> None:
         examples = [p.answered(a) for p in pairs for a in (p.chosen, p.rejected)]
-        self.items = AudioTextDataset(examples, tokenizer, n_mels, audio_root, max_audio_seconds)
+        # DPO compares the final answers; the shared history carries no labels
+        self.items = AudioTextDataset(examples, tokenizer, n_mels, audio_root, max_audio_seconds,
+                                      all_turns=False)
 
     def __len__(self) -> int:
         return len(self.items) // 2

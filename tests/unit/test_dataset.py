@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
+from lalm import prompt as P
 from lalm.audio import audio_token_count, load_audio, log_mel_spectrogram
 from lalm.config import ModelConfig
 from lalm.data.check import check_manifest
@@ -93,7 +94,8 @@ def test_item_ids_labels_and_features(family, tokenizers, clips):
         counts = [int(audio_token_count(n)) for n in mel_lens]
         prompt = render_prompt(example, family, clips).encode(tok, counts).ids
         assert ids[: len(prompt)] == prompt
-        assert labels[: len(prompt)] == [-100] * len(prompt)
+        history = [x for x in labels[: len(prompt)] if x != -100]  # earlier assistant turns
+        assert tok.decode(history) == ("Speech.<|im_end|>" if example.id == "chat" else "")
         answer = ids[len(prompt):]
         assert labels[len(prompt):] == answer
         v1_task = family is Family.QWEN_AUDIO and example.id in ("asr", "srwt", "window")
@@ -110,6 +112,77 @@ def test_item_ids_labels_and_features(family, tokenizers, clips):
         assert tok.special_tokens["<|0.40|>"] in answer
     else:
         assert text == "hello (0.40-0.90) there (1.00-1.50)<|im_end|>"
+
+
+def _runs(labels: list[int]) -> list[tuple[int, int]]:
+    """[start, end) of each run of labels != -100."""
+    runs: list[tuple[int, int]] = []
+    for i, x in enumerate(labels):
+        if x == -100:
+            continue
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+@pytest.mark.parametrize("family", list(Family))
+def test_every_assistant_turn_is_labelled(family, tokenizers, clips):
+    """SFT labels: each assistant turn's content + <|im_end|>, nothing else; the ids are the
+    tokenizer's one-pass encoding of the whole rendered chat (token boundaries hold)."""
+    tok = tokenizers[family]
+    two_turns = (P.Message("user", (P.AudioPart(str(clips / "a.wav"), name="a.wav"),
+                                    P.TextPart("What is this?"))),
+                 P.Message("assistant", "Speech, a man talking."),
+                 P.Message("user", "Is it loud?"), P.Message("assistant", "No: quiet."))
+    three_turns = (P.Message("system", "Answer briefly."), P.Message("user", "Hi!"),
+                   P.Message("assistant", "  Hello (spaces first)."), P.Message("user", "2+2?"),
+                   P.Message("assistant", "4"), P.Message("user", "Thanks."),
+                   P.Message("assistant", "You're welcome!"))
+    examples = [
+        Example("audio-chat", (AudioRef("a.wav"),), TaskSpec("chat"), "No: quiet.",
+                messages=(Message("user", "What is this?", (0,)),
+                          Message("assistant", "Speech, a man talking."),
+                          Message("user", "Is it loud?"), Message("assistant", "No: quiet."))),
+        Example("text-chat", (), TaskSpec("text_chat"), "You're welcome!",
+                messages=tuple(Message(m.role, m.content[0].text) for m in three_turns)),
+    ]
+    ds = AudioTextDataset(examples, tok, N_MELS[family], audio_root=clips)
+    for item, chat in zip([ds[0], ds[1]], [two_turns, three_turns]):
+        ids, labels = item["ids"].tolist(), item["labels"].tolist()
+        counts = [int(audio_token_count(n)) for n in item["feature_lens"].tolist()]
+        whole = P.build_chat_prompt(chat, family, add_generation_prompt=False).encode(tok, counts)
+        tail = whole.ids[len(ids):]  # v2 closes every turn with "\n", v1 not the last one
+        assert whole.ids[: len(ids)] == ids
+        assert tail == (tok.encode("\n") if family is Family.QWEN2_AUDIO else [])
+        replies = [m.content[0].text for m in chat if m.role == "assistant"]
+        runs = _runs(labels)
+        assert [ids[a:b] for a, b in runs] == [tok.encode(r) + [tok.im_end_id] for r in replies]
+        assert [tok.decode(labels[a:b]) for a, b in runs] == [f"{r}<|im_end|>" for r in replies]
+        header = [tok.im_start_id, *tok.encode("assistant\n")]
+        assert all(ids[a - len(header): a] == header for a, _ in runs)
+        assert not item["audio_slot_mask"][torch.tensor(labels) != -100].any()
+    # DPO scores only the final answer; a text-only task item renders (v1: as a chat)
+    last_only = AudioTextDataset(examples, tok, N_MELS[family], audio_root=clips, all_turns=False)
+    item = last_only[1]
+    assert tok.decode(item["labels"][item["labels"] != -100].tolist()) == \
+        "You're welcome!<|im_end|>"
+    plain = AudioTextDataset([Example("qa", (), TaskSpec("text_qa", instruction="2+2?"), "4")],
+                             tok, N_MELS[family])[0]
+    assert plain["features"] == [] and plain["ids"][0] == tok.im_start_id
+    assert tok.decode(plain["labels"][plain["labels"] != -100].tolist()) == "4<|im_end|>"
+
+
+def test_reply_glued_to_its_header_is_an_error(tokenizers):
+    """A reply starting with a newline merges with the header's (Qwen2 BPE): named, not
+    silently left without labels."""
+    chat = (Message("user", "Hi"), Message("assistant", "\nHello"), Message("user", "Again"),
+            Message("assistant", "Hello"))
+    ds = AudioTextDataset([Example("glued", (), TaskSpec("text_chat"), "Hello", messages=chat)],
+                          tokenizers[Family.QWEN2_AUDIO], 128)
+    with pytest.raises(DataError, match="example 'glued'.*found 0 of its 1 earlier assistant"):
+        ds[0]
 
 
 def test_bad_example_error_names_it(tokenizers, clips):
