@@ -94,6 +94,10 @@ def load_audio(
     else:
         if sr is not None:
             raise AudioError(f"{name}: sr is only for array sources; a file carries its own rate")
+        if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)) and not \
+                callable(getattr(source, "read", None)):
+            raise AudioError(f"{name}: not an audio source ({type(source).__name__}); give a "
+                             f"path, bytes, a binary file object or an array")
         samples, rate = _decode(source, name, max_seconds)
     if samples.shape[0] == 0:
         raise AudioError(f"{name}: no audio samples")

@@ -294,6 +294,7 @@ def _malformed_cases(tmp_path):
         (np.zeros(100, dtype=np.float32), {"max_seconds": 0}, "max_seconds must be > 0"),
         (good, {"sr": 16000}, "sr is only for array sources"),
         (io.StringIO("RIFF"), {}, "binary mode"),
+        (object(), {}, "<file>: not an audio source \\(object\\)"),
         (np.zeros(1, dtype=np.float32), {"sr": 44100}, "too short to give one sample"),
     ]
 
