@@ -244,7 +244,7 @@ def _transcript(path: str, result, fmt: str, timestamps: bool, language: str) ->
     """One file's transcription in the output format (ends with a newline)."""
     import json
 
-    from lalm.prompt import _SPACELESS_LANGUAGES
+    from lalm.prompt import SPACELESS_LANGUAGES
     from lalm.subtitles import format_srt, format_vtt, group_cues
 
     parsed = result.parsed
@@ -254,7 +254,7 @@ def _transcript(path: str, result, fmt: str, timestamps: bool, language: str) ->
             if timestamps else {}
         return json.dumps(_result_json(result, file=path, **extra), ensure_ascii=False) + "\n"
     if fmt in ("srt", "vtt"):
-        cues = group_cues(words, spaceless=language in _SPACELESS_LANGUAGES)
+        cues = group_cues(words, spaceless=language in SPACELESS_LANGUAGES)
         return format_srt(cues) if fmt == "srt" else format_vtt(cues)
     if timestamps:
         return f"{path}\n" + "".join(f"{w.start:8.2f} {w.end:8.2f}  {w.word}\n" for w in words)

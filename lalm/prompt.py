@@ -63,7 +63,7 @@ QWEN2_AUDIO_EOS = tag("audio_eos")  # 151648
 LANGUAGES = ("en", "zh", "de", "es", "ko", "fr", "ja", "it")
 UNKNOWN_LANGUAGE = "unknown"
 LANGUAGE_TAGS = (UNKNOWN_LANGUAGE, *LANGUAGES, "zh_tr")  # zh_tr: traditional Chinese
-_SPACELESS_LANGUAGES = frozenset({"zh", "zh_tr", "ja"})
+SPACELESS_LANGUAGES = frozenset({"zh", "zh_tr", "ja"})
 
 MAX_TIMESTAMP: Seconds = 30.0  # timestamps <|0.00|> .. <|30.00|> in steps of 0.01 s
 
@@ -711,7 +711,7 @@ def parse_output(text: str, spec: TaskSpec | None = None) -> ParsedOutput:
             numbers[expect] = int(value.rsplit("_", 1)[1])
         tags.append(value)
         expect = value if value in ("pitch", "velocity", "instrument", "sonic") else None
-    spaceless = spec is not None and spec.text_language in _SPACELESS_LANGUAGES
+    spaceless = spec is not None and spec.text_language in SPACELESS_LANGUAGES
     plain = ("" if spaceless else " ").join(chunks) if srwt else "".join(chunks)
     note = None
     if numbers or texts:

@@ -51,7 +51,7 @@ from lalm.longform import (
 )
 from lalm.model import AudioLanguageModel
 from lalm.prompt import (
-    _SPACELESS_LANGUAGES,  # languages written without spaces: one list, in the prompt layer
+    SPACELESS_LANGUAGES,  # languages written without spaces: one list, in the prompt layer
     AudioPart,
     AudioSource,
     Family,
@@ -487,7 +487,7 @@ class Pipeline:
     def _stitch(self, plan: Sequence[Window], parts: Sequence[GenerationResult],
                 language: str) -> GenerationResult:
         """One clip's result from its windows' results (see `transcribe`)."""
-        spaceless = language in _SPACELESS_LANGUAGES
+        spaceless = language in SPACELESS_LANGUAGES
         parsed = [r.parsed or ParsedOutput(r.text) for r in parts]
         words: tuple[TimedWord, ...] = ()
         # v1 windows are stitched by word times; a window whose output came without times
