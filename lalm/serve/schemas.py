@@ -1,0 +1,266 @@
+"""Request and response bodies of the OpenAI-compatible API, as pydantic models.
+
+Requests mirror OpenAI's chat completions (content parts ``text``, ``input_audio`` and
+``audio_url``) and transcriptions; responses are what the official ``openai`` client parses:
+``ChatCompletion``, ``ChatCompletionChunk`` (server-sent events), transcriptions in
+json / text / srt / vtt / verbose_json, the model list and the error body. Unknown request
+fields are ignored, as OpenAI's own server ignores fields an older client does not know.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+AudioFormat = Literal["wav", "mp3", "flac", "ogg"]
+TranscriptionFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# ---------------------------------------------------------------------------- chat requests
+
+
+class TextContent(_Request):
+    """``{"type": "text", "text": ...}``."""
+
+    type: Literal["text"]
+    text: str
+
+
+class InputAudio(_Request):
+    """Inline audio: base64 file bytes and their container format."""
+
+    data: str
+    format: AudioFormat
+
+
+class InputAudioContent(_Request):
+    """``{"type": "input_audio", "input_audio": {"data": base64, "format": "wav"}}``."""
+
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class AudioURL(_Request):
+    """A ``data:`` URL (always allowed), an http(s) URL or a local path / ``file://`` URL
+    (allowed only under the operator's allowlist)."""
+
+    url: str
+
+
+class AudioURLContent(_Request):
+    """``{"type": "audio_url", "audio_url": {"url": ...}}`` (vLLM's audio part)."""
+
+    type: Literal["audio_url"]
+    audio_url: AudioURL
+
+
+ContentPart = Annotated[TextContent | InputAudioContent | AudioURLContent,
+                        Field(discriminator="type")]
+
+
+class ChatMessage(_Request):
+    """One turn; ``content`` is a string or a list of parts."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(_Request):
+    """``stream_options``: whether a last chunk carries the usage counts."""
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Request):
+    """``POST /v1/chat/completions``. Decoding fields map onto `GenerationOptions`:
+    ``max_completion_tokens`` / ``max_tokens`` -> max_new_tokens, ``temperature``, ``top_p``,
+    ``seed``, ``stop`` -> stop_sequences."""
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = Field(default=1, ge=1, le=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+# ---------------------------------------------------------------------------- chat responses
+
+
+class Usage(BaseModel):
+    """Token counts of one request (prompt tokens include the audio tokens)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        """Counts with their total."""
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                   total_tokens=prompt_tokens + completion_tokens)
+
+
+class AssistantMessage(BaseModel):
+    """The answer of a non-streaming completion."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    """One completion choice (lalm always returns one)."""
+
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    """Body of a non-streaming chat completion."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class Delta(BaseModel):
+    """New text of a streamed chunk (the first chunk carries the role)."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    """One choice of a streamed chunk."""
+
+    index: int = 0
+    delta: Delta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streaming chat completion."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+def completion_id() -> str:
+    """A fresh ``chatcmpl-...`` id."""
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    """Unix seconds, the ``created`` field."""
+    return int(time.time())
+
+
+# ---------------------------------------------------------------------------- transcriptions
+
+
+class Transcription(BaseModel):
+    """``response_format="json"``."""
+
+    text: str
+
+
+class Segment(BaseModel):
+    """One verbose_json segment (OpenAI's fields; lalm fills what it measures)."""
+
+    id: int
+    seek: int = 0
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float = 1.0
+    no_speech_prob: float = 0.0
+
+
+class VerboseTranscription(BaseModel):
+    """``response_format="verbose_json"``."""
+
+    task: Literal["transcribe"] = "transcribe"
+    language: str
+    duration: float
+    text: str
+    segments: list[Segment]
+
+
+def _clock(seconds: float, decimal: str) -> str:
+    ms = round(seconds * 1000)
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    secs, ms = divmod(ms, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal}{ms:03d}"
+
+
+def format_srt(segments: list[Segment]) -> str:
+    """SubRip cues: ``1\\n00:00:00,000 --> 00:00:01,500\\ntext\\n\\n`` per segment."""
+    return "".join(f"{i}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{s.text.strip()}\n\n"
+                   for i, s in enumerate(segments, 1))
+
+
+def format_vtt(segments: list[Segment]) -> str:
+    """WebVTT: a ``WEBVTT`` header, then ``00:00:00.000 --> 00:00:01.500\\ntext`` cues."""
+    cues = "".join(f"{_clock(s.start, '.')} --> {_clock(s.end, '.')}\n{s.text.strip()}\n\n"
+                   for s in segments)
+    return f"WEBVTT\n\n{cues}"
+
+
+# ---------------------------------------------------------------------------- models, errors
+
+
+class ModelCard(BaseModel):
+    """One entry of ``GET /v1/models``."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "lalm"
+
+
+class ModelList(BaseModel):
+    """Body of ``GET /v1/models``."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    """OpenAI's error object: a message naming the input, a type, the parameter, a code."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """``{"error": {...}}``, the body of every non-2xx response."""
+
+    error: ErrorDetail
