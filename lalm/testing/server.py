@@ -1,0 +1,129 @@
+"""A real `lalm serve` process on a tiny random checkpoint, for tests and benchmarks.
+
+`save_tiny_checkpoint` writes a Qwen2-Audio checkpoint directory with lalm's own writer
+(random tiny weights, the real Qwen2-Audio tokenizer files beside them); `running_server`
+starts ``python -m lalm serve`` on a free loopback port, waits for ``/health`` and stops it
+afterwards. The server's output goes to a log file, never to a pipe nobody reads.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from lalm.config import ModelConfig
+from lalm.testing.checkpoints import TOKENIZER_FILES
+from lalm.testing.models import random_model
+
+
+def save_tiny_checkpoint(directory: str | Path, tokenizer_dir: str | Path, seed: int = 0) -> Path:
+    """A "tiny-random" Qwen2-Audio checkpoint (full 156,032-token vocabulary) in ``directory``.
+
+    Args:
+        directory: target folder (created).
+        tokenizer_dir: folder with the Qwen2-Audio tokenizer files.
+        seed: weight seed.
+    """
+    from lalm.checkpoint import save_model
+
+    directory = Path(directory)
+    config = ModelConfig.from_name("tiny-random", decoder={"vocab_size": 156032})
+    save_model(random_model(config, seed=seed), directory)
+    for name in TOKENIZER_FILES:
+        if (Path(tokenizer_dir) / name).is_file():
+            shutil.copy(Path(tokenizer_dir) / name, directory / name)
+    return directory
+
+
+def wav_bytes(seconds: float, freq: float = 440.0, seed: int = 0) -> bytes:
+    """A 16 kHz 16-bit mono WAV file: a tone plus a little noise."""
+    n = int(seconds * 16000)
+    rng = np.random.default_rng(seed)
+    samples = 0.3 * np.sin(2 * np.pi * freq * np.arange(n) / 16000) + 0.02 * rng.standard_normal(n)
+    buffer = io.BytesIO()
+    sf.write(buffer, samples.astype(np.float32), 16000, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A running server: its base URL, process and log file."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def port(self) -> int:
+        """The TCP port it listens on."""
+        return int(self.url.rsplit(":", 1)[1])
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process (Linux /proc)."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        line = next(x for x in status.splitlines() if x.startswith("VmRSS:"))
+        return int(line.split()[1]) * 1024
+
+
+@contextmanager
+def running_server(model_dir: str | Path, *args: str, log: str | Path,
+                   startup_s: float = 120.0) -> Iterator[Server]:
+    """Run ``lalm serve --model model_dir *args`` on a free loopback port.
+
+    Args:
+        model_dir: checkpoint directory.
+        *args: more ``lalm serve`` flags.
+        log: file that receives the server's stdout and stderr.
+        startup_s: seconds to wait for ``/health``.
+
+    Raises:
+        RuntimeError: the server exits or does not answer in time (its log attached).
+    """
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lalm", "serve", "--model", str(model_dir), "--port",
+             str(port), *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+    server = Server(url, process, Path(log))
+    try:
+        deadline = time.monotonic() + startup_s
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"lalm serve did not start:\n{Path(log).read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+                    if json.load(response)["status"] == "ok":
+                        break
+            except OSError:
+                time.sleep(0.2)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

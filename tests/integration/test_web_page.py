@@ -1,0 +1,65 @@
+"""The web page in real headless Chromium (Debian's /usr/bin/chromium driven by Playwright's
+Python client, no downloaded browser): upload a WAV file, ask about it, see the streamed
+answer appear. A screenshot is saved in the test's tmp dir."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("fastapi")
+
+from lalm.testing.server import running_server, save_tiny_checkpoint, wav_bytes
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from conftest import shared_fixture
+
+    folder = tmp_path_factory.mktemp("web")
+    model = save_tiny_checkpoint(folder / "tiny", shared_fixture("qwen2_audio_tokenizer"))
+    with running_server(model, "--default-max-tokens", "12", log=folder / "server.log") as srv:
+        yield srv
+
+
+def test_upload_ask_and_see_the_streamed_answer(server, tmp_path) -> None:
+    if not shutil.which(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    clip = tmp_path / "tone.wav"
+    clip.write_bytes(wav_bytes(1.5, 440.0))
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server.url)
+            sync_api.expect(page.locator("#model")).to_have_text("model: tiny")
+            page.set_input_files("#file", str(clip))
+            sync_api.expect(page.locator("#clip")).to_contain_text("tone.wav (1.5 s) attached")
+            page.fill("#question", "What do you hear?")
+            page.click("#send")
+            answer = page.locator("#log li.assistant[data-done=true]")
+            answer.wait_for(timeout=60_000)
+            text = answer.inner_text()
+            page.screenshot(path=str(tmp_path / "answer.png"), full_page=True)
+            assert text.strip(), "the answer is empty"
+            assert page.locator("#log li.user").inner_text() == "[audio] What do you hear?"
+            assert "answered in" in page.locator("#status").inner_text()
+            # a follow-up question carries the conversation (audio included) again
+            page.fill("#question", "Say more.")
+            page.click("#send")
+            page.locator("#log li.assistant[data-done=true]").nth(1).wait_for(timeout=60_000)
+            assert page.locator("#log li.error").count() == 0
+            assert errors == []
+        finally:
+            browser.close()
+    assert (tmp_path / "answer.png").stat().st_size > 1000

@@ -1,0 +1,108 @@
+"""lalm.serve without HTTP: the allowlist rules, request options under limits, subtitle
+formats, and the batcher (shared batches equal single runs; a bad job fails alone)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pydantic")
+
+from lalm.config import ModelConfig
+from lalm.generation import GenerationOptions, Pipeline
+from lalm.prompt import AudioPart, Message, TextPart
+from lalm.serve import ApiError, AudioAccess, Batcher, Limits
+from lalm.serve.batcher import Done, Failed
+from lalm.serve.inputs import chat_options, decode_base64
+from lalm.serve.schemas import ChatCompletionRequest, Segment, format_srt, format_vtt
+from lalm.testing.models import random_model
+from lalm.tokenizer import load_tokenizer
+
+
+@pytest.mark.parametrize("url, allowed", [
+    ("http://127.0.0.1:8000/audio/a.wav", True),
+    ("http://127.0.0.1:8000/audio", True),
+    ("http://127.0.0.1:8000/audiox/a.wav", False),  # look-alike prefix
+    ("http://127.0.0.1:8001/audio/a.wav", False),  # other port
+    ("https://127.0.0.1:8000/audio/a.wav", False),  # other scheme
+    ("http://127.0.0.1.evil.org:8000/audio/a.wav", False),
+    ("http://u:p@127.0.0.1:8000/audio/a.wav", False),
+    ("http://127.0.0.1:8000/audio/../etc/passwd", False),
+    ("http://127.0.0.1:8000/audio/%2E%2E/etc/passwd", False),
+    ("http://127.0.0.1:8000/audio/..%5Cetc", False),
+])
+def test_url_allowlist(url: str, allowed: bool) -> None:
+    assert AudioAccess(("http://127.0.0.1:8000/audio",)).url_allowed(url) is allowed
+    assert AudioAccess().url_allowed(url) is False
+
+
+def test_path_allowlist(tmp_path: Path) -> None:
+    access = AudioAccess(directories=(tmp_path / "ok",))
+    assert access.path_allowed((tmp_path / "ok" / "a.wav").resolve())
+    assert not access.path_allowed((tmp_path / "ok" / ".." / "a.wav").resolve())
+    assert not access.path_allowed((tmp_path / "okay" / "a.wav").resolve())
+
+
+def test_base64_and_options_errors_name_the_field() -> None:
+    with pytest.raises(ApiError) as info:
+        decode_base64("a b c ! ", "messages[0].content[0].input_audio.data")
+    assert info.value.status == 400 and info.value.param.endswith("input_audio.data")
+    assert decode_base64("aGVs\nbG8=", "x") == b"hello"
+    limits = Limits(max_new_tokens=50, default_max_tokens=7)
+    body = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert chat_options(body, GenerationOptions(), limits).max_new_tokens == 7
+    body = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}],
+                                 max_tokens=51, stop=["a"])
+    with pytest.raises(ApiError, match="max_tokens: 51"):
+        chat_options(body, GenerationOptions(), limits)
+    body = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}],
+                                 max_completion_tokens=9, temperature=0.5, stop="END")
+    options = chat_options(body, GenerationOptions(), limits)
+    assert (options.max_new_tokens, options.temperature, options.stop_sequences) == (
+        9, 0.5, ("END",))
+
+
+def test_subtitle_formats() -> None:
+    segments = [Segment(id=0, start=0.0, end=3661.5, text=" hello ", tokens=[1],
+                        temperature=0.0, avg_logprob=-1.0)]
+    assert format_srt(segments) == "1\n00:00:00,000 --> 01:01:01,500\nhello\n\n"
+    assert format_vtt(segments) == "WEBVTT\n\n00:00:00.000 --> 01:01:01.500\nhello\n\n"
+
+
+@pytest.fixture(scope="module")
+def pipe() -> Pipeline:
+    from conftest import shared_fixture
+
+    config = ModelConfig.from_name("tiny-random", decoder={"vocab_size": 156032})
+    return Pipeline(random_model(config, seed=3),
+                    load_tokenizer(shared_fixture("qwen2_audio_tokenizer")))
+
+
+def test_batcher_shares_batches_and_isolates_a_bad_job(pipe: Pipeline) -> None:
+    rng = np.random.default_rng(0)
+    clips = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (8000, 12000, 16000)]
+    requests = [pipe.chat_request([Message("user", (AudioPart(c), TextPart(f"Clip {i}?")))])
+                for i, c in enumerate(clips)]
+    too_long = pipe.chat_request("word " * 600)  # > max_seq_len 512 tokens with the answer
+    options = GenerationOptions(max_new_tokens=4)
+    alone = pipe.generate(requests, options, batch_size=1)
+
+    async def run() -> list:
+        batcher = Batcher(pipe, max_batch_size=8, batch_wait_s=0.05)
+        batcher.start()
+        try:
+            tickets = [batcher.submit(r, options, 60.0) for r in [*requests[:2], too_long,
+                                                                  requests[2]]]
+            return [await t.get(60.0) for t in tickets]
+        finally:
+            batcher.close()
+            assert batcher.stats.batches >= 2 and batcher.stats.failed_jobs == 1
+
+    events = asyncio.run(run())
+    assert isinstance(events[2], Failed) and "max_seq_len" in str(events[2].error)
+    done = [e for e in events if isinstance(e, Done)]
+    assert [d.result.tokens for d in done] == [r.tokens for r in alone]
+    assert [d.result.text for d in done] == [r.text for r in alone]
