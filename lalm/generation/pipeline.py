@@ -323,13 +323,15 @@ class Pipeline:
                                             torch.isin(ids, slots) & mask)
         return PromptBatch(ids=ids, token_mask=mask, embeds=embeds)
 
-    def _stop_ids(self, options: GenerationOptions) -> tuple[int, ...]:
+    def stop_ids(self, options: GenerationOptions) -> tuple[int, ...]:
+        """Token ids that end generation: the options' own, else the tokenizer's chat stops."""
         if options.stop_token_ids is not None:
             return options.stop_token_ids
         return self.tokenizer.stop_ids
 
-    def _finish(self, result: GenerationResult, request: Request,
-                options: GenerationOptions) -> GenerationResult:
+    def finish(self, result: GenerationResult, request: Request,
+               options: GenerationOptions) -> GenerationResult:
+        """Fill a finished result's `text` (stop token and stop sequences cut) and `parsed`."""
         tokens = result.tokens
         if result.finish_reason == "stop":
             tokens = tokens[:-1]
@@ -361,12 +363,12 @@ class Pipeline:
             t0 = time.perf_counter()
             batch = self.prepare(chunk)
             t1 = time.perf_counter()
-            out = generate(self.model, batch, options, self._stop_ids(options),
+            out = generate(self.model, batch, options, self.stop_ids(options),
                            self.tokenizer.decode)
             t2 = time.perf_counter()
             for request, result in zip(chunk, out):
                 result.timings = {"prepare": t1 - t0, "generate": t2 - t1}
-                results.append(self._finish(result, request, options))
+                results.append(self.finish(result, request, options))
             if progress is not None:
                 progress(len(chunk))
         return results
@@ -379,7 +381,7 @@ class Pipeline:
         are held back until it is clear they do not start one. The stop token is not shown.
         """
         options = options or self.options
-        stop_ids = self._stop_ids(options)
+        stop_ids = self.stop_ids(options)
         decoder = IncrementalDecoder(self.tokenizer)
         hold = max((len(s) for s in options.stop_sequences), default=1) - 1
         pending = ""

@@ -256,7 +256,7 @@ class Batcher:
         pipeline, options = self.pipeline, jobs[0].options
         t0 = time.monotonic()
         prompt = pipeline.prepare([job.request for job in jobs])
-        stop_ids = pipeline._stop_ids(options)
+        stop_ids = pipeline.stop_ids(options)
         steps = generate_steps(pipeline.model, prompt, options, stop_ids,
                                pipeline.tokenizer.decode)
         step = next(steps)  # prefill + first token: bad input has shown by now
@@ -281,4 +281,4 @@ class Batcher:
         for job, result, n_prompt in zip(jobs, results, prompt.lengths.tolist()):
             result.timings = {"queue": t0 - job.queued_at, "prefill": t1 - t0,
                               "decode": t2 - t1}
-            job.ticket.put(Done(pipeline._finish(result, job.request, options), n_prompt))
+            job.ticket.put(Done(pipeline.finish(result, job.request, options), n_prompt))
