@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 
 import numpy as np
 
 
-def measure(run: Callable[[], object], repeats: int) -> float:
-    """Median wall seconds of ``run()`` over ``repeats`` calls, after one warm-up call."""
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def best_alternating(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best wall seconds of each ``run()`` over ``repeats`` rounds, after one warm-up round.
+
+    The runs alternate within each round, so load from other jobs on a shared machine hits
+    every implementation alike, and the best of the rounds is the least disturbed figure.
+    """
+    for run in runs.values():
         run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def clips(seconds: list[float], seed: int = 0) -> list[np.ndarray]:
