@@ -35,6 +35,7 @@ N_FREQ = N_FFT // 2 + 1  # 201 one-sided frequency bins
 CHUNK_LENGTH = 30  # seconds in the references' padded window
 N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in the padded window
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in the padded window
+LOOKAHEAD_FRAMES = 2  # frames after a clip's real length that the Whisper conv stem reads
 MAX_SOURCE_RATE = 384_000  # Hz; a source rate above this (or <= 0) is rejected as absurd
 LOG_FLOOR_RANGE = 8.0  # log10 units kept below each clip's maximum
 
@@ -419,11 +420,11 @@ def batch_log_mel(
 
     Returns:
         features: float32 [B, n_mels, T] with T = max(L) + 2; zeros after each clip's L_b + 2.
-        feature_lens: int64 [B], the real lengths L_b (lookahead not included).
+        feature_lens: int64 [B], the real lengths L_b (`LOOKAHEAD_FRAMES` not included).
     """
     if not audios:
         raise AudioError("batch_log_mel needs at least one clip")
-    return _log_mel(audios, n_mels, 2, real_length, single=False)
+    return _log_mel(audios, n_mels, LOOKAHEAD_FRAMES, real_length, single=False)
 
 
 def _waveform(audio: np.ndarray | Tensor, name: str) -> Tensor:

@@ -32,7 +32,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lalm.audio import HOP_LENGTH, SAMPLE_RATE, RealLength, Seconds, batch_log_mel, load_audio
+from lalm.audio import (
+    HOP_LENGTH,
+    LOOKAHEAD_FRAMES,
+    SAMPLE_RATE,
+    RealLength,
+    Seconds,
+    batch_log_mel,
+    load_audio,
+)
 from lalm.errors import AudioError, CheckpointError, PromptError
 from lalm.generation.generate import PromptBatch, generate, generate_steps, left_pad
 from lalm.generation.options import GenerationOptions, GenerationResult
@@ -278,8 +286,18 @@ class Pipeline:
         features, lens = batch_log_mel(windows, model.config.encoder.n_mels,
                                        REAL_LENGTH[self.family])
         device, dtype = model.decoder.embed.weight.device, model.decoder.embed.weight.dtype
+        # Windows of equal length are encoded together, each group unpadded: the encoder then
+        # needs no attention mask (its fast path), and a clip's rows never depend on which other
+        # clips share the call.
+        rows: list[Tensor] = [torch.empty(0)] * len(windows)
         with torch.inference_mode():
-            rows = model.embed_audio(features.to(device, dtype), lens.to(device))
+            for length in lens.unique().tolist():
+                group = (lens == length).nonzero().flatten()
+                used = length + LOOKAHEAD_FRAMES
+                out = model.embed_audio(features[group, :, :used].to(device, dtype),
+                                        lens[group].to(device))
+                for index, r in zip(group.tolist(), out):
+                    rows[index] = r
         return [join_window_rows([r for r, o in zip(rows, owner) if o == k], boundary_rows=v1)
                 for k in range(len(parts))]
 

@@ -62,8 +62,9 @@ class EncoderAttention(nn.Module):
         self.value = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
-        """x: [B, N, D]; key_mask: [B, 1, 1, N] bool (True = valid key) -> [B, N, D]."""
+    def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
+        """x: [B, N, D]; key_mask: [B, 1, 1, N] bool (True = valid key), or None when every key
+        is valid -> [B, N, D]."""
         batch, length, dim = x.shape
         heads = (batch, length, self.n_head, dim // self.n_head)
         q = self.query(x).view(heads).transpose(1, 2)
@@ -87,8 +88,8 @@ class EncoderBlock(nn.Module):
             nn.Linear(config.hidden_dim, config.dim),
         )
 
-    def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
-        """x: [B, N, D]; key_mask: [B, 1, 1, N] bool -> [B, N, D]."""
+    def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
+        """x: [B, N, D]; key_mask: [B, 1, 1, N] bool or None (all valid) -> [B, N, D]."""
         x = x + self.attn(self.attn_ln(x), key_mask)
         return x + self.mlp(self.mlp_ln(x))
 
@@ -161,8 +162,11 @@ class AudioEncoder(nn.Module):
         x = F.gelu(self.conv2(F.gelu(self.conv1(mel)))).transpose(1, 2)
         n_max = int(x_lens.max())
         x = x[:, :n_max] + self.positional_embedding[:n_max].to(dtype)
-        # 3. Blocks; positions >= x_lens are masked as keys.
-        key_mask = (torch.arange(n_max, device=x.device)[None, :] < x_lens[:, None])[:, None, None]
+        # 3. Blocks; positions >= x_lens are masked as keys. A batch of equal-length clips needs
+        #    no mask, and SDPA without one takes a much faster kernel on the CPU.
+        key_mask = None
+        if bool((x_lens != n_max).any()):
+            key_mask = (torch.arange(n_max, device=x.device)[None, :] < x_lens[:, None])[:, None, None]
         for block in self.blocks:
             x = block(x, key_mask)
         return x, x_lens

@@ -47,10 +47,13 @@ def v1(qwen_tiktoken) -> Pipeline:
 
 
 def _window_rows(pipe: Pipeline, clip: np.ndarray, real_length: str) -> list[torch.Tensor]:
-    windows = split_for_chat(clip)
-    features, lens = batch_log_mel(windows, pipe.model.config.encoder.n_mels, real_length)
-    with torch.inference_mode():
-        return pipe.model.embed_audio(features, lens)
+    """Each window's rows, the window encoded alone."""
+    rows = []
+    for window in split_for_chat(clip):
+        features, lens = batch_log_mel([window], pipe.model.config.encoder.n_mels, real_length)
+        with torch.inference_mode():
+            rows += pipe.model.embed_audio(features, lens)
+    return rows
 
 
 def test_a_long_clip_is_one_span_of_its_windows_rows(qwen2: Pipeline) -> None:
