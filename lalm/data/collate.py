@@ -12,6 +12,8 @@ prompt order within an item, M mel bins, T = longest clip's L + 2):
         "features": float32 [C, M, T] | None,   # log-mel, zero after each clip's L_c + 2
         "feature_lens": int64 [C] | None,  # real mel lengths L_c
         "clip_counts": int64 [B],          # clips per item (they sum to C)
+        "encoder_states": float32 [C, N, D_enc] | None,  # instead of features: a frozen
+        "encoder_state_lens": int64 [C] | None,           # encoder's cached output (rows < lens)
         "example_ids": list[str],          # B ids ("a+b" for a packed row)
         "segment_ids": int64 [B, S] | None,  # packed rows: item number in the row, -1 at pads
     }
@@ -39,7 +41,7 @@ from lalm.model.lalm import IGNORE_INDEX
 
 #: Batch keys that `AudioLanguageModel.forward` takes.
 MODEL_INPUT_KEYS = ("ids", "features", "feature_lens", "audio_slot_mask", "token_mask", "labels",
-                    "segment_ids")
+                    "segment_ids", "encoder_states", "encoder_state_lens")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ def pack_items(items: list[dict[str, Any]], max_tokens: int) -> list[dict[str, A
         "audio_slot_mask": torch.cat([i["audio_slot_mask"] for i in row]),
         "features": [f for i in row for f in i["features"]],
         "feature_lens": torch.cat([i["feature_lens"] for i in row]),
+        "encoder_states": [s for i in row for s in i.get("encoder_states", ())],
         "segment_ids": torch.cat([torch.full((len(i["ids"]),), k, dtype=torch.int64)
                                   for k, i in enumerate(row)]),
     } for row in rows]
@@ -120,10 +123,17 @@ def collate(items: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         "audio_slot_mask": _pad([item["audio_slot_mask"] for item in items], False),
         "features": None,
         "feature_lens": None,
-        "clip_counts": torch.tensor([len(item["features"]) for item in items], dtype=torch.int64),
+        "clip_counts": torch.tensor([len(item["features"]) + len(item.get("encoder_states", ()))
+                                     for item in items], dtype=torch.int64),
         "example_ids": [item["id"] for item in items],
         "segment_ids": None,
+        "encoder_states": None,
+        "encoder_state_lens": None,
     }
+    states: list[Tensor] = [s for item in items for s in item.get("encoder_states", ())]
+    if states:  # items of `lalm.training.encoder_cache.EncodedDataset`: [N_c, D_enc] per clip
+        batch["encoder_states"] = _pad(states, 0)
+        batch["encoder_state_lens"] = torch.tensor([len(s) for s in states], dtype=torch.int64)
     if any("segment_ids" in item for item in items):
         batch["segment_ids"] = _pad([item.get("segment_ids", torch.zeros_like(item["ids"]))
                                      for item in items], -1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,13 +31,18 @@ from lalm.model.projector import Projector
 
 IGNORE_INDEX = -100  # label value that the loss skips
 
+#: `AudioLanguageModel.forward` outputs: the decoder's, or "targets" (logits only at the positions
+#: that have a label: the training loss without the [B, S, V] tensor).
+ModelOutputKind = DecoderOutput | Literal["targets"]
+
 
 @dataclass
 class ModelOutput:
     """Result of `AudioLanguageModel.forward`.
 
     Attributes:
-        logits: [B, S, V] float32.
+        logits: [B, S, V] float32 (or what `output` asked for: [B, V], [B, S, D], or [N, V] at
+            the N positions s whose next label labels[:, s + 1] is not -100, row-major).
         loss: scalar float32 mean next-token cross-entropy over labels != -100, or None.
     """
 
@@ -103,8 +109,10 @@ class AudioLanguageModel(nn.Module):
         audio_slot_mask: Tensor | None = None,
         token_mask: Tensor | None = None,
         labels: Tensor | None = None,
-        output: DecoderOutput = "logits",
+        output: ModelOutputKind = "logits",
         segment_ids: Tensor | None = None,
+        encoder_states: Tensor | None = None,
+        encoder_state_lens: Tensor | None = None,
     ) -> ModelOutput:
         """Full forward without KV cache (training, scoring, reference comparisons).
 
@@ -116,23 +124,37 @@ class AudioLanguageModel(nn.Module):
                 real tokens only, so a padded row computes what it computes alone.
             labels: [B, S] int64 targets aligned with `ids` (shifted inside: position s
                 predicts labels[:, s + 1]); -100 marks positions without a target.
-            output: decoder output kind; "logits" unless only the last position is needed.
+            output: "logits" unless only the last position is needed ("last_logits"), the final
+                hidden states ("hidden"), or only the loss: "targets" runs `lm_head` on the N
+                positions with a target and returns those [N, V] logits (the same values and
+                loss as "logits" without the B x S x V tensor; needs `labels`).
             segment_ids: [B, S] int64 for rows packing several items: each segment attends
                 only to itself and its positions start at 0, so it computes what it computes
                 alone (`TextDecoder.forward`). A segment's first label must be -100 (a prompt).
+            encoder_states, encoder_state_lens: instead of `features`, the encoder's output of
+                the batch's clips, computed beforehand ([C, N, D_enc] float, rows >= lens[c]
+                ignored; [C] int64): a frozen encoder's cache (`lalm.training.encoder_cache`).
+                The projector and decoder then run as with `features`.
 
         Returns:
-            `ModelOutput` with logits ([B, S, V], or [B, V] for "last_logits", float32) and the
-            loss when labels are given.
+            `ModelOutput` with logits ([B, S, V]; [B, V] for "last_logits"; [N, V] for "targets";
+            float32) and the loss when labels are given.
         """
-        if labels is not None and output != "logits":
-            raise ValueError("a loss needs output='logits'")
-        if features is None:
+        if labels is not None and output not in ("logits", "targets"):
+            raise ValueError("a loss needs output='logits' or 'targets'")
+        if output == "targets" and labels is None:
+            raise ValueError("output='targets' needs labels")
+        if features is not None and encoder_states is not None:
+            raise ValueError("give features or encoder_states, not both")
+        if features is None and encoder_states is None:
             embeds = self.decoder.embed(ids)
         else:
-            if feature_lens is None or audio_slot_mask is None:
-                raise ValueError("features need feature_lens and audio_slot_mask")
-            rows = self.embed_audio(features, feature_lens)
+            lens = feature_lens if encoder_states is None else encoder_state_lens
+            if lens is None or audio_slot_mask is None:
+                raise ValueError("features (or encoder_states) need their lens and "
+                                 "audio_slot_mask")
+            rows = (self.embed_audio(features, lens) if encoder_states is None
+                    else self.projector(encoder_states, lens))
             embeds = self.embed_prompt(ids, rows, audio_slot_mask)
         if token_mask is None:
             token_mask = torch.ones_like(ids, dtype=torch.bool)
@@ -140,6 +162,12 @@ class AudioLanguageModel(nn.Module):
             input_pos = positions_from_mask(token_mask)
         else:
             input_pos = positions_from_segments(segment_ids, token_mask)
+        if output == "targets" and labels is not None:
+            hidden = self.decoder(embeds, input_pos, token_mask, output="hidden",
+                                  segment_ids=segment_ids)
+            keep = labels[:, 1:] != IGNORE_INDEX  # [B, S - 1]: position s predicts s + 1
+            logits = self.decoder.lm_head(hidden[:, :-1][keep]).float()  # [N, V]
+            return ModelOutput(logits=logits, loss=F.cross_entropy(logits, labels[:, 1:][keep]))
         logits = self.decoder(embeds, input_pos, token_mask, output=output, segment_ids=segment_ids)
         loss = None
         if labels is not None:

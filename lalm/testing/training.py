@@ -1,4 +1,5 @@
-"""Builders for training tests: a hand-made tone dataset and a tiny stage config around it."""
+"""Builders for training tests: a hand-made tone dataset, a tokenizer sized for it and a tiny
+stage config around them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import numpy as np
 import soundfile as sf
 
 from lalm.audio import SAMPLE_RATE
-from lalm.data.manifest import AudioRef, Example, TaskSpec, write_manifest
+from lalm.data.manifest import AudioRef, Example, TaskSpec, read_manifest, write_manifest
+from lalm.prompt import QWEN2_AUDIO_SPECIAL_TOKENS
+from lalm.training.bpe import corpus, train_tokenizer
 
 NOTES = {"A3": 220.0, "C4": 261.63, "E4": 329.63, "A4": 440.0, "C5": 523.25, "E5": 659.26}
 
@@ -39,6 +42,21 @@ def write_tone_dataset(folder: str | Path, n: int, split: str = "train",
     path = folder / f"{split}.jsonl"
     write_manifest(path, examples)
     return path
+
+
+def write_tiny_tokenizer(folder: str | Path, *manifests: str | Path) -> Path:
+    """A Qwen2-Audio-family byte-level BPE of about 300 ids learned on the manifests' text
+    (`lalm.training.bpe`; specials: ChatML and the audio tokens only), for tests that are not
+    about the tokenizer: a tiny model's embedding and lm_head then stay tiny too, instead of
+    carrying the 151k Qwen vocabulary.
+
+    Returns:
+        The tokenizer folder (``tokenizer.json``; ``len(load_tokenizer(folder))`` ids).
+    """
+    examples = [e for m in manifests for e in read_manifest(m)]
+    train_tokenizer(corpus(examples), folder, vocab_size=300, min_frequency=1,
+                    specials=QWEN2_AUDIO_SPECIAL_TOKENS)
+    return Path(folder)
 
 
 def tiny_stage(out_dir: str | Path, train_manifest: str | Path, tokenizer: str | Path,

@@ -135,6 +135,16 @@ def export(model: AudioLanguageModel, tokenizer_path: str | Path,
     return [*copy_tokenizer_files(tokenizer_path, directory), *written]
 
 
+def may_skip_parts(dataset: Dataset, parts: PartsConfig) -> bool:
+    """Whether a batch of `dataset` (`build_dataset`'s) can leave trainable parameters unused,
+    so that DDP must look for them: a text-only item uses neither the encoder nor the projector,
+    so True when the mix holds one and either of those parts trains (fully or through LoRA)."""
+    items = dataset.items if isinstance(dataset, PreferenceDataset) else dataset
+    examples: list[Example] = items.examples  # type: ignore[attr-defined]
+    audio_parts_train = parts.encoder != "frozen" or parts.projector != "frozen"
+    return audio_parts_train and any(not e.audios for e in examples)
+
+
 def _absolute(example: Example, root: Path) -> Example:
     audios = tuple(AudioRef(str((root / a.path).resolve()), a.offset, a.duration)
                    for a in example.audios)

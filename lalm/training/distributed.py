@@ -97,13 +97,17 @@ def all_reduce_sum(value: torch.Tensor, dist: DistInfo) -> torch.Tensor:
     return out
 
 
-def wrap_model(model: nn.Module, strategy: str, dist: DistInfo) -> nn.Module:
+def wrap_model(model: nn.Module, strategy: str, dist: DistInfo,
+               find_unused: bool = False) -> nn.Module:
     """Wrap `model` for data-parallel training; returned unchanged in a single process.
 
     Args:
         model: an `AudioLanguageModel` on `dist.device`, trainable parts already chosen.
         strategy: "ddp" or "fsdp".
         dist: this process's place in the job.
+        find_unused: DDP only: search each backward's graph for trainable parameters the batch
+            did not use (the encoder and projector on a text-only batch). Needed then, a cost
+            otherwise (`lalm.training.build.may_skip_parts`).
     """
     if not dist.distributed:
         return model
@@ -116,10 +120,9 @@ def wrap_model(model: nn.Module, strategy: str, dist: DistInfo) -> nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    # Parts may sit unused in a batch (projector and encoder on text-only items).
     return DistributedDataParallel(model, device_ids=[dist.local_rank] if
                                    dist.device.type == "cuda" else None,
-                                   find_unused_parameters=True)
+                                   find_unused_parameters=find_unused)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -10,6 +10,10 @@
 5. log (tqdm, JSONL, TensorBoard), validate (held-out loss and task metrics), save checkpoints;
 6. at the end: a last checkpoint and the export (Qwen2-Audio HF layout, LoRA merged).
 
+The ``lm`` loss runs ``lm_head`` only at positions with a target (``output="targets"``): prompts,
+audio and padding never pay for the vocabulary projection. ``log.jsonl`` holds exactly the
+steps of the run's checkpoints: a resumed run first cuts it back to its checkpoint's step.
+
 Loss normalisation: the step's loss is the sum of per-target losses (``lm``: target tokens;
 ``dpo``: pairs) over every micro-batch on every rank, divided by their global count. Each
 micro-batch backpropagates ``its loss sum x world_size / global count`` because DDP and FSDP
@@ -39,6 +43,7 @@ from torch.utils.data import DataLoader
 from lalm.checkpoint import load_model
 from lalm.config import resolve_dtype
 from lalm.data.collate import Collator, model_inputs
+from lalm.data.manifest import atomic_write
 from lalm.data.sampler import BucketBatchSampler
 from lalm.errors import ConfigError
 from lalm.model import AudioLanguageModel
@@ -48,6 +53,7 @@ from lalm.training.build import (
     build_model,
     export,
     load_stage_tokenizer,
+    may_skip_parts,
     merged_copy,
 )
 from lalm.training.distributed import (
@@ -83,6 +89,7 @@ class TrainResult:
         checkpoint: the last full-state checkpoint folder.
         export_dir: the exported HF checkpoint, if written.
         tokens_per_s, examples_per_s: training throughput of this call (all ranks).
+        main: True on the rank that logs and reports (rank 0; the only one in one process).
     """
 
     step: int
@@ -92,6 +99,7 @@ class TrainResult:
     export_dir: Path | None = None
     tokens_per_s: float = 0.0
     examples_per_s: float = 0.0
+    main: bool = True
 
 
 def seed_everything(seed: int, rank: int) -> None:
@@ -161,7 +169,7 @@ def loss_sum(model: nn.Module, batch: dict[str, Any], objective: str, beta: floa
     inputs = model_inputs(batch)
     if objective == "lm":
         n = count_targets(batch, objective)
-        out = model(**inputs)
+        out = model(**inputs, output="targets")
         return out.loss * n if n else out.logits.sum() * 0.0
     labels = inputs.pop("labels")
     policy = sequence_logprobs(model(**inputs).logits, labels)
@@ -187,8 +195,25 @@ def _sampler(dataset: Any, config: TrainConfig, dist: DistInfo, shuffle: bool
                               rank=dist.rank, world_size=dist.world_size)
 
 
+def truncate_log(path: Path, step: int) -> None:
+    """Keep the records of steps <= `step` in a JSONL log (atomically; a line torn by a kill is
+    dropped): a run resumed from the step-`step` checkpoint logs the later steps again."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    atomic_write(path, "".join(kept).encode("utf-8"))
+
+
 class RunLog:
-    """Rank 0's log sinks: JSONL (``log.jsonl``), optional TensorBoard, tqdm."""
+    """Rank 0's log sinks: JSONL (``log.jsonl``, first cut back to step `start`), optional
+    TensorBoard, tqdm."""
 
     def __init__(self, out_dir: Path, config: TrainConfig, dist: DistInfo, start: int) -> None:
         self.enabled = dist.main
@@ -197,6 +222,7 @@ class RunLog:
         self.bar = None
         if not self.enabled:
             return
+        truncate_log(self.path, start)
         if config.run.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -288,18 +314,24 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
                      else copy.deepcopy(base)).to(dist.device).eval().requires_grad_(False)
     if run.grad_checkpointing:
         enable_grad_checkpointing(base)
-    model = wrap_model(base, run.strategy, dist)
     n_mels = base.config.encoder.n_mels
-    train_set = build_dataset(config.data.train, config, tokenizer, n_mels, run.seed)
+    # data.encoder_cache: the frozen encoder's outputs, computed before FSDP shards its weights
+    encoder = base.encoder if config.data.encoder_cache else None
+    train_set = build_dataset(config.data.train, config, tokenizer, n_mels, run.seed, encoder)
     sampler = _sampler(train_set, config, dist, shuffle=True)
     loader = _loader(train_set, sampler, config, tokenizer.eod_id)
     valid_loader, metric_examples = None, []
     if config.data.valid is not None:
-        valid_set = build_dataset([config.data.valid], config, tokenizer, n_mels, run.seed)
+        valid_set = build_dataset([config.data.valid], config, tokenizer, n_mels, run.seed,
+                                  encoder)
         valid_loader = _loader(valid_set, _sampler(valid_set, config, dist, shuffle=False),
                                config, tokenizer.eod_id)
         if config.objective == "lm":
             metric_examples = valid_set.examples[: run.metric_items]
+    find_unused = run.find_unused_parameters
+    if find_unused is None:
+        find_unused = may_skip_parts(train_set, config.parts)
+    model = wrap_model(base, run.strategy, dist, find_unused)
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, run.max_steps)
     amp_dtype = resolve_dtype(run.precision, dist.device)
@@ -319,7 +351,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             scaler.load_state_dict(extra["scaler"])
     stream = BatchStream(loader, sampler, state)
     log = RunLog(out_dir, config, dist, state.step)
-    result = TrainResult(step=state.step, checkpoint=found)
+    result = TrainResult(step=state.step, checkpoint=found, main=dist.main)
     params = [p for p in model.parameters() if p.requires_grad]
     accum = config.optim.grad_accum
     tokens_seen = examples_seen = 0

@@ -122,6 +122,9 @@ class DataConfig:
     bucket_ratio: float = 1.2  # size ratio of the length buckets (lalm.data.sampler)
     max_audio_seconds: float = 30.0  # longer clips are an error
     num_workers: int = 0  # DataLoader worker processes
+    # compute the frozen encoder's output of every clip once, at the start, and train from it
+    # (lalm.training.encoder_cache: exact; needs parts.encoder frozen and objective lm)
+    encoder_cache: bool = False
 
     def __post_init__(self) -> None:
         if not self.train:
@@ -183,6 +186,9 @@ class RunConfig:
     tensorboard: bool = False  # also write TensorBoard events (needs the tensorboard package)
     progress: bool = True  # tqdm progress bar on rank 0
     strategy: Strategy = "ddp"  # under torchrun with > 1 rank: ddp or fsdp (FSDP2)
+    # DDP's find_unused_parameters; None: auto (on when the mix has text-only items and the
+    # encoder or projector trains: such a batch leaves them without gradients)
+    find_unused_parameters: bool | None = None
     export: bool = True  # write out_dir/export (Qwen2-Audio HF layout, LoRA merged) at the end
 
     def __post_init__(self) -> None:
@@ -218,6 +224,9 @@ class TrainConfig:
             raise ConfigError(f"objective must be lm or dpo, got {self.objective!r}")
         if self.data.tokenizer is None and self.model.checkpoint is None:
             raise ConfigError("data.tokenizer is needed when the model starts from a preset")
+        if self.data.encoder_cache and (self.parts.encoder != "frozen" or self.objective != "lm"):
+            raise ConfigError("data.encoder_cache needs parts.encoder: frozen and objective: lm "
+                              f"(got {self.parts.encoder}, {self.objective})")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-ready; tuples become lists)."""

@@ -1,5 +1,7 @@
 """torchrun with 2 gloo ranks (DDP and FSDP2) matches one process with the same global batch:
-same per-step loss, same final weights."""
+same per-step loss, same final weights. DDP runs once on audio only (find_unused_parameters
+off, as auto picks it) and once with a text-only item in the mix (auto turns it on: that batch
+leaves the encoder and projector without gradients)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import pytest
 import torch
 import yaml
 
-from lalm.testing.training import tiny_stage, write_tone_dataset
+from lalm.data.manifest import Example, TaskSpec, read_manifest, write_manifest
+from lalm.testing.training import tiny_stage, write_tiny_tokenizer, write_tone_dataset
 from lalm.tokenizer import load_tokenizer
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -32,17 +35,24 @@ def _run(tmp_path: Path, name: str, ranks: int, grad_accum: int, strategy: str,
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
                  "--standalone", "-m", "lalm"] if ranks > 1 else
                 [sys.executable, "-m", "lalm"])
-    done = subprocess.run([*launcher, "train", str(config)], env=env, capture_output=True, check=False,
-                          timeout=300)
+    done = subprocess.run([*launcher, "train", str(config)], env=env, capture_output=True,
+                          check=False, timeout=300)
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+    summaries = [line for line in done.stdout.decode().splitlines() if line.startswith("step=")]
+    assert len(summaries) == 1, done.stdout.decode()  # rank 0 alone reports
     return tmp_path / name
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_ranks_match_one_process(tmp_path, qwen2_tokenizer_dir, strategy):
-    manifest = write_tone_dataset(tmp_path / "data", 4)
-    one = _run(tmp_path, "one", 1, 2, strategy, manifest, qwen2_tokenizer_dir)
-    two = _run(tmp_path, "two", 2, 1, strategy, manifest, qwen2_tokenizer_dir)
+@pytest.mark.parametrize(("strategy", "text_only"),
+                         [("ddp", False), ("ddp", True), ("fsdp", False)])
+def test_two_ranks_match_one_process(tmp_path, strategy, text_only):
+    manifest = write_tone_dataset(tmp_path / "data", 3 if text_only else 4)
+    if text_only:
+        write_manifest(manifest, [*read_manifest(manifest), Example(
+            "text-000", (), TaskSpec("text_chat", instruction="Name a note."), "A4")])
+    tokenizer = write_tiny_tokenizer(tmp_path / "tokenizer", manifest)
+    one = _run(tmp_path, "one", 1, 2, strategy, manifest, tokenizer)
+    two = _run(tmp_path, "two", 2, 1, strategy, manifest, tokenizer)
 
     def losses(run: Path) -> list[float]:
         lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]

@@ -140,6 +140,41 @@ def test_loss_is_shifted_cross_entropy_over_labelled_positions(model) -> None:
     torch.testing.assert_close(out.loss, expected)
 
 
+def test_target_only_logits_give_the_same_loss_and_gradients(model) -> None:
+    """output="targets" (lm_head only where a label follows) = the full-logits loss: same
+    logits rows, loss and gradient, with audio, right padding and a row without targets."""
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 400, (3, 12), generator=gen)
+    ids[0, 2:4] = ids[1, 1] = 500  # audio slots: 2 + 1 rows for clips of 8 and 5 frames
+    labels = ids.clone()
+    labels[:, :6] = -100
+    labels[1, 9:] = -100  # right padding
+    labels[2] = -100  # a row with nothing to learn
+    token_mask = torch.ones_like(ids, dtype=torch.bool)
+    token_mask[1, 9:] = False
+    features, feature_lens = random_features([8, 5], model.config.encoder.n_mels, seed=2)
+    inputs = {"ids": ids, "features": features, "feature_lens": feature_lens,
+              "audio_slot_mask": ids == 500, "token_mask": token_mask, "labels": labels}
+    runs = {}
+    for kind in ("logits", "targets"):
+        model.zero_grad()
+        out = model(**inputs, output=kind)
+        out.loss.backward()
+        runs[kind] = out, {n: p.grad.clone() for n, p in model.named_parameters()}
+    (full, full_grads), (targets, target_grads) = runs["logits"], runs["targets"]
+    keep = labels[:, 1:] != -100
+    assert targets.logits.shape == (int(keep.sum()), model.config.decoder.vocab_size)
+    torch.testing.assert_close(targets.logits, full.logits[:, :-1][keep], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(targets.loss, full.loss, rtol=1e-6, atol=1e-7)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(target_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+    model.zero_grad(set_to_none=True)
+    with pytest.raises(ValueError, match="needs labels"):
+        model(ids, output="targets")
+    with pytest.raises(ValueError, match="a loss needs"):
+        model(ids, labels=labels, output="last_logits")
+
+
 def test_freeze_switches(model) -> None:
     fresh = random_model("tiny-random")
     fresh.freeze_encoder()

@@ -1,5 +1,8 @@
 """The training loop in process on a tiny model: loss falls, DPO starts at log 2, the export
-(LoRA merged) loads in lalm and in transformers."""
+(LoRA merged) loads in lalm and in transformers.
+
+None of these is about the tokenizer: they use a ~300-id BPE learned on the tone data
+(`write_tiny_tokenizer`), so the tiny model does not carry the 151k Qwen vocabulary."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import torch
 
 from lalm.checkpoint import load_model
 from lalm.data.manifest import read_manifest
-from lalm.testing.training import tiny_stage, write_tone_dataset
+from lalm.testing.training import tiny_stage, write_tiny_tokenizer, write_tone_dataset
 from lalm.tokenizer import load_tokenizer
 from lalm.training import TrainConfig, train
 from lalm.training.dpo import PreferencePair, write_pairs
@@ -23,14 +26,19 @@ def tones(tmp_path_factory):
     return write_tone_dataset(folder, 1), write_tone_dataset(folder, 4, split="valid")
 
 
-@pytest.fixture
-def vocab(qwen2_tokenizer_dir):
-    return len(load_tokenizer(qwen2_tokenizer_dir))
+@pytest.fixture(scope="module")
+def tokenizer_dir(tones, tmp_path_factory):
+    return write_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"), *tones)
 
 
-def test_loss_falls_on_a_repeated_item_and_logs(tones, qwen2_tokenizer_dir, vocab, tmp_path):
+@pytest.fixture(scope="module")
+def vocab(tokenizer_dir):
+    return len(load_tokenizer(tokenizer_dir))
+
+
+def test_loss_falls_on_a_repeated_item_and_logs(tones, tokenizer_dir, vocab, tmp_path):
     config = TrainConfig.from_dict(tiny_stage(
-        tmp_path / "run", tones[0], qwen2_tokenizer_dir, vocab,
+        tmp_path / "run", tones[0], tokenizer_dir, vocab,
         optim={"lr": 1e-2, "warmup_steps": 1}, run={"max_steps": 6, "save_every": 0}))
     result = train(config)
     assert result.step == 6 and len(result.losses) == 6
@@ -42,7 +50,7 @@ def test_loss_falls_on_a_repeated_item_and_logs(tones, qwen2_tokenizer_dir, voca
     assert result.checkpoint.name == "step-00000006"
 
 
-def test_dpo_starts_at_log2_and_moves_the_margin(tones, qwen2_tokenizer_dir, vocab, tmp_path):
+def test_dpo_starts_at_log2_and_moves_the_margin(tones, tokenizer_dir, vocab, tmp_path):
     example = read_manifest(tones[0])[0]
     example = example.__class__(**{**example.__dict__,
                                    "audios": (example.audios[0].__class__(
@@ -50,7 +58,7 @@ def test_dpo_starts_at_log2_and_moves_the_margin(tones, qwen2_tokenizer_dir, voc
     write_pairs(tmp_path / "pairs.jsonl",
                 [PreferencePair("p0", example, example.target, "B7")])
     config = TrainConfig.from_dict(tiny_stage(
-        tmp_path / "run", tmp_path / "pairs.jsonl", qwen2_tokenizer_dir, vocab,
+        tmp_path / "run", tmp_path / "pairs.jsonl", tokenizer_dir, vocab,
         objective="dpo", dpo={"beta": 0.5}, parts={"encoder": "frozen", "projector": "frozen",
                                                    "decoder": "lora"},
         run={"max_steps": 4, "save_every": 0}))
@@ -60,9 +68,9 @@ def test_dpo_starts_at_log2_and_moves_the_margin(tones, qwen2_tokenizer_dir, voc
 
 
 def test_export_merges_lora_and_loads_in_lalm_and_transformers(
-        tones, qwen2_tokenizer_dir, vocab, tmp_path):
+        tones, tokenizer_dir, vocab, tmp_path):
     config = TrainConfig.from_dict(tiny_stage(
-        tmp_path / "run", tones[0], qwen2_tokenizer_dir, vocab,
+        tmp_path / "run", tones[0], tokenizer_dir, vocab,
         data={"valid": {"manifest": str(tones[1])}},
         parts={"encoder": "full", "projector": "full", "decoder": "lora"},
         run={"max_steps": 2, "export": True, "metric_items": 4, "max_new_tokens": 3}))
@@ -74,10 +82,10 @@ def test_export_merges_lora_and_loads_in_lalm_and_transformers(
     trained = torch.load(result.checkpoint / "model.pt", weights_only=True)
     adapted = trained["decoder.layers.0.attn.q.weight"]
     assert not torch.equal(ours.decoder.layers[0].attn.q.weight, adapted)  # merged delta
-    assert load_tokenizer(export).family == load_tokenizer(qwen2_tokenizer_dir).family
+    assert load_tokenizer(export).family == load_tokenizer(tokenizer_dir).family
     transformers = pytest.importorskip("transformers")
     ref = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(export).eval()
-    ids = torch.tensor([[151644, 872, 198, 9707, 151645]])
+    ids = torch.tensor([load_tokenizer(export).encode("<|im_start|>user\nHello<|im_end|>")])
     with torch.no_grad():
         torch.testing.assert_close(ref(input_ids=ids).logits.float(), ours(ids).logits,
                                    rtol=1e-4, atol=1e-4)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lalm.data.manifest import Example, Message, TaskSpec
+from lalm.data.manifest import AudioRef, Example, Message, TaskSpec
 from lalm.errors import ConfigError, DataError
 from lalm.model.lalm import IGNORE_INDEX
 from lalm.testing.models import random_model
@@ -164,3 +165,35 @@ def test_preference_pairs_round_trip_and_answer_the_chat(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"id": "x"}\n')
     with pytest.raises(DataError, match="bad.jsonl:1"):
         read_pairs(tmp_path / "bad.jsonl")
+
+
+def test_truncate_log_keeps_steps_up_to_the_checkpoint(tmp_path):
+    from lalm.training.loop import truncate_log
+
+    log = tmp_path / "log.jsonl"
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3, 4)]
+    lines.append(json.dumps({"step": 2, "val_loss": 0.5}))
+    log.write_text("\n".join(lines) + '\n{"step": 5, "lo')  # a line torn by SIGKILL
+    truncate_log(log, 2)
+    kept = [json.loads(x) for x in log.read_text().splitlines()]
+    assert kept == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5},
+                    {"step": 2, "val_loss": 0.5}]
+    truncate_log(log, 0)  # a fresh run in the same folder starts an empty log
+    assert log.read_text() == ""
+
+
+def test_ddp_looks_for_unused_parameters_only_with_text_only_items(tmp_path):
+    from lalm.training.build import may_skip_parts
+    from lalm.training.stages import PartsConfig
+
+    class Items:  # what may_skip_parts reads of a dataset
+        def __init__(self, examples):
+            self.examples = examples
+
+    audio = Example("a", (AudioRef("a.wav"),), TaskSpec("asr"), "x")
+    text = Example("t", (), TaskSpec("text_chat", instruction="hi"), "hello")
+    trains_audio = PartsConfig(encoder="frozen", projector="lora", decoder="full")
+    decoder_only = PartsConfig(encoder="frozen", projector="frozen", decoder="full")
+    assert may_skip_parts(Items([audio, text]), trains_audio)
+    assert not may_skip_parts(Items([audio, audio]), trains_audio)
+    assert not may_skip_parts(Items([audio, text]), decoder_only)
