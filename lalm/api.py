@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from lalm.assets import DEFAULT_MODEL, default_model_dir
+from lalm.errors import CheckpointError
 from lalm.generation import GenerationOptions, GenerationResult, Pipeline
 from lalm.prompt import AudioSource
 
@@ -23,13 +25,21 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "fp32",
     """Load a checkpoint directory: model, tokenizer and prompt family in one `Pipeline`.
 
     Args:
-        path: a Hugging Face Qwen2-Audio directory (config.json, safetensors, tokenizer files).
+        path: a Hugging Face Qwen2-Audio directory (config.json, safetensors, tokenizer files),
+            or ``"default"``: lalm's default model in the cache (``lalm demo`` makes it once,
+            in about 10 minutes on 2 CPU cores; `lalm.demo.ensure_default_model` from Python).
         dtype: "fp32" | "bf16" | "fp16" (on a CPU without bf16 units, falls back to fp32).
         device: where the model runs.
 
     Raises:
-        CheckpointError, TokenizerError: naming the directory and the problem.
+        CheckpointError, TokenizerError: naming the directory and the problem (for "default":
+            that the default model is not made yet).
     """
+    if str(path) == DEFAULT_MODEL:
+        path = default_model_dir()
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"lalm's default model is not in {path} yet: run `lalm demo` "
+                                  f"once to make it (about 10 minutes on 2 CPU cores)")
     return Pipeline.from_pretrained(path, dtype=dtype, device=device)
 
 

@@ -63,6 +63,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LALM_CACHE") or Path.home() / ".cache" / "lalm")
 
 
+#: The model name `lalm.load_model` resolves to lalm's default model (made by ``lalm demo``).
+DEFAULT_MODEL = "default"
+
+
+def default_model_dir() -> Path:
+    """Where lalm's default model lives: ``cache_dir()/default-model`` (`lalm.demo` makes it)."""
+    return cache_dir() / "default-model"
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

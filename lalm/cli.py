@@ -451,3 +451,24 @@ def _bench_synth(args: argparse.Namespace) -> int:
     print(markdown_table(report.rows), end="")
     print(f"wrote {report.markdown}, {report.json} and {report.chart}")
     return 0
+
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--audio", default=None, metavar="FILE",
+                   help="ask about this clip (default: a lalm-synth test clip)")
+    p.add_argument("--question", default=None, help="the question (default: the clip's task)")
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="a default-model folder (default: lalm's cache, made on first run)")
+    p.add_argument("--retrain", action="store_true",
+                   help="make the default model again even if it is cached")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: fastest on 2 busy cores)")
+
+
+@command("demo", "lalm's default model: on first run synthesise data, train, evaluate (about "
+         "10 min on 2 cores); then answer a question about an audio clip", _demo_arguments)
+def _demo(args: argparse.Namespace) -> int:
+    from lalm.demo import run_demo
+
+    run_demo(args.model, args.audio, args.question, args.retrain, args.threads)
+    return 0
