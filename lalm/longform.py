@@ -47,7 +47,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lalm.audio import CHUNK_LENGTH, HOP_LENGTH, SAMPLE_RATE, Seconds, audio_token_count
+from lalm.audio import (
+    CHUNK_LENGTH,
+    HOP_LENGTH,
+    SAMPLE_RATE,
+    RealLength,
+    Seconds,
+    audio_token_count,
+    mel_length,
+)
 from lalm.errors import AudioError
 from lalm.prompt import TimedWord
 
@@ -132,11 +140,14 @@ def split_for_chat(
     return [audio[s:e] for s, e in _chat_bounds(n, window)]
 
 
-def chat_audio_token_count(n_samples: int, max_window_s: Seconds = MAX_WINDOW_S) -> int:
+def chat_audio_token_count(n_samples: int, max_window_s: Seconds = MAX_WINDOW_S,
+                           real_length: RealLength = "floor") -> int:
     """Audio tokens N of a clip of ``n_samples`` split by `split_for_chat`.
 
-    The sum over its windows of `lalm.audio.audio_token_count` of each window's mel length:
-    25 per second (N = n_samples // 640 whenever that is a whole number of windows' worth).
+    The sum over its windows of `lalm.audio.audio_token_count` of each window's mel length
+    (`lalm.audio.mel_length` under the family's `real_length` rule: "floor" for Qwen-Audio v1,
+    "ceil" for Qwen2-Audio): 25 per second (N = n_samples // 640 whenever that is a whole number
+    of windows' worth).
     This is the count `lalm.prompt.Prompt.encode` takes for the clip; v1 adds its 2 BOS/EOS
     slots around it, Qwen2-Audio its 2 bos/eos text tokens.
 
@@ -146,7 +157,7 @@ def chat_audio_token_count(n_samples: int, max_window_s: Seconds = MAX_WINDOW_S)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 0:
         raise AudioError(f"n_samples must be an int >= 0, got {n_samples!r}")
     window = _grid(max_window_s, TOKEN_SAMPLES, "max_window_s", TOKEN_SAMPLES, MAX_WINDOW_S)
-    return sum(int(audio_token_count((e - s) // HOP_LENGTH))
+    return sum(int(audio_token_count(mel_length(e - s, real_length)))
                for s, e in _chat_bounds(n_samples, window))
 
 

@@ -65,6 +65,7 @@ def test_a_long_clip_is_one_span_of_its_windows_rows(qwen2: Pipeline) -> None:
                                rtol=0, atol=0)
     expected = sum(audio_token_count(mel_length(len(w), "ceil")) for w in windows)
     assert rows.shape[0] == expected and abs(expected - 25 * 65) <= 1
+    assert chat_audio_token_count(len(clip), real_length="ceil") == expected
     batch = qwen2.prepare([qwen2.chat_request("What happens?", [clip])])
     assert int((batch.ids == 151646).sum()) == expected  # one <|AUDIO|> run, all windows
 
