@@ -46,6 +46,7 @@ from lalm.serve.inputs import (
     decode_audio,
     invalid,
 )
+from lalm.subtitles import Cue, format_srt, format_vtt
 
 STATIC = Path(__file__).with_name("static")
 Scope = dict[str, Any]
@@ -392,10 +393,11 @@ def _transcription(done: Done, response_format: str, language: str, duration: fl
     segments = [s.Segment(id=0, start=0.0, end=round(duration, 3), text=text,
                           tokens=result.tokens, temperature=temperature,
                           avg_logprob=result.avg_logprob)]
+    cues = [Cue(seg.start, seg.end, seg.text) for seg in segments]
     if response_format == "srt":
-        return PlainTextResponse(s.format_srt(segments))
+        return PlainTextResponse(format_srt(cues))
     if response_format == "vtt":
-        return PlainTextResponse(s.format_vtt(segments), media_type="text/vtt")
+        return PlainTextResponse(format_vtt(cues), media_type="text/vtt")
     return s.VerboseTranscription(language=language, duration=round(duration, 3), text=text,
                                   segments=segments)
 

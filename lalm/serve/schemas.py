@@ -211,27 +211,6 @@ class VerboseTranscription(BaseModel):
     segments: list[Segment]
 
 
-def _clock(seconds: float, decimal: str) -> str:
-    ms = round(seconds * 1000)
-    hours, ms = divmod(ms, 3_600_000)
-    minutes, ms = divmod(ms, 60_000)
-    secs, ms = divmod(ms, 1000)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal}{ms:03d}"
-
-
-def format_srt(segments: list[Segment]) -> str:
-    """SubRip cues: ``1\\n00:00:00,000 --> 00:00:01,500\\ntext\\n\\n`` per segment."""
-    return "".join(f"{i}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{s.text.strip()}\n\n"
-                   for i, s in enumerate(segments, 1))
-
-
-def format_vtt(segments: list[Segment]) -> str:
-    """WebVTT: a ``WEBVTT`` header, then ``00:00:00.000 --> 00:00:01.500\\ntext`` cues."""
-    cues = "".join(f"{_clock(s.start, '.')} --> {_clock(s.end, '.')}\n{s.text.strip()}\n\n"
-                   for s in segments)
-    return f"WEBVTT\n\n{cues}"
-
-
 # ---------------------------------------------------------------------------- models, errors
 
 

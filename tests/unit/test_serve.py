@@ -17,7 +17,7 @@ from lalm.prompt import AudioPart, Message, TextPart
 from lalm.serve import ApiError, AudioAccess, Batcher, Limits
 from lalm.serve.batcher import Done, Failed
 from lalm.serve.inputs import chat_options, decode_base64
-from lalm.serve.schemas import ChatCompletionRequest, Segment, format_srt, format_vtt
+from lalm.serve.schemas import ChatCompletionRequest
 from lalm.testing.models import random_model
 from lalm.tokenizer import load_tokenizer
 
@@ -63,13 +63,6 @@ def test_base64_and_options_errors_name_the_field() -> None:
     options = chat_options(body, GenerationOptions(), limits)
     assert (options.max_new_tokens, options.temperature, options.stop_sequences) == (
         9, 0.5, ("END",))
-
-
-def test_subtitle_formats() -> None:
-    segments = [Segment(id=0, start=0.0, end=3661.5, text=" hello ", tokens=[1],
-                        temperature=0.0, avg_logprob=-1.0)]
-    assert format_srt(segments) == "1\n00:00:00,000 --> 01:01:01,500\nhello\n\n"
-    assert format_vtt(segments) == "WEBVTT\n\n00:00:00.000 --> 01:01:01.500\nhello\n\n"
 
 
 @pytest.fixture(scope="module")
