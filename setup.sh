@@ -9,7 +9,8 @@ extras="[demo]"  # what `lalm demo` needs beyond the runtime (lalm-synth's speec
 [ "${1:-}" = "--test" ] && extras="[test]"
 py=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$py" -m venv .venv
-stamp=".setup-stamp$( [ "$extras" = "[test]" ] && echo -test )"
+stamp=".setup-stamp"
+if [ "$extras" = "[test]" ]; then stamp=".setup-stamp-test"; fi
 want="$(sha256sum pyproject.toml | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
