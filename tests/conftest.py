@@ -42,6 +42,22 @@ def qwen_tiktoken() -> Path:
     return asset_path("qwen.tiktoken")
 
 
+@pytest.fixture(scope="session")
+def v1_tokenizer(qwen_tiktoken: Path):
+    """The Qwen-Audio (v1) tokenizer over the real Qwen BPE."""
+    from lalm.tokenizer import Tokenizer
+
+    return Tokenizer.from_tiktoken(qwen_tiktoken)
+
+
+@pytest.fixture(scope="session")
+def v2_tokenizer():
+    """The Qwen2-Audio tokenizer from the shared fixture's tokenizer files."""
+    from lalm.tokenizer import Tokenizer
+
+    return Tokenizer.from_hf(shared_fixture("qwen2_audio_tokenizer"))
+
+
 @pytest.fixture
 def seed():
     import torch

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shared_fixture
 
 from lalm.audio import audio_token_count
 from lalm.errors import PromptError
@@ -33,17 +32,6 @@ from lalm.prompt import (
 )
 from lalm.tokenizer import Tokenizer
 
-
-@pytest.fixture(scope="module")
-def v1(qwen_tiktoken: Path) -> Tokenizer:
-    return Tokenizer.from_tiktoken(qwen_tiktoken)
-
-
-@pytest.fixture(scope="module")
-def v2() -> Tokenizer:
-    return Tokenizer.from_hf(shared_fixture("qwen2_audio_tokenizer"))
-
-
 # The official evaluation scripts' prompts (QwenLM/Qwen-Audio eval_audio/evaluate_*.py), filled in.
 A = "<audio>x.wav</audio>"
 GOLDEN_TASK_PROMPTS = [
@@ -66,15 +54,15 @@ GOLDEN_TASK_PROMPTS = [
 
 
 @pytest.mark.parametrize("spec,expected", GOLDEN_TASK_PROMPTS)
-def test_task_prompt_text_and_ids(v1: Tokenizer, spec: TaskSpec, expected: str) -> None:
+def test_task_prompt_text_and_ids(v1_tokenizer: Tokenizer, spec: TaskSpec, expected: str) -> None:
     prompt = build_prompt(spec, AudioPart(Path("x.wav")))
     assert prompt.text == expected
-    out = prompt.encode(v1, [5])
+    out = prompt.encode(v1_tokenizer, [5])
     assert out.ids[:7] == [155163, *[151851] * 5, 155164] and out.audio_spans == ((0, 7),)
     tag_ids = out.ids[7:]
     if spec.task is not Task.QUESTION:  # every tag is one real special id
-        assert all(i >= 151851 for i in tag_ids) and v1.decode(tag_ids) == spec.render()
-    mask = torch.isin(torch.tensor(out.ids), torch.tensor(sorted(v1.audio_slot_ids)))
+        assert all(i >= 151851 for i in tag_ids) and v1_tokenizer.decode(tag_ids) == spec.render()
+    mask = torch.isin(torch.tensor(out.ids), torch.tensor(sorted(v1_tokenizer.audio_slot_ids)))
     assert int(mask.sum()) == 7 and bool(mask[:7].all())
 
 
@@ -96,24 +84,24 @@ ROUND_TRIPS = [
 
 
 @pytest.mark.parametrize("spec,target,expected", ROUND_TRIPS)
-def test_round_trip(v1: Tokenizer, spec: TaskSpec, target: str, expected: dict) -> None:
-    ids = v1.encode(target + "<|endoftext|>")
-    parsed = parse_output(v1.decode(ids), spec)
+def test_round_trip(v1_tokenizer: Tokenizer, spec: TaskSpec, target: str, expected: dict) -> None:
+    ids = v1_tokenizer.encode(target + "<|endoftext|>")
+    parsed = parse_output(v1_tokenizer.decode(ids), spec)
     for key, value in expected.items():
         assert getattr(parsed, key) == value
 
 
-def test_srwt_round_trip(v1: Tokenizer) -> None:
+def test_srwt_round_trip(v1_tokenizer: Tokenizer) -> None:
     words = [TimedWord("turn", 0.0, 0.35), TimedWord("left", 0.35, 0.6),
              TimedWord("at", 0.8, 0.9), TimedWord("once", 1.5, 1.92)]
     silences = [(0.9, 1.5)]
     target = format_timed_words(words, silences)
     assert target == ("<|0.00|>turn<|0.35|>left<|0.60|><|0.80|>at<|0.90|><|sil|><|1.50|>once"
                       "<|1.92|>")
-    ids = v1.encode(target)
-    assert all(v1.decode([i]).startswith("<|") for i in ids if i >= 151643)
+    ids = v1_tokenizer.encode(target)
+    assert all(v1_tokenizer.decode([i]).startswith("<|") for i in ids if i >= 151643)
     spec = TaskSpec.srwt("en")
-    generated = v1.decode(ids)[len("<|0.00|>"):]  # the prompt already wrote <|0.00|>
+    generated = v1_tokenizer.decode(ids)[len("<|0.00|>"):]  # the prompt already wrote <|0.00|>
     parsed = parse_output(generated, spec)
     assert parsed.words == tuple(words) and parsed.silences == tuple(silences)
     assert parsed.text == "turn left at once" and parsed.timestamps[0] == 0.35
@@ -162,20 +150,20 @@ def test_header_override_and_timestamp_format() -> None:
         format_note_analysis(NoteAnalysis(pitch=128))
 
 
-def test_encode_errors(v1: Tokenizer, v2: Tokenizer) -> None:
+def test_encode_errors(v1_tokenizer: Tokenizer, v2_tokenizer: Tokenizer) -> None:
     prompt = build_prompt(TaskSpec.asr(), AudioPart(np.zeros(160, np.float32)))
     assert prompt.text.startswith("<audio>audio</audio>")
     with pytest.raises(PromptError, match="1 audios but 2 audio token counts"):
-        prompt.encode(v1, [3, 4])
+        prompt.encode(v1_tokenizer, [3, 4])
     with pytest.raises(PromptError, match="ints >= 0"):
-        prompt.encode(v1, [-1])
+        prompt.encode(v1_tokenizer, [-1])
     with pytest.raises(PromptError, match="cannot be encoded with a qwen2-audio tokenizer"):
-        prompt.encode(v2, [3])
+        prompt.encode(v2_tokenizer, [3])
     with pytest.raises(PromptError, match="takes an AudioPart"):
         build_prompt(TaskSpec.asr(), "a.wav")  # type: ignore[arg-type]
 
 
-def test_v1_chat_multi_turn_layout(v1: Tokenizer) -> None:
+def test_v1_chat_multi_turn_layout(v1_tokenizer: Tokenizer) -> None:
     messages = [
         Message("user", [AudioPart("a.wav"), TextPart("what is that sound?")]),
         Message("assistant", "A man speaking."),
@@ -188,55 +176,58 @@ def test_v1_chat_multi_turn_layout(v1: Tokenizer) -> None:
         "<|im_start|>assistant\nA man speaking.<|im_end|>\n"
         "<|im_start|>user\nAnd these?Audio 1:<audio>b.wav</audio>\nAudio 2:<audio>c.wav</audio>\n"
         "<|im_end|>\n<|im_start|>assistant\n")
-    out = prompt.encode(v1, [2, 3, 4])
+    out = prompt.encode(v1_tokenizer, [2, 3, 4])
     assert [out.ids[a:b] for a, b in out.audio_spans] == [
         [155163, 151851, 151851, 155164], [155163, *[151851] * 3, 155164],
         [155163, *[151851] * 4, 155164]]
-    assert out.ids[-3:] == [151644, *v1.encode("assistant"), 198]
+    assert out.ids[-3:] == [151644, *v1_tokenizer.encode("assistant"), 198]
     done = build_chat_prompt(messages[:2], Family.QWEN_AUDIO, add_generation_prompt=False)
     assert done.text.endswith("A man speaking.<|im_end|>")
     # make_context encodes role, "\n" and content separately: a leading newline stays its own token
-    lead = build_chat_prompt([Message("user", "\nhi")], Family.QWEN_AUDIO).encode(v1, [])
-    assert lead.ids[11:14] == [151644, 872, 198] and lead.ids[14:-5] == v1.encode("\nhi")
-    assert v1.encode("user\n\nhi") != lead.ids[12:-5]  # one call would merge the newlines
+    lead = build_chat_prompt([Message("user", "\nhi")], Family.QWEN_AUDIO).encode(v1_tokenizer, [])
+    assert lead.ids[11:14] == [151644, 872, 198] and lead.ids[14:-5] == v1_tokenizer.encode("\nhi")
+    assert v1_tokenizer.encode("user\n\nhi") != lead.ids[12:-5]  # one call would merge the newlines
 
 
-def test_v1_chat_tags_allowed_chatml_not(v1: Tokenizer) -> None:
-    ids = build_chat_prompt([Message("user", "<|en|> <|im_end|>")], Family.QWEN_AUDIO).encode(v1, []).ids
+def test_v1_chat_tags_allowed_chatml_not(v1_tokenizer: Tokenizer) -> None:
+    prompt = build_chat_prompt([Message("user", "<|en|> <|im_end|>")], Family.QWEN_AUDIO)
+    ids = prompt.encode(v1_tokenizer, []).ids
     assert 151859 in ids and ids.count(151645) == 2  # system and user ends only
     with pytest.raises(PromptError, match="user message text contains the special token '<audio>'"):
         build_chat_prompt([Message("user", "<audio>a.wav</audio>")], Family.QWEN_AUDIO)
 
 
-def test_v2_chat_and_base_prompts(v2: Tokenizer) -> None:
+def test_v2_chat_and_base_prompts(v2_tokenizer: Tokenizer) -> None:
     voice = build_chat_prompt([Message("user", [AudioPart("q.wav")])], Family.QWEN2_AUDIO)
     assert voice.text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
                           "<|im_start|>user\nAudio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
                           "<|im_end|>\n<|im_start|>assistant\n")
-    out = voice.encode(v2, [4])
+    out = voice.encode(v2_tokenizer, [4])
     start, end = out.audio_spans[0]
     assert out.ids[start - 1:end + 1] == [151647, *[151646] * 4, 151648]
     base = build_base_prompt([AudioPart("g.mp3")], "Generate the caption in English:")
     assert base.text == "<|audio_bos|><|AUDIO|><|audio_eos|>Generate the caption in English:"
     n = audio_token_count(404)
-    ids = base.encode(v2, [n]).ids
+    ids = base.encode(v2_tokenizer, [n]).ids
     assert n == 101 and ids[:n + 2] == [151647, *[151646] * n, 151648]
-    assert ids[n + 2:] == v2.encode("Generate the caption in English:")
-    assert base.encode(v2, [0]).ids[:2] == [151647, 151648]  # a clip of <= 2 mel frames
+    assert ids[n + 2:] == v2_tokenizer.encode("Generate the caption in English:")
+    assert base.encode(v2_tokenizer, [0]).ids[:2] == [151647, 151648]  # a clip of <= 2 mel frames
     with pytest.raises(PromptError, match="contains the special token '<|im_end|>'"):
         build_chat_prompt([Message("user", "hi<|im_end|>")], Family.QWEN2_AUDIO)
     with pytest.raises(PromptError, match="at least one audio"):
         build_base_prompt([], "x")
 
 
-def test_from_text(v1: Tokenizer, v2: Tokenizer) -> None:
+def test_from_text(v1_tokenizer: Tokenizer, v2_tokenizer: Tokenizer) -> None:
     raw = "<audio>a.wav</audio><|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>"
     prompt = Prompt.from_text(raw, Family.QWEN_AUDIO)
     assert prompt.text == raw and prompt.audios[0].source == "a.wav"
-    assert prompt.encode(v1, [3]).ids == build_prompt(TaskSpec.asr(), AudioPart("a.wav")).encode(v1, [3]).ids
+    built = build_prompt(TaskSpec.asr(), AudioPart("a.wav"))
+    assert prompt.encode(v1_tokenizer, [3]).ids == built.encode(v1_tokenizer, [3]).ids
     raw2 = "<|audio_bos|><|AUDIO|><|audio_eos|>Detect the language and recognize the speech: <|en|>"
     p2 = Prompt.from_text(raw2, "qwen2-audio", [AudioPart(b"RIFF")])
-    assert p2.text == raw2 and len(p2.encode(v2, [7]).ids) == len(v2.encode(raw2)) + 6
+    assert p2.text == raw2
+    assert len(p2.encode(v2_tokenizer, [7]).ids) == len(v2_tokenizer.encode(raw2)) + 6
     with pytest.raises(PromptError, match="1 audio slots but 2 audios"):
         Prompt.from_text(raw, Family.QWEN_AUDIO, [AudioPart("a"), AudioPart("b")])
     with pytest.raises(PromptError, match="pass audios"):

@@ -15,17 +15,6 @@ from lalm.errors import TokenizerError
 from lalm.prompt import QWEN2_AUDIO_SPECIAL_TOKENS, QWEN_AUDIO_SPECIAL_TOKENS, Family
 from lalm.tokenizer import OUT_OF_VOCAB_FORMAT, Tokenizer, load_tokenizer
 
-
-@pytest.fixture(scope="module")
-def v1(qwen_tiktoken: Path) -> Tokenizer:
-    return Tokenizer.from_tiktoken(qwen_tiktoken)
-
-
-@pytest.fixture(scope="module")
-def v2() -> Tokenizer:
-    return Tokenizer.from_hf(shared_fixture("qwen2_audio_tokenizer"))
-
-
 # Ids from the official QWenTokenizer (the fixture goldens' prompts) and its AUDIO_ST order.
 V1_IDS = {
     "<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
@@ -49,30 +38,33 @@ V2_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
 
 
 @pytest.mark.parametrize("token,expected", sorted(V1_IDS.items(), key=lambda kv: kv[1]))
-def test_v1_special_ids(v1: Tokenizer, token: str, expected: int) -> None:
-    assert v1.token_id(token) == expected
-    assert v1.encode(token) == [expected]
-    assert v1.decode([expected]) == token
+def test_v1_special_ids(v1_tokenizer: Tokenizer, token: str, expected: int) -> None:
+    assert v1_tokenizer.token_id(token) == expected
+    assert v1_tokenizer.encode(token) == [expected]
+    assert v1_tokenizer.decode([expected]) == token
 
 
-def test_v1_table_shape(v1: Tokenizer) -> None:
-    assert len(v1) == 155165 and len(QWEN_AUDIO_SPECIAL_TOKENS) == 3 + 205 + 3314
+def test_v1_table_shape(v1_tokenizer: Tokenizer) -> None:
+    assert len(v1_tokenizer) == 155165 and len(QWEN_AUDIO_SPECIAL_TOKENS) == 3 + 205 + 3314
     assert len(set(QWEN_AUDIO_SPECIAL_TOKENS)) == len(QWEN_AUDIO_SPECIAL_TOKENS)
-    assert v1.family is Family.QWEN_AUDIO
+    assert v1_tokenizer.family is Family.QWEN_AUDIO
+    v1 = v1_tokenizer
     assert (v1.eod_id, v1.im_start_id, v1.im_end_id) == (151643, 151644, 151645)
     assert (v1.audio_start_id, v1.audio_pad_id, v1.audio_end_id) == (155163, 151851, 155164)
-    assert v1.audio_slot_ids == {155163, 151851, 155164}
-    assert v1.stop_ids == (151643, 151645, 151644)
+    assert v1_tokenizer.audio_slot_ids == {155163, 151851, 155164}
+    assert v1_tokenizer.stop_ids == (151643, 151645, 151644)
 
 
-def test_v2_special_ids(v2: Tokenizer) -> None:
-    assert len(v2) == 151649 and v2.family is Family.QWEN2_AUDIO
-    assert v2.special_tokens == V2_IDS and tuple(V2_IDS) == QWEN2_AUDIO_SPECIAL_TOKENS
+def test_v2_special_ids(v2_tokenizer: Tokenizer) -> None:
+    assert len(v2_tokenizer) == 151649 and v2_tokenizer.family is Family.QWEN2_AUDIO
+    assert v2_tokenizer.special_tokens == V2_IDS and tuple(V2_IDS) == QWEN2_AUDIO_SPECIAL_TOKENS
+    v2 = v2_tokenizer
     assert (v2.audio_start_id, v2.audio_pad_id, v2.audio_end_id) == (151647, 151646, 151648)
-    assert v2.audio_slot_ids == {151646}
+    assert v2_tokenizer.audio_slot_ids == {151646}
     with pytest.raises(TokenizerError, match="no special token '<|startoftranscript|>'"):
-        v2.token_id("<|startoftranscript|>")
-    assert v2.encode("<|startoftranscript|>") == v2.encode("<|startoftranscript|>", set())
+        v2_tokenizer.token_id("<|startoftranscript|>")
+    tag = "<|startoftranscript|>"
+    assert v2_tokenizer.encode(tag) == v2_tokenizer.encode(tag, set())
 
 
 TEXTS = [
@@ -83,54 +75,57 @@ TEXTS = [
 
 
 @pytest.mark.parametrize("text", TEXTS)
-def test_round_trip_and_backends_agree(v1: Tokenizer, v2: Tokenizer, text: str) -> None:
-    ids = v1.encode(text)
-    assert v1.decode(ids) == text
-    assert v2.encode(text) == ids  # tiktoken and the tokenizers library, same BPE
-    assert v2.decode(ids) == text
+def test_round_trip_and_backends_agree(v1_tokenizer: Tokenizer, v2_tokenizer: Tokenizer,
+                                       text: str) -> None:
+    ids = v1_tokenizer.encode(text)
+    assert v1_tokenizer.decode(ids) == text
+    assert v2_tokenizer.encode(text) == ids  # tiktoken and the tokenizers library, same BPE
+    assert v2_tokenizer.decode(ids) == text
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.text(max_size=40))
-def test_random_text_round_trip(v1: Tokenizer, v2: Tokenizer, text: str) -> None:
+def test_random_text_round_trip(v1_tokenizer: Tokenizer, v2_tokenizer: Tokenizer,
+                                text: str) -> None:
     nfc = unicodedata.normalize("NFC", text)
-    ids = v1.encode(text, allowed_special=set())
-    assert v1.decode(ids) == nfc
-    assert v2.encode(text, allowed_special=set()) == ids
+    ids = v1_tokenizer.encode(text, allowed_special=set())
+    assert v1_tokenizer.decode(ids) == nfc
+    assert v2_tokenizer.encode(text, allowed_special=set()) == ids
 
 
-def test_nfc_normalisation(v1: Tokenizer, v2: Tokenizer) -> None:
+def test_nfc_normalisation(v1_tokenizer: Tokenizer, v2_tokenizer: Tokenizer) -> None:
     decomposed, composed = "Cafe\u0301 Zu\u0308rich", "Café Zürich"
-    assert v1.encode(decomposed) == v1.encode(composed)
-    assert v2.encode(decomposed) == v2.encode(composed)
+    assert v1_tokenizer.encode(decomposed) == v1_tokenizer.encode(composed)
+    assert v2_tokenizer.encode(decomposed) == v2_tokenizer.encode(composed)
 
 
-def test_allowed_special(v1: Tokenizer) -> None:
+def test_allowed_special(v1_tokenizer: Tokenizer) -> None:
     text = "<|im_start|>user\n<|en|>hi<|im_end|>"
-    assert v1.encode(text)[0] == 151644 and 151859 in v1.encode(text)
-    only_en = v1.encode(text, allowed_special={"<|en|>"})
+    assert v1_tokenizer.encode(text)[0] == 151644 and 151859 in v1_tokenizer.encode(text)
+    only_en = v1_tokenizer.encode(text, allowed_special={"<|en|>"})
     assert 151859 in only_en and 151644 not in only_en and 151645 not in only_en
-    plain = v1.encode(text, allowed_special=set())
-    assert max(plain) < 151643 and v1.decode(plain) == text
+    plain = v1_tokenizer.encode(text, allowed_special=set())
+    assert max(plain) < 151643 and v1_tokenizer.decode(plain) == text
     with pytest.raises(TokenizerError, match="not special tokens"):
-        v1.encode(text, allowed_special={"<|nope|>"})
+        v1_tokenizer.encode(text, allowed_special={"<|nope|>"})
     with pytest.raises(TokenizerError, match="takes a str"):
-        v1.encode(b"bytes")  # type: ignore[arg-type]
+        v1_tokenizer.encode(b"bytes")  # type: ignore[arg-type]
 
 
-def test_decode_padded_vocab_rows(v1: Tokenizer, v2: Tokenizer) -> None:
+def test_decode_padded_vocab_rows(v1_tokenizer: Tokenizer, v2_tokenizer: Tokenizer) -> None:
     ids = [64, 155677, 151859, 155946, 65]
-    assert v1.decode(ids) == "a" + OUT_OF_VOCAB_FORMAT.format(155677) + "<|en|><|vocab_pad:155946|>b"
-    assert v1.decode(ids, skip_special=True) == "ab"
-    assert v2.decode([64, 151646, 151649, 65]) == "a<|AUDIO|><|vocab_pad:151649|>b"
-    assert v2.decode([64, 151646, 151649, 65], skip_special=True) == "ab"
+    expected = "a" + OUT_OF_VOCAB_FORMAT.format(155677) + "<|en|><|vocab_pad:155946|>b"
+    assert v1_tokenizer.decode(ids) == expected
+    assert v1_tokenizer.decode(ids, skip_special=True) == "ab"
+    assert v2_tokenizer.decode([64, 151646, 151649, 65]) == "a<|AUDIO|><|vocab_pad:151649|>b"
+    assert v2_tokenizer.decode([64, 151646, 151649, 65], skip_special=True) == "ab"
     with pytest.raises(TokenizerError, match="negative token id -1"):
-        v1.decode([1, -1])
+        v1_tokenizer.decode([1, -1])
 
 
-def test_decode_split_utf8_replaced(v1: Tokenizer) -> None:
-    ids = v1.encode("\U00013000")  # a hieroglyph: several byte tokens
-    assert len(ids) > 1 and v1.decode(ids[:1]) == "\ufffd"
+def test_decode_split_utf8_replaced(v1_tokenizer: Tokenizer) -> None:
+    ids = v1_tokenizer.encode("\U00013000")  # a hieroglyph: several byte tokens
+    assert len(ids) > 1 and v1_tokenizer.decode(ids[:1]) == "\ufffd"
 
 
 def test_load_tokenizer_picks_by_content(qwen_tiktoken: Path, tmp_path: Path) -> None:
