@@ -35,8 +35,9 @@ def v1_task_spec(example: Example) -> P.TaskSpec | None:
         return P.TaskSpec.aac(P.Instruction.CAPTION_PLAIN)
     if t.name == "acoustic_scene" and not t.choices:
         return P.TaskSpec.scene()
-    return P.TaskSpec(P.Task.QUESTION, t.audio_language or P.UNKNOWN_LANGUAGE,
-                      question=t.instruction)
+    # a language-ID question must not name its answer in the audio-language tag
+    language = None if t.name == "language_id" else t.audio_language
+    return P.TaskSpec(P.Task.QUESTION, language or P.UNKNOWN_LANGUAGE, question=t.instruction)
 
 
 def _messages(example: Example, audio_root: Path) -> list[P.Message]:

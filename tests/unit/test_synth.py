@@ -103,6 +103,14 @@ def test_srwt_v1_target_parses_back_to_the_words(tiny):
     assert len(parsed.silences) == sum(w.word is None for w in ex.words)
 
 
+def test_v1_language_id_prompt_does_not_name_the_answer(tiny):
+    (ex,) = [e for e in read_manifest(tiny / "test.jsonl") if e.task.name == "language_id"]
+    assert ex.task.audio_language  # the generator knows it: the prompt must not say it
+    spec = v1_task_spec(ex)
+    assert spec.audio_language == "unknown"
+    assert spec.render().startswith("<|startofanalysis|><|unknown|><|question|>")
+
+
 def test_every_item_renders_in_both_prompt_families(tiny):
     for split in SPLITS:
         for ex in read_manifest(tiny / f"{split}.jsonl"):
