@@ -37,12 +37,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lalm.assets import DEFAULT_MODEL, asset_path, default_model_dir
 from lalm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lalm.config import DecoderConfig
+    from lalm.training import TrainConfig
 
 #: The training recipe (a stage config; see its header).
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "train" / "default_model.yaml"
@@ -156,22 +160,38 @@ def build_default_model(spec: DefaultModelSpec | None = None, target: Path | Non
         return _build(spec, Path(target) if target is not None else default_model_dir(), log)
 
 
-def _build(spec: DefaultModelSpec, target: Path, log: Log) -> Path:
+@dataclass(frozen=True)
+class Prepared:
+    """What steps 1-2 of the recipe leave in a work folder (`prepare`).
+
+    Attributes:
+        data: the lalm-synth folder (train/valid/test manifests and audio).
+        tokenizer: the tokenizer folder.
+        tokenizer_size: its number of tokens.
+        init: the initial checkpoint (Whisper tiny.en + the fresh decoder of `spec.init_seed`).
+        decoder: the decoder's config (vocab_size: the tokenizer size rounded up to 64).
+        times: seconds spent: ``data_s`` (lalm-synth) and ``setup_s`` (tokenizer + weights).
+    """
+
+    data: Path
+    tokenizer: Path
+    tokenizer_size: int
+    init: Path
+    decoder: DecoderConfig
+    times: dict[str, float]
+
+
+def prepare(spec: DefaultModelSpec, work: Path, log: Log = _stderr) -> Prepared:
+    """Steps 1-2 of the recipe in `work`: lalm-synth (resumes), the BPE tokenizer, the initial
+    weights (``work/init``; made again every call). The tokenizer depends on the data only, so
+    every `spec.init_seed` shares it."""
     from lalm.checkpoint.whisper import build_from_whisper
     from lalm.config import DecoderConfig
     from lalm.data.manifest import read_manifest
-    from lalm.eval.evaluate import evaluate
-    from lalm.eval.synth_bench import SYNTH_TASK
-    from lalm.generation import Pipeline
     from lalm.synth import generate
-    from lalm.training import TrainConfig, train
     from lalm.training.bpe import corpus, train_tokenizer
 
-    work = target.with_name(target.name + ".work")
-    data, run_dir = work / "lalm-synth", work / "run"
-    times: dict[str, float] = {}
-    t_all = time.perf_counter()
-
+    data, times = work / "lalm-synth", {}
     log(f"[1/5] lalm-synth ({spec.synth_size}, seed {spec.synth_seed}) -> {data}")
     t = time.perf_counter()
     report = generate(data, spec.synth_size, spec.synth_seed,
@@ -190,14 +210,45 @@ def _build(spec: DefaultModelSpec, target: Path, log: Log) -> Path:
     times["setup_s"] = time.perf_counter() - t
     log(f"      {len(tokenizer)} tokens; model = Whisper tiny.en encoder + Qwen2 decoder "
         f"{decoder.n_layer} x {decoder.dim} (fresh weights) in {times['setup_s']:.0f} s")
+    return Prepared(data, work / "tokenizer", len(tokenizer), work / "init", decoder, times)
 
-    log(f"[3/5] training by {spec.recipe.name}")
-    shutil.rmtree(run_dir, ignore_errors=True)
-    config = TrainConfig.from_file(spec.recipe, [
-        f"model.checkpoint={work / 'init'}", f"data.tokenizer={work / 'tokenizer'}",
+
+def recipe_config(spec: DefaultModelSpec, prepared: Prepared, run_dir: Path,
+                  manifests: Path | None = None) -> TrainConfig:
+    """Step 3's `lalm.training.TrainConfig`: `spec.recipe` on the prepared files.
+
+    Args:
+        spec: its recipe and overrides (applied last).
+        prepared: the tokenizer and initial weights (`prepare`).
+        run_dir: the run's folder.
+        manifests: a folder with ``train.jsonl`` and ``valid.jsonl`` to train on instead of
+            the prepared lalm-synth split (e.g. an ablation arm's rendering of it).
+    """
+    from lalm.training import TrainConfig
+
+    data = manifests if manifests is not None else prepared.data
+    return TrainConfig.from_file(spec.recipe, [
+        f"model.checkpoint={prepared.init}", f"data.tokenizer={prepared.tokenizer}",
         f"data.train.0.manifest={data / 'train.jsonl'}",
         f"data.valid.manifest={data / 'valid.jsonl'}", f"run.out_dir={run_dir}",
         *spec.overrides])
+
+
+def _build(spec: DefaultModelSpec, target: Path, log: Log) -> Path:
+    from lalm.eval.evaluate import evaluate
+    from lalm.eval.synth_bench import SYNTH_TASK
+    from lalm.generation import Pipeline
+    from lalm.training import train
+
+    work = target.with_name(target.name + ".work")
+    run_dir = work / "run"
+    t_all = time.perf_counter()
+    prepared = prepare(spec, work, log)
+    data, times = prepared.data, dict(prepared.times)
+
+    log(f"[3/5] training by {spec.recipe.name}")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    config = recipe_config(spec, prepared, run_dir)
     t = time.perf_counter()
     result = train(config)
     times["train_s"] = time.perf_counter() - t
@@ -228,7 +279,7 @@ def _build(spec: DefaultModelSpec, target: Path, log: Log) -> Path:
         "parameters": {"encoder": _parameters(model.encoder),
                        "projector": _parameters(model.projector),
                        "decoder": _parameters(model.decoder), "total": _parameters(model)},
-        "tokenizer_size": len(tokenizer),
+        "tokenizer_size": prepared.tokenizer_size,
         "training": {"steps": result.step, "tokens_per_s": result.tokens_per_s,
                      "examples_per_s": result.examples_per_s, "last_loss": result.losses[-1],
                      "validation": result.validation},

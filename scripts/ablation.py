@@ -1,20 +1,28 @@
 """The Qwen-Audio paper's tag ablation, small: does multitask training with hierarchical tags
 beat multitask training with plain prompts, and single-task training, on the same budget?
 
-    python scripts/ablation.py --synth data/lalm-synth --out runs/ablation \
-        --preset tiny-random-v1 --tokenizer QWEN_TIKTOKEN --steps 1500
+    python scripts/ablation.py --out runs/ablation --size medium --steps 2400 --seeds 0,1
 
-Arms (every arm: the same preset, initial seed, optimizer, batch budget and number of steps):
+Every arm is lalm's default model (`lalm.demo`: the real Whisper tiny.en encoder, frozen, and
+a fresh 4 x 192 Qwen2 decoder, Qwen2-Audio layout, the BPE tokenizer, whose specials include
+Qwen-Audio's tags) trained by the default recipe (``configs/train/default_model.yaml``) from the
+same initial weights, with the same optimizer, batch budget and number of steps; only the data
+differs:
 
-* ``tags``: the lalm-synth train split, each item as its Qwen-Audio hierarchical-tag task prompt
-  (`lalm.synth.render.v1_task_spec`: ``<|startoftranscript|><|en|><|transcribe|>...``);
-* ``plain``: the same items with no tags: each becomes a one-turn chat (the item's natural-language
-  instruction in the Qwen-Audio-Chat ChatML format), so the model must tell the task from words;
+* ``plain``: the lalm-synth train split as the recipe renders it: one chat turn holding the clips
+  and the item's natural-language instruction ("What is the pitch of this note?");
+* ``tags``: the same items, the same chat turn, but the instruction replaced by the item's
+  Qwen-Audio hierarchical-tag prompt (`lalm.synth.render.v1_task_spec`, e.g.
+  ``<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>``; question tasks
+  keep their question between ``<|question|>`` and ``<|answer|>``). Chat items are the same in
+  both arms;
 * ``single-<task>``: one model per task in ``--single-tasks``, trained on that task's items only
-  (same number of steps, hence more passes over its data).
+  (tag prompts; the same number of steps, hence more passes over fewer items).
 
-Each model is evaluated with `lalm.eval.evaluate` on the test split rendered as it was trained
-(lalm-synth procedure, official mode); the table goes to ``<out>/ablation.md`` and ``.json``.
+Each model is scored on the test split rendered as it was trained (`lalm.eval.synth_bench`,
+official mode; chart score 0-100, higher is better). Arms run ``--jobs`` at a time, one torch
+thread each; a finished arm (its ``eval/summary.json``) is not run again. The table goes to
+``<out>/ablation.md`` and the scores to ``<out>/ablation.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +30,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +46,10 @@ from lalm.data.manifest import (
     read_manifest,
     write_manifest,
 )
-from lalm.eval.evaluate import evaluate
-from lalm.generation import Pipeline
-from lalm.tokenizer import load_tokenizer
-from lalm.training import TrainConfig, train
+from lalm.demo import DefaultModelSpec, Prepared, prepare, recipe_config, torch_threads
+from lalm.synth.render import v1_task_spec
+
+SPLITS = ("train", "valid", "test")
 
 
 def absolute(example: Example, root: Path) -> Example:
@@ -46,88 +59,152 @@ def absolute(example: Example, root: Path) -> Example:
     return dataclasses.replace(example, audios=audios)
 
 
-def plain(example: Example) -> Example:
-    """The example as a one-turn chat: its instruction with its audio, then the target (items
-    that already are chats keep their turns). No task tag is rendered for a chat."""
-    if example.messages:
+def tagged(example: Example) -> Example:
+    """The example as a one-turn chat whose text is its v1 tag prompt (chat and text-only items,
+    which have none, are returned as they are)."""
+    spec = v1_task_spec(example)
+    if spec is None:
         return example
-    turns = (Message("user", example.task.instruction, tuple(range(len(example.audios)))),
+    turns = (Message("user", spec.render(), tuple(range(len(example.audios)))),
              Message("assistant", example.target))
     return dataclasses.replace(example, messages=turns)
 
 
-def write_arm(folder: Path, train: list[Example], test: list[Example]) -> tuple[Path, Path]:
-    """Write an arm's train/test manifests."""
+def write_arm(folder: Path, splits: dict[str, list[Example]]) -> Path:
+    """Write an arm's manifests (``<split>.jsonl``) into `folder`; returns `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_manifest(folder / "train.jsonl", train)
-    write_manifest(folder / "test.jsonl", test)
-    return folder / "train.jsonl", folder / "test.jsonl"
+    for split, examples in splits.items():
+        write_manifest(folder / f"{split}.jsonl", examples)
+    return folder
 
 
-def stage(name: str, manifest: Path, args: argparse.Namespace) -> TrainConfig:
-    """The arm's training stage: all parts train from the preset's random initialisation."""
-    return TrainConfig.from_dict({
-        "stage": f"ablation-{name}",
-        "model": {"preset": args.preset, "init_seed": args.seed,
-                  "overrides": {"decoder": {"vocab_size": len(load_tokenizer(args.tokenizer))}}},
-        "data": {"tokenizer": args.tokenizer, "train": [{"manifest": str(manifest)}],
-                 "max_tokens": args.max_tokens, "max_frames": args.max_frames},
-        "parts": {"encoder": "full", "projector": "full", "decoder": "full"},
-        "optim": {"lr": args.lr, "warmup_steps": min(100, args.steps // 10)},
-        "run": {"out_dir": str(args.out / name / "train"), "max_steps": args.steps,
-                "seed": args.seed, "save_every": 0, "metric_items": 0, "export": True},
-    }, source=f"ablation arm {name}")
+def arm_manifests(data: Path, out: Path, single_tasks: list[str]) -> dict[str, Path]:
+    """Every arm's manifest folder under `out`, written from the lalm-synth folder `data`."""
+    items = {s: [absolute(e, data) for e in read_manifest(data / f"{s}.jsonl")] for s in SPLITS}
+    tags = {s: [tagged(e) for e in es] for s, es in items.items()}
+    arms = {"plain": write_arm(out / "plain", items), "tags": write_arm(out / "tags", tags)}
+    for task in single_tasks:
+        only = {s: [e for e in es if e.task.name == task] for s, es in tags.items()}
+        if not only["train"] or not only["test"]:
+            raise SystemExit(f"lalm-synth in {data} has no train/test items of task {task!r}")
+        arms[f"single-{task}"] = write_arm(out / f"single-{task}", only)
+    return arms
 
 
-def run_arm(name: str, train_manifest: Path, test_manifest: Path,
-            args: argparse.Namespace) -> dict[str, Any]:
-    """Train one arm (resuming) and evaluate it; returns its per-task scores."""
-    result = train(stage(name, train_manifest, args), resume=True)
-    pipe = Pipeline.from_pretrained(result.export_dir)
-    summary = evaluate(pipe, "lalm-synth", test_manifest, args.out / name / "eval",
-                       batch_size=args.batch_size, model=name)
+def run_arm(spec: DefaultModelSpec, prepared: Prepared, manifests: Path,
+            run_dir: Path) -> dict[str, Any]:
+    """Train one arm by the recipe on `manifests` and evaluate it on their test split; returns
+    the per-task scores (`lalm.eval.synth_bench`)."""
+    from lalm.eval.evaluate import evaluate
+    from lalm.eval.synth_bench import SYNTH_TASK
+    from lalm.generation import Pipeline
+    from lalm.training import train
+
+    summary_path = run_dir / "eval" / "summary.json"
+    if summary_path.is_file():
+        return json.loads(summary_path.read_text(encoding="utf-8"))["scores"]["tasks"]
+    with torch_threads(spec.threads):
+        t = time.perf_counter()
+        result = train(recipe_config(spec, prepared, run_dir / "train", manifests))
+        train_s = time.perf_counter() - t
+        pipe = Pipeline.from_pretrained(result.export_dir)
+        evaluate(pipe, SYNTH_TASK, manifests / "test.jsonl", run_dir / "eval", progress=False,
+                 batch_size=spec.eval_batch_size, model=run_dir.name,
+                 max_new_tokens=spec.max_new_tokens)
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    summary["training"] = {"steps": result.step, "train_s": train_s,
+                           "last_loss": result.losses[-1], "validation": result.validation}
+    atomic_write(summary_path, (json.dumps(summary, indent=1) + "\n").encode("utf-8"))
     return summary["scores"]["tasks"]
+
+
+def _cell(values: list[float]) -> str:
+    """Mean, and the range over seeds when there are several."""
+    if not values:
+        return ""
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
+def table(scores: dict[str, dict[int, dict[str, Any]]]) -> str:
+    """The Markdown table: per task, each arm's chart score (mean over seeds, with the range);
+    ``tags - plain`` per seed pair; means over all tasks and over the single-task ones."""
+    tasks = list(next(iter(scores["tags"].values())))
+    singles = [a for a in scores if a.startswith("single-")]
+    seeds = sorted(scores["tags"])
+
+    def values(arm: str, task: str) -> list[float]:
+        return [scores[arm][s][task]["score"] for s in seeds
+                if s in scores[arm] and task in scores[arm][s]]
+
+    def diff(task: str) -> list[float]:
+        return [t - p for t, p in zip(values("tags", task), values("plain", task))]
+
+    lines = ["| task | metric | tags | plain | tags - plain | single-task |",
+             "|---|---|---:|---:|---:|---:|"]
+    for task in tasks:
+        single = values(f"single-{task}", task) if f"single-{task}" in singles else []
+        lines.append(f"| {task} | {scores['tags'][seeds[0]][task]['metric']} | "
+                     f"{_cell(values('tags', task))} | {_cell(values('plain', task))} | "
+                     f"{_cell(diff(task))} | {_cell(single)} |")
+
+    def mean_over(arm: str, names: list[str]) -> list[float]:
+        return [statistics.fmean(scores[arm][s][t]["score"] for t in names)
+                for s in seeds if s in scores[arm]]
+
+    mean_tags, mean_plain = mean_over("tags", tasks), mean_over("plain", tasks)
+    lines.append(f"| **mean, {len(tasks)} tasks** | | {_cell(mean_tags)} | {_cell(mean_plain)} "
+                 f"| {_cell([t - p for t, p in zip(mean_tags, mean_plain)])} | |")
+    if singles:
+        names = [a.removeprefix("single-") for a in singles]
+        per_seed = [statistics.fmean(scores[a][s][a.removeprefix('single-')]["score"]
+                                     for a in singles) for s in seeds]
+        lines.append(f"| **mean, {', '.join(names)}** | | "
+                     f"{_cell(mean_over('tags', names))} | {_cell(mean_over('plain', names))} "
+                     f"| | {_cell(per_seed)} |")
+    wins = sum(statistics.fmean(diff(t)) > 0 for t in tasks)
+    ties = sum(statistics.fmean(diff(t)) == 0 for t in tasks)
+    lines.append("")
+    lines.append(f"tags ahead of plain on {wins} of {len(tasks)} tasks, level on {ties} "
+                 f"(mean over seeds {', '.join(map(str, seeds))}).")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--synth", type=Path, required=True, help="lalm-synth folder")
     p.add_argument("--out", type=Path, default=Path("runs/ablation"), help="output folder")
-    p.add_argument("--preset", default="tiny-random-v1", help="model preset (a Qwen-Audio v1 one)")
-    p.add_argument("--tokenizer", required=True, help="Qwen-Audio tokenizer (qwen.tiktoken)")
-    p.add_argument("--steps", type=int, default=1500, help="optimizer steps per arm")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    p.add_argument("--max-tokens", type=int, default=4096, help="batch budget in tokens")
-    p.add_argument("--max-frames", type=int, default=12000, help="batch budget in mel frames")
-    p.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed")
-    p.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
+    p.add_argument("--size", default="medium", help="lalm-synth size (lalm.synth.SIZES)")
+    p.add_argument("--steps", type=int, default=2400, help="optimizer steps per arm")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (initial weights and "
+                                                "data order; the data stay the same)")
     p.add_argument("--single-tasks", default="asr,sound_event,music_pitch",
                    help="comma-separated tasks that also get a single-task model")
+    p.add_argument("--jobs", type=int, default=2, help="arms trained at once (1 thread each)")
     args = p.parse_args(argv)
 
-    train_items = [absolute(e, args.synth) for e in read_manifest(args.synth / "train.jsonl")]
-    test_items = [absolute(e, args.synth) for e in read_manifest(args.synth / "test.jsonl")]
-    arms = {"tags": write_arm(args.out / "tags", train_items, test_items),
-            "plain": write_arm(args.out / "plain", [plain(e) for e in train_items],
-                               [plain(e) for e in test_items])}
-    for task in args.single_tasks.split(","):
-        arms[f"single-{task}"] = write_arm(
-            args.out / f"single-{task}", [e for e in train_items if e.task.name == task],
-            [e for e in test_items if e.task.name == task])
-    scores = {name: run_arm(name, *paths, args) for name, paths in arms.items()}
+    single_tasks = [t for t in args.single_tasks.split(",") if t]
+    scores: dict[str, dict[int, dict[str, Any]]] = {}
+    for seed in map(int, args.seeds.split(",")):
+        spec = DefaultModelSpec(synth_size=args.size, init_seed=seed, overrides=(
+            f"run.max_steps={args.steps}", f"run.seed={seed}", "run.progress=false"))
+        prepared = prepare(spec, args.out, log=lambda m: print(m, file=sys.stderr, flush=True))
+        arms = arm_manifests(prepared.data, args.out / "arms", single_tasks)
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            futures = {name: pool.submit(run_arm, spec, prepared, folder,
+                                         args.out / f"seed-{seed}" / name)
+                       for name, folder in arms.items()}
+            for name, future in futures.items():
+                scores.setdefault(name, {})[seed] = future.result()
+                print(f"seed {seed}: {name} done", file=sys.stderr, flush=True)
 
-    tasks = list(scores["tags"])
-    header = "| task | metric | " + " | ".join(scores) + " |"
-    lines = [header, "|---|---|" + "---:|" * len(scores)]
-    for task in tasks:
-        cells = [f"{s[task]['score']:.1f}" if task in s else "" for s in scores.values()]
-        lines.append(f"| {task} | {scores['tags'][task]['metric']} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines) + "\n"
-    atomic_write(args.out / "ablation.md", table.encode("utf-8"))
-    atomic_write(args.out / "ablation.json",
-                 (json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                              "scores": scores}, indent=1) + "\n").encode("utf-8"))
-    print(table, end="")
+    text = table(scores)
+    atomic_write(args.out / "ablation.md", text.encode("utf-8"))
+    atomic_write(args.out / "ablation.json", (json.dumps(
+        {"args": {k: str(v) for k, v in vars(args).items()}, "scores": scores},
+        indent=1) + "\n").encode("utf-8"))
+    print(text, end="")
     return 0
 
 
