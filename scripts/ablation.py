@@ -17,7 +17,7 @@ differs:
   keep their question between ``<|question|>`` and ``<|answer|>``). Chat items are the same in
   both arms;
 * ``single-<task>``: one model per task in ``--single-tasks``, trained on that task's items only
-  (tag prompts; the same number of steps, hence more passes over fewer items).
+  (tag prompts; the same number of steps, hence more passes over fewer items); first seed only.
 
 Each model is scored on the test split rendered as it was trained (`lalm.eval.synth_bench`,
 official mode; chart score 0-100, higher is better). Arms run ``--jobs`` at a time, one torch
@@ -160,7 +160,7 @@ def table(scores: dict[str, dict[int, dict[str, Any]]]) -> str:
     if singles:
         names = [a.removeprefix("single-") for a in singles]
         per_seed = [statistics.fmean(scores[a][s][a.removeprefix('single-')]["score"]
-                                     for a in singles) for s in seeds]
+                                     for a in singles) for s in seeds if s in scores[singles[0]]]
         lines.append(f"| **mean, {', '.join(names)}** | | "
                      f"{_cell(mean_over('tags', names))} | {_cell(mean_over('plain', names))} "
                      f"| | {_cell(per_seed)} |")
@@ -180,17 +180,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0", help="comma-separated seeds (initial weights and "
                                                 "data order; the data stay the same)")
     p.add_argument("--single-tasks", default="asr,sound_event,music_pitch",
-                   help="comma-separated tasks that also get a single-task model")
+                   help="comma-separated tasks that also get a single-task model (first seed "
+                        "only: each costs as much as a multitask arm)")
     p.add_argument("--jobs", type=int, default=2, help="arms trained at once (1 thread each)")
     args = p.parse_args(argv)
 
     single_tasks = [t for t in args.single_tasks.split(",") if t]
+    seeds = [int(s) for s in args.seeds.split(",")]
     scores: dict[str, dict[int, dict[str, Any]]] = {}
-    for seed in map(int, args.seeds.split(",")):
+    for seed in seeds:
         spec = DefaultModelSpec(synth_size=args.size, init_seed=seed, overrides=(
             f"run.max_steps={args.steps}", f"run.seed={seed}", "run.progress=false"))
         prepared = prepare(spec, args.out, log=lambda m: print(m, file=sys.stderr, flush=True))
-        arms = arm_manifests(prepared.data, args.out / "arms", single_tasks)
+        arms = arm_manifests(prepared.data, args.out / "arms",
+                             single_tasks if seed == seeds[0] else [])
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
             futures = {name: pool.submit(run_arm, spec, prepared, folder,
                                          args.out / f"seed-{seed}" / name)

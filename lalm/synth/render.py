@@ -83,4 +83,4 @@ def render_target(example: Example, family: P.Family) -> str:
     silences = [(w.start, w.end) for w in example.words if w.word is None]
     text = P.format_timed_words(words, silences)
     primed = P.timestamp_tag(spec.first_timestamp or 0.0)
-    return text[len(primed):] if text.startswith(primed) else text
+    return text.removeprefix(primed)
