@@ -21,8 +21,8 @@ differs:
 
 Each model is scored on the test split rendered as it was trained (`lalm.eval.synth_bench`,
 official mode; chart score 0-100, higher is better). Arms run ``--jobs`` at a time, one torch
-thread each; a finished arm (its ``eval/summary.json``) is not run again. The table goes to
-``<out>/ablation.md`` and the scores to ``<out>/ablation.json``.
+thread each; a finished arm (its ``eval/summary.json``) is not run again, an unfinished one
+starts over. The table goes to ``<out>/ablation.md`` and the scores to ``<out>/ablation.json``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -103,6 +104,7 @@ def run_arm(spec: DefaultModelSpec, prepared: Prepared, manifests: Path,
     summary_path = run_dir / "eval" / "summary.json"
     if summary_path.is_file():
         return json.loads(summary_path.read_text(encoding="utf-8"))["scores"]["tasks"]
+    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted arm starts over
     with torch_threads(spec.threads):
         t = time.perf_counter()
         result = train(recipe_config(spec, prepared, run_dir / "train", manifests))
