@@ -26,7 +26,7 @@ import soxr
 import torch
 from torch import Tensor
 
-from lalm.errors import AudioError
+from lalm.errors import AudioError, AudioTooLongError
 
 SAMPLE_RATE = 16000  # Hz, the rate every model input has
 N_FFT = 400  # samples per STFT window: 25 ms
@@ -73,8 +73,9 @@ def load_audio(
             float in [-1, 1] or integer PCM.
         sr: sample rate of an array source in Hz (default 16000). Files carry their own rate, so
             passing it with a file is an error.
-        max_seconds: refuse (AudioError) sources longer than this; the decoder stops reading as
-            soon as the limit is passed. Nothing is ever truncated silently.
+        max_seconds: refuse (`AudioTooLongError`, an AudioError) sources longer than this; the
+            decoder stops reading as soon as the limit is passed. Nothing is ever truncated
+            silently.
 
     Returns:
         float32 [N] samples at 16 kHz.
@@ -132,8 +133,8 @@ def _check_rate(rate: object, name: str) -> None:
 
 def _check_duration(n_frames: int, rate: int, max_seconds: Seconds | None, name: str) -> None:
     if max_seconds is not None and n_frames > max_seconds * rate:
-        raise AudioError(f"{name}: longer than max_seconds={max_seconds:g} "
-                         f"(at least {n_frames / rate:.1f} s)")
+        raise AudioTooLongError(f"{name}: longer than max_seconds={max_seconds:g} "
+                                f"(at least {n_frames / rate:.1f} s)")
 
 
 def _array_samples(array: np.ndarray | Tensor, name: str) -> np.ndarray:
@@ -214,6 +215,8 @@ def _read_blocks(sound: sf.SoundFile, name: str, max_seconds: Seconds | None) ->
             blocks.append(chunk)
             n += chunk.shape[0]
             _check_duration(n, sound.samplerate, max_seconds, name)
+    except AudioError:  # too long: an AudioError is a ValueError, but not a decoding failure
+        raise
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         raise AudioError(f"{name}: corrupt or truncated audio data ({_reason(e)})") from None
     if 0 < n < sound.frames:

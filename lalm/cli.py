@@ -340,7 +340,11 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests (more: 429)")
     p.add_argument("--request-timeout", type=float, default=120.0, help="seconds (then 504)")
     p.add_argument("--max-body-mb", type=float, default=25.0, help="request body limit, MiB")
-    p.add_argument("--max-audio-seconds", type=float, default=30.0, help="per clip")
+    p.add_argument("--max-audio-seconds", type=float, default=None,
+                   help="longest clip, in seconds, for chat and transcription (default: the "
+                        "pipeline's, 300); past 30 s a chat clip is split into 30-s windows "
+                        "(25 audio tokens per second) and an upload is transcribed window by "
+                        "window")
     p.add_argument("--max-audios", type=int, default=8, help="clips per request")
     p.add_argument("--max-tokens-limit", type=int, default=1024,
                    help="largest max_tokens a request may ask for")
@@ -362,8 +366,11 @@ def _serve(args: argparse.Namespace) -> int:
     from lalm.serve import AudioAccess, Limits
     from lalm.serve.app import ServerConfig, serve
 
+    pipe = load_model(args.model, dtype=args.dtype, device=args.device)
+    if args.max_audio_seconds is not None:  # one limit: the server's and the pipeline's
+        pipe.max_audio_seconds = args.max_audio_seconds
     limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-                    max_audio_seconds=args.max_audio_seconds, max_audios=args.max_audios,
+                    max_audio_seconds=pipe.max_audio_seconds, max_audios=args.max_audios,
                     max_new_tokens=args.max_tokens_limit,
                     default_max_tokens=args.default_max_tokens)
     access = AudioAccess(tuple(args.allow_audio_url),
@@ -371,8 +378,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(args.served_model_name or Path(args.model).resolve().name,
                           args.api_key, limits, access, args.max_batch_size, args.max_queue,
                           args.request_timeout)
-    serve(load_model(args.model, dtype=args.dtype, device=args.device), config, args.host,
-          args.port, args.access_log)
+    serve(pipe, config, args.host, args.port, args.access_log)
     return 0
 
 

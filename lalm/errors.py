@@ -10,6 +10,10 @@ class AudioError(LalmError, ValueError):
     """Audio that cannot be decoded or used: empty, corrupt, non-finite, absurd rate, too long."""
 
 
+class AudioTooLongError(AudioError):
+    """Audio longer than the limit it was loaded under (`lalm.audio.load_audio` ``max_seconds``)."""
+
+
 class TokenizerError(LalmError, ValueError):
     """A tokenizer file that is missing or malformed, or text the tokenizer cannot take."""
 

@@ -21,15 +21,17 @@ purpose, in one of two ways, with pure functions over samples, windows and per-w
   The default limit, 300 s = 7500 audio tokens, fits the 8192-position context of the 7B
   decoders with room for the prompt and the answer.
 
-* **Long-form transcription** (`plan_windows`, `speech_regions`, `stitch_words`,
-  `stitch_texts`): windows of at most 30 s (SRWT timestamps stop at 30.00) either at a fixed
-  stride with overlap, or cut in silences found by a voice-activity detector (energy-based
-  here, or any detector's speech regions), with an overlap only where no silence lets a cut
-  fall between words. Each window is transcribed alone, then the per-window outputs are
-  stitched: word lists with times by choosing, in each overlap, a cut inside the widest pause
-  that neither window puts a word in, each window keeping the words that start on its side;
-  plain texts by aligning the words the two windows share in their overlap. A word cut by a
-  window edge is heard whole by the neighbouring window, and that is the copy kept.
+* **Long-form transcription** (`plan_windows`, `speech_regions`, `stitch_words`, `stitch_texts`;
+  `stitch_words_by_window` / `stitch_texts_by_window` also say what each window contributes and
+  where in the recording, for per-window segments): windows of at most 30 s (SRWT timestamps
+  stop at 30.00) either at a fixed stride with overlap, or cut in silences found by a
+  voice-activity detector (energy-based here, or any detector's speech regions), with an overlap
+  only where no silence lets a cut fall between words. Each window is transcribed alone, then
+  the per-window outputs are stitched: word lists with times by choosing, in each overlap, a cut
+  inside the widest pause that neither window puts a word in, each window keeping the words that
+  start on its side; plain texts by aligning the words the two windows share in their overlap. A
+  word cut by a window edge is heard whole by the neighbouring window, and that is the copy
+  kept.
 
 Sample positions are 16 kHz sample indices; times are seconds.
 """
@@ -381,10 +383,34 @@ def _norm(word: str) -> str:
     return re.sub(r"[^\w']", "", word.casefold())
 
 
-def stitch_words(
+@dataclass(frozen=True)
+class WindowShare:
+    """What one window contributes to a stitched transcript.
+
+    Attributes:
+        window: the window.
+        start: where its share of the recording starts, in seconds: the window's start, or
+            where the overlap with the previous window is cut (`stitch_words_by_window`: in
+            the pause the cut falls in; `stitch_texts_by_window`: the overlap's middle).
+        end: where its share ends, in seconds, cut likewise against the next window.
+        units: the transcript's words (characters when spaceless) taken from this window,
+            in order; the units of all shares in order are the whole transcript.
+        words: those words with their times in the recording (`stitch_words_by_window`);
+            () for shares of plain texts.
+    """
+
+    window: Window
+    start: Seconds
+    end: Seconds
+    units: tuple[str, ...]
+    words: tuple[TimedWord, ...] = ()
+
+
+def stitch_words_by_window(
     windows: Sequence[Window], words: Sequence[Sequence[TimedWord]]
-) -> list[TimedWord]:
-    """Join per-window timed words into one list over the recording, each word once.
+) -> list[WindowShare]:
+    """Join per-window timed words into one list over the recording, each word once, and say
+    which window each word comes from.
 
     Steps, for each pair of neighbouring windows A, B:
     1. Shift both windows' words by their offsets (`Window.start_s`).
@@ -402,7 +428,8 @@ def stitch_words(
             `lalm.prompt.parse_output`).
 
     Returns:
-        The words with times in the recording, in order.
+        One share per window, in order: its kept words with times in the recording, and the
+        stretch of the recording between its cuts.
 
     Raises:
         AudioError: windows and word lists differ in number, or windows do not advance.
@@ -410,7 +437,8 @@ def stitch_words(
     _check_windows(windows, words, "word lists")
     placed = [[TimedWord(w.word, w.start + win.start_s, w.end + win.start_s) for w in ws]
               for win, ws in zip(windows, words)]
-    out: list[TimedWord] = []
+    shares: list[WindowShare] = []
+    last: TimedWord | None = None  # the last word kept so far
     low = -math.inf
     for k, own in enumerate(placed):
         if k + 1 < len(placed):
@@ -420,22 +448,92 @@ def stitch_words(
         else:
             high = math.inf
         kept = [w for w in own if low <= w.start < high]
-        if out and kept and _norm(out[-1].word) == _norm(kept[0].word) \
-                and kept[0].start < out[-1].end:
+        if last is not None and kept and _norm(last.word) == _norm(kept[0].word) \
+                and kept[0].start < last.end:
             kept = kept[1:]
-        out += kept
+        window = windows[k]
+        shares.append(WindowShare(window, max(window.start_s, low), min(window.end_s, high),
+                                  tuple(w.word for w in kept), tuple(kept)))
+        last = kept[-1] if kept else last
         low = high
-    return out
+    return shares
 
 
-def stitch_texts(windows: Sequence[Window], texts: Sequence[str], spaceless: bool = False) -> str:
-    """Join per-window transcripts without timestamps by aligning their overlaps.
+def stitch_words(
+    windows: Sequence[Window], words: Sequence[Sequence[TimedWord]]
+) -> list[TimedWord]:
+    """Join per-window timed words into one list over the recording, each word once (the
+    words of `stitch_words_by_window`'s shares, in order).
+
+    Args:
+        windows: the windows, in order (`plan_windows`).
+        words: per window, its words with times local to the window.
+
+    Returns:
+        The words with times in the recording, in order.
+
+    Raises:
+        AudioError: windows and word lists differ in number, or windows do not advance.
+    """
+    return [w for share in stitch_words_by_window(windows, words) for w in share.words]
+
+
+def stitch_texts_by_window(windows: Sequence[Window], texts: Sequence[str],
+                           spaceless: bool = False) -> list[WindowShare]:
+    """Join per-window transcripts without timestamps by aligning their overlaps, and say which
+    window each word comes from.
 
     For each pair of neighbouring windows, the longest run of words (case and punctuation
     ignored) shared by A's last words and B's first words is taken as the stretch both heard;
     the text switches from A to B in the middle of that run. The search covers 1.5x the
     words the overlap's share of each window would hold (plus 2), so repeated phrases far from
     the boundary cannot be mistaken for it. Without a shared word the texts are concatenated.
+    Without times, overlapping windows' shares of the recording meet at the overlap's middle.
+
+    Args:
+        windows: the windows, in order (`plan_windows`).
+        texts: per window, its transcript.
+        spaceless: units are characters, joined without spaces (Chinese, Japanese).
+
+    Returns:
+        One share per window, in order (its ``words`` empty).
+
+    Raises:
+        AudioError: windows and texts differ in number, or windows do not advance.
+    """
+    _check_windows(windows, texts, "texts")
+    units = [list(t.replace(" ", "")) if spaceless else t.split() for t in texts]
+    merged: list[str] = []
+    owner: list[int] = []  # the window each unit of ``merged`` comes from (non-decreasing)
+    for k, cur in enumerate(units):
+        if k == 0 or not merged:
+            merged, owner = list(cur), [k] * len(cur)
+            continue
+        a, b = windows[k - 1], windows[k]
+        share = max(0, a.end - b.start)
+        reach_a = math.ceil(1.5 * len(units[k - 1]) * share / max(1, a.end - a.start)) + 2
+        reach_b = math.ceil(1.5 * len(cur) * share / max(1, b.end - b.start)) + 2
+        tail_from = max(0, len(merged) - reach_a)
+        tail = [_norm(u) for u in merged[tail_from:]]
+        head = [_norm(u) for u in cur[:reach_b]]
+        match = difflib.SequenceMatcher(None, tail, head, autojunk=False).find_longest_match(
+            0, len(tail), 0, len(head))
+        keep, take = len(merged), 0  # no shared word: concatenate
+        if match.size:
+            half = match.size // 2
+            keep, take = tail_from + match.a + half, match.b + half
+        merged, owner = merged[:keep] + cur[take:], owner[:keep] + [k] * (len(cur) - take)
+    bounds = [[w.start_s, w.end_s] for w in windows]
+    for k, (a, b) in enumerate(itertools.pairwise(windows)):
+        if a.end > b.start:
+            bounds[k][1] = bounds[k + 1][0] = (b.start_s + a.end_s) / 2
+    return [WindowShare(w, start, end, tuple(u for u, o in zip(merged, owner) if o == k))
+            for k, (w, (start, end)) in enumerate(zip(windows, bounds))]
+
+
+def stitch_texts(windows: Sequence[Window], texts: Sequence[str], spaceless: bool = False) -> str:
+    """Join per-window transcripts without timestamps by aligning their overlaps (the units of
+    `stitch_texts_by_window`'s shares, in order).
 
     Args:
         windows: the windows, in order (`plan_windows`).
@@ -448,25 +546,5 @@ def stitch_texts(windows: Sequence[Window], texts: Sequence[str], spaceless: boo
     Raises:
         AudioError: windows and texts differ in number, or windows do not advance.
     """
-    _check_windows(windows, texts, "texts")
-    units = [list(t.replace(" ", "")) if spaceless else t.split() for t in texts]
-    merged: list[str] = []
-    for k, cur in enumerate(units):
-        if k == 0 or not merged:
-            merged = list(cur)
-            continue
-        a, b = windows[k - 1], windows[k]
-        share = max(0, a.end - b.start)
-        reach_a = math.ceil(1.5 * len(units[k - 1]) * share / max(1, a.end - a.start)) + 2
-        reach_b = math.ceil(1.5 * len(cur) * share / max(1, b.end - b.start)) + 2
-        tail_from = max(0, len(merged) - reach_a)
-        tail = [_norm(u) for u in merged[tail_from:]]
-        head = [_norm(u) for u in cur[:reach_b]]
-        match = difflib.SequenceMatcher(None, tail, head, autojunk=False).find_longest_match(
-            0, len(tail), 0, len(head))
-        if match.size == 0:
-            merged += cur
-            continue
-        half = match.size // 2
-        merged = merged[:tail_from + match.a + half] + cur[match.b + half:]
-    return ("" if spaceless else " ").join(merged)
+    shares = stitch_texts_by_window(windows, texts, spaceless)
+    return ("" if spaceless else " ").join(u for share in shares for u in share.units)

@@ -12,7 +12,15 @@ from lalm.generation.generate import (
     left_pad,
 )
 from lalm.generation.options import GenerationOptions, GenerationResult
-from lalm.generation.pipeline import REAL_LENGTH, IncrementalDecoder, Pipeline, Request
+from lalm.generation.pipeline import (
+    REAL_LENGTH,
+    IncrementalDecoder,
+    Pipeline,
+    Request,
+    Transcript,
+    TranscriptionPlan,
+    TranscriptSegment,
+)
 
 __all__ = [
     "REAL_LENGTH",
@@ -24,6 +32,9 @@ __all__ = [
     "PromptBatch",
     "Request",
     "Step",
+    "Transcript",
+    "TranscriptSegment",
+    "TranscriptionPlan",
     "beam_search",
     "generate",
     "generate_steps",

@@ -15,7 +15,10 @@ Audio longer than the encoder's 30-s window is never cut silently (`lalm.longfor
   per second); a clip longer than `Pipeline.max_audio_seconds` is an `AudioError`;
 * `Pipeline.transcribe` with ``long_form`` transcribes a long clip window by window (cut in
   pauses found by voice activity, or fixed windows with overlap), all windows of all clips in
-  one batched run, and stitches the windows' words (v1 SRWT word times) or texts.
+  one batched run, and stitches the windows' words (v1 SRWT word times) or texts. Its two
+  steps around the model run are public, `plan_transcription` (a clip's prompts) and
+  `stitch_transcription` (their results as one transcript with per-window segments), so that
+  another runner (the server's batcher) transcribes long clips the same way.
 """
 
 from __future__ import annotations
@@ -50,12 +53,13 @@ from lalm.longform import (
     MAX_WINDOW_S,
     TOKENS_PER_SECOND,
     Window,
+    WindowShare,
     join_window_rows,
     plan_windows,
     speech_regions,
     split_for_chat,
-    stitch_texts,
-    stitch_words,
+    stitch_texts_by_window,
+    stitch_words_by_window,
 )
 from lalm.model import AudioLanguageModel
 from lalm.prompt import (
@@ -106,6 +110,59 @@ class Request:
     prompt: Prompt
     spec: TaskSpec | None = None
     audio_rows: tuple[Tensor, ...] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class TranscriptionPlan:
+    """The prompts that transcribe one clip (`Pipeline.plan_transcription`).
+
+    Attributes:
+        requests: the prompts, in order: one for a clip sent whole; one per window of a long
+            clip; none for a long recording in which voice activity finds no speech.
+        windows: the windows of the recording that the requests transcribe, in order; None
+            when the clip is one prompt.
+        language: language of the speech (a prompt language tag).
+        duration_s: length of the clip in seconds.
+    """
+
+    requests: tuple[Request, ...]
+    windows: tuple[Window, ...] | None
+    language: str
+    duration_s: Seconds
+
+
+@dataclass(frozen=True)
+class TranscriptSegment:
+    """A stretch of a transcribed recording: the whole clip, or one window's share of it.
+
+    Attributes:
+        start: where it starts in the recording, in seconds.
+        end: where it ends; a window's bounds less any overlap its neighbour keeps
+            (`lalm.longform.WindowShare`), so segments never overlap.
+        text: what is said in it: the transcript's words that come from this prompt.
+        words: those words with their times in the recording (v1 SRWT), else ().
+        result: the prompt's own result (its tokens, log-probability and finish reason).
+    """
+
+    start: Seconds
+    end: Seconds
+    text: str
+    words: tuple[TimedWord, ...]
+    result: GenerationResult
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One clip's transcription (`Pipeline.stitch_transcription`).
+
+    Attributes:
+        result: the clip's result, as `Pipeline.transcribe` returns it.
+        segments: the clip's stretches in order: one for a clip sent whole, one per window of a
+            long clip, none when no window was transcribed.
+    """
+
+    result: GenerationResult
+    segments: tuple[TranscriptSegment, ...]
 
 
 class IncrementalDecoder:
@@ -433,18 +490,14 @@ class Pipeline:
                    overlap_s: Seconds = DEFAULT_OVERLAP_S) -> list[GenerationResult]:
         """Speech recognition for each clip (batched); read `.parsed.text` for the words.
 
-        A clip no longer than the encoder's window is one prompt (`transcribe_request`). A
-        longer one, with ``long_form``, is planned into windows (`lalm.longform.plan_windows`:
-        cut in pauses with "vad", fixed windows overlapping by ``overlap_s`` with "fixed");
-        the windows of all clips run together in batches of ``batch_size``, then each clip's
-        windows are stitched: on v1 every window asks for SRWT (``<|timestamps|>``) and the
-        words are joined by their times (`stitch_words`, each boundary word once); on
-        Qwen2-Audio (and for v1 windows whose output lacks the SRWT times) the window texts
-        are joined by aligning their overlaps (`stitch_texts`).
-        A stitched result has ``text`` = ``parsed.text`` (the joined words), ``parsed.words``
-        in recording seconds (v1), ``tokens`` / ``logprob`` of all its windows in order, and
-        the ``timings`` of its last window's batch. A recording without speech ("vad") gives
-        an empty result.
+        Each clip is planned into prompts (`plan_transcription`): one for a clip no longer than
+        the encoder's window, else, with ``long_form``, one per window (cut in pauses with
+        "vad", fixed windows overlapping by ``overlap_s`` with "fixed"). The prompts of all
+        clips run together in batches of ``batch_size``, then each clip's results are stitched
+        (`stitch_transcription`): on v1 every window asks for SRWT (``<|timestamps|>``) and
+        the words are joined by their times; on Qwen2-Audio (and for v1 windows whose output
+        lacks the SRWT times) the window texts are joined by aligning their overlaps. A
+        recording without speech ("vad") gives an empty result.
 
         Args:
             audios: the clips (paths, bytes, or float arrays at 16 kHz).
@@ -458,32 +511,17 @@ class Pipeline:
             overlap_s: overlap of neighbouring windows that cannot meet in a pause.
 
         Returns:
-            One `GenerationResult` per clip, in order.
+            One `GenerationResult` per clip, in order (`Transcript.result`).
 
         Raises:
             AudioError: a clip that cannot be loaded, or a bad ``long_form`` / ``overlap_s``.
             PromptError: ``timestamps`` on a Qwen2-Audio checkpoint.
         """
-        if long_form not in ("vad", "fixed", None):
-            raise AudioError(f"long_form must be 'vad', 'fixed' or None, got {long_form!r}")
-        v1 = self.family is Family.QWEN_AUDIO
-        window = round(self.window_s * SAMPLE_RATE)
-        requests: list[Request] = []
-        plans: list[list[Window] | None] = []  # per clip: its windows, or None for one prompt
-        for audio in audios:
-            clip = load_audio(audio) if long_form is not None else None
-            if clip is None or clip.shape[0] <= window:
-                plans.append(None)
-                requests.append(self.transcribe_request(audio if clip is None else clip,
-                                                        language, timestamps))
-                continue
-            speech = speech_regions(clip) if long_form == "vad" else None
-            plan = plan_windows(clip, window_s=self.window_s, overlap_s=overlap_s, speech=speech)
-            plans.append(plan)
-            requests += [self.transcribe_request(w.clip(clip), language, timestamps=v1)
-                         for w in plan]
-        # progress counts clips: a clip is finished when its last window is
-        ends = list(itertools.accumulate(1 if p is None else len(p) for p in plans))
+        plans = [self.plan_transcription(audio, language, timestamps=timestamps,
+                                         long_form=long_form, overlap_s=overlap_s)
+                 for audio in audios]
+        # progress counts clips: a clip is finished when its last prompt is
+        ends = list(itertools.accumulate(len(p.requests) for p in plans))
         finished = [0, 0]  # prompts, clips
 
         def advance(n_prompts: int) -> None:
@@ -493,40 +531,112 @@ class Pipeline:
                 progress(clips - finished[1])
             finished[1] = clips
 
+        requests = [r for p in plans for r in p.requests]
         results = iter(self.generate(requests, options, batch_size, advance))
-        out: list[GenerationResult] = []
-        for plan in plans:
-            if plan is None:
-                out.append(next(results))
-            else:
-                out.append(self._stitch(plan, [next(results) for _ in plan], language))
-        if progress is not None and finished[1] < len(plans):  # clips without any window
+        out = [self.stitch_transcription(p, [next(results) for _ in p.requests]).result
+               for p in plans]
+        if progress is not None and finished[1] < len(plans):  # clips without any prompt
             progress(len(plans) - finished[1])
         return out
 
-    def _stitch(self, plan: Sequence[Window], parts: Sequence[GenerationResult],
-                language: str) -> GenerationResult:
-        """One clip's result from its windows' results (see `transcribe`)."""
-        spaceless = language in SPACELESS_LANGUAGES
-        parsed = [r.parsed or ParsedOutput(r.text) for r in parts]
-        words: tuple[TimedWord, ...] = ()
+    def plan_transcription(self, audio: AudioSource, language: str = "en", *,
+                           timestamps: bool = False, long_form: LongForm = "vad",
+                           overlap_s: Seconds = DEFAULT_OVERLAP_S) -> TranscriptionPlan:
+        """The prompts that transcribe one clip: the step before the model run.
+
+        A clip no longer than the encoder's window, or any clip with ``long_form`` None, is
+        one prompt (`transcribe_request`). A longer one is planned into windows
+        (`lalm.longform.plan_windows`: in the pauses `speech_regions` finds with "vad", fixed
+        windows overlapping by ``overlap_s`` with "fixed"), one prompt per window; on v1 each
+        window asks for SRWT word times, which `stitch_transcription` joins by. Run the
+        requests (batched with any others), then pass their results to `stitch_transcription`.
+
+        Args:
+            audio: the clip (a path, bytes, or float samples at 16 kHz).
+            language: language of the speech, a prompt language tag.
+            timestamps: words with start/end seconds (v1 only: SRWT).
+            long_form: "vad", "fixed", or None (see `transcribe`).
+            overlap_s: overlap of neighbouring windows that cannot meet in a pause.
+
+        Returns:
+            The plan: its requests, their windows and the clip's duration.
+
+        Raises:
+            AudioError: a clip that cannot be loaded, or a bad ``long_form`` / ``overlap_s``.
+            PromptError: ``timestamps`` on a Qwen2-Audio checkpoint.
+        """
+        if long_form not in ("vad", "fixed", None):
+            raise AudioError(f"long_form must be 'vad', 'fixed' or None, got {long_form!r}")
+        clip = load_audio(audio)
+        duration = clip.shape[0] / SAMPLE_RATE
+        if long_form is None or clip.shape[0] <= round(self.window_s * SAMPLE_RATE):
+            # the loaded samples, under the source's name (error messages name the file)
+            part = AudioPart(clip, name=as_audio_part(audio).label)
+            return TranscriptionPlan((self.transcribe_request(part, language, timestamps),),
+                                     None, language, duration)
+        speech = speech_regions(clip) if long_form == "vad" else None
+        windows = plan_windows(clip, window_s=self.window_s, overlap_s=overlap_s, speech=speech)
+        v1 = self.family is Family.QWEN_AUDIO
+        requests = tuple(self.transcribe_request(w.clip(clip), language, timestamps=v1)
+                         for w in windows)
+        return TranscriptionPlan(requests, tuple(windows), language, duration)
+
+    def stitch_transcription(self, plan: TranscriptionPlan,
+                             results: Sequence[GenerationResult]) -> Transcript:
+        """One clip's transcript from the results of its plan's requests: the step after the
+        model run (see `plan_transcription`).
+
+        A clip sent whole keeps its result, as one segment over the clip. A windowed clip's
+        results are stitched: on v1, when every window's output has SRWT word times (or is
+        empty), by the words' times (`lalm.longform.stitch_words_by_window`, each boundary
+        word once); else by aligning the texts' overlaps (`stitch_texts_by_window`). The
+        stitched result has ``text`` = ``parsed.text`` (the joined words), ``parsed.words`` in
+        recording seconds (v1), ``tokens`` / ``logprob`` of all its windows in order, and the
+        ``timings`` of its last window; each window gives one segment with its share.
+
+        Args:
+            plan: the clip's plan.
+            results: one finished result per request of the plan, in order.
+
+        Returns:
+            The clip's result and segments.
+
+        Raises:
+            AudioError: results and requests differ in number.
+        """
+        if len(results) != len(plan.requests):
+            raise AudioError(f"{len(plan.requests)} requests but {len(results)} results")
+        if plan.windows is None:
+            (result,) = results
+            parsed = result.parsed or ParsedOutput(result.text)
+            return Transcript(result, (TranscriptSegment(0.0, plan.duration_s, parsed.text,
+                                                         parsed.words, result),))
+        spaceless = plan.language in SPACELESS_LANGUAGES
+        sep = "" if spaceless else " "
+        parsed = [r.parsed or ParsedOutput(r.text) for r in results]
+        shares: list[WindowShare]
         # v1 windows are stitched by word times; a window whose output came without times
         # (malformed SRWT) has only text, and then the texts are aligned instead
         if self.family is Family.QWEN_AUDIO and all(p.words or not p.text for p in parsed):
-            words = tuple(stitch_words(plan, [p.words for p in parsed]))
-            text = ("" if spaceless else " ").join(w.word for w in words)
+            shares = stitch_words_by_window(plan.windows, [p.words for p in parsed])
         else:
-            text = stitch_texts(plan, [p.text for p in parsed], spaceless)
-        reasons = [r.finish_reason for r in parts]
-        return GenerationResult(
-            tokens=[t for r in parts for t in r.tokens],
+            shares = stitch_texts_by_window(plan.windows, [p.text for p in parsed], spaceless)
+        text = sep.join(u for share in shares for u in share.units)
+        words = tuple(w for share in shares for w in share.words)
+        reasons = [r.finish_reason for r in results]
+        result = GenerationResult(
+            tokens=[t for r in results for t in r.tokens],
             finish_reason="length" if "length" in reasons else (reasons or ["stop"])[-1],
-            logprob=sum(r.logprob for r in parts),
+            logprob=sum(r.logprob for r in results),
             text=text,
             parsed=ParsedOutput(text, next((p.language for p in parsed if p.language), None),
                                 words),
-            timings=dict(parts[-1].timings) if parts else {},
+            timings=dict(results[-1].timings) if results else {},
         )
+        segments = tuple(TranscriptSegment(share.start, share.end, sep.join(share.units),
+                                           share.words, r)
+                         for share, r in zip(shares, results))
+        return Transcript(result, segments)
 
     def with_options(self, **changes: object) -> Pipeline:
         """A pipeline sharing model and tokenizer with other default options."""

@@ -5,9 +5,16 @@
     GET  /v1/models, /health, /metrics (Prometheus text), / (the web page)
 
 Thin, as DESIGN.md asks: a handler validates the body (pydantic), decodes audio under the
-limits (`lalm.serve.inputs`), builds the prompt with `Pipeline.chat_request` /
-`transcribe_request`, submits it to the batcher and formats the result. Bad input of any kind
-is a 4xx with OpenAI's error body; the body size is checked before the body is read.
+limits (`lalm.serve.inputs`), builds the prompts with `Pipeline.chat_request` /
+`plan_transcription`, submits them to the batcher and formats the result. Bad input of any
+kind is a 4xx with OpenAI's error body; the body size is checked before the body is read.
+
+Audio longer than the encoder's 30-s window, up to the operator's ``max_audio_seconds``: a chat
+clip is split into windows that fill its one audio span (`Pipeline.encode_audio`); an upload to
+transcribe is planned into windows (`Pipeline.plan_transcription`), each window a job of the
+batcher (so the windows of concurrent uploads share batches), and the window results are
+stitched (`Pipeline.stitch_transcription`): verbose_json / srt / vtt give one segment per
+window with its seconds in the recording.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import hmac
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,9 +38,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from lalm.audio import SAMPLE_RATE
 from lalm.errors import GenerationError, LalmError
-from lalm.generation import GenerationOptions, IncrementalDecoder, Pipeline
+from lalm.generation import GenerationOptions, IncrementalDecoder, Pipeline, Transcript
+from lalm.generation import Request as PromptRequest  # fastapi's Request is the HTTP one
 from lalm.prompt import LANGUAGES
 from lalm.serve import schemas as s
 from lalm.serve.batcher import Batcher, Done, Failed, QueueFullError, Ticket, Token
@@ -249,14 +256,29 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
             raise _job_error(event.error)
         return event
 
-    async def result_of(ticket: Ticket) -> Done:
-        deadline = time.monotonic() + config.request_timeout_s
+    async def result_of(ticket: Ticket, deadline: float | None = None) -> Done:
+        if deadline is None:
+            deadline = time.monotonic() + config.request_timeout_s
         try:
             while not isinstance(event := await next_event(ticket, deadline), Done):
                 pass
         finally:
             ticket.cancel()
         return event
+
+    async def results_of(requests: Sequence[PromptRequest],
+                         options: GenerationOptions) -> list[Done]:
+        """Submit the jobs together (they share batches) and wait for all within one deadline;
+        when one fails, the others are cancelled."""
+        deadline = time.monotonic() + config.request_timeout_s
+        tickets: list[Ticket] = []
+        try:
+            for request in requests:
+                tickets.append(submit(request, options, False))
+            return [await result_of(ticket, deadline) for ticket in tickets]
+        finally:
+            for ticket in tickets:
+                ticket.cancel()
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -319,11 +341,12 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
                           "language", "unsupported_language")
         data = await file.read()
         samples = await run_in_threadpool(decode_audio, data, "file", limits)
+        plan = await run_in_threadpool(pipeline.plan_transcription, samples, language)
         options = replace(pipeline.options, max_new_tokens=limits.default_max_tokens,
                           temperature=temperature, stop_sequences=())
-        done = await result_of(submit(pipeline.transcribe_request(samples, language), options,
-                                      False))
-        return _transcription(done, response_format, language, len(samples) / SAMPLE_RATE,
+        done = await results_of(plan.requests, options)
+        transcript = pipeline.stitch_transcription(plan, [d.result for d in done])
+        return _transcription(transcript, response_format, language, plan.duration_s,
                               temperature)
 
     app.state.metrics = None  # set by `build_asgi`
@@ -382,24 +405,27 @@ async def _sse(ticket: Ticket, first: Token | Done, deadline: float,
     yield "data: [DONE]\n\n"
 
 
-def _transcription(done: Done, response_format: str, language: str, duration: float,
-                   temperature: float) -> Any:
-    result = done.result
+def _transcription(transcript: Transcript, response_format: str, language: str,
+                   duration: float, temperature: float) -> Any:
+    result = transcript.result
     text = (result.parsed.text if result.parsed else result.text).strip()
     if response_format == "json":
         return s.Transcription(text=text)
     if response_format == "text":
         return PlainTextResponse(text)
-    segments = [s.Segment(id=0, start=0.0, end=round(duration, 3), text=text,
-                          tokens=result.tokens, temperature=temperature,
-                          avg_logprob=result.avg_logprob)]
+    segments = [s.Segment(id=i, start=round(seg.start, 3), end=round(seg.end, 3),
+                          text=seg.text.strip(), tokens=seg.result.tokens,
+                          temperature=temperature, avg_logprob=seg.result.avg_logprob)
+                for i, seg in enumerate(transcript.segments)]
     cues = [Cue(seg.start, seg.end, seg.text) for seg in segments]
     if response_format == "srt":
         return PlainTextResponse(format_srt(cues))
     if response_format == "vtt":
         return PlainTextResponse(format_vtt(cues), media_type="text/vtt")
+    words = [s.Word(word=w.word, start=round(w.start, 3), end=round(w.end, 3))
+             for w in (result.parsed.words if result.parsed else ())]
     return s.VerboseTranscription(language=language, duration=round(duration, 3), text=text,
-                                  segments=segments)
+                                  segments=segments, words=words or None)
 
 
 def _prometheus(metrics: Metrics, batcher: Batcher) -> str:

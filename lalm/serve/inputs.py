@@ -3,8 +3,10 @@
 Audio comes inline (``input_audio`` base64, ``data:`` URLs: always allowed) or by reference
 (http(s) URLs and local paths: refused unless the operator allowlists URL prefixes or
 directories; the check happens before anything is fetched or opened). Every clip is decoded
-with `lalm.audio.load_audio` under the duration limit, so an undecodable or too long clip is
-a 400 naming the request field, before the request reaches the model. These functions block
+with `lalm.audio.load_audio` under the operator's per-clip limit (`Limits.max_audio_seconds`,
+300 s by default: a chat clip longer than the encoder's 30-s window is split into windows by
+the pipeline, a long upload is transcribed window by window), so an undecodable or too long
+clip is a 400 naming the request field, before the request reaches the model. These functions block
 (decoding, fetching): the app runs them in a worker thread.
 """
 
@@ -22,8 +24,9 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from lalm.audio import load_audio
-from lalm.errors import LalmError
+from lalm.errors import AudioTooLongError, LalmError
 from lalm.generation import GenerationOptions
+from lalm.longform import DEFAULT_MAX_CHAT_S
 from lalm.prompt import AudioPart, Message, Part, TextPart
 from lalm.serve.schemas import (
     AudioURLContent,
@@ -59,7 +62,9 @@ class Limits:
     """What one request may ask for; every field is a ``lalm serve`` flag."""
 
     max_body_bytes: int = 25 * 1024 * 1024  # request body (JSON or multipart), checked early
-    max_audio_seconds: float = 30.0  # per clip (the encoder's window)
+    # per clip, chat and transcription; None: no limit. Chat clips are bounded by the
+    # pipeline's own max_audio_seconds as well (`lalm serve` sets both from one flag).
+    max_audio_seconds: float | None = DEFAULT_MAX_CHAT_S
     max_audios: int = 8  # clips per request
     max_new_tokens: int = 1024  # largest max_tokens a request may ask for
     default_max_tokens: int = 256  # max_tokens when a request gives none
@@ -186,10 +191,15 @@ def decode_audio(data: bytes, param: str, limits: Limits) -> np.ndarray:
     """16 kHz mono float32 [N] samples of an encoded clip, within the duration limit.
 
     Raises:
-        ApiError: 400 for undecodable, empty or too long audio.
+        ApiError: 400 for undecodable or empty audio (code ``invalid_audio``) and for audio
+            longer than ``limits.max_audio_seconds`` (code ``audio_too_long``, naming the limit).
     """
     try:
         return load_audio(data, max_seconds=limits.max_audio_seconds)
+    except AudioTooLongError:
+        raise invalid(f"{param}: the clip is longer than this server's limit of "
+                      f"max_audio_seconds={limits.max_audio_seconds:g} s per clip", param,
+                      "audio_too_long") from None
     except LalmError as e:
         raise invalid(f"{param}: {e}", param, "invalid_audio") from None
 

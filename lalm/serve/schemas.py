@@ -187,7 +187,9 @@ class Transcription(BaseModel):
 
 
 class Segment(BaseModel):
-    """One verbose_json segment (OpenAI's fields; lalm fills what it measures)."""
+    """One verbose_json segment (OpenAI's fields; lalm fills what it measures): the whole clip,
+    or one window of a clip longer than the encoder's window, with its seconds in the
+    recording and its own prompt's tokens."""
 
     id: int
     seek: int = 0
@@ -201,14 +203,23 @@ class Segment(BaseModel):
     no_speech_prob: float = 0.0
 
 
+class Word(BaseModel):
+    """One timed word of verbose_json, in seconds of the recording."""
+
+    word: str
+    start: float
+    end: float
+
+
 class VerboseTranscription(BaseModel):
-    """``response_format="verbose_json"``."""
+    """``response_format="verbose_json"``; ``words`` where the model gave word times (v1)."""
 
     task: Literal["transcribe"] = "transcribe"
     language: str
     duration: float
     text: str
     segments: list[Segment]
+    words: list[Word] | None = None
 
 
 # ---------------------------------------------------------------------------- models, errors

@@ -30,18 +30,24 @@ from lalm.testing.checkpoints import TOKENIZER_FILES
 from lalm.testing.models import random_model
 
 
-def save_tiny_checkpoint(directory: str | Path, tokenizer_dir: str | Path, seed: int = 0) -> Path:
+def save_tiny_checkpoint(directory: str | Path, tokenizer_dir: str | Path, seed: int = 0,
+                         max_seq_len: int | None = None) -> Path:
     """A "tiny-random" Qwen2-Audio checkpoint (full 156,032-token vocabulary) in ``directory``.
 
     Args:
         directory: target folder (created).
         tokenizer_dir: folder with the Qwen2-Audio tokenizer files.
         seed: weight seed.
+        max_seq_len: decoder positions (default: the preset's 512, room for about 18 s of
+            audio at 25 audio tokens per second).
     """
     from lalm.checkpoint import save_model
 
     directory = Path(directory)
-    config = ModelConfig.from_name("tiny-random", decoder={"vocab_size": 156032})
+    decoder: dict[str, int] = {"vocab_size": 156032}
+    if max_seq_len is not None:
+        decoder["max_seq_len"] = max_seq_len
+    config = ModelConfig.from_name("tiny-random", decoder=decoder)
     save_model(random_model(config, seed=seed), directory)
     for name in TOKENIZER_FILES:
         if (Path(tokenizer_dir) / name).is_file():
@@ -54,6 +60,11 @@ def wav_bytes(seconds: float, freq: float = 440.0, seed: int = 0) -> bytes:
     n = int(seconds * 16000)
     rng = np.random.default_rng(seed)
     samples = 0.3 * np.sin(2 * np.pi * freq * np.arange(n) / 16000) + 0.02 * rng.standard_normal(n)
+    return encode_wav(samples)
+
+
+def encode_wav(samples: np.ndarray) -> bytes:
+    """float [N] samples at 16 kHz as a 16-bit mono WAV file."""
     buffer = io.BytesIO()
     sf.write(buffer, samples.astype(np.float32), 16000, format="WAV", subtype="PCM_16")
     return buffer.getvalue()

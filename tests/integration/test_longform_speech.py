@@ -2,7 +2,7 @@
 
 The recording is built word by word: each word is spoken alone by the Piper "joe" voice (noise
 scales 0, so the same samples every run) and the clips are joined with known pauses
-(`lalm.synth.speech.synthesize_words`), so every word's start and end are exact sample
+(`lalm.testing.speech.speech_recording`), so every word's start and end are exact sample
 positions. Words within a sentence are 40-160 ms apart, sentences 0.4-0.9 s.
 
 The transcriber is an oracle (`lalm.testing.oracle`), not a model: for a window it writes
@@ -23,7 +23,6 @@ import itertools
 import numpy as np
 import pytest
 
-import lalm.synth.speech
 from lalm.audio import SAMPLE_RATE
 from lalm.longform import Window, plan_windows, speech_regions, stitch_texts, stitch_words
 from lalm.prompt import Task, TaskSpec, TimedWord, parse_output
@@ -42,25 +41,9 @@ N_SENTENCES = 48
 @pytest.fixture(scope="module")
 def recording() -> tuple[np.ndarray, list[TimedWord]]:
     """(float32 [N] at 16 kHz, N >= 3 min; every word with its exact times in seconds)."""
-    from lalm.synth.text import english_sentence
-    from lalm.testing.speech import synthesize_speech
+    from lalm.testing.speech import speech_recording
 
-    rng = np.random.default_rng(2024)
-    words: list[str] = []
-    gaps = [0.5]
-    for _ in range(N_SENTENCES):
-        sentence = english_sentence(rng, "test")[1].split()
-        words += sentence
-        gaps += [float(rng.integers(40, 160)) / 1000 for _ in sentence[1:]]
-        gaps.append(float(rng.integers(400, 900)) / 1000)
-    with pytest.MonkeyPatch.context() as mp:  # the same synthesis, through the per-word cache
-        mp.setattr(lalm.synth.speech, "synthesize",
-                   lambda text, voice: synthesize_speech(text, voice.rate))
-        audio, spans = lalm.synth.speech.synthesize_words(
-            words, lalm.synth.speech.Voice("piper", "en"), gaps)
-    truth = [TimedWord(s.word, s.start, s.end) for s in spans if s.word is not None]
-    assert [w.word for w in truth] == words
-    return audio, truth
+    return speech_recording(N_SENTENCES)
 
 
 def srwt_stitch(audio: np.ndarray, truth: list[TimedWord], windows: list[Window],

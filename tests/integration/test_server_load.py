@@ -70,7 +70,8 @@ def server(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("load")
     model = save_tiny_checkpoint(folder / "tiny", shared_fixture("qwen2_audio_tokenizer"))
-    with running_server(model, "--max-batch-size", "32", log=folder / "server.log") as srv:
+    with running_server(model, "--max-batch-size", "32", "--max-audio-seconds", "30",
+                        log=folder / "server.log") as srv:
         yield srv
 
 

