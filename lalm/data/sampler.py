@@ -20,6 +20,9 @@ A smaller `bucket_ratio` means less padding and smaller batches: a batch's paddi
 the clips of one item are padded to its longest clip, which no batching can avoid.
 Padding waste (`padding_waste`) is the share of the padded token and mel-frame cells that
 hold padding. The position inside an epoch is resumable (`state_dict` / `load_state_dict`).
+
+`HeldOutBatches` is the validation side: the same few batches at every validation, spread over
+the held-out set's length-sorted batches rather than its shortest.
 """
 
 from __future__ import annotations
@@ -193,3 +196,38 @@ class BucketBatchSampler(Sampler[list[int]]):
             padded_fr += len(clips) * max(clips, default=0)
         return PaddingWaste(1 - real_tok / padded_tok,
                             1 - real_fr / padded_fr if padded_fr else 0.0, len(batches))
+
+
+class HeldOutBatches(Sampler[list[int]]):
+    """The same `n` batches of a held-out set at every pass (a DataLoader ``batch_sampler``).
+
+    They are picked evenly along the unshuffled sampler's batches, which run from the shortest
+    items to the longest, so a partial validation sees every length (the first `n` batches would
+    be the shortest items only); with `n` or fewer batches, all of them. Unlike
+    `BucketBatchSampler` it keeps no position, so each validation sees the same items and their
+    losses are comparable across steps.
+    """
+
+    def __init__(self, sampler: BucketBatchSampler, n: int) -> None:
+        """Args:
+            sampler: an unshuffled sampler over the held-out set (this rank's shard).
+            n: batches to keep (>= 1).
+
+        Raises:
+            DataError: `sampler` shuffles, or `n` < 1.
+        """
+        if sampler.shuffle:
+            raise DataError("HeldOutBatches needs an unshuffled sampler (shuffle=False)")
+        if n < 1:
+            raise DataError(f"HeldOutBatches needs n >= 1, got {n}")
+        batches = sampler._rank_batches()
+        if n < len(batches):
+            picks = np.linspace(0, len(batches) - 1, n).round().astype(int)
+            batches = [batches[i] for i in picks]
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)

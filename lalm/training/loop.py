@@ -38,13 +38,13 @@ import torch
 from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.utils.checkpoint import checkpoint
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from lalm.checkpoint import load_model
 from lalm.config import resolve_dtype
 from lalm.data.collate import Collator, model_inputs
 from lalm.data.manifest import atomic_write
-from lalm.data.sampler import BucketBatchSampler
+from lalm.data.sampler import BucketBatchSampler, HeldOutBatches
 from lalm.errors import ConfigError
 from lalm.model import AudioLanguageModel
 from lalm.model.lalm import IGNORE_INDEX
@@ -179,7 +179,7 @@ def loss_sum(model: nn.Module, batch: dict[str, Any], objective: str, beta: floa
     return dpo_loss(policy[:p], policy[p:], ref[:p], ref[p:], beta).losses.sum()
 
 
-def _loader(dataset: Any, sampler: BucketBatchSampler, config: TrainConfig,
+def _loader(dataset: Any, sampler: Sampler[list[int]], config: TrainConfig,
             pad_id: int) -> DataLoader:
     collate = PairCollator(pad_id) if config.objective == "dpo" else Collator(pad_id)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
@@ -265,12 +265,11 @@ class RunLog:
 @torch.no_grad()
 def validate(model: nn.Module, loader: DataLoader, config: TrainConfig, dist: DistInfo,
              reference: nn.Module | None, autocast: Callable[[], Any]) -> float:
-    """Held-out loss over the first `run.eval_batches` batches of every rank (global mean)."""
+    """Held-out loss over the loader's batches of every rank (global mean per target token;
+    the loader holds the same `run.eval_batches` batches at every call: `HeldOutBatches`)."""
     model.eval()
     total = torch.zeros(2, dtype=torch.float64)
-    for i, batch in enumerate(loader):
-        if i == config.run.eval_batches:
-            break
+    for batch in loader:
         batch = to_device(batch, dist.device)
         with autocast():
             loss = loss_sum(model, batch, config.objective, config.dpo.beta, reference)
@@ -324,8 +323,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     if config.data.valid is not None:
         valid_set = build_dataset([config.data.valid], config, tokenizer, n_mels, run.seed,
                                   encoder)
-        valid_loader = _loader(valid_set, _sampler(valid_set, config, dist, shuffle=False),
-                               config, tokenizer.eod_id)
+        valid_loader = _loader(valid_set, HeldOutBatches(
+            _sampler(valid_set, config, dist, shuffle=False), run.eval_batches),
+            config, tokenizer.eod_id)
         if config.objective == "lm":
             metric_examples = valid_set.examples[: run.metric_items]
     find_unused = run.find_unused_parameters

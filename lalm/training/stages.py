@@ -178,7 +178,7 @@ class RunConfig:
     grad_checkpointing: bool = False  # recompute encoder/decoder blocks in backward
     log_every: int = 10  # steps between log lines (JSONL, TensorBoard, tqdm)
     eval_every: int = 0  # steps between validations; 0: only at the end
-    eval_batches: int = 20  # validation batches for the held-out loss
+    eval_batches: int = 20  # held-out batches, spread over its lengths, the same every time
     metric_items: int = 16  # held-out items decoded for task metrics (0: none)
     max_new_tokens: int = 64  # decoding budget of the metric items
     save_every: int = 100  # steps between full-state checkpoints (0: only at the end)
@@ -200,9 +200,10 @@ class RunConfig:
             raise ConfigError(f"run.strategy must be ddp or fsdp, got {self.strategy!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"run.device must be auto, cpu or cuda, got {self.device!r}")
-        if min(self.log_every, self.keep_last) < 1 or min(self.eval_every, self.save_every) < 0:
-            raise ConfigError("run: log_every and keep_last must be >= 1, eval_every and "
-                              "save_every >= 0")
+        if min(self.log_every, self.keep_last, self.eval_batches) < 1 \
+                or min(self.eval_every, self.save_every) < 0:
+            raise ConfigError("run: log_every, keep_last and eval_batches must be >= 1, "
+                              "eval_every and save_every >= 0")
 
 
 @dataclass

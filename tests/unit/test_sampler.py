@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lalm.data.sampler import BucketBatchSampler
+from lalm.data.sampler import BucketBatchSampler, HeldOutBatches
 from lalm.errors import DataError
 
 
@@ -121,3 +121,19 @@ def test_bad_arguments():
         BucketBatchSampler(tokens, frames, 3000, 12000, bucket_ratio=1.0)
     with pytest.raises(DataError, match="at least one item"):
         BucketBatchSampler([], [], 3000, 12000)
+
+
+def test_held_out_batches_are_fixed_and_spread_over_lengths():
+    tokens, frames = _sizes(200)
+    sampler = BucketBatchSampler(tokens, frames, max_tokens=3000, max_frames=12000,
+                                 shuffle=False)
+    everything = list(sampler)  # shortest items first, longest last
+    held = HeldOutBatches(sampler, 5)
+    assert len(held) == 5 and list(held) == list(held)  # no position: the same every pass
+    assert list(held)[0] == everything[0] and list(held)[-1] == everything[-1]
+    assert all(b in everything for b in held)
+    assert list(HeldOutBatches(sampler, len(everything) + 3)) == everything
+    with pytest.raises(DataError, match="unshuffled"):
+        HeldOutBatches(BucketBatchSampler(tokens, frames, 3000, 12000), 2)
+    with pytest.raises(DataError, match="n >= 1"):
+        HeldOutBatches(sampler, 0)

@@ -89,3 +89,21 @@ def test_export_merges_lora_and_loads_in_lalm_and_transformers(
     with torch.no_grad():
         torch.testing.assert_close(ref(input_ids=ids).logits.float(), ours(ids).logits,
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_every_validation_scores_the_same_held_out_batches(tones, tokenizer_dir, vocab, tmp_path):
+    # 4 held-out items, one per batch; 2 of them scored after each of 5 steps. With a learning
+    # rate too small to move the weights, every validation must give the same loss: the same
+    # batches each time (before, the loader went on where the last validation stopped and ran
+    # dry, giving 0.0).
+    config = TrainConfig.from_dict(tiny_stage(
+        tmp_path / "run", tones[0], tokenizer_dir, vocab,
+        data={"valid": {"manifest": str(tones[1])}, "max_items": 1},
+        optim={"lr": 1e-12, "warmup_steps": 0},
+        run={"max_steps": 5, "save_every": 0, "eval_every": 1, "eval_batches": 2,
+             "metric_items": 0}))
+    train(config)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    losses = [r["val_loss"] for r in lines if "val_loss" in r]
+    assert len(losses) == 5 and losses[0] > 0
+    assert losses == pytest.approx([losses[0]] * 5, rel=1e-5)
