@@ -17,7 +17,12 @@ differs:
   keep their question between ``<|question|>`` and ``<|answer|>``). Chat items are the same in
   both arms;
 * ``single-<task>``: one model per task in ``--single-tasks``, trained on that task's items only
-  (tag prompts; the same number of steps, hence more passes over fewer items); first seed only.
+  (tag prompts; the same number of steps, hence more passes over fewer items and 1 / (the task's
+  share of the mix) times the updates a multitask arm spends on the task);
+* ``share-<task>``: the same, for the task's share of the steps only (its share of the
+  multitask training items): the updates a multitask arm spends on it.
+
+Single-task arms run on the first seed only.
 
 Each model is scored on the test split rendered as it was trained (`lalm.eval.synth_bench`,
 official mode; chart score 0-100, higher is better). Arms run ``--jobs`` at a time, one torch
@@ -79,16 +84,23 @@ def write_arm(folder: Path, splits: dict[str, list[Example]]) -> Path:
     return folder
 
 
-def arm_manifests(data: Path, out: Path, single_tasks: list[str]) -> dict[str, Path]:
-    """Every arm's manifest folder under `out`, written from the lalm-synth folder `data`."""
+def arm_manifests(data: Path, out: Path, single_tasks: list[str],
+                  steps: int) -> dict[str, tuple[Path, int]]:
+    """Every arm's manifest folder under `out` (written from the lalm-synth folder `data`) and
+    its number of steps: `steps`, or for ``share-<task>`` the task's share of them (its share of
+    the multitask arms' training items)."""
     items = {s: [absolute(e, data) for e in read_manifest(data / f"{s}.jsonl")] for s in SPLITS}
     tags = {s: [tagged(e) for e in es] for s, es in items.items()}
-    arms = {"plain": write_arm(out / "plain", items), "tags": write_arm(out / "tags", tags)}
+    arms = {"plain": (write_arm(out / "plain", items), steps),
+            "tags": (write_arm(out / "tags", tags), steps)}
     for task in single_tasks:
         only = {s: [e for e in es if e.task.name == task] for s, es in tags.items()}
         if not only["train"] or not only["test"]:
             raise SystemExit(f"lalm-synth in {data} has no train/test items of task {task!r}")
-        arms[f"single-{task}"] = write_arm(out / f"single-{task}", only)
+        folder = write_arm(out / f"single-{task}", only)
+        arms[f"single-{task}"] = (folder, steps)
+        arms[f"share-{task}"] = (folder, max(1, round(steps * len(only["train"])
+                                                      / len(items["train"]))))
     return arms
 
 
@@ -144,13 +156,15 @@ def table(scores: dict[str, dict[int, dict[str, Any]]]) -> str:
     def diff(task: str) -> list[float]:
         return [t - p for t, p in zip(values("tags", task), values("plain", task))]
 
-    lines = ["| task | metric | tags | plain | tags - plain | single-task |",
-             "|---|---|---:|---:|---:|---:|"]
+    header = ("| task | metric | tags | plain | tags - plain | single-task, all steps "
+              "| single-task, its share |")
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|"]
     for task in tasks:
         single = values(f"single-{task}", task) if f"single-{task}" in singles else []
+        share = values(f"share-{task}", task) if f"share-{task}" in scores else []
         lines.append(f"| {task} | {scores['tags'][seeds[0]][task]['metric']} | "
                      f"{_cell(values('tags', task))} | {_cell(values('plain', task))} | "
-                     f"{_cell(diff(task))} | {_cell(single)} |")
+                     f"{_cell(diff(task))} | {_cell(single)} | {_cell(share)} |")
 
     def mean_over(arm: str, names: list[str]) -> list[float]:
         return [statistics.fmean(scores[arm][s][t]["score"] for t in names)
@@ -158,14 +172,17 @@ def table(scores: dict[str, dict[int, dict[str, Any]]]) -> str:
 
     mean_tags, mean_plain = mean_over("tags", tasks), mean_over("plain", tasks)
     lines.append(f"| **mean, {len(tasks)} tasks** | | {_cell(mean_tags)} | {_cell(mean_plain)} "
-                 f"| {_cell([t - p for t, p in zip(mean_tags, mean_plain)])} | |")
+                 f"| {_cell([t - p for t, p in zip(mean_tags, mean_plain)])} | | |")
     if singles:
         names = [a.removeprefix("single-") for a in singles]
-        per_seed = [statistics.fmean(scores[a][s][a.removeprefix('single-')]["score"]
-                                     for a in singles) for s in seeds if s in scores[singles[0]]]
+
+        def own_task(prefix: str) -> list[float]:
+            return [statistics.fmean(scores[prefix + t][s][t]["score"] for t in names)
+                    for s in seeds if all(s in scores.get(prefix + t, {}) for t in names)]
+
         lines.append(f"| **mean, {', '.join(names)}** | | "
                      f"{_cell(mean_over('tags', names))} | {_cell(mean_over('plain', names))} "
-                     f"| | {_cell(per_seed)} |")
+                     f"| | {_cell(own_task('single-'))} | {_cell(own_task('share-'))} |")
     wins = sum(statistics.fmean(diff(t)) > 0 for t in tasks)
     ties = sum(statistics.fmean(diff(t)) == 0 for t in tasks)
     lines.append("")
@@ -191,15 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     scores: dict[str, dict[int, dict[str, Any]]] = {}
     for seed in seeds:
-        spec = DefaultModelSpec(synth_size=args.size, init_seed=seed, overrides=(
-            f"run.max_steps={args.steps}", f"run.seed={seed}", "run.progress=false"))
+        spec = DefaultModelSpec(synth_size=args.size, init_seed=seed,
+                                overrides=(f"run.seed={seed}", "run.progress=false"))
         prepared = prepare(spec, args.out, log=lambda m: print(m, file=sys.stderr, flush=True))
         arms = arm_manifests(prepared.data, args.out / "arms",
-                             single_tasks if seed == seeds[0] else [])
+                             single_tasks if seed == seeds[0] else [], args.steps)
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-            futures = {name: pool.submit(run_arm, spec, prepared, folder,
-                                         args.out / f"seed-{seed}" / name)
-                       for name, folder in arms.items()}
+            futures = {name: pool.submit(run_arm, dataclasses.replace(spec, overrides=(
+                           *spec.overrides, f"run.max_steps={steps}")), prepared, folder,
+                           args.out / f"seed-{seed}" / name)
+                       for name, (folder, steps) in arms.items()}
             for name, future in futures.items():
                 scores.setdefault(name, {})[seed] = future.result()
                 print(f"seed {seed}: {name} done", file=sys.stderr, flush=True)
