@@ -160,7 +160,7 @@ def table(scores: dict[str, dict[int, dict[str, Any]]]) -> str:
               "| single-task, its share |")
     lines = [header, "|---|---|---:|---:|---:|---:|---:|"]
     for task in tasks:
-        single = values(f"single-{task}", task) if f"single-{task}" in singles else []
+        single = values(f"single-{task}", task) if f"single-{task}" in scores else []
         share = values(f"share-{task}", task) if f"share-{task}" in scores else []
         lines.append(f"| {task} | {scores['tags'][seeds[0]][task]['metric']} | "
                      f"{_cell(values('tags', task))} | {_cell(values('plain', task))} | "
