@@ -22,7 +22,11 @@ from lalm.audio import (
     mel_filters,
 )
 
-TOLERANCE = 1e-5  # issue 2 asks for <= 1e-4; lalm measures ~1.2e-7
+TOLERANCE = 1e-5  # issue 2 asks for <= 1e-4; lalm measures ~1.2e-7 against transformers
+# The v1 goldens are fp32 features computed on another machine. fp32 FFT round-off differs
+# between CPUs' kernels: on one AVX-512 machine lalm was 2.3e-5 from them while a float64
+# computation was 1.9e-5 from them and 1.5e-5 from lalm, so the goldens get the issue's bound.
+GOLDEN_TOLERANCE = 1e-4
 
 
 def speechlike(seconds: float, seed: int) -> np.ndarray:
@@ -84,9 +88,10 @@ def test_matches_qwen_audio_v1_goldens(v1_fixture, name):
     mel_len = cut.shape[0] // HOP_LENGTH
     ours = log_mel_spectrogram(cut, 80, lookahead=2).numpy()
     shared = min(mel_len + 2, reference.shape[1])
-    np.testing.assert_allclose(ours[:, :shared], reference[:, :shared], atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(ours[:, :shared], reference[:, :shared], atol=GOLDEN_TOLERANCE,
+                               rtol=0)
     np.testing.assert_allclose(log_mel_padded(waveform, 80).numpy(), reference,
-                               atol=TOLERANCE, rtol=0)
+                               atol=GOLDEN_TOLERANCE, rtol=0)
 
 
 @pytest.mark.parametrize("n_mels", [80, 128])
