@@ -189,12 +189,14 @@ def test_mel_features(clip: str, waves, goldens, summary) -> None:
     mel = log_mel_spectrogram(waves[clip], N_MELS)
     length = mel.shape[1]
     assert length == summary["audio"][clip]["mel_len"]
-    torch.testing.assert_close(mel, golden[:, :length], rtol=0, atol=1e-5)
+    # fp32 FFT round-off differs between CPUs: up to 6.2e-5 from these goldens on one AVX-512
+    # machine, where a float64 computation is itself 1.9e-5 from them (test_logmel_parity.py)
+    torch.testing.assert_close(mel, golden[:, :length], rtol=0, atol=1e-4)
     # the two lookahead frames the conv stem may read are the padded reference's frames
     features, _ = batch_log_mel([waves[clip]], N_MELS)
     ahead = golden[:, length : length + 2]
     torch.testing.assert_close(features[0, :, length : length + ahead.shape[1]], ahead,
-                               rtol=0, atol=1e-5)
+                               rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("clip", CLIPS)
