@@ -4,6 +4,7 @@ DataLoader workers, and a lalm-synth set from generation to batches."""
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 from pathlib import Path
 
@@ -328,3 +329,41 @@ def test_packed_rows_equal_single(family, tokenizers, clips):
         short = model.config.replace(decoder={"train_seq_len": 64})
         with pytest.raises(ValueError, match="longer than train_seq_len 64"):
             random_model(short)(**model_inputs(_small_vocab(batch, vocab)))
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("family", list(Family))
+def test_messages_audio_trains_where_its_tag_stands(family, tokenizers, clips):
+    """A messages row's "Listen to this: <audio> and tell me": the training ids hear the audio
+    between the two texts (each audio at its own tag, in order), as the chat prompt of the same
+    parts encodes them; labels only on the replies."""
+    tok = tokenizers[family]
+    path = _write_rows(clips / "swift.jsonl", [{"audios": ["a.wav", "chord.wav"], "messages": [
+        {"role": "user", "content": "Listen to this: <audio> and tell me what it is."},
+        {"role": "assistant", "content": "Speech."},
+        {"role": "user", "content": "Now compare <audio> with it."},
+        {"role": "assistant", "content": "A chord."}]}])
+    item = AudioTextDataset.from_manifest(path, tok, N_MELS[family])[0]
+    ids, labels = item["ids"].tolist(), item["labels"].tolist()
+    a, chord = (P.AudioPart(str(clips / n)) for n in ("a.wav", "chord.wav"))
+    chat = [P.Message("user", (P.TextPart("Listen to this: "), a,
+                               P.TextPart(" and tell me what it is."))),
+            P.Message("assistant", "Speech."),
+            P.Message("user", (P.TextPart("Now compare "), chord, P.TextPart(" with it.")))]
+    counts = [int(audio_token_count(n)) for n in item["feature_lens"].tolist()]
+    spans = P.build_chat_prompt(chat, family).encode(tok, counts)
+    assert ids[: len(spans.ids)] == spans.ids
+    (s0, e0), (s1, e1) = spans.audio_spans
+    assert item["audio_slot_mask"].nonzero().flatten().tolist() == [*range(s0, e0),
+                                                                    *range(s1, e1)]
+    bos, eos = ("", "") if family is Family.QWEN_AUDIO else (" <|audio_bos|>", "<|audio_eos|>")
+    assert tok.decode(ids[:s0]).endswith(f"user\nListen to this: Audio 1:{bos}")
+    assert tok.decode(ids[e0:]).startswith(f"{eos}\n and tell me what it is.<|im_end|>")
+    assert tok.decode(ids[e1:]).startswith(f"{eos}\n with it.<|im_end|>")
+    assert [tok.decode(labels[x:y]) for x, y in _runs(labels)] == ["Speech.<|im_end|>",
+                                                                   "A chord.<|im_end|>"]
+
