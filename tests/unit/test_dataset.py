@@ -367,3 +367,33 @@ def test_messages_audio_trains_where_its_tag_stands(family, tokenizers, clips):
     assert [tok.decode(labels[x:y]) for x, y in _runs(labels)] == ["Speech.<|im_end|>",
                                                                    "A chord.<|im_end|>"]
 
+
+@pytest.mark.parametrize("loss_on", [None, "last_assistant"])
+def test_shipped_sft_config_trains_every_assistant_turn(loss_on, tokenizers, clips):
+    """The shipped SFT config (data.loss_on: all_assistant, the default) labels every assistant
+    turn of a 3-turn chat, each with its <|im_end|>, and nothing of the system, user or audio
+    tokens; data.loss_on=last_assistant only the final answer."""
+    from lalm.training.build import build_dataset
+    from lalm.training.stages import TrainConfig
+
+    replies = ["It is speech.", "Quiet.", "A man."]
+    path = _write_rows(clips / "three.jsonl", [{"audios": ["a.wav"], "messages": [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "<audio>What is this?"},
+        {"role": "assistant", "content": replies[0]},
+        {"role": "user", "content": "Is it loud?"}, {"role": "assistant", "content": replies[1]},
+        {"role": "user", "content": "Who speaks?"}, {"role": "assistant", "content": replies[2]}]}])
+    sets = [f"data.train=[{{manifest: {path}}}]", "data.valid=null"]
+    sets += [f"data.loss_on={loss_on}"] if loss_on else []
+    config = TrainConfig.from_file(Path(__file__).resolve().parents[2] / "configs" / "train" /
+                                   "stage2_sft.yaml", sets)
+    assert config.data.loss_on == (loss_on or "all_assistant")
+    tok = tokenizers[Family.QWEN2_AUDIO]
+    item = build_dataset(config.data.train, config, tok, 128, seed=0)[0]
+    ids, labels = item["ids"].tolist(), item["labels"].tolist()
+    runs = _runs(labels)
+    expected = replies if loss_on is None else replies[-1:]
+    assert [ids[x:y] for x, y in runs] == [tok.encode(r) + [tok.im_end_id] for r in expected]
+    assert not item["audio_slot_mask"][torch.tensor(labels) != -100].any()
+    header = [tok.im_start_id, *tok.encode("assistant\n")]
+    assert all(ids[x - len(header): x] == header for x, _ in runs)
