@@ -7,8 +7,9 @@ This is the only module that writes tag strings. It holds:
 * v1 hierarchical task prompts: `TaskSpec` -> ``<audio>path</audio><|startoftranscript|>...``,
   exactly as the official evaluation scripts write them (`TaskSpec.asr`, `.s2tt`, `.srwt`, ...);
 * chat prompts (`Message` with `TextPart` / `AudioPart` content) for the v1 Chat ChatML and the
-  Qwen2-Audio-Instruct template, and Qwen2-Audio base-model prompts; `fill_audio_tags` puts
-  each audio where an ``<audio>`` tag stands in plain text (ms-swift / LLaMA-Factory rows);
+  Qwen2-Audio-Instruct template, and Qwen2-Audio base-model prompts; `fill_audio_tags` and
+  `user_message` put each audio where an ``<audio>`` tag stands in plain text (as ms-swift /
+  LLaMA-Factory rows mark it);
 * `Prompt.encode`: token ids with each audio expanded to its N frame tokens (`PromptIds`);
 * `parse_output`: generated text -> plain text, language, SRWT words with times, timestamps,
   note-analysis fields; `format_timed_words` / `format_note_analysis` write such targets.
@@ -384,6 +385,18 @@ def fill_audio_tags(messages: Sequence[Message], audios: Sequence[AudioPart]) ->
                 parts += [TextPart(piece)] if piece else []
         out.append(Message(m.role, tuple(parts)))
     return out
+
+
+def user_message(text: str, audios: Sequence[AudioPart]) -> Message:
+    """A user turn of ``text`` and ``audios``: each audio where an ``<audio>`` tag of the text
+    stands (`fill_audio_tags`), or, with no tags, every audio before the text (blank text: none).
+
+    Raises:
+        PromptError: tags that are not as many as the audios.
+    """
+    if TEXT_AUDIO_TAG in text:
+        return fill_audio_tags([Message("user", text)], audios)[0]
+    return Message("user", (*audios, *([TextPart(text)] if text.strip() else [])))
 
 
 # ---------------------------------------------------------------------------- prompts and ids

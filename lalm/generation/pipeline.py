@@ -64,7 +64,6 @@ from lalm.longform import (
 from lalm.model import AudioLanguageModel
 from lalm.prompt import (
     SPACELESS_LANGUAGES,  # languages written without spaces: one list, in the prompt layer
-    TEXT_AUDIO_TAG,
     AudioPart,
     AudioSource,
     Family,
@@ -72,14 +71,14 @@ from lalm.prompt import (
     ParsedOutput,
     Prompt,
     TaskSpec,
-    TextPart,
     TimedWord,
     build_base_prompt,
     build_chat_prompt,
-    fill_audio_tags,
     build_prompt,
+    fill_audio_tags,
     parse_output,
     tag,
+    user_message,
 )
 from lalm.tokenizer import Tokenizer, load_tokenizer
 
@@ -284,11 +283,7 @@ class Pipeline:
         if isinstance(text, str):
             if not text.strip() and not audios:
                 raise PromptError("empty prompt: give a question and/or audio")
-            if TEXT_AUDIO_TAG in text:
-                messages: Sequence[Message] = fill_audio_tags([Message("user", text)], parts)
-            else:
-                parts += [TextPart(text)] if text.strip() else []
-                messages = [Message("user", tuple(parts))]
+            messages: Sequence[Message] = [user_message(text, parts)]
         else:
             messages = fill_audio_tags(text, parts) if parts else text
         return Request(build_chat_prompt(messages, self.family))
