@@ -64,6 +64,8 @@ def _chat_example(turns: Sequence[tuple[str, object]], record: dict[str, Any], d
         raise DataError("the last message must be the assistant's answer")
     if any(m.role == "system" for m in messages[1:]):
         raise DataError("a system message may only come first")
+    if any(m.audios for m in messages if m.role == "assistant"):
+        raise DataError(f"an assistant turn holds {TEXT_AUDIO_TAG}: lalm writes no audio")
     audios = tuple(AudioRef(absolute_path(p, folder)) for p in paths)
     users = [m for m in messages if m.role == "user"]
     instruction = users[-1].text if users else ""

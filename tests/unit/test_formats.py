@@ -263,8 +263,12 @@ def test_tag_and_audio_counts_must_agree(tmp_path):
     late_system = {"messages": [{"role": "user", "content": "Hi"},
                                 {"role": "system", "content": "Be brief."},
                                 {"role": "assistant", "content": "Yo"}]}
-    (item,) = iter_format(_rows(tmp_path / "s.jsonl", [late_system]), "messages")
-    assert isinstance(item, BadRecord) and "system message may only come first" in item.reason
+    spoken = {"audios": ["a.wav"], "messages": [{"role": "user", "content": "Say it."},
+                                                {"role": "assistant", "content": "<audio>"}]}
+    late, audio_reply = iter_format(_rows(tmp_path / "s.jsonl", [late_system, spoken]))
+    assert isinstance(late, BadRecord) and "system message may only come first" in late.reason
+    assert isinstance(audio_reply, BadRecord) and "assistant turn holds <audio>" in \
+        audio_reply.reason
     path = _rows(tmp_path / "m.jsonl", [ok, few])
     with pytest.raises(DataError, match=rf"{path}:2: 1 <audio> tags but 2 audios"):
         read_examples(path)
