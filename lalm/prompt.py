@@ -7,7 +7,9 @@ This is the only module that writes tag strings. It holds:
 * v1 hierarchical task prompts: `TaskSpec` -> ``<audio>path</audio><|startoftranscript|>...``,
   exactly as the official evaluation scripts write them (`TaskSpec.asr`, `.s2tt`, `.srwt`, ...);
 * chat prompts (`Message` with `TextPart` / `AudioPart` content) for the v1 Chat ChatML and the
-  Qwen2-Audio-Instruct template, and Qwen2-Audio base-model prompts;
+  Qwen2-Audio-Instruct template, and Qwen2-Audio base-model prompts; `fill_audio_tags` and
+  `user_message` put each audio where an ``<audio>`` tag stands in plain text (as ms-swift /
+  LLaMA-Factory rows mark it);
 * `Prompt.encode`: token ids with each audio expanded to its N frame tokens (`PromptIds`);
 * `parse_output`: generated text -> plain text, language, SRWT words with times, timestamps,
   note-analysis fields; `format_timed_words` / `format_note_analysis` write such targets.
@@ -341,6 +343,60 @@ class Message:
             if not isinstance(p, (TextPart, AudioPart)):
                 raise PromptError(f"Message content must be TextPart/AudioPart, got {p!r}")
         object.__setattr__(self, "content", parts)
+
+
+#: Where an audio stands in plain text: ms-swift's and LLaMA-Factory's rows (``messages`` or
+#: ShareGPT ``conversations``, with an ``audios`` list) and a chat prompt given as one string mark
+#: each audio so, in order. Not a model token: it never stays in a message's text.
+TEXT_AUDIO_TAG = "<audio>"
+
+
+def split_audio_tags(text: str) -> list[str]:
+    """The text before, between and after the `TEXT_AUDIO_TAG` s of ``text`` (n tags: n + 1
+    pieces, some maybe empty)."""
+    return text.split(TEXT_AUDIO_TAG)
+
+
+def fill_audio_tags(messages: Sequence[Message], audios: Sequence[AudioPart]) -> list[Message]:
+    """The messages with each ``<audio>`` tag of their text replaced by the next of ``audios``:
+    "Listen to this: <audio> and tell me" becomes text, the audio, text, in that order.
+
+    Raises:
+        PromptError: the tags are not as many as the audios.
+    """
+    if not all(isinstance(m, Message) for m in messages):
+        raise PromptError("fill_audio_tags needs a list of Message (lalm.prompt.Message)")
+    tags = sum(p.text.count(TEXT_AUDIO_TAG) for m in messages for p in m.content
+               if isinstance(p, TextPart))
+    if tags != len(audios):
+        raise PromptError(f"the text has {tags} {TEXT_AUDIO_TAG} tag(s) but {len(audios)} audios "
+                          f"were given: put one tag where each audio goes (or give a message "
+                          f"list with each audio as an AudioPart)")
+    queue = iter(audios)
+    out = []
+    for m in messages:
+        parts: list[Part] = []
+        for part in m.content:
+            if isinstance(part, AudioPart):
+                parts.append(part)
+                continue
+            for k, piece in enumerate(split_audio_tags(part.text)):
+                parts += [next(queue)] if k else []
+                parts += [TextPart(piece)] if piece else []
+        out.append(Message(m.role, tuple(parts)))
+    return out
+
+
+def user_message(text: str, audios: Sequence[AudioPart]) -> Message:
+    """A user turn of ``text`` and ``audios``: each audio where an ``<audio>`` tag of the text
+    stands (`fill_audio_tags`), or, with no tags, every audio before the text (blank text: none).
+
+    Raises:
+        PromptError: tags that are not as many as the audios.
+    """
+    if TEXT_AUDIO_TAG in text:
+        return fill_audio_tags([Message("user", text)], audios)[0]
+    return Message("user", (*audios, *([TextPart(text)] if text.strip() else [])))
 
 
 # ---------------------------------------------------------------------------- prompts and ids

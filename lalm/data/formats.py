@@ -7,11 +7,20 @@ name       what it is
 ========== =========================================================================================
 lalm       lalm's own JSONL (`lalm.data.manifest`): everything.
 messages   ms-swift / LLaMA-Factory chat JSONL: ``{"messages": [{"role", "content"}, ...],
-           "audios": [path, ...]}``; each ``<audio>`` in a content takes the next path. A JSON
-           array file (LLaMA-Factory's ``.json``) reads too, and a ``.json`` destination is written
-           as one. Carries the audios, the turns and the target; one user turn with one audio + the
-           assistant's answer becomes an instruction item (task ``instruct``, rendered as a v1
-           task prompt for Qwen-Audio), anything else a chat (task ``chat``).
+           "audios": [path, ...]}``; each ``<audio>`` in a content takes the next path and keeps
+           its place in the text (``Message.audio_at``): "Listen: <audio> and tell me" is heard
+           between its two texts. A JSON array file (LLaMA-Factory's ``.json``) reads too, and a
+           ``.json`` destination is written as one. Carries the audios, the turns and the target;
+           one user turn that opens with its one audio + the assistant's answer becomes an
+           instruction item (task ``instruct``, rendered as a v1 task prompt for Qwen-Audio),
+           anything else a chat (task ``chat``).
+sharegpt   LLaMA-Factory's ShareGPT layout (its data/README): ``{"conversations": [{"from",
+           "value"}, ...], "system": text, "tools": text, "audios": [path, ...]}``, read and
+           written as ``messages`` is. ``from``: ``human`` (or ``user``), ``gpt`` (or
+           ``assistant``), ``system`` (first turn only; it overrides the ``system`` field, as in
+           LLaMA-Factory). Tool turns (``function_call``, ``observation``), any other role and a
+           non-empty ``tools`` are refused: lalm trains no tool calls. A system prompt is written
+           as a first ``from: system`` turn (LLaMA-Factory's default tags read it).
 plain      JSONL of ``{"audio": path, "prompt": text, "target": text}`` (+ optional ``"id"``).
 hf         a Hugging Face ``datasets`` folder (``save_to_disk``) or ``.parquet`` file with columns
            ``id``, ``audio`` (an ``Audio`` feature), ``prompt``, ``target``. Written with the
@@ -24,50 +33,41 @@ lhotse     a Lhotse CutSet file (``.jsonl`` / ``.jsonl.gz``): one MonoCut per it
 Audio paths: readers return examples whose paths are absolute (a relative path in a file is
 relative to that file's folder); writers store a path relative to the destination's folder when
 the audio lies under it, absolute otherwise. Writers refuse (DataError) what a format cannot
-hold: several clips (plain, hf, lhotse), audio windows (messages, plain, hf), chat turns (plain,
-hf, lhotse). Reading is lenient per record: `iter_format` yields a `BadRecord` with the reason
-for a record that cannot become an `Example`, so `lalm data check` can list them all.
+hold: several clips (plain, hf, lhotse), audio windows (messages, sharegpt, plain, hf), chat
+turns (plain, hf, lhotse), a text holding ``<audio>`` itself (messages, sharegpt). Reading is lenient per record: `iter_format` yields a `BadRecord` with the reason
+for a record that cannot become an `Example` (a row of another format names the key it lacks and
+the format it looks like; ``<audio>`` tags that are not as many as the audios), so `lalm data
+check` can list them all. The chat formats live in `lalm.data.chat_rows`, what every reader
+shares in `lalm.data.records`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lalm.data.manifest import (
-    LANGUAGES,
-    AudioRef,
-    Example,
-    Message,
-    TaskSpec,
-    atomic_write,
-    dumps_example,
+from lalm.data.chat_rows import read_messages, read_sharegpt, write_messages, write_sharegpt
+from lalm.data.manifest import LANGUAGES, AudioRef, Example, TaskSpec, atomic_write, dumps_example
+from lalm.data.records import (
+    INSTRUCT_TASK,
+    BadRecord,
+    absolute_path,
+    check_holds,
+    json_records,
+    portable_path,
+    read_leniently,
+    record_format,
+    relative_audio_paths,
+    require_keys,
+    resolve_audio_paths,
+    write_json_lines,
 )
 from lalm.errors import DataError
 
-#: The audio placeholder of ms-swift's and LLaMA-Factory's ``messages`` form (a foreign
-#: format's text marker, not a model token).
-MESSAGES_AUDIO_TAG = "<audio>"
-INSTRUCT_TASK = "instruct"  # task name of single-turn items from formats without task names
-CHAT_TASK = "chat"  # task name of multi-turn items from the messages format
 LHOTSE_DEFAULT_TASK = "asr"
-
-
-@dataclass(frozen=True)
-class BadRecord:
-    """A record that could not become an `Example`.
-
-    Attributes:
-        location: where it is (``file:line`` or ``file[row]``).
-        reason: what is wrong, in words.
-    """
-
-    location: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -85,97 +85,15 @@ class ManifestFormat:
     write: Callable[[Path, Sequence[Example]], int]
 
 
-# ------------------------------------------------------------------------------------ paths
-
-
-def _absolute(path: str, folder: Path) -> str:
-    p = Path(path)
-    return str(p if p.is_absolute() else (folder / p).resolve())
-
-
-def _portable(path: str, folder: Path) -> str:
-    """`path` relative to `folder` (POSIX separators) when it lies under it, else absolute."""
-    p = Path(path).resolve()
-    try:
-        return p.relative_to(folder.resolve()).as_posix()
-    except ValueError:
-        return str(p)
-
-
-def resolve_audio_paths(example: Example, folder: str | os.PathLike[str]) -> Example:
-    """The example with every relative audio path made absolute against `folder`."""
-    folder = Path(folder)
-    audios = tuple(replace(a, path=_absolute(a.path, folder)) for a in example.audios)
-    return replace(example, audios=audios)
-
-
-def relative_audio_paths(example: Example, folder: str | os.PathLike[str]) -> Example:
-    """The example with audio paths relative to `folder` where they lie under it."""
-    folder = Path(folder)
-    audios = tuple(replace(a, path=_portable(a.path, folder)) for a in example.audios)
-    return replace(example, audios=audios)
-
-
-def _need(example: Example, fmt: str, *, several: bool, window: bool, turns: bool) -> None:
-    """Raise DataError when `example` uses what format `fmt` cannot hold."""
-    if not several and len(example.audios) != 1:
-        raise DataError(f"example {example.id!r}: format {fmt!r} holds exactly one audio per "
-                        f"item, this one has {len(example.audios)}")
-    if not window and any(a.offset or a.duration is not None for a in example.audios):
-        raise DataError(f"example {example.id!r}: format {fmt!r} cannot hold an audio window "
-                        f"(offset/duration); cut the audio into files first")
-    if not turns and example.messages:
-        raise DataError(f"example {example.id!r}: format {fmt!r} cannot hold chat turns")
-
-
-def _json_lines(path: Path) -> Iterator[tuple[str, Any | BadRecord]]:
-    """(location, parsed JSON or BadRecord) per non-blank line; a JSON array file gives its items."""
-    if not path.is_file():
-        raise DataError(f"manifest {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not a JSON array: {e}") from e
-        for i, item in enumerate(items):
-            yield f"{path}[{i}]", item
-        return
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                yield f"{path}:{n}", json.loads(line)
-            except json.JSONDecodeError as e:
-                yield f"{path}:{n}", BadRecord(f"{path}:{n}", f"not JSON: {e}")
-
-
-def _lenient(path: Path, to_example: Callable[[dict[str, Any], str, int], Example]
-             ) -> Iterator[Example | BadRecord]:
-    """Parse a JSON-lines file record by record; a bad record becomes a `BadRecord`."""
-    for n, (loc, record) in enumerate(_json_lines(path), 1):
-        if isinstance(record, BadRecord):
-            yield record
-            continue
-        try:
-            if not isinstance(record, dict):
-                raise DataError(f"expected a JSON object, got {type(record).__name__}")
-            yield to_example(record, f"{path.stem}-{n:06d}", n)
-        except (DataError, KeyError, TypeError, ValueError, AttributeError) as e:
-            reason = str(e) if isinstance(e, DataError) else f"{type(e).__name__}: {e}"
-            yield BadRecord(loc, reason)
-
-
-def _write_lines(path: Path, records: Iterable[dict[str, Any]]) -> int:
-    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
-    atomic_write(path, "".join(lines).encode("utf-8"))
-    return len(lines)
-
-
 # ------------------------------------------------------------------------------------ lalm
 
 
 def _read_lalm(path: Path, audio_dir: Path | None) -> Iterator[Example | BadRecord]:
-    return _lenient(path, lambda d, _id, _n: resolve_audio_paths(Example.from_dict(d), path.parent))
+    def example(record: dict[str, Any], _id: str, _n: int) -> Example:
+        require_keys(record, ("id", "task", "target"), "lalm")
+        return resolve_audio_paths(Example.from_dict(record), path.parent)
+
+    return read_leniently(path, example)
 
 
 def _write_lalm(path: Path, examples: Sequence[Example]) -> int:
@@ -184,84 +102,29 @@ def _write_lalm(path: Path, examples: Sequence[Example]) -> int:
     return len(lines)
 
 
-# ------------------------------------------------------------------------------------ messages
-
-
-def _messages_example(record: dict[str, Any], default_id: str, folder: Path) -> Example:
-    turns = record["messages"]
-    paths = record.get("audios", [])
-    if not isinstance(turns, list) or not turns or not isinstance(paths, list):
-        raise DataError("'messages' must be a non-empty list and 'audios' a list")
-    messages, used = [], 0
-    for turn in turns:
-        content = turn["content"]
-        if not isinstance(content, str):
-            raise DataError(f"message content must be a string, got {type(content).__name__}")
-        n = content.count(MESSAGES_AUDIO_TAG)
-        messages.append(Message(turn["role"], content.replace(MESSAGES_AUDIO_TAG, ""),
-                                tuple(range(used, used + n))))
-        used += n
-    if used != len(paths):
-        raise DataError(f"{used} {MESSAGES_AUDIO_TAG} tags but {len(paths)} audios")
-    if messages[-1].role != "assistant":
-        raise DataError("the last message must be the assistant's answer")
-    audios = tuple(AudioRef(_absolute(p, folder)) for p in paths)
-    users = [m for m in messages if m.role == "user"]
-    instruction = users[-1].text if users else ""
-    example_id = str(record.get("id", default_id))
-    if [m.role for m in messages] == ["user", "assistant"] and len(audios) == 1:
-        return Example(example_id, audios, TaskSpec(INSTRUCT_TASK, instruction=instruction),
-                       messages[-1].text)
-    return Example(example_id, audios, TaskSpec(CHAT_TASK, instruction=instruction),
-                   messages[-1].text, messages=tuple(messages))
-
-
-def _read_messages(path: Path, audio_dir: Path | None) -> Iterator[Example | BadRecord]:
-    return _lenient(path, lambda d, i, _n: _messages_example(d, i, path.parent))
-
-
-def _messages_record(example: Example, folder: Path) -> dict[str, Any]:
-    _need(example, "messages", several=True, window=False, turns=True)
-    turns = example.messages or (Message("user", example.task.instruction,
-                                         tuple(range(len(example.audios)))),
-                                 Message("assistant", example.target))
-    audios = [_portable(example.audios[i].path, folder) for m in turns for i in m.audios]
-    return {"id": example.id,
-            "messages": [{"role": m.role, "content": MESSAGES_AUDIO_TAG * len(m.audios) + m.text}
-                         for m in turns],
-            "audios": audios}
-
-
-def _write_messages(path: Path, examples: Sequence[Example]) -> int:
-    records = [_messages_record(e, path.parent) for e in examples]
-    if path.suffix == ".json":  # LLaMA-Factory reads a JSON array
-        atomic_write(path, json.dumps(records, ensure_ascii=False, indent=1).encode("utf-8"))
-        return len(records)
-    return _write_lines(path, records)
-
-
 # ------------------------------------------------------------------------------------ plain
 
 
 def _plain_example(record: dict[str, Any], default_id: str, folder: Path) -> Example:
+    require_keys(record, ("audio", "target"), "plain")
     audio, prompt, target = record["audio"], record.get("prompt", ""), record["target"]
     if not all(isinstance(v, str) for v in (audio, prompt, target)):
         raise DataError("'audio', 'prompt' and 'target' must be strings")
-    return Example(str(record.get("id", default_id)), (AudioRef(_absolute(audio, folder)),),
+    return Example(str(record.get("id", default_id)), (AudioRef(absolute_path(audio, folder)),),
                    TaskSpec(INSTRUCT_TASK, instruction=prompt), target)
 
 
 def _read_plain(path: Path, audio_dir: Path | None) -> Iterator[Example | BadRecord]:
-    return _lenient(path, lambda d, i, _n: _plain_example(d, i, path.parent))
+    return read_leniently(path, lambda d, i, _n: _plain_example(d, i, path.parent))
 
 
 def _write_plain(path: Path, examples: Sequence[Example]) -> int:
     def record(e: Example) -> dict[str, Any]:
-        _need(e, "plain", several=False, window=False, turns=False)
-        return {"id": e.id, "audio": _portable(e.audios[0].path, path.parent),
+        check_holds(e, "plain", several=False, window=False, turns=False)
+        return {"id": e.id, "audio": portable_path(e.audios[0].path, path.parent),
                 "prompt": e.task.instruction, "target": e.target}
 
-    return _write_lines(path, [record(e) for e in examples])
+    return write_json_lines(path, [record(e) for e in examples])
 
 
 # ------------------------------------------------------------------------------------ hf
@@ -309,7 +172,7 @@ def _read_hf(path: Path, audio_dir: Path | None) -> Iterator[Example | BadRecord
                 atomic_write(target_file, audio["bytes"])
                 source = str(target_file.resolve())
             elif audio.get("path"):
-                source = _absolute(audio["path"], folder)
+                source = absolute_path(audio["path"], folder)
             else:
                 raise DataError("no audio bytes or path")
             yield Example(example_id, (AudioRef(source),),
@@ -322,7 +185,7 @@ def _read_hf(path: Path, audio_dir: Path | None) -> Iterator[Example | BadRecord
 def _write_hf(path: Path, examples: Sequence[Example]) -> int:
     datasets = _import("datasets", "data")
     for e in examples:
-        _need(e, "hf", several=False, window=False, turns=False)
+        check_holds(e, "hf", several=False, window=False, turns=False)
     audio = []
     for e in examples:
         source = Path(e.audios[0].path)
@@ -361,7 +224,7 @@ def _read_lhotse(path: Path, audio_dir: Path | None) -> Iterator[Example | BadRe
                     or recording.sources[0].type != "file":
                 raise DataError("only cuts of a recording with one file source are supported")
             full = abs(cut.start) < 1e-9 and abs(cut.duration - recording.duration) < 1e-9
-            ref = AudioRef(_absolute(recording.sources[0].source, path.parent), cut.start,
+            ref = AudioRef(absolute_path(recording.sources[0].source, path.parent), cut.start,
                            None if full else cut.duration)
             language = next((s.language for s in cut.supervisions if s.language), None)
             language = language if language in LANGUAGES else None
@@ -378,7 +241,7 @@ def _write_lhotse(path: Path, examples: Sequence[Example]) -> int:
     lhotse = _import("lhotse", "data")
     cuts = []
     for e in examples:
-        _need(e, "lhotse", several=False, window=True, turns=False)
+        check_holds(e, "lhotse", several=False, window=True, turns=False)
         ref = e.audios[0]
         try:
             recording = lhotse.Recording.from_file(Path(ref.path).resolve(), recording_id=e.id)
@@ -400,7 +263,8 @@ def _write_lhotse(path: Path, examples: Sequence[Example]) -> int:
 FORMATS: dict[str, ManifestFormat] = {
     f.name: f for f in (
         ManifestFormat("lalm", _read_lalm, _write_lalm),
-        ManifestFormat("messages", _read_messages, _write_messages),
+        ManifestFormat("messages", read_messages, write_messages),
+        ManifestFormat("sharegpt", read_sharegpt, write_sharegpt),
         ManifestFormat("plain", _read_plain, _write_plain),
         ManifestFormat("hf", _read_hf, _write_hf),
         ManifestFormat("lhotse", _read_lhotse, _write_lhotse),
@@ -421,16 +285,10 @@ def guess_format(path: str | os.PathLike[str]) -> str:
         raise DataError(f"manifest {path} does not exist")
     if path.name.endswith(".gz"):
         return "lhotse"
-    for _, record in _json_lines(path):
-        if isinstance(record, dict):
-            if "task" in record and "id" in record:
-                return "lalm"
-            if "messages" in record:
-                return "messages"
-            if "audio" in record and "target" in record:
-                return "plain"
-            if "recording" in record or record.get("type") == "MonoCut":
-                return "lhotse"
+    for _, record in json_records(path):
+        found = record_format(record) if isinstance(record, dict) else None
+        if found is not None:
+            return found
         break
     raise DataError(f"cannot tell the format of {path}; name one of {', '.join(FORMATS)}")
 

@@ -75,16 +75,45 @@ class TimedWord:
 
 @dataclass(frozen=True)
 class Message:
-    """One chat turn. `audios` are indices into `Example.audios` heard in this turn, in order
-    (the prompt layer labels them ``Audio 1:``, ``Audio 2:`` … and places them before `text`)."""
+    """One chat turn.
+
+    Attributes:
+        role: ``system``, ``user`` or ``assistant``.
+        text: the turn's text, without audio.
+        audios: indices into `Example.audios` heard in this turn, in order (the prompt layer
+            labels them ``Audio 1:``, ``Audio 2:`` …).
+        audio_at: where each of `audios` stands in `text`, as a character offset (in order,
+            non-decreasing): "Listen: <audio> and tell me" is ``text="Listen:  and tell me"``,
+            ``audio_at=(8,)``. Empty: every audio before the text (all offsets 0 are stored so).
+    """
 
     role: str
     text: str
     audios: tuple[int, ...] = ()
+    audio_at: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise DataError(f"message role {self.role!r} is not one of {ROLES}")
+        at = tuple(self.audio_at)
+        if at and (len(at) != len(self.audios) or list(at) != sorted(at)
+                   or not 0 <= at[0] <= at[-1] <= len(self.text)):
+            raise DataError(f"message audio_at {at} must give one offset per audio "
+                            f"({len(self.audios)}), non-decreasing, within the text "
+                            f"({len(self.text)} characters)")
+        object.__setattr__(self, "audio_at", () if not any(at) else at)
+
+    def pieces(self) -> list[str | int]:
+        """The turn in order: text pieces (non-empty) and audio indices where they stand."""
+        at = self.audio_at or (0,) * len(self.audios)
+        out: list[str | int] = []
+        start = 0
+        for index, offset in zip(self.audios, at):
+            out += [self.text[start:offset]] if offset > start else []
+            out.append(index)
+            start = offset
+        out += [self.text[start:]] if len(self.text) > start else []
+        return out
 
 
 @dataclass(frozen=True)
@@ -156,8 +185,12 @@ class Example:
                 raise DataError(f"example {self.id!r}: message refers to a missing audio")
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form (plain dicts and lists)."""
-        return asdict(self)
+        """The JSON form (plain dicts and lists); a message's empty ``audio_at`` is left out."""
+        d = asdict(self)
+        for m in d["messages"]:
+            if not m["audio_at"]:
+                del m["audio_at"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Example:
@@ -176,7 +209,8 @@ class Example:
                 target=d["target"],
                 answer=d.get("answer"),
                 words=tuple(TimedWord(**w) for w in d.get("words", ())),
-                messages=tuple(Message(m["role"], m["text"], tuple(m.get("audios", ())))
+                messages=tuple(Message(m["role"], m["text"], tuple(m.get("audios", ())),
+                                       tuple(m.get("audio_at", ())))
                                for m in d.get("messages", ())),
                 split=d.get("split", "train"),
                 metadata=dict(d.get("metadata", {})),

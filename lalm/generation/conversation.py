@@ -24,7 +24,7 @@ from torch import Tensor
 from lalm.errors import PromptError
 from lalm.generation.options import GenerationOptions, GenerationResult
 from lalm.generation.pipeline import Pipeline, Request, as_audio_part
-from lalm.prompt import AudioPart, AudioSource, Message, TextPart, build_chat_prompt
+from lalm.prompt import AudioPart, AudioSource, Message, build_chat_prompt, user_message
 
 
 class Conversation:
@@ -60,7 +60,7 @@ class Conversation:
         if not text.strip() and not audios:
             raise PromptError("empty prompt: give a question and/or audio")
         parts = [as_audio_part(a) for a in audios]
-        user = Message("user", (*parts, *([TextPart(text)] if text.strip() else [])))
+        user = user_message(text, parts)  # each audio at its <audio> tag, or all first
         prompt = build_chat_prompt([*self.messages, user], self.pipeline.family)
         rows = (*self._rows, *self.pipeline.encode_audio(parts))
         return user, Request(prompt, audio_rows=rows)

@@ -71,13 +71,14 @@ from lalm.prompt import (
     ParsedOutput,
     Prompt,
     TaskSpec,
-    TextPart,
     TimedWord,
     build_base_prompt,
     build_chat_prompt,
     build_prompt,
+    fill_audio_tags,
     parse_output,
     tag,
+    user_message,
 )
 from lalm.tokenizer import Tokenizer, load_tokenizer
 
@@ -268,21 +269,23 @@ class Pipeline:
 
     def chat_request(self, text: str | Sequence[Message],
                      audios: Sequence[AudioSource | AudioPart] = ()) -> Request:
-        """A chat prompt: a user turn with ``audios`` then ``text``, or a message list.
+        """A chat prompt: a user turn of ``text`` and ``audios``, or a message list.
+
+        Each ``<audio>`` tag in ``text`` (or, with ``audios``, in the messages' text) is where the
+        next audio goes, as in ms-swift / LLaMA-Factory rows: "Listen: <audio> and tell me"
+        keeps the audio between the two texts. A string without tags hears ``audios`` first.
 
         Raises:
-            PromptError: an empty prompt (no text and no audio), or a malformed conversation.
+            PromptError: an empty prompt (no text and no audio), tags that are not as many as the
+                audios, or a malformed conversation.
         """
+        parts = [as_audio_part(a) for a in audios]
         if isinstance(text, str):
             if not text.strip() and not audios:
                 raise PromptError("empty prompt: give a question and/or audio")
-            parts = [as_audio_part(a) for a in audios]
-            parts += [TextPart(text)] if text.strip() else []
-            messages: Sequence[Message] = [Message("user", tuple(parts))]
+            messages: Sequence[Message] = [user_message(text, parts)]
         else:
-            if audios:
-                raise PromptError("with a message list, put audio in the messages (AudioPart)")
-            messages = text
+            messages = fill_audio_tags(text, parts) if parts else text
         return Request(build_chat_prompt(messages, self.family))
 
     def transcribe_request(self, audio: AudioSource | AudioPart, language: str = "en",

@@ -41,16 +41,14 @@ def v1_task_spec(example: Example) -> P.TaskSpec | None:
 
 
 def _messages(example: Example, audio_root: Path) -> list[P.Message]:
-    """The conversation up to the answer: the item's turns, or one user turn."""
+    """The conversation up to the answer: the item's turns (each audio where it stands in its
+    turn), or one user turn."""
     audios = [P.AudioPart(str(audio_root / a.path), name=a.path) for a in example.audios]
     turns = example.messages[:-1] if example.messages else ()
     if not turns:
         return [P.Message("user", (*audios, P.TextPart(example.task.instruction)))]
-    out = []
-    for m in turns:
-        parts: list[P.Part] = [audios[i] for i in m.audios]
-        out.append(P.Message(m.role, (*parts, P.TextPart(m.text)) if m.text else tuple(parts)))
-    return out
+    return [P.Message(m.role, tuple(P.TextPart(p) if isinstance(p, str) else audios[p]
+                                    for p in m.pieces())) for m in turns]
 
 
 def render_prompt(example: Example, family: P.Family, audio_root: str | Path = ".") -> P.Prompt:

@@ -193,5 +193,6 @@ def build_dataset(sources: Sequence[DataSource], config: TrainConfig, tokenizer:
     if config.objective == "dpo":
         pairs: list[PreferencePair] = items
         return PreferenceDataset(pairs, tokenizer, n_mels, max_audio_seconds=limit)
-    dataset = AudioTextDataset(items, tokenizer, n_mels, max_audio_seconds=limit)
+    dataset = AudioTextDataset(items, tokenizer, n_mels, max_audio_seconds=limit,
+                               all_turns=config.data.loss_on == "all_assistant")
     return dataset if encoder is None else EncodedDataset(dataset, encoder, config.run.progress)

@@ -125,6 +125,9 @@ class DataConfig:
     # compute the frozen encoder's output of every clip once, at the start, and train from it
     # (lalm.training.encoder_cache: exact; needs parts.encoder frozen and objective lm)
     encoder_cache: bool = False
+    # where the loss falls in a chat: every assistant turn (as ms-swift and LLaMA-Factory do)
+    # or only the last one (its answer); prompts, audio slots and the other roles never
+    loss_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
 
     def __post_init__(self) -> None:
         if not self.train:

@@ -64,7 +64,7 @@ def test_check_lists_every_problem_with_its_reason(tmp_path, v1_fixture, capsys)
     assert "past the end" in by_where["window"]
     assert by_where["blank"] == "empty target"
     assert "repeats" in by_where["ok-speech"]
-    assert "malformed: KeyError('target')" in by_where[f"{manifest}:12"]
+    assert "no 'target' key, which a 'lalm' row needs" in by_where[f"{manifest}:12"]
     assert "not JSON" in by_where[f"{manifest}:13"]
     assert report.sample_rates[8000] == 1 and report.sample_rates[16000] >= 1
     assert len(report.problems) == 11

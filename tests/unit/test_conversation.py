@@ -90,3 +90,19 @@ def test_an_empty_turn_is_refused_and_leaves_the_conversation(pipe: Pipeline) ->
     with pytest.raises(PromptError, match="empty prompt"):
         conv.ask("  ")
     assert conv.messages == [] and conv.audio_rows == ()
+
+
+def test_a_turn_hears_each_audio_where_its_tag_stands(pipe: Pipeline) -> None:
+    """"Compare <audio> with <audio>": the turn keeps text, audio, text, audio in that order
+    (each clip encoded once, rows in prompt order), as `Pipeline.chat` does; the answer is the
+    re-run's. Tags that are not as many as the audios are refused, the conversation unchanged."""
+    a, b = AudioPart(_clip(1.0, 4)), AudioPart(_clip(0.6, 5))
+    conv = Conversation(pipe)
+    answer = conv.ask("Compare <audio> with <audio>, please.", [a, b])
+    assert conv.messages[0].content == (TextPart("Compare "), a, TextPart(" with "), b,
+                                        TextPart(", please."))
+    rerun = pipe.chat("Compare <audio> with <audio>, please.", [a, b])
+    assert answer.tokens == rerun.tokens
+    with pytest.raises(PromptError, match="1 <audio> tag.*2 audios"):
+        conv.ask("And <audio>?", [a, b])
+    assert len(conv.messages) == 2 and len(conv.audio_rows) == 2

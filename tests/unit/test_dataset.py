@@ -4,6 +4,7 @@ DataLoader workers, and a lalm-synth set from generation to batches."""
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 from pathlib import Path
 
@@ -328,3 +329,71 @@ def test_packed_rows_equal_single(family, tokenizers, clips):
         short = model.config.replace(decoder={"train_seq_len": 64})
         with pytest.raises(ValueError, match="longer than train_seq_len 64"):
             random_model(short)(**model_inputs(_small_vocab(batch, vocab)))
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("family", list(Family))
+def test_messages_audio_trains_where_its_tag_stands(family, tokenizers, clips):
+    """A messages row's "Listen to this: <audio> and tell me": the training ids hear the audio
+    between the two texts (each audio at its own tag, in order), as the chat prompt of the same
+    parts encodes them; labels only on the replies."""
+    tok = tokenizers[family]
+    path = _write_rows(clips / "swift.jsonl", [{"audios": ["a.wav", "chord.wav"], "messages": [
+        {"role": "user", "content": "Listen to this: <audio> and tell me what it is."},
+        {"role": "assistant", "content": "Speech."},
+        {"role": "user", "content": "Now compare <audio> with it."},
+        {"role": "assistant", "content": "A chord."}]}])
+    item = AudioTextDataset.from_manifest(path, tok, N_MELS[family])[0]
+    ids, labels = item["ids"].tolist(), item["labels"].tolist()
+    a, chord = (P.AudioPart(str(clips / n)) for n in ("a.wav", "chord.wav"))
+    chat = [P.Message("user", (P.TextPart("Listen to this: "), a,
+                               P.TextPart(" and tell me what it is."))),
+            P.Message("assistant", "Speech."),
+            P.Message("user", (P.TextPart("Now compare "), chord, P.TextPart(" with it.")))]
+    counts = [int(audio_token_count(n)) for n in item["feature_lens"].tolist()]
+    spans = P.build_chat_prompt(chat, family).encode(tok, counts)
+    assert ids[: len(spans.ids)] == spans.ids
+    (s0, e0), (s1, e1) = spans.audio_spans
+    assert item["audio_slot_mask"].nonzero().flatten().tolist() == [*range(s0, e0),
+                                                                    *range(s1, e1)]
+    bos, eos = ("", "") if family is Family.QWEN_AUDIO else (" <|audio_bos|>", "<|audio_eos|>")
+    assert tok.decode(ids[:s0]).endswith(f"user\nListen to this: Audio 1:{bos}")
+    assert tok.decode(ids[e0:]).startswith(f"{eos}\n and tell me what it is.<|im_end|>")
+    assert tok.decode(ids[e1:]).startswith(f"{eos}\n with it.<|im_end|>")
+    assert [tok.decode(labels[x:y]) for x, y in _runs(labels)] == ["Speech.<|im_end|>",
+                                                                   "A chord.<|im_end|>"]
+
+
+@pytest.mark.parametrize("loss_on", [None, "last_assistant"])
+def test_shipped_sft_config_trains_every_assistant_turn(loss_on, tokenizers, clips):
+    """The shipped SFT config (data.loss_on: all_assistant, the default) labels every assistant
+    turn of a 3-turn chat, each with its <|im_end|>, and nothing of the system, user or audio
+    tokens; data.loss_on=last_assistant only the final answer."""
+    from lalm.training.build import build_dataset
+    from lalm.training.stages import TrainConfig
+
+    replies = ["It is speech.", "Quiet.", "A man."]
+    path = _write_rows(clips / "three.jsonl", [{"audios": ["a.wav"], "messages": [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "<audio>What is this?"},
+        {"role": "assistant", "content": replies[0]},
+        {"role": "user", "content": "Is it loud?"}, {"role": "assistant", "content": replies[1]},
+        {"role": "user", "content": "Who speaks?"}, {"role": "assistant", "content": replies[2]}]}])
+    sets = [f"data.train=[{{manifest: {path}}}]", "data.valid=null"]
+    sets += [f"data.loss_on={loss_on}"] if loss_on else []
+    config = TrainConfig.from_file(Path(__file__).resolve().parents[2] / "configs" / "train" /
+                                   "stage2_sft.yaml", sets)
+    assert config.data.loss_on == (loss_on or "all_assistant")
+    tok = tokenizers[Family.QWEN2_AUDIO]
+    item = build_dataset(config.data.train, config, tok, 128, seed=0)[0]
+    ids, labels = item["ids"].tolist(), item["labels"].tolist()
+    runs = _runs(labels)
+    expected = replies if loss_on is None else replies[-1:]
+    assert [ids[x:y] for x, y in runs] == [tok.encode(r) + [tok.im_end_id] for r in expected]
+    assert not item["audio_slot_mask"][torch.tensor(labels) != -100].any()
+    header = [tok.im_start_id, *tok.encode("assistant\n")]
+    assert all(ids[x - len(header): x] == header for x, _ in runs)

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 from lalm import cli
+from lalm.data.check import check_manifest
 from lalm.data.formats import (
     BadRecord,
     convert,
@@ -196,3 +197,156 @@ def test_cli_convert(corpus, tmp_path, capsys):
     assert "wrote 3 examples" in capsys.readouterr().out
     assert cli.main(["data", "convert", str(manifest), str(out), "--to", "plain"]) == 2
     assert "exactly one audio" in capsys.readouterr().err
+
+
+def _rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_audio_keeps_its_place_in_the_text(corpus):
+    """"Listen to this: <audio> and tell me" keeps text, audio, text in that order, through
+    messages -> lalm -> messages and -> sharegpt (each audio at its own tag, in order)."""
+    manifest, _ = corpus
+    root = manifest.parent
+    rows = [
+        {"id": "mid", "audios": ["wav/a.wav"], "messages": [
+            {"role": "user", "content": "Listen to this: <audio> and tell me what it is."},
+            {"role": "assistant", "content": "A tone."}]},
+        {"id": "two", "audios": ["wav/a.wav", "wav/b.wav"], "messages": [
+            {"role": "user", "content": "First <audio>, then <audio>: which is higher?"},
+            {"role": "assistant", "content": "The second."}]},
+        {"id": "turns", "audios": ["wav/b.wav", "wav/a.wav"], "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "<audio>What is it?"},
+            {"role": "assistant", "content": "A tone."},
+            {"role": "user", "content": "And this one, <audio>?"},
+            {"role": "assistant", "content": "Lower."}]},
+    ]
+    src = _rows(root / "swift.jsonl", rows)
+    mid, two, turns = read_examples(src)
+    assert mid.task.name == "chat"  # not an instruct item: that hears the audio first
+    user = mid.messages[0]
+    assert (user.text, user.audio_at) == ("Listen to this:  and tell me what it is.", (16,))
+    assert user.pieces() == ["Listen to this: ", 0, " and tell me what it is."]
+    assert two.messages[0].pieces() == ["First ", 0, ", then ", 1, ": which is higher?"]
+    assert [m.pieces() for m in turns.messages] == [
+        ["Be brief."], [0, "What is it?"], ["A tone."], ["And this one, ", 1, "?"], ["Lower."]]
+    lalm_file, back = root / "lalm.jsonl", root / "back.jsonl"
+    convert(src, None, lalm_file, "lalm")
+    assert json.loads(lalm_file.read_text().splitlines()[0])["messages"][0]["audio_at"] == [16]
+    convert(lalm_file, None, back, "messages")
+    assert [json.loads(line) for line in back.read_text().splitlines()] == rows
+    gpt = root / "sharegpt.json"
+    convert(src, None, gpt, "sharegpt")
+    records = json.loads(gpt.read_text())
+    assert records[0]["conversations"][0] == {
+        "from": "human", "value": "Listen to this: <audio> and tell me what it is."}
+    assert records[2]["conversations"][0] == {"from": "system", "value": "Be brief."}
+    assert read_examples(gpt) == read_examples(src)
+    literal = Example("html", (), TaskSpec("chat"), "A tag.", messages=(
+        Message("user", "What is <audio> in HTML?"), Message("assistant", "A tag.")))
+    for fmt in ("messages", "sharegpt"):  # it would read back as an audio
+        with pytest.raises(DataError, match="'html': a message text holds '<audio>'"):
+            write_examples(root / "x.jsonl", [literal], fmt)
+
+
+def test_tag_and_audio_counts_must_agree(tmp_path):
+    """Tags that are not as many as the audios: a typed error naming the row, in every chat
+    format, and a bad row in `lalm data check` (with the others still checked)."""
+    _tone(tmp_path / "a.wav", 0.5, 440)
+    ok = {"audios": ["a.wav"], "messages": [{"role": "user", "content": "Hear <audio>."},
+                                            {"role": "assistant", "content": "Yes."}]}
+    few = {"audios": ["a.wav", "a.wav"], "messages": [
+        {"role": "user", "content": "Compare <audio> with the other."},
+        {"role": "assistant", "content": "Same."}]}
+    late_system = {"messages": [{"role": "user", "content": "Hi"},
+                                {"role": "system", "content": "Be brief."},
+                                {"role": "assistant", "content": "Yo"}]}
+    spoken = {"audios": ["a.wav"], "messages": [{"role": "user", "content": "Say it."},
+                                                {"role": "assistant", "content": "<audio>"}]}
+    late, audio_reply = iter_format(_rows(tmp_path / "s.jsonl", [late_system, spoken]))
+    assert isinstance(late, BadRecord) and "system message may only come first" in late.reason
+    assert isinstance(audio_reply, BadRecord) and "assistant turn holds <audio>" in \
+        audio_reply.reason
+    path = _rows(tmp_path / "m.jsonl", [ok, few])
+    with pytest.raises(DataError, match=rf"{path}:2: 1 <audio> tags but 2 audios"):
+        read_examples(path)
+    gpt = _rows(tmp_path / "g.jsonl", [
+        {"audios": ["a.wav"], "conversations": [
+            {"from": "human", "value": "<audio><audio> which?"}, {"from": "gpt", "value": "x"}]},
+        {"audios": ["a.wav"], "conversations": [
+            {"from": "human", "value": "<audio> what?"}, {"from": "gpt", "value": "A tone."}]}])
+    for manifest, where in ((path, f"{path}:2"), (gpt, f"{gpt}:1")):
+        report = check_manifest(manifest)
+        assert (report.records, report.good) == (2, 1)
+        assert [p.where for p in report.problems] == [where]
+        assert "<audio> tags but" in report.problems[0].reason
+    bad_at = {"id": "x", "task": {"name": "chat"}, "target": "y", "audios": [
+        {"path": "a.wav"}], "messages": [{"role": "user", "text": "hi", "audios": [0],
+                                          "audio_at": [9]}, {"role": "assistant", "text": "y"}]}
+    (item,) = iter_format(_rows(tmp_path / "l.jsonl", [bad_at]), "lalm")
+    assert isinstance(item, BadRecord) and "audio_at (9,)" in item.reason
+
+
+def test_sharegpt_reads_llama_factory_rows(tmp_path):
+    """LLaMA-Factory's ShareGPT layout (conversations/from/value, system, tools, audios):
+    guessed and named, roles mapped, tool turns and other roles refused with the reason."""
+    _tone(tmp_path / "a.wav", 0.5, 440)
+    rows = [
+        {"conversations": [{"from": "human", "value": "<audio>What is it?"},
+                           {"from": "gpt", "value": "A tone."}], "audios": ["a.wav"]},
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"},
+                           {"from": "human", "value": "Hear <audio> now"},
+                           {"from": "gpt", "value": "Heard."}],
+         "system": "Be brief.", "tools": "", "audios": ["a.wav"]},
+        {"conversations": [{"from": "system", "value": "Turn wins."},
+                           {"from": "user", "value": "Hi"},
+                           {"from": "assistant", "value": "Yo"}], "system": "Field loses."},
+        {"conversations": [{"from": "human", "value": "Weather?"},
+                           {"from": "function_call", "value": "{}"},
+                           {"from": "observation", "value": "sun"},
+                           {"from": "gpt", "value": "Sunny."}]},
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}],
+         "tools": "[{\"name\": \"f\"}]"},
+    ]
+    path = _rows(tmp_path / "gpt.jsonl", rows)
+    assert guess_format(path) == "sharegpt"
+    items = list(iter_format(path))
+    assert items == list(iter_format(path, "sharegpt"))
+    first, second, third, tool_turns, tools = items
+    assert (first.task.name, first.task.instruction, first.target) == (
+        "instruct", "What is it?", "A tone.")
+    assert first.audios[0].path == str((tmp_path / "a.wav").resolve())
+    assert [(m.role, m.pieces()) for m in second.messages] == [
+        ("system", ["Be brief."]), ("user", ["Hi"]), ("assistant", ["Hello"]),
+        ("user", ["Hear ", 0, " now"]), ("assistant", ["Heard."])]
+    assert [(m.role, m.text) for m in third.messages] == [
+        ("system", "Turn wins."), ("user", "Hi"), ("assistant", "Yo")]
+    assert isinstance(tool_turns, BadRecord) and tool_turns.location == f"{path}:4"
+    assert "'function_call' is not one of human, user, gpt, assistant, system" in \
+        tool_turns.reason and "tool turns" in tool_turns.reason
+    assert isinstance(tools, BadRecord) and "'tools' is not supported" in tools.reason
+
+
+def test_wrong_explicit_format_names_the_row_and_key(tmp_path, capsys):
+    """A ShareGPT file read as messages (or any row as another format): a typed error naming
+    the row, the missing key and the format the row looks like, never a KeyError."""
+    path = _rows(tmp_path / "gpt.jsonl", [{"conversations": [
+        {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]}])
+    with pytest.raises(DataError, match=rf"{path}:1: no 'messages' key, which a 'messages' row "
+                                        r"needs; the row has \['conversations'\]; it looks "
+                                        r"like a 'sharegpt' row"):
+        read_examples(path, "messages")
+    for fmt, key in (("plain", "audio"), ("lalm", "id"), ("sharegpt", "conversations")):
+        other = path if fmt != "sharegpt" else _rows(tmp_path / "m.jsonl", [{"messages": []}])
+        (item,) = iter_format(other, fmt)
+        assert isinstance(item, BadRecord) and f"no {key!r} key" in item.reason
+    broken = _rows(tmp_path / "broken.jsonl", [{"conversations": [{"from": "human"}]}])
+    (item,) = iter_format(broken, "sharegpt")
+    assert "turn 0 of 'conversations' must be an object with 'from' and 'value'" in item.reason
+    out = tmp_path / "out.jsonl"
+    assert cli.main(["data", "convert", str(path), str(out), "--from", "messages",
+                     "--to", "lalm"]) == 2
+    err = capsys.readouterr().err
+    assert "no 'messages' key" in err and "KeyError" not in err

@@ -137,3 +137,30 @@ def test_raw_text_prompt_and_request_objects(pipe: Pipeline) -> None:
     chat = pipe.chat([Message("user", (AudioPart(clip), TextPart("Caption:")))])
     assert raw.finish_reason in ("stop", "length") and chat.finish_reason in ("stop", "length")
     assert raw.timings["prepare"] > 0 and raw.timings["generate"] > 0
+
+
+def test_chat_puts_each_audio_where_its_tag_stands(pipe: Pipeline) -> None:
+    """"Listen to this: <audio> and tell me" (a string, or ms-swift-style messages with an
+    audio list): the prompt hears the audio between the two texts, several audios each at its
+    own tag in order; tags that are not as many as the audios are a PromptError."""
+    a, b = AudioPart(_clip(8000, 0)), AudioPart(_clip(8000, 1))
+    request = pipe.chat_request("Listen to this: <audio> and tell me what it is.", [a])
+    pieces = request.prompt.pieces
+    assert [isinstance(p, AudioPart) for p in pieces] == [False, True, False] and pieces[1] is a
+    texts = [pieces[0].text, pieces[2].text]
+    assert texts == ["<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>"
+                     "user\nListen to this: Audio 1: <|audio_bos|>",
+                     "<|audio_eos|>\n and tell me what it is.<|im_end|>\n"
+                     "<|im_start|>assistant\n"]
+    two = pipe.chat_request("First <audio>, then <audio>: which is higher?", [a, b]).prompt
+    assert two.audios == (a, b)
+    assert "user\nFirst Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n, then Audio 2: " \
+           "<|audio_bos|><|AUDIO|><|audio_eos|>\n: which is higher?<|im_end|>" in two.text
+    turns = [Message("user", "Hear <audio>."), Message("assistant", "Yes."),
+             Message("user", (TextPart("And <audio>?"),))]
+    chat = pipe.chat_request(turns, [a, b]).prompt
+    assert chat.audios == (a, b) and "user\nAnd Audio 2: <|audio_bos|>" in chat.text
+    with pytest.raises(PromptError, match="1 <audio> tag.*2 audios"):
+        pipe.chat_request("Compare <audio> with the other.", [a, b])
+    with pytest.raises(PromptError, match="2 <audio> tag.*0 audios"):
+        pipe.chat_request("<audio><audio>?")
