@@ -102,6 +102,15 @@ def _disk_name(key: str) -> str:
     return key
 
 
+def memory_name(key: str) -> str:
+    """The transformers-5 in-memory name of an on-disk key (``language_model.model.x`` ->
+    ``model.language_model.x``): the module paths PEFT adapters name."""
+    for memory, disk in _V5_PREFIXES:
+        if disk and key.startswith(disk):
+            return memory + key[len(disk):]
+    return "model." + key
+
+
 # Field defaults of transformers' Qwen2Config / Qwen2AudioEncoderConfig: the published
 # config.json leaves out every field equal to them (e.g. hidden_size 4096).
 _TEXT_DEFAULTS: dict[str, Any] = {

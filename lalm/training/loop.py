@@ -8,7 +8,8 @@
 4. each step: take ``grad_accum`` micro-batches, count their targets over all ranks, backprop
    each micro-batch's share of the global loss, clip, step, schedule;
 5. log (tqdm, JSONL, TensorBoard), validate (held-out loss and task metrics), save checkpoints;
-6. at the end: a last checkpoint and the export (Qwen2-Audio HF layout, LoRA merged).
+6. at the end: a last checkpoint and the export (Qwen2-Audio HF layout, LoRA merged); when
+   LoRA is all that trained, also ``adapter/``: the adapters alone in PEFT's format.
 
 The ``lm`` loss runs ``lm_head`` only at positions with a target (``output="targets"``): prompts,
 audio and padding never pay for the vocabulary projection. ``log.jsonl`` holds exactly the
@@ -69,6 +70,7 @@ from lalm.training.distributed import (
 from lalm.training.dpo import PairCollator, dpo_loss, sequence_logprobs
 from lalm.training.metrics import task_metrics
 from lalm.training.optim import build_optimizer, build_scheduler
+from lalm.training.peft_adapter import adapter_only, save_peft_adapter
 from lalm.training.stages import TrainConfig
 from lalm.training.state import (
     TrainerState,
@@ -425,6 +427,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             merged = merged_copy(unwrap(model), full, config.parts, config.lora)
             export(merged, config.data.tokenizer or config.model.checkpoint, out_dir / "export")
             result.export_dir = out_dir / "export"
+            if adapter_only(config.parts) and not merged.config.projector.audio_bos_eos:
+                save_peft_adapter(full, merged.config, config.lora.alpha, out_dir / "adapter",
+                                  config.lora.dropout, config.model.checkpoint)
         barrier(dist)
     log.close()
     shutdown(dist)

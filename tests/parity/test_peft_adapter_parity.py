@@ -1,0 +1,171 @@
+"""lalm with LoRA vs transformers + PEFT on lalm's export of the base and its PEFT adapter.
+
+A tiny random model gets adapters on every part (non-zero B, so the update shows), the base is
+exported in the Qwen2-Audio HF layout and the adapters in PEFT's format; PEFT's own loader must
+then compute lalm's decoder logits and audio rows (fp32, 1e-5 relative). The folder also loads
+back into lalm, and a PEFT-written adapter loads into lalm.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+from lalm.checkpoint import save_model  # noqa: E402
+from lalm.errors import CheckpointError  # noqa: E402
+from lalm.testing.models import random_features, random_model  # noqa: E402
+from lalm.training.build import set_parts  # noqa: E402
+from lalm.training.lora import LoRALinear  # noqa: E402
+from lalm.training.peft_adapter import (  # noqa: E402
+    CONFIG_FILE,
+    load_peft_adapter,
+    save_peft_adapter,
+)
+from lalm.training.stages import LoraConfig, PartsConfig  # noqa: E402
+
+pytestmark = pytest.mark.slow  # importing transformers and peft takes seconds
+REL = 1e-5
+LORA = LoraConfig(rank=4, alpha=12.0)
+
+
+def _rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return (actual - expected).abs().max().item() / expected.abs().max().item()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(lalm model with LoRA, base export folder, adapter folder)."""
+    root = tmp_path_factory.mktemp("peft")
+    model = random_model("tiny-random", seed=7)
+    save_model(model, root / "base")
+    set_parts(model, PartsConfig(encoder="lora", projector="lora", decoder="lora"), LORA)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, LoRALinear):
+                module.lora_b.copy_(0.3 * torch.randn(module.lora_b.shape, generator=gen))
+    save_peft_adapter(model.state_dict(), model.config, LORA.alpha, root / "adapter",
+                      base_model=str(root / "base"))
+    return model.eval(), root / "base", root / "adapter"
+
+
+@pytest.fixture(scope="module")
+def reference(exported):
+    _, base, adapter = exported
+    hf = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(base)
+    return peft.PeftModel.from_pretrained(hf, adapter).eval()
+
+
+def test_peft_computes_lalms_decoder_logits(exported, reference) -> None:
+    model, _, _ = exported
+    ids = torch.randint(0, 500, (2, 11), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = model(ids).logits[:, -1]
+        theirs = reference(input_ids=ids).logits[:, -1].float()
+        reference.disable_adapter_layers()
+        base = reference(input_ids=ids).logits[:, -1].float()
+        reference.enable_adapter_layers()
+    assert _rel_err(ours, theirs) <= REL
+    assert _rel_err(base, theirs) > 1e-3  # the adapters matter: a dropped one would show
+
+
+def test_peft_computes_lalms_audio_rows(exported, reference) -> None:
+    model, _, _ = exported
+    features, lens = random_features([180], n_mels=128, seed=3)
+    padded = torch.zeros(1, 128, 3000)
+    padded[..., : features.shape[-1]] = features
+    n = (int(lens[0]) - 1) // 2 + 1
+    key_bias = torch.zeros(1, 1, 1, 1500)
+    key_bias[..., n:] = torch.finfo(torch.float32).min
+    inner = reference.base_model.model.model
+    with torch.no_grad():
+        theirs = inner.multi_modal_projector(inner.audio_tower(padded, key_bias).last_hidden_state)
+        ours = model.embed_audio(features, lens)[0]
+    assert _rel_err(ours, theirs[0, : ours.shape[0]]) <= REL
+
+
+def test_adapter_folder_is_pefts_format(exported) -> None:
+    _, _, adapter = exported
+    config = json.loads((adapter / CONFIG_FILE).read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 12.0
+    assert "model.language_model.layers.0.self_attn.q_proj" in config["target_modules"]
+    assert "model.multi_modal_projector.linear" in config["target_modules"]
+    loaded = peft.PeftConfig.from_pretrained(adapter)
+    assert loaded.r == 4
+
+
+def test_lalm_loads_the_folder_back(exported) -> None:
+    model, base, adapter = exported
+    from lalm.checkpoint import load_model
+
+    fresh = load_model(base, dtype="fp32")
+    names = load_peft_adapter(fresh, adapter)
+    assert "decoder.layers.1.mlp.down" in names and "projector.proj" in names
+    ids = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(ids).logits, model(ids).logits)
+
+
+def test_lalm_loads_an_adapter_peft_wrote(exported, tmp_path) -> None:
+    _, base, _ = exported
+    hf = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(base)
+    config = peft.LoraConfig(r=2, lora_alpha=5, target_modules=["q_proj", "down_proj"])
+    wrapped = peft.get_peft_model(hf, config)
+    with torch.no_grad():
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    wrapped.save_pretrained(tmp_path / "theirs")
+    from lalm.checkpoint import load_model
+
+    ours = load_model(base, dtype="fp32")
+    names = load_peft_adapter(ours, tmp_path / "theirs")
+    assert "encoder.blocks.0.attn.query" in names and "decoder.layers.0.mlp.down" in names
+    ids = torch.arange(5, 30)[None]
+    with torch.no_grad():
+        theirs = wrapped.eval()(input_ids=ids).logits[:, -1]
+        assert _rel_err(ours.eval()(ids).logits[:, -1], theirs) <= REL
+
+
+def test_unsupported_variants_are_refused(exported, tmp_path) -> None:
+    model, base, adapter = exported
+    from lalm.checkpoint import load_model
+
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(
+        {**json.loads((adapter / CONFIG_FILE).read_text()), "use_dora": True}))
+    with pytest.raises(CheckpointError, match="use_dora"):
+        load_peft_adapter(load_model(base, dtype="fp32"), tmp_path)
+    v1 = random_model("tiny-random-v1")
+    with pytest.raises(CheckpointError, match="v1"):
+        save_peft_adapter(model.state_dict(), v1.config, 1.0, tmp_path / "v1")
+
+
+def test_a_lora_stage_writes_its_adapter(tmp_path) -> None:
+    """`lalm train` with LoRA only: ``adapter/`` on the starting weights is the merged export."""
+    from lalm.checkpoint import load_model
+    from lalm.config import ModelConfig
+    from lalm.model import AudioLanguageModel
+    from lalm.testing.training import tiny_stage, write_tiny_tokenizer, write_tone_dataset
+    from lalm.tokenizer import load_tokenizer
+    from lalm.training import TrainConfig, train
+    from lalm.training.build import init_weights
+
+    manifest = write_tone_dataset(tmp_path / "tones", 1)
+    tokenizer = write_tiny_tokenizer(tmp_path / "tok", manifest)
+    stage = tiny_stage(tmp_path / "run", manifest, tokenizer, len(load_tokenizer(tokenizer)),
+                       parts={"encoder": "frozen", "projector": "lora", "decoder": "lora"},
+                       optim={"lr": 1e-2, "warmup_steps": 0},
+                       run={"max_steps": 2, "export": True, "save_every": 0})
+    result = train(TrainConfig.from_dict(stage))
+    base = AudioLanguageModel(ModelConfig.from_name("tiny-random", **stage["model"]["overrides"]))
+    init_weights(base, 0)
+    load_peft_adapter(base, tmp_path / "run" / "adapter")
+    ids = torch.arange(3, 30)[None]
+    with torch.no_grad():
+        expected = load_model(result.export_dir).eval()(ids).logits[:, -1]
+        assert _rel_err(base.eval()(ids).logits[:, -1], expected) <= REL
