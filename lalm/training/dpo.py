@@ -152,6 +152,24 @@ class PairCollator:
         return collate([c for c, _ in pairs] + [r for _, r in pairs], self.pad_id)
 
 
+def token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Log-likelihood of each target token.
+
+    Args:
+        logits: [B, S, V]; position s predicts labels[:, s + 1].
+        labels: [B, S] int64, -100 where there is no target.
+
+    Returns:
+        (logp [B, S - 1] float32, 0 where there is no target; keep [B, S - 1] bool, the
+        target positions): entry s is log p(labels[:, s + 1]).
+    """
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = logits[:, :-1].float()
+    picked = logits.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    return (picked - torch.logsumexp(logits, dim=-1)) * keep, keep
+
+
 def sequence_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
     """Summed log-likelihood of each row's targets.
 
@@ -162,12 +180,7 @@ def sequence_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
     Returns:
         [B] float32 sums of log p(label) over the target positions.
     """
-    targets = labels[:, 1:]
-    keep = targets != IGNORE_INDEX
-    logits = logits[:, :-1].float()
-    picked = logits.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
-    logp = picked - torch.logsumexp(logits, dim=-1)
-    return (logp * keep).sum(-1)
+    return token_logprobs(logits, labels)[0].sum(-1)
 
 
 @dataclass

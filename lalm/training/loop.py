@@ -282,6 +282,20 @@ def validate(model: nn.Module, loader: DataLoader, config: TrainConfig, dist: Di
     return float(total[0] / max(total[1], 1))
 
 
+def export_run(model: nn.Module, config: TrainConfig, out_dir: Path, main: bool) -> None:
+    """Write ``out_dir/export`` (the merged model) and, when LoRA is all that trained,
+    ``out_dir/adapter`` (the adapters in PEFT's format); every rank calls it (FSDP gathers)."""
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                  cpu_offload=True))
+    if not main:
+        return
+    merged = merged_copy(unwrap(model), full, config.parts, config.lora)
+    export(merged, config.data.tokenizer or config.model.checkpoint, out_dir / "export")
+    if adapter_only(config.parts) and not merged.config.projector.audio_bos_eos:
+        save_peft_adapter(full, merged.config, config.lora.alpha, out_dir / "adapter",
+                          config.lora.dropout, config.model.checkpoint)
+
+
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Run one stage (module docstring). Launch under torchrun for several ranks.
 
@@ -296,6 +310,10 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     Raises:
         ConfigError, DataError, CheckpointError: bad config, data or checkpoints.
     """
+    if config.objective == "grpo":  # its own loop, which builds on this module
+        from lalm.training.grpo_loop import train_grpo
+
+        return train_grpo(config, resume)
     # 1. processes and randomness
     run = config.run
     dist = init_distributed(run.device)
@@ -421,15 +439,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     evaluate()
     result.checkpoint = save()
     if run.export:
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
-                                                                      cpu_offload=True))
-        if dist.main:
-            merged = merged_copy(unwrap(model), full, config.parts, config.lora)
-            export(merged, config.data.tokenizer or config.model.checkpoint, out_dir / "export")
-            result.export_dir = out_dir / "export"
-            if adapter_only(config.parts) and not merged.config.projector.audio_bos_eos:
-                save_peft_adapter(full, merged.config, config.lora.alpha, out_dir / "adapter",
-                                  config.lora.dropout, config.model.checkpoint)
+        export_run(model, config, out_dir, dist.main)
+        result.export_dir = out_dir / "export" if dist.main else None
         barrier(dist)
     log.close()
     shutdown(dist)

@@ -14,7 +14,9 @@ layers again, so the merged model has the original architecture and key names (r
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,7 @@ class LoRALinear(nn.Linear):
         self.lora_a = nn.Parameter(torch.empty(rank, in_features, device=device, dtype=dtype))
         self.lora_b = nn.Parameter(torch.zeros(out_features, rank, device=device, dtype=dtype))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.adapter_enabled = True  # False: the base layer alone (`adapters_disabled`)
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
 
     @classmethod
@@ -59,6 +62,8 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [..., in_features] -> [..., out_features]."""
+        if not self.adapter_enabled:
+            return F.linear(x, self.weight, self.bias)
         update = F.linear(F.linear(self.lora_dropout(x), self.lora_a), self.lora_b)
         return F.linear(x, self.weight, self.bias) + self.scaling * update
 
@@ -69,6 +74,20 @@ class LoRALinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.rank}, scaling={self.scaling:g}"
+
+
+@contextlib.contextmanager
+def adapters_disabled(module: nn.Module) -> Iterator[None]:
+    """Within the block, every `LoRALinear` under `module` computes its base layer alone: the
+    starting model, e.g. the free KL reference of a LoRA stage."""
+    layers = [m for m in module.modules() if isinstance(m, LoRALinear)]
+    for layer in layers:
+        layer.adapter_enabled = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.adapter_enabled = True
 
 
 def _targeted(name: str, targets: tuple[str, ...]) -> bool:

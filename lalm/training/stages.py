@@ -3,7 +3,8 @@
 A stage says which parts train and how (`PartsConfig`: each of encoder / projector / decoder is
 ``frozen``, ``full`` or ``lora``), what data it reads and in which mix (`DataConfig`), the
 optimiser and its warmup-cosine schedule (`OptimConfig`), the objective (``lm``: next-token loss
-on the targets only; ``dpo``: preference pairs against a frozen reference, `DpoConfig`) and how
+on the targets only; ``dpo``: preference pairs against a frozen reference, `DpoConfig`; ``grpo``:
+sampled answers scored by verifiable rewards, `GrpoConfig`) and how
 the run goes (`RunConfig`: steps, precision, checkpoints, logs, evaluation, distribution).
 
 YAML mirrors the dataclasses one to one (sections = fields); defaults live only here. Overrides
@@ -29,7 +30,7 @@ import yaml
 from lalm.errors import ConfigError
 
 PartMode = Literal["frozen", "full", "lora"]
-Objective = Literal["lm", "dpo"]
+Objective = Literal["lm", "dpo", "grpo"]
 Strategy = Literal["ddp", "fsdp"]
 PARTS = ("encoder", "projector", "decoder")
 LORA_TARGETS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down",
@@ -170,6 +171,39 @@ class DpoConfig:
 
 
 @dataclass
+class GrpoConfig:
+    """Group relative policy optimisation (Shao et al. 2024) on verifiable rewards
+    (`lalm.training.grpo`): G sampled answers per prompt, advantages relative to the group."""
+
+    group_size: int = 4  # G: answers sampled per prompt
+    prompts: int = 2  # prompts per micro-batch (each brings G rows)
+    # reward name -> weight (lalm.training.rewards: exact_match, normalized_match, choice, wer,
+    # format)
+    rewards: dict[str, float] = field(default_factory=lambda: {"exact_match": 1.0})
+    temperature: float = 1.0  # sampling temperature of the answers
+    top_p: float = 1.0  # nucleus sampling of the answers
+    top_k: int = 0  # top-k sampling of the answers (0: all)
+    max_new_tokens: int = 64  # answer budget
+    scale_rewards: bool = True  # divide advantages by the group's reward std (Dr. GRPO: false)
+    clip_low: float = 0.2  # PPO ratio clip: lower bound 1 - clip_low
+    clip_high: float | None = None  # upper bound 1 + clip_high (DAPO clip-higher); None: clip_low
+    loss_agg: Literal["sequence", "token"] = "sequence"  # mean per answer, or per token (DAPO)
+    kl_coef: float = 0.0  # weight of the KL to the reference; 0: no reference at all
+    # the frozen KL reference of full fine-tuning (None: the starting weights); LoRA-only
+    # stages use the base weights with the adapters switched off
+    reference: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2 or self.prompts < 1 or self.max_new_tokens < 1:
+            raise ConfigError("grpo: need group_size >= 2, prompts >= 1, max_new_tokens >= 1")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ConfigError("grpo: need temperature > 0, 0 < top_p <= 1, top_k >= 0")
+        high = self.clip_low if self.clip_high is None else self.clip_high
+        if not 0 < self.clip_low < 1 or high <= 0 or self.kl_coef < 0:
+            raise ConfigError("grpo: need 0 < clip_low < 1, clip_high > 0, kl_coef >= 0")
+
+
+@dataclass
 class RunConfig:
     """Steps, precision, checkpoints, logs, evaluation and distribution of one run."""
 
@@ -216,16 +250,17 @@ class TrainConfig:
     stage: str  # name in logs (e.g. stage1_pretrain)
     model: ModelSource
     data: DataConfig
-    objective: Objective = "lm"  # lm: next-token loss on targets; dpo: preference pairs
+    objective: Objective = "lm"  # lm: next-token loss on targets; dpo: preference pairs; grpo
     parts: PartsConfig = field(default_factory=PartsConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
         if self.objective not in typing.get_args(Objective):
-            raise ConfigError(f"objective must be lm or dpo, got {self.objective!r}")
+            raise ConfigError(f"objective must be lm, dpo or grpo, got {self.objective!r}")
         if self.data.tokenizer is None and self.model.checkpoint is None:
             raise ConfigError("data.tokenizer is needed when the model starts from a preset")
         if self.data.encoder_cache and (self.parts.encoder != "frozen" or self.objective != "lm"):
