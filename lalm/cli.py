@@ -325,6 +325,22 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a training checkpoint (RUN/checkpoints/step-*)")
+    p.add_argument("out", help="folder for export/ (LoRA merged) and, for LoRA-only stages, "
+                              "adapter/ (PEFT format)")
+
+
+@command("export", "write a training checkpoint as a merged model (and its PEFT adapter)",
+         _export_arguments)
+def _export(args: argparse.Namespace) -> int:
+    from lalm.training.exports import export_checkpoint
+
+    for folder in export_checkpoint(args.checkpoint, args.out):
+        print(f"wrote {folder}")
+    return 0
+
+
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of `lalm serve`; the limits map onto `lalm.serve.Limits` fields."""
     p.add_argument("--model", required=True, help="checkpoint directory")

@@ -51,9 +51,9 @@ from lalm.training.grpo import (
     sample_answers,
 )
 from lalm.training.lora import adapters_disabled
+from lalm.training.exports import export_run
 from lalm.training.loop import (
     RunLog,
-    export_run,
     TrainResult,
     enable_grad_checkpointing,
     seed_everything,

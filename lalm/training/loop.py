@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, Sampler
 
@@ -52,10 +51,8 @@ from lalm.model.lalm import IGNORE_INDEX
 from lalm.training.build import (
     build_dataset,
     build_model,
-    export,
     load_stage_tokenizer,
     may_skip_parts,
-    merged_copy,
 )
 from lalm.training.distributed import (
     DistInfo,
@@ -68,9 +65,9 @@ from lalm.training.distributed import (
     wrap_model,
 )
 from lalm.training.dpo import PairCollator, dpo_loss, sequence_logprobs
+from lalm.training.exports import export_run
 from lalm.training.metrics import task_metrics
 from lalm.training.optim import build_optimizer, build_scheduler
-from lalm.training.peft_adapter import adapter_only, save_peft_adapter
 from lalm.training.stages import TrainConfig
 from lalm.training.state import (
     TrainerState,
@@ -280,20 +277,6 @@ def validate(model: nn.Module, loader: DataLoader, config: TrainConfig, dist: Di
     total = all_reduce_sum(total, dist)
     model.train()
     return float(total[0] / max(total[1], 1))
-
-
-def export_run(model: nn.Module, config: TrainConfig, out_dir: Path, main: bool) -> None:
-    """Write ``out_dir/export`` (the merged model) and, when LoRA is all that trained,
-    ``out_dir/adapter`` (the adapters in PEFT's format); every rank calls it (FSDP gathers)."""
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
-                                                                  cpu_offload=True))
-    if not main:
-        return
-    merged = merged_copy(unwrap(model), full, config.parts, config.lora)
-    export(merged, config.data.tokenizer or config.model.checkpoint, out_dir / "export")
-    if adapter_only(config.parts) and not merged.config.projector.audio_bos_eos:
-        save_peft_adapter(full, merged.config, config.lora.alpha, out_dir / "adapter",
-                          config.lora.dropout, config.model.checkpoint)
 
 
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:

@@ -160,7 +160,7 @@ def test_a_lora_stage_writes_its_adapter(tmp_path) -> None:
     stage = tiny_stage(tmp_path / "run", manifest, tokenizer, len(load_tokenizer(tokenizer)),
                        parts={"encoder": "frozen", "projector": "lora", "decoder": "lora"},
                        optim={"lr": 1e-2, "warmup_steps": 0},
-                       run={"max_steps": 2, "export": True, "save_every": 0})
+                       run={"max_steps": 2, "export": True, "save_every": 1, "keep_last": 3})
     result = train(TrainConfig.from_dict(stage))
     base = AudioLanguageModel(ModelConfig.from_name("tiny-random", **stage["model"]["overrides"]))
     init_weights(base, 0)
@@ -169,3 +169,16 @@ def test_a_lora_stage_writes_its_adapter(tmp_path) -> None:
     with torch.no_grad():
         expected = load_model(result.export_dir).eval()(ids).logits[:, -1]
         assert _rel_err(base.eval()(ids).logits[:, -1], expected) <= REL
+
+    # any step's checkpoint exports the same way (`lalm export`); the last one as the run did
+    from lalm.cli import main
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert main(["export", str(checkpoints / "step-00000002"), str(tmp_path / "two")]) == 0
+    assert main(["export", str(checkpoints / "step-00000001"), str(tmp_path / "one")]) == 0
+    final, two, one = (load_model(p).state_dict() for p in
+                       (result.export_dir, tmp_path / "two" / "export", tmp_path / "one" / "export"))
+    assert all(torch.equal(final[k], two[k]) for k in final)
+    assert not all(torch.equal(final[k], one[k]) for k in final)
+    assert (tmp_path / "one" / "adapter" / CONFIG_FILE).is_file()
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "bad")]) == 2  # not a step
