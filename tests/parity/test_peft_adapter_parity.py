@@ -176,8 +176,8 @@ def test_a_lora_stage_writes_its_adapter(tmp_path) -> None:
     checkpoints = tmp_path / "run" / "checkpoints"
     assert main(["export", str(checkpoints / "step-00000002"), str(tmp_path / "two")]) == 0
     assert main(["export", str(checkpoints / "step-00000001"), str(tmp_path / "one")]) == 0
-    final, two, one = (load_model(p).state_dict() for p in
-                       (result.export_dir, tmp_path / "two" / "export", tmp_path / "one" / "export"))
+    final, two, one = (load_model(p).state_dict() for p in (
+        result.export_dir, tmp_path / "two" / "export", tmp_path / "one" / "export"))
     assert all(torch.equal(final[k], two[k]) for k in final)
     assert not all(torch.equal(final[k], one[k]) for k in final)
     assert (tmp_path / "one" / "adapter" / CONFIG_FILE).is_file()
