@@ -142,6 +142,7 @@ def generate_steps(
     options: GenerationOptions,
     stop_ids: Sequence[int],
     decode: Decode | None = None,
+    row_seeds: Sequence[int] | None = None,
 ) -> Iterator[Step]:
     """Greedy or sampled decoding, one `Step` per generated position (streaming).
 
@@ -154,12 +155,15 @@ def generate_steps(
         options: decoding policy with ``num_beams == 1``.
         stop_ids: ids that end a row (kept as the row's last token).
         decode: ids -> text, needed for ``options.stop_sequences``.
+        row_seeds: when sampling, one seed per row instead of ``options.seed``: each row draws
+            from its own generator, so its tokens do not depend on the rest of the batch.
 
     Yields:
         `Step` after each generated position.
 
     Raises:
-        GenerationError: beam search options, or a prompt + max_new_tokens beyond the cache.
+        GenerationError: beam search options, a prompt + max_new_tokens beyond the cache, or
+            `row_seeds` not one per row.
     """
     if options.num_beams > 1:
         raise GenerationError("generate_steps does not beam search; use beam_search")
@@ -167,8 +171,12 @@ def generate_steps(
     columns = _check_room(model, prompt.ids.shape[1], options)
     stops = _StopSequences(options.stop_sequences, decode)
     stop_set = set(stop_ids)
-    generator = None
-    if options.do_sample and options.seed is not None:
+    generator: torch.Generator | list[torch.Generator] | None = None
+    if row_seeds is not None:
+        if len(row_seeds) != batch:
+            raise GenerationError(f"row_seeds: {len(row_seeds)} seeds for {batch} rows")
+        generator = [torch.Generator(prompt.ids.device).manual_seed(s) for s in row_seeds]
+    elif options.do_sample and options.seed is not None:
         generator = torch.Generator(prompt.ids.device).manual_seed(options.seed)
     vocab = model.config.decoder.vocab_size
     seen = _seen_mask(prompt, vocab) if options.repetition_penalty != 1.0 else None
@@ -215,10 +223,11 @@ def generate(
     options: GenerationOptions,
     stop_ids: Sequence[int],
     decode: Decode | None = None,
+    row_seeds: Sequence[int] | None = None,
 ) -> list[GenerationResult]:
     """Generate for every prompt of the batch (greedy, sampling or beam search).
 
-    Args: as `generate_steps` (``num_beams > 1`` runs `beam_search`).
+    Args: as `generate_steps` (``num_beams > 1`` runs `beam_search`, which draws nothing).
 
     Returns:
         One `GenerationResult` per prompt, in order (`text` still empty: the pipeline decodes).
@@ -226,7 +235,7 @@ def generate(
     if options.num_beams > 1:
         return beam_search(model, prompt, options, stop_ids, decode)
     results: list[GenerationResult] = []
-    for step in generate_steps(model, prompt, options, stop_ids, decode):
+    for step in generate_steps(model, prompt, options, stop_ids, decode, row_seeds):
         results = step.results
     return results
 

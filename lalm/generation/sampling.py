@@ -133,14 +133,16 @@ def process_logits(
 
 
 def select_tokens(
-    logits: Tensor, do_sample: bool, generator: torch.Generator | None = None
+    logits: Tensor, do_sample: bool,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> Tensor:
     """Next token per row: argmax, or a draw from softmax(logits).
 
     Args:
         logits: [B, V] float32 processed logits.
         do_sample: draw instead of argmax.
-        generator: source of randomness for the draw (on the logits' device).
+        generator: source of randomness for the draw (on the logits' device): one for the
+            batch, or one per row (a row's draws then do not depend on the other rows).
 
     Returns:
         [B] int64.
@@ -148,4 +150,7 @@ def select_tokens(
     if not do_sample:
         return logits.argmax(dim=-1)
     probs = logits.softmax(dim=-1)
+    if isinstance(generator, Sequence):
+        return torch.cat([torch.multinomial(probs[row:row + 1], 1, generator=g)[0]
+                          for row, g in enumerate(generator)])
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -17,8 +17,9 @@ answers for every optimizer step (one update per rollout), so ``pi_old`` is the 
 (detached): rho = 1 and the gradient is the plain policy gradient; the clip acts when a caller
 passes older log-probabilities. ``clip_high > clip_low`` is DAPO's clip-higher.
 
-Sampling is reproducible: each micro-batch's draws come from a generator seeded from the run
-seed, the rank and the data position (`rollout_seed`), which a checkpoint restores.
+Sampling is reproducible: each answer draws from its own generator (`generate`'s ``row_seeds``),
+seeded from the run seed, the rank, the data position (which a checkpoint restores) and the
+row (`rollout_seeds`); an answer does not depend on the other rows decoded with it.
 """
 
 from __future__ import annotations
@@ -122,14 +123,17 @@ def prompt_length(labels: Tensor) -> int:
     return start
 
 
-def rollout_seed(seed: int, rank: int, epoch: int, consumed: int) -> int:
-    """The sampling seed of the micro-batch at data position (epoch, consumed) of a rank."""
-    return int(np.random.default_rng([seed, rank, epoch, consumed]).integers(2**62))
+def rollout_seeds(seed: int, rank: int, epoch: int, consumed: int, rows: int) -> list[int]:
+    """The per-row sampling seeds of the micro-batch at data position (epoch, consumed) of a
+    rank: `rows` seeds, one per sampled answer."""
+    rng = np.random.default_rng([seed, rank, epoch, consumed])
+    return [int(s) for s in rng.integers(2**62, size=rows)]
 
 
 @torch.no_grad()
 def sample_answers(model: AudioLanguageModel, items: Sequence[dict[str, Any]],
-                   tokenizer: Tokenizer, config: GrpoConfig, seed: int) -> list[list[int]]:
+                   tokenizer: Tokenizer, config: GrpoConfig, seeds: Sequence[int]
+                   ) -> list[list[int]]:
     """G sampled answers per prompt item, in one left-padded decoding batch.
 
     Args:
@@ -137,7 +141,8 @@ def sample_answers(model: AudioLanguageModel, items: Sequence[dict[str, Any]],
         items: P `AudioTextDataset` items; their final answer is cut off to make the prompts.
         tokenizer: for the stop ids.
         config: G and the sampling options.
-        seed: the draws' seed (`rollout_seed`).
+        seeds: P x G row seeds (`rollout_seeds`): each answer draws from its own generator, so
+            it does not depend on the other rows of the batch.
 
     Returns:
         P x G token lists (the stop token kept when the answer stopped), prompt-major.
@@ -162,8 +167,8 @@ def sample_answers(model: AudioLanguageModel, items: Sequence[dict[str, Any]],
                              embeds.repeat_interleave(g, 0))
         options = GenerationOptions(max_new_tokens=config.max_new_tokens,
                                     temperature=config.temperature, top_p=config.top_p,
-                                    top_k=config.top_k, seed=seed)
-        results = generate(model, prompt, options, tokenizer.stop_ids, tokenizer.decode)
+                                    top_k=config.top_k)
+        results = generate(model, prompt, options, tokenizer.stop_ids, tokenizer.decode, seeds)
     finally:
         model.train(was_training)
     return [r.tokens for r in results]

@@ -47,7 +47,7 @@ from lalm.training.grpo import (
     answered_batch,
     group_advantages,
     grpo_loss,
-    rollout_seed,
+    rollout_seeds,
     sample_answers,
 )
 from lalm.training.lora import adapters_disabled
@@ -175,12 +175,13 @@ def train_grpo(config: TrainConfig, resume: bool = False) -> TrainResult:
         # 1. rollouts of every micro-batch with the policy before the step
         micro = []
         for _ in range(config.optim.grad_accum):
-            seed = rollout_seed(run.seed, dist.rank, state.epoch, state.consumed)
+            seeds = rollout_seeds(run.seed, dist.rank, state.epoch, state.consumed,
+                                  grpo.prompts * grpo.group_size)
             indices = stream.next()
             items = [train_set[i] for i in indices]
             examples = [train_set.examples[i] for i in indices for _ in range(grpo.group_size)]
             with autocast():
-                answers = sample_answers(unwrap(model), items, tokenizer, grpo, seed)
+                answers = sample_answers(unwrap(model), items, tokenizer, grpo, seeds)
             rewards, means = score([answer_text(a, tokenizer) for a in answers], examples,
                                    grpo.rewards)
             advantages = group_advantages(torch.tensor(rewards), grpo.group_size,

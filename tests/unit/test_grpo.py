@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from lalm.data.manifest import AudioRef, Example, TaskSpec
-from lalm.errors import ConfigError, DataError
+from lalm.errors import ConfigError, DataError, GenerationError
+from lalm.generation import GenerationOptions
+from lalm.generation.generate import PromptBatch, generate, left_pad
 from lalm.model.lalm import IGNORE_INDEX
 from lalm.testing.models import random_model
 from lalm.training.dpo import token_logprobs
-from lalm.training.grpo import group_advantages, grpo_loss, prompt_length, rollout_seed
+from lalm.training.grpo import group_advantages, grpo_loss, prompt_length, rollout_seeds
 from lalm.training.lora import LoRALinear, adapters_disabled
 from lalm.training.rewards import (
     REWARDS,
@@ -170,5 +172,25 @@ def test_adapters_disabled_is_the_base_model() -> None:
 def test_prompt_length_and_seeds() -> None:
     labels = torch.tensor([IGNORE_INDEX, 3, 4, IGNORE_INDEX, IGNORE_INDEX, 7, 8, 9])
     assert prompt_length(labels) == 5  # an earlier labelled turn stays prompt
-    assert rollout_seed(0, 0, 1, 2) == rollout_seed(0, 0, 1, 2)
-    assert len({rollout_seed(0, r, e, c) for r in (0, 1) for e in (0, 1) for c in (0, 1)}) == 8
+    assert rollout_seeds(0, 0, 1, 2, 3) == rollout_seeds(0, 0, 1, 2, 3)
+    seeds = {s for r in (0, 1) for e in (0, 1) for c in (0, 1)
+             for s in rollout_seeds(0, r, e, c, 2)}
+    assert len(seeds) == 16
+
+
+def test_row_seeds_make_a_row_independent_of_its_batch() -> None:
+    model = random_model("tiny-random", seed=6)
+    rows = [[5, 6, 7, 8, 9], [11, 12], [40, 41, 42]]
+    options = GenerationOptions(max_new_tokens=8, temperature=1.5)
+
+    def run(prompts: list[list[int]], seeds: list[int]) -> list[list[int]]:
+        ids, mask = left_pad(prompts, 0)
+        batch = PromptBatch(ids, mask, model.decoder.embed(ids).detach())
+        return [r.tokens for r in generate(model, batch, options, (), None, seeds)]
+
+    together = run(rows, [1, 2, 3])
+    assert run(rows[1:2], [2]) == together[1:2]  # alone, with its own seed: the same answer
+    assert run(rows, [1, 2, 3]) == together
+    assert run(rows, [1, 9, 3])[1] != together[1]
+    with pytest.raises(GenerationError, match="row_seeds"):
+        run(rows, [1, 2])
