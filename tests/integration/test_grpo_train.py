@@ -151,3 +151,25 @@ def test_a_reward_signal_moves_the_policy(data, tmp_path):
     assert 0 < records[0]["reward_test_length"] < 1
     state = torch.load(result.checkpoint / "model.pt", weights_only=True)
     assert any(state[k].abs().sum() > 0 for k in state if k.endswith("lora_b"))
+
+
+def test_two_ddp_ranks_train_and_refuse_fsdp(data, tmp_path):
+    """Under torchrun each rank decodes its own prompts (answers of different lengths) and DDP
+    still meets in every backward; FSDP, which would need every rank in each decode step, is
+    refused by name."""
+    reference = tmp_path / "reference"
+    save_model(_tiny(data, 1), reference)
+    config = _kl_stage(data, tmp_path / "ddp", reference)
+    stage = yaml.safe_load(config.read_text())
+    stage["run"].update(max_steps=2, save_every=0)
+    config.write_text(yaml.safe_dump(stage))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                "--standalone", "-m", "lalm", "train"]
+    done = subprocess.run([*launcher, str(config)], env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+    records = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and records[-1]["grad_norm"] > 0
+    done = subprocess.run([*launcher, str(config), "--set", "run.strategy=fsdp"], env=env,
+                          capture_output=True, timeout=300)
+    assert done.returncode != 0 and b"grpo runs under ddp only" in done.stderr
