@@ -194,3 +194,19 @@ def test_row_seeds_make_a_row_independent_of_its_batch() -> None:
     assert run(rows, [1, 9, 3])[1] != together[1]
     with pytest.raises(GenerationError, match="row_seeds"):
         run(rows, [1, 2])
+
+
+def test_prompt_stream_splits_ranks_and_rolls_over_epochs() -> None:
+    from lalm.training.grpo_loop import PromptStream
+    from lalm.training.state import TrainerState
+
+    states = [TrainerState(), TrainerState()]
+    streams = [PromptStream(5, 2, 0, rank, 2, s) for rank, s in enumerate(states)]
+    first = [streams[r].next() for r in (0, 1)]
+    assert sorted(first[0] + first[1]) == sorted(set(first[0] + first[1]))  # disjoint
+    again = [streams[r].next() for r in (0, 1)]  # 5 prompts, 2 ranks: 2 per rank per epoch
+    assert [s.epoch for s in states] == [1, 1] and [s.consumed for s in states] == [1, 1]
+    resumed = PromptStream(5, 2, 0, 0, 2, TrainerState(epoch=1, consumed=0))
+    assert resumed.next() == again[0]  # the position alone fixes what comes next
+    with pytest.raises(ConfigError, match="cannot fill"):
+        PromptStream(3, 2, 0, 0, 2, TrainerState())
