@@ -99,6 +99,13 @@ def test_adapter_folder_is_pefts_format(exported) -> None:
     assert loaded.r == 4
 
 
+def test_peft_adapts_exactly_lalms_layers(exported, reference) -> None:
+    model, _, _ = exported
+    theirs = sum(name.endswith("lora_A.default") for name, _ in reference.named_modules())
+    ours = sum(isinstance(m, LoRALinear) for m in model.modules())
+    assert theirs == ours == 27  # 2 x 6 encoder, the projector, 2 x 7 decoder layers
+
+
 def test_lalm_loads_the_folder_back(exported) -> None:
     model, base, adapter = exported
     from lalm.checkpoint import load_model
