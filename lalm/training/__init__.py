@@ -1,4 +1,5 @@
-"""Training: stages as configuration, an explicit loop, LoRA, DPO, exact resume, torchrun.
+"""Training: stages as configuration, an explicit loop, LoRA (PEFT adapters), DPO, GRPO,
+exact resume, torchrun.
 
     lalm train configs/train/stage2_sft.yaml --set run.max_steps=200 [--resume]
     torchrun --nproc-per-node 2 -m lalm train configs/train/stage1_pretrain.yaml
