@@ -25,14 +25,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lalm.checkpoint import load_model
 from lalm.config import resolve_dtype
 from lalm.data.collate import model_inputs
 from lalm.errors import ConfigError
+from lalm.model.lalm import IGNORE_INDEX
 from lalm.training.build import build_dataset, build_model, load_stage_tokenizer, may_skip_parts
 from lalm.training.distributed import (
+    DistInfo,
     all_reduce_sum,
     barrier,
     init_distributed,
@@ -42,6 +44,7 @@ from lalm.training.distributed import (
     wrap_model,
 )
 from lalm.training.dpo import token_logprobs
+from lalm.training.exports import export_run
 from lalm.training.grpo import (
     answer_text,
     answered_batch,
@@ -51,7 +54,6 @@ from lalm.training.grpo import (
     sample_answers,
 )
 from lalm.training.lora import adapters_disabled
-from lalm.training.exports import export_run
 from lalm.training.loop import (
     RunLog,
     TrainResult,
@@ -98,6 +100,20 @@ def _reference(config: TrainConfig, base: nn.Module) -> nn.Module | None:
     source = (load_model(config.grpo.reference, dtype="fp32") if config.grpo.reference
               else copy.deepcopy(base))
     return source.eval().requires_grad_(False)
+
+
+def _step_stats(micro: list[tuple[Any, Any, list[float], dict[str, float]]], totals: Tensor,
+                dist: DistInfo) -> dict[str, float]:
+    """The step's mean reward (total and per reward), KL and clipped fraction over every
+    micro-batch of every rank."""
+    names = sorted(micro[0][3])
+    local = [sum(sum(m[2]) for m in micro), sum(len(m[2]) for m in micro),
+             float(totals[1]), float(totals[2]), len(micro),
+             *[sum(m[3][k] * len(m[2]) for m in micro) for k in names]]
+    total = all_reduce_sum(torch.tensor(local, dtype=torch.float64), dist).tolist()
+    answers, batches = max(total[1], 1), max(total[4], 1)
+    return {"reward": total[0] / answers, "kl": total[2] / batches, "clipped": total[3] / batches,
+            **{k: v / answers for k, v in zip(names, total[5:])}}
 
 
 def train_grpo(config: TrainConfig, resume: bool = False) -> TrainResult:
@@ -191,7 +207,7 @@ def train_grpo(config: TrainConfig, resume: bool = False) -> TrainResult:
             micro.append((batch, advantages.to(dist.device), rewards, means))
         # 2. the loss count of the whole step, then each micro-batch's share
         per_micro = [len(m[2]) if grpo.loss_agg == "sequence"
-                     else int((m[0]["labels"][:, 1:] != -100).sum()) for m in micro]
+                     else int((m[0]["labels"][:, 1:] != IGNORE_INDEX).sum()) for m in micro]
         count = all_reduce_sum(torch.tensor(sum(per_micro), dtype=torch.float64), dist)
         totals = torch.zeros(3, dtype=torch.float64)  # loss, kl, clipped
         for i, (batch, advantages, _, _) in enumerate(micro):
@@ -223,15 +239,10 @@ def train_grpo(config: TrainConfig, resume: bool = False) -> TrainResult:
         result.losses.append(loss_value)
         log.advance()
         if state.step % run.log_every == 0 or state.step == run.max_steps:
-            all_rewards = [r for m in micro for r in m[2]]
-            record = {"step": state.step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
-                      "grad_norm": float(grad_norm), "epoch": state.epoch,
-                      "reward": sum(all_rewards) / len(all_rewards),
-                      "kl": float(totals[1]) / len(micro),
-                      "clipped": float(totals[2]) / len(micro),
-                      **{k: sum(m[3][k] for m in micro) / len(micro) for k in micro[0][3]},
-                      "elapsed_s": time.perf_counter() - t_start}
-            log.write(record)
+            log.write({"step": state.step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
+                       "grad_norm": float(grad_norm), "epoch": state.epoch,
+                       **_step_stats(micro, totals, dist),
+                       "elapsed_s": time.perf_counter() - t_start})
         if run.eval_every and state.step % run.eval_every == 0 and state.step < run.max_steps:
             evaluate()
         if run.save_every and state.step % run.save_every == 0 and state.step < run.max_steps:
