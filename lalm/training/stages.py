@@ -176,7 +176,7 @@ class GrpoConfig:
     (`lalm.training.grpo`): G sampled answers per prompt, advantages relative to the group."""
 
     group_size: int = 4  # G: answers sampled per prompt
-    prompts: int = 2  # prompts per micro-batch (each brings G rows)
+    prompts: int = 2  # prompts per micro-batch, G rows each (data.max_tokens etc. do not apply)
     # reward name -> weight (lalm.training.rewards: exact_match, normalized_match, choice, wer,
     # format)
     rewards: dict[str, float] = field(default_factory=lambda: {"exact_match": 1.0})
