@@ -9,6 +9,7 @@ back into lalm, and a PEFT-written adapter loads into lalm.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -189,3 +190,32 @@ def test_a_lora_stage_writes_its_adapter(tmp_path) -> None:
     assert not all(torch.equal(final[k], one[k]) for k in final)
     assert (tmp_path / "one" / "adapter" / CONFIG_FILE).is_file()
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "bad")]) == 2  # not a step
+
+
+def test_transformers4_paths_load_and_unknown_keys_are_named(exported, tmp_path) -> None:
+    """An adapter saved from transformers 4 names the on-disk paths (``language_model.model.``,
+    ``audio_tower.``): lalm reads it alike; a key of no layer is an error naming it."""
+    from safetensors.torch import load_file, save_file
+
+    from lalm.checkpoint import load_model
+
+    model, base, adapter = exported
+    v5 = load_file(adapter / "adapter_model.safetensors")
+    v4 = {k.replace("base_model.model.model.language_model.", "base_model.model.language_model."
+                    "model.").replace("base_model.model.model.", "base_model.model."): t
+          for k, t in v5.items()}
+    assert "base_model.model.language_model.model.layers.0.self_attn.q_proj.lora_A.weight" in v4
+    (tmp_path / "v4").mkdir()
+    shutil.copy(adapter / CONFIG_FILE, tmp_path / "v4")
+    save_file(v4, tmp_path / "v4" / "adapter_model.safetensors")
+    fresh = load_model(base, dtype="fp32")
+    load_peft_adapter(fresh, tmp_path / "v4")
+    ids = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(ids).logits, model(ids).logits)
+    (tmp_path / "bad").mkdir()
+    shutil.copy(adapter / CONFIG_FILE, tmp_path / "bad")
+    save_file({"base_model.model.model.nowhere.lora_A.weight": torch.zeros(4, 4)},
+              tmp_path / "bad" / "adapter_model.safetensors")
+    with pytest.raises(CheckpointError, match="nowhere"):
+        load_peft_adapter(load_model(base, dtype="fp32"), tmp_path / "bad")
