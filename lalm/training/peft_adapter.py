@@ -132,7 +132,8 @@ def read_peft_config(directory: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("peft_type") != "LORA":
         raise CheckpointError(f"{path}: peft_type must be LORA, got {data.get('peft_type')!r}"
                               if isinstance(data, dict) else f"{path} must hold a JSON object")
-    for field, plain in _PLAIN.items():
+    extras = {"lora_bias": False, "use_qalora": False}  # newer PEFT fields, off when absent
+    for field, plain in {**_PLAIN, **extras}.items():
         if data.get(field) is not None and data[field] != plain:
             raise CheckpointError(f"{path}: {field}={data[field]!r} is not supported (lalm "
                                   f"computes plain LoRA)")
