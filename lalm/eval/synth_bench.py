@@ -31,7 +31,6 @@ and reported in both scoring modes (one set of predictions, scored twice).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -187,13 +186,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def bar_chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """A PNG bar chart of the rows' scores, coloured by category (needs matplotlib)."""
-    try:
-        import matplotlib
+    from lalm.eval.compare import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise DataError("the benchmark chart needs matplotlib: pip install 'lalm[eval]'") from e
+    plt = pyplot()
     categories = list(dict.fromkeys(r["category"] for r in rows))
     colors = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(categories)}
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(rows) + 2), 4.5))
@@ -206,10 +201,7 @@ def bar_chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[c]) for c in categories]
     ax.legend(handles, categories, fontsize=8, loc="upper right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def run_synth_bench(pipe: Any, data: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -231,10 +223,12 @@ def run_synth_bench(pipe: Any, data: str | os.PathLike[str], out_dir: str | os.P
         The `BenchReport`.
     """
     from lalm.eval.evaluate import evaluate, rescore
+    from lalm.eval.report import describe_model, write_strict_json
 
     data, out = Path(data), Path(out_dir)
+    info = describe_model(pipe, model)  # the weights hashed once for both runs
     synth = evaluate(pipe, SYNTH_TASK, data, out / "lalm-synth", scoring, batch_size, limit,
-                     progress=progress, model=model, max_new_tokens=max_new_tokens)
+                     progress=progress, model=info, max_new_tokens=max_new_tokens)
     rows = [{"task": name, **s} for name, s in synth["scores"]["tasks"].items()]
     summaries: dict[str, Any] = {"lalm-synth": synth}
     airbench = data / "airbench"
@@ -242,7 +236,7 @@ def run_synth_bench(pipe: Any, data: str | os.PathLike[str], out_dir: str | os.P
         run_dir = out / "airbench"
         summaries["airbench"] = evaluate(pipe, "airbench-foundation", airbench, run_dir,
                                          "official", batch_size, limit, progress=progress,
-                                         model=model, max_new_tokens=max_new_tokens)
+                                         model=info, max_new_tokens=max_new_tokens)
         for mode in ("official", "strict"):
             s = rescore("airbench-foundation", run_dir, pipe.family, mode)
             summaries[f"airbench-{mode}"] = s
@@ -256,7 +250,6 @@ def run_synth_bench(pipe: Any, data: str | os.PathLike[str], out_dir: str | os.P
     md, js, png = out / "bench.md", out / "bench.json", out / "bench.png"
     title = f"lalm-synth benchmark: {model or 'model'} ({pipe.family.value}, {scoring})"
     atomic_write(md, f"# {title}\n\n{table}".encode())
-    atomic_write(js, (json.dumps({"rows": rows, "summaries": summaries}, indent=1,
-                                 ensure_ascii=False) + "\n").encode("utf-8"))
+    write_strict_json(js, {"rows": rows, "summaries": summaries})
     bar_chart(rows, png, title)
     return BenchReport(rows, md, js, png)

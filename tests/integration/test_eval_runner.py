@@ -76,7 +76,8 @@ def test_v1_family_runs_the_tag_prompts(synth, qwen_tiktoken, tmp_path) -> None:
     assert tasks["asr"]["version"] == "qwen-audio-asr-v1"
     assert tasks["sound_event"]["version"] == "exact-match-v1"  # strict
     run = json.loads((tmp_path / "run.json").read_text())
-    assert run["family"] == "qwen-audio" and run["options"]["stop_token_ids"] == [151643]
+    assert run["model"]["family"] == "qwen-audio"
+    assert run["options"]["stop_token_ids"] == [151643]
     official = rescore("lalm-synth", tmp_path, Family.QWEN_AUDIO, "official")
     assert official["tasks"]["sound_event"]["version"] == "normalized-match-v1"
 
@@ -90,7 +91,7 @@ class _Flaky:
 
     def __init__(self, pipe: Pipeline, batches: int) -> None:
         self.pipe, self.left, self.calls = pipe, batches, 0
-        self.family, self.tokenizer = pipe.family, pipe.tokenizer
+        self.family, self.tokenizer, self.model = pipe.family, pipe.tokenizer, pipe.model
 
     def generate(self, requests, options=None, batch_size=None, progress=None):
         if self.left == 0:
