@@ -470,7 +470,9 @@ def _eval_compare(args: argparse.Namespace) -> int:
 def _bench_synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint directory")
     p.add_argument("--data", required=True, help="lalm-synth folder (test.jsonl, airbench/)")
-    p.add_argument("--out", default="runs/bench-synth", help="output folder (reruns resume)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: runs/bench-synth/<model folder>-<weights "
+                        "hash>; reruns with the same model, data and options resume)")
     p.add_argument("--scoring", choices=["official", "strict"], default="official",
                    help="scoring mode of the per-task rows (AIR-Bench shows both)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
@@ -484,12 +486,17 @@ def _bench_synth_arguments(p: argparse.ArgumentParser) -> None:
 @command("bench-synth", "evaluate a model on every lalm-synth task: table, Markdown/JSON, chart",
          _bench_synth_arguments)
 def _bench_synth(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from lalm.api import load_model
+    from lalm.eval.report import describe_model
     from lalm.eval.synth_bench import markdown_table, run_synth_bench
 
     pipe = load_model(args.model, dtype=args.dtype, device=args.device)
-    report = run_synth_bench(pipe, args.data, args.out, args.scoring, args.batch_size,
-                             args.limit, model=args.model, max_new_tokens=args.max_new_tokens)
+    model = describe_model(pipe, args.model)
+    out = args.out or Path("runs") / "bench-synth" / model.label
+    report = run_synth_bench(pipe, args.data, out, args.scoring, args.batch_size,
+                             args.limit, model=model, max_new_tokens=args.max_new_tokens)
     print(markdown_table(report.rows), end="")
     print(f"wrote {report.markdown}, {report.json} and {report.chart}")
     return 0

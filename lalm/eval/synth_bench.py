@@ -35,7 +35,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lalm import prompt as P
 from lalm.data.manifest import Example, atomic_write, iter_manifest
@@ -55,6 +55,9 @@ from lalm.eval.normalizers import basic_normalize
 from lalm.eval.tasks import STRICT, EvalData, EvalItem, EvalTask, ScoreContext, groups
 from lalm.generation import Request
 from lalm.synth.render import render_prompt, v1_task_spec
+
+if TYPE_CHECKING:
+    from lalm.eval.report import ModelInfo
 
 SYNTH_VERSION = "lalm-synth-v1"
 _V2_TIMED_WORD = re.compile(r"(\S+) \((\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)\)")
@@ -206,7 +209,7 @@ def bar_chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 def run_synth_bench(pipe: Any, data: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                     scoring: str = "official", batch_size: int = 8, limit: int | None = None,
-                    progress: bool = True, model: str | None = None,
+                    progress: bool = True, model: str | ModelInfo | None = None,
                     max_new_tokens: int | None = None) -> BenchReport:
     """Evaluate a model on every lalm-synth task and on the AIR-Bench export; write the report.
 
@@ -217,16 +220,17 @@ def run_synth_bench(pipe: Any, data: str | os.PathLike[str], out_dir: str | os.P
             ``bench.md``, ``bench.json``, ``bench.png``.
         scoring: the mode of the per-task rows (AIR-Bench is reported in both).
         batch_size, limit, progress, model, max_new_tokens: as for
-            `lalm.eval.evaluate.evaluate`.
+            `lalm.eval.evaluate.evaluate` (the model's name or its `ModelInfo`).
 
     Returns:
         The `BenchReport`.
     """
     from lalm.eval.evaluate import evaluate, rescore
-    from lalm.eval.report import describe_model, write_strict_json
+    from lalm.eval.report import ModelInfo, describe_model, write_strict_json
 
     data, out = Path(data), Path(out_dir)
-    info = describe_model(pipe, model)  # the weights hashed once for both runs
+    # the weights hashed once for both runs
+    info = model if isinstance(model, ModelInfo) else describe_model(pipe, model)
     synth = evaluate(pipe, SYNTH_TASK, data, out / "lalm-synth", scoring, batch_size, limit,
                      progress=progress, model=info, max_new_tokens=max_new_tokens)
     rows = [{"task": name, **s} for name, s in synth["scores"]["tasks"].items()]
@@ -248,7 +252,7 @@ def run_synth_bench(pipe: Any, data: str | os.PathLike[str], out_dir: str | os.P
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
     md, js, png = out / "bench.md", out / "bench.json", out / "bench.png"
-    title = f"lalm-synth benchmark: {model or 'model'} ({pipe.family.value}, {scoring})"
+    title = f"lalm-synth benchmark: {info.name or info.label} ({pipe.family.value}, {scoring})"
     atomic_write(md, f"# {title}\n\n{table}".encode())
     write_strict_json(js, {"rows": rows, "summaries": summaries})
     bar_chart(rows, png, title)

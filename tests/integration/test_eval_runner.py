@@ -135,7 +135,7 @@ def checkpoint(tmp_path_factory):
     return directory
 
 
-def test_cli_eval_and_bench(synth, checkpoint, tmp_path, capsys) -> None:
+def test_cli_eval_and_bench(synth, checkpoint, tmp_path, capsys, monkeypatch) -> None:
     out = tmp_path / "eval"
     argv = ["eval", "--model", str(checkpoint), "--task", "airbench-foundation", "--data",
             str(synth / "airbench"), "--out", str(out), "--max-new-tokens", "3", "--limit", "3"]
@@ -148,8 +148,10 @@ def test_cli_eval_and_bench(synth, checkpoint, tmp_path, capsys) -> None:
     assert cli.main(["eval", "--model", str(checkpoint), "--task", "nope", "--data",
                      str(synth)]) == 2
     assert "unknown evaluation task 'nope'" in capsys.readouterr().err
-    bench = tmp_path / "bench"
-    assert cli.main(["bench-synth", "--model", str(checkpoint), "--data", str(synth), "--out",
-                     str(bench), "--max-new-tokens", "3", "--limit", "2"]) == 0
+    monkeypatch.chdir(tmp_path)  # the default folder is the model's own
+    assert cli.main(["bench-synth", "--model", str(checkpoint), "--data", str(synth),
+                     "--max-new-tokens", "3", "--limit", "2"]) == 0
     printed = capsys.readouterr().out
+    (bench,) = (tmp_path / "runs" / "bench-synth").iterdir()
+    assert bench.name.startswith(checkpoint.name + "-")
     assert "| task | category | metric |" in printed and (bench / "bench.png").exists()
