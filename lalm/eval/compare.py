@@ -205,11 +205,13 @@ def bar_chart(comparison: Comparison, path: Path) -> None:
             xs = [i + (k - (n_runs - 1) / 2) * width for i, r in enumerate(rows)
                   if r["values"][k] is not None]
             ys = [r["values"][k] for r in rows if r["values"][k] is not None]
-            ax.bar(xs, ys, width, color=colors[k], label=label)
+            bars = ax.bar(xs, ys, width, color=colors[k], label=label)
+            ax.bar_label(bars, fmt="%.3g", fontsize=7)
         ax.set_xticks(range(len(rows)), [r["metric"] for r in rows], rotation=30, ha="right",
                       fontsize=8)
+        ax.set_xlim(-0.5, widest - 0.5)  # one bar width across the panels
         ax.set_title(task)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     save_figure(fig, path)
 

@@ -1,14 +1,15 @@
 """What an evaluation report records so that it alone identifies and reproduces its numbers.
 
-A run is keyed (``run.json``, `RunKey`) by everything its predictions depend on, so that a rerun
-resumes only predictions made by the same model on the same data with the same options:
+A run is keyed (``run.json``, `lalm.eval.evaluate.run_key`) by everything its predictions
+depend on, so that a rerun resumes only predictions made by the same model on the same data
+with the same options:
 
 * the model's **weights hash**: SHA-256 over the loaded state dict as it is evaluated (every
   tensor's name, dtype, shape and bytes, in name order; `weights_sha256`). A content hash, not
   a hash of file names and times: a copied or re-saved checkpoint keeps its identity, a
   retrained one in the same folder does not, and an in-memory model (a Python `Pipeline` never
-  saved) has one too. Its cost is one pass over the weights (see docs/eval.md for the measured
-  rate); the CLI computes it once per run.
+  saved) has one too. Its cost is one pass over the weights on up to 8 threads
+  (docs/eval-reports.md gives measured rates); the CLI computes it once per run.
 * the model config, the tokenizer (its BPE file's bytes and special tokens), family and dtype;
 * the **data hash** (`data_sha256`): every item's id, reference, source and fields, with audio
   files replaced by the SHA-256 of their bytes and the data folder's path by ``$DATA``, so the
@@ -16,10 +17,10 @@ resumes only predictions made by the same model on the same data with the same o
 * the task and the decoding options. The prompt of each item is kept in its prediction record
   and checked on resume.
 
-The report (``summary.json``, `build_report`) adds the paths, item counts, the prompt text per
-scoring group, the scorer procedures and package versions, lalm's version and the wall time.
-Every JSON file is strict JSON (`dumps_strict`): a NaN or infinite score becomes ``null`` and
-its path and reason are listed under ``null_scores``.
+The report (``summary.json``, written by `lalm.eval.evaluate.evaluate`) adds the paths, item
+counts, the prompt text per scoring group, the scorer procedures and package versions, lalm's
+version and the wall time. Every JSON file is strict JSON (`dumps_strict`): a NaN or infinite
+score becomes ``null`` and its path and reason are listed under ``null_scores``.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def describe_model(pipe: Any, name: str | None = None) -> ModelInfo:
     parameter = next(pipe.model.parameters())
     tokenizer = pipe.tokenizer
     digest = hashlib.sha256(_canonical(sorted(tokenizer.special_tokens.items())))
-    source = Path(tokenizer.source)
+    source = Path(tokenizer.source).resolve()
     if source.is_file():
         digest.update(file_sha256(source).encode())
     path = str(Path(name).resolve()) if name and Path(name).is_dir() else None
