@@ -92,6 +92,7 @@ class _Flaky:
     def __init__(self, pipe: Pipeline, batches: int) -> None:
         self.pipe, self.left, self.calls = pipe, batches, 0
         self.family, self.tokenizer, self.model = pipe.family, pipe.tokenizer, pipe.model
+        self.stop_ids = pipe.stop_ids
 
     def generate(self, requests, options=None, batch_size=None, progress=None):
         if self.left == 0:
