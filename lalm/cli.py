@@ -383,14 +383,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="checkpoint directory")
-    p.add_argument("--task", required=True,
+    p.add_argument("--model", default=None, help="checkpoint directory (required)")
+    p.add_argument("--task", default=None,
                    help="a built-in task (lalm.eval.tasks), e.g. librispeech, covost2, meld, "
-                        "airbench-foundation, lalm-synth; an unknown name lists them all")
-    p.add_argument("--data", required=True,
-                   help="the task's data: its JSONL / meta file / manifest, or the folder of it")
+                        "airbench-foundation, lalm-synth; an unknown name lists them all "
+                        "(required)")
+    p.add_argument("--data", default=None,
+                   help="the task's data: its JSONL / meta file / manifest, or the folder of it "
+                        "(required)")
     p.add_argument("--out", default=None,
-                   help="output folder (default: runs/eval/<task>; reruns resume)")
+                   help="output folder (default: runs/eval/<model folder>-<weights hash>/<task>; "
+                        "reruns with the same model, data and options resume)")
     p.add_argument("--scoring", choices=["official", "strict"], default="official",
                    help="official: each benchmark's procedure; strict: nothing dropped")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
@@ -404,37 +407,72 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge-model", default="gpt-4-0125-preview", help="airbench-chat: judge")
     p.add_argument("--judge-cache", default=None,
                    help="airbench-chat: judgement cache (default: <out>/judgements.jsonl)")
+    sub = p.add_subparsers(dest="eval_command", metavar="{compare}")
+    compare = sub.add_parser(
+        "compare", help="the per-task metrics of several runs side by side",
+        description="Print and write (Markdown, JSON, bar-chart PNG) the per-task metrics of "
+                    "several `lalm eval` runs side by side. Runs of a task on other data or "
+                    "with other scorers are refused unless --force.")
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                         help="a `lalm eval` output folder, or a folder of them (one model's "
+                              "runs); one column each")
+    compare.add_argument("--out", dest="compare_out", metavar="DIR",
+                         default="runs/eval/compare",
+                         help="where compare.md, compare.json and compare.png go")
+    compare.add_argument("--force", action="store_true",
+                         help="compare runs whose data or scorer versions differ (listed)")
 
 
-@command("eval", "evaluate a model on a benchmark (batched, resumable, versioned scores)",
-         _eval_arguments)
+@command("eval", "evaluate a model on a benchmark (batched, resumable, self-describing "
+         "report); `lalm eval compare RUN_DIR...` puts runs side by side", _eval_arguments)
 def _eval(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    if args.eval_command == "compare":
+        return _eval_compare(args)
+    missing = [f"--{n}" for n in ("model", "task", "data") if getattr(args, n) is None]
+    if missing:
+        print(f"lalm eval: error: the following arguments are required: {', '.join(missing)}",
+              file=sys.stderr)
+        return 2
     from lalm.api import load_model
     from lalm.eval.airbench import ChatJudge
     from lalm.eval.evaluate import evaluate
+    from lalm.eval.report import describe_model
     from lalm.eval.tasks import get_task
 
     task = get_task(args.task)  # an unknown name fails before the model loads
-    out = Path(args.out or Path("runs") / "eval" / args.task)
+    pipe = load_model(args.model, dtype=args.dtype, device=args.device)
+    model = describe_model(pipe, args.model)
+    out = Path(args.out or Path("runs") / "eval" / model.label / args.task)
     judge = None
     if args.judge_url:
         judge = ChatJudge(args.judge_url, args.judge_model, os.environ.get("LALM_JUDGE_API_KEY"),
                           args.judge_cache or out / "judgements.jsonl")
-    pipe = load_model(args.model, dtype=args.dtype, device=args.device)
     summary = evaluate(pipe, task, args.data, out, args.scoring, args.batch_size,
-                       args.limit, judge, model=args.model, max_new_tokens=args.max_new_tokens)
+                       args.limit, judge, model=model, max_new_tokens=args.max_new_tokens)
     print(json.dumps(summary["scores"], indent=1, ensure_ascii=False))
     print(f"predictions and summary in {out}")
+    return 0
+
+
+def _eval_compare(args: argparse.Namespace) -> int:
+    from lalm.eval.compare import compare_runs, markdown, write_comparison
+
+    comparison = compare_runs(args.runs, force=args.force)
+    paths = write_comparison(comparison, args.compare_out)
+    print(markdown(comparison), end="")
+    print("wrote " + ", ".join(map(str, paths)))
     return 0
 
 
 def _bench_synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint directory")
     p.add_argument("--data", required=True, help="lalm-synth folder (test.jsonl, airbench/)")
-    p.add_argument("--out", default="runs/bench-synth", help="output folder (reruns resume)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: runs/bench-synth/<model folder>-<weights "
+                        "hash>; reruns with the same model, data and options resume)")
     p.add_argument("--scoring", choices=["official", "strict"], default="official",
                    help="scoring mode of the per-task rows (AIR-Bench shows both)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
@@ -448,12 +486,17 @@ def _bench_synth_arguments(p: argparse.ArgumentParser) -> None:
 @command("bench-synth", "evaluate a model on every lalm-synth task: table, Markdown/JSON, chart",
          _bench_synth_arguments)
 def _bench_synth(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from lalm.api import load_model
+    from lalm.eval.report import describe_model
     from lalm.eval.synth_bench import markdown_table, run_synth_bench
 
     pipe = load_model(args.model, dtype=args.dtype, device=args.device)
-    report = run_synth_bench(pipe, args.data, args.out, args.scoring, args.batch_size,
-                             args.limit, model=args.model, max_new_tokens=args.max_new_tokens)
+    model = describe_model(pipe, args.model)
+    out = args.out or Path("runs") / "bench-synth" / model.label
+    report = run_synth_bench(pipe, args.data, out, args.scoring, args.batch_size,
+                             args.limit, model=model, max_new_tokens=args.max_new_tokens)
     print(markdown_table(report.rows), end="")
     print(f"wrote {report.markdown}, {report.json} and {report.chart}")
     return 0

@@ -47,3 +47,8 @@ class GenerationError(LalmError, ValueError):
 class ConfigError(LalmError, ValueError):
     """A run configuration (YAML file or ``key=value`` override) that is missing, malformed or
     inconsistent; the message names the file and the field."""
+
+
+class ComparisonError(LalmError, ValueError):
+    """Evaluation runs that cannot be compared side by side: a folder without a report, or
+    runs of one task on other data or with other scorers (procedures, package versions, mode)."""
