@@ -22,8 +22,8 @@ from collections.abc import Iterator, Sequence
 from torch import Tensor
 
 from lalm.errors import PromptError
-from lalm.generation.options import GenerationOptions, GenerationResult
-from lalm.generation.pipeline import Pipeline, Request, as_audio_part
+from lalm.generation.options import GenerationResult
+from lalm.generation.pipeline import OptionsArg, Pipeline, Request, as_audio_part
 from lalm.prompt import AudioPart, AudioSource, Message, TextPart, build_chat_prompt
 
 
@@ -70,13 +70,13 @@ class Conversation:
         self._rows = list(request.audio_rows or ())
 
     def ask(self, text: str = "", audios: Sequence[AudioSource | AudioPart] = (),
-            options: GenerationOptions | None = None) -> GenerationResult:
+            options: OptionsArg = None) -> GenerationResult:
         """Answer one user turn and add it, with the answer, to the conversation.
 
         Args:
             text: the question (may be empty with audio: voice chat).
             audios: clips of this turn, in order (encoded now, once).
-            options: decoding policy (default: the pipeline's).
+            options: decoding policy as in `Pipeline.chat` (default: the pipeline's).
 
         Returns:
             The answer's `GenerationResult`.
@@ -87,7 +87,7 @@ class Conversation:
         return result
 
     def stream(self, text: str = "", audios: Sequence[AudioSource | AudioPart] = (),
-               options: GenerationOptions | None = None) -> Iterator[str]:
+               options: OptionsArg = None) -> Iterator[str]:
         """Like `ask`, as text pieces (`Pipeline.stream`); the turn is recorded at the end."""
         user, request = self._turn(text, audios)
         pieces: list[str] = []

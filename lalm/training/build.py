@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from lalm.checkpoint import load_model, save_model
+from lalm.checkpoint.save import read_generation_config
 from lalm.config import ModelConfig
 from lalm.data.dataset import AudioTextDataset
 from lalm.data.formats import read_examples
@@ -32,7 +33,8 @@ from lalm.training.lora import apply_lora, merge_lora
 from lalm.training.stages import PARTS, DataSource, LoraConfig, PartsConfig, TrainConfig
 
 # Files of a checkpoint folder that are weights or model config, not tokenizer files.
-_NOT_TOKENIZER = ("config.json", "generation_config.json", "model_config.json")
+_NOT_TOKENIZER = ("config.json", "generation_config.json", "model_config.json",
+                  "preprocessor_config.json")  # save_model writes the last from the model
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".index.json")
 
 
@@ -130,8 +132,12 @@ def copy_tokenizer_files(tokenizer_path: str | Path, directory: str | Path) -> l
 def export(model: AudioLanguageModel, tokenizer_path: str | Path,
            directory: str | Path) -> list[Path]:
     """Write a merged model in its family's checkpoint layout (Qwen2-Audio HF, which transformers'
-    `Qwen2AudioForConditionalGeneration` reads, or Qwen-Audio v1) with its tokenizer files."""
-    written = save_model(model, directory)
+    `Qwen2AudioForConditionalGeneration` reads, or Qwen-Audio v1) with its tokenizer files;
+    Qwen2-Audio gets the tokenizer's stop ids and the source folder's decoding fields
+    (`lalm.checkpoint.save`), so transformers' ``generate()`` stops where lalm does."""
+    source = Path(tokenizer_path)
+    decoding = read_generation_config(source) if source.is_dir() else None
+    written = save_model(model, directory, tokenizer=load_tokenizer(source), decoding=decoding)
     return [*copy_tokenizer_files(tokenizer_path, directory), *written]
 
 
