@@ -17,6 +17,7 @@ stops at the end of a turn.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,16 @@ from lalm.checkpoint.safetensors_io import write_checkpoint_dir, write_json
 from lalm.errors import CheckpointError
 from lalm.config import ModelConfig
 from lalm.model import AudioLanguageModel
-from lalm.tokenizer import Tokenizer
+from lalm.tokenizer import Tokenizer, load_tokenizer
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 GENERATION_CONFIG = "generation_config.json"
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 # Decoding fields carried from a source checkpoint's generation_config.json into an export
 # (its recommended decoding; the special ids always come from the exported tokenizer).
+# Files of a checkpoint folder that are weights or written from the model, not tokenizer files.
+_NOT_TOKENIZER = ("config.json", "model_config.json", GENERATION_CONFIG, PREPROCESSOR_CONFIG)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".index.json")
 _DECODING_FIELDS = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
                     "num_beams", "length_penalty", "max_new_tokens", "min_new_tokens")
 
@@ -136,3 +140,45 @@ def read_generation_config(directory: str | Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def copy_tokenizer_files(tokenizer_path: str | Path, directory: str | Path) -> list[Path]:
+    """Copy the tokenizer files of a folder (or a single tokenizer file) into `directory`:
+    everything but weights and the files `save_model` writes from the model."""
+    src = Path(tokenizer_path)
+    files = [src] if src.is_file() else [
+        p for p in sorted(src.iterdir())
+        if p.is_file() and p.name not in _NOT_TOKENIZER and not p.name.endswith(_WEIGHT_SUFFIXES)
+    ]
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(f, Path(directory) / f.name)) for f in files]
+
+
+def save_with_tokenizer(model: AudioLanguageModel, directory: str | Path,
+                        tokenizer_path: str | Path, format: str | None = None,  # noqa: A002
+                        dtype: torch.dtype | None = None) -> list[Path]:
+    """A complete checkpoint: the tokenizer's files, then `save_model` with the tokenizer's
+    ids and the source folder's generation_config.json decoding fields (config.json last).
+
+    Args:
+        model: the model.
+        directory: target folder.
+        tokenizer_path: a tokenizer folder (a checkpoint's) or a single tokenizer file.
+        format, dtype: as in `save_model`.
+
+    Returns:
+        The files written, config.json last.
+
+    Raises:
+        TokenizerError: no tokenizer at ``tokenizer_path``.
+        CheckpointError: a tokenizer larger than the model's vocabulary, or as `save_model`.
+    """
+    tokenizer = load_tokenizer(tokenizer_path)
+    if len(tokenizer) > model.config.decoder.vocab_size:
+        raise CheckpointError(f"tokenizer {tokenizer_path} has {len(tokenizer)} ids, more than "
+                              f"the model's vocab_size {model.config.decoder.vocab_size}")
+    source = Path(tokenizer_path)
+    decoding = read_generation_config(source) if source.is_dir() else None
+    copied = copy_tokenizer_files(source, directory)
+    return [*copied, *save_model(model, directory, format, dtype, tokenizer=tokenizer,
+                                 decoding=decoding)]

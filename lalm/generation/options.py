@@ -80,8 +80,8 @@ class GenerationOptions:
         return self.temperature > 0
 
     @classmethod
-    def from_hf(cls, config: Mapping[str, Any],
-                source: str = "generation_config.json") -> GenerationOptions:
+    def from_hf(cls, config: Mapping[str, Any], source: str = "generation_config.json",
+                stop_ids: tuple[int, ...] = ()) -> GenerationOptions:
         """The options transformers' ``generate()`` takes from a ``generation_config.json``.
 
         As `transformers.GenerationConfig` reads it: ``do_sample`` false (its default) is
@@ -89,9 +89,11 @@ class GenerationOptions:
         temperature 0); ``do_sample`` true samples at ``temperature`` (default 1.0) with
         ``top_k`` (default 50; 0 or None: all) and ``top_p`` (default 1.0).
         ``repetition_penalty``, ``num_beams``, ``length_penalty``, ``max_new_tokens`` and
-        ``min_new_tokens`` carry over; ``eos_token_id`` (an id or a list) becomes
-        ``stop_token_ids``. Other fields are not used (``max_length``, which counts the prompt,
-        among them: without ``max_new_tokens`` lalm's 256 stays).
+        ``min_new_tokens`` carry over; the ``eos_token_id`` ids (an id or a list) join
+        ``stop_ids`` (the tokenizer's end-of-turn ids) in ``stop_token_ids``: they never
+        replace them, as a v1 config lists only ``<|endoftext|>`` while its chat stops at
+        ``<|im_end|>`` too. Other fields are not used (``max_length``, which counts the
+        prompt, among them: without ``max_new_tokens`` lalm's 256 stays).
 
         Raises:
             CheckpointError: values lalm cannot run (e.g. beam search with sampling), naming
@@ -113,7 +115,8 @@ class GenerationOptions:
                 changes[name] = config[name]
         eos = config.get("eos_token_id")
         if eos is not None:
-            changes["stop_token_ids"] = tuple(eos) if isinstance(eos, list) else (eos,)
+            eos = eos if isinstance(eos, list) else [eos]
+            changes["stop_token_ids"] = tuple(dict.fromkeys([*stop_ids, *eos]))
         try:
             return cls(**changes)
         except GenerationError as e:

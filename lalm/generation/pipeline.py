@@ -168,9 +168,11 @@ class Transcript:
     segments: tuple[TranscriptSegment, ...]
 
 
-def read_generation_config(directory: str | Path) -> GenerationOptions:
+def read_generation_config(directory: str | Path, stop_ids: tuple[int, ...] = ()
+                           ) -> GenerationOptions:
     """A checkpoint directory's decoding defaults: its ``generation_config.json`` as
-    transformers reads it (`GenerationOptions.from_hf`), else `GenerationOptions()` (greedy).
+    transformers reads it (`GenerationOptions.from_hf`; its eos ids join ``stop_ids``), else
+    `GenerationOptions()` (greedy).
 
     Raises:
         CheckpointError: the file is not a JSON object or holds values lalm cannot run.
@@ -180,7 +182,8 @@ def read_generation_config(directory: str | Path) -> GenerationOptions:
     config = read(directory)
     if config is None:
         return GenerationOptions()
-    return GenerationOptions.from_hf(config, str(Path(directory) / GENERATION_CONFIG))
+    return GenerationOptions.from_hf(config, str(Path(directory) / GENERATION_CONFIG),
+                                     stop_ids)
 
 
 def check_transcription_options(family: Family, timestamps: bool, long_form: LongForm,
@@ -305,8 +308,9 @@ class Pipeline:
         """
         from lalm.checkpoint import load_model
 
-        return cls(load_model(path, dtype=dtype, device=device), load_tokenizer(path),
-                   read_generation_config(path))
+        model = load_model(path, dtype=dtype, device=device)
+        tokenizer = load_tokenizer(path)
+        return cls(model, tokenizer, read_generation_config(path, tokenizer.stop_ids))
 
     # ------------------------------------------------------------------ requests
 
@@ -584,6 +588,11 @@ class Pipeline:
         lacks the SRWT times) the window texts are joined by aligning their overlaps. A
         recording without speech ("vad") gives an empty result.
 
+        Transcription is greedy unless ``options`` / ``temperature`` say otherwise (as the
+        server's /v1/audio/transcriptions and Whisper): the pipeline's options with
+        temperature 0, so a checkpoint's sampling defaults do not apply; its other fields
+        (stop ids, repetition penalty, max_new_tokens) do.
+
         Args:
             audios: the clips (paths, bytes, or float arrays at 16 kHz).
             language: language of the speech, a prompt language tag.
@@ -621,7 +630,7 @@ class Pipeline:
         """
         check_transcription_options(self.family, timestamps, long_form, overlap_s,
                                     self.window_s)
-        options = resolve_options(self.options, options, **fields)
+        options = resolve_options(replace(self.options, temperature=0.0), options, **fields)
         plans = [self.plan_transcription(audio, language, timestamps=timestamps,
                                          long_form=long_form, overlap_s=overlap_s)
                  for audio in audios]

@@ -98,6 +98,11 @@ def test_options_from_the_released_instruct_config() -> None:
                                                                                top_k=50)
     assert GenerationOptions.from_hf({"eos_token_id": 7, "max_new_tokens": 9}) == \
         GenerationOptions(stop_token_ids=(7,), max_new_tokens=9)
+    # eos ids join the tokenizer's end-of-turn ids, never replace them (v1 lists 151643 only)
+    assert GenerationOptions.from_hf({"eos_token_id": 151643}, stop_ids=(
+        151643, 151645, 151644)).stop_token_ids == (151643, 151645, 151644)
+    assert GenerationOptions.from_hf({"eos_token_id": [9]}, stop_ids=(1, 2)).stop_token_ids == \
+        (1, 2, 9)
     with pytest.raises(CheckpointError, match="gen.json.*temperature"):
         GenerationOptions.from_hf({"do_sample": True, "num_beams": 2}, "gen.json")
 
@@ -112,7 +117,7 @@ def test_pipeline_decodes_with_the_checkpoints_config_unless_overridden(tokenize
     pipe = Pipeline.from_pretrained(tmp_path)
     assert pipe.options == GenerationOptions(
         min_new_tokens=3, max_new_tokens=3,
-        stop_token_ids=(tokenizer.eod_id, tokenizer.im_end_id))
+        stop_token_ids=tokenizer.stop_ids)  # the eos ids joined the end-of-turn ids
     assert len(pipe.chat("Hello").tokens) == 3
     assert len(pipe.chat("Hello", max_new_tokens=5, min_new_tokens=5).tokens) == 5
     assert len(pipe.chat("Hello", options={"min_new_tokens": 1, "max_new_tokens": 1}).tokens) == 1
