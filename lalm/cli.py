@@ -185,35 +185,37 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
-# Decoding flags -> GenerationOptions fields. Unset flags keep the checkpoint's defaults (its
-# generation_config.json, as transformers reads it; else GenerationOptions' own).
-_DECODING_FLAGS = {"max_new_tokens": "max_new_tokens", "temperature": "temperature",
-                   "top_k": "top_k", "top_p": "top_p",
-                   "repetition_penalty": "repetition_penalty", "num_beams": "num_beams",
-                   "seed": "seed", "stop": "stop_sequences"}
-_FROM_CHECKPOINT = "default: the checkpoint's generation_config.json, else "
+# Decoding flags: (flag, GenerationOptions field, type, help). Unset flags keep the checkpoint's
+# defaults (its generation_config.json, as transformers reads it; else GenerationOptions').
+_DECODING_FLAGS = (
+    ("--max-new-tokens", "max_new_tokens", int, "tokens to generate at most"),
+    ("--temperature", "temperature", float, "0: greedy; > 0: sampling"),
+    ("--top-k", "top_k", int, "sampling: keep the k best tokens, 0: all"),
+    ("--top-p", "top_p", float, "sampling: nucleus probability"),
+    ("--repetition-penalty", "repetition_penalty", float, "> 1 discourages repeated tokens"),
+    ("--num-beams", "num_beams", int, "beam search width"),
+)
 
 
-def _generation_arguments(p: argparse.ArgumentParser, formats: Sequence[str]) -> None:
-    """Flags shared by chat and transcribe; each maps onto one GenerationOptions field."""
+def _generation_arguments(p: argparse.ArgumentParser, formats: Sequence[str],
+                          greedy: bool = False) -> None:
+    """Flags shared by chat and transcribe; each maps onto one GenerationOptions field
+    (``greedy``: temperature 0 unless given, whatever the checkpoint says)."""
+    import dataclasses
+
+    from lalm.generation import GenerationOptions
+
+    defaults = {f.name: f.default for f in dataclasses.fields(GenerationOptions)}
     p.add_argument("--model", required=True, help="checkpoint directory (weights, config.json, "
                                                   "tokenizer files)")
     p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
-    p.add_argument("--max-new-tokens", type=int, default=None,
-                   help=f"tokens to generate at most ({_FROM_CHECKPOINT}256)")
-    p.add_argument("--temperature", type=float, default=None,
-                   help=f"0: greedy; > 0: sampling ({_FROM_CHECKPOINT}0)")
-    p.add_argument("--top-k", type=int, default=None,
-                   help=f"sampling: keep the k best tokens, 0: all ({_FROM_CHECKPOINT}0)")
-    p.add_argument("--top-p", type=float, default=None,
-                   help=f"sampling: nucleus probability ({_FROM_CHECKPOINT}1)")
-    p.add_argument("--repetition-penalty", type=float, default=None,
-                   help=f"> 1 discourages repeated tokens ({_FROM_CHECKPOINT}1)")
-    p.add_argument("--num-beams", type=int, default=None,
-                   help=f"beam search width ({_FROM_CHECKPOINT}1)")
+    for flag, name, kind, text in _DECODING_FLAGS:
+        where = "0" if greedy and name == "temperature" else \
+            f"the checkpoint's generation_config.json, else {defaults[name]:g}"
+        p.add_argument(flag, type=kind, default=None, dest=name, help=f"{text} (default: {where})")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: none)")
     p.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="stop sequence (repeatable)")
+                   dest="stop_sequences", help="stop sequence (repeatable)")
     p.add_argument("--format", choices=list(formats), default=None,
                    help=f"output format (default: {formats[0]})")
     p.add_argument("--json", action="store_true",
@@ -229,8 +231,8 @@ def _option_changes(args: argparse.Namespace) -> dict:
     from lalm.generation import GenerationOptions
     from lalm.generation.options import resolve_options
 
-    changes = {field: getattr(args, flag) for flag, field in _DECODING_FLAGS.items()
-               if getattr(args, flag) is not None}
+    names = [name for _, name, _, _ in _DECODING_FLAGS] + ["seed", "stop_sequences"]
+    changes = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     resolve_options(GenerationOptions(), **changes)
     return changes
 
@@ -326,7 +328,7 @@ def _transcribe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, default=None,
                    help="seconds of overlap between windows that cannot meet in a pause "
                         "(default: the pipeline's, 5)")
-    _generation_arguments(p, ["text", "json", "srt", "vtt"])
+    _generation_arguments(p, ["text", "json", "srt", "vtt"], greedy=True)
     p.epilog = ("Output formats: text (with --timestamps one 'start end word' line per word), "
                 "json lines (with 'segments': the whole clip or one per window), or SRT / VTT "
                 "subtitles: one cue per segment, as the server's srt / vtt, or with --timestamps "
