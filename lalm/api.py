@@ -42,6 +42,10 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "fp32",
         dtype: "fp32" | "bf16" | "fp16" (on a CPU without bf16 units, falls back to fp32).
         device: where the model runs.
 
+    Returns:
+        The pipeline; its default decoding options come from the checkpoint's
+        generation_config.json as transformers reads it (`Pipeline.from_pretrained`).
+
     Raises:
         CheckpointError, TokenizerError: naming the directory and the problem (for "default":
             that the default model is not made yet).

@@ -104,3 +104,13 @@ def test_docstrings_document_what_is_returned(pipe, wav) -> None:
     timings_doc = (GenerationResult.__doc__ or "").split("timings:")[1]
     named = set(re.findall(r'"(\w+)"', timings_doc))
     assert named == set(result.timings) == {"prepare", "generate"}
+
+
+def test_conversation_takes_generation_fields_as_keywords(pipe, wav) -> None:
+    from lalm.generation import Conversation
+
+    conversation = Conversation(pipe)
+    assert len(conversation.ask("Hi", [wav], max_new_tokens=3, min_new_tokens=3).tokens) == 3
+    pieces = list(conversation.stream("And?", options={"max_new_tokens": 2}))
+    assert len(conversation.messages) == 4 and "".join(pieces) == conversation.messages[-1] \
+        .content[0].text
