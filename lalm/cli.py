@@ -332,7 +332,7 @@ def _transcribe_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = ("Output formats: text (with --timestamps one 'start end word' line per word), "
                 "json lines (with 'segments': the whole clip or one per window), or SRT / VTT "
                 "subtitles: one cue per segment, as the server's srt / vtt, or with --timestamps "
-                "(v1) the words grouped into cues.")
+                "(v1) the words grouped into cues (a window without word times: its text).")
 
 
 def _transcript(path: str, transcript, fmt: str, timestamps: bool, language: str) -> str:
@@ -353,7 +353,8 @@ def _transcript(path: str, transcript, fmt: str, timestamps: bool, language: str
         return json.dumps(_result_json(result, file=path, segments=segments, **extra),
                           ensure_ascii=False) + "\n"
     if fmt in ("srt", "vtt"):
-        cues = transcript_cues(transcript.segments, spaceless=language in SPACELESS_LANGUAGES)
+        cues = transcript_cues(transcript.segments, language in SPACELESS_LANGUAGES,
+                               by_words=timestamps)
         if not cues:
             print(f"lalm transcribe: warning: {path}: nothing transcribed, the {fmt} file has "
                   f"no cues", file=sys.stderr)

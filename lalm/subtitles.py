@@ -46,16 +46,19 @@ class Segment(Protocol):
     words: Sequence[TimedWord]
 
 
-def transcript_cues(segments: Sequence[Segment], spaceless: bool = False) -> list[Cue]:
+def transcript_cues(segments: Sequence[Segment], spaceless: bool = False,
+                    by_words: bool = False) -> list[Cue]:
     """The cues of a transcript, segment by segment.
 
-    A segment with word times (v1 SRWT) gives its words grouped into cues (`group_cues`); a
-    segment without (Qwen2-Audio, or v1 output whose times did not parse) gives its text as one
-    cue over the segment, as the server's srt / vtt do; a segment without text gives none.
+    Each segment's text is one cue over the segment, as the server's srt / vtt give them;
+    with ``by_words``, a segment with word times (v1 SRWT) gives its words grouped into cues
+    instead (`group_cues`), and one without (v1 output whose times did not parse) still its
+    text. A segment without text gives none.
 
     Args:
         segments: the transcript's segments in order (the whole clip, or one per window).
         spaceless: join words without spaces (Chinese, Japanese).
+        by_words: cues of words where the segment has word times.
 
     Returns:
         The cues in order.
@@ -65,7 +68,7 @@ def transcript_cues(segments: Sequence[Segment], spaceless: bool = False) -> lis
     """
     cues: list[Cue] = []
     for segment in segments:
-        if segment.words:
+        if by_words and segment.words:
             cues += group_cues(segment.words, spaceless=spaceless)
         elif segment.text.strip():
             cues.append(Cue(segment.start, segment.end, segment.text.strip()))

@@ -65,6 +65,14 @@ def test_transcribe_long_audio_with_timestamps_json_srt_vtt(v1_fixture, tmp_path
         assert (tmp_path / f"{name}.srt").read_text() == format_srt(cues)
         assert (tmp_path / f"{name}.vtt").read_text() == format_vtt(cues)
     assert not list(tmp_path.glob("*.partial"))
+    # without --timestamps: one cue per segment, as the server's srt. c.wav's windows ask for
+    # SRWT either way (greedy: the same outputs); a.wav is one plain ASR prompt
+    plain = [arg for arg in common if arg != "--timestamps"]
+    assert cli.main([*plain, "--format", "srt", "--output-dir", str(tmp_path / "plain")]) == 0
+    cues = [Cue(s["start"], s["end"], s["text"]) for s in lines[1]["segments"] if s["text"]]
+    assert (tmp_path / "plain" / "c.srt").read_text() == format_srt(cues)
+    assert (tmp_path / "plain" / "a.srt").read_text().startswith(
+        "1\n00:00:00,000 --> 00:00:01,700\n")
 
 
 def test_subtitles_of_several_files_need_an_output_dir(v1_fixture, capsys) -> None:

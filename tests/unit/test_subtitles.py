@@ -93,10 +93,13 @@ class _Segment:
     words: tuple[TimedWord, ...] = ()
 
 
-def test_transcript_cues_words_where_timed_else_one_cue_per_segment() -> None:
+def test_transcript_cues_one_per_segment_or_of_timed_words() -> None:
     segments = [_Segment(0.0, 4.1, "ignored: the words are timed", tuple(WORDS)),
                 _Segment(4.1, 30.0, "  a window without word times "),
                 _Segment(30.0, 31.5, "  ")]
-    assert transcript_cues(segments) == [*group_cues(WORDS),
-                                         Cue(4.1, 30.0, "a window without word times")]
+    assert transcript_cues(segments, by_words=True) == [
+        *group_cues(WORDS), Cue(4.1, 30.0, "a window without word times")]
+    assert transcript_cues(segments) == [  # one cue per segment, as the server
+        Cue(0.0, 4.1, "ignored: the words are timed"),
+        Cue(4.1, 30.0, "a window without word times")]
     assert transcript_cues([]) == []
