@@ -5,8 +5,11 @@
     -> prompt.parse_output
 
 Callers (the CLI, the server, the evaluator) pass audio + text, a `Prompt`, or chat messages
-and get `GenerationResult`s with text and parsed fields. The prompt family comes from the
-checkpoint's tokenizer; so does the real mel length rule (`REAL_LENGTH`).
+(`Message`s or OpenAI / transformers dicts, `lalm.generation.messages`) and get
+`GenerationResult`s with text and parsed fields. The prompt family comes from the checkpoint's
+tokenizer; so does the real mel length rule (`REAL_LENGTH`); the default decoding options come
+from its generation_config.json, as transformers reads it (`read_generation_config`), and a
+call overrides them with ``options`` (an object or a dict) or keyword fields.
 
 Audio longer than the encoder's 30-s window is never cut silently (`lalm.longform`):
 
