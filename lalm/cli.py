@@ -37,27 +37,25 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lalm", description="Large audio-language models of the Qwen-Audio kind.",
-        formatter_class=_HelpFormatter)
+        prog="lalm", description="Large audio-language models of the Qwen-Audio kind.")
     parser.add_argument("--version", action="version", version=f"lalm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_, add_arguments, run) in _COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_, formatter_class=_HelpFormatter)
+        p = sub.add_parser(name, help=help_, description=help_)
         add_arguments(p)
         p.set_defaults(_run=run)
-    for action in parser._actions:  # nested subcommands (lalm data check) get it too
-        if isinstance(action, argparse._SubParsersAction):
-            for p in action.choices.values():
-                _nested_formatter(p)
+    _set_formatter(parser)
     return parser
 
 
-def _nested_formatter(parser: argparse.ArgumentParser) -> None:
+def _set_formatter(parser: argparse.ArgumentParser) -> None:
+    """`_HelpFormatter` for a parser and all its subcommands, nested ones (lalm data check)
+    included."""
     parser.formatter_class = _HelpFormatter
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for p in action.choices.values():
-                _nested_formatter(p)
+                _set_formatter(p)
 
 
 def main(argv: list[str] | None = None) -> int:
