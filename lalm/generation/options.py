@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from lalm.errors import GenerationError
+from lalm.errors import CheckpointError, GenerationError
 
 if TYPE_CHECKING:
     from lalm.prompt import ParsedOutput
@@ -99,8 +99,6 @@ class GenerationOptions:
             CheckpointError: values lalm cannot run (e.g. beam search with sampling), naming
                 ``source``.
         """
-        from lalm.errors import CheckpointError
-
         def get(name: str, default: Any) -> Any:
             value = config.get(name)
             return default if value is None else value
