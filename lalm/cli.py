@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from lalm import __version__
 from lalm.errors import LalmError
@@ -24,6 +24,17 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
     return register
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, unless there is none to show (None, False, an
+    empty list) or the help text already says what it is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], "", argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action) or text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lalm", description="Large audio-language models of the Qwen-Audio kind.")
@@ -33,7 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         add_arguments(p)
         p.set_defaults(_run=run)
+    _set_formatter(parser)
     return parser
+
+
+def _set_formatter(parser: argparse.ArgumentParser) -> None:
+    """`_HelpFormatter` for a parser and all its subcommands, nested ones (lalm data check)
+    included."""
+    parser.formatter_class = _HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for p in action.choices.values():
+                _set_formatter(p)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,36 +93,53 @@ def _from_whisper_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("whisper", help="Whisper checkpoint: CTranslate2 folder, transformers folder "
                                    "or openai-whisper .pt")
     p.add_argument("out", help="output folder (a Qwen2-Audio checkpoint)")
+    p.add_argument("--tokenizer", required=True, metavar="DIR",
+                   help="tokenizer files to put beside the weights: a Qwen2-Audio checkpoint "
+                        "or tokenizer folder (tokenizer.json ...), e.g. Qwen2-Audio-7B-Instruct "
+                        "or one lalm learned (lalm.training.bpe); the decoder's vocab_size "
+                        "becomes its size rounded up to 64 unless --decoder vocab_size=N")
     p.add_argument("--decoder-preset", default="tiny-random",
                    help="model preset whose decoder section sizes the new decoder")
     p.add_argument("--decoder", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override one decoder field, e.g. --decoder n_layer=4 (repeatable)")
+                   help="override one decoder field, e.g. --decoder n_layer=4 (repeatable; "
+                        "an unknown field lists the valid ones)")
     p.add_argument("--seed", type=int, default=0, help="seed of the new weights")
 
 
 @command("from-whisper", "build a new model: a real Whisper encoder + a fresh random decoder",
          _from_whisper_arguments)
 def _from_whisper(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
 
     from lalm.checkpoint.whisper import build_from_whisper
-    from lalm.config import ModelConfig
+    from lalm.config import DecoderConfig, ModelConfig
+    from lalm.errors import ConfigError
+    from lalm.tokenizer import load_tokenizer
 
     overrides = {}
+    valid = [f.name for f in dataclasses.fields(DecoderConfig)]
     for item in args.decoder:
         field, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"lalm from-whisper: --decoder expects FIELD=VALUE, got {item!r}")
+            raise ConfigError(f"--decoder expects FIELD=VALUE, got {item!r}")
+        if field not in valid:
+            raise ConfigError(f"--decoder {item}: unknown decoder field {field!r}; valid: "
+                              f"{', '.join(valid)}")
         try:
             overrides[field] = json.loads(value)  # numbers and booleans
         except json.JSONDecodeError:
             overrides[field] = value
+    tokenizer = load_tokenizer(args.tokenizer)  # a bad folder fails before any weights
+    overrides.setdefault("vocab_size", -(-len(tokenizer) // 64) * 64)
     try:
         decoder = ModelConfig.from_name(args.decoder_preset, decoder=overrides).decoder
     except (KeyError, ValueError, TypeError) as e:
-        raise SystemExit(f"lalm from-whisper: {e}") from e
-    files = build_from_whisper(args.whisper, decoder, args.out, seed=args.seed)
-    print(f"wrote {len(files)} files to {args.out}")
+        raise ConfigError(f"--decoder-preset {args.decoder_preset} with --decoder "
+                          f"{overrides}: {e}") from e
+    files = build_from_whisper(args.whisper, decoder, args.out, seed=args.seed,
+                               tokenizer=args.tokenizer)
+    print(f"wrote {len(files)} files to {args.out} (open it with lalm chat --model {args.out})")
     return 0
 
 
@@ -144,31 +183,66 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generation_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags shared by chat and transcribe; each maps onto one GenerationOptions field."""
+# Decoding flags: (flag, GenerationOptions field, type, help). Unset flags keep the checkpoint's
+# defaults (its generation_config.json, as transformers reads it; else GenerationOptions').
+_DECODING_FLAGS = (
+    ("--max-new-tokens", "max_new_tokens", int, "tokens to generate at most"),
+    ("--temperature", "temperature", float, "0: greedy; > 0: sampling"),
+    ("--top-k", "top_k", int, "sampling: keep the k best tokens, 0: all"),
+    ("--top-p", "top_p", float, "sampling: nucleus probability"),
+    ("--repetition-penalty", "repetition_penalty", float, "> 1 discourages repeated tokens"),
+    ("--num-beams", "num_beams", int, "beam search width"),
+)
+
+
+def _generation_arguments(p: argparse.ArgumentParser, formats: Sequence[str],
+                          greedy: bool = False) -> None:
+    """Flags shared by chat and transcribe; each maps onto one GenerationOptions field
+    (``greedy``: temperature 0 unless given, whatever the checkpoint says)."""
+    import dataclasses
+
+    from lalm.generation import GenerationOptions
+
+    defaults = {f.name: f.default for f in dataclasses.fields(GenerationOptions)}
     p.add_argument("--model", required=True, help="checkpoint directory (weights, config.json, "
                                                   "tokenizer files)")
     p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate at most")
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; > 0: sampling")
-    p.add_argument("--top-k", type=int, default=0, help="sampling: keep the k best tokens")
-    p.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus probability")
-    p.add_argument("--repetition-penalty", type=float, default=1.0,
-                   help="> 1 discourages repeated tokens")
-    p.add_argument("--num-beams", type=int, default=1, help="beam search width")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="stop sequence (repeatable)")
-    p.add_argument("--json", action="store_true", help="print results as JSON")
+    for flag, name, kind, text in _DECODING_FLAGS:
+        where = "0" if greedy and name == "temperature" else \
+            f"the checkpoint's generation_config.json, else {defaults[name]:g}"
+        p.add_argument(flag, type=kind, default=None, dest=name, help=f"{text} (default: {where})")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: none)")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   dest="stop_sequences", help="stop sequence (repeatable)")
+    p.add_argument("--format", choices=list(formats), default=None,
+                   help=f"output format (default: {formats[0]})")
+    p.add_argument("--json", action="store_true",
+                   help="deprecated: the same as --format json")
 
 
-def _options(args: argparse.Namespace):
+def _option_changes(args: argparse.Namespace) -> dict:
+    """The decoding fields the command line sets, checked (before the model loads).
+
+    Raises:
+        GenerationError: a bad value (the field is named).
+    """
     from lalm.generation import GenerationOptions
+    from lalm.generation.options import resolve_options
 
-    return GenerationOptions(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, repetition_penalty=args.repetition_penalty, num_beams=args.num_beams,
-        seed=args.seed, stop_sequences=tuple(args.stop))
+    names = [name for _, name, _, _ in _DECODING_FLAGS] + ["seed", "stop_sequences"]
+    changes = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    resolve_options(GenerationOptions(), **changes)
+    return changes
+
+
+def _output_format(args: argparse.Namespace, command: str) -> str:
+    """``--format``, with the deprecated ``--json`` as ``--format json``."""
+    if not args.json:
+        return args.format or "text"
+    if args.format not in (None, "json"):
+        raise LalmError(f"--json is --format json; it cannot go with --format {args.format}")
+    print(f"lalm {command}: warning: --json is deprecated, use --format json", file=sys.stderr)
+    return "json"
 
 
 def _result_json(result, **extra: object) -> dict:
@@ -188,8 +262,18 @@ def _chat_arguments(p: argparse.ArgumentParser) -> None:
                    help="longest clip accepted, in seconds (default: the pipeline's, 300)")
     p.add_argument("--interactive", action="store_true",
                    help="after the answer, read follow-up questions from stdin, one per line "
-                        "(until an empty line or EOF); the audio is encoded once")
-    _generation_arguments(p)
+                        "(until an empty line or EOF; with no question and no audio, the "
+                        "first one too); the audio is encoded once. When stdin is a terminal, "
+                        "'> ' on stderr asks for each line")
+    _generation_arguments(p, ["text", "json"])
+
+
+def _read_question() -> str:
+    """The next line of stdin (stripped), after a '> ' prompt on stderr when a person types
+    (stdin is a terminal); piped input gets no prompt, so stdout and stderr stay clean."""
+    if sys.stdin.isatty():
+        print("> ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip()
 
 
 @command("chat", "ask a question about one or more audio files", _chat_arguments)
@@ -199,22 +283,29 @@ def _chat(args: argparse.Namespace) -> int:
     from lalm.api import load_model
     from lalm.generation import Conversation
 
-    options = _options(args)
+    from lalm.generation.options import resolve_options
+
+    fmt, changes = _output_format(args, "chat"), _option_changes(args)
     pipe = load_model(args.model, dtype=args.dtype)
     if args.max_audio_seconds is not None:
         pipe.max_audio_seconds = args.max_audio_seconds
+    options = resolve_options(pipe.options, **changes)
     conversation = Conversation(pipe)
     question, audios = args.question, args.audio
+    if args.interactive and not question and not audios:
+        question = _read_question()
+        if not question:
+            return 0
     while True:
-        if args.json or options.num_beams > 1:
+        if fmt == "json" or options.num_beams > 1:
             result = conversation.ask(question, audios, options)
-            print(json.dumps(_result_json(result), ensure_ascii=False) if args.json
+            print(json.dumps(_result_json(result), ensure_ascii=False) if fmt == "json"
                   else result.text, flush=True)
         else:
             for piece in conversation.stream(question, audios, options):
                 print(piece, end="", flush=True)
             print(flush=True)
-        question, audios = (sys.stdin.readline().strip() if args.interactive else ""), []
+        question, audios = (_read_question() if args.interactive else ""), []
         if not question:
             return 0
 
@@ -225,10 +316,8 @@ def _transcribe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="prompts (files or windows) per "
                                                             "batch")
     p.add_argument("--timestamps", action="store_true",
-                   help="words with start and end seconds (Qwen-Audio v1 checkpoints)")
-    p.add_argument("--format", choices=["text", "json", "srt", "vtt"], default="text",
-                   help="output: text (with --timestamps one 'start end word' line per word), "
-                        "json lines, or SRT / VTT subtitles (need --timestamps)")
+                   help="words with start and end seconds (Qwen-Audio v1 checkpoints only; "
+                        "refused on others before the model loads)")
     p.add_argument("--output-dir", default=None,
                    help="write one <file stem>.<format> per input here instead of printing")
     p.add_argument("--long-form", choices=["vad", "fixed", "off"], default="vad",
@@ -237,24 +326,36 @@ def _transcribe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, default=None,
                    help="seconds of overlap between windows that cannot meet in a pause "
                         "(default: the pipeline's, 5)")
-    _generation_arguments(p)
+    _generation_arguments(p, ["text", "json", "srt", "vtt"], greedy=True)
+    p.epilog = ("Output formats: text (with --timestamps one 'start end word' line per word), "
+                "json lines (with 'segments': the whole clip or one per window), or SRT / VTT "
+                "subtitles: one cue per segment, as the server's srt / vtt, or with --timestamps "
+                "(v1) the words grouped into cues (a window without word times: its text).")
 
 
-def _transcript(path: str, result, fmt: str, timestamps: bool, language: str) -> str:
+def _transcript(path: str, transcript, fmt: str, timestamps: bool, language: str) -> str:
     """One file's transcription in the output format (ends with a newline)."""
     import json
 
     from lalm.prompt import SPACELESS_LANGUAGES
-    from lalm.subtitles import format_srt, format_vtt, group_cues
+    from lalm.subtitles import format_srt, format_vtt, transcript_cues
 
+    result = transcript.result
     parsed = result.parsed
     words = list(parsed.words) if parsed is not None else []
     if fmt == "json":
         extra = {"words": [{"word": w.word, "start": w.start, "end": w.end} for w in words]} \
             if timestamps else {}
-        return json.dumps(_result_json(result, file=path, **extra), ensure_ascii=False) + "\n"
+        segments = [{"start": round(seg.start, 3), "end": round(seg.end, 3),
+                     "text": seg.text.strip()} for seg in transcript.segments]
+        return json.dumps(_result_json(result, file=path, segments=segments, **extra),
+                          ensure_ascii=False) + "\n"
     if fmt in ("srt", "vtt"):
-        cues = group_cues(words, spaceless=language in SPACELESS_LANGUAGES)
+        cues = transcript_cues(transcript.segments, language in SPACELESS_LANGUAGES,
+                               by_words=timestamps)
+        if not cues:
+            print(f"lalm transcribe: warning: {path}: nothing transcribed, the {fmt} file has "
+                  f"no cues", file=sys.stderr)
         return format_srt(cues) if fmt == "srt" else format_vtt(cues)
     if timestamps:
         return f"{path}\n" + "".join(f"{w.start:8.2f} {w.end:8.2f}  {w.word}\n" for w in words)
@@ -268,23 +369,23 @@ def _transcribe(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from lalm.api import load_model
+    from lalm.api import check_transcription, load_model
 
-    fmt = "json" if args.json else args.format
-    if fmt in ("srt", "vtt") and not args.timestamps:
-        raise LalmError(f"--format {fmt} needs --timestamps (word times)")
+    fmt = _output_format(args, "transcribe")
     if fmt in ("srt", "vtt") and len(args.files) > 1 and args.output_dir is None:
         raise LalmError(f"--format {fmt} with several files needs --output-dir")
-    options = _options(args)
-    pipe = load_model(args.model, dtype=args.dtype)
+    changes = _option_changes(args)
     long_form = {"long_form": None if args.long_form == "off" else args.long_form}
     if args.overlap is not None:
         long_form["overlap_s"] = args.overlap
+    check_transcription(args.model, timestamps=args.timestamps, **long_form)  # before loading
+    pipe = load_model(args.model, dtype=args.dtype)
     with tqdm(total=len(args.files), unit="file", file=sys.stderr) as bar:
-        results = pipe.transcribe(args.files, args.language, options, args.batch_size,
-                                  progress=bar.update, timestamps=args.timestamps, **long_form)
-    outputs = [_transcript(path, result, fmt, args.timestamps, args.language)
-               for path, result in zip(args.files, results)]
+        transcripts = pipe.transcribe_segments(
+            args.files, args.language, None, args.batch_size, progress=bar.update,
+            timestamps=args.timestamps, **long_form, **changes)
+    outputs = [_transcript(path, transcript, fmt, args.timestamps, args.language)
+               for path, transcript in zip(args.files, transcripts)]
     if args.output_dir is None:
         print("".join(outputs), end="")
         return 0

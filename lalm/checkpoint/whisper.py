@@ -32,7 +32,7 @@ from lalm.checkpoint import qwen2_audio
 from lalm.checkpoint.ctranslate2_format import MAX_BINARY_VERSION, CT2File
 from lalm.checkpoint.keymap import KeyMap
 from lalm.checkpoint.safetensors_io import INDEX_FILE, SINGLE_FILE, read_checkpoint_dir
-from lalm.checkpoint.save import save_model
+from lalm.checkpoint.save import save_model, save_with_tokenizer
 from lalm.config import DecoderConfig, EncoderConfig, ModelConfig, ProjectorConfig
 from lalm.errors import CheckpointError
 from lalm.model import AudioLanguageModel
@@ -371,6 +371,7 @@ def build_from_whisper(
     seed: int = 0,
     init_std: float = 0.02,
     dtype: torch.dtype | None = None,
+    tokenizer: str | Path | None = None,
 ) -> list[Path]:
     """Write a fresh audio-language model: a real Whisper encoder and a new random decoder.
 
@@ -388,12 +389,18 @@ def build_from_whisper(
         seed: seed of the new weights.
         init_std: standard deviation of the new weights.
         dtype: dtype written (default float32).
+        tokenizer: a tokenizer folder (or file) whose files go beside the weights, with the
+            processor and generation config (`lalm.checkpoint.save.save_with_tokenizer`), so
+            that ``lalm chat`` and transformers' ``AutoProcessor`` open the folder; None: the
+            weights and config only (add the tokenizer when training, as ``lalm demo`` does).
 
     Returns:
         The files written, config.json last.
 
     Raises:
-        CheckpointError: the Whisper checkpoint cannot be read.
+        CheckpointError: the Whisper checkpoint cannot be read, or the tokenizer has more ids
+            than ``decoder_config.vocab_size``.
+        TokenizerError: no tokenizer at ``tokenizer``.
     """
     weights = load_whisper_encoder(whisper_path)
     config = ModelConfig(encoder=weights.config, projector=ProjectorConfig(),
@@ -410,4 +417,7 @@ def build_from_whisper(
             else:
                 param.normal_(0.0, init_std, generator=generator)
     model.load_state_dict(weights.state_dict, strict=False)
-    return save_model(model, out_dir, format="qwen2_audio", dtype=dtype or torch.float32)
+    if tokenizer is None:
+        return save_model(model, out_dir, format="qwen2_audio", dtype=dtype or torch.float32)
+    return save_with_tokenizer(model, out_dir, tokenizer, "qwen2_audio",
+                               dtype or torch.float32)

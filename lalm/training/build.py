@@ -7,7 +7,6 @@ usable (and tested) on its own.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from lalm.checkpoint import load_model, save_model
+from lalm.checkpoint import load_model
+from lalm.checkpoint.save import save_with_tokenizer
 from lalm.config import ModelConfig
 from lalm.data.dataset import AudioTextDataset
 from lalm.data.formats import read_examples
@@ -30,11 +30,6 @@ from lalm.training.dpo import PreferenceDataset, PreferencePair, read_pairs
 from lalm.training.encoder_cache import EncodedDataset
 from lalm.training.lora import apply_lora, merge_lora
 from lalm.training.stages import PARTS, DataSource, LoraConfig, PartsConfig, TrainConfig
-
-# Files of a checkpoint folder that are weights or model config, not tokenizer files.
-_NOT_TOKENIZER = ("config.json", "generation_config.json", "model_config.json")
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".index.json")
-
 
 def init_weights(model: nn.Module, seed: int, std: float = 0.02) -> None:
     """Fresh weights for training from scratch, drawn from a generator seeded with `seed`:
@@ -114,25 +109,13 @@ def merged_copy(model: AudioLanguageModel, state: dict[str, Tensor],
     return copy.to("cpu").eval()
 
 
-def copy_tokenizer_files(tokenizer_path: str | Path, directory: str | Path) -> list[Path]:
-    """Copy the tokenizer files of a folder (or a single tokenizer file) into `directory`."""
-    src = Path(tokenizer_path)
-    files = [src] if src.is_file() else [
-        p for p in sorted(src.iterdir())
-        if p.is_file() and p.name not in _NOT_TOKENIZER and not p.name.endswith(_WEIGHT_SUFFIXES)
-    ]
-    out = []
-    for f in files:
-        out.append(Path(shutil.copy2(f, Path(directory) / f.name)))
-    return out
-
-
 def export(model: AudioLanguageModel, tokenizer_path: str | Path,
            directory: str | Path) -> list[Path]:
     """Write a merged model in its family's checkpoint layout (Qwen2-Audio HF, which transformers'
-    `Qwen2AudioForConditionalGeneration` reads, or Qwen-Audio v1) with its tokenizer files."""
-    written = save_model(model, directory)
-    return [*copy_tokenizer_files(tokenizer_path, directory), *written]
+    `Qwen2AudioForConditionalGeneration` reads, or Qwen-Audio v1) with its tokenizer files;
+    Qwen2-Audio gets the tokenizer's stop ids and the source folder's decoding fields
+    (`lalm.checkpoint.save`), so transformers' ``generate()`` stops where lalm does."""
+    return save_with_tokenizer(model, directory, tokenizer_path)
 
 
 def may_skip_parts(dataset: Dataset, parts: PartsConfig) -> bool:
