@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import random
 import time
 from collections.abc import Callable
@@ -45,7 +46,7 @@ from lalm.config import resolve_dtype
 from lalm.data.collate import Collator, model_inputs
 from lalm.data.manifest import atomic_write
 from lalm.data.sampler import BucketBatchSampler, HeldOutBatches
-from lalm.errors import ConfigError
+from lalm.errors import ConfigError, TrainingError
 from lalm.model import AudioLanguageModel
 from lalm.model.lalm import IGNORE_INDEX
 from lalm.training.build import (
@@ -72,8 +73,8 @@ from lalm.training.optim import build_optimizer, build_scheduler
 from lalm.training.stages import TrainConfig
 from lalm.training.state import (
     TrainerState,
-    latest_checkpoint,
     load_checkpoint,
+    resumable_checkpoint,
     save_checkpoint,
 )
 
@@ -89,6 +90,8 @@ class TrainResult:
         checkpoint: the last full-state checkpoint folder.
         export_dir: the exported HF checkpoint, if written.
         tokens_per_s, examples_per_s: training throughput of this call (all ranks).
+        skipped_steps: steps of the whole run whose update was dropped for a non-finite loss
+            (``run.on_nonfinite: skip``).
         main: True on the rank that logs and reports (rank 0; the only one in one process).
     """
 
@@ -99,6 +102,7 @@ class TrainResult:
     export_dir: Path | None = None
     tokens_per_s: float = 0.0
     examples_per_s: float = 0.0
+    skipped_steps: int = 0
     main: bool = True
 
 
@@ -342,11 +346,11 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             return contextlib.nullcontext()
         return torch.autocast(dist.device.type, dtype=amp_dtype)
 
-    # 3. resume
+    # 3. resume (from the newest checkpoint that passes its checksums)
     state = TrainerState()
-    found = latest_checkpoint(ckpt_root) if resume else None
+    found = resumable_checkpoint(ckpt_root, dist) if resume else None
     if found is not None:
-        state, extra = load_checkpoint(found, model, optimizer, scheduler, dist)
+        state, extra = load_checkpoint(found, model, optimizer, scheduler, dist, verify=False)
         if "scaler" in extra:
             scaler.load_state_dict(extra["scaler"])
     stream = BatchStream(loader, sampler, state)
@@ -389,15 +393,30 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             step_loss += loss.detach().double().cpu()
             tokens_seen += int(batch["token_lens"].sum())
             examples_seen += len(batch["example_ids"])
+        loss_value = float(all_reduce_sum(step_loss, dist) / count.clamp(min=1))
         scaler.unscale_(optimizer)
         grad_norm = (torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
                      if config.optim.grad_clip > 0 else torch.zeros(()))
-        scaler.step(optimizer)
+        # fp16's scaler skips steps with inf/NaN gradients itself; a non-finite loss is never
+        # an overflow it can fix
+        finite = math.isfinite(loss_value) and (
+            scaler.is_enabled() or math.isfinite(float(grad_norm)))
+        if finite:
+            scaler.step(optimizer)
+        elif run.on_nonfinite == "stop":
+            log.close()
+            raise TrainingError(
+                f"step {state.step + 1}: the loss is {loss_value} (gradient norm "
+                f"{float(grad_norm)}); stopped before the update, the weights are those of step "
+                f"{state.step}. Lower optim.lr, check the data, or set run.on_nonfinite=skip")
+        else:
+            state.skipped_steps += 1
+            log.write({"step": state.step + 1, "nonfinite_loss": str(loss_value),
+                       "skipped_steps": state.skipped_steps})
         scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        loss_value = float(all_reduce_sum(step_loss, dist) / count.clamp(min=1))
         result.losses.append(loss_value)
         log.advance()
         if state.step % run.log_every == 0 or state.step == run.max_steps:
@@ -415,7 +434,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     elapsed = max(time.perf_counter() - t_start, 1e-9)
     result.tokens_per_s = tokens_seen * dist.world_size / elapsed
     result.examples_per_s = examples_seen * dist.world_size / elapsed
-    result.step = state.step
+    result.step, result.skipped_steps = state.step, state.skipped_steps
     evaluate()
     result.checkpoint = save()
     if run.export:

@@ -31,6 +31,7 @@ from lalm.errors import ConfigError
 PartMode = Literal["frozen", "full", "lora"]
 Objective = Literal["lm", "dpo"]
 Strategy = Literal["ddp", "fsdp"]
+OnNonfinite = Literal["stop", "skip"]
 PARTS = ("encoder", "projector", "decoder")
 LORA_TARGETS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down",
                 "attn.query", "attn.key", "attn.value", "attn.out", "mlp.0", "mlp.2", "proj")
@@ -190,6 +191,9 @@ class RunConfig:
     # encoder or projector trains: such a batch leaves them without gradients)
     find_unused_parameters: bool | None = None
     export: bool = True  # write out_dir/export (Qwen2-Audio HF layout, LoRA merged) at the end
+    # a step whose loss (or, unclipped, gradient) is NaN/inf: stop the run with an error before
+    # the update, or skip the update and count it (log.jsonl, the summary)
+    on_nonfinite: OnNonfinite = "stop"
 
     def __post_init__(self) -> None:
         if self.max_steps <= 0:
