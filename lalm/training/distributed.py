@@ -1,6 +1,6 @@
 """Scale-out through torch.distributed only: torchrun, DDP and FSDP2 (gloo on CPU, NCCL on GPU).
 
-    torchrun --nproc-per-node 2 -m lalm train configs/train/stage2_sft.yaml
+    torchrun --nproc-per-node 2 -m lalm train sft
 
 `init_distributed` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, the
 rendezvous address) and joins the process group; without it the job is one process.

@@ -92,6 +92,9 @@ class TrainResult:
         tokens_per_s, examples_per_s: training throughput of this call (all ranks).
         skipped_steps: steps of the whole run whose update was dropped for a non-finite loss
             (``run.on_nonfinite: skip``).
+        skipped_items: bad data items left out over the whole run (``data.on_bad_item: skip``).
+        threads: torch CPU threads the run used.
+        trainable_params: parameters that get gradients (LoRA: the adapters' only).
         main: True on the rank that logs and reports (rank 0; the only one in one process).
     """
 
@@ -103,6 +106,9 @@ class TrainResult:
     tokens_per_s: float = 0.0
     examples_per_s: float = 0.0
     skipped_steps: int = 0
+    skipped_items: int = 0
+    threads: int = 1
+    trainable_params: int = 0
     main: bool = True
 
 
