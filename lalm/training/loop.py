@@ -28,7 +28,9 @@ import copy
 import json
 import math
 import random
+import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,7 @@ from lalm.errors import ConfigError, TrainingError
 from lalm.model import AudioLanguageModel
 from lalm.model.lalm import IGNORE_INDEX
 from lalm.training.build import (
+    SkipBadCollator,
     build_dataset,
     build_model,
     export,
@@ -61,6 +64,7 @@ from lalm.training.distributed import (
     DistInfo,
     all_reduce_sum,
     barrier,
+    choose_threads,
     init_distributed,
     no_grad_sync,
     shutdown,
@@ -139,6 +143,7 @@ class BatchStream:
                  state: TrainerState) -> None:
         self.loader, self.sampler, self.state = loader, sampler, state
         self._it: Any = None
+        self.bad_items: list[str] = []  # reasons of the items left out since the last drain
 
     def next(self) -> dict[str, Any]:
         """The next micro-batch (a new epoch starts when one runs out)."""
@@ -154,7 +159,9 @@ class BatchStream:
                 self.state.epoch, self.state.consumed, self._it = self.state.epoch + 1, 0, None
                 continue
             self.state.consumed += 1
-            return batch
+            self.bad_items += batch.pop("bad_items", [])
+            if "ids" in batch:  # else every item of it was bad (data.on_bad_item: skip)
+                return batch
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -191,7 +198,9 @@ def loss_sum(model: nn.Module, batch: dict[str, Any], objective: str, beta: floa
 
 def _loader(dataset: Any, sampler: Sampler[list[int]], config: TrainConfig,
             pad_id: int) -> DataLoader:
-    collate = PairCollator(pad_id) if config.objective == "dpo" else Collator(pad_id)
+    collate: Callable = PairCollator(pad_id) if config.objective == "dpo" else Collator(pad_id)
+    if config.data.on_bad_item == "skip":
+        collate = SkipBadCollator(collate)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                       num_workers=config.data.num_workers)
 
@@ -259,6 +268,15 @@ class RunLog:
         if self.bar is not None and "loss" in record:
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
 
+    def note(self, text: str) -> None:
+        """One line for people on stderr (above the progress bar)."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
     def advance(self) -> None:
         """One step done."""
         if self.bar is not None:
@@ -280,6 +298,11 @@ def validate(model: nn.Module, loader: DataLoader, config: TrainConfig, dist: Di
     model.eval()
     total = torch.zeros(2, dtype=torch.float64)
     for batch in loader:
+        for reason in batch.pop("bad_items", []):
+            warnings.warn(f"held-out item left out (data.on_bad_item=skip): {reason}",
+                          stacklevel=2)
+        if "ids" not in batch:
+            continue
         batch = to_device(batch, dist.device)
         with autocast():
             loss = loss_sum(model, batch, config.objective, config.dpo.beta, reference)
@@ -304,9 +327,11 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     Raises:
         ConfigError, DataError, CheckpointError: bad config, data or checkpoints.
     """
-    # 1. processes and randomness
+    # 1. processes, threads and randomness
     run = config.run
     dist = init_distributed(run.device)
+    threads, why_threads = choose_threads(run.threads)
+    torch.set_num_threads(threads)
     seed_everything(run.seed, dist.rank)
     out_dir = Path(run.out_dir)
     ckpt_root = out_dir / "checkpoints"
@@ -326,18 +351,21 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     n_mels = base.config.encoder.n_mels
     # data.encoder_cache: the frozen encoder's outputs, computed before FSDP shards its weights
     encoder = base.encoder if config.data.encoder_cache else None
-    train_set = build_dataset(config.data.train, config, tokenizer, n_mels, run.seed, encoder)
+    train_set, skipped_before = build_dataset(config.data.train, config, tokenizer, n_mels,
+                                              run.seed, encoder)
     sampler = _sampler(train_set, config, dist, shuffle=True)
     loader = _loader(train_set, sampler, config, tokenizer.eod_id)
     valid_loader, metric_examples = None, []
     if config.data.valid is not None:
-        valid_set = build_dataset([config.data.valid], config, tokenizer, n_mels, run.seed,
-                                  encoder)
+        valid_set, _ = build_dataset([config.data.valid], config, tokenizer, n_mels, run.seed,
+                                     encoder)
         valid_loader = _loader(valid_set, HeldOutBatches(
             _sampler(valid_set, config, dist, shuffle=False), run.eval_batches),
             config, tokenizer.eod_id)
         if config.objective == "lm":
             metric_examples = valid_set.examples[: run.metric_items]
+    trainable = sum(p.numel() for p in base.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in base.parameters())
     find_unused = run.find_unused_parameters
     if find_unused is None:
         find_unused = may_skip_parts(train_set, config.parts)
@@ -353,7 +381,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         return torch.autocast(dist.device.type, dtype=amp_dtype)
 
     # 3. resume (from the newest checkpoint that passes its checksums)
-    state = TrainerState()
+    state = TrainerState(skipped_items=skipped_before)
     found = resumable_checkpoint(ckpt_root, dist) if resume else None
     if found is not None:
         state, extra = load_checkpoint(found, model, optimizer, scheduler, dist, verify=False)
@@ -361,7 +389,13 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             scaler.load_state_dict(extra["scaler"])
     stream = BatchStream(loader, sampler, state)
     log = RunLog(out_dir, config, dist, state.step)
-    result = TrainResult(step=state.step, checkpoint=found, main=dist.main)
+    log.note(f"lalm train {config.stage}: {trainable:,} of {total:,} parameters train "
+             f"({trainable / max(total, 1):.2%}; parts {config.parts.encoder}/"
+             f"{config.parts.projector}/{config.parts.decoder}); {threads} torch thread(s) "
+             f"({why_threads}); {dist.world_size} rank(s) on {dist.device.type}"
+             + (f"; resumed from {found}" if found is not None else ""))
+    result = TrainResult(step=state.step, checkpoint=found, threads=threads,
+                         trainable_params=trainable, main=dist.main)
     params = [p for p in model.parameters() if p.requires_grad]
     accum = config.optim.grad_accum
     tokens_seen = examples_seen = 0
@@ -388,8 +422,14 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     # 4-5. the steps
     while state.step < run.max_steps:
         micro = [to_device(stream.next(), dist.device) for _ in range(accum)]
-        count = all_reduce_sum(torch.tensor(
-            sum(count_targets(b, config.objective) for b in micro), dtype=torch.float64), dist)
+        for reason in stream.bad_items:
+            log.note(f"step {state.step + 1}: bad item left out: {reason}")
+            log.write({"step": state.step + 1, "bad_item": reason})
+        totals = all_reduce_sum(torch.tensor(
+            [sum(count_targets(b, config.objective) for b in micro), len(stream.bad_items)],
+            dtype=torch.float64), dist)
+        count, stream.bad_items = totals[0], []
+        state.skipped_items += int(totals[1])
         step_loss = torch.zeros((), dtype=torch.float64)
         for i, batch in enumerate(micro):
             with no_grad_sync(model, skip=i < accum - 1):
@@ -441,6 +481,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     result.tokens_per_s = tokens_seen * dist.world_size / elapsed
     result.examples_per_s = examples_seen * dist.world_size / elapsed
     result.step, result.skipped_steps = state.step, state.skipped_steps
+    result.skipped_items = state.skipped_items
     evaluate()
     result.checkpoint = save()
     if run.export:

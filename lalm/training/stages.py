@@ -207,7 +207,7 @@ class RunConfig:
     # the update, or skip the update and count it (log.jsonl, the summary)
     on_nonfinite: OnNonfinite = "stop"
     # torch CPU threads; None: as many as the CPUs this process may use that other work leaves
-    # idle (`lalm.training.threads.choose_threads`; never more than torch's own default)
+    # idle (`lalm.training.distributed.choose_threads`; never more than torch's default)
     threads: int | None = None
 
     def __post_init__(self) -> None:
