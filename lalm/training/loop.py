@@ -1,12 +1,15 @@
 """The training loop: one function, `train(config)`, readable top to bottom.
 
-1. join torchrun's process group (or run alone), seed every generator;
-2. build tokenizer, model (trainable parts, LoRA), the DPO reference, the datasets and the
-   bucketing sampler, AdamW and the warmup-cosine schedule;
-3. resume from the newest complete checkpoint when asked (model, optimizer, scheduler, data
-   position, RNGs: the continuation is bit-identical to an uninterrupted run);
+1. join torchrun's process group (or run alone), pick the CPU threads (`choose_threads`), seed
+   every generator;
+2. build tokenizer, model (trainable parts, LoRA), the DPO reference, the datasets (bad items:
+   ``data.on_bad_item``) and the bucketing sampler, AdamW and the warmup-cosine schedule; print
+   the trainable-parameter count and the threads;
+3. resume from the newest intact checkpoint when asked (checksums verified; model, optimizer,
+   scheduler, data position, RNGs: the continuation is bit-identical to an uninterrupted run);
 4. each step: take ``grad_accum`` micro-batches, count their targets over all ranks, backprop
-   each micro-batch's share of the global loss, clip, step, schedule;
+   each micro-batch's share of the global loss, clip, step, schedule; a NaN/inf loss stops the
+   run before the update (`TrainingError`) or, with ``run.on_nonfinite: skip``, drops the update;
 5. log (tqdm, JSONL, TensorBoard), validate (held-out loss and task metrics), save checkpoints;
 6. at the end: a last checkpoint and the export (Qwen2-Audio HF layout, LoRA merged).
 
@@ -326,6 +329,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
 
     Raises:
         ConfigError, DataError, CheckpointError: bad config, data or checkpoints.
+        TrainingError: a non-finite loss (``run.on_nonfinite: stop``) or weights.
     """
     # 1. processes, threads and randomness
     run = config.run
