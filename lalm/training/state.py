@@ -208,12 +208,12 @@ def save_checkpoint(root: str | Path, model: nn.Module, optimizer: torch.optim.O
     return final
 
 
-def verify_checkpoint(path: str | Path, world_size: int) -> None:
+def verify_checkpoint(path: str | Path) -> None:
     """Check a checkpoint's files against its manifest (sizes and sha256) before reading any.
 
     Raises:
         CheckpointError: no manifest (a checkpoint of an older lalm: its pickles are not read),
-            a file missing, truncated or changed, or a file the job needs not listed.
+            a listed file missing, truncated or changed, or model/optimizer/trainer unlisted.
     """
     path = Path(path)
     if not (path / MANIFEST).is_file():
@@ -223,17 +223,17 @@ def verify_checkpoint(path: str | Path, world_size: int) -> None:
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict) or manifest.get("format") != _FORMAT:
         raise CheckpointError(f"{path / MANIFEST} is not a {_FORMAT} manifest")
-    needed = ["model.pt", "optimizer.pt", "trainer.json",
-              *(f"rng-rank{r}.json" for r in range(world_size))]
-    unlisted = [name for name in needed if name not in files]
+    unlisted = [name for name in ("model.pt", "optimizer.pt", "trainer.json")
+                if name not in files]
     if unlisted:
-        raise CheckpointError(f"checkpoint {path} lacks {unlisted} (written by another number "
-                              f"of ranks than this job's {world_size}?)")
-    for name in needed:
-        file, want = path / name, files[name]
+        raise CheckpointError(f"checkpoint {path}: its manifest does not list {unlisted}")
+    for name, want in files.items():
+        file = path / name
+        if Path(name).name != name or name.startswith(".") or not isinstance(want, dict):
+            raise CheckpointError(f"{path / MANIFEST}: bad entry {name!r}")
         if not file.is_file():
             raise CheckpointError(f"checkpoint {path}: {name} is missing")
-        if not isinstance(want, dict) or file.stat().st_size != want.get("bytes"):
+        if file.stat().st_size != want.get("bytes"):
             raise CheckpointError(f"checkpoint {path}: {name} has {file.stat().st_size} bytes, "
                                   f"the manifest says {want.get('bytes')} (truncated?)")
         if sha256_file(file) != want.get("sha256"):
@@ -256,7 +256,7 @@ def resumable_checkpoint(root: str | Path, dist: DistInfo) -> Path | None:
     if dist.rank == 0:
         for index in range(len(found) - 1, -1, -1):
             try:
-                verify_checkpoint(found[index], dist.world_size)
+                verify_checkpoint(found[index])
             except CheckpointError as e:
                 reasons.append(str(e))
                 continue
@@ -300,13 +300,16 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     """
     path = Path(path)
     if verify:
-        verify_checkpoint(path, dist.world_size)
+        verify_checkpoint(path)
     trainer = _read_json(path / "trainer.json")
     if not isinstance(trainer, dict) or trainer.get("world_size") != dist.world_size:
         raise CheckpointError(f"checkpoint {path} was written by "
                               f"{trainer.get('world_size') if isinstance(trainer, dict) else '?'}"
                               f" ranks; resume it with the same number (this job has "
                               f"{dist.world_size})")
+    rng_file = path / f"rng-rank{dist.rank}.json"
+    if rng_file.name not in _read_json(path / MANIFEST)["files"]:
+        raise CheckpointError(f"checkpoint {path} has no RNG state of rank {dist.rank}")
     model_state = _load_tensors(path / "model.pt", mmap=True)
     optim_state = _load_tensors(path / "optimizer.pt")
     try:
@@ -317,5 +320,5 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         counters = TrainerState(**trainer["trainer"])
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer: {e}") from e
-    set_rng_state(_read_json(path / f"rng-rank{dist.rank}.json"))
+    set_rng_state(_read_json(rng_file))
     return counters, trainer.get("extra", {})
