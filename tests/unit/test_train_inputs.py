@@ -56,15 +56,17 @@ def test_empty_targets_are_refused_with_a_count_or_skipped(tones, tokenizer_dir,
 
 def test_a_corrupt_clip_and_a_malformed_row_are_skipped_and_counted(tones, tokenizer_dir,
                                                                        tmp_path):
-    # item 1's window is given (so batching never opens its file) and its file is garbage: it
-    # fails only when a batch reads it, as a corrupt row did after 1-2 steps
+    # items 1 and 2 point at garbage files. Item 1's window is given, so batching never opens
+    # its file: it fails only when a batch reads it, as a corrupt row did after 1-2 steps; item
+    # 2's header is read (for its length) before the first step.
     def change(i, e):
-        if i != 1:
+        if i not in (1, 2):
             return e
-        bad = tones.parent / "audio" / f"corrupt-{tmp_path.name}.wav"
-        bad.write_bytes(np.random.default_rng(0).bytes(8000))
+        bad = tones.parent / "audio" / f"corrupt-{tmp_path.name}-{i}.wav"
+        bad.write_bytes(np.random.default_rng(i).bytes(8000))
         return dataclasses.replace(e, audios=(dataclasses.replace(
-            e.audios[0], path=str(bad.relative_to(tones.parent)), duration=0.2),))
+            e.audios[0], path=str(bad.relative_to(tones.parent)),
+            duration=0.2 if i == 1 else None),))
 
     manifest = _copy(tones, tmp_path, change)
     with open(manifest, "a") as f:
@@ -75,7 +77,8 @@ def test_a_corrupt_clip_and_a_malformed_row_are_skipped_and_counted(tones, token
         result = train(_config(manifest, tokenizer_dir, tmp_path, {"on_bad_item": "skip"},
                                run={"max_steps": 6}))
     assert result.step == 6 and len(result.losses) == 6
-    assert result.skipped_items >= 2  # the malformed row, the corrupt clip once per epoch
+    # the malformed row, item 2 (at the start), item 1 once per epoch it comes up in
+    assert result.skipped_items >= 3
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert any("train-001" in r.get("bad_item", "") for r in log)
 
