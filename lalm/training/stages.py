@@ -323,8 +323,9 @@ def resolve_config(name_or_path: str | os.PathLike[str]) -> Path:
     shipped = stage_configs()
     if str(name_or_path) in shipped:
         return shipped[str(name_or_path)]
+    hint = f"; did you mean {path.stem!r}?" if path.stem in shipped else ""
     raise ConfigError(f"cannot read training config {name_or_path}: no such file, nor a shipped "
-                      f"config of that name ({', '.join(shipped)}; lalm config list)")
+                      f"config of that name ({', '.join(shipped)}; lalm config list){hint}")
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

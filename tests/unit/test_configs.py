@@ -55,6 +55,8 @@ def test_a_manifest_path_replaces_the_whole_mix():
 def test_an_unknown_name_lists_the_shipped_ones():
     with pytest.raises(ConfigError, match=r"nope.*sft.*lalm config list"):
         TrainConfig.from_file("nope")
+    with pytest.raises(ConfigError, match=r"did you mean 'stage2_sft'"):  # the old repo path
+        TrainConfig.from_file("configs/train/stage2_sft.yaml")
 
 
 def test_a_warmup_covering_most_of_the_run_warns():
