@@ -273,12 +273,8 @@ class RunLog:
 
     def note(self, text: str) -> None:
         """One line for people on stderr (above the progress bar)."""
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr)
+        if self.enabled:
+            (print if self.bar is None else self.bar.write)(text, file=sys.stderr)
 
     def advance(self) -> None:
         """One step done."""
