@@ -51,7 +51,6 @@ def main() -> None:
             chosen = choose_threads(threads)[0]
             result = train(TrainConfig.from_dict(stage))
             rows.append((threads, chosen, load, result.tokens_per_s, result.losses[-1]))
-            torch.set_num_threads(cpus)  # the next run starts from torch's default again
     print(f"{args.items} tone items, batches of 4, {args.steps} steps; encoder and decoder "
           f"{args.layers}x{args.dim}; {cpus} CPUs; torch {torch.__version__}")
     print(f"{'threads':>10s} {'load':>5s} {'tokens/s':>9s} {'ratio':>6s} {'last loss':>10s}")

@@ -28,21 +28,19 @@ working end to end, not a useful model.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from lalm.assets import DEFAULT_MODEL, asset_path, default_model_dir
 from lalm.errors import ConfigError
+from lalm.training.distributed import torch_threads
 
 if TYPE_CHECKING:
     from lalm.config import DecoderConfig
@@ -97,17 +95,6 @@ class DefaultModelSpec:
     eval_batch_size: int = 16
     max_new_tokens: int = 128
     threads: int = 1
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run torch's CPU ops on `n` threads inside the block (the old count is restored)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _parameters(module: Any) -> int:

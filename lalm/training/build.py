@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torch.utils.data import Dataset
 
 from lalm.checkpoint import load_model, save_model
@@ -86,6 +87,18 @@ def build_model(config: TrainConfig, tokenizer: Tokenizer) -> AudioLanguageModel
                           f"model is of the other family (projector.audio_bos_eos)")
     set_parts(model, config.parts, config.lora)
     return model.train()
+
+
+def enable_grad_checkpointing(model: AudioLanguageModel) -> None:
+    """Recompute every encoder block and decoder layer in backward instead of storing its
+    activations (the blocks' parameter names do not change)."""
+    for block in [*model.encoder.blocks, *model.decoder.layers]:
+        forward = block.forward
+
+        def checkpointed(*args: Any, _forward: Callable = forward) -> Tensor:
+            return checkpoint(_forward, *args, use_reentrant=False)
+
+        block.forward = checkpointed
 
 
 def set_parts(model: AudioLanguageModel, parts: PartsConfig, lora: LoraConfig) -> None:

@@ -76,6 +76,17 @@ def init_distributed(device: str = "auto") -> DistInfo:
                     torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"))
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch's CPU ops on `n` threads inside the block (the old count is restored)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def choose_threads(requested: int | None = None) -> tuple[int, str]:
     """How many torch CPU threads this process should run, and why (for the run's log).
 

@@ -43,7 +43,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, Sampler
 
 from lalm.checkpoint import load_model
@@ -58,6 +57,7 @@ from lalm.training.build import (
     SkipBadCollator,
     build_dataset,
     build_model,
+    enable_grad_checkpointing,
     export,
     load_stage_tokenizer,
     may_skip_parts,
@@ -71,6 +71,7 @@ from lalm.training.distributed import (
     init_distributed,
     no_grad_sync,
     shutdown,
+    torch_threads,
     unwrap,
     wrap_model,
 )
@@ -124,18 +125,6 @@ def seed_everything(seed: int, rank: int) -> None:
     random.seed(seed + rank)
     np.random.seed(seed + rank)
     torch.manual_seed(seed + rank)
-
-
-def enable_grad_checkpointing(model: AudioLanguageModel) -> None:
-    """Recompute every encoder block and decoder layer in backward instead of storing its
-    activations (the blocks' parameter names do not change)."""
-    for block in [*model.encoder.blocks, *model.decoder.layers]:
-        forward = block.forward
-
-        def checkpointed(*args: Any, _forward: Callable = forward) -> Tensor:
-            return checkpoint(_forward, *args, use_reentrant=False)
-
-        block.forward = checkpointed
 
 
 class BatchStream:
@@ -327,11 +316,15 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         ConfigError, DataError, CheckpointError: bad config, data or checkpoints.
         TrainingError: a non-finite loss (``run.on_nonfinite: stop``) or weights.
     """
-    # 1. processes, threads and randomness
+    threads, why_threads = choose_threads(config.run.threads)
+    with torch_threads(threads):  # the caller's thread count comes back afterwards
+        return _train(config, resume, threads, why_threads)
+
+
+def _train(config: TrainConfig, resume: bool, threads: int, why_threads: str) -> TrainResult:
+    # 1. processes and randomness
     run = config.run
     dist = init_distributed(run.device)
-    threads, why_threads = choose_threads(run.threads)
-    torch.set_num_threads(threads)
     seed_everything(run.seed, dist.rank)
     out_dir = Path(run.out_dir)
     ckpt_root = out_dir / "checkpoints"

@@ -88,10 +88,11 @@ def test_the_start_line_gives_threads_and_trainable_parameters(tones, tokenizer_
     config = _config(tones, tokenizer_dir, tmp_path, run={"max_steps": 1, "threads": 1},
                      optim={"warmup_steps": 0},
                      parts={"encoder": "frozen", "projector": "frozen", "decoder": "lora"})
+    before = torch.get_num_threads()
     result = train(config)
     model = build_model(config, load_tokenizer(tokenizer_dir))
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora" in n)
-    assert result.threads == 1 and torch.get_num_threads() == 1
+    assert result.threads == 1 and torch.get_num_threads() == before  # the caller's, restored
     assert result.trainable_params == lora > 0
     err = capsys.readouterr().err
     assert f"{lora:,} of " in err and "parameters train" in err and "1 torch thread" in err
