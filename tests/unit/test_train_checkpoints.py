@@ -84,7 +84,8 @@ def test_resume_runs_no_code_planted_in_a_run_folder(name, tones, tokenizer_dir,
 
 
 def test_every_checkpoint_file_is_json_or_plain_tensors(tones, tokenizer_dir, tmp_path):
-    checkpoint = train(_config(tones, tokenizer_dir, tmp_path, max_steps=1)).checkpoint
+    checkpoint = train(_config(tones, tokenizer_dir, tmp_path, {"warmup_steps": 0},
+                                 max_steps=1)).checkpoint
     names = sorted(p.name for p in checkpoint.iterdir())
     assert names == ["manifest.json", "model.pt", "optimizer.pt", "rng-rank0.json",
                      "trainer.json"]
@@ -160,7 +161,8 @@ def test_a_checkpoint_of_nonfinite_weights_is_never_written(tmp_path):
 def test_checkpoint_files_follow_the_umask(tones, tokenizer_dir, tmp_path):
     old = os.umask(0o022)
     try:
-        result = train(_config(tones, tokenizer_dir, tmp_path, max_steps=1, export=True))
+        result = train(_config(tones, tokenizer_dir, tmp_path, {"warmup_steps": 0},
+                               max_steps=1, export=True))
     finally:
         os.umask(old)
     files = [*result.checkpoint.iterdir(), *result.export_dir.iterdir()]
