@@ -24,9 +24,11 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
     return register
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                     argparse.RawDescriptionHelpFormatter):
     """``--help`` shows each option's default, unless there is none to show (None, False, an
-    empty list) or the help text already says what it is."""
+    empty list) or the help text already says what it is; descriptions and epilogs (lalm
+    train's key list) keep their line breaks."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -400,13 +402,36 @@ def _transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
+_TRAIN_EPILOG = """\
+configs: a YAML file, or a shipped stage by name (lalm config list; lalm config show NAME):
+  pretrain (stage1_pretrain), sft (stage2_sft), dpo (stage3_dpo), default_model
+
+examples:
+  # LoRA fine-tuning on your own chats (messages JSONL as ms-swift / LLaMA-Factory write it)
+  lalm train sft --set model.checkpoint=Qwen2-Audio-7B-Instruct --set data.train=my.jsonl \\
+    --set data.valid=held_out.jsonl --set parts.decoder=lora --set run.out_dir=runs/my_sft
+  lalm train sft ... --resume           # go on from the newest intact checkpoint
+
+useful keys (--set KEY=VALUE; every field: lalm config show sft, lalm/training/stages.py):
+  data.train=FILE        replaces the whole mix by one manifest (or a YAML list of files)
+  data.valid=FILE|null   held-out set (validation loss, task metrics)
+  parts.encoder|projector|decoder=frozen|full|lora   what trains; lora: adapters only
+  lora.rank=8 lora.alpha=16 lora.targets=[attn.q, attn.v]
+  optim.lr=1e-5 optim.warmup_steps=200 optim.grad_accum=8 run.max_steps=5000
+  run.out_dir=DIR        checkpoints, log.jsonl and export/ (Hugging Face layout, LoRA merged)
+  run.threads=N          torch CPU threads (default: the idle CPUs, logged at the start)
+  run.on_nonfinite=stop|skip   data.on_bad_item=fail|skip
+"""
+
+
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="stage YAML (configs/train/*.yaml)")
+    p.epilog = _TRAIN_EPILOG
+    p.add_argument("config", help="stage YAML file or shipped stage name (e.g. sft)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override one config field by dotted path, e.g. --set optim.lr=3e-5 "
                         "(repeatable; values are YAML)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the newest complete checkpoint in run.out_dir")
+                   help="continue from the newest intact checkpoint in run.out_dir")
 
 
 @command("train", "train one stage from a YAML config (under torchrun for several ranks)",
@@ -418,11 +443,36 @@ def _train(args: argparse.Namespace) -> int:
     if not result.main:  # under torchrun, rank 0 reports for the job
         return 0
     summary = {"step": result.step, "loss": result.losses[-1] if result.losses else None,
-               "tokens_per_s": round(result.tokens_per_s, 1), **result.validation}
+               "tokens_per_s": round(result.tokens_per_s, 1), **result.validation,
+               "skipped_steps": result.skipped_steps, "skipped_items": result.skipped_items}
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                    for k, v in summary.items()))
     if result.export_dir is not None:
         print(f"exported to {result.export_dir}")
+    return 0
+
+
+def _config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["list", "show"],
+                   help="list: the shipped stage configs; show: print one (YAML with comments)")
+    p.add_argument("name", nargs="?", help="show: a shipped name (e.g. sft) or a file")
+
+
+@command("config", "list or print the shipped training stage configs", _config_arguments)
+def _config(args: argparse.Namespace) -> int:
+    from lalm.errors import ConfigError
+    from lalm.training.stages import resolve_config, stage_configs
+
+    if args.action == "show":
+        if not args.name:
+            raise ConfigError("config show needs a NAME (lalm config list)")
+        print(resolve_config(args.name).read_text(encoding="utf-8"), end="")
+        return 0
+    by_file: dict[str, list[str]] = {}
+    for name, path in stage_configs().items():
+        by_file.setdefault(str(path), []).append(name)
+    for path, names in by_file.items():
+        print(f"{', '.join(names):28s} {path}")
     return 0
 
 

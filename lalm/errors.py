@@ -52,3 +52,8 @@ class ConfigError(LalmError, ValueError):
 class ComparisonError(LalmError, ValueError):
     """Evaluation runs that cannot be compared side by side: a folder without a report, or
     runs of one task on other data or with other scorers (procedures, package versions, mode)."""
+
+
+class TrainingError(LalmError, RuntimeError):
+    """A training run that cannot go on: a non-finite loss, gradient or weight; the message
+    names the step and what to change."""

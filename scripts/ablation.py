@@ -5,7 +5,7 @@ beat multitask training with plain prompts, and single-task training, on the sam
 
 Every arm is lalm's default model (`lalm.demo`: the real Whisper tiny.en encoder, frozen, and
 a fresh 4 x 192 Qwen2 decoder, Qwen2-Audio layout, the BPE tokenizer, whose specials include
-Qwen-Audio's tags) trained by the default recipe (``configs/train/default_model.yaml``) from the
+Qwen-Audio's tags) trained by the default recipe (the ``default_model`` stage config) from the
 same initial weights, with the same optimizer, batch budget and number of steps; only the data
 differs:
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
+import secrets
+import stat
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -112,11 +113,17 @@ def _read_shards(
 
 
 def write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` on a temporary file next to `path`, then rename it to `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """Call `write(tmp_path)` on a temporary file next to `path`, then rename it to `path`.
+
+    The file gets mode 0666 less the umask, as `open` creates files (`tempfile.mkstemp` and
+    safetensors' `save_file` would make it private, 0600).
+    """
+    tmp = str(path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp"))
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = stat.S_IMODE(os.stat(tmp).st_mode)  # 0666 & ~umask, read without changing the umask
     try:
         write(tmp)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

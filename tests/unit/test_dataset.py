@@ -385,11 +385,12 @@ def test_shipped_sft_config_trains_every_assistant_turn(loss_on, tokenizers, cli
         {"role": "user", "content": "Who speaks?"}, {"role": "assistant", "content": replies[2]}]}])
     sets = [f"data.train=[{{manifest: {path}}}]", "data.valid=null"]
     sets += [f"data.loss_on={loss_on}"] if loss_on else []
-    config = TrainConfig.from_file(Path(__file__).resolve().parents[2] / "configs" / "train" /
-                                   "stage2_sft.yaml", sets)
+    config = TrainConfig.from_file("sft", sets)  # the shipped stage2_sft.yaml
     assert config.data.loss_on == (loss_on or "all_assistant")
     tok = tokenizers[Family.QWEN2_AUDIO]
-    item = build_dataset(config.data.train, config, tok, 128, seed=0)[0]
+    dataset, skipped = build_dataset(config.data.train, config, tok, 128, seed=0)
+    assert skipped == 0
+    item = dataset[0]
     ids, labels = item["ids"].tolist(), item["labels"].tolist()
     runs = _runs(labels)
     expected = replies if loss_on is None else replies[-1:]
