@@ -440,6 +440,7 @@ def _prometheus(metrics: Metrics, batcher: Batcher) -> str:
                               ("batches_total", stats.batches, "counter"),
                               ("batch_rows_total", stats.rows, "counter"),
                               ("generated_tokens_total", stats.generated_tokens, "counter"),
+                              ("cancelled_rows_total", stats.cancelled_rows, "counter"),
                               ("failed_jobs_total", stats.failed_jobs, "counter"),
                               ("expired_jobs_total", stats.expired_jobs, "counter")):
         lines += [f"# TYPE lalm_{name} {kind}", f"lalm_{name} {value}"]

@@ -4,6 +4,7 @@ formats, and the batcher (shared batches equal single runs; a bad job fails alon
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from lalm.config import ModelConfig
 from lalm.generation import GenerationOptions, Pipeline
 from lalm.prompt import AudioPart, Message, TextPart
 from lalm.serve import ApiError, AudioAccess, Batcher, Limits
-from lalm.serve.batcher import Done, Failed
+from lalm.serve.batcher import BatchStats, Done, Failed, Token
 from lalm.serve.inputs import chat_options, decode_base64
 from lalm.serve.schemas import ChatCompletionRequest
 from lalm.testing.models import random_model
@@ -99,3 +100,54 @@ def test_batcher_shares_batches_and_isolates_a_bad_job(pipe: Pipeline) -> None:
     done = [e for e in events if isinstance(e, Done)]
     assert [d.result.tokens for d in done] == [r.tokens for r in alone]
     assert [d.result.text for d in done] == [r.text for r in alone]
+
+
+def test_sampled_jobs_with_distinct_seeds_share_a_batch_and_equal_single_runs(
+        pipe: Pipeline) -> None:
+    requests = [pipe.chat_request(q) for q in ("Tell me a story.", "Tell me a story.",
+                                                "What is this?")]
+    sampled = GenerationOptions(max_new_tokens=6, temperature=1.0)
+    seeds = (1, 2, 3)
+    alone = [pipe.generate([r], replace(sampled, seed=seed))[0]
+             for r, seed in zip(requests, seeds)]
+
+    async def run() -> list:
+        batcher = Batcher(pipe, max_batch_size=8, batch_wait_s=0.05)
+        batcher.start()
+        try:
+            tickets = [batcher.submit(r, replace(sampled, seed=seed), 60.0)
+                       for r, seed in zip(requests, seeds)]
+            return [await t.get(60.0) for t in tickets]
+        finally:
+            batcher.close()
+            assert (batcher.stats.batches, batcher.stats.rows) == (1, 3)
+
+    done = asyncio.run(run())
+    assert [d.result.tokens for d in done] == [r.tokens for r in alone]
+    assert alone[0].tokens != alone[1].tokens  # the seed, not the batch, decides the draws
+
+
+def test_a_cancelled_row_leaves_its_batch_and_the_others_are_unchanged(
+        pipe: Pipeline) -> None:
+    requests = [pipe.chat_request(q) for q in ("Tell me a story.", "Count to ten.")]
+    options = GenerationOptions(max_new_tokens=40)
+    alone = [pipe.generate([r], options)[0] for r in requests]
+    assert [len(r.tokens) for r in alone] == [40, 40]  # neither row stops by itself
+
+    async def run() -> tuple[Done, BatchStats]:
+        batcher = Batcher(pipe, max_batch_size=8, batch_wait_s=0.05)
+        batcher.start()
+        try:
+            leaving = batcher.submit(requests[0], options, 60.0, stream=True)
+            staying = batcher.submit(requests[1], options, 60.0)
+            assert isinstance(await leaving.get(60.0), Token)
+            leaving.cancel()  # the client went away after its first token
+            return await staying.get(60.0), batcher.stats
+        finally:
+            batcher.close()
+
+    done, stats = asyncio.run(run())
+    assert done.result.tokens == alone[1].tokens
+    assert (stats.batches, stats.cancelled_rows) == (1, 1)
+    # the staying row's 40 tokens, and the leaving row's only until it was dropped
+    assert stats.generated_tokens < 40 + 40
