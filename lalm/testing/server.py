@@ -90,6 +90,17 @@ class Server:
         """The TCP port it listens on."""
         return int(self.url.rsplit(":", 1)[1])
 
+    def metrics(self, api_key: str | None = None) -> dict[str, float]:
+        """The unlabelled series of ``/metrics`` (``lalm_batches_total`` ...); a series the
+        server does not export is absent."""
+        headers = {} if api_key is None else {"authorization": f"Bearer {api_key}"}
+        request = urllib.request.Request(f"{self.url}/metrics", headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read().decode()
+        return {name: float(value) for name, value in
+                (line.split() for line in text.splitlines()
+                 if line and not line.startswith("#") and "{" not in line)}
+
     def rss_bytes(self) -> int:
         """Resident memory of the server process (Linux /proc)."""
         status = Path(f"/proc/{self.process.pid}/status").read_text()
@@ -99,7 +110,7 @@ class Server:
 
 @contextmanager
 def running_server(model_dir: str | Path, *args: str, log: str | Path,
-                   startup_s: float = 120.0) -> Iterator[Server]:
+                   startup_s: float = 120.0, api_key: str | None = None) -> Iterator[Server]:
     """Run ``lalm serve --model model_dir *args`` on a free loopback port.
 
     Args:
@@ -107,6 +118,7 @@ def running_server(model_dir: str | Path, *args: str, log: str | Path,
         *args: more ``lalm serve`` flags.
         log: file that receives the server's stdout and stderr.
         startup_s: seconds to wait for ``/health``.
+        api_key: sent with the ``/health`` polls (for a server run with ``--protect-all``).
 
     Raises:
         RuntimeError: the server exits or does not answer in time (its log attached).
@@ -121,11 +133,13 @@ def running_server(model_dir: str | Path, *args: str, log: str | Path,
     server = Server(url, process, Path(log))
     try:
         deadline = time.monotonic() + startup_s
+        headers = {} if api_key is None else {"authorization": f"Bearer {api_key}"}
         while True:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"lalm serve did not start:\n{Path(log).read_text()[-4000:]}")
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+                health = urllib.request.Request(f"{url}/health", headers=headers)
+                with urllib.request.urlopen(health, timeout=1) as response:
                     if json.load(response)["status"] == "ok":
                         break
             except OSError:

@@ -16,7 +16,9 @@ from lalm.config import ModelConfig
 from lalm.generation import GenerationOptions, Pipeline
 from lalm.prompt import AudioPart, Message, TextPart
 from lalm.serve import ApiError, AudioAccess, Batcher, Limits
+from lalm.serve.app import served_model_name
 from lalm.serve.batcher import BatchStats, Done, Failed, Token
+from lalm.serve.budget import PromptBudget
 from lalm.serve.inputs import chat_options, decode_base64
 from lalm.serve.schemas import ChatCompletionRequest
 from lalm.testing.models import random_model
@@ -151,3 +153,22 @@ def test_a_cancelled_row_leaves_its_batch_and_the_others_are_unchanged(
     assert (stats.batches, stats.cancelled_rows) == (1, 1)
     # the staying row's 40 tokens, and the leaving row's only until it was dropped
     assert stats.generated_tokens < 40 + 40
+
+
+def test_served_model_name_of_a_run_export_is_the_run(tmp_path: Path) -> None:
+    assert served_model_name(tmp_path / "runs" / "sft" / "export") == "sft"
+    assert served_model_name(tmp_path / "tiny") == "tiny"
+
+
+def test_prompt_budget_bound_is_below_the_exact_count(pipe: Pipeline) -> None:
+    budget = PromptBudget(pipe)
+    clip = np.zeros(16000 * 3, np.float32)
+    texts = ("Hi", "héllo wörld " * 50, "        " * 40, "e\u0301" * 30, "日本語" * 20)
+    for text in texts:
+        request = pipe.chat_request([Message("user", (AudioPart(clip), TextPart(text)))])
+        assert budget.lower_bound(request) <= budget.exact(request)
+        assert budget.exact(request) == int(pipe.prepare([request]).lengths[0])
+    long = pipe.chat_request("word " * 600)
+    with pytest.raises(ApiError, match="maximum context length is 512 tokens") as info:
+        budget.check(long, GenerationOptions(max_new_tokens=4), "messages")
+    assert info.value.code == "context_length_exceeded"
