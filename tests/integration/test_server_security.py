@@ -199,7 +199,8 @@ def test_malformed_inputs_are_typed_4xx_naming_the_input(allowing, files, dirs, 
         "path past PATH_MAX": str(allowed) + "/a" * 2100 + ".wav",
     }[case]
     if "seed" in case:
-        extra, param = {"seed": 2**64 if case == "seed 2**64" else -1}, "seed"
+        extra = {"seed": 2**64 if case == "seed 2**64" else -1, "temperature": 1.0}
+        param = "seed"
     status, body = _chat(allowing, url, **extra)
     assert 400 <= status < 500, (case, status, body)
     assert body["error"]["type"] == "invalid_request_error", body
