@@ -8,7 +8,7 @@ Outermost first (`lalm.serve.app.build_asgi`):
 * `Auth`: ``Authorization: Bearer KEY`` (scheme case-insensitive, RFC 7235) on /v1, /metrics
   and /openapi.json, or on every route with ``protect_all``;
 * `BodyLimit`: the body within the size limit (a declared length over it is refused before a
-  byte is read) and within the read timeout.
+  byte is read) and within the read timeout (408).
 
 `header_timeout_protocol` closes connections whose request line and headers do not arrive in
 time (uvicorn waits for them forever), so that half-sent requests cannot hold connections.
@@ -49,11 +49,11 @@ async def send_error(send: Send, status: int, message: str, code: str,
 
 
 class BodyLimit:
-    """Reads the body before the app does: at most ``max_bytes`` (413), within
-    ``read_timeout_s`` of the headers (408).
+    """The body within ``max_bytes`` (413) and within ``read_timeout_s`` of the headers (408).
 
-    A declared Content-Length over the limit is refused before a byte of the body is read;
-    a body without one (chunked) is refused as soon as it passes the limit.
+    A declared Content-Length over the limit is refused before a byte of the body is read,
+    and such a body then streams to the app (each read bounded by the deadline); a body
+    without one (chunked) is read here up to the limit and refused as soon as it passes it.
     """
 
     def __init__(self, app: App, max_bytes: int, read_timeout_s: float) -> None:
@@ -66,30 +66,51 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         too_large = f"request body larger than this server's limit of {self.max_bytes} bytes"
+        late = f"request body not received within {self.read_timeout_s:g} s"
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             return await send_error(send, 413, too_large, "body_too_large")
         deadline = time.monotonic() + self.read_timeout_s
-        chunks, size = [], 0
-        while True:
+        done = False  # the last body message has come: later reads wait for disconnects
+        timed_out = False
+
+        async def timed() -> dict[str, Any]:
+            nonlocal done, timed_out
+            if done:
+                return await receive()
             try:
                 message = await asyncio.wait_for(receive(), deadline - time.monotonic())
             except asyncio.TimeoutError:
-                return await send_error(send, 408, f"request body not received within "
-                                        f"{self.read_timeout_s:g} s", "request_timeout")
-            if message["type"] != "http.request":
-                return
-            size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                return await send_error(send, 413, too_large, "body_too_large")
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+                done = timed_out = True
+                return {"type": "http.disconnect"}  # the app stops reading
+            done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
 
-        async def replayed() -> dict[str, Any]:
-            return replay.pop() if replay else await receive()
+        if declared is None and scope["method"] not in ("GET", "HEAD"):
+            chunks, size = [], 0
+            while not done:
+                message = await timed()
+                if timed_out:
+                    return await send_error(send, 408, late, "request_timeout")
+                if message["type"] != "http.request":
+                    return
+                size += len(message.get("body", b""))
+                if size > self.max_bytes:
+                    return await send_error(send, 413, too_large, "body_too_large")
+                chunks.append(message.get("body", b""))
+            replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
-        await self.app(scope, replayed, send)
+            async def replayed() -> dict[str, Any]:
+                return replay.pop() if replay else await receive()
+
+            return await self.app(scope, replayed, send)
+
+        async def answered(message: dict[str, Any]) -> None:
+            if not timed_out:
+                await send(message)
+            elif message["type"] == "http.response.start":  # the app's "body error" answer
+                await send_error(send, 408, late, "request_timeout")
+
+        await self.app(scope, timed, answered)
 
 
 def host_name(header: str) -> str:

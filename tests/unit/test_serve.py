@@ -19,6 +19,7 @@ from lalm.serve import ApiError, AudioAccess, Batcher, Limits
 from lalm.serve.app import served_model_name
 from lalm.serve.batcher import BatchStats, Done, Failed, Token
 from lalm.serve.budget import PromptBudget
+from lalm.serve.middleware import default_allowed_hosts, host_name
 from lalm.serve.inputs import chat_options, decode_base64
 from lalm.serve.schemas import ChatCompletionRequest
 from lalm.testing.models import random_model
@@ -172,3 +173,21 @@ def test_prompt_budget_bound_is_below_the_exact_count(pipe: Pipeline) -> None:
     with pytest.raises(ApiError, match="maximum context length is 512 tokens") as info:
         budget.check(long, GenerationOptions(max_new_tokens=4), "messages")
     assert info.value.code == "context_length_exceeded"
+
+
+@pytest.mark.parametrize("bind, hosts", [
+    ("127.0.0.1", ("127.0.0.1", "localhost", "::1")),
+    ("127.0.0.2", ("127.0.0.2", "127.0.0.1", "localhost", "::1")),
+    ("10.1.2.3", ("10.1.2.3",)),
+    ("0.0.0.0", None),  # every interface: names unknown, any admitted (--allowed-hosts)
+    ("::", None),
+])
+def test_default_allowed_hosts_follow_the_bind_address(bind: str, hosts) -> None:
+    assert default_allowed_hosts(bind) == hosts
+
+
+@pytest.mark.parametrize("header, name", [
+    ("LocalHost:8000", "localhost"), ("[::1]:8000", "::1"), ("[::1]", "::1"),
+    ("127.0.0.1", "127.0.0.1"), ("evil.example:80", "evil.example")])
+def test_host_name_drops_port_and_brackets(header: str, name: str) -> None:
+    assert host_name(header) == name
