@@ -4,10 +4,15 @@
     POST /v1/audio/transcriptions  multipart upload; json / text / srt / vtt / verbose_json
     GET  /v1/models, /health, /metrics (Prometheus text), / (the web page)
 
-Thin, as DESIGN.md asks: a handler validates the body (pydantic), decodes audio under the
-limits (`lalm.serve.inputs`), builds the prompts with `Pipeline.chat_request` /
-`plan_transcription`, submits them to the batcher and formats the result. Bad input of any
-kind is a 4xx with OpenAI's error body; the body size is checked before the body is read.
+Thin, as DESIGN.md asks: a handler validates the body (pydantic; OpenAI parameters lalm
+cannot honour are refused, never ignored), decodes audio under the limits
+(`lalm.serve.inputs`), builds the prompts with `Pipeline.chat_request` /
+`plan_transcription`, checks that they fit the model's context (`lalm.serve.budget`, in a
+worker thread, so an oversized prompt never reaches the batcher's one thread), submits them
+to the batcher and formats the result. A client that leaves while it waits cancels its jobs
+(its row leaves the running batch). Bad input of any kind is a 4xx with OpenAI's error body;
+the Host header, the API key, the body's size and its read time are checked before a handler
+runs (`lalm.serve.middleware`).
 
 Audio longer than the encoder's 30-s window, up to the operator's ``max_audio_seconds``: a chat
 clip is split into windows that fill its one audio span (`Pipeline.encode_audio`); an upload to

@@ -150,7 +150,6 @@ class _Deadline:
     and then would hold the request for as long as it liked."""
 
     def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
         self.end = time.monotonic() + seconds
         self.sockets: list[socket.socket] = []
         self._timer = threading.Timer(seconds, self._expire)
@@ -198,6 +197,11 @@ class _Deadline:
         return [PlainHandler(), SecureHandler()]
 
 
+def _too_large(param: str, source: str, limits: Limits) -> ApiError:
+    return ApiError(413, f"{param}: {source!r} is larger than this server's limit of "
+                    f"{limits.max_body_bytes} bytes", param=param, code="audio_too_large")
+
+
 def _has_control(text: str) -> bool:
     return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
 
@@ -224,8 +228,7 @@ def _fetch(url: str, param: str, access: AudioAccess, limits: Limits) -> bytes:
             raise invalid(f"{param}: cannot fetch {url!r}: no complete answer within "
                           f"{access.fetch_timeout_s:g} s", param, "audio_fetch_failed")
     if len(data) > limits.max_body_bytes:
-        raise ApiError(413, f"{param}: {url!r} is larger than {limits.max_body_bytes} bytes",
-                       param=param, code="audio_too_large")
+        raise _too_large(param, url, limits)
     return data
 
 
@@ -251,16 +254,13 @@ def _read_local(location: str, param: str, access: AudioAccess, limits: Limits) 
         if not resolved.is_file():
             raise invalid(f"{param}: {raw!r} is not a file", param, "audio_not_found")
         if resolved.stat().st_size > limits.max_body_bytes:
-            raise ApiError(413, f"{param}: {raw!r} is larger than this server's limit of "
-                           f"{limits.max_body_bytes} bytes", param=param,
-                           code="audio_too_large")
+            raise _too_large(param, raw, limits)
         with resolved.open("rb") as f:
             data = f.read(limits.max_body_bytes + 1)
     except (OSError, ValueError) as e:
         raise invalid(f"{param}: cannot read {raw!r}: {e}", param, "audio_not_found") from None
     if len(data) > limits.max_body_bytes:  # it grew since
-        raise ApiError(413, f"{param}: {raw!r} is larger than this server's limit of "
-                       f"{limits.max_body_bytes} bytes", param=param, code="audio_too_large")
+        raise _too_large(param, raw, limits)
     return data
 
 
