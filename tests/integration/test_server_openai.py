@@ -299,10 +299,12 @@ def test_an_oversized_prompt_is_refused_before_it_reaches_the_batcher(client, se
     assert after["lalm_batch_rows_total"] - before["lalm_batch_rows_total"] == 1
 
 
-def test_a_client_that_leaves_stops_costing_tokens(server) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_stops_costing_tokens(server, stream: bool) -> None:
     max_tokens = 1000
-    body = json.dumps({"model": "tiny", "max_tokens": max_tokens, "messages": [
-        {"role": "user", "content": "Tell me a long story."}]}).encode()
+    body = json.dumps({"model": "tiny", "max_tokens": max_tokens, "stream": stream,
+                       "messages": [{"role": "user", "content": "Tell me a long story."}]}
+                      ).encode()
     before = server.metrics(API_KEY)
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -313,12 +315,16 @@ def test_a_client_that_leaves_stops_costing_tokens(server) -> None:
             now = server.metrics(API_KEY)
             if now["lalm_generated_tokens_total"] > before["lalm_generated_tokens_total"]:
                 break
-    # the client has gone (non-streaming): its row must leave the batch
+    # the client has gone: its row must leave the batch
     for _ in range(3000):
         now = server.metrics(API_KEY)
         spent = now["lalm_generated_tokens_total"] - before["lalm_generated_tokens_total"]
         if now.get("lalm_cancelled_rows_total", 0) > before.get("lalm_cancelled_rows_total", 0) \
                 or spent >= max_tokens:
             break
+    # nothing else runs: once the row is dropped, not one more token is computed
+    for _ in range(20):
+        later = server.metrics(API_KEY)
+        assert later["lalm_generated_tokens_total"] == now["lalm_generated_tokens_total"]
     assert spent < max_tokens, spent  # not all 1000 tokens computed for nobody
     assert now["lalm_cancelled_rows_total"] - before["lalm_cancelled_rows_total"] == 1
