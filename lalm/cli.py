@@ -482,9 +482,24 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--served-model-name", default=None,
-                   help="the model id clients pass (default: the directory's name)")
+                   help="the model id clients pass (default: the directory's name; for a "
+                        "training run's runs/NAME/export folder, NAME)")
     p.add_argument("--api-key", default=os.environ.get("LALM_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' (default: $LALM_API_KEY; none)")
+                   help="require 'Authorization: Bearer KEY' on /v1/*, /metrics and "
+                        "/openapi.json (default: $LALM_API_KEY; none); /health and the web "
+                        "page stay open unless --protect-all")
+    p.add_argument("--protect-all", action="store_true",
+                   help="with --api-key, require the key on every route, /health included")
+    p.add_argument("--allowed-hosts", action="append", default=[], metavar="HOST",
+                   help="Host header names the server answers, against DNS rebinding "
+                        "(repeatable; '*' for any; default: the --host address, plus "
+                        "localhost, 127.0.0.1 and ::1 on loopback; any when --host binds "
+                        "every interface)")
+    p.add_argument("--read-timeout", type=float, default=60.0,
+                   help="seconds a client has to send a request's line and headers, and "
+                        "again its body (then the connection is closed / 408)")
+    p.add_argument("--fetch-timeout", type=float, default=10.0,
+                   help="seconds for a whole allowlisted audio_url download")
     p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--max-batch-size", type=int, default=16, help="requests per forward pass")
@@ -515,7 +530,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from lalm.api import load_model
     from lalm.serve import AudioAccess, Limits
-    from lalm.serve.app import ServerConfig, serve
+    from lalm.serve.app import ServerConfig, serve, served_model_name
+    from lalm.serve.middleware import default_allowed_hosts
 
     pipe = load_model(args.model, dtype=args.dtype, device=args.device)
     if args.max_audio_seconds is not None:  # one limit: the server's and the pipeline's
@@ -525,10 +541,12 @@ def _serve(args: argparse.Namespace) -> int:
                     max_new_tokens=args.max_tokens_limit,
                     default_max_tokens=args.default_max_tokens)
     access = AudioAccess(tuple(args.allow_audio_url),
-                         tuple(Path(d) for d in args.allow_audio_dir))
-    config = ServerConfig(args.served_model_name or Path(args.model).resolve().name,
+                         tuple(Path(d) for d in args.allow_audio_dir), args.fetch_timeout)
+    hosts = tuple(args.allowed_hosts) or default_allowed_hosts(args.host)
+    config = ServerConfig(args.served_model_name or served_model_name(args.model),
                           args.api_key, limits, access, args.max_batch_size, args.max_queue,
-                          args.request_timeout)
+                          args.request_timeout, args.protect_all,
+                          None if hosts is None or "*" in hosts else hosts, args.read_timeout)
     serve(pipe, config, args.host, args.port, args.access_log)
     return 0
 

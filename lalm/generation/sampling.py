@@ -133,14 +133,17 @@ def process_logits(
 
 
 def select_tokens(
-    logits: Tensor, do_sample: bool, generator: torch.Generator | None = None
+    logits: Tensor, do_sample: bool,
+    generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
 ) -> Tensor:
     """Next token per row: argmax, or a draw from softmax(logits).
 
     Args:
         logits: [B, V] float32 processed logits.
         do_sample: draw instead of argmax.
-        generator: source of randomness for the draw (on the logits' device).
+        generator: source of randomness for the draw (on the logits' device): one for the
+            whole batch, or one per row (None: torch's global generator for that row). With
+            one per row, each row is drawn alone, so its draw does not depend on the others.
 
     Returns:
         [B] int64.
@@ -148,4 +151,9 @@ def select_tokens(
     if not do_sample:
         return logits.argmax(dim=-1)
     probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if len(generator) != probs.shape[0]:
+        raise ValueError(f"{len(generator)} generators for {probs.shape[0]} rows")
+    return torch.cat([torch.multinomial(probs[row:row + 1], 1, generator=g)[:, 0]
+                      for row, g in enumerate(generator)])
