@@ -73,6 +73,9 @@ class GenerationOptions:
                 raise bad(name, "must hold token ids (integers >= 0)")
         if any(not isinstance(s, str) or not s for s in self.stop_sequences):
             raise bad("stop_sequences", "must hold non-empty strings")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < 2**64):
+            raise bad("seed", "must be an integer in [0, 2**64) (torch.Generator's range)")
 
     @property
     def do_sample(self) -> bool:
