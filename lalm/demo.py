@@ -223,6 +223,7 @@ def recipe_config(spec: DefaultModelSpec, prepared: Prepared, run_dir: Path,
 
 def _build(spec: DefaultModelSpec, target: Path, log: Log) -> Path:
     from lalm.eval.evaluate import evaluate
+    from lalm.eval.report import write_strict_json
     from lalm.eval.synth_bench import SYNTH_TASK
     from lalm.generation import Pipeline
     from lalm.training import train
@@ -274,8 +275,7 @@ def _build(spec: DefaultModelSpec, target: Path, log: Log) -> Path:
         "scores": summary["scores"],
         "demo": {**demo, "audio": DEMO_CLIP},
     }
-    (result.export_dir / CARD).write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n",
-                                          encoding="utf-8")
+    write_strict_json(result.export_dir / CARD, card)
     _publish(result.export_dir, target)
     for rebuilt in ("init", "run"):  # made again by every build; data and predictions stay
         shutil.rmtree(work / rebuilt, ignore_errors=True)

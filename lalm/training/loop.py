@@ -251,8 +251,11 @@ class RunLog:
         """Append one record (it carries its ``step``) to every sink."""
         if not self.enabled:
             return
+        # strict JSON: a skipped step's non-finite loss is written as null (jq, node read it)
+        line = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                for k, v in record.items()}
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(line, allow_nan=False) + "\n")
         if self.writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):

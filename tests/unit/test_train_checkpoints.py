@@ -140,7 +140,11 @@ def test_on_nonfinite_skip_drops_those_steps_and_counts_them(tones, tokenizer_di
                      max_steps=3, on_nonfinite="skip")
     result = train(config)
     assert result.step == 3 and result.skipped_steps == 2
-    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    def strict(word: str):
+        raise ValueError(f"log.jsonl is not strict JSON: {word}")
+
+    log = [json.loads(x, parse_constant=strict)
+           for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "nonfinite_loss" in r] == [2, 3]
     weights = torch.load(result.checkpoint / "model.pt", weights_only=True)
     assert all(torch.isfinite(t).all() for t in weights.values())
