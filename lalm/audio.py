@@ -10,6 +10,7 @@ the same values on them (see `log_mel_spectrogram`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
@@ -17,6 +18,7 @@ import shutil
 import struct
 import subprocess
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -36,7 +38,12 @@ CHUNK_LENGTH = 30  # seconds in the references' padded window
 N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in the padded window
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in the padded window
 LOOKAHEAD_FRAMES = 2  # frames after a clip's real length that the Whisper conv stem reads
-MAX_SOURCE_RATE = 384_000  # Hz; a source rate above this (or <= 0) is rejected as absurd
+# Source rates and channel counts outside these bounds are refused as absurd: below 1 kHz a
+# "recording" is a header trick (a 1 Hz WAV of 144 KB is 20 h, 4.6 GB once at 16 kHz); 384 kHz
+# is the highest rate audio hardware records; 64 channels is 7th-order ambisonics (22.2 has 24).
+MIN_SOURCE_RATE = 1000  # Hz
+MAX_SOURCE_RATE = 384_000  # Hz
+MAX_CHANNELS = 64
 LOG_FLOOR_RANGE = 8.0  # log10 units kept below each clip's maximum
 
 Seconds = float
@@ -47,7 +54,8 @@ Seconds = float
 RealLength = Literal["floor", "ceil"]
 AudioSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | np.ndarray | Tensor
 
-_READ_BLOCK = 1 << 18  # frames per block when decoding, so a lying header never sizes a buffer
+_READ_BLOCK = 1 << 18  # samples (frames x channels) per block when decoding: 1 MiB of float32
+_UNKNOWN_FRAMES = 1 << 62  # libsndfile reports an unknown length (streamed FLAC) as 2**63 - 1
 _FFMPEG_TIMEOUT: Seconds = 600.0
 
 
@@ -65,7 +73,9 @@ def load_audio(
     when soundfile cannot open one and an ``ffmpeg`` executable is on PATH, ffmpeg decodes it
     (16 kHz mono s16le, as the Qwen-Audio reference does). Integer PCM is scaled by its full range
     (16-bit: ``x / 32768``, as ffmpeg's s16le output divided by 32768); channels are averaged;
-    other rates are resampled with soxr (high quality).
+    other rates are resampled with soxr (high quality). The samples are the blocks of
+    `stream_audio` joined, so decoding never holds more than one block at the source's rate and
+    channel count.
 
     Args:
         source: a path, the bytes of a file, a binary file-like object, or samples as a numpy
@@ -73,17 +83,43 @@ def load_audio(
             float in [-1, 1] or integer PCM.
         sr: sample rate of an array source in Hz (default 16000). Files carry their own rate, so
             passing it with a file is an error.
-        max_seconds: refuse (`AudioTooLongError`, an AudioError) sources longer than this; the
-            decoder stops reading as soon as the limit is passed. Nothing is ever truncated
-            silently.
+        max_seconds: refuse (`AudioTooLongError`, an AudioError) sources longer than this: from
+            the header's duration before decoding, and while decoding as soon as the limit is
+            passed. Nothing is ever truncated silently.
 
     Returns:
         float32 [N] samples at 16 kHz.
 
     Raises:
         AudioError: naming the source (path, ``<bytes>``, ``<file>`` or ``<array>``) and the
-            problem: missing file, directory, empty file, not audio, truncated file, no samples,
-            NaN/Inf samples, absurd rate, longer than ``max_seconds``.
+            problem: missing file, directory, unusable file name, empty file, not audio,
+            truncated file, no samples, NaN/Inf samples, absurd rate or channel count, longer
+            than ``max_seconds``.
+    """
+    blocks = list(stream_audio(source, sr, max_seconds=max_seconds))
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+
+
+def stream_audio(
+    source: AudioSource, sr: int | None = None, *, max_seconds: Seconds | None = None
+) -> Iterator[np.ndarray]:
+    """Decode an audio source block by block: the samples of `load_audio`, in pieces.
+
+    A file is read `_READ_BLOCK` samples (all channels together) at a time; each block is
+    checked (finite, within ``max_seconds``), averaged to mono and resampled by one soxr
+    stream, which gives the same samples as resampling the whole clip at once (equal to
+    float32 rounding; tests/unit/test_audio.py). The header's duration is checked against
+    ``max_seconds`` before anything is decoded. An array source is one block.
+
+    Args:
+        source, sr, max_seconds: as for `load_audio`.
+
+    Yields:
+        float32 [n] blocks at 16 kHz, in order; their concatenation is the clip. Checks that
+        need the whole file (truncation, no samples at all) raise after the last block.
+
+    Raises:
+        AudioError: as for `load_audio`, when the block that shows the problem is reached.
     """
     name = _describe(source)
     if max_seconds is not None and not max_seconds > 0:
@@ -93,25 +129,31 @@ def load_audio(
         _check_rate(rate, name)
         samples = _array_samples(source, name)
         _check_duration(samples.shape[0], rate, max_seconds, name)
-    else:
-        if sr is not None:
-            raise AudioError(f"{name}: sr is only for array sources; a file carries its own rate")
-        if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)) and not \
-                callable(getattr(source, "read", None)):
-            raise AudioError(f"{name}: not an audio source ({type(source).__name__}); give a "
-                             f"path, bytes, a binary file object or an array")
-        samples, rate = _decode(source, name, max_seconds)
-    if samples.shape[0] == 0:
-        raise AudioError(f"{name}: no audio samples")
-    if not np.isfinite(samples).all():
-        raise AudioError(f"{name}: contains NaN or Inf samples")
-    mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
-    if rate != SAMPLE_RATE:
-        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
-        if mono.shape[0] == 0:
-            raise AudioError(f"{name}: {samples.shape[0]} samples at {rate} Hz are too short to "
-                             f"give one sample at {SAMPLE_RATE} Hz")
-    return np.ascontiguousarray(mono, dtype=np.float32)
+        if samples.shape[0] == 0:
+            raise AudioError(f"{name}: no audio samples")
+        _check_finite(samples, name)
+        mono = _Mono16k(rate, name)
+        yield mono.push(samples)  # a 16 kHz mono float32 array comes back as itself
+        tail = mono.finish()
+        if tail.shape[0]:
+            yield tail
+        return
+    if sr is not None:
+        raise AudioError(f"{name}: sr is only for array sources; a file carries its own rate")
+    with _open_file(source, name) as file:
+        _check_riff_length(file, name)
+        try:
+            sound = sf.SoundFile(file)
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+            reason = _reason(e)
+            if not shutil.which("ffmpeg"):
+                raise AudioError(f"{name}: not a decodable audio file ({reason}; "
+                                 "ffmpeg is not on PATH to try other formats)") from None
+            file.seek(0)
+            yield _decode_ffmpeg(file, name, max_seconds, reason)
+            return
+        with sound:
+            yield from _sound_blocks(sound, name, max_seconds)
 
 
 def _describe(source: object) -> str:
@@ -127,14 +169,22 @@ def _describe(source: object) -> str:
 def _check_rate(rate: object, name: str) -> None:
     if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)):
         raise AudioError(f"{name}: sample rate must be an integer, got {rate!r}")
-    if not 0 < rate <= MAX_SOURCE_RATE:
-        raise AudioError(f"{name}: absurd sample rate {rate} Hz (allowed 1..{MAX_SOURCE_RATE})")
+    if not MIN_SOURCE_RATE <= rate <= MAX_SOURCE_RATE:
+        raise AudioError(f"{name}: absurd sample rate {rate} Hz (allowed "
+                         f"{MIN_SOURCE_RATE}..{MAX_SOURCE_RATE})")
 
 
-def _check_duration(n_frames: int, rate: int, max_seconds: Seconds | None, name: str) -> None:
+def _check_duration(n_frames: int, rate: int, max_seconds: Seconds | None, name: str,
+                    declared: bool = False) -> None:
     if max_seconds is not None and n_frames > max_seconds * rate:
+        held = "the header declares" if declared else "at least"
         raise AudioTooLongError(f"{name}: longer than max_seconds={max_seconds:g} "
-                                f"(at least {n_frames / rate:.1f} s)")
+                                f"({held} {n_frames / rate:.1f} s)")
+
+
+def _check_finite(samples: np.ndarray, name: str) -> None:
+    if not np.isfinite(samples).all():
+        raise AudioError(f"{name}: contains NaN or Inf samples")
 
 
 def _array_samples(array: np.ndarray | Tensor, name: str) -> np.ndarray:
@@ -157,45 +207,79 @@ def _array_samples(array: np.ndarray | Tensor, name: str) -> np.ndarray:
     raise AudioError(f"{name}: samples must be float or integer PCM, got dtype {array.dtype}")
 
 
-def _decode(
-    source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO,
-    name: str,
-    max_seconds: Seconds | None,
-) -> tuple[np.ndarray, int]:
-    """Decode a file source to (float32 [N, C] samples, rate)."""
+class _Mono16k:
+    """Blocks of [n, C] float32 samples at ``rate`` in, 16 kHz mono float32 blocks out.
+
+    Channels are averaged per sample; one soxr stream resamples all blocks (soxr keeps the
+    filter state between them, so the output equals one-shot resampling of the whole clip).
+    """
+
+    def __init__(self, rate: int, name: str) -> None:
+        self.name, self.rate, self.frames, self.out = name, rate, 0, 0
+        self.stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(
+            rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        """float32 [n, C] -> float32 [m] (m may be 0 while the resampler fills)."""
+        mono = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32)
+        mono = np.ascontiguousarray(mono, dtype=np.float32)
+        self.frames += block.shape[0]
+        if self.stream is not None:
+            mono = self.stream.resample_chunk(mono, last=False)
+        self.out += mono.shape[0]
+        return mono
+
+    def finish(self) -> np.ndarray:
+        """The resampler's last samples: float32 [m]; AudioError when the clip gave none."""
+        tail = np.zeros(0, dtype=np.float32)
+        if self.stream is not None:
+            tail = self.stream.resample_chunk(tail, last=True)
+        if self.out + tail.shape[0] == 0:
+            raise AudioError(f"{self.name}: {self.frames} samples at {self.rate} Hz are too "
+                             f"short to give one sample at {SAMPLE_RATE} Hz")
+        return tail
+
+
+@contextlib.contextmanager
+def _open_file(
+    source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO, name: str
+) -> Iterator[BinaryIO]:
+    """A seekable binary file positioned at the start of the audio; AudioError when there is
+    none (missing, a directory or device, an unusable name, empty, a text-mode object)."""
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if path.is_dir():
-            raise AudioError(f"{name}: is a directory, not an audio file")
-        if path.exists() and not path.is_file():  # a device or pipe could be endless
-            raise AudioError(f"{name}: not a regular file")
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            path = Path(source)
+            if path.is_dir():
+                raise AudioError(f"{name}: is a directory, not an audio file")
+            if path.exists() and not path.is_file():  # a device or pipe could be endless
+                raise AudioError(f"{name}: not a regular file")
+            file: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed below
+        except AudioError:
+            raise
         except FileNotFoundError:
             raise AudioError(f"{name}: no such file") from None
-        except OSError as e:
-            raise AudioError(f"{name}: cannot read ({e.strerror or e})") from None
+        except (OSError, ValueError) as e:  # a name too long, a NUL byte, no permission
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+            raise AudioError(f"{name}: cannot read ({reason})") from None
     elif isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-    else:
-        data = source.read()
-        if not isinstance(data, bytes):
+        file = io.BytesIO(source)
+    elif callable(getattr(source, "read", None)):
+        if not isinstance(source.read(0), bytes):
             raise AudioError(f"{name}: file object must be opened in binary mode")
-    if not data:
-        raise AudioError(f"{name}: empty file (0 bytes)")
-    _check_riff_length(data, name)
+        seekable = getattr(source, "seekable", lambda: False)
+        # soundfile seeks from the object's start: read the rest of one that is elsewhere
+        file = source if seekable() and source.tell() == 0 else io.BytesIO(source.read())
+    else:
+        raise AudioError(f"{name}: not an audio source ({type(source).__name__}); give a "
+                         f"path, bytes, a binary file object or an array")
     try:
-        sound = sf.SoundFile(io.BytesIO(data))
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        reason = _reason(e)
-        if shutil.which("ffmpeg"):
-            return _decode_ffmpeg(data, name, max_seconds, reason), SAMPLE_RATE
-        raise AudioError(f"{name}: not a decodable audio file ({reason}; "
-                         "ffmpeg is not on PATH to try other formats)") from None
-    with sound:
-        _check_rate(sound.samplerate, name)
-        return _read_blocks(sound, name, max_seconds), sound.samplerate
+        if file.seek(0, io.SEEK_END) == 0:
+            raise AudioError(f"{name}: empty file (0 bytes)")
+        file.seek(0)
+        yield file
+    finally:
+        if file is not source:
+            file.close()
 
 
 def _reason(error: Exception) -> str:
@@ -203,60 +287,88 @@ def _reason(error: Exception) -> str:
     return (getattr(error, "error_string", None) or str(error)).strip().rstrip(".")
 
 
-def _read_blocks(sound: sf.SoundFile, name: str, max_seconds: Seconds | None) -> np.ndarray:
-    """Read float32 [N, C] in blocks until the end (or past ``max_seconds``)."""
-    blocks, n = [], 0
-    block = max(1, _READ_BLOCK // max(1, sound.channels))
+def _read_block(sound: sf.SoundFile, frames: int, name: str) -> np.ndarray:
+    """The next float32 [<= frames, C] of ``sound``; AudioError when the data is corrupt."""
     try:
-        while True:
-            chunk = sound.read(block, dtype="float32", always_2d=True)
-            if chunk.shape[0] == 0:
-                break
-            blocks.append(chunk)
-            n += chunk.shape[0]
-            _check_duration(n, sound.samplerate, max_seconds, name)
-    except AudioError:  # too long: an AudioError is a ValueError, but not a decoding failure
-        raise
+        return sound.read(frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         raise AudioError(f"{name}: corrupt or truncated audio data ({_reason(e)})") from None
-    if 0 < n < sound.frames:
+
+
+def _sound_blocks(sound: sf.SoundFile, name: str, max_seconds: Seconds | None
+                  ) -> Iterator[np.ndarray]:
+    """16 kHz mono float32 blocks of an open file, checked block by block (`stream_audio`)."""
+    rate, channels = sound.samplerate, sound.channels
+    _check_rate(rate, name)
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(f"{name}: absurd channel count {channels} (allowed 1..{MAX_CHANNELS})")
+    known = 0 <= sound.frames < _UNKNOWN_FRAMES  # libsndfile's "unknown length" is 2**63 - 1
+    if known:
+        _check_duration(sound.frames, rate, max_seconds, name, declared=True)
+    mono = _Mono16k(rate, name)
+    block = max(1, _READ_BLOCK // channels)
+    while (chunk := _read_block(sound, block, name)).shape[0]:
+        _check_duration(mono.frames + chunk.shape[0], rate, max_seconds, name)
+        _check_finite(chunk, name)
+        out = mono.push(chunk)
+        if out.shape[0]:
+            yield out
+    if mono.frames == 0:
+        raise AudioError(f"{name}: no audio samples")
+    if known and mono.frames < sound.frames:
         raise AudioError(f"{name}: truncated: the header declares {sound.frames} frames, "
-                         f"the data holds {n}")
-    if not blocks:
-        return np.zeros((0, sound.channels), dtype=np.float32)
-    return np.concatenate(blocks)
+                         f"the data holds {mono.frames}")
+    tail = mono.finish()
+    if tail.shape[0]:
+        yield tail
 
 
-def _check_riff_length(data: bytes, name: str) -> None:
+def _check_riff_length(file: BinaryIO, name: str) -> None:
     """Refuse a RIFF/WAVE file whose 'data' chunk declares more bytes than the file holds.
 
     libsndfile silently clamps such a chunk to the bytes present, which hides a truncated
     download or a header claiming hours of audio. The sizes 0 and 0xFFFFFFFF mean "unknown
-    length" (streamed WAV, RF64) and are accepted.
+    length" (streamed WAV, RF64) and are accepted. Reads only the chunk headers; leaves
+    ``file`` at its start.
     """
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+    head = file.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        file.seek(0)
         return
+    total = file.seek(0, io.SEEK_END)
     pos = 12
-    while pos + 8 <= len(data):
-        chunk_id, size = data[pos:pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+    while pos + 8 <= total:
+        file.seek(pos)
+        chunk_head = file.read(8)
+        chunk_id, size = chunk_head[:4], struct.unpack_from("<I", chunk_head, 4)[0]
         if chunk_id == b"data":
-            held = len(data) - pos - 8
+            held = total - pos - 8
             if size not in (0, 0xFFFFFFFF) and size > held:
                 raise AudioError(f"{name}: truncated WAV: the header declares {size} bytes of "
                                  f"audio, the file holds {held}")
-            return
+            break
         pos += 8 + size + (size & 1)
+    file.seek(0)
 
 
-def _decode_ffmpeg(data: bytes, name: str, max_seconds: Seconds | None, why: str) -> np.ndarray:
-    """Decode with the ffmpeg CLI to float32 [N, 1] at 16 kHz (s16le / 32768)."""
+def _decode_ffmpeg(file: BinaryIO, name: str, max_seconds: Seconds | None, why: str
+                   ) -> np.ndarray:
+    """Decode with the ffmpeg CLI to float32 [N] at 16 kHz (s16le / 32768).
+
+    With ``max_seconds`` ffmpeg stops one sample past the limit (``-t``), so its output is
+    bounded; a file on disk is its stdin directly, other sources are piped from memory.
+    """
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-i", "pipe:0"]
     if max_seconds is not None:  # one sample past the limit is enough to refuse the file
         cmd += ["-t", f"{max_seconds + 2 / SAMPLE_RATE:.6f}"]
     cmd += ["-vn", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "pipe:1"]
     try:
-        proc = subprocess.run(cmd, input=data, capture_output=True, timeout=_FFMPEG_TIMEOUT,
-                              check=False)
+        stdin: dict = {"stdin": file} if file.fileno() >= 0 else {}
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        stdin = {"input": file.read()}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=_FFMPEG_TIMEOUT, check=False,
+                              **stdin)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise AudioError(f"{name}: not decodable by soundfile ({why}) and ffmpeg failed ({e})"
                          ) from None
@@ -266,7 +378,9 @@ def _decode_ffmpeg(data: bytes, name: str, max_seconds: Seconds | None, why: str
                          f"{err[-1] if err else 'exit code ' + str(proc.returncode)})")
     pcm = np.frombuffer(proc.stdout[: len(proc.stdout) // 2 * 2], dtype="<i2")
     _check_duration(pcm.shape[0], SAMPLE_RATE, max_seconds, name)
-    return (pcm.astype(np.float32) / 32768.0)[:, None]
+    if pcm.shape[0] == 0:
+        raise AudioError(f"{name}: no audio samples")
+    return pcm.astype(np.float32) / 32768.0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from lalm.audio import (
     batch_log_mel,
     load_audio,
 )
-from lalm.errors import AudioError, CheckpointError, PromptError
+from lalm.errors import AudioError, AudioTooLongError, CheckpointError, PromptError
 from lalm.generation.generate import PromptBatch, generate, generate_steps, left_pad
 from lalm.generation.options import GenerationOptions, GenerationResult
 from lalm.longform import (
@@ -330,13 +330,13 @@ class Pipeline:
         windows: list[np.ndarray] = []
         owner: list[int] = []
         for k, part in enumerate(parts):
-            clip = load_audio(part.source)
-            seconds = clip.shape[0] / SAMPLE_RATE
-            if self.max_audio_seconds is not None and seconds > self.max_audio_seconds:
-                raise AudioError(
-                    f"{part.label}: {seconds:.2f} s is longer than max_audio_seconds="
-                    f"{self.max_audio_seconds:g} s ({TOKENS_PER_SECOND} audio tokens per "
-                    f"second); raise the limit or transcribe it with long-form windows")
+            try:  # decoding stops at the limit (or at the header's duration)
+                clip = load_audio(part.source, max_seconds=self.max_audio_seconds)
+            except AudioTooLongError as e:
+                raise AudioTooLongError(
+                    f"{part.label}: longer than max_audio_seconds={self.max_audio_seconds:g} s "
+                    f"({TOKENS_PER_SECOND} audio tokens per second; {e}); raise the limit or "
+                    "transcribe it with long-form windows") from None
             pieces = split_for_chat(clip, self.window_s, max_duration_s=None)
             windows += pieces
             owner += [k] * len(pieces)

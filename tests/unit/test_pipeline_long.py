@@ -9,11 +9,12 @@ import itertools
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from lalm.audio import SAMPLE_RATE, audio_token_count, batch_log_mel, mel_length
 from lalm.config import ModelConfig
-from lalm.errors import AudioError, PromptError
+from lalm.errors import AudioError, AudioTooLongError, PromptError
 from lalm.generation import GenerationOptions, GenerationResult, Pipeline
 from lalm.longform import (
     Window,
@@ -109,7 +110,8 @@ def test_batched_equals_single_with_long_clips(family: str, request) -> None:
 
 def test_the_limit_is_a_clear_error_never_a_cut(qwen2: Pipeline) -> None:
     limited = Pipeline(qwen2.model, qwen2.tokenizer, OPTIONS, max_audio_seconds=40)
-    with pytest.raises(AudioError, match=r"talk: 41\.00 s is longer than max_audio_seconds=40"):
+    with pytest.raises(AudioTooLongError,
+                       match=r"talk: longer than max_audio_seconds=40 s .*at least 41\.0 s"):
         limited.chat("What?", [AudioPart(_clip(41, 5), name="talk")])
     assert limited.with_options(max_new_tokens=2).max_audio_seconds == 40
     limited.max_audio_seconds = None
@@ -117,6 +119,16 @@ def test_the_limit_is_a_clear_error_never_a_cut(qwen2: Pipeline) -> None:
     for bad in (0, -1.0, "30", True):
         with pytest.raises(AudioError, match="max_audio_seconds"):
             limited.max_audio_seconds = bad  # type: ignore[assignment]
+
+
+def test_the_chat_limit_is_checked_from_the_header_before_decoding(qwen2: Pipeline,
+                                                                   tmp_path) -> None:
+    # `lalm chat --max-audio-seconds 30` used to decode the whole file, then compare
+    path = tmp_path / "long.flac"
+    sf.write(path, _clip(40, 6), SAMPLE_RATE)
+    limited = Pipeline(qwen2.model, qwen2.tokenizer, OPTIONS, max_audio_seconds=30)
+    with pytest.raises(AudioTooLongError, match="max_audio_seconds=30 .*the header declares 40"):
+        limited.chat("What?", [str(path)])
 
 
 # ------------------------------------------------------------------ long-form transcription
