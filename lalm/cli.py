@@ -237,6 +237,9 @@ def _transcribe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, default=None,
                    help="seconds of overlap between windows that cannot meet in a pause "
                         "(default: the pipeline's, 5)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="longest file accepted, in seconds, checked before decoding (default: "
+                        "the pipeline's, 14400 = 4 h); long files are decoded window by window")
     _generation_arguments(p)
 
 
@@ -280,6 +283,8 @@ def _transcribe(args: argparse.Namespace) -> int:
     long_form = {"long_form": None if args.long_form == "off" else args.long_form}
     if args.overlap is not None:
         long_form["overlap_s"] = args.overlap
+    if args.max_seconds is not None:
+        long_form["max_seconds"] = args.max_seconds
     with tqdm(total=len(args.files), unit="file", file=sys.stderr) as bar:
         results = pipe.transcribe(args.files, args.language, options, args.batch_size,
                                   progress=bar.update, timestamps=args.timestamps, **long_form)

@@ -175,7 +175,8 @@ def _oracle(pipe: Pipeline, recordings: list[tuple[np.ndarray, list[TimedWord]]]
                                          timestamps=req.spec is not None and req.spec.timestamps)
                 results.append(GenerationResult([1], "stop", -1.0, text,
                                                 parse_output(text, req.spec)))
-            progress(len(chunk))
+            if progress is not None:
+                progress(len(chunk))
         return results
 
     monkeypatch.setattr(pipe, "generate", generate)
@@ -278,6 +279,50 @@ def test_plan_and_stitch_give_what_transcribe_gives(family: str, long_form: str,
         whole.tokens, whole.text, whole.parsed)
     assert whole.text == stitch_texts(windows, [r.parsed.text for r in results])
     assert [seg.result for seg in transcript.segments] == results
+
+
+def test_a_long_file_is_transcribed_window_by_window_never_held_whole(qwen2: Pipeline,
+                                                                      tmp_path,
+                                                                      monkeypatch) -> None:
+    """`lalm transcribe` on a long file (issue 13.4): planned from one decoding pass, its
+    windows cut from a second as the batches need them, equal to planning the samples."""
+    import lalm.generation.pipeline as pipeline_module
+
+    audio, _ = _recording(95, 12)
+    path = tmp_path / "long.wav"
+    sf.write(path, audio, SAMPLE_RATE, subtype="FLOAT")  # the samples exactly
+    planned = qwen2.plan_transcription(str(path), long_form="fixed")
+    windows = planned.windows
+    assert windows == qwen2.plan_transcription(audio, long_form="fixed").windows
+    assert len(windows) >= 4 and planned.duration_s == audio.shape[0] / SAMPLE_RATE
+    for request, window in zip(planned.requests, windows, strict=True):
+        np.testing.assert_array_equal(request.prompt.audios[0].source, window.clip(audio))
+
+    decoded: list[int] = []  # samples each decoding pass has handed out so far
+    real = pipeline_module.stream_audio
+
+    def counting(*args, **kwargs):  # a spy on the block reader: counts, changes nothing
+        decoded.append(0)
+        for block in real(*args, **kwargs):
+            decoded[-1] += block.shape[0]
+            yield block
+
+    ahead: list[int] = []  # how far the second pass had decoded when each batch ran
+
+    def generate(requests, options=None, batch_size=None, progress=None):
+        ahead.append(decoded[-1])
+        return [GenerationResult([1], "stop", -1.0, "w", parse_output("w", None))
+                for _ in requests]
+
+    monkeypatch.setattr(pipeline_module, "stream_audio", counting)
+    monkeypatch.setattr(qwen2, "generate", generate)
+    qwen2.transcribe([str(path)], batch_size=2, long_form="fixed")
+    assert len(decoded) == 2 and decoded[0] == audio.shape[0]  # one pass plans, one cuts
+    assert len(ahead) == -(-len(windows) // 2)
+    for k, seen in enumerate(ahead):  # no further than the batch's last window + one block
+        assert seen < windows[min(2 * k + 2, len(windows)) - 1].end + 2**18
+    with pytest.raises(AudioTooLongError, match="header declares 95"):
+        qwen2.transcribe([str(path)], max_seconds=60)
 
 
 def test_a_long_recording_without_speech_is_an_empty_transcript(v1: Pipeline) -> None:
