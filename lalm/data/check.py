@@ -2,9 +2,10 @@
 
 Every record is parsed, every audio file is decoded (`lalm.audio.stream_audio`, the decoder
 training uses; block by block, counted and never held), and each problem is listed with its
-reason instead of stopping at the first: records that are not examples, missing, empty, corrupt or truncated files, windows past the end
-of a file, clips shorter than one mel frame or longer than the encoder's 30 s window, empty
-targets, repeated ids. The summary gives counts, durations and the native sample rates.
+reason instead of stopping at the first: records that are not examples, missing, empty, corrupt
+or truncated files, windows past the end of a file, clips shorter than one mel frame or longer
+than the encoder's 30 s window (a whole-file clip is refused from its header, before decoding),
+empty targets, repeated ids. The summary gives counts, durations and the native sample rates.
 """
 
 from __future__ import annotations
@@ -72,16 +73,16 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _clip_problem(ref: AudioRef, decoded: Decoded,
-                  report: CheckReport, max_seconds: Seconds | None) -> str | None:
+def _clip_problem(ref: AudioRef, decoded: Decoded, report: CheckReport,
+                  max_seconds: Seconds | None) -> str | None:
     """Decode one clip (once per file and limit) and return what is wrong with it, or None.
 
     The file is decoded block by block and only counted, so memory stays at one block. A clip
-    that is the whole file is decoded under ``max_seconds`` (from its header, else stopping one
-    block past the limit); a window of a file needs the file's full length, so its file is
-    decoded to the end.
+    that runs to the end of its file is decoded under ``offset + max_seconds`` (refused from
+    the header, else one block past the limit); a window with a duration needs the file's full
+    length, so its file is decoded to the end.
     """
-    limit = max_seconds if ref.duration is None and ref.offset == 0 else None
+    limit = None if ref.duration is not None or max_seconds is None else ref.offset + max_seconds
     key = (ref.path, limit)
     if key not in decoded:
         try:
@@ -152,8 +153,7 @@ def check_manifest(path: str | os.PathLike[str], fmt: str | None = None,
     return report
 
 
-def _example_problems(example: Example, seen: set[str],
-                      decoded: Decoded,
+def _example_problems(example: Example, seen: set[str], decoded: Decoded,
                       report: CheckReport, max_seconds: Seconds | None) -> list[str]:
     problems = []
     if example.id in seen:
