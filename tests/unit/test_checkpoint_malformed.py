@@ -152,3 +152,17 @@ def test_symlinked_shards_inside_the_folder_are_followed(valid, tmp_path):
     model = load_model(folder)
     assert torch.equal(model.decoder.embed.weight,
                        load_model(valid["qwen2"]).decoder.embed.weight)
+
+
+@pytest.mark.parametrize("config,pattern", [
+    (b'{"model_type": "whisper\xff"}', r"config\.json is not UTF-8"),
+    (b'{"model_type": "whisper", "d_model": "384"}',
+     r'config\.json: d_model must be an integer, got "384"'),
+    (b"[1, 2]", r"config\.json: missing, or not a JSON object"),
+])
+def test_whisper_encoder_configs_are_read_as_untrusted_input(tmp_path, config, pattern):
+    from lalm.checkpoint.whisper import read_hf
+
+    (tmp_path / "config.json").write_bytes(config)
+    with pytest.raises(CheckpointError, match=pattern):
+        read_hf(tmp_path)
