@@ -5,6 +5,7 @@ unusable file names refused, and every caller passing its limit (issue 13.4, 13.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -84,14 +85,34 @@ def test_eight_channel_384_khz_flac_is_refused_from_its_header():
     assert load_audio(data, max_seconds=2).shape == (2 * SAMPLE_RATE,)
 
 
-def test_limit_is_enforced_while_decoding_when_the_header_has_no_length():
+def test_a_flac_that_declares_no_length_is_an_audio_error():
     # a FLAC whose STREAMINFO total is 0 ("unknown", as streaming encoders write) gives no
-    # header duration: libsndfile cannot read it either, and that is a typed error
+    # header duration (libsndfile reports 2**63 - 1 frames); libsndfile cannot read it either,
+    # and that is a typed error, not a refusal "from the header"
     data = bytearray(_encode(_noise(1.0, SAMPLE_RATE), SAMPLE_RATE))
     field = int.from_bytes(data[18:26], "big")
     data[18:26] = (field & ~((1 << 36) - 1)).to_bytes(8, "big")
-    with pytest.raises(AudioError):
+    with pytest.raises(AudioError, match="corrupt or truncated"):
         load_audio(bytes(data), max_seconds=0.5)
+
+
+def test_the_ffmpeg_fallback_stops_at_the_limit_and_enforces_it(tmp_path, monkeypatch):
+    # a stand-in ffmpeg (none is installed here): it ignores -t and prints 4 s16le samples, so
+    # the limit is enforced on what comes back as well
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "ffmpeg"
+    exe.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args; cat > /dev/null; '
+                   'printf "\\000\\100\\000\\300\\000\\100\\000\\300"\n')
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    path = tmp_path / "clip.m4a"
+    path.write_bytes(b"\x00\x01 an m4a soundfile cannot read")
+    assert load_audio(path, max_seconds=1).shape == (4,)
+    with pytest.raises(AudioTooLongError, match="longer than max_seconds=0.0001"):
+        load_audio(path, max_seconds=1e-4)  # 1.6 samples
+    args = (tmp_path / "args").read_text().split()
+    assert float(args[args.index("-t") + 1]) == pytest.approx(1e-4 + 2 / SAMPLE_RATE, abs=1e-6)
 
 
 @pytest.mark.parametrize("rate", [1, 999, 384_001])
