@@ -164,3 +164,13 @@ def test_stream_audio_is_lazy_and_yields_blocks_of_bounded_size(tmp_path):
     # a block of 2**18 samples over 2 channels at 48 kHz is ~43,700 samples at 16 kHz (the
     # resampler's delay moves a few hundred between blocks)
     assert max(sizes) < 2**18 // 2 * SAMPLE_RATE // 48000 + 1000
+
+
+@pytest.mark.parametrize("rate,channels", [(16000, 2), (8000, 1)])
+def test_finite_samples_that_overflow_when_mixed_or_resampled_are_refused(rate, channels):
+    # found by test_audio_fuzz: float samples near float32's limit are finite in the file, but
+    # their channel mean or their resampling is inf / NaN
+    loud = np.full((4000, channels), 3e38, np.float32)
+    loud[::2] *= -1 if channels == 1 else 1
+    with pytest.raises(AudioError, match="overflows float32"):
+        load_audio(_encode(loud, rate, "WAV", "FLOAT"))
