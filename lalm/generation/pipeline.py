@@ -543,11 +543,12 @@ class Pipeline:
 
         def finish_ready() -> None:  # stitch the clips whose every prompt has run, in order
             done = len(out)
-            while len(out) < len(plans) and len(plans[len(out)][1]) == _prompt_count(
-                    plans[len(out)][0]):
+            while len(out) < len(plans):
                 plan, results = plans[len(out)]
+                if len(results) < _prompt_count(plan):
+                    break
                 out.append(self.stitch_transcription(plan, results).result)
-                plans[len(out) - 1] = (plan, [])  # results are in `out` now
+                plans[len(out) - 1] = (plan, [])  # its windows' results live on in `out`
             if progress is not None and len(out) > done:
                 progress(len(out) - done)
 
