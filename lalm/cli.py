@@ -328,6 +328,9 @@ def _transcribe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, default=None,
                    help="seconds of overlap between windows that cannot meet in a pause "
                         "(default: the pipeline's, 5)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="longest file accepted, in seconds, checked before decoding (default: "
+                        "the pipeline's, 14400 = 4 h); long files are decoded window by window")
     _generation_arguments(p, ["text", "json", "srt", "vtt"], greedy=True)
     p.epilog = ("Output formats: text (with --timestamps one 'start end word' line per word), "
                 "json lines (with 'segments': the whole clip or one per window), or SRT / VTT "
@@ -381,6 +384,8 @@ def _transcribe(args: argparse.Namespace) -> int:
     if args.overlap is not None:
         long_form["overlap_s"] = args.overlap
     check_transcription(args.model, timestamps=args.timestamps, **long_form)  # before loading
+    if args.max_seconds is not None:
+        long_form["max_seconds"] = args.max_seconds
     pipe = load_model(args.model, dtype=args.dtype)
     with tqdm(total=len(args.files), unit="file", file=sys.stderr) as bar:
         transcripts = pipe.transcribe_segments(

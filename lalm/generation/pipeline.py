@@ -26,7 +26,6 @@ Audio longer than the encoder's 30-s window is never cut silently (`lalm.longfor
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -46,24 +45,28 @@ from lalm.audio import (
     Seconds,
     batch_log_mel,
     load_audio,
+    stream_audio,
 )
-from lalm.errors import AudioError, CheckpointError, PromptError
+from lalm.errors import AudioError, AudioTooLongError, CheckpointError, PromptError
 from lalm.generation.generate import PromptBatch, generate, generate_steps, left_pad
 from lalm.generation.messages import as_messages
 from lalm.generation.options import GenerationOptions, GenerationResult, resolve_options
 from lalm.longform import (
     DEFAULT_MAX_CHAT_S,
+    DEFAULT_MAX_TRANSCRIBE_S,
     DEFAULT_OVERLAP_S,
     MAX_WINDOW_S,
     TOKENS_PER_SECOND,
     Window,
     WindowShare,
     join_window_rows,
+    measure_loudness,
     plan_windows,
     speech_regions,
     split_for_chat,
     stitch_texts_by_window,
     stitch_words_by_window,
+    window_clips,
 )
 from lalm.model import AudioLanguageModel
 from lalm.prompt import (
@@ -125,7 +128,8 @@ class TranscriptionPlan:
 
     Attributes:
         requests: the prompts, in order: one for a clip sent whole; one per window of a long
-            clip; none for a long recording in which voice activity finds no speech.
+            clip; none for a long recording in which voice activity finds no speech. (The
+            plans `Pipeline.transcribe` keeps hold none: it decodes the windows as it runs.)
         windows: the windows of the recording that the requests transcribe, in order; None
             when the clip is one prompt.
         language: language of the speech (a prompt language tag).
@@ -236,6 +240,11 @@ class IncrementalDecoder:
         text = self.tokenizer.decode(self._held)
         self._held = []
         return text
+
+
+def _prompt_count(plan: TranscriptionPlan) -> int:
+    """How many prompts transcribe a planned clip: one per window, or one for the whole clip."""
+    return 1 if plan.windows is None else len(plan.windows)
 
 
 def as_audio_part(audio: AudioSource | AudioPart) -> AudioPart:
@@ -386,13 +395,13 @@ class Pipeline:
         windows: list[np.ndarray] = []
         owner: list[int] = []
         for k, part in enumerate(parts):
-            clip = load_audio(part.source)
-            seconds = clip.shape[0] / SAMPLE_RATE
-            if self.max_audio_seconds is not None and seconds > self.max_audio_seconds:
-                raise AudioError(
-                    f"{part.label}: {seconds:.2f} s is longer than max_audio_seconds="
-                    f"{self.max_audio_seconds:g} s ({TOKENS_PER_SECOND} audio tokens per "
-                    f"second); raise the limit or transcribe it with long-form windows")
+            try:  # decoding stops at the limit (or at the header's duration)
+                clip = load_audio(part.source, max_seconds=self.max_audio_seconds)
+            except AudioTooLongError as e:
+                raise AudioTooLongError(
+                    f"{part.label}: longer than max_audio_seconds={self.max_audio_seconds:g} s "
+                    f"({TOKENS_PER_SECOND} audio tokens per second; {e}); raise the limit or "
+                    "transcribe it with long-form windows") from None
             pieces = split_for_chat(clip, self.window_s, max_duration_s=None)
             windows += pieces
             owner += [k] * len(pieces)
@@ -582,6 +591,7 @@ class Pipeline:
                    options: OptionsArg = None, batch_size: int = 8,
                    progress: Callable[[int], None] | None = None, *, timestamps: bool = False,
                    long_form: LongForm = "vad", overlap_s: Seconds = DEFAULT_OVERLAP_S,
+                   max_seconds: Seconds | None = DEFAULT_MAX_TRANSCRIBE_S,
                    **fields: Any) -> list[GenerationResult]:
         """Speech recognition for each clip (batched); read `.parsed.text` for the words.
         `transcribe_segments` gives the same with each clip's segments (subtitles).
@@ -589,11 +599,16 @@ class Pipeline:
         Each clip is planned into prompts (`plan_transcription`): one for a clip no longer than
         the encoder's window, else, with ``long_form``, one per window (cut in pauses with
         "vad", fixed windows overlapping by ``overlap_s`` with "fixed"). The prompts of all
-        clips run together in batches of ``batch_size``, then each clip's results are stitched
+        clips run in order in batches of ``batch_size``, then each clip's results are stitched
         (`stitch_transcription`): on v1 every window asks for SRWT (``<|timestamps|>``) and
         the words are joined by their times; on Qwen2-Audio (and for v1 windows whose output
         lacks the SRWT times) the window texts are joined by aligning their overlaps. A
         recording without speech ("vad") gives an empty result.
+
+        Audio is never held whole: a long file is decoded twice, block by block, once to plan
+        its windows (`lalm.longform.measure_loudness`) and once to cut them
+        (`lalm.longform.window_clips`) as the batches need them, so at most ``batch_size``
+        windows (plus one being cut) are in memory, whatever the recording's length.
 
         Transcription is greedy unless ``options`` / ``temperature`` say otherwise (as the
         server's /v1/audio/transcriptions and Whisper): the pipeline's options with
@@ -610,25 +625,29 @@ class Pipeline:
             long_form: "vad", "fixed", or None to send a long clip as one prompt whose audio
                 span holds all its windows' rows (as in chat; up to `max_audio_seconds`).
             overlap_s: overlap of neighbouring windows that cannot meet in a pause.
+            max_seconds: longest clip accepted (None: no limit), checked from the file's
+                header and while decoding; default 4 h.
             **fields: GenerationOptions fields over ``options`` (e.g. ``max_new_tokens=64``).
 
         Returns:
             One `GenerationResult` per clip, in order (`Transcript.result`).
 
         Raises:
-            AudioError: a clip that cannot be loaded, or a bad ``long_form`` / ``overlap_s``.
-            PromptError: ``timestamps`` on a Qwen2-Audio checkpoint.
+            AudioError: a clip that cannot be loaded, longer than ``max_seconds``
+                (`AudioTooLongError`), or a bad ``long_form`` / ``overlap_s``.
+            PromptError: ``timestamps`` on a Qwen2-Audio checkpoint; a bad ``batch_size``.
             GenerationError: an unknown option or a bad value.
         """
         return [t.result for t in self.transcribe_segments(
             audios, language, options, batch_size, progress, timestamps=timestamps,
-            long_form=long_form, overlap_s=overlap_s, **fields)]
+            long_form=long_form, overlap_s=overlap_s, max_seconds=max_seconds, **fields)]
 
     def transcribe_segments(self, audios: Sequence[AudioSource], language: str = "en",
                             options: OptionsArg = None, batch_size: int = 8,
                             progress: Callable[[int], None] | None = None, *,
                             timestamps: bool = False, long_form: LongForm = "vad",
                             overlap_s: Seconds = DEFAULT_OVERLAP_S,
+                            max_seconds: Seconds | None = DEFAULT_MAX_TRANSCRIBE_S,
                             **fields: Any) -> list[Transcript]:
         """`transcribe`, with each clip's `Transcript`: its result and its segments (the whole
         clip, or one per window), what subtitles are made of (`lalm.subtitles.transcript_cues`;
@@ -637,32 +656,49 @@ class Pipeline:
         """
         check_transcription_options(self.family, timestamps, long_form, overlap_s,
                                     self.window_s)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise PromptError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         options = resolve_options(replace(self.options, temperature=0.0), options, **fields)
-        plans = [self.plan_transcription(audio, language, timestamps=timestamps,
-                                         long_form=long_form, overlap_s=overlap_s)
-                 for audio in audios]
-        # progress counts clips: a clip is finished when its last prompt is
-        ends = list(itertools.accumulate(len(p.requests) for p in plans))
-        finished = [0, 0]  # prompts, clips
+        plans: list[tuple[TranscriptionPlan, list[GenerationResult]]] = []
+        pending: list[tuple[list[GenerationResult], Request]] = []  # the batch being filled
+        out: list[Transcript] = []
 
-        def advance(n_prompts: int) -> None:
-            finished[0] += n_prompts
-            clips = bisect.bisect_right(ends, finished[0])
-            if progress is not None and clips > finished[1]:
-                progress(clips - finished[1])
-            finished[1] = clips
+        def finish_ready() -> None:  # stitch the clips whose every prompt has run, in order
+            done = len(out)
+            while len(out) < len(plans):
+                plan, results = plans[len(out)]
+                if len(results) < _prompt_count(plan):
+                    break
+                out.append(self.stitch_transcription(plan, results))
+                plans[len(out) - 1] = (plan, [])  # its windows' results live on in `out`
+            if progress is not None and len(out) > done:
+                progress(len(out) - done)
 
-        requests = [r for p in plans for r in p.requests]
-        results = iter(self.generate(requests, options, batch_size, advance))
-        out = [self.stitch_transcription(p, [next(results) for _ in p.requests])
-               for p in plans]
-        if progress is not None and finished[1] < len(plans):  # clips without any prompt
-            progress(len(plans) - finished[1])
+        def run() -> None:
+            results = self.generate([r for _, r in pending], options, batch_size)
+            for (owner, _), result in zip(pending, results):
+                owner.append(result)
+            pending.clear()
+            finish_ready()
+
+        for audio in audios:
+            plan, requests = self._plan_transcription(audio, language, timestamps, long_form,
+                                                      overlap_s, max_seconds)
+            plans.append((plan, []))
+            for request in requests:  # a long clip's windows are decoded as they are needed
+                pending.append((plans[-1][1], request))
+                if len(pending) == batch_size:
+                    run()
+        if pending:
+            run()
+        finish_ready()
         return out
 
     def plan_transcription(self, audio: AudioSource, language: str = "en", *,
                            timestamps: bool = False, long_form: LongForm = "vad",
-                           overlap_s: Seconds = DEFAULT_OVERLAP_S) -> TranscriptionPlan:
+                           overlap_s: Seconds = DEFAULT_OVERLAP_S,
+                           max_seconds: Seconds | None = DEFAULT_MAX_TRANSCRIBE_S
+                           ) -> TranscriptionPlan:
         """The prompts that transcribe one clip: the step before the model run.
 
         A clip no longer than the encoder's window, or any clip with ``long_form`` None, is
@@ -671,6 +707,7 @@ class Pipeline:
         windows overlapping by ``overlap_s`` with "fixed"), one prompt per window; on v1 each
         window asks for SRWT word times, which `stitch_transcription` joins by. Run the
         requests (batched with any others), then pass their results to `stitch_transcription`.
+        The plan holds every window's samples; `transcribe` streams them instead.
 
         Args:
             audio: the clip (a path, bytes, or float samples at 16 kHz).
@@ -678,29 +715,53 @@ class Pipeline:
             timestamps: words with start/end seconds (v1 only: SRWT).
             long_form: "vad", "fixed", or None (see `transcribe`).
             overlap_s: overlap of neighbouring windows that cannot meet in a pause.
+            max_seconds: longest clip accepted (None: no limit); see `transcribe`.
 
         Returns:
             The plan: its requests, their windows and the clip's duration.
 
         Raises:
-            AudioError: a clip that cannot be loaded, or a bad ``long_form`` / ``overlap_s``.
+            AudioError: a clip that cannot be loaded or is too long, or a bad ``long_form`` /
+                ``overlap_s``.
             PromptError: ``timestamps`` on a Qwen2-Audio checkpoint.
         """
+        plan, requests = self._plan_transcription(audio, language, timestamps, long_form,
+                                                  overlap_s, max_seconds)
+        return replace(plan, requests=tuple(requests))
+
+    def _plan_transcription(self, audio: AudioSource, language: str, timestamps: bool,
+                            long_form: LongForm, overlap_s: Seconds, max_seconds: Seconds | None
+                            ) -> tuple[TranscriptionPlan, Iterator[Request]]:
+        """`plan_transcription`'s plan without requests, and its requests as an iterator that
+        decodes the clip's windows one by one (for a clip longer than one window)."""
         check_transcription_options(self.family, timestamps, long_form, overlap_s,
                                     self.window_s)
-        clip = load_audio(audio)
-        duration = clip.shape[0] / SAMPLE_RATE
-        if long_form is None or clip.shape[0] <= round(self.window_s * SAMPLE_RATE):
+        if long_form is None:  # one prompt: the chat limit applies as well
+            limits = [x for x in (max_seconds, self.max_audio_seconds) if x is not None]
+            max_seconds = min(limits, default=None)
+        blocks = stream_audio(audio, max_seconds=max_seconds)
+        head: list[np.ndarray] = []  # the first blocks, up to one window past the window
+        window = round(self.window_s * SAMPLE_RATE)
+        for block in blocks:
+            head.append(block)
+            if long_form is not None and sum(b.shape[0] for b in head) > window:
+                break
+        else:  # the whole clip fits one prompt
+            clip = head[0] if len(head) == 1 else np.concatenate(head)
             # the loaded samples, under the source's name (error messages name the file)
             part = AudioPart(clip, name=as_audio_part(audio).label)
-            return TranscriptionPlan((self.transcribe_request(part, language, timestamps),),
-                                     None, language, duration)
-        speech = speech_regions(clip) if long_form == "vad" else None
-        windows = plan_windows(clip, window_s=self.window_s, overlap_s=overlap_s, speech=speech)
+            plan = TranscriptionPlan((), None, language, clip.shape[0] / SAMPLE_RATE)
+            return plan, iter([self.transcribe_request(part, language, timestamps)])
+        loudness = measure_loudness(itertools.chain(head, blocks))  # the rest of the clip
+        del head
+        speech = speech_regions(loudness) if long_form == "vad" else None
+        windows = plan_windows(loudness, window_s=self.window_s, overlap_s=overlap_s,
+                               speech=speech)
         v1 = self.family is Family.QWEN_AUDIO
-        requests = tuple(self.transcribe_request(w.clip(clip), language, timestamps=v1)
-                         for w in windows)
-        return TranscriptionPlan(requests, tuple(windows), language, duration)
+        clips = window_clips(stream_audio(audio, max_seconds=max_seconds), windows)
+        requests = (self.transcribe_request(clip, language, timestamps=v1) for clip in clips)
+        plan = TranscriptionPlan((), tuple(windows), language, loudness.n_samples / SAMPLE_RATE)
+        return plan, requests
 
     def stitch_transcription(self, plan: TranscriptionPlan,
                              results: Sequence[GenerationResult]) -> Transcript:
@@ -725,8 +786,8 @@ class Pipeline:
         Raises:
             AudioError: results and requests differ in number.
         """
-        if len(results) != len(plan.requests):
-            raise AudioError(f"{len(plan.requests)} requests but {len(results)} results")
+        if len(results) != _prompt_count(plan):
+            raise AudioError(f"{_prompt_count(plan)} requests but {len(results)} results")
         if plan.windows is None:
             (result,) = results
             parsed = result.parsed or ParsedOutput(result.text)

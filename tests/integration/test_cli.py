@@ -189,3 +189,15 @@ def test_interactive_chat_prompts_only_at_a_terminal(checkpoint, wavs, monkeypat
     assert cli.main([*argv, "--audio", wavs[0], "Hi"]) == 0
     captured = capsys.readouterr()
     assert "> " not in captured.err and len(captured.out.splitlines()) == 2
+
+
+def test_limits_are_checked_from_the_header_before_decoding(checkpoint, wavs, capsys) -> None:
+    # issue 13.4: `lalm chat --max-audio-seconds` and `lalm transcribe --max-seconds` refuse a
+    # longer file from its header (2.3 s here), before decoding it
+    assert cli.main(["chat", "--model", str(checkpoint), "--audio", wavs[1],
+                     "--max-audio-seconds", "2", "Hi"]) == 2
+    assert "the header declares 2.3 s" in capsys.readouterr().err
+    assert cli.main(["transcribe", "--model", str(checkpoint), wavs[1],
+                     "--max-seconds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "clip1.wav: longer than max_seconds=2 (the header declares 2.3 s)" in err
