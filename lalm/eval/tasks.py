@@ -459,6 +459,7 @@ def _chat_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, A
 
 
 def _builtin_tasks() -> dict[str, EvalTask]:
+    from lalm.eval.mcq import TASKS as MCQ_TASKS
     from lalm.eval.synth_bench import SYNTH_TASK
 
     airbench = {
@@ -473,7 +474,7 @@ def _builtin_tasks() -> dict[str, EvalTask]:
             lambda item, family: chat_request(item, family, item.fields["question"]),
             _chat_score),
     }
-    return {**OFFICIAL_SUITES, **airbench, SYNTH_TASK.name: SYNTH_TASK}
+    return {**OFFICIAL_SUITES, **airbench, SYNTH_TASK.name: SYNTH_TASK, **MCQ_TASKS}
 
 
 def task_names() -> list[str]:
