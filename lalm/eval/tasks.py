@@ -460,6 +460,7 @@ def _chat_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, A
 
 def _builtin_tasks() -> dict[str, EvalTask]:
     from lalm.eval.mcq import TASKS as MCQ_TASKS
+    from lalm.eval.mmau_pro import TASK as MMAU_PRO
     from lalm.eval.synth_bench import SYNTH_TASK
 
     airbench = {
@@ -474,7 +475,8 @@ def _builtin_tasks() -> dict[str, EvalTask]:
             lambda item, family: chat_request(item, family, item.fields["question"]),
             _chat_score),
     }
-    return {**OFFICIAL_SUITES, **airbench, SYNTH_TASK.name: SYNTH_TASK, **MCQ_TASKS}
+    return {**OFFICIAL_SUITES, **airbench, SYNTH_TASK.name: SYNTH_TASK, **MCQ_TASKS,
+            MMAU_PRO.name: MMAU_PRO}
 
 
 def task_names() -> list[str]:
