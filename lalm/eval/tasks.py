@@ -369,14 +369,26 @@ def _nsynth_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str,
 
 
 def _suite(name: str, description: str, paths: Sequence[str], request: Callable,
-           score: Callable, max_new_tokens: int) -> EvalTask:
+           score: Callable, max_new_tokens: int) -> EvalTask:  # official JSONL only
     return EvalTask(name, description, lambda data: read_official_jsonl(data, paths), request,
                     score, max_new_tokens)
 
 
 def _asr_suite(name: str, description: str, files: Sequence[str], language: str) -> EvalTask:
+    """An ASR task reading the official JSONL or a corpus / HF layout (`lalm.eval.layouts`)."""
     paths = [p for f in files for p in (f"asr/{f}", f"data/asr/{f}")]
-    return _suite(name, description, paths, _asr_request(language), _asr_score(language), 256)
+
+    def read(data: Path) -> EvalData:
+        from lalm.eval.layouts import read_asr  # layouts builds on this module
+
+        return read_asr(data, paths, name)
+    return EvalTask(name, description, read, _asr_request(language), _asr_score(language), 256)
+
+
+def _read_covost2(data: Path) -> EvalData:
+    from lalm.eval.layouts import read_st  # layouts builds on this module
+
+    return read_st(data, ["st/covost2_eval.jsonl", "data/st/covost2_eval.jsonl"])
 
 
 _SCENE = _fixed_request(TaskSpec.scene(), "Classify the acoustic scene in English:", "scene")
@@ -393,8 +405,8 @@ OFFICIAL_SUITES: dict[str, EvalTask] = {t.name: t for t in [
                ["cv15_asr_yue_eval.jsonl"], "yue"),
     _asr_suite("cv15_fr", "Common Voice 15 French ASR", ["cv15_asr_fr_eval.jsonl"], "fr"),
     _asr_suite("fleurs_zh", "FLEURS Mandarin ASR", ["fleurs_asr_zh_eval.jsonl"], "zh"),
-    _suite("covost2", "CoVoST2 speech translation (BLEU per language pair)",
-           ["st/covost2_eval.jsonl", "data/st/covost2_eval.jsonl"], _st_request, _st_score, 256),
+    EvalTask("covost2", "CoVoST2 speech translation (BLEU per language pair)", _read_covost2,
+             _st_request, _st_score, 256),
     _suite("clotho", "Clotho audio captioning (CIDEr-D, SPICE, SPIDEr)",
            ["caption/clotho_eval.jsonl", "data/caption/clotho_eval.jsonl"],
            _fixed_request(TaskSpec.aac(), "Generate the caption in English:", "clotho"),
