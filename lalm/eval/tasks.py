@@ -142,6 +142,7 @@ class EvalTask:
             has no prompt for the task).
         score: (prediction records, context) -> JSON-ready scores, each with its version.
         max_new_tokens: the v1 scripts' budget (Qwen2-Audio's scripts use 256 everywhere).
+        chat_max_new_tokens: the budget for the other families.
     """
 
     name: str
@@ -150,13 +151,14 @@ class EvalTask:
     request: Callable[[EvalItem, Family], Request]
     score: Callable[[list[dict[str, Any]], ScoreContext], dict[str, Any]]
     max_new_tokens: int = 256
+    chat_max_new_tokens: int = 256
 
     def options(self, family: Family, eod_id: int) -> GenerationOptions:
         """The official decoding settings for a family (greedy, at least one token)."""
         if family is Family.QWEN_AUDIO:
             return GenerationOptions(max_new_tokens=self.max_new_tokens, min_new_tokens=1,
                                      stop_token_ids=(eod_id,))
-        return GenerationOptions(max_new_tokens=256, min_new_tokens=1)
+        return GenerationOptions(max_new_tokens=self.chat_max_new_tokens, min_new_tokens=1)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -474,6 +476,7 @@ def _builtin_tasks() -> dict[str, EvalTask]:
     from lalm.eval.mcq import TASKS as MCQ_TASKS
     from lalm.eval.mmau_pro import TASK as MMAU_PRO
     from lalm.eval.synth_bench import SYNTH_TASK
+    from lalm.eval.voicebench import TASKS as VOICEBENCH_TASKS
 
     airbench = {
         "airbench-foundation": EvalTask(
@@ -488,7 +491,7 @@ def _builtin_tasks() -> dict[str, EvalTask]:
             _chat_score),
     }
     return {**OFFICIAL_SUITES, **airbench, SYNTH_TASK.name: SYNTH_TASK, **MCQ_TASKS,
-            MMAU_PRO.name: MMAU_PRO}
+            MMAU_PRO.name: MMAU_PRO, **VOICEBENCH_TASKS}
 
 
 def task_names() -> list[str]:
