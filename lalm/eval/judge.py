@@ -168,3 +168,10 @@ class ChatJudge:
                 "system_sha256": text_sha256(s.system) if s.system is not None else None,
                 **{k: v for k, v in asdict(s).items() if k != "system"}, "seed": self.seed,
                 "cache": str(self.cache_path) if self.cache_path else None}
+
+
+#: Tasks that cannot be scored without a judge (the CLI refuses them before loading a model).
+NEEDS_JUDGE = frozenset({"airbench-chat", "voicebench-open", "voicebench-qa"})
+#: The judge model each suite's own scripts use (the ``--judge-model`` default).
+OFFICIAL_JUDGES = {"airbench-chat": "gpt-4-0125-preview", "voicebench-open": "gpt-4o-mini",
+                   "voicebench-qa": "gpt-4o-mini", "mmau-pro": "Qwen/Qwen2.5-7B-Instruct"}
