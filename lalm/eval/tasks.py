@@ -25,7 +25,9 @@ lalm's own for scenes and AQA; NSynth has none); budget 256; special tokens skip
 
 AIR-Bench (``airbench-foundation``, ``airbench-chat``) reads the ``Foundation_meta.json`` /
 ``Chat_meta.json`` layout (see `lalm.eval.airbench`); the lalm-synth task (``lalm-synth``) a lalm
-manifest or a lalm-synth folder (`lalm.eval.synth_bench`).
+manifest or a lalm-synth folder (`lalm.eval.synth_bench`); MMAU/MMAR, MMAU-Pro and VoiceBench
+live in `lalm.eval.mcq`, `lalm.eval.mmau_pro` and `lalm.eval.voicebench`; the ASR tasks and
+``covost2`` also read corpus folders and HF datasets (`lalm.eval.layouts`). See docs/eval.md.
 """
 
 from __future__ import annotations
