@@ -413,6 +413,9 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge-samples", type=int, default=None,
                    help="override the suite's judge samples per request")
     p.add_argument("--judge-seed", type=int, default=0, help="judge request seed")
+    p.add_argument("--embed-url", default=None,
+                   help="mmau-pro: OpenAI-compatible embeddings API root (official matching)")
+    p.add_argument("--embed-model", default="nvidia/NV-Embed-v2", help="mmau-pro: embedder")
 
 
 @command("eval", "evaluate a model on a benchmark (batched, resumable, versioned scores)",
@@ -423,7 +426,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     from lalm.api import load_model
     from lalm.eval.evaluate import evaluate
-    from lalm.eval.judge import NEEDS_JUDGE, OFFICIAL_JUDGES, ChatJudge
+    from lalm.eval.judge import NEEDS_JUDGE, OFFICIAL_JUDGES, ChatJudge, EmbeddingClient
     from lalm.eval.tasks import get_task
 
     task = get_task(args.task)  # an unknown name fails before the model loads
@@ -432,12 +435,17 @@ def _eval(args: argparse.Namespace) -> int:
     if args.task in NEEDS_JUDGE and not args.judge_url:
         raise LalmError(f"{args.task} is scored by an LLM judge: give --judge-url (and "
                         f"--judge-model, default {OFFICIAL_JUDGES[args.task]})")
+    if args.embed_url and not args.judge_url:
+        raise LalmError("--embed-url is used with a judge: give --judge-url too")
     if args.judge_url:
         model = args.judge_model or OFFICIAL_JUDGES.get(args.task, "gpt-4o-mini")
-        judge = ChatJudge(args.judge_url, model, os.environ.get(args.judge_api_key_env),
-                          args.judge_cache or out / "judgements.jsonl",
-                          temperature=args.judge_temperature, seed=args.judge_seed,
-                          samples=args.judge_samples)
+        key = os.environ.get(args.judge_api_key_env)
+        cache = Path(args.judge_cache or out / "judgements.jsonl")
+        embedder = (EmbeddingClient(args.embed_url, args.embed_model, key,
+                                    cache.with_name(cache.stem + "-embeddings.jsonl"))
+                    if args.embed_url else None)
+        judge = ChatJudge(args.judge_url, model, key, cache, temperature=args.judge_temperature,
+                          seed=args.judge_seed, samples=args.judge_samples, embedder=embedder)
     pipe = load_model(args.model, dtype=args.dtype, device=args.device)
     summary = evaluate(pipe, task, args.data, out, args.scoring, args.batch_size,
                        args.limit, judge, model=args.model, max_new_tokens=args.max_new_tokens)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,60 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-class ChatJudge:
+class _CachedEndpoint:
+    """POSTs JSON to one OpenAI-compatible route; replies cached in JSONL by request hash."""
+
+    def __init__(self, url: str, api_key: str | None, cache: str | os.PathLike[str] | None,
+                 timeout: float, retries: int) -> None:
+        self.url, self.api_key = url, api_key
+        self.timeout, self.retries = timeout, max(1, retries)
+        self.cache_path = Path(cache) if cache is not None else None
+        self.requests = self.cache_hits = 0
+        self._cache: dict[str, Any] = {}
+        if self.cache_path is not None and self.cache_path.exists():
+            for line in self.cache_path.read_text(encoding="utf-8").splitlines():
+                try:  # a line cut short by an interruption is skipped
+                    row = json.loads(line)
+                    # "content": AIR-Bench caches written before the judge took n samples
+                    self._cache[row["key"]] = (row["value"] if "value" in row else
+                                               row.get("contents", [row.get("content")]))
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                    continue
+
+    def _post(self, body: dict[str, Any], parse: Callable[[dict[str, Any]], Any]) -> Any:
+        """``parse(reply)`` of the endpoint's reply to ``body`` (cached by the full body).
+
+        Raises:
+            ScoringError: the endpoint failed `retries` times or answered malformed JSON.
+        """
+        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+        if key in self._cache:
+            self.cache_hits += 1
+            return self._cache[key]
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.url, json.dumps(body).encode("utf-8"), headers)
+        error: Exception | None = None
+        for _ in range(self.retries):
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    value = parse(json.loads(response.read().decode("utf-8")))
+                break
+            except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
+                error = e
+        else:
+            raise ScoringError(f"{self.url} failed {self.retries} times: {error}")
+        self.requests += 1
+        self._cache[key] = value
+        if self.cache_path is not None:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.cache_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": key, "value": value}, ensure_ascii=False) + "\n")
+        return value
+
+
+class ChatJudge(_CachedEndpoint):
     """An LLM judge behind any endpoint that speaks the OpenAI chat-completions API.
 
     Args:
@@ -67,28 +121,18 @@ class ChatJudge:
         samples: overrides every suite's sample count (None: the suite's).
         timeout: seconds per HTTP request.
         retries: attempts per request before giving up.
+        embedder: an `EmbeddingClient` for suites that match answers by embedding (MMAU-Pro).
     """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None,
                  cache: str | os.PathLike[str] | None = None, temperature: float | None = None,
                  seed: int = 0, max_tokens: int = 16, samples: int | None = None,
-                 timeout: float = 120.0, retries: int = 3) -> None:
+                 timeout: float = 120.0, retries: int = 3,
+                 embedder: EmbeddingClient | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self.url = self.base_url + "/chat/completions"
-        self.model, self.api_key, self.seed = model, api_key, seed
+        super().__init__(self.base_url + "/chat/completions", api_key, cache, timeout, retries)
+        self.model, self.seed, self.embedder = model, seed, embedder
         self.temperature, self.samples, self.max_tokens = temperature, samples, max_tokens
-        self.timeout, self.retries = timeout, max(1, retries)
-        self.cache_path = Path(cache) if cache is not None else None
-        self.requests = self.cache_hits = 0
-        self._cache: dict[str, list[str]] = {}
-        if self.cache_path is not None and self.cache_path.exists():
-            for line in self.cache_path.read_text(encoding="utf-8").splitlines():
-                try:  # a line cut short by an interruption is skipped
-                    row = json.loads(line)
-                    contents = row["contents"] if "contents" in row else [row["content"]]
-                    self._cache[row["key"]] = [str(c) for c in contents]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
 
     def settings(self, suite: JudgeSettings | None = None) -> JudgeSettings:
         """The settings a request gets: the suite's, with the user's overrides applied."""
@@ -119,37 +163,14 @@ class ChatJudge:
                 returned fewer completions than asked for.
         """
         s = self.settings(settings)
-        body = self._body(prompt, s)
-        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
-        if key in self._cache:
-            self.cache_hits += 1
-            return self._cache[key]
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, json.dumps(body).encode("utf-8"), headers)
-        error: Exception | None = None
-        for _ in range(self.retries):
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    reply = json.loads(response.read().decode("utf-8"))
-                contents = [str(c["message"]["content"]) for c in reply["choices"]]
-                if len(contents) < s.samples:
-                    raise ScoringError(f"judge {self.url} returned {len(contents)} completions "
-                                       f"for n={s.samples}")
-                break
-            except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
-                error = e
-        else:
-            raise ScoringError(f"judge {self.url} failed {self.retries} times: {error}")
-        self.requests += 1
-        contents = contents[:s.samples]
-        self._cache[key] = contents
-        if self.cache_path is not None:
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.cache_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"key": key, "contents": contents}, ensure_ascii=False) + "\n")
-        return contents
+
+        def parse(reply: dict[str, Any]) -> list[str]:
+            contents = [str(c["message"]["content"]) for c in reply["choices"]]
+            if len(contents) < s.samples:
+                raise ScoringError(f"judge {self.url} returned {len(contents)} completions for "
+                                   f"n={s.samples}")
+            return contents[:s.samples]
+        return [str(c) for c in self._post(self._body(prompt, s), parse)]
 
     def complete(self, prompt: str, settings: JudgeSettings | None = None) -> str:
         """The judge's first reply to one prompt (cached)."""
@@ -167,6 +188,42 @@ class ChatJudge:
                 "prompt_sha256": text_sha256(template),
                 "system_sha256": text_sha256(s.system) if s.system is not None else None,
                 **{k: v for k, v in asdict(s).items() if k != "system"}, "seed": self.seed,
+                "cache": str(self.cache_path) if self.cache_path else None}
+
+
+class EmbeddingClient(_CachedEndpoint):
+    """Text embeddings from an OpenAI-compatible ``/embeddings`` endpoint (cached per request).
+
+    Args:
+        base_url: API root (``/embeddings`` is appended).
+        model: the embedding model id (MMAU-Pro's official one is ``nvidia/NV-Embed-v2``).
+        api_key, cache, timeout, retries: as for `ChatJudge`.
+    """
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None,
+                 cache: str | os.PathLike[str] | None = None, timeout: float = 120.0,
+                 retries: int = 3) -> None:
+        self.base_url = base_url.rstrip("/")
+        super().__init__(self.base_url + "/embeddings", api_key, cache, timeout, retries)
+        self.model = model
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text, in order.
+
+        Raises:
+            ScoringError: the endpoint failed, or returned another number of vectors.
+        """
+        def parse(reply: dict[str, Any]) -> list[list[float]]:
+            rows = sorted(reply["data"], key=lambda d: d.get("index", 0))
+            if len(rows) != len(texts):
+                raise ScoringError(f"{self.url} returned {len(rows)} embeddings for "
+                                   f"{len(texts)} texts")
+            return [[float(x) for x in d["embedding"]] for d in rows]
+        return self._post({"model": self.model, "input": list(texts)}, parse)
+
+    def describe(self) -> dict[str, Any]:
+        """The endpoint and model, for reports."""
+        return {"base_url": self.base_url, "model": self.model,
                 "cache": str(self.cache_path) if self.cache_path else None}
 
 

@@ -12,9 +12,11 @@ The official ``sonalkum/MMAUPro evaluate_mmau_pro_comprehensive.py`` splits the 
   ``kwargs`` by string rules (`follows_instruction`); the score is the success rate.
 * every other category (closed): rows with fewer than two choices are dropped; the official
   script maps the response to the choice with the most similar NV-Embed-v2 embedding, so any
-  response, even an empty one, picks some choice. lalm runs no embedding model: it scores closed
-  rows with MMAU's official string match (``mmau-string-match-v2``) and with lalm's strict
-  extraction (`lalm.eval.mcq`), and says so in the summary (``closed_procedure``).
+  response, even an empty one, picks some choice. lalm does the same through any
+  OpenAI-compatible embeddings endpoint (``--embed-url``, ``--embed-model nvidia/NV-Embed-v2``;
+  ``mmau-pro-embedding-match-v1``); without one it scores closed rows with MMAU's official
+  string match (``mmau-string-match-v2``), and says which in ``closed_procedure``. lalm's
+  strict extraction (`lalm.eval.mcq`) is always reported beside it.
 
 The overall number is the count-weighted mean of the category scores. Modes: ``official``
 keeps the judge's neutral 3.0 for criteria it failed to state; ``strict`` counts them 1.0 (the
@@ -33,6 +35,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lalm.errors import DataError
 from lalm.eval.judge import JudgeSettings
 from lalm.eval.mcq import OFFICIAL_MATCH, STRICT_MATCH, choice_prompt, strict_choice, string_match
@@ -49,6 +53,7 @@ from lalm.generation import Request
 from lalm.prompt import Family
 
 VERSION = "mmau-pro-lalm-v1"
+EMBEDDING_MATCH = "mmau-pro-embedding-match-v1"
 OPEN, FOLLOW = "open", "instruction following"
 OPEN_JUDGE_SYSTEM = "You are a helpful and objective evaluator."
 OPEN_JUDGE_SETTINGS = JudgeSettings(temperature=0.1, samples=1, max_tokens=512,
@@ -198,6 +203,14 @@ def _open_scores(records: Sequence[Mapping[str, Any]], ctx: ScoreContext) -> dic
 
 # ---------------------------------------------------------------------------- scoring
 
+def embedding_choice(embedder: Any, response: str, choices: Sequence[str]) -> int:
+    """The index of the choice whose embedding is closest (cosine) to the response's, the
+    first on ties: the official closed-question matching."""
+    vectors = np.asarray(embedder.embed([response, *choices]), dtype=np.float64)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return int(np.argmax(vectors[1:] @ vectors[0]))
+
+
 def score_mmau_pro(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, Any]:
     """Per-category scores and their count-weighted mean (see the module docstring)."""
     categories: dict[str, dict[str, Any]] = {}
@@ -205,7 +218,9 @@ def score_mmau_pro(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str
     for r in records:
         by_cat.setdefault(str(r["category"]), []).append(r)
     dropped = 0
-    closed_version = STRICT_MATCH if ctx.scoring == STRICT else OFFICIAL_MATCH
+    embedder = getattr(ctx.judge, "embedder", None)
+    closed_version = (STRICT_MATCH if ctx.scoring == STRICT else
+                      EMBEDDING_MATCH if embedder is not None else OFFICIAL_MATCH)
     for cat, rows in by_cat.items():
         if cat == OPEN:
             categories[cat] = {"type": "open", "count": len(rows), **_open_scores(rows, ctx)}
@@ -224,18 +239,26 @@ def score_mmau_pro(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str
             picks = [strict_choice(str(r["response"]), r["choices"]) for r in valid]
             strict = [p is not None and r["choices"][p] == r["reference"]
                       for p, r in zip(picks, valid)]
-            chosen = strict if ctx.scoring == STRICT else official
+            embedded = ([r["choices"][embedding_choice(embedder, str(r["response"]),
+                                                        r["choices"])] == r["reference"]
+                         for r in valid] if embedder is not None else None)
+            chosen = (strict if ctx.scoring == STRICT else
+                      embedded if embedded is not None else official)
             categories[cat] = {"type": "closed", "count": len(valid),
                                "score": sum(chosen) / len(valid),
                                OFFICIAL_MATCH: sum(official) / len(valid),
                                STRICT_MATCH: sum(strict) / len(valid),
                                "strict_failed": sum(p is None for p in picks)}
+            if embedded is not None:
+                categories[cat][EMBEDDING_MATCH] = sum(embedded) / len(valid)
     scored = {c: v for c, v in categories.items() if "score" in v}
     total = sum(v["count"] for v in scored.values())
     overall = sum(v["score"] * v["count"] for v in scored.values()) / total if total else None
     return {"version": VERSION, "overall": overall, "complete": len(scored) == len(categories),
-            "closed_procedure": closed_version, "closed_official": "nv-embed-v2 similarity "
-            "(not run by lalm)", "closed_dropped_fewer_than_2_choices": dropped,
+            "closed_procedure": closed_version,
+            "embedding": embedder.describe() if embedder is not None else
+            "none given (--embed-url): closed rows by the MMAU string match",
+            "closed_dropped_fewer_than_2_choices": dropped,
             "categories": categories}
 
 

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 
 from lalm.errors import ScoringError
-from lalm.eval.judge import ChatJudge, text_sha256
+from lalm.eval.judge import ChatJudge, EmbeddingClient, text_sha256
 from lalm.eval.tasks import ScoreContext, get_task
 from lalm.eval.voicebench import OPEN_PROMPT, QA_PROMPT, extract_mcq_answer, majority_yes
 from lalm.prompt import Family
@@ -35,6 +35,11 @@ class _Judge(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).bodies.append(body)
+        if self.path.endswith("/embeddings"):  # "dog" / "cat" axes; a "B" leans to "cat"
+            vectors = {"dog": [1.0, 0.0], "cat": [0.0, 1.0], "b": [0.1, 0.9]}
+            self._reply({"data": [{"index": i, "embedding": vectors.get(t.lower(), [0.0, 0.0])}
+                                  for i, t in enumerate(body["input"])]})
+            return
         prompt = body["messages"][-1]["content"]
         if "### Candidate answer" in prompt:
             candidate = prompt.split("### Candidate answer")[1]
@@ -47,9 +52,12 @@ class _Judge(BaseHTTPRequestHandler):
             replies = ["CORRECTNESS: 4 - a\nRELEVANCE: 4 - b\nCOMPLETENESS: 4 - c\n"
                        "CLARITY: 4 - d\nOVERALL: 4 - e"]
         n = body.get("n", 1)
-        choices = [{"message": {"role": "assistant", "content": replies[i % len(replies)]}}
-                   for i in range(n)]
-        data = json.dumps({"choices": choices}).encode()
+        self._reply({"choices": [{"message": {"role": "assistant",
+                                              "content": replies[i % len(replies)]}}
+                                 for i in range(n)]})
+
+    def _reply(self, reply: dict) -> None:
+        data = json.dumps(reply).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -179,3 +187,24 @@ def test_mmau_pro_open_questions_with_a_judge(judge_url, tmp_path) -> None:
     body = _Judge.bodies[0]
     assert (body["temperature"], body["max_tokens"]) == (0.1, 512)
     assert body["messages"][0]["content"] == "You are a helpful and objective evaluator."
+
+
+def test_mmau_pro_closed_questions_by_embedding_similarity(judge_url, tmp_path) -> None:
+    from tests.unit.test_eval_mmau_pro import _records as pro_records, write_parquet
+
+    write_parquet(tmp_path)
+    embedder = EmbeddingClient(judge_url, "nv-embed", cache=tmp_path / "e.jsonl")
+    judge = ChatJudge(judge_url, "qwen2.5-7b", embedder=embedder)
+    score = get_task("mmau-pro").score(pro_records(tmp_path), ScoreContext(V2, judge=judge))
+    # c1 "Dog" is nearest "Dog"; c2 "B" nearest "Cat" (its answer): closed 2/2 by embedding,
+    # 1/2 by the string match. overall = (1.0 x 2 + 2/3 x 3 + 0.8 x 1) / 6 = 0.8
+    sound = score["categories"]["sound"]
+    assert (sound["mmau-pro-embedding-match-v1"], sound["mmau-string-match-v2"]) == (1.0, 0.5)
+    assert score["closed_procedure"] == "mmau-pro-embedding-match-v1"
+    assert score["overall"] == pytest.approx(0.8)
+    assert score["embedding"]["model"] == "nv-embed"
+    sent = len(_Judge.bodies)
+    get_task("mmau-pro").score(pro_records(tmp_path), ScoreContext(
+        V2, judge=ChatJudge(judge_url, "qwen2.5-7b", embedder=EmbeddingClient(
+            judge_url, "nv-embed", cache=tmp_path / "e.jsonl"))))
+    assert len(_Judge.bodies) == sent + 1  # embeddings cached on disk; the open judge not
