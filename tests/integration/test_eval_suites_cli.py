@@ -6,13 +6,12 @@ numbers and the judge (model id, prompt hash, temperature, samples, seed)."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import HTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import loopback_server
 
 from lalm import cli
 from lalm.eval.judge import text_sha256
@@ -61,15 +60,9 @@ def test_voicebench_open_needs_a_judge_and_records_it(checkpoint, tmp_path, monk
     assert cli.main([*argv, "--model", str(tmp_path / "missing")]) == 2
     assert "--judge-url" in capsys.readouterr().err
     _Judge.bodies = []
-    server = HTTPServer(("127.0.0.1", 0), _Judge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    with loopback_server(_Judge) as url:
         assert cli.main([*argv, "--model", str(checkpoint), "--judge-url", url,
                          "--judge-seed", "3"]) == 0
-    finally:
-        server.shutdown()
-        server.server_close()
     judge = json.loads((tmp_path / "out" / "summary.json").read_text())["scores"]["judge"]
     assert (judge["model"], judge["samples"], judge["temperature"], judge["seed"]) == (
         "gpt-4o-mini", 3, 0.5, 3)

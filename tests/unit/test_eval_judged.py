@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import loopback_server
 
 from lalm.errors import ScoringError
 from lalm.eval.judge import ChatJudge, EmbeddingClient, text_sha256
@@ -71,12 +71,8 @@ class _Judge(BaseHTTPRequestHandler):
 @pytest.fixture
 def judge_url():
     _Judge.bodies = []
-    server = HTTPServer(("127.0.0.1", 0), _Judge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with loopback_server(_Judge) as url:
+        yield url
 
 
 def _voicebench(tmp_path: Path, rows: list[dict], monkeypatch) -> Path:
