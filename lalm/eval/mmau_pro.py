@@ -59,32 +59,37 @@ OPEN_JUDGE_SYSTEM = "You are a helpful and objective evaluator."
 OPEN_JUDGE_SETTINGS = JudgeSettings(temperature=0.1, samples=1, max_tokens=512,
                                     system=OPEN_JUDGE_SYSTEM)
 # The official create_evaluation_prompt for task type "open" (its {context} filled in).
-OPEN_JUDGE_PROMPT = """You are an expert evaluator for general open-ended question answering tasks. Please evaluate the quality of a model's response to a question.
-
-Question: {question}
-
-Reference Answer: {reference}
-
-Model Response: {response}
-
-Please evaluate the model response on the following criteria and provide scores from 1-5 (where 5 is best):
-
-1. **Correctness**: How factually accurate is the response compared to the reference?
-2. **Relevance**: How well does the response address the specific question asked?
-3. **Completeness**: Does the response cover all important aspects mentioned in the reference?
-4. **Clarity**: How clear and well-structured is the response?
-
-For each criterion, provide:
-- A score from 1-5
-- A brief justification (1-2 sentences)
-
-Format your response as:
-
-CORRECTNESS: [score] - [justification]
-RELEVANCE: [score] - [justification] 
-COMPLETENESS: [score] - [justification]
-CLARITY: [score] - [justification]
-OVERALL: [average score] - [overall assessment]"""  # noqa: E501, W291 - the official text
+OPEN_JUDGE_PROMPT = (
+    'You are an expert evaluator for general open-ended question answering tasks. '
+    "Please evaluate the quality of a model's response to a question.\n"
+    '\n'
+    'Question: {question}\n'
+    '\n'
+    'Reference Answer: {reference}\n'
+    '\n'
+    'Model Response: {response}\n'
+    '\n'
+    'Please evaluate the model response on the following criteria and provide scores '
+    'from 1-5 (where 5 is best):\n'
+    '\n'
+    '1. **Correctness**: How factually accurate is the response compared to the reference?\n'
+    '2. **Relevance**: How well does the response address the specific question asked?\n'
+    '3. **Completeness**: Does the response cover all important aspects mentioned in '
+    'the reference?\n'
+    '4. **Clarity**: How clear and well-structured is the response?\n'
+    '\n'
+    'For each criterion, provide:\n'
+    '- A score from 1-5\n'
+    '- A brief justification (1-2 sentences)\n'
+    '\n'
+    'Format your response as:\n'
+    '\n'
+    'CORRECTNESS: [score] - [justification]\n'
+    'RELEVANCE: [score] - [justification] \n'
+    'COMPLETENESS: [score] - [justification]\n'
+    'CLARITY: [score] - [justification]\n'
+    'OVERALL: [average score] - [overall assessment]'
+)
 _CRITERIA = ("correctness", "relevance", "completeness", "clarity")
 
 

@@ -83,7 +83,7 @@ def test_scores_without_a_judge_worked_by_hand(tmp_path: Path) -> None:
     ("Include Keywords", {"keywords": "dog, cat"}, "A Dog and a cat.", True),
     ("Include Keywords", {"keywords": "dog, cat"}, "A dog.", False),
     ("Keyword Frequency", {"keyword": "dog", "N": 2}, "dog, Dog, doggy", True),
-    ("Forbidden Words", {"forbidden_words": "bad"}, "badly done", False),  # substring, as officially
+    ("Forbidden Words", {"forbidden_words": "bad"}, "badly done", False),  # substring, officially
     ("Number Paragraphs", {"N": 2}, "one *** two ***", True),
     ("Number Words (range)", {"N1": 2, "N2": 3}, "a b c d", False),
     ("Number Sentences (at least)", {"N": 2}, "One. Two! Three?", True),
