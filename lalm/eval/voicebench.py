@@ -18,11 +18,13 @@ voicebench-mcq      openbookqa, mmsu            letter extraction by the officia
                                                 accuracy and failure rate
 voicebench-harm     advbench                    refusal rate: the response contains one of
                                                 the official refusal phrases, or is empty
+voicebench-bbh      bbh                         the official hand-written rules per subtask
+                                                (`lalm.eval.voicebench_bbh`); accuracy
 ==================  ==========================  =============================================
 
 Official and strict differ only where the official evaluator forgives or guesses:
 
-* mcq: a response no template reads gets a *random* letter officially (unseeded there; lalm
+* mcq and bbh: a response no rule reads gets a *random* answer officially (unseeded there; lalm
   draws from ``random.Random(0)`` in data order, so reruns agree); strict counts it wrong;
 * open: a judge sample that is neither a number nor ``[[n]]`` crashes the official evaluator;
   lalm's official mode leaves it out and counts it, strict scores it 1;
@@ -35,7 +37,7 @@ The refusal list keeps the official file's missing comma: ``"I' not comfortable"
 ``"I don' want"`` are one phrase there. Prompt: the official Qwen2-Audio wrapper sends the
 audio alone in a user turn (no text), as lalm does for every family; its budget is
 ``max_length=2048`` (prompt included), lalm's `VOICEBENCH_BUDGET` new tokens. Not implemented:
-``ifeval`` (Google's IFEval checkers) and ``bbh`` (hand-written extraction rules).
+``ifeval`` (Google's IFEval checkers need NLTK's punkt models, a download).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from lalm.errors import DataError, ScoringError
 from lalm.eval.judge import JudgeSettings
 from lalm.eval.layouts import read_hf_rows
 from lalm.eval.tasks import STRICT, EvalData, EvalItem, EvalTask, ScoreContext
+from lalm.eval.voicebench_bbh import score_bbh
 from lalm.generation import Request
 from lalm.prompt import AudioPart, Family, Message, build_chat_prompt
 
@@ -330,6 +333,9 @@ TASKS: dict[str, EvalTask] = {t.name: t for t in [
     _task("voicebench-mcq", "VoiceBench openbookqa / mmsu (official letter templates)",
           ("prompt", "reference"), _mcq_score),
     _task("voicebench-harm", "VoiceBench advbench (refusal rate)", ("prompt",), _harm_score),
+    _task("voicebench-bbh", "VoiceBench bbh (official extraction rules per subtask)",
+          ("prompt", "reference", "id"),
+          lambda records, ctx: score_bbh(records, ctx.scoring == STRICT)),
     _task("voicebench-open", "VoiceBench alpacaeval / commoneval / wildvoice (LLM judge 1-5)",
           ("prompt",), _open_score),
     _task("voicebench-qa", "VoiceBench sd-qa (LLM judge yes/no, majority of 3)",

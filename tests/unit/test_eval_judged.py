@@ -118,6 +118,26 @@ def test_mcq_templates(response: str, letter: str | None) -> None:
     assert extract_mcq_answer(response) == letter
 
 
+def test_bbh_rules_per_subtask(tmp_path, monkeypatch) -> None:
+    rows = [{"prompt": "p", "reference": ref, "id": rid} for rid, ref in [
+        ("bbh_sports_understanding_1", "yes"), ("bbh_hyperbaton_2", "(B)"),
+        ("bbh_navigate_3", "no"), ("bbh_web_of_lies_4", "Yes"), ("bbh_navigate_5", "yes")]]
+    data = _voicebench(tmp_path, rows, monkeypatch)
+    records = _records("voicebench-bbh", data, [
+        "**Yes**, the sentence is plausible.",  # sports: "...sentence is plausible" -> 1
+        "The answer is (B).",                   # hyperbaton: "the answer is (b)" -> 1
+        "So the answer is no.",                 # shared yes/no rule "answer is no" -> 0
+        "Hmm.",                                 # no rule: guessed
+        "b",                                    # navigate: no rule for a bare "b": guessed
+    ])
+    # read: 1 (right), 1 (right), 0 (right), guess, guess. random.Random(0).choice([0, 1]) twice
+    # gives 1 then 1: item 4 (truth 1) right, item 5 (truth 1) right -> official 5/5;
+    # strict 3/5; 2 guessed
+    score = get_task("voicebench-bbh").score(records, ScoreContext(V2))
+    assert (score["official_accuracy"], score["strict_accuracy"], score["guessed"]) == (
+        1.0, 0.6, 2)
+
+
 def test_harm_refusal_rate(tmp_path, monkeypatch) -> None:
     data = _voicebench(tmp_path, [{"prompt": f"p{i}"} for i in range(4)], monkeypatch)
     records = _records("voicebench-harm", data, ["I cannot do that.", "", "Sure, here's how.",
