@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from lalm.errors import DataError
+from lalm.eval.metrics import check_pairs
 from lalm.eval.tasks import (
     STRICT,
     EvalData,
@@ -142,6 +143,7 @@ def score_choices(records: Sequence[Mapping[str, Any]], breakdowns: Sequence[str
         ``accuracy`` (the mode's), ``version``, and per procedure its accuracy, counts and
         breakdowns; ``strict_failed`` counts responses naming no single choice.
     """
+    check_pairs(records, records, OFFICIAL_MATCH)  # nothing to score is an error
     judged = [_judge_item(r) for r in records]
     out: dict[str, Any] = {}
     for version in (OFFICIAL_MATCH, SUBSTRING_MATCH, STRICT_MATCH):

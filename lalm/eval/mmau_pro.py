@@ -40,6 +40,7 @@ import numpy as np
 from lalm.errors import DataError
 from lalm.eval.judge import JudgeSettings
 from lalm.eval.mcq import OFFICIAL_MATCH, STRICT_MATCH, choice_prompt, strict_choice, string_match
+from lalm.eval.metrics import check_pairs
 from lalm.eval.tasks import (
     STRICT,
     EvalData,
@@ -218,6 +219,7 @@ def embedding_choice(embedder: Any, response: str, choices: Sequence[str]) -> in
 
 def score_mmau_pro(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, Any]:
     """Per-category scores and their count-weighted mean (see the module docstring)."""
+    check_pairs(records, records, VERSION)  # nothing to score is an error
     categories: dict[str, dict[str, Any]] = {}
     by_cat: dict[str, list[dict[str, Any]]] = {}
     for r in records:

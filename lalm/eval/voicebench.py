@@ -51,6 +51,7 @@ from typing import Any
 from lalm.errors import DataError, ScoringError
 from lalm.eval.judge import JudgeSettings
 from lalm.eval.layouts import read_hf_rows
+from lalm.eval.metrics import check_pairs
 from lalm.eval.tasks import STRICT, EvalData, EvalItem, EvalTask, ScoreContext
 from lalm.eval.voicebench_bbh import score_bbh
 from lalm.generation import Request
@@ -196,6 +197,7 @@ def extract_mcq_answer(response: str) -> str | None:
 
 
 def _mcq_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, Any]:
+    check_pairs(records, records, MCQ_VERSION)  # nothing to score is an error
     rng = random.Random(0)
     correct = {"official": 0, "strict": 0}
     failed = 0
@@ -226,6 +228,7 @@ def is_refusal(response: str) -> bool:
 
 
 def _harm_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, Any]:
+    check_pairs(records, records, HARM_VERSION)
     responses = [str(r["response"]) for r in records]
     official = sum(map(is_refusal, responses))
     empty = sum(not s.strip() for s in responses)
@@ -249,14 +252,15 @@ def parse_open_score(text: str) -> float | None:
         return float(match.group(1)) if match else None
 
 
-def _need_judge(ctx: ScoreContext, task: str) -> Any:
+def _need_judge(ctx: ScoreContext, task: str, records: Sequence[Any]) -> Any:
+    check_pairs(records, records, task)
     if ctx.judge is None:
         raise ScoringError(f"{task} needs a judge endpoint (--judge-url, --judge-model)")
     return ctx.judge
 
 
 def _open_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, Any]:
-    judge = _need_judge(ctx, "voicebench-open")
+    judge = _need_judge(ctx, "voicebench-open", records)
     scores = {"official": [], "strict": []}
     failed = 0
     for r in records:
@@ -284,7 +288,7 @@ def majority_yes(samples: Sequence[str]) -> bool:
 
 
 def _qa_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, Any]:
-    judge = _need_judge(ctx, "voicebench-qa")
+    judge = _need_judge(ctx, "voicebench-qa", records)
     right = 0
     for r in records:
         prompt = (QA_PROMPT.replace("{prompt}", str(r["prompt"]))
@@ -307,6 +311,10 @@ def _reader(need: Sequence[str], name: str) -> Callable[[Path], EvalData]:
         if missing:
             raise DataError(f"{data}: a {name} subset needs columns {list(need)}; missing "
                             f"{missing} (found {list(rows[0])})")
+        if name == "voicebench-open" and "reference" in rows[0]:
+            # the official api_judge.py judges any row with a reference by the QA prompt
+            raise DataError(f"{data} has a 'reference' column: the official judge scores it "
+                            f"as reference-based QA; use --task voicebench-qa")
         items = []
         for n, row in enumerate(rows):
             fields = {k: v for k, v in row.items() if k not in (audio, "reference")}

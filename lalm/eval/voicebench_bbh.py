@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 from lalm.errors import ScoringError
+from lalm.eval.metrics import check_pairs
 
 BBH_VERSION = "voicebench-bbh-v1"
 _TRUTH = {"yes": 1, "no": 0, "(a)": 0, "(b)": 1}
@@ -77,6 +78,7 @@ def score_bbh(records: list[dict[str, Any]], strict: bool) -> dict[str, Any]:
     Raises:
         ScoringError: a reference that is not yes/no/(A)/(B), or an unknown subtask.
     """
+    check_pairs(records, records, BBH_VERSION)  # nothing to score is an error
     rng = random.Random(0)
     right = {"official": 0, "strict": 0}
     guessed = 0

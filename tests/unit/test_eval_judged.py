@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from conftest import loopback_server
 
-from lalm.errors import ScoringError
+from lalm.errors import DataError, ScoringError
 from lalm.eval.judge import ChatJudge, EmbeddingClient, text_sha256
 from lalm.eval.tasks import ScoreContext, get_task
 from lalm.eval.voicebench import OPEN_PROMPT, QA_PROMPT, extract_mcq_answer, majority_yes
@@ -150,11 +150,15 @@ def test_harm_refusal_rate(tmp_path, monkeypatch) -> None:
 def test_open_and_qa_judged_through_a_local_endpoint_and_cached(judge_url, tmp_path,
                                                                 monkeypatch) -> None:
     cache = tmp_path / "judge.jsonl"
-    data = _voicebench(tmp_path, [{"prompt": "Tell me a joke", "reference": "Paris"},
-                                  {"prompt": "Capital of France?", "reference": "Paris"}],
+    data = _voicebench(tmp_path / "qa", [{"prompt": "Capital?", "reference": "Paris"},
+                                         {"prompt": "Capital of France?", "reference": "Paris"}],
+                       monkeypatch)
+    qa_records = _records("voicebench-qa", data, ["It is Paris", "London"])
+    with pytest.raises(DataError, match="voicebench-qa"):  # officially judged as QA
+        get_task("voicebench-open").read(data)
+    data = _voicebench(tmp_path / "open", [{"prompt": "Tell me a joke"}, {"prompt": "Hi"}],
                        monkeypatch)
     open_records = _records("voicebench-open", data, ["great", "junk"])
-    qa_records = _records("voicebench-qa", data, ["It is Paris", "London"])
     judge = ChatJudge(judge_url, "judge-x", api_key="k", cache=cache, seed=7)
     # open samples: 5, 4, 3 ([[3]]) and 4, (unreadable), 2 -> official mean 18/5 = 3.6;
     # strict scores the unreadable one 1 -> 19/6
@@ -224,3 +228,10 @@ def test_mmau_pro_closed_questions_by_embedding_similarity(judge_url, tmp_path) 
         V2, judge=ChatJudge(judge_url, "qwen2.5-7b", embedder=EmbeddingClient(
             judge_url, "nv-embed", cache=tmp_path / "e.jsonl"))))
     assert len(_Judge.bodies) == sent + 1  # embeddings cached on disk; the open judge not
+
+
+@pytest.mark.parametrize("task", ["mmau", "mmar", "mmau-pro", "voicebench-mcq",
+                                  "voicebench-harm", "voicebench-bbh"])
+def test_nothing_to_score_is_an_error_not_a_division_by_zero(task: str) -> None:
+    with pytest.raises(ScoringError, match="nothing to score"):
+        get_task(task).score([], ScoreContext(V2))
