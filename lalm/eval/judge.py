@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -52,6 +53,10 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+class RefusedRequest(ScoringError):
+    """The endpoint answered 4xx: the request is wrong for it (retrying cannot help)."""
+
+
 class _CachedEndpoint:
     """POSTs JSON to one OpenAI-compatible route; replies cached in JSONL by request hash."""
 
@@ -72,13 +77,17 @@ class _CachedEndpoint:
                 except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                     continue
 
+    @staticmethod
+    def _key(body: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+
     def _post(self, body: dict[str, Any], parse: Callable[[dict[str, Any]], Any]) -> Any:
         """``parse(reply)`` of the endpoint's reply to ``body`` (cached by the full body).
 
         Raises:
             ScoringError: the endpoint failed `retries` times or answered malformed JSON.
         """
-        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+        key = self._key(body)
         if key in self._cache:
             self.cache_hits += 1
             return self._cache[key]
@@ -92,6 +101,12 @@ class _CachedEndpoint:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     value = parse(json.loads(response.read().decode("utf-8")))
                 break
+            except urllib.error.HTTPError as e:
+                if 400 <= e.code < 500:  # the request itself was refused: no retry
+                    detail = e.read().decode("utf-8", "replace")[:500]
+                    raise RefusedRequest(f"{self.url} refused the request ({e.code}): "
+                                         f"{detail}") from e
+                error = e
             except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
                 error = e
         else:
@@ -133,6 +148,9 @@ class ChatJudge(_CachedEndpoint):
         super().__init__(self.base_url + "/chat/completions", api_key, cache, timeout, retries)
         self.model, self.seed, self.embedder = model, seed, embedder
         self.temperature, self.samples, self.max_tokens = temperature, samples, max_tokens
+        #: True once the endpoint refused ``n`` > 1: samples go as n=1 requests, seeds
+        #: ``seed + i`` (recorded by `describe`).
+        self.separate_samples = False
 
     def settings(self, suite: JudgeSettings | None = None) -> JudgeSettings:
         """The settings a request gets: the suite's, with the user's overrides applied."""
@@ -164,13 +182,29 @@ class ChatJudge(_CachedEndpoint):
         """
         s = self.settings(settings)
 
-        def parse(reply: dict[str, Any]) -> list[str]:
-            contents = [str(c["message"]["content"]) for c in reply["choices"]]
-            if len(contents) < s.samples:
-                raise ScoringError(f"judge {self.url} returned {len(contents)} completions for "
-                                   f"n={s.samples}")
-            return contents[:s.samples]
-        return [str(c) for c in self._post(self._body(prompt, s), parse)]
+        def parse(n: int) -> Callable[[dict[str, Any]], list[str]]:
+            def read(reply: dict[str, Any]) -> list[str]:
+                contents = [str(c["message"]["content"]) for c in reply["choices"]]
+                if len(contents) < n:
+                    raise ScoringError(f"judge {self.url} returned {len(contents)} "
+                                       f"completions for n={n}")
+                return contents[:n]
+            return read
+        if s.samples == 1:
+            return [str(c) for c in self._post(self._body(prompt, s), parse(1))]
+        one = replace(s, samples=1)
+        # one request per sample, seeds seed, seed+1, ... so the samples differ
+        each = [{**self._body(prompt, one), "seed": self.seed + i} for i in range(s.samples)]
+        together = self._body(prompt, s)
+        if all(self._key(b) in self._cache for b in each) and self._key(together) not in \
+                self._cache:
+            self.separate_samples = True  # a rerun of a run that had to split
+        if not self.separate_samples:
+            try:
+                return [str(c) for c in self._post(together, parse(s.samples))]
+            except RefusedRequest:  # e.g. a lalm serve, which takes n=1 only
+                self.separate_samples = True
+        return [str(self._post(b, parse(1))[0]) for b in each]
 
     def complete(self, prompt: str, settings: JudgeSettings | None = None) -> str:
         """The judge's first reply to one prompt (cached)."""
@@ -188,6 +222,8 @@ class ChatJudge(_CachedEndpoint):
                 "prompt_sha256": text_sha256(template),
                 "system_sha256": text_sha256(s.system) if s.system is not None else None,
                 **{k: v for k, v in asdict(s).items() if k != "system"}, "seed": self.seed,
+                "samples_as": "separate requests, seeds seed+i" if self.separate_samples
+                else "one request with n",
                 "cache": str(self.cache_path) if self.cache_path else None}
 
 

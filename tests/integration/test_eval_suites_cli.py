@@ -18,7 +18,7 @@ from lalm.eval.judge import text_sha256
 from lalm.eval.voicebench import OPEN_PROMPT
 from tests.unit.test_eval_judged import _Judge, _voicebench
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
