@@ -235,3 +235,39 @@ def test_mmau_pro_closed_questions_by_embedding_similarity(judge_url, tmp_path) 
 def test_nothing_to_score_is_an_error_not_a_division_by_zero(task: str) -> None:
     with pytest.raises(ScoringError, match="nothing to score"):
         get_task(task).score([], ScoreContext(V2))
+
+
+class _OneSampleJudge(_Judge):
+    """Like `_Judge`, but refuses n > 1 with a 400, as a `lalm serve` does."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        if "n" in json.loads(self._peek()):
+            self.send_response(400)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        super().do_POST()
+
+    def _peek(self) -> str:
+        length = int(self.headers["Content-Length"])
+        raw = self.rfile.read(length)
+        self.rfile = io.BytesIO(raw)  # let the parent read the body again
+        return raw.decode()
+
+
+def test_samples_split_into_single_requests_when_n_is_refused(tmp_path, monkeypatch) -> None:
+    _Judge.bodies = []
+    data = _voicebench(tmp_path, [{"prompt": "Tell me a joke"}], monkeypatch)
+    records = _records("voicebench-open", data, ["great"])
+    with loopback_server(_OneSampleJudge) as url:
+        judge = ChatJudge(url, "j", cache=tmp_path / "c.jsonl", seed=7)
+        score = get_task("voicebench-open").score(records, ScoreContext(V2, judge=judge))
+    # the n=3 request is refused (400, not retried); then 3 requests, seeds 7, 8, 9, each
+    # answered with the stub's first reply "5"
+    assert [b["seed"] for b in _Judge.bodies] == [7, 8, 9] and judge.requests == 3
+    assert score["official_score"] == 5.0 and score["judge"]["samples_as"].startswith("separate")
+    offline = ChatJudge("http://127.0.0.1:9/v1", "j", cache=tmp_path / "c.jsonl", seed=7,
+                        retries=1, timeout=2)
+    rerun = get_task("voicebench-open").score(records, ScoreContext(V2, judge=offline))
+    assert rerun["official_score"] == 5.0 and offline.requests == 0  # from the cache alone
+    assert rerun["judge"]["samples_as"] == score["judge"]["samples_as"]
