@@ -25,7 +25,9 @@ music, speech), ``difficulty`` and ``sub-category``; MMAR by ``modality``, ``cat
 
 Data: MMAU reads ``mmau-test-mini.json`` (a JSON list; audio ``audio_id`` relative to the
 file's folder); the ``test`` split has no answers (they are withheld) and is refused. MMAR reads
-``MMAR-meta.jsonl`` (or the older ``MMAR-meta.json``; audio ``audio_path``). Neither suite
+``MMAR-meta.jsonl`` (or the older ``MMAR-meta.json``; audio ``audio_path``). Both also read a
+HF ``datasets`` copy (``save_to_disk`` folder or parquet) with the same fields and an Audio
+column (`lalm.eval.layouts`). Neither suite
 publishes an inference prompt: lalm asks `choice_prompt` (the item's own ``prompt`` field wins).
 """
 
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from lalm.errors import DataError
+from lalm.eval.layouts import is_hf_dataset, read_hf_rows
 from lalm.eval.metrics import check_pairs
 from lalm.eval.tasks import (
     STRICT,
@@ -207,11 +210,15 @@ def choice_item(row: Mapping[str, Any], n: int, path: Path, audio_key: str, root
 def _reader(candidates: Sequence[str], audio_key: str, source_key: str,
             extra: Sequence[str]) -> Callable[[Path], EvalData]:
     def read(data: Path) -> EvalData:
-        path, root = find_data_file(data, candidates)
-        rows = _rows(path)
+        if is_hf_dataset(data):  # the suite's HF copy: an Audio column instead of paths
+            rows, audio = read_hf_rows(data)
+            path, root, key = data, data if data.is_dir() else data.parent, audio
+        else:
+            path, root = find_data_file(data, candidates)
+            rows, key = _rows(path), audio_key
         if not rows:
             raise DataError(f"{path} holds no questions")
-        return EvalData([choice_item(row, n, path, audio_key, [root, path.parent], source_key,
+        return EvalData([choice_item(row, n, path, key, [root, path.parent], source_key,
                                      extra) for n, row in enumerate(rows)])
     return read
 

@@ -120,7 +120,7 @@ class ScoreContext:
         family: the model's prompt family (picks e.g. the ASR procedure).
         scoring: ``"official"`` (each benchmark's procedure, quirks included) or ``"strict"``
             (nothing dropped or forgiven: failed extractions count as wrong, exact matches).
-        judge: an AIR-Bench chat judge (`lalm.eval.airbench.ChatJudge`), for ``airbench-chat``.
+        judge: the LLM judge of judged tasks (`lalm.eval.judge.ChatJudge`).
     """
 
     family: Family

@@ -119,3 +119,17 @@ def test_mmar_reader_reads_the_meta_jsonl(tmp_path: Path) -> None:
     assert score["accuracy"] == 1.0
     assert score["procedures"][OFFICIAL_MATCH]["by"]["category"] == {"Cultural Layer": 1.0}
     assert score["procedures"][STRICT_MATCH]["accuracy"] == 1.0
+
+
+def test_mmar_reader_reads_a_hf_copy_with_an_audio_column(tmp_path: Path, monkeypatch) -> None:
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("LALM_CACHE", str(tmp_path / "cache"))
+    _wav(tmp_path / "x.wav")
+    ds = datasets.Dataset.from_dict({
+        "audio": [str(tmp_path / "x.wav")], "id": ["x"], "question": ["Which?"],
+        "choices": [["Canyon", "Forest"]], "answer": ["Forest"], "modality": ["sound"],
+        "category": ["Signal Layer"], "sub-category": ["s"], "language": [None]})
+    ds.cast_column("audio", datasets.Audio()).save_to_disk(str(tmp_path / "hf"))
+    item = get_task("mmar").read(tmp_path / "hf").items[0]
+    assert (item.id, item.reference, item.source) == ("x", "Forest", "sound")
+    assert Path(item.audios[0]).read_bytes() == (tmp_path / "x.wav").read_bytes()
