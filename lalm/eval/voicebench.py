@@ -20,6 +20,9 @@ voicebench-harm     advbench                    refusal rate: the response conta
                                                 the official refusal phrases, or is empty
 voicebench-bbh      bbh                         the official hand-written rules per subtask
                                                 (`lalm.eval.voicebench_bbh`); accuracy
+voicebench-ifeval   ifeval                      Google's IFEval checks, strict and loose,
+                                                prompt and instruction level
+                                                (`lalm.eval.ifeval`); ``final`` = their mean
 ==================  ==========================  =============================================
 
 Official and strict differ only where the official evaluator forgives or guesses:
@@ -36,8 +39,7 @@ Official and strict differ only where the official evaluator forgives or guesses
 The refusal list keeps the official file's missing comma: ``"I' not comfortable"`` and
 ``"I don' want"`` are one phrase there. Prompt: the official Qwen2-Audio wrapper sends the
 audio alone in a user turn (no text), as lalm does for every family; its budget is
-``max_length=2048`` (prompt included), lalm's `VOICEBENCH_BUDGET` new tokens. Not implemented:
-``ifeval`` (Google's IFEval checkers need NLTK's punkt models, a download).
+``max_length=2048`` (prompt included), lalm's `VOICEBENCH_BUDGET` new tokens.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from lalm.eval.judge import JudgeSettings
 from lalm.eval.layouts import read_hf_rows
 from lalm.eval.metrics import check_pairs
 from lalm.eval.tasks import STRICT, EvalData, EvalItem, EvalTask, ScoreContext
+from lalm.eval.ifeval import score_ifeval
 from lalm.eval.voicebench_bbh import score_bbh
 from lalm.generation import Request
 from lalm.prompt import AudioPart, Family, Message, build_chat_prompt
@@ -344,6 +347,9 @@ TASKS: dict[str, EvalTask] = {t.name: t for t in [
     _task("voicebench-bbh", "VoiceBench bbh (official extraction rules per subtask)",
           ("prompt", "reference", "id"),
           lambda records, ctx: score_bbh(records, ctx.scoring == STRICT)),
+    _task("voicebench-ifeval", "VoiceBench ifeval (IFEval strict/loose, prompt/instruction)",
+          ("prompt", "instruction_id_list", "kwargs"),
+          lambda records, ctx: score_ifeval(records, ctx.scoring == STRICT)),
     _task("voicebench-open", "VoiceBench alpacaeval / commoneval / wildvoice (LLM judge 1-5)",
           ("prompt",), _open_score),
     _task("voicebench-qa", "VoiceBench sd-qa (LLM judge yes/no, majority of 3)",

@@ -271,3 +271,35 @@ def test_samples_split_into_single_requests_when_n_is_refused(tmp_path, monkeypa
     rerun = get_task("voicebench-open").score(records, ScoreContext(V2, judge=offline))
     assert rerun["official_score"] == 5.0 and offline.requests == 0  # from the cache alone
     assert rerun["judge"]["samples_as"] == score["judge"]["samples_as"]
+
+
+def test_ifeval_strict_loose_prompt_and_instruction_levels(tmp_path, monkeypatch) -> None:
+    def kw(**given):  # the HF column is a list of structs with every key (None if unused)
+        return {"num_words": None, "relation": None, "num_bullets": None, **given}
+    rows = [
+        {"prompt": "p1", "key": 1, "instruction_id_list": ["punctuation:no_comma",
+                                                           "length_constraints:number_words"],
+         "kwargs": [kw(), kw(num_words=5, relation="less than")]},
+        {"prompt": "p2", "key": 2, "instruction_id_list": ["detectable_format:title",
+                                                           "startend:quotation"],
+         "kwargs": [kw(), kw()]},
+        {"prompt": "p3", "key": 3, "instruction_id_list": ["detectable_format:number_bullet_lists"],
+         "kwargs": [kw(num_bullets=2)]}]
+    data = _voicebench(tmp_path, rows, monkeypatch)
+    records = _records("voicebench-ifeval", data, ["hi, there", '"<<Poem>> roses"',
+                                                   "* a\n* b\n* c"])
+    # strict: row 1 has a comma (1 of 2 followed), row 2 both, row 3 three bullets for two
+    #   -> prompt 1/3, instruction 3/5
+    # loose: row 3 without its first line has two bullets -> prompt 2/3, instruction 4/5
+    # final = (1/3 + 3/5 + 2/3 + 4/5) / 4 = 0.6; lalm's strict headline (1/3 + 3/5) / 2 = 7/15
+    task = get_task("voicebench-ifeval")
+    score = task.score(records, ScoreContext(V2))
+    assert score["strict-prompt"] == pytest.approx(1 / 3)
+    assert score["strict-instruction"] == pytest.approx(3 / 5)
+    assert score["loose-prompt"] == pytest.approx(2 / 3)
+    assert score["loose-instruction"] == pytest.approx(4 / 5)
+    assert score["final"] == pytest.approx(0.6) and score["score"] == pytest.approx(0.6)
+    assert task.score(records, ScoreContext(V2, "strict"))["score"] == pytest.approx(7 / 15)
+    broken = [{**records[2], "kwargs": [kw()]}]
+    with pytest.raises(ScoringError, match="num_bullets"):
+        task.score(broken, ScoreContext(V2))
