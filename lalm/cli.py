@@ -577,10 +577,22 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     p.add_argument("--judge-url", default=None,
-                   help="airbench-chat: OpenAI-compatible API root of the judge")
-    p.add_argument("--judge-model", default="gpt-4-0125-preview", help="airbench-chat: judge")
+                   help="judged tasks (airbench-chat, voicebench-open/-qa, mmau-pro): "
+                        "OpenAI-compatible API root of the judge, e.g. a lalm serve")
+    p.add_argument("--judge-model", default=None,
+                   help="judge model id (default: the suite's official judge)")
+    p.add_argument("--judge-api-key-env", default="LALM_JUDGE_API_KEY",
+                   help="environment variable holding the judge's API key")
     p.add_argument("--judge-cache", default=None,
-                   help="airbench-chat: judgement cache (default: <out>/judgements.jsonl)")
+                   help="judgement cache (default: <out>/judgements.jsonl)")
+    p.add_argument("--judge-temperature", type=float, default=None,
+                   help="override the suite's judge temperature")
+    p.add_argument("--judge-samples", type=int, default=None,
+                   help="override the suite's judge samples per request")
+    p.add_argument("--judge-seed", type=int, default=0, help="judge request seed")
+    p.add_argument("--embed-url", default=None,
+                   help="mmau-pro: OpenAI-compatible embeddings API root (official matching)")
+    p.add_argument("--embed-model", default="nvidia/NV-Embed-v2", help="mmau-pro: embedder")
     sub = p.add_subparsers(dest="eval_command", metavar="{compare}")
     compare = sub.add_parser(
         "compare", help="the per-task metrics of several runs side by side",
@@ -611,19 +623,31 @@ def _eval(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     from lalm.api import load_model
-    from lalm.eval.airbench import ChatJudge
     from lalm.eval.evaluate import evaluate
+    from lalm.eval.judge import NEEDS_JUDGE, OFFICIAL_JUDGES, ChatJudge, EmbeddingClient
     from lalm.eval.report import describe_model
     from lalm.eval.tasks import get_task
 
     task = get_task(args.task)  # an unknown name fails before the model loads
+    if args.task in NEEDS_JUDGE and not args.judge_url:
+        raise LalmError(f"{args.task} is scored by an LLM judge: give --judge-url (and "
+                        f"--judge-model, default {OFFICIAL_JUDGES[args.task]})")
+    if args.embed_url and not args.judge_url:
+        raise LalmError("--embed-url is used with a judge: give --judge-url too")
     pipe = load_model(args.model, dtype=args.dtype, device=args.device)
     model = describe_model(pipe, args.model)
     out = Path(args.out or Path("runs") / "eval" / model.label / args.task)
     judge = None
     if args.judge_url:
-        judge = ChatJudge(args.judge_url, args.judge_model, os.environ.get("LALM_JUDGE_API_KEY"),
-                          args.judge_cache or out / "judgements.jsonl")
+        judge_model = args.judge_model or OFFICIAL_JUDGES.get(args.task, "gpt-4o-mini")
+        key = os.environ.get(args.judge_api_key_env)
+        cache = Path(args.judge_cache or out / "judgements.jsonl")
+        embedder = (EmbeddingClient(args.embed_url, args.embed_model, key,
+                                    cache.with_name(cache.stem + "-embeddings.jsonl"))
+                    if args.embed_url else None)
+        judge = ChatJudge(args.judge_url, judge_model, key, cache,
+                          temperature=args.judge_temperature, seed=args.judge_seed,
+                          samples=args.judge_samples, embedder=embedder)
     summary = evaluate(pipe, task, args.data, out, args.scoring, args.batch_size,
                        args.limit, judge, model=model, max_new_tokens=args.max_new_tokens)
     print(json.dumps(summary["scores"], indent=1, ensure_ascii=False))

@@ -41,6 +41,7 @@ from typing import Any
 
 from lalm.data.manifest import atomic_write
 from lalm.errors import DataError
+from lalm.eval.judge import ChatJudge
 from lalm.eval.report import (
     REPORT_VERSION,
     ModelInfo,
@@ -147,16 +148,19 @@ def _prompts(items: list[EvalItem], requests: list[Request]) -> dict[str, str]:
     return out
 
 
-def _judge(judge: Any) -> dict[str, Any] | None:
+def _judge(judge: ChatJudge | None) -> dict[str, Any] | None:
+    """The judge endpoint and the user's overrides (each suite's scores record its own
+    settings and prompt hash: `ChatJudge.describe`)."""
     if judge is None:
         return None
-    return {"model": getattr(judge, "model", None), "url": getattr(judge, "url", None),
-            "settings": getattr(judge, "settings", None)}
+    return {"base_url": judge.base_url, "model": judge.model, "seed": judge.seed,
+            "temperature_override": judge.temperature, "samples_override": judge.samples,
+            "embedder": judge.embedder.describe() if judge.embedder is not None else None}
 
 
 def evaluate(pipe: Pipeline, task: str | EvalTask, data: str | os.PathLike[str],
              out_dir: str | os.PathLike[str], scoring: str = "official", batch_size: int = 8,
-             limit: int | None = None, judge: Any = None, progress: bool = True,
+             limit: int | None = None, judge: ChatJudge | None = None, progress: bool = True,
              model: str | ModelInfo | None = None,
              max_new_tokens: int | None = None) -> dict[str, Any]:
     """Run a task's items through the pipeline (resuming), write predictions, score them.
@@ -169,7 +173,7 @@ def evaluate(pipe: Pipeline, task: str | EvalTask, data: str | os.PathLike[str],
         scoring: ``"official"`` or ``"strict"`` (`lalm.eval.tasks.ScoreContext`).
         batch_size: prompts per forward pass.
         limit: only the first `limit` items.
-        judge: the AIR-Bench chat judge (`lalm.eval.airbench.ChatJudge`), if the task needs one.
+        judge: the LLM judge (`lalm.eval.judge.ChatJudge`), for the tasks that need one.
         progress: show a tqdm bar on stderr (items, items/s, time left).
         model: the model's name or checkpoint folder (as the user gave it), or its
             `lalm.eval.report.ModelInfo` from `describe_model` (saves hashing the weights again).
@@ -247,7 +251,7 @@ def evaluate(pipe: Pipeline, task: str | EvalTask, data: str | os.PathLike[str],
 
 
 def rescore(task: str | EvalTask, out_dir: str | os.PathLike[str], family: Family,
-            scoring: str, judge: Any = None) -> dict[str, Any]:
+            scoring: str, judge: ChatJudge | None = None) -> dict[str, Any]:
     """Score the predictions already in ``out_dir`` again, e.g. in the other scoring mode.
 
     Returns:
