@@ -44,7 +44,7 @@ def test_mmau_summary_has_official_and_strict(checkpoint: Path, tmp_path: Path) 
                      str(tmp_path), "--out", str(out), "--max-new-tokens", "3"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     scores = summary["scores"]
-    assert scores["version"] == "mmau-string-match-v2" and summary["items"] == 2
+    assert scores["version"] == "mmau-string-match-v2" and summary["data"]["evaluated"] == 2
     assert set(scores["procedures"]) == {"mmau-string-match-v2", "mmau-substring-v1",
                                          "lalm-mc-strict-v1"}
     assert set(scores["procedures"]["lalm-mc-strict-v1"]["by"]) == {"task", "difficulty",
