@@ -1,23 +1,34 @@
 """lalm's public entry points: load a checkpoint as a `Pipeline`, run it on audio and text.
 
     import lalm
+    from lalm.subtitles import format_srt, transcript_cues
     pipe = lalm.load_model("Qwen2-Audio-7B-Instruct", dtype="fp32")
-    print(pipe.chat("What is in this clip?", audios=["a.wav"]).text)
+    print(pipe.chat("What is in this clip?", audios=["a.wav"], max_new_tokens=64).text)
+    print(pipe.chat([{"role": "user", "content": [{"type": "audio", "audio_url": "a.wav"},
+                                                  {"type": "text", "text": "And now?"}]}]).text)
     for result in pipe.transcribe(["a.wav", "b.flac"], batch_size=8):
         print(result.parsed.text)
+    for t in pipe.transcribe_segments(["talk.wav"]):     # subtitles, as the server's srt
+        Path("talk.srt").write_text(format_srt(transcript_cues(t.segments)))
+
+A pipeline decodes with the checkpoint's generation_config.json (as transformers does) unless
+a call passes ``options`` (a `GenerationOptions` or a dict of its fields) or keyword fields.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from lalm.assets import DEFAULT_MODEL, default_model_dir
 from lalm.errors import CheckpointError
 from lalm.generation import GenerationOptions, GenerationResult, Pipeline
-from lalm.prompt import AudioSource
+from lalm.generation.pipeline import LongForm, check_transcription_options
+from lalm.longform import DEFAULT_OVERLAP_S
+from lalm.prompt import AudioSource, Family
 
 
 def load_model(path: str | Path, dtype: str | torch.dtype = "fp32",
@@ -31,20 +42,52 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "fp32",
         dtype: "fp32" | "bf16" | "fp16" (on a CPU without bf16 units, falls back to fp32).
         device: where the model runs.
 
+    Returns:
+        The pipeline; its default decoding options come from the checkpoint's
+        generation_config.json as transformers reads it (`Pipeline.from_pretrained`).
+
     Raises:
         CheckpointError, TokenizerError: naming the directory and the problem (for "default":
             that the default model is not made yet).
     """
-    if str(path) == DEFAULT_MODEL:
-        path = default_model_dir()
-        if not (path / "config.json").is_file():
-            raise CheckpointError(f"lalm's default model is not in {path} yet: run `lalm demo` "
-                                  f"once to make it (about 10 minutes on 2 CPU cores)")
-    return Pipeline.from_pretrained(path, dtype=dtype, device=device)
+    return Pipeline.from_pretrained(_resolve(path), dtype=dtype, device=device)
+
+
+def _resolve(path: str | Path) -> Path:
+    if str(path) != DEFAULT_MODEL:
+        return Path(path)
+    path = default_model_dir()
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"lalm's default model is not in {path} yet: run `lalm demo` "
+                              f"once to make it (about 10 minutes on 2 CPU cores)")
+    return path
+
+
+def check_transcription(path: str | Path, *, timestamps: bool = False,
+                        long_form: LongForm = "vad", overlap_s: float = DEFAULT_OVERLAP_S) -> None:
+    """Check transcription options against a checkpoint from its config.json alone, before
+    the weights load (`lalm.generation.pipeline.check_transcription_options`).
+
+    Raises:
+        CheckpointError: no readable config.json.
+        PromptError: ``timestamps`` on a checkpoint without timestamp tags (Qwen2-Audio).
+        AudioError: a bad ``long_form`` / ``overlap_s``.
+    """
+    from lalm.checkpoint import load_config
+
+    config, _ = load_config(_resolve(path))
+    family = Family.QWEN_AUDIO if config.projector.audio_bos_eos else Family.QWEN2_AUDIO
+    check_transcription_options(family, timestamps, long_form, overlap_s)
 
 
 def transcribe(path: str | Path, audios: Sequence[AudioSource], language: str = "en",
-               options: GenerationOptions | None = None, batch_size: int = 8,
-               dtype: str | torch.dtype = "fp32") -> list[GenerationResult]:
-    """Load a checkpoint and transcribe clips with it (see `Pipeline.transcribe`)."""
-    return load_model(path, dtype).transcribe(audios, language, options, batch_size)
+               options: GenerationOptions | dict[str, Any] | None = None, batch_size: int = 8,
+               dtype: str | torch.dtype = "fp32", *, timestamps: bool = False,
+               long_form: LongForm = "vad", overlap_s: float = DEFAULT_OVERLAP_S,
+               **fields: Any) -> list[GenerationResult]:
+    """Load a checkpoint and transcribe clips with it (see `Pipeline.transcribe`); the options
+    are checked (`check_transcription`) before the weights load."""
+    check_transcription(path, timestamps=timestamps, long_form=long_form, overlap_s=overlap_s)
+    return load_model(path, dtype).transcribe(audios, language, options, batch_size,
+                                              timestamps=timestamps, long_form=long_form,
+                                              overlap_s=overlap_s, **fields)

@@ -1,5 +1,6 @@
-"""Audio front end: decoding to 16 kHz mono, Whisper-style log-mel over the real length, batching,
-SpecAugment. Pure functions over numpy arrays and torch tensors; nothing here imports the model.
+"""Audio front end: decoding to 16 kHz mono (`load_audio`, `stream_audio`, from
+`lalm.audio_decode`), Whisper-style log-mel over the real length, batching, SpecAugment. Pure
+functions over numpy arrays and torch tensors; nothing here imports the model.
 
 The log-mel is the one both checkpoint families were trained on (Whisper's): a centred STFT with a
 periodic Hann window of 400 samples and a hop of 160, the last frame dropped, power, a slaney mel
@@ -11,24 +12,26 @@ the same values on them (see `log_mel_spectrogram`).
 from __future__ import annotations
 
 import functools
-import io
-import os
-import shutil
-import struct
-import subprocess
 import warnings
-from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 import numpy as np
-import soundfile as sf
-import soxr
 import torch
 from torch import Tensor
 
-from lalm.errors import AudioError, AudioTooLongError
+from lalm.audio_decode import (
+    MAX_CHANNELS,
+    MAX_SOURCE_RATE,
+    MIN_SOURCE_RATE,
+    SAMPLE_RATE,
+    AudioSource,
+    Seconds,
+    load_audio,
+    stream_audio,
+)
+from lalm.errors import AudioError
 
-SAMPLE_RATE = 16000  # Hz, the rate every model input has
+# SAMPLE_RATE (16 kHz, the rate every model input has) is defined with the decoder.
 N_FFT = 400  # samples per STFT window: 25 ms
 HOP_LENGTH = 160  # samples between frames: 10 ms, so 100 mel frames per second
 N_FREQ = N_FFT // 2 + 1  # 201 one-sided frequency bins
@@ -36,237 +39,22 @@ CHUNK_LENGTH = 30  # seconds in the references' padded window
 N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in the padded window
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in the padded window
 LOOKAHEAD_FRAMES = 2  # frames after a clip's real length that the Whisper conv stem reads
-MAX_SOURCE_RATE = 384_000  # Hz; a source rate above this (or <= 0) is rejected as absurd
 LOG_FLOOR_RANGE = 8.0  # log10 units kept below each clip's maximum
 
-Seconds = float
 # How a clip of N samples counts its real mel frames L. "floor": N // 160 (Qwen-Audio v1's
 # reference, and Whisper's). "ceil": ceil(N / 160) (transformers' WhisperFeatureExtractor /
 # Qwen2AudioProcessor, whose attention mask samples every 160th sample): when N % 160 != 0 the
 # frame N // 160 of the padded reference, which holds the clip's last samples, counts too.
 RealLength = Literal["floor", "ceil"]
-AudioSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | np.ndarray | Tensor
 
-_READ_BLOCK = 1 << 18  # frames per block when decoding, so a lying header never sizes a buffer
-_FFMPEG_TIMEOUT: Seconds = 600.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------
-
-
-def load_audio(
-    source: AudioSource, sr: int | None = None, *, max_seconds: Seconds | None = None
-) -> np.ndarray:
-    """Decode any common audio source to 16 kHz mono float32.
-
-    Files (WAV, FLAC, OGG, MP3 and the other formats libsndfile reads) are decoded with soundfile;
-    when soundfile cannot open one and an ``ffmpeg`` executable is on PATH, ffmpeg decodes it
-    (16 kHz mono s16le, as the Qwen-Audio reference does). Integer PCM is scaled by its full range
-    (16-bit: ``x / 32768``, as ffmpeg's s16le output divided by 32768); channels are averaged;
-    other rates are resampled with soxr (high quality).
-
-    Args:
-        source: a path, the bytes of a file, a binary file-like object, or samples as a numpy
-            array or torch tensor: [N] mono or [N, C] / [C, N] (the shorter axis is channels),
-            float in [-1, 1] or integer PCM.
-        sr: sample rate of an array source in Hz (default 16000). Files carry their own rate, so
-            passing it with a file is an error.
-        max_seconds: refuse (`AudioTooLongError`, an AudioError) sources longer than this; the
-            decoder stops reading as soon as the limit is passed. Nothing is ever truncated
-            silently.
-
-    Returns:
-        float32 [N] samples at 16 kHz.
-
-    Raises:
-        AudioError: naming the source (path, ``<bytes>``, ``<file>`` or ``<array>``) and the
-            problem: missing file, directory, empty file, not audio, truncated file, no samples,
-            NaN/Inf samples, absurd rate, longer than ``max_seconds``.
-    """
-    name = _describe(source)
-    if max_seconds is not None and not max_seconds > 0:
-        raise AudioError(f"{name}: max_seconds must be > 0, got {max_seconds!r}")
-    if isinstance(source, (np.ndarray, Tensor)):
-        rate = SAMPLE_RATE if sr is None else sr
-        _check_rate(rate, name)
-        samples = _array_samples(source, name)
-        _check_duration(samples.shape[0], rate, max_seconds, name)
-    else:
-        if sr is not None:
-            raise AudioError(f"{name}: sr is only for array sources; a file carries its own rate")
-        if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)) and not \
-                callable(getattr(source, "read", None)):
-            raise AudioError(f"{name}: not an audio source ({type(source).__name__}); give a "
-                             f"path, bytes, a binary file object or an array")
-        samples, rate = _decode(source, name, max_seconds)
-    if samples.shape[0] == 0:
-        raise AudioError(f"{name}: no audio samples")
-    if not np.isfinite(samples).all():
-        raise AudioError(f"{name}: contains NaN or Inf samples")
-    mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
-    if rate != SAMPLE_RATE:
-        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
-        if mono.shape[0] == 0:
-            raise AudioError(f"{name}: {samples.shape[0]} samples at {rate} Hz are too short to "
-                             f"give one sample at {SAMPLE_RATE} Hz")
-    return np.ascontiguousarray(mono, dtype=np.float32)
-
-
-def _describe(source: object) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return "<bytes>"
-    if isinstance(source, (np.ndarray, Tensor)):
-        return "<array>"
-    return str(getattr(source, "name", "<file>"))
-
-
-def _check_rate(rate: object, name: str) -> None:
-    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)):
-        raise AudioError(f"{name}: sample rate must be an integer, got {rate!r}")
-    if not 0 < rate <= MAX_SOURCE_RATE:
-        raise AudioError(f"{name}: absurd sample rate {rate} Hz (allowed 1..{MAX_SOURCE_RATE})")
-
-
-def _check_duration(n_frames: int, rate: int, max_seconds: Seconds | None, name: str) -> None:
-    if max_seconds is not None and n_frames > max_seconds * rate:
-        raise AudioTooLongError(f"{name}: longer than max_seconds={max_seconds:g} "
-                                f"(at least {n_frames / rate:.1f} s)")
-
-
-def _array_samples(array: np.ndarray | Tensor, name: str) -> np.ndarray:
-    """float32 [N, C] samples of an array source, integer PCM scaled by its full range."""
-    if isinstance(array, Tensor):
-        array = array.detach().cpu().numpy()
-    if array.ndim == 1:
-        array = array[:, None]
-    elif array.ndim == 2:
-        array = array if array.shape[0] >= array.shape[1] else array.T
-    else:
-        raise AudioError(f"{name}: expected [N] or [N, C] samples, got shape {array.shape}")
-    if array.dtype.kind == "f":
-        return array.astype(np.float32, copy=False)
-    if array.dtype.kind == "i":
-        return (array / float(1 << (8 * array.itemsize - 1))).astype(np.float32)
-    if array.dtype.kind == "u":  # unsigned PCM (8-bit WAV): centred on half range
-        half = float(1 << (8 * array.itemsize - 1))
-        return ((array - half) / half).astype(np.float32)
-    raise AudioError(f"{name}: samples must be float or integer PCM, got dtype {array.dtype}")
-
-
-def _decode(
-    source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO,
-    name: str,
-    max_seconds: Seconds | None,
-) -> tuple[np.ndarray, int]:
-    """Decode a file source to (float32 [N, C] samples, rate)."""
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if path.is_dir():
-            raise AudioError(f"{name}: is a directory, not an audio file")
-        if path.exists() and not path.is_file():  # a device or pipe could be endless
-            raise AudioError(f"{name}: not a regular file")
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise AudioError(f"{name}: no such file") from None
-        except OSError as e:
-            raise AudioError(f"{name}: cannot read ({e.strerror or e})") from None
-    elif isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-    else:
-        data = source.read()
-        if not isinstance(data, bytes):
-            raise AudioError(f"{name}: file object must be opened in binary mode")
-    if not data:
-        raise AudioError(f"{name}: empty file (0 bytes)")
-    _check_riff_length(data, name)
-    try:
-        sound = sf.SoundFile(io.BytesIO(data))
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        reason = _reason(e)
-        if shutil.which("ffmpeg"):
-            return _decode_ffmpeg(data, name, max_seconds, reason), SAMPLE_RATE
-        raise AudioError(f"{name}: not a decodable audio file ({reason}; "
-                         "ffmpeg is not on PATH to try other formats)") from None
-    with sound:
-        _check_rate(sound.samplerate, name)
-        return _read_blocks(sound, name, max_seconds), sound.samplerate
-
-
-def _reason(error: Exception) -> str:
-    """libsndfile's own words for a decoding failure."""
-    return (getattr(error, "error_string", None) or str(error)).strip().rstrip(".")
-
-
-def _read_blocks(sound: sf.SoundFile, name: str, max_seconds: Seconds | None) -> np.ndarray:
-    """Read float32 [N, C] in blocks until the end (or past ``max_seconds``)."""
-    blocks, n = [], 0
-    block = max(1, _READ_BLOCK // max(1, sound.channels))
-    try:
-        while True:
-            chunk = sound.read(block, dtype="float32", always_2d=True)
-            if chunk.shape[0] == 0:
-                break
-            blocks.append(chunk)
-            n += chunk.shape[0]
-            _check_duration(n, sound.samplerate, max_seconds, name)
-    except AudioError:  # too long: an AudioError is a ValueError, but not a decoding failure
-        raise
-    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-        raise AudioError(f"{name}: corrupt or truncated audio data ({_reason(e)})") from None
-    if 0 < n < sound.frames:
-        raise AudioError(f"{name}: truncated: the header declares {sound.frames} frames, "
-                         f"the data holds {n}")
-    if not blocks:
-        return np.zeros((0, sound.channels), dtype=np.float32)
-    return np.concatenate(blocks)
-
-
-def _check_riff_length(data: bytes, name: str) -> None:
-    """Refuse a RIFF/WAVE file whose 'data' chunk declares more bytes than the file holds.
-
-    libsndfile silently clamps such a chunk to the bytes present, which hides a truncated
-    download or a header claiming hours of audio. The sizes 0 and 0xFFFFFFFF mean "unknown
-    length" (streamed WAV, RF64) and are accepted.
-    """
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        return
-    pos = 12
-    while pos + 8 <= len(data):
-        chunk_id, size = data[pos:pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
-        if chunk_id == b"data":
-            held = len(data) - pos - 8
-            if size not in (0, 0xFFFFFFFF) and size > held:
-                raise AudioError(f"{name}: truncated WAV: the header declares {size} bytes of "
-                                 f"audio, the file holds {held}")
-            return
-        pos += 8 + size + (size & 1)
-
-
-def _decode_ffmpeg(data: bytes, name: str, max_seconds: Seconds | None, why: str) -> np.ndarray:
-    """Decode with the ffmpeg CLI to float32 [N, 1] at 16 kHz (s16le / 32768)."""
-    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-i", "pipe:0"]
-    if max_seconds is not None:  # one sample past the limit is enough to refuse the file
-        cmd += ["-t", f"{max_seconds + 2 / SAMPLE_RATE:.6f}"]
-    cmd += ["-vn", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "pipe:1"]
-    try:
-        proc = subprocess.run(cmd, input=data, capture_output=True, timeout=_FFMPEG_TIMEOUT,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise AudioError(f"{name}: not decodable by soundfile ({why}) and ffmpeg failed ({e})"
-                         ) from None
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise AudioError(f"{name}: not a decodable audio file (soundfile: {why}; ffmpeg: "
-                         f"{err[-1] if err else 'exit code ' + str(proc.returncode)})")
-    pcm = np.frombuffer(proc.stdout[: len(proc.stdout) // 2 * 2], dtype="<i2")
-    _check_duration(pcm.shape[0], SAMPLE_RATE, max_seconds, name)
-    return (pcm.astype(np.float32) / 32768.0)[:, None]
+__all__ = [  # decoding lives in lalm.audio_decode; the front end is imported from here
+    "MAX_CHANNELS", "MAX_SOURCE_RATE", "MIN_SOURCE_RATE", "SAMPLE_RATE", "AudioSource",
+    "Seconds", "load_audio", "stream_audio",
+    "CHUNK_LENGTH", "HOP_LENGTH", "LOG_FLOOR_RANGE", "LOOKAHEAD_FRAMES", "N_FFT", "N_FRAMES",
+    "N_FREQ",
+    "N_SAMPLES", "RealLength", "audio_token_count", "batch_log_mel", "log_mel_padded",
+    "log_mel_spectrogram", "mel_filters", "mel_length", "spec_augment",
+]
 
 
 # ---------------------------------------------------------------------------------------------

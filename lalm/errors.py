@@ -47,3 +47,13 @@ class GenerationError(LalmError, ValueError):
 class ConfigError(LalmError, ValueError):
     """A run configuration (YAML file or ``key=value`` override) that is missing, malformed or
     inconsistent; the message names the file and the field."""
+
+
+class ComparisonError(LalmError, ValueError):
+    """Evaluation runs that cannot be compared side by side: a folder without a report, or
+    runs of one task on other data or with other scorers (procedures, package versions, mode)."""
+
+
+class TrainingError(LalmError, RuntimeError):
+    """A training run that cannot go on: a non-finite loss, gradient or weight; the message
+    names the step and what to change."""

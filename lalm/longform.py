@@ -42,7 +42,7 @@ import difflib
 import itertools
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +66,7 @@ TOKENS_PER_SECOND = SAMPLE_RATE // TOKEN_SAMPLES  # 25: 750 per 30-s window, 150
 MAX_WINDOW_S: Seconds = float(CHUNK_LENGTH)  # the encoder's 30 s (and SRWT's last timestamp)
 DEFAULT_MAX_CHAT_S: Seconds = 300.0  # 7500 audio tokens: fits the 7B models' 8192 positions
 DEFAULT_OVERLAP_S: Seconds = 5.0  # transcription overlap where windows cannot meet in a pause
+DEFAULT_MAX_TRANSCRIBE_S: Seconds = 4 * 3600.0  # longest recording long-form transcription takes
 
 Region = tuple[int, int]  # [start, end) in samples
 
@@ -232,8 +233,90 @@ def _frame_power(audio: np.ndarray | Tensor) -> np.ndarray:
     return np.square(frames).mean(axis=1)
 
 
+@dataclass(frozen=True)
+class Loudness:
+    """What window planning needs of a recording, without its samples: 8 bytes per 10 ms.
+
+    `speech_regions` and `plan_windows` take it in place of the samples (and give the same
+    result), so a recording decoded block by block (`measure_loudness`) is planned without
+    ever being held whole.
+
+    Attributes:
+        n_samples: length of the recording in 16 kHz samples (> 0).
+        power: float64 [ceil(n_samples / 160)], mean square of each 10-ms frame (the last one
+            zero-padded).
+    """
+
+    n_samples: int
+    power: np.ndarray
+
+
+def measure_loudness(blocks: Iterable[np.ndarray]) -> Loudness:
+    """The `Loudness` of a recording given as consecutive float [n] blocks at 16 kHz (the
+    blocks of `lalm.audio.stream_audio`); holds one block and a frame's remainder at a time.
+
+    Raises:
+        AudioError: no samples.
+    """
+    powers, rest, n = [], np.zeros(0, dtype=np.float64), 0
+    for block in blocks:
+        x = np.concatenate([rest, np.asarray(block, dtype=np.float64)])
+        whole = x.shape[0] // HOP_LENGTH * HOP_LENGTH
+        powers.append(_frame_power(x[:whole]))
+        rest, n = x[whole:], n + block.shape[0]
+    if n == 0:
+        raise AudioError("audio: no audio samples")
+    if rest.shape[0]:
+        powers.append(_frame_power(rest))
+    return Loudness(n, np.concatenate(powers))
+
+
+def _measure(audio: np.ndarray | Tensor | Loudness) -> Loudness:
+    if isinstance(audio, Loudness):
+        return audio
+    n = _samples(audio)
+    return Loudness(n, _frame_power(audio))
+
+
+def window_clips(blocks: Iterable[np.ndarray], windows: Sequence[Window]) -> Iterator[np.ndarray]:
+    """The samples of each window, in order, cut from a recording given as consecutive blocks.
+
+    Holds at most one window plus one block: samples before the next window's start are
+    dropped as soon as they are passed. A window inside one block is a view of it.
+
+    Args:
+        blocks: float [n] blocks at 16 kHz, in order (`lalm.audio.stream_audio`).
+        windows: windows with increasing starts and ends (`plan_windows`).
+
+    Yields:
+        float [end - start] per window.
+
+    Raises:
+        AudioError: the blocks end before a window does.
+    """
+    held: list[np.ndarray] = []
+    offset, end = 0, 0  # recording positions of the first held sample and past the last one
+    blocks = iter(blocks)
+    for w in windows:
+        while True:
+            while held and offset + held[0].shape[0] <= w.start:  # wholly before the window
+                offset += held.pop(0).shape[0]
+            if end >= w.end:
+                break
+            block = next(blocks, None)
+            if block is None:
+                raise AudioError(f"audio: ends before window [{w.start}, {w.end})")
+            held.append(block)
+            end += block.shape[0]
+        lo = w.start - offset
+        if held[0].shape[0] >= w.end - offset:
+            yield held[0][lo:w.end - offset]
+        else:
+            yield np.concatenate(held)[lo:w.end - offset]
+
+
 def speech_regions(
-    audio: np.ndarray | Tensor,
+    audio: np.ndarray | Tensor | Loudness,
     *,
     min_silence_s: Seconds = 0.3,
     dynamic_range_db: float = 40.0,
@@ -247,7 +330,7 @@ def speech_regions(
     two returned regions is a pause at least that long.
 
     Args:
-        audio: float [N] samples at 16 kHz.
+        audio: float [N] samples at 16 kHz, or their `Loudness`.
         min_silence_s: shortest pause that separates two regions.
         dynamic_range_db: how far below the loudest frame speech may be.
         noise_margin_db: how far above the noise floor speech must be.
@@ -256,8 +339,9 @@ def speech_regions(
         Speech regions [start, end) in samples, in order, on the 160-sample grid (the last end
         clipped to N); empty for silence.
     """
-    n = _samples(audio)
-    level = 10.0 * np.log10(_frame_power(audio) + 1e-12)  # dB per frame
+    loudness = _measure(audio)
+    n = loudness.n_samples
+    level = 10.0 * np.log10(loudness.power + 1e-12)  # dB per frame
     threshold = max(level.max() - dynamic_range_db, np.percentile(level, 10) + noise_margin_db)
     loud = np.flatnonzero(level > threshold)
     if loud.size == 0:
@@ -280,7 +364,7 @@ def _quietest(smooth: np.ndarray, lo: int, hi: int) -> int:
 
 
 def plan_windows(
-    audio: np.ndarray | Tensor,
+    audio: np.ndarray | Tensor | Loudness,
     *,
     window_s: Seconds = MAX_WINDOW_S,
     overlap_s: Seconds = DEFAULT_OVERLAP_S,
@@ -297,7 +381,7 @@ def plan_windows(
     speech is skipped.
 
     Args:
-        audio: float [N] samples at 16 kHz.
+        audio: float [N] samples at 16 kHz, or their `Loudness`.
         window_s: longest window, at most 30 s.
         overlap_s: overlap of neighbours that cannot meet in a pause, at most window_s / 2.
         speech: speech regions [start, end) in samples (any order; overlaps are merged);
@@ -310,7 +394,8 @@ def plan_windows(
     Raises:
         AudioError: not 1-D float samples, or window_s / overlap_s out of range.
     """
-    n = _samples(audio)
+    loudness = _measure(audio)
+    n = loudness.n_samples
     window = _grid(window_s, HOP_LENGTH, "window_s", HOP_LENGTH, MAX_WINDOW_S)
     overlap = _grid(overlap_s, HOP_LENGTH, "overlap_s", 0, window_s / 2)
     if speech is None:
@@ -329,7 +414,7 @@ def plan_windows(
     if not regions:
         return []
     pad = round(0.2 * SAMPLE_RATE) // HOP_LENGTH * HOP_LENGTH
-    smooth = np.convolve(_frame_power(audio), np.ones(10) / 10, mode="same")
+    smooth = np.convolve(loudness.power, np.ones(10) / 10, mode="same")
     # per pause between regions: (its start, the quietest point in it, its end)
     pauses = [(a, _quietest(smooth, a, b), b) for (_, a), (b, _) in itertools.pairwise(regions)]
     finish = min(n, regions[-1][1] + pad)

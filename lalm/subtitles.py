@@ -6,6 +6,9 @@ the stitched words of a long-form transcription):
     cues = group_cues(result.parsed.words)
     Path("talk.srt").write_text(format_srt(cues))
 
+or from a transcript's segments (`lalm.generation.Pipeline.transcribe_segments`), as the CLI and
+the API make subtitles: ``format_srt(transcript_cues(transcript.segments))``.
+
 A cue collects consecutive words until the next one would make it longer than ``max_chars``
 characters or ``max_duration_s`` seconds, or follows a pause of at least ``max_gap_s``
 (subtitle conventions: about 42 characters per line, a few seconds per cue). Times are written
@@ -17,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from lalm.errors import PromptError
 from lalm.prompt import TimedWord
@@ -31,6 +35,44 @@ class Cue:
     start: Seconds
     end: Seconds
     text: str
+
+
+class Segment(Protocol):
+    """A stretch of a recording with its text (`lalm.generation.TranscriptSegment`)."""
+
+    start: Seconds
+    end: Seconds
+    text: str
+    words: Sequence[TimedWord]
+
+
+def transcript_cues(segments: Sequence[Segment], spaceless: bool = False,
+                    by_words: bool = False) -> list[Cue]:
+    """The cues of a transcript, segment by segment.
+
+    Each segment's text is one cue over the segment, as the server's srt / vtt give them;
+    with ``by_words``, a segment with word times (v1 SRWT) gives its words grouped into cues
+    instead (`group_cues`), and one without (v1 output whose times did not parse) still its
+    text. A segment without text gives none.
+
+    Args:
+        segments: the transcript's segments in order (the whole clip, or one per window).
+        spaceless: join words without spaces (Chinese, Japanese).
+        by_words: cues of words where the segment has word times.
+
+    Returns:
+        The cues in order.
+
+    Raises:
+        PromptError: a word with a negative, non-finite or reversed time span.
+    """
+    cues: list[Cue] = []
+    for segment in segments:
+        if by_words and segment.words:
+            cues += group_cues(segment.words, spaceless=spaceless)
+        elif segment.text.strip():
+            cues.append(Cue(segment.start, segment.end, segment.text.strip()))
+    return cues
 
 
 def _check(word: TimedWord) -> None:

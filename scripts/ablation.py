@@ -5,7 +5,7 @@ beat multitask training with plain prompts, and single-task training, on the sam
 
 Every arm is lalm's default model (`lalm.demo`: the real Whisper tiny.en encoder, frozen, and
 a fresh 4 x 192 Qwen2 decoder, Qwen2-Audio layout, the BPE tokenizer, whose specials include
-Qwen-Audio's tags) trained by the default recipe (``configs/train/default_model.yaml``) from the
+Qwen-Audio's tags) trained by the default recipe (the ``default_model`` stage config) from the
 same initial weights, with the same optimizer, batch budget and number of steps; only the data
 differs:
 
@@ -52,8 +52,10 @@ from lalm.data.manifest import (
     read_manifest,
     write_manifest,
 )
-from lalm.demo import DefaultModelSpec, Prepared, prepare, recipe_config, torch_threads
+from lalm.demo import DefaultModelSpec, Prepared, prepare, recipe_config
+from lalm.eval.report import write_strict_json
 from lalm.synth.render import v1_task_spec
+from lalm.training.distributed import torch_threads
 
 SPLITS = ("train", "valid", "test")
 
@@ -128,7 +130,7 @@ def run_arm(spec: DefaultModelSpec, prepared: Prepared, manifests: Path,
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     summary["training"] = {"steps": result.step, "train_s": train_s,
                            "last_loss": result.losses[-1], "validation": result.validation}
-    atomic_write(summary_path, (json.dumps(summary, indent=1) + "\n").encode("utf-8"))
+    write_strict_json(summary_path, summary)
     return summary["scores"]["tasks"]
 
 
@@ -224,9 +226,8 @@ def main(argv: list[str] | None = None) -> int:
 
     text = table(scores)
     atomic_write(args.out / "ablation.md", text.encode("utf-8"))
-    atomic_write(args.out / "ablation.json", (json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "scores": scores},
-        indent=1) + "\n").encode("utf-8"))
+    write_strict_json(args.out / "ablation.json",
+                      {"args": {k: str(v) for k, v in vars(args).items()}, "scores": scores})
     print(text, end="")
     return 0
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -64,3 +67,20 @@ def seed():
 
     torch.manual_seed(0)
     return 0
+
+
+@contextmanager
+def loopback_server(handler: type) -> Iterator[str]:
+    """A stdlib HTTP server with ``handler`` on a free 127.0.0.1 port; yields its ``/v1`` root
+    (tests use it as a stand-in for an OpenAI-compatible judge or embedding model)."""
+    from http.server import HTTPServer
+
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

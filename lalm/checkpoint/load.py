@@ -11,7 +11,6 @@ and cast once to the requested dtype.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor
 
 from lalm.checkpoint.formats import CheckpointFormat, detect_format
+from lalm.checkpoint.hf_json import read_json
 from lalm.checkpoint.safetensors_io import read_checkpoint_dir
 from lalm.config import ModelConfig, resolve_dtype
 from lalm.errors import CheckpointError
@@ -31,17 +31,15 @@ def read_hf_config(directory: str | Path) -> dict[str, Any]:
     """The parsed config.json of a checkpoint directory.
 
     Raises:
-        CheckpointError: the directory or its config.json is missing or not a JSON object.
+        CheckpointError: the directory or its config.json is missing, not UTF-8 JSON, nested
+            too deeply, or not a JSON object.
     """
     path = Path(directory) / CONFIG_FILE
     if not Path(directory).is_dir():
         raise CheckpointError(f"checkpoint directory not found: {directory}")
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: a checkpoint directory needs its config")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+    data = read_json(path)
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
     return data
@@ -56,7 +54,8 @@ def load_config(directory: str | Path) -> tuple[ModelConfig, CheckpointFormat]:
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, Tensor], source: str) -> None:
-    """Raise CheckpointError listing missing, unexpected and wrongly shaped tensors."""
+    """Raise CheckpointError listing missing, unexpected and wrongly shaped tensors, and
+    integer (or boolean) tensors where the model has a floating-point weight."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
@@ -65,10 +64,17 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, Tensor], source: s
         for name in sorted(set(expected) & set(state))
         if state[name].shape != expected[name].shape
     ]
+    # a cast to the model dtype would turn integer data into weights without a word
+    not_float = [
+        f"{name}: file {state[name].dtype} vs model {expected[name].dtype}"
+        for name in sorted(set(expected) & set(state))
+        if expected[name].is_floating_point() and not state[name].is_floating_point()
+    ]
     problems = [
         f"{label} ({len(items)}): {items[:10]}"
         for label, items in (
-            ("missing", missing), ("unexpected", extra), ("shape mismatch", mismatched)
+            ("missing", missing), ("unexpected", extra), ("shape mismatch", mismatched),
+            ("not floating point", not_float),
         )
         if items
     ]

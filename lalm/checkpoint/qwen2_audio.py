@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
+from lalm.checkpoint.hf_json import Kind, check_kinds, section
 from lalm.checkpoint.keymap import KeyMap
 from lalm.config import DecoderConfig, EncoderConfig, ModelConfig, ProjectorConfig
 from lalm.errors import CheckpointError
@@ -126,6 +127,19 @@ _AUDIO_DEFAULTS: dict[str, Any] = {
 }
 
 
+# What kind of JSON value each translated field must hold (`hf_json.check_kinds`).
+_TEXT_KINDS: dict[str, Kind] = {
+    "vocab_size": int, "hidden_size": int, "intermediate_size": int, "num_hidden_layers": int,
+    "num_attention_heads": int, "num_key_value_heads": int, "hidden_act": str,
+    "max_position_embeddings": int, "rms_norm_eps": float, "rope_theta": float,
+}
+_AUDIO_KINDS: dict[str, Kind] = {
+    "num_mel_bins": int, "encoder_layers": int, "encoder_attention_heads": int,
+    "encoder_ffn_dim": int, "d_model": int, "max_source_positions": int,
+    "activation_function": str,
+}
+
+
 def is_qwen2_audio(hf_config: dict[str, Any]) -> bool:
     """Whether a config.json describes a Qwen2-Audio checkpoint."""
     return hf_config.get("model_type") == MODEL_TYPE
@@ -142,9 +156,14 @@ def config_from_hf(hf_config: dict[str, Any], source: str = "config.json") -> Mo
         raise CheckpointError(
             f"{source}: model_type {hf_config.get('model_type')!r} is not {MODEL_TYPE!r}"
         )
-    text = {**_TEXT_DEFAULTS, **(hf_config.get("text_config") or {})}
-    audio = {**_AUDIO_DEFAULTS, **(hf_config.get("audio_config") or {})}
-    rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
+    text = {**_TEXT_DEFAULTS, **section(hf_config, "text_config", source)}
+    audio = {**_AUDIO_DEFAULTS, **section(hf_config, "audio_config", source)}
+    check_kinds(text, _TEXT_KINDS, "text_config.", source)
+    check_kinds(audio, _AUDIO_KINDS, "audio_config.", source)
+    rope = section(text, "rope_parameters", source, "text_config.") or section(
+        text, "rope_scaling", source, "text_config.")
+    check_kinds(rope, {"rope_type": str, "type": str, "rope_theta": float},
+                "text_config rope parameters: ", source)
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     unsupported = {
         "text_config.tie_word_embeddings": text["tie_word_embeddings"] is not False,
@@ -176,7 +195,7 @@ def config_from_hf(hf_config: dict[str, Any], source: str = "config.json") -> Mo
                 max_seq_len=text["max_position_embeddings"],
             ),
         )
-    except ValueError as err:
+    except (TypeError, ValueError) as err:
         raise CheckpointError(f"{source}: {err}") from err
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lalm.checkpoint.hf_json import Kind, check_kinds
 from lalm.checkpoint.keymap import KeyMap
 from lalm.config import DecoderConfig, EncoderConfig, ModelConfig, ProjectorConfig
 from lalm.errors import CheckpointError
@@ -170,6 +171,17 @@ _DEFAULTS: dict[str, Any] = {
 }
 _AUDIO_KEYS = ("n_mels", "n_ctx", "n_state", "n_head", "n_layer", "output_dim", "avg_pool",
                "add_audio_bos_eos_token", "audio_start_id")
+# What kind of JSON value each translated field must hold (`hf_json.check_kinds`).
+_KINDS: dict[str, Kind] = {
+    "vocab_size": int, "hidden_size": int, "num_hidden_layers": int, "num_attention_heads": int,
+    "layer_norm_epsilon": float, "max_position_embeddings": int, "kv_channels": int,
+    "rotary_pct": float, "rotary_emb_base": float, "use_dynamic_ntk": bool,
+    "use_logn_attn": bool, "intermediate_size": int, "seq_length": int,
+}
+_AUDIO_KINDS: dict[str, Kind] = {
+    "n_mels": int, "n_ctx": int, "n_state": int, "n_head": int, "n_layer": int,
+    "output_dim": int, "audio_start_id": int,
+}
 WHISPER_NORM_EPS = 1e-5  # the audio LayerNorms use PyTorch's default; config.json omits it
 
 
@@ -201,6 +213,8 @@ def config_from_hf(hf_config: dict[str, Any], source: str = "config.json") -> Mo
     if missing:
         raise CheckpointError(f"{source}: missing fields {missing}")
     cfg = {**_DEFAULTS, **hf_config}
+    check_kinds(cfg, _KINDS, "", source)
+    check_kinds(audio, _AUDIO_KINDS, "audio.", source)
     hidden, n_head = cfg["hidden_size"], cfg["num_attention_heads"]
     unsupported = {
         "rotary_pct != 1.0": cfg["rotary_pct"] != 1.0,

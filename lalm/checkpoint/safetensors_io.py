@@ -13,16 +13,18 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
+import secrets
+import stat
 import zipfile
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from lalm.checkpoint.hf_json import read_json
 from lalm.errors import CheckpointError
 
 SINGLE_FILE = "model.safetensors"
@@ -93,13 +95,15 @@ def _read_shards(
     directory: Path, index_name: str, read: Callable[[Path], dict[str, Tensor]]
 ) -> dict[str, Tensor]:
     index_path = directory / index_name
-    try:
-        weight_map: dict[str, str] = json.loads(index_path.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{index_path} is not a valid shard index: {err}") from err
+    index = read_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise CheckpointError(f"{index_path} is not a valid shard index: it needs a non-empty "
+                              '"weight_map" object of tensor name -> shard file name')
     tensors: dict[str, Tensor] = {}
     for shard in sorted(set(weight_map.values())):
-        found = read(directory / shard)
+        found = read(_shard_path(directory, shard, index_path))
         expected = {key for key, name in weight_map.items() if name == shard}
         if set(found) != expected:
             missing, extra = sorted(expected - set(found)), sorted(set(found) - expected)
@@ -111,12 +115,35 @@ def _read_shards(
     return tensors
 
 
+def _shard_path(directory: Path, shard: str, index_path: Path) -> Path:
+    """``directory / shard`` for a shard name of an index, which must name a file inside the
+    checkpoint folder: a relative path without ``..`` (an index that reaches out, say to
+    ``../../x.safetensors``, is refused). Symlinks inside the folder are followed wherever
+    they point: the folder's owner made them, and the Hugging Face cache lays out every
+    snapshot as links to ``../../blobs``.
+
+    Raises:
+        CheckpointError: an empty or absolute name, or one with ``..``, a backslash or NUL.
+    """
+    name = PurePosixPath(shard)
+    if not shard or "\0" in shard or "\\" in shard or name.is_absolute() or ".." in name.parts:
+        raise CheckpointError(f"{index_path}: shard name {shard!r} is not a file inside the "
+                              f"checkpoint folder {directory}")
+    return directory / shard
+
+
 def write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` on a temporary file next to `path`, then rename it to `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """Call `write(tmp_path)` on a temporary file next to `path`, then rename it to `path`.
+
+    The file gets mode 0666 less the umask, as `open` creates files (`tempfile.mkstemp` and
+    safetensors' `save_file` would make it private, 0600).
+    """
+    tmp = str(path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp"))
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = stat.S_IMODE(os.stat(tmp).st_mode)  # 0666 & ~umask, read without changing the umask
     try:
         write(tmp)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -5,11 +5,22 @@ safetensors) that `Qwen2AudioForConditionalGeneration.from_pretrained(dir)` read
 Qwen-Audio (v1) directory in the layout of the published QWen code. Every file is written to a
 temporary name and renamed; weights go first and config.json last, so a directory with a
 config always has complete weights.
+
+A Qwen2-Audio directory also gets what transformers needs around the weights:
+``preprocessor_config.json`` (the `WhisperFeatureExtractor` of the model's mel bins, so
+``AutoProcessor`` loads) and, given the tokenizer, the special ids (``bos_token_id`` /
+``eos_token_id`` in the text config, ``generation_config.json`` with eos ``<|endoftext|>`` and
+``<|im_end|>`` as the released Qwen2-Audio-7B-Instruct has them), so that ``generate()``
+stops at the end of a turn.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,9 +28,20 @@ from lalm.checkpoint.formats import FORMATS, native_format
 from lalm.checkpoint.load import CONFIG_FILE
 from lalm.checkpoint.safetensors_io import write_checkpoint_dir, write_json
 from lalm.errors import CheckpointError
+from lalm.config import ModelConfig
 from lalm.model import AudioLanguageModel
+from lalm.tokenizer import Tokenizer, load_tokenizer
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+GENERATION_CONFIG = "generation_config.json"
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+# Decoding fields carried from a source checkpoint's generation_config.json into an export
+# (its recommended decoding; the special ids always come from the exported tokenizer).
+# Files of a checkpoint folder that are weights or written from the model, not tokenizer files.
+_NOT_TOKENIZER = ("config.json", "model_config.json", GENERATION_CONFIG, PREPROCESSOR_CONFIG)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".index.json")
+_DECODING_FIELDS = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
+                    "num_beams", "length_penalty", "max_new_tokens", "min_new_tokens")
 
 
 def save_model(
@@ -28,8 +50,13 @@ def save_model(
     format: str | None = None,  # noqa: A002 - the user-facing name
     dtype: torch.dtype | None = None,
     max_shard_bytes: int | None = None,
+    tokenizer: Tokenizer | None = None,
+    decoding: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Write `model` as a checkpoint directory of the given format.
+
+    The tokenizer files themselves are not written here (copy them beside, as
+    `lalm.training.build.export` does).
 
     Args:
         model: the model to save.
@@ -38,6 +65,10 @@ def save_model(
             model's own family (`native_format`).
         dtype: cast the weights to this dtype on the way out; default: as they are.
         max_shard_bytes: split the weights into shards of at most this size (plus an index).
+        tokenizer: the checkpoint's tokenizer; Qwen2-Audio: its special ids go into
+            config.json and generation_config.json (module docstring). None: neither.
+        decoding: a source generation_config.json whose decoding fields (do_sample,
+            temperature, top_k, top_p, repetition_penalty, ...) the new one keeps.
 
     Returns:
         The files written, config.json last.
@@ -57,6 +88,97 @@ def save_model(
     hf_config = fmt.config_to_hf(model.config, _DTYPE_NAMES[weight_dtype])
     directory = Path(directory)
     written = write_checkpoint_dir(fmt.from_lalm(state), directory, max_shard_bytes)
+    if format == "qwen2_audio":
+        written.append(directory / PREPROCESSOR_CONFIG)
+        write_json(written[-1], preprocessor_config(model.config))
+        if tokenizer is not None:
+            ids = {"bos_token_id": tokenizer.eod_id, "eos_token_id": tokenizer.im_end_id}
+            hf_config["text_config"].update(ids)
+            written.append(directory / GENERATION_CONFIG)
+            write_json(written[-1], generation_config(tokenizer, decoding))
     config_path = directory / CONFIG_FILE
     write_json(config_path, hf_config)
     return [*written, config_path]
+
+
+def preprocessor_config(config: ModelConfig) -> dict[str, Any]:
+    """The ``preprocessor_config.json`` of a Qwen2-Audio checkpoint (transformers'
+    `WhisperFeatureExtractor` under `Qwen2AudioProcessor`) for the model's mel bins."""
+    return {
+        "chunk_length": 30, "feature_extractor_type": "WhisperFeatureExtractor",
+        "feature_size": config.encoder.n_mels, "hop_length": 160, "n_fft": 400,
+        "n_samples": 480000, "nb_max_frames": 3000, "padding_side": "right",
+        "padding_value": 0.0, "processor_class": "Qwen2AudioProcessor",
+        "return_attention_mask": True, "sampling_rate": 16000,
+    }
+
+
+def generation_config(tokenizer: Tokenizer, decoding: Mapping[str, Any] | None = None
+                      ) -> dict[str, Any]:
+    """A ``generation_config.json``: the tokenizer's ids as the released Qwen2-Audio-7B-Instruct
+    sets them (bos and pad ``<|endoftext|>``, eos ``<|endoftext|>`` and ``<|im_end|>``), plus
+    the decoding fields of ``decoding`` (a source generation_config.json), if any."""
+    kept = {k: decoding[k] for k in _DECODING_FIELDS if decoding and k in decoding}
+    return {"bos_token_id": tokenizer.eod_id, "eos_token_id": [tokenizer.eod_id,
+                                                                tokenizer.im_end_id],
+            "pad_token_id": tokenizer.eod_id, **kept}
+
+
+def read_generation_config(directory: str | Path) -> dict[str, Any] | None:
+    """The parsed ``generation_config.json`` of a checkpoint directory; None without one.
+
+    Raises:
+        CheckpointError: the file is not readable JSON or not a JSON object.
+    """
+    path = Path(directory) / GENERATION_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def copy_tokenizer_files(tokenizer_path: str | Path, directory: str | Path) -> list[Path]:
+    """Copy the tokenizer files of a folder (or a single tokenizer file) into `directory`:
+    everything but weights and the files `save_model` writes from the model."""
+    src = Path(tokenizer_path)
+    files = [src] if src.is_file() else [
+        p for p in sorted(src.iterdir())
+        if p.is_file() and p.name not in _NOT_TOKENIZER and not p.name.endswith(_WEIGHT_SUFFIXES)
+    ]
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(f, Path(directory) / f.name)) for f in files]
+
+
+def save_with_tokenizer(model: AudioLanguageModel, directory: str | Path,
+                        tokenizer_path: str | Path, format: str | None = None,  # noqa: A002
+                        dtype: torch.dtype | None = None) -> list[Path]:
+    """A complete checkpoint: the tokenizer's files, then `save_model` with the tokenizer's
+    ids and the source folder's generation_config.json decoding fields (config.json last).
+
+    Args:
+        model: the model.
+        directory: target folder.
+        tokenizer_path: a tokenizer folder (a checkpoint's) or a single tokenizer file.
+        format, dtype: as in `save_model`.
+
+    Returns:
+        The files written, config.json last.
+
+    Raises:
+        TokenizerError: no tokenizer at ``tokenizer_path``.
+        CheckpointError: a tokenizer larger than the model's vocabulary, or as `save_model`.
+    """
+    tokenizer = load_tokenizer(tokenizer_path)
+    if len(tokenizer) > model.config.decoder.vocab_size:
+        raise CheckpointError(f"tokenizer {tokenizer_path} has {len(tokenizer)} ids, more than "
+                              f"the model's vocab_size {model.config.decoder.vocab_size}")
+    source = Path(tokenizer_path)
+    decoding = read_generation_config(source) if source.is_dir() else None
+    copied = copy_tokenizer_files(source, directory)
+    return [*copied, *save_model(model, directory, format, dtype, tokenizer=tokenizer,
+                                 decoding=decoding)]

@@ -19,7 +19,6 @@ state dict in lalm's names), whatever the format; any size (tiny ... large-v3,
 
 from __future__ import annotations
 
-import json
 import re
 import zipfile
 from dataclasses import dataclass
@@ -30,9 +29,10 @@ from torch import Tensor
 
 from lalm.checkpoint import qwen2_audio
 from lalm.checkpoint.ctranslate2_format import MAX_BINARY_VERSION, CT2File
+from lalm.checkpoint.hf_json import check_kinds, read_json
 from lalm.checkpoint.keymap import KeyMap
 from lalm.checkpoint.safetensors_io import INDEX_FILE, SINGLE_FILE, read_checkpoint_dir
-from lalm.checkpoint.save import save_model
+from lalm.checkpoint.save import save_model, save_with_tokenizer
 from lalm.config import DecoderConfig, EncoderConfig, ModelConfig, ProjectorConfig
 from lalm.errors import CheckpointError
 from lalm.model import AudioLanguageModel
@@ -230,8 +230,13 @@ def read_hf(folder: Path, dtype: torch.dtype = torch.float32) -> WhisperEncoderW
     """Read a transformers Whisper folder (``config.json`` + safetensors, sharded or not, or
     ``pytorch_model.bin``) of a WhisperForConditionalGeneration or WhisperModel."""
     config_file = folder / "config.json"
+    hf = read_json(config_file) if config_file.is_file() else None
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{config_file}: missing, or not a JSON object")
+    check_kinds(hf, {"num_mel_bins": int, "max_source_positions": int, "d_model": int,
+                     "encoder_attention_heads": int, "encoder_layers": int,
+                     "encoder_ffn_dim": int, "activation_function": str}, "", str(config_file))
     try:
-        hf = json.loads(config_file.read_text())
         if hf.get("activation_function", "gelu") != "gelu":
             raise CheckpointError(f"{config_file}: activation {hf['activation_function']!r}; "
                                   f"lalm's Whisper encoder uses exact gelu")
@@ -239,8 +244,8 @@ def read_hf(folder: Path, dtype: torch.dtype = torch.float32) -> WhisperEncoderW
             folder, n_mels=hf["num_mel_bins"], n_ctx=hf["max_source_positions"],
             dim=hf["d_model"], n_head=hf["encoder_attention_heads"],
             n_layer=hf["encoder_layers"], hidden_dim=hf["encoder_ffn_dim"])
-    except (OSError, json.JSONDecodeError, KeyError) as e:
-        raise CheckpointError(f"{config_file}: not a Whisper config ({e!r})") from e
+    except KeyError as e:
+        raise CheckpointError(f"{config_file}: not a Whisper config (no {e})") from e
     state = HF_KEY_MAP.convert(_hf_tensors(folder))
     return _finish(config, state, "hf", folder, dtype)
 
@@ -371,6 +376,7 @@ def build_from_whisper(
     seed: int = 0,
     init_std: float = 0.02,
     dtype: torch.dtype | None = None,
+    tokenizer: str | Path | None = None,
 ) -> list[Path]:
     """Write a fresh audio-language model: a real Whisper encoder and a new random decoder.
 
@@ -388,12 +394,18 @@ def build_from_whisper(
         seed: seed of the new weights.
         init_std: standard deviation of the new weights.
         dtype: dtype written (default float32).
+        tokenizer: a tokenizer folder (or file) whose files go beside the weights, with the
+            processor and generation config (`lalm.checkpoint.save.save_with_tokenizer`), so
+            that ``lalm chat`` and transformers' ``AutoProcessor`` open the folder; None: the
+            weights and config only (add the tokenizer when training, as ``lalm demo`` does).
 
     Returns:
         The files written, config.json last.
 
     Raises:
-        CheckpointError: the Whisper checkpoint cannot be read.
+        CheckpointError: the Whisper checkpoint cannot be read, or the tokenizer has more ids
+            than ``decoder_config.vocab_size``.
+        TokenizerError: no tokenizer at ``tokenizer``.
     """
     weights = load_whisper_encoder(whisper_path)
     config = ModelConfig(encoder=weights.config, projector=ProjectorConfig(),
@@ -410,4 +422,7 @@ def build_from_whisper(
             else:
                 param.normal_(0.0, init_std, generator=generator)
     model.load_state_dict(weights.state_dict, strict=False)
-    return save_model(model, out_dir, format="qwen2_audio", dtype=dtype or torch.float32)
+    if tokenizer is None:
+        return save_model(model, out_dir, format="qwen2_audio", dtype=dtype or torch.float32)
+    return save_with_tokenizer(model, out_dir, tokenizer, "qwen2_audio",
+                               dtype or torch.float32)

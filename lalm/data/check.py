@@ -1,10 +1,11 @@
 """`lalm data check`: validate a manifest and its audio before a long run.
 
-Every record is parsed, every audio file is decoded (`lalm.audio.load_audio`, the decoder
-training uses), and each problem is listed with its reason instead of stopping at the first:
-records that are not examples, missing, empty, corrupt or truncated files, windows past the end
-of a file, clips shorter than one mel frame or longer than the encoder's 30 s window, empty
-targets, repeated ids. The summary gives counts, durations and the native sample rates.
+Every record is parsed, every audio file is decoded (`lalm.audio.stream_audio`, the decoder
+training uses; block by block, counted and never held), and each problem is listed with its
+reason instead of stopping at the first: records that are not examples, missing, empty, corrupt
+or truncated files, windows past the end of a file, clips shorter than one mel frame or longer
+than the encoder's 30 s window (a whole-file clip is refused from its header, before decoding),
+empty targets, repeated ids. The summary gives counts, durations and the native sample rates.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from dataclasses import dataclass, field
 
 import soundfile as sf
 
-from lalm.audio import CHUNK_LENGTH, HOP_LENGTH, SAMPLE_RATE, load_audio
+from lalm.audio import CHUNK_LENGTH, HOP_LENGTH, SAMPLE_RATE, stream_audio
 from lalm.data.formats import BadRecord, iter_format
 from lalm.data.manifest import AudioRef, Example
-from lalm.errors import AudioError
+from lalm.errors import AudioError, AudioTooLongError
 
 Seconds = float
+# (path, decoding limit) -> (16 kHz samples, native rate), or what is wrong with the file
+Decoded = dict[tuple[str, Seconds | None], tuple[int, int] | str]
 
 
 @dataclass(frozen=True)
@@ -70,18 +73,27 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _clip_problem(ref: AudioRef, decoded: dict[str, tuple[int, int] | str],
-                  report: CheckReport, max_seconds: Seconds | None) -> str | None:
-    """Decode one clip (once per file) and return what is wrong with it, or None."""
-    if ref.path not in decoded:
+def _clip_problem(ref: AudioRef, decoded: Decoded, report: CheckReport,
+                  max_seconds: Seconds | None) -> str | None:
+    """Decode one clip (once per file and limit) and return what is wrong with it, or None.
+
+    The file is decoded block by block and only counted, so memory stays at one block. A clip
+    that runs to the end of its file is decoded under ``offset + max_seconds`` (refused from
+    the header, else one block past the limit); a window with a duration needs the file's full
+    length, so its file is decoded to the end.
+    """
+    limit = None if ref.duration is not None or max_seconds is None else ref.offset + max_seconds
+    key = (ref.path, limit)
+    if key not in decoded:
         try:
-            samples = load_audio(ref.path)
+            n_samples = sum(b.shape[0] for b in stream_audio(ref.path, max_seconds=limit))
             rate = _native_rate(ref.path)
-            decoded[ref.path] = (samples.shape[0], rate)
-            report.sample_rates[rate] += 1
+            decoded[key] = (n_samples, rate)
+        except AudioTooLongError as e:
+            decoded[key] = f"{e}: longer than {max_seconds:g} s (the encoder's window); split it"
         except AudioError as e:
-            decoded[ref.path] = str(e)
-    result = decoded[ref.path]
+            decoded[key] = str(e)
+    result = decoded[key]
     if isinstance(result, str):
         return result
     n_samples = result[0]
@@ -126,7 +138,7 @@ def check_manifest(path: str | os.PathLike[str], fmt: str | None = None,
         DataError: the manifest as a whole cannot be read (missing file, unknown format).
     """
     report = CheckReport()
-    decoded: dict[str, tuple[int, int] | str] = {}
+    decoded: Decoded = {}
     seen: set[str] = set()
     for item in iter_format(path, fmt, audio_dir):
         report.records += 1
@@ -136,10 +148,12 @@ def check_manifest(path: str | os.PathLike[str], fmt: str | None = None,
         problems = _example_problems(item, seen, decoded, report, max_seconds)
         report.problems += [Problem(item.id, p) for p in problems]
         report.good += not problems
+    rates = {path: v[1] for (path, _), v in decoded.items() if not isinstance(v, str)}
+    report.sample_rates.update(rates.values())  # each file once
     return report
 
 
-def _example_problems(example: Example, seen: set[str], decoded: dict[str, tuple[int, int] | str],
+def _example_problems(example: Example, seen: set[str], decoded: Decoded,
                       report: CheckReport, max_seconds: Seconds | None) -> list[str]:
     problems = []
     if example.id in seen:

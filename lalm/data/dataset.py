@@ -47,13 +47,13 @@ from lalm.audio import (
     SAMPLE_RATE,
     RealLength,
     audio_token_count,
-    load_audio,
     log_mel_spectrogram,
     mel_length,
+    stream_audio,
 )
 from lalm.data.formats import read_examples
 from lalm.data.manifest import AudioRef, Example
-from lalm.errors import DataError, LalmError
+from lalm.errors import AudioTooLongError, DataError, LalmError
 from lalm.generation.pipeline import REAL_LENGTH
 from lalm.model.lalm import IGNORE_INDEX
 from lalm.prompt import AUDIO_END, AUDIO_PAD, AUDIO_START, QWEN_AUDIO_AUDIO_TOKENS, Family
@@ -84,31 +84,50 @@ def prompt_audio_order(example: Example, family: Family) -> list[int]:
 def load_clip(ref: AudioRef, max_seconds: Seconds | None = None) -> np.ndarray:
     """The samples of one clip window: float32 [N] at 16 kHz.
 
+    The file is decoded block by block (`lalm.audio.stream_audio`) only up to the window's end,
+    so a short window of a long recording never holds the recording; a window that runs to the
+    end of its file is decoded under ``offset + max_seconds`` (refused from the header where it
+    declares its length).
+
     Raises:
         AudioError: the file cannot be decoded.
         DataError: the window lies past the end of the file or is longer than `max_seconds`.
     """
-    audio = load_audio(ref.path)
     start = round(ref.offset * SAMPLE_RATE)
-    end = audio.shape[0] if ref.duration is None else start + round(ref.duration * SAMPLE_RATE)
+    end = None if ref.duration is None else start + round(ref.duration * SAMPLE_RATE)
+    if max_seconds is not None and end is not None and end - start > max_seconds * SAMPLE_RATE:
+        raise DataError(f"audio {ref.path}: {ref.duration:.2f} s is longer than "
+                        f"{max_seconds:g} s; split it")
+    limit = None if end is not None or max_seconds is None else ref.offset + max_seconds
+    blocks, n = [], 0
+    try:
+        for block in stream_audio(ref.path, max_seconds=limit):
+            blocks.append(block)
+            n += block.shape[0]
+            if end is not None and n >= end:
+                break  # the window is decoded: the rest of the file is never read
+    except AudioTooLongError as e:
+        raise DataError(f"audio {ref.path}: the window from {ref.offset} s is longer than "
+                        f"{max_seconds:g} s ({e}); split it") from e
+    audio = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    end = audio.shape[0] if end is None else end
     if start >= audio.shape[0] or end > audio.shape[0]:
         raise DataError(f"audio {ref.path}: window [{ref.offset}, {end / SAMPLE_RATE}) s lies "
                         f"past the end ({audio.shape[0] / SAMPLE_RATE} s)")
-    if max_seconds is not None and end - start > max_seconds * SAMPLE_RATE:
-        raise DataError(f"audio {ref.path}: {(end - start) / SAMPLE_RATE:.2f} s is longer than "
-                        f"{max_seconds:g} s; split it")
     return audio[start:end]
 
 
 def _estimated_frames(ref: AudioRef, real_length: RealLength) -> int:
-    """Mel frames of a clip from its header (exact for 16 kHz files), without decoding it."""
+    """Mel frames of a clip from its header (exact for 16 kHz files), without decoding it
+    where the header gives its length (else its samples are counted block by block)."""
     if ref.duration is not None:
         return mel_length(round(ref.duration * SAMPLE_RATE), real_length)
     try:
         info = sf.info(ref.path)
         seconds = info.frames / info.samplerate - ref.offset
     except (sf.LibsndfileError, RuntimeError, OSError):
-        seconds = load_audio(ref.path).shape[0] / SAMPLE_RATE - ref.offset
+        n_samples = sum(b.shape[0] for b in stream_audio(ref.path))
+        seconds = n_samples / SAMPLE_RATE - ref.offset
     return mel_length(round(seconds * SAMPLE_RATE), real_length)
 
 

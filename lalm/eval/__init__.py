@@ -3,7 +3,9 @@
 Scorers take lists of strings and return frozen result dataclasses with a ``version`` naming
 the procedure. Modules: `normalizers` and `chinese` (text normalisation), `metrics` (WER/CER,
 BLEU, accuracy, AQA), `analysis` (NSynth, SRWT), `caption` (CIDEr-D, SPICE, SPIDEr) and
-`airbench` (AIR-Bench foundation, official and strict).
+`airbench` (AIR-Bench foundation, official and strict), `judge` (the LLM judge client), `mcq`
+(MMAU, MMAR), `mmau_pro`, `voicebench` and `layouts` (corpus folders and HF datasets). The
+suites and their procedures: docs/eval.md.
 """
 
 from lalm.eval.airbench import FoundationResult, extract_choice, score_foundation

@@ -29,16 +29,17 @@ requests are deterministic (temperature 0, fixed seed) and cached.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lalm.errors import DataError, ScoringError
+from lalm.eval.judge import ChatJudge, JudgeSettings
+
+__all__ = ["ChatJudge", "extract_choice", "score_chat", "score_foundation"]
 
 CHOICE_LETTERS = "ABCD"
 OFFICIAL = "airbench-foundation-official-v1"
@@ -216,6 +217,8 @@ def foundation_instruction(item: Mapping[str, object]) -> str:
 # ---------------------------------------------------------------------------- chat judge
 
 CHAT_VERSION = "airbench-chat-judge-v1"
+#: lalm's judge requests (the official script samples at temperature 1, sometimes 2).
+CHAT_JUDGE_SETTINGS = JudgeSettings(temperature=0.0, samples=1, max_tokens=16)
 # The official score_chat.py judge prompt; XAudioX etc. are its placeholders.
 JUDGE_PROMPT = (
     "You are a helpful and precise assistant for checking the quality of the answer.\n"
@@ -260,79 +263,6 @@ def parse_judge_scores(text: str) -> tuple[int, int] | None:
     return (a, b) if 1 <= a <= 10 and 1 <= b <= 10 else None
 
 
-class ChatJudge:
-    """An LLM judge behind any endpoint that speaks the OpenAI chat-completions API.
-
-    Requests are deterministic (temperature 0 and a fixed seed, where the official script
-    samples at temperature 1 or 2) and every judgement is cached in a JSONL file keyed by the
-    exact request, so a rerun costs nothing and reproduces the same scores.
-
-    Args:
-        base_url: API root, e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``
-            (``/chat/completions`` is appended).
-        model: the judge model name (the official one is ``gpt-4-0125-preview``).
-        api_key: sent as ``Authorization: Bearer``; None sends none.
-        cache: JSONL cache file (created); None caches in memory only.
-        temperature, seed, max_tokens: request settings (part of the cache key).
-        timeout: seconds per HTTP request.
-        retries: attempts per judgement before giving up.
-    """
-
-    def __init__(self, base_url: str, model: str, api_key: str | None = None,
-                 cache: str | os.PathLike[str] | None = None, temperature: float = 0.0,
-                 seed: int = 0, max_tokens: int = 16, timeout: float = 120.0,
-                 retries: int = 3) -> None:
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.api_key = model, api_key
-        self.settings = {"temperature": temperature, "seed": seed, "max_tokens": max_tokens}
-        self.timeout, self.retries = timeout, max(1, retries)
-        self.cache_path = Path(cache) if cache is not None else None
-        self._cache: dict[str, str] = {}
-        if self.cache_path is not None and self.cache_path.exists():
-            for line in self.cache_path.read_text(encoding="utf-8").splitlines():
-                try:  # a line cut short by an interruption is skipped
-                    row = json.loads(line)
-                    self._cache[row["key"]] = row["content"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
-
-    def _body(self, prompt: str) -> dict[str, Any]:
-        return {"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                **self.settings}
-
-    def complete(self, prompt: str) -> str:
-        """The judge's reply to one prompt (cached).
-
-        Raises:
-            ScoringError: the endpoint failed `retries` times or answered malformed JSON.
-        """
-        body = self._body(prompt)
-        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
-        if key in self._cache:
-            return self._cache[key]
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, json.dumps(body).encode("utf-8"), headers)
-        error: Exception | None = None
-        for _ in range(self.retries):
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    reply = json.loads(response.read().decode("utf-8"))
-                content = reply["choices"][0]["message"]["content"]
-                break
-            except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
-                error = e
-        else:
-            raise ScoringError(f"judge {self.url} failed {self.retries} times: {error}")
-        self._cache[key] = content
-        if self.cache_path is not None:
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.cache_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"key": key, "content": content}, ensure_ascii=False) + "\n")
-        return content
-
-
 @dataclass(frozen=True)
 class ChatResult:
     """AIR-Bench chat scores.
@@ -344,6 +274,7 @@ class ChatResult:
         judged: items with both orders judged.
         failed: items with a judgement that did not parse (dropped, as officially).
         version: `CHAT_VERSION`.
+        judge: the judge's record (`ChatJudge.describe`).
     """
 
     categories: dict[str, tuple[float, float, int]]
@@ -352,12 +283,13 @@ class ChatResult:
     judged: int
     failed: int
     version: str = CHAT_VERSION
+    judge: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {"version": self.version, "model_score": self.model_score,
                 "reference_score": self.reference_score, "judged": self.judged,
-                "failed": self.failed,
+                "failed": self.failed, "judge": self.judge, "position_swap": True,
                 "categories": {c: {"model": m, "reference": r, "count": n}
                                for c, (m, r, n) in self.categories.items()}}
 
@@ -387,9 +319,9 @@ def score_chat(items: Sequence[Mapping[str, Any]], judge: ChatJudge) -> ChatResu
         description, question = str(item["meta_info"]), str(item["question"])
         reference, response = str(item["answer_gt"]), str(item["response"])
         first = parse_judge_scores(judge.complete(
-            judge_prompt(description, question, reference, response)))
+            judge_prompt(description, question, reference, response), CHAT_JUDGE_SETTINGS))
         second = parse_judge_scores(judge.complete(
-            judge_prompt(description, question, response, reference)))
+            judge_prompt(description, question, response, reference), CHAT_JUDGE_SETTINGS))
         if first is None or second is None:
             failed += 1
             continue
@@ -402,4 +334,5 @@ def score_chat(items: Sequence[Mapping[str, Any]], judge: ChatJudge) -> ChatResu
         raise ScoringError(f"AIR-Bench chat: no item was judged ({failed} judgements failed)")
     categories = {c: (m / n, r / n, int(n)) for c, (m, r, n) in sums.items()}
     return ChatResult(categories, sum(s[0] for s in sums.values()) / judged,
-                      sum(s[1] for s in sums.values()) / judged, judged, failed)
+                      sum(s[1] for s in sums.values()) / judged, judged, failed,
+                      judge=judge.describe(JUDGE_PROMPT, CHAT_JUDGE_SETTINGS))

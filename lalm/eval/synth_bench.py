@@ -31,12 +31,11 @@ and reported in both scoring modes (one set of predictions, scored twice).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lalm import prompt as P
 from lalm.data.manifest import Example, atomic_write, iter_manifest
@@ -56,6 +55,9 @@ from lalm.eval.normalizers import basic_normalize
 from lalm.eval.tasks import STRICT, EvalData, EvalItem, EvalTask, ScoreContext, groups
 from lalm.generation import Request
 from lalm.synth.render import render_prompt, v1_task_spec
+
+if TYPE_CHECKING:
+    from lalm.eval.report import ModelInfo
 
 SYNTH_VERSION = "lalm-synth-v1"
 _V2_TIMED_WORD = re.compile(r"(\S+) \((\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)\)")
@@ -187,13 +189,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def bar_chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """A PNG bar chart of the rows' scores, coloured by category (needs matplotlib)."""
-    try:
-        import matplotlib
+    from lalm.eval.compare import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise DataError("the benchmark chart needs matplotlib: pip install 'lalm[eval]'") from e
+    plt = pyplot()
     categories = list(dict.fromkeys(r["category"] for r in rows))
     colors = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(categories)}
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(rows) + 2), 4.5))
@@ -206,15 +204,12 @@ def bar_chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[c]) for c in categories]
     ax.legend(handles, categories, fontsize=8, loc="upper right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def run_synth_bench(pipe: Any, data: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                     scoring: str = "official", batch_size: int = 8, limit: int | None = None,
-                    progress: bool = True, model: str | None = None,
+                    progress: bool = True, model: str | ModelInfo | None = None,
                     max_new_tokens: int | None = None) -> BenchReport:
     """Evaluate a model on every lalm-synth task and on the AIR-Bench export; write the report.
 
@@ -225,16 +220,19 @@ def run_synth_bench(pipe: Any, data: str | os.PathLike[str], out_dir: str | os.P
             ``bench.md``, ``bench.json``, ``bench.png``.
         scoring: the mode of the per-task rows (AIR-Bench is reported in both).
         batch_size, limit, progress, model, max_new_tokens: as for
-            `lalm.eval.evaluate.evaluate`.
+            `lalm.eval.evaluate.evaluate` (the model's name or its `ModelInfo`).
 
     Returns:
         The `BenchReport`.
     """
     from lalm.eval.evaluate import evaluate, rescore
+    from lalm.eval.report import ModelInfo, describe_model, write_strict_json
 
     data, out = Path(data), Path(out_dir)
+    # the weights hashed once for both runs
+    info = model if isinstance(model, ModelInfo) else describe_model(pipe, model)
     synth = evaluate(pipe, SYNTH_TASK, data, out / "lalm-synth", scoring, batch_size, limit,
-                     progress=progress, model=model, max_new_tokens=max_new_tokens)
+                     progress=progress, model=info, max_new_tokens=max_new_tokens)
     rows = [{"task": name, **s} for name, s in synth["scores"]["tasks"].items()]
     summaries: dict[str, Any] = {"lalm-synth": synth}
     airbench = data / "airbench"
@@ -242,7 +240,7 @@ def run_synth_bench(pipe: Any, data: str | os.PathLike[str], out_dir: str | os.P
         run_dir = out / "airbench"
         summaries["airbench"] = evaluate(pipe, "airbench-foundation", airbench, run_dir,
                                          "official", batch_size, limit, progress=progress,
-                                         model=model, max_new_tokens=max_new_tokens)
+                                         model=info, max_new_tokens=max_new_tokens)
         for mode in ("official", "strict"):
             s = rescore("airbench-foundation", run_dir, pipe.family, mode)
             summaries[f"airbench-{mode}"] = s
@@ -254,9 +252,8 @@ def run_synth_bench(pipe: Any, data: str | os.PathLike[str], out_dir: str | os.P
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
     md, js, png = out / "bench.md", out / "bench.json", out / "bench.png"
-    title = f"lalm-synth benchmark: {model or 'model'} ({pipe.family.value}, {scoring})"
+    title = f"lalm-synth benchmark: {info.name or info.label} ({pipe.family.value}, {scoring})"
     atomic_write(md, f"# {title}\n\n{table}".encode())
-    atomic_write(js, (json.dumps({"rows": rows, "summaries": summaries}, indent=1,
-                                 ensure_ascii=False) + "\n").encode("utf-8"))
+    write_strict_json(js, {"rows": rows, "summaries": summaries})
     bar_chart(rows, png, title)
     return BenchReport(rows, md, js, png)

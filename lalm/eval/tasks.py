@@ -25,7 +25,9 @@ lalm's own for scenes and AQA; NSynth has none); budget 256; special tokens skip
 
 AIR-Bench (``airbench-foundation``, ``airbench-chat``) reads the ``Foundation_meta.json`` /
 ``Chat_meta.json`` layout (see `lalm.eval.airbench`); the lalm-synth task (``lalm-synth``) a lalm
-manifest or a lalm-synth folder (`lalm.eval.synth_bench`).
+manifest or a lalm-synth folder (`lalm.eval.synth_bench`); MMAU/MMAR, MMAU-Pro and VoiceBench
+live in `lalm.eval.mcq`, `lalm.eval.mmau_pro` and `lalm.eval.voicebench`; the ASR tasks and
+``covost2`` also read corpus folders and HF datasets (`lalm.eval.layouts`). See docs/eval.md.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ class ScoreContext:
         family: the model's prompt family (picks e.g. the ASR procedure).
         scoring: ``"official"`` (each benchmark's procedure, quirks included) or ``"strict"``
             (nothing dropped or forgiven: failed extractions count as wrong, exact matches).
-        judge: an AIR-Bench chat judge (`lalm.eval.airbench.ChatJudge`), for ``airbench-chat``.
+        judge: the LLM judge of judged tasks (`lalm.eval.judge.ChatJudge`).
     """
 
     family: Family
@@ -142,6 +144,7 @@ class EvalTask:
             has no prompt for the task).
         score: (prediction records, context) -> JSON-ready scores, each with its version.
         max_new_tokens: the v1 scripts' budget (Qwen2-Audio's scripts use 256 everywhere).
+        chat_max_new_tokens: the budget for the other families.
     """
 
     name: str
@@ -150,13 +153,14 @@ class EvalTask:
     request: Callable[[EvalItem, Family], Request]
     score: Callable[[list[dict[str, Any]], ScoreContext], dict[str, Any]]
     max_new_tokens: int = 256
+    chat_max_new_tokens: int = 256
 
     def options(self, family: Family, eod_id: int) -> GenerationOptions:
         """The official decoding settings for a family (greedy, at least one token)."""
         if family is Family.QWEN_AUDIO:
             return GenerationOptions(max_new_tokens=self.max_new_tokens, min_new_tokens=1,
                                      stop_token_ids=(eod_id,))
-        return GenerationOptions(max_new_tokens=256, min_new_tokens=1)
+        return GenerationOptions(max_new_tokens=self.chat_max_new_tokens, min_new_tokens=1)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -369,14 +373,26 @@ def _nsynth_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str,
 
 
 def _suite(name: str, description: str, paths: Sequence[str], request: Callable,
-           score: Callable, max_new_tokens: int) -> EvalTask:
+           score: Callable, max_new_tokens: int) -> EvalTask:  # official JSONL only
     return EvalTask(name, description, lambda data: read_official_jsonl(data, paths), request,
                     score, max_new_tokens)
 
 
 def _asr_suite(name: str, description: str, files: Sequence[str], language: str) -> EvalTask:
+    """An ASR task reading the official JSONL or a corpus / HF layout (`lalm.eval.layouts`)."""
     paths = [p for f in files for p in (f"asr/{f}", f"data/asr/{f}")]
-    return _suite(name, description, paths, _asr_request(language), _asr_score(language), 256)
+
+    def read(data: Path) -> EvalData:
+        from lalm.eval.layouts import read_asr  # layouts builds on this module
+
+        return read_asr(data, paths, name)
+    return EvalTask(name, description, read, _asr_request(language), _asr_score(language), 256)
+
+
+def _read_covost2(data: Path) -> EvalData:
+    from lalm.eval.layouts import read_st  # layouts builds on this module
+
+    return read_st(data, ["st/covost2_eval.jsonl", "data/st/covost2_eval.jsonl"])
 
 
 _SCENE = _fixed_request(TaskSpec.scene(), "Classify the acoustic scene in English:", "scene")
@@ -393,8 +409,8 @@ OFFICIAL_SUITES: dict[str, EvalTask] = {t.name: t for t in [
                ["cv15_asr_yue_eval.jsonl"], "yue"),
     _asr_suite("cv15_fr", "Common Voice 15 French ASR", ["cv15_asr_fr_eval.jsonl"], "fr"),
     _asr_suite("fleurs_zh", "FLEURS Mandarin ASR", ["fleurs_asr_zh_eval.jsonl"], "zh"),
-    _suite("covost2", "CoVoST2 speech translation (BLEU per language pair)",
-           ["st/covost2_eval.jsonl", "data/st/covost2_eval.jsonl"], _st_request, _st_score, 256),
+    EvalTask("covost2", "CoVoST2 speech translation (BLEU per language pair)", _read_covost2,
+             _st_request, _st_score, 256),
     _suite("clotho", "Clotho audio captioning (CIDEr-D, SPICE, SPIDEr)",
            ["caption/clotho_eval.jsonl", "data/caption/clotho_eval.jsonl"],
            _fixed_request(TaskSpec.aac(), "Generate the caption in English:", "clotho"),
@@ -459,7 +475,10 @@ def _chat_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, A
 
 
 def _builtin_tasks() -> dict[str, EvalTask]:
+    from lalm.eval.mcq import TASKS as MCQ_TASKS
+    from lalm.eval.mmau_pro import TASK as MMAU_PRO
     from lalm.eval.synth_bench import SYNTH_TASK
+    from lalm.eval.voicebench import TASKS as VOICEBENCH_TASKS
 
     airbench = {
         "airbench-foundation": EvalTask(
@@ -473,7 +492,8 @@ def _builtin_tasks() -> dict[str, EvalTask]:
             lambda item, family: chat_request(item, family, item.fields["question"]),
             _chat_score),
     }
-    return {**OFFICIAL_SUITES, **airbench, SYNTH_TASK.name: SYNTH_TASK}
+    return {**OFFICIAL_SUITES, **airbench, SYNTH_TASK.name: SYNTH_TASK, **MCQ_TASKS,
+            MMAU_PRO.name: MMAU_PRO, **VOICEBENCH_TASKS}
 
 
 def task_names() -> list[str]:

@@ -18,12 +18,13 @@ Qwen2-Audio-Instruct template with ``Audio k:`` over the conversation).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from torch import Tensor
 
 from lalm.errors import PromptError
-from lalm.generation.options import GenerationOptions, GenerationResult
-from lalm.generation.pipeline import Pipeline, Request, as_audio_part
+from lalm.generation.options import GenerationResult, resolve_options
+from lalm.generation.pipeline import OptionsArg, Pipeline, Request, as_audio_part
 from lalm.prompt import AudioPart, AudioSource, Message, build_chat_prompt, user_message
 
 
@@ -70,25 +71,28 @@ class Conversation:
         self._rows = list(request.audio_rows or ())
 
     def ask(self, text: str = "", audios: Sequence[AudioSource | AudioPart] = (),
-            options: GenerationOptions | None = None) -> GenerationResult:
+            options: OptionsArg = None, **fields: Any) -> GenerationResult:
         """Answer one user turn and add it, with the answer, to the conversation.
 
         Args:
             text: the question (may be empty with audio: voice chat).
             audios: clips of this turn, in order (encoded now, once).
-            options: decoding policy (default: the pipeline's).
+            options: decoding policy as in `Pipeline.chat` (default: the pipeline's).
+            **fields: GenerationOptions fields over ``options`` (e.g. ``max_new_tokens=64``).
 
         Returns:
             The answer's `GenerationResult`.
         """
+        options = resolve_options(self.pipeline.options, options, **fields)
         user, request = self._turn(text, audios)
         result = self.pipeline.generate([request], options)[0]
         self._record(user, request, result.text)
         return result
 
     def stream(self, text: str = "", audios: Sequence[AudioSource | AudioPart] = (),
-               options: GenerationOptions | None = None) -> Iterator[str]:
+               options: OptionsArg = None, **fields: Any) -> Iterator[str]:
         """Like `ask`, as text pieces (`Pipeline.stream`); the turn is recorded at the end."""
+        options = resolve_options(self.pipeline.options, options, **fields)
         user, request = self._turn(text, audios)
         pieces: list[str] = []
         for piece in self.pipeline.stream(request, options):

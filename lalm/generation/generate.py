@@ -135,6 +135,22 @@ def _banned(options: GenerationOptions, stop_ids: Sequence[int], n_done: int) ->
     return banned + list(stop_ids) if n_done < options.min_new_tokens else banned
 
 
+def _generators(options: GenerationOptions, seeds: Sequence[int | None] | None, batch: int,
+                device: torch.device) -> list[torch.Generator | None] | None:
+    """One generator per row when sampling with seeds (None: the batch shares torch's global
+    generator), so that a seeded row draws the same tokens in any batch."""
+    if not options.do_sample:
+        return None
+    if seeds is None:
+        seeds = [options.seed] * batch
+    if len(seeds) != batch:
+        raise GenerationError(f"{len(seeds)} seeds for a batch of {batch} prompts")
+    if all(seed is None for seed in seeds):
+        return None
+    return [None if seed is None else torch.Generator(device).manual_seed(seed)
+            for seed in seeds]
+
+
 @torch.inference_mode()
 def generate_steps(
     model: AudioLanguageModel,
@@ -142,12 +158,18 @@ def generate_steps(
     options: GenerationOptions,
     stop_ids: Sequence[int],
     decode: Decode | None = None,
-    row_seeds: Sequence[int] | None = None,
+    seeds: Sequence[int | None] | None = None,
+    cancelled: Callable[[int], bool] | None = None,
 ) -> Iterator[Step]:
     """Greedy or sampled decoding, one `Step` per generated position (streaming).
 
     Rows stop independently (a stop id, a stop sequence, or ``max_new_tokens``); a finished row
-    keeps a cache slot but its tokens are ignored. The loop ends when every row has finished.
+    keeps a cache slot but its tokens are ignored. A row whose consumer left (``cancelled``)
+    is dropped from the batch: it is computed no more, its `Step.tokens` are None from then on
+    and its result stays unfinished. The loop ends when no row is running.
+
+    Sampling draws each seeded row with its own generator (``seeds``, else ``options.seed``
+    for every row), so a row gets the tokens it gets alone with that seed in any batch.
 
     Args:
         model: the model (its decoder gets a fresh KV cache, cleared at the end).
@@ -155,15 +177,17 @@ def generate_steps(
         options: decoding policy with ``num_beams == 1``.
         stop_ids: ids that end a row (kept as the row's last token).
         decode: ids -> text, needed for ``options.stop_sequences``.
-        row_seeds: when sampling, one seed per row instead of ``options.seed``: each row draws
-            from its own generator, so its tokens do not depend on the rest of the batch.
+        seeds: per row, its sampling seed (None: torch's global generator); default
+            ``options.seed`` for every row.
+        cancelled: asked after each step for every running row (by its index in the batch):
+            True drops the row.
 
     Yields:
         `Step` after each generated position.
 
     Raises:
         GenerationError: beam search options, a prompt + max_new_tokens beyond the cache, or
-            `row_seeds` not one per row.
+            seeds that do not match the batch.
     """
     if options.num_beams > 1:
         raise GenerationError("generate_steps does not beam search; use beam_search")
@@ -171,34 +195,28 @@ def generate_steps(
     columns = _check_room(model, prompt.ids.shape[1], options)
     stops = _StopSequences(options.stop_sequences, decode)
     stop_set = set(stop_ids)
-    generator: torch.Generator | list[torch.Generator] | None = None
-    if row_seeds is not None:
-        if len(row_seeds) != batch:
-            raise GenerationError(f"row_seeds: {len(row_seeds)} seeds for {batch} rows")
-        generator = [torch.Generator(prompt.ids.device).manual_seed(s) for s in row_seeds]
-    elif options.do_sample and options.seed is not None:
-        generator = torch.Generator(prompt.ids.device).manual_seed(options.seed)
+    generators = _generators(options, seeds, batch, prompt.ids.device)
     vocab = model.config.decoder.vocab_size
     seen = _seen_mask(prompt, vocab) if options.repetition_penalty != 1.0 else None
     results = [GenerationResult(tokens=[], finish_reason=None, logprob=0.0)
                for _ in range(batch)]
     active = [True] * batch
+    live = list(range(batch))  # the rows computed, in the order of the cache's rows
     input_pos = prompt.lengths.clone()
     try:
         logits = _prefill(model, prompt, columns)
         for n_done in range(options.max_new_tokens):
             processed = process_logits(logits, options, seen, _banned(options, stop_ids, n_done))
-            chosen = select_tokens(processed, options.do_sample, generator)  # [B]
+            chosen = select_tokens(processed, options.do_sample, generators)  # [B_live]
             logprobs = logits.log_softmax(dim=-1).gather(1, chosen[:, None])[:, 0]
-            tokens: list[int | None] = []
-            for row, (token, logprob) in enumerate(zip(chosen.tolist(), logprobs.tolist())):
+            tokens: list[int | None] = [None] * batch
+            for row, token, logprob in zip(live, chosen.tolist(), logprobs.tolist()):
                 if not active[row]:
-                    tokens.append(None)
                     continue
                 result = results[row]
                 result.tokens.append(token)
                 result.logprob += logprob
-                tokens.append(token)
+                tokens[row] = token
                 if token in stop_set:
                     result.finish_reason = "stop"
                 elif stops.hit(result.tokens):
@@ -207,10 +225,22 @@ def generate_steps(
                     result.finish_reason = "length"
                 active[row] = result.finish_reason is None
             yield Step(tokens, results)
+            gone = {row for row in live if active[row] and cancelled is not None
+                    and cancelled(row)}
+            for row in gone:
+                active[row] = False
             if not any(active):
                 return
             if seen is not None:
-                seen[torch.arange(batch), chosen] = True
+                seen[torch.arange(len(live)), chosen] = True
+            if gone:  # rebuild the batch (and its cache) from the rows still wanted
+                keep = [i for i, row in enumerate(live) if row not in gone]
+                index = torch.tensor(keep, device=chosen.device)
+                model.decoder.cache.reorder(index)
+                live = [live[i] for i in keep]
+                chosen, input_pos = chosen[index], input_pos[index]
+                seen = None if seen is None else seen[index]
+                generators = None if generators is None else [generators[i] for i in keep]
             logits = _step(model, chosen, input_pos)
             input_pos += 1
     finally:
@@ -223,7 +253,7 @@ def generate(
     options: GenerationOptions,
     stop_ids: Sequence[int],
     decode: Decode | None = None,
-    row_seeds: Sequence[int] | None = None,
+    seeds: Sequence[int | None] | None = None,
 ) -> list[GenerationResult]:
     """Generate for every prompt of the batch (greedy, sampling or beam search).
 
@@ -235,7 +265,7 @@ def generate(
     if options.num_beams > 1:
         return beam_search(model, prompt, options, stop_ids, decode)
     results: list[GenerationResult] = []
-    for step in generate_steps(model, prompt, options, stop_ids, decode, row_seeds):
+    for step in generate_steps(model, prompt, options, stop_ids, decode, seeds):
         results = step.results
     return results
 

@@ -5,8 +5,11 @@
     -> prompt.parse_output
 
 Callers (the CLI, the server, the evaluator) pass audio + text, a `Prompt`, or chat messages
-and get `GenerationResult`s with text and parsed fields. The prompt family comes from the
-checkpoint's tokenizer; so does the real mel length rule (`REAL_LENGTH`).
+(`Message`s or OpenAI / transformers dicts, `lalm.generation.messages`) and get
+`GenerationResult`s with text and parsed fields. The prompt family comes from the checkpoint's
+tokenizer; so does the real mel length rule (`REAL_LENGTH`); the default decoding options come
+from its generation_config.json, as transformers reads it (`read_generation_config`), and a
+call overrides them with ``options`` (an object or a dict) or keyword fields.
 
 Audio longer than the encoder's 30-s window is never cut silently (`lalm.longform`):
 
@@ -23,13 +26,12 @@ Audio longer than the encoder's 30-s window is never cut silently (`lalm.longfor
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -43,23 +45,28 @@ from lalm.audio import (
     Seconds,
     batch_log_mel,
     load_audio,
+    stream_audio,
 )
-from lalm.errors import AudioError, CheckpointError, PromptError
+from lalm.errors import AudioError, AudioTooLongError, CheckpointError, PromptError
 from lalm.generation.generate import PromptBatch, generate, generate_steps, left_pad
-from lalm.generation.options import GenerationOptions, GenerationResult
+from lalm.generation.messages import as_messages
+from lalm.generation.options import GenerationOptions, GenerationResult, resolve_options
 from lalm.longform import (
     DEFAULT_MAX_CHAT_S,
+    DEFAULT_MAX_TRANSCRIBE_S,
     DEFAULT_OVERLAP_S,
     MAX_WINDOW_S,
     TOKENS_PER_SECOND,
     Window,
     WindowShare,
     join_window_rows,
+    measure_loudness,
     plan_windows,
     speech_regions,
     split_for_chat,
     stitch_texts_by_window,
     stitch_words_by_window,
+    window_clips,
 )
 from lalm.model import AudioLanguageModel
 from lalm.prompt import (
@@ -93,6 +100,8 @@ QWEN2_ASR_INSTRUCTION = "Detect the language and recognize the speech: "
 # pauses an energy voice-activity detector finds, "fixed" cuts fixed windows with overlap,
 # None keeps the clip as one prompt (its windows' rows joined, as in chat).
 LongForm = Literal["vad", "fixed"] | None
+# Per-call decoding policy: GenerationOptions, a dict of its fields (over the pipeline's), None.
+OptionsArg = GenerationOptions | Mapping[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -119,7 +128,8 @@ class TranscriptionPlan:
 
     Attributes:
         requests: the prompts, in order: one for a clip sent whole; one per window of a long
-            clip; none for a long recording in which voice activity finds no speech.
+            clip; none for a long recording in which voice activity finds no speech. (The
+            plans `Pipeline.transcribe` keeps hold none: it decodes the windows as it runs.)
         windows: the windows of the recording that the requests transcribe, in order; None
             when the clip is one prompt.
         language: language of the speech (a prompt language tag).
@@ -166,6 +176,42 @@ class Transcript:
     segments: tuple[TranscriptSegment, ...]
 
 
+def read_generation_config(directory: str | Path, stop_ids: tuple[int, ...] = ()
+                           ) -> GenerationOptions:
+    """A checkpoint directory's decoding defaults: its ``generation_config.json`` as
+    transformers reads it (`GenerationOptions.from_hf`; its eos ids join ``stop_ids``), else
+    `GenerationOptions()` (greedy).
+
+    Raises:
+        CheckpointError: the file is not a JSON object or holds values lalm cannot run.
+    """
+    from lalm.checkpoint.save import GENERATION_CONFIG, read_generation_config as read
+
+    config = read(directory)
+    if config is None:
+        return GenerationOptions()
+    return GenerationOptions.from_hf(config, str(Path(directory) / GENERATION_CONFIG),
+                                     stop_ids)
+
+
+def check_transcription_options(family: Family, timestamps: bool, long_form: LongForm,
+                                overlap_s: Seconds, window_s: Seconds = MAX_WINDOW_S) -> None:
+    """Check transcription options before any audio or model is loaded.
+
+    Raises:
+        PromptError: ``timestamps`` for a family without timestamp tags (Qwen2-Audio).
+        AudioError: ``long_form`` not "vad", "fixed" or None, or ``overlap_s`` out of range.
+    """
+    if timestamps and family is not Family.QWEN_AUDIO:
+        raise PromptError(f"word timestamps need a Qwen-Audio (v1) checkpoint; this one is "
+                          f"{family.value} (its subtitles have one cue per segment)")
+    if long_form not in ("vad", "fixed", None):
+        raise AudioError(f"long_form must be 'vad', 'fixed' or None, got {long_form!r}")
+    if long_form is not None:  # the window planner's own overlap checks, on silence
+        plan_windows(np.zeros(2 * round(window_s * SAMPLE_RATE), np.float32),
+                     window_s=window_s, overlap_s=overlap_s)
+
+
 class IncrementalDecoder:
     """Token ids in, text out, never splitting a multi-byte character.
 
@@ -196,6 +242,11 @@ class IncrementalDecoder:
         return text
 
 
+def _prompt_count(plan: TranscriptionPlan) -> int:
+    """How many prompts transcribe a planned clip: one per window, or one for the whole clip."""
+    return 1 if plan.windows is None else len(plan.windows)
+
+
 def as_audio_part(audio: AudioSource | AudioPart) -> AudioPart:
     """``audio`` as an `AudioPart` (a part passes through, keeping its name for messages)."""
     return audio if isinstance(audio, AudioPart) else AudioPart(audio)
@@ -214,7 +265,8 @@ class Pipeline:
         model: the model (eval mode).
         tokenizer: the checkpoint's tokenizer; its family picks prompt formats and mel lengths.
         family: the prompt family.
-        options: default generation options (overridden per call).
+        options: default generation options (overridden per call): `from_pretrained` takes
+            them from the checkpoint's generation_config.json, as transformers does.
         max_audio_seconds: longest clip a prompt takes, in seconds (None: no limit). A clip
             longer than the encoder's window costs 25 audio tokens per second all the same
             (`lalm.longform`); the default 300 s (7500 tokens) fits an 8192-position decoder.
@@ -258,18 +310,27 @@ class Pipeline:
                         device: str | torch.device = "cpu") -> Pipeline:
         """Load a checkpoint directory (weights, config.json and tokenizer files).
 
+        The default options come from the directory's ``generation_config.json`` as
+        transformers' ``generate()`` reads it (`GenerationOptions.from_hf`: a released
+        Instruct model samples at temperature 0.7, top_p 0.5, top_k 20, repetition penalty
+        1.1 and stops at its eos ids); without the file, `GenerationOptions()` (greedy).
+        A call's options or keyword fields override them.
+
         Raises:
             CheckpointError / TokenizerError: naming the directory and what is wrong.
         """
         from lalm.checkpoint import load_model
 
-        return cls(load_model(path, dtype=dtype, device=device), load_tokenizer(path))
+        model = load_model(path, dtype=dtype, device=device)
+        tokenizer = load_tokenizer(path)
+        return cls(model, tokenizer, read_generation_config(path, tokenizer.stop_ids))
 
     # ------------------------------------------------------------------ requests
 
-    def chat_request(self, text: str | Sequence[Message],
+    def chat_request(self, text: str | Sequence[Message | Mapping[str, Any]],
                      audios: Sequence[AudioSource | AudioPart] = ()) -> Request:
-        """A chat prompt: a user turn of ``text`` and ``audios``, or a message list.
+        """A chat prompt: a user turn of ``text`` and ``audios``, or a message list
+        (`Message`s or OpenAI / transformers message dicts: `lalm.generation.messages`).
 
         Each ``<audio>`` tag in ``text`` (or, with ``audios``, in the messages' text) is where the
         next audio goes, as in ms-swift / LLaMA-Factory rows: "Listen: <audio> and tell me"
@@ -285,7 +346,8 @@ class Pipeline:
                 raise PromptError("empty prompt: give a question and/or audio")
             messages: Sequence[Message] = [user_message(text, parts)]
         else:
-            messages = fill_audio_tags(text, parts) if parts else text
+            messages = as_messages(text)
+            messages = fill_audio_tags(messages, parts) if parts else messages
         return Request(build_chat_prompt(messages, self.family))
 
     def transcribe_request(self, audio: AudioSource | AudioPart, language: str = "en",
@@ -333,13 +395,13 @@ class Pipeline:
         windows: list[np.ndarray] = []
         owner: list[int] = []
         for k, part in enumerate(parts):
-            clip = load_audio(part.source)
-            seconds = clip.shape[0] / SAMPLE_RATE
-            if self.max_audio_seconds is not None and seconds > self.max_audio_seconds:
-                raise AudioError(
-                    f"{part.label}: {seconds:.2f} s is longer than max_audio_seconds="
-                    f"{self.max_audio_seconds:g} s ({TOKENS_PER_SECOND} audio tokens per "
-                    f"second); raise the limit or transcribe it with long-form windows")
+            try:  # decoding stops at the limit (or at the header's duration)
+                clip = load_audio(part.source, max_seconds=self.max_audio_seconds)
+            except AudioTooLongError as e:
+                raise AudioTooLongError(
+                    f"{part.label}: longer than max_audio_seconds={self.max_audio_seconds:g} s "
+                    f"({TOKENS_PER_SECOND} audio tokens per second; {e}); raise the limit or "
+                    "transcribe it with long-form windows") from None
             pieces = split_for_chat(clip, self.window_s, max_duration_s=None)
             windows += pieces
             owner += [k] * len(pieces)
@@ -417,21 +479,25 @@ class Pipeline:
         result.parsed = parse_output(result.text, request.spec)
         return result
 
-    def generate(self, requests: Sequence[Request], options: GenerationOptions | None = None,
+    def generate(self, requests: Sequence[Request], options: OptionsArg = None,
                  batch_size: int | None = None,
                  progress: Callable[[int], None] | None = None) -> list[GenerationResult]:
         """Run requests in batches; results in request order.
 
         Args:
             requests: the prompts.
-            options: decoding policy (default: the pipeline's).
+            options: decoding policy: `GenerationOptions`, a dict of its fields over the
+                pipeline's options, or None (the pipeline's).
             batch_size: prompts per batch (default: all at once).
             progress: called with the number of requests finished after each batch.
 
         Returns:
             One `GenerationResult` per request, with `text`, `parsed` and `timings`.
+
+        Raises:
+            GenerationError: bad options (an unknown field is listed with the valid ones).
         """
-        options = options or self.options
+        options = resolve_options(self.options, options)
         size = batch_size or max(len(requests), 1)
         if size < 1:
             raise PromptError(f"batch_size must be >= 1, got {batch_size}")
@@ -451,14 +517,14 @@ class Pipeline:
                 progress(len(chunk))
         return results
 
-    def stream(self, request: Request, options: GenerationOptions | None = None
-               ) -> Iterator[str]:
+    def stream(self, request: Request, options: OptionsArg = None) -> Iterator[str]:
         """Text pieces of one request's output as they are generated (greedy or sampling).
 
         Pieces never split a multi-byte character; with stop sequences, the last characters
         are held back until it is clear they do not start one. The stop token is not shown.
+        ``options`` as in `generate`.
         """
-        options = options or self.options
+        options = resolve_options(self.options, options)
         stop_ids = self.stop_ids(options)
         decoder = IncrementalDecoder(self.tokenizer)
         hold = max((len(s) for s in options.stop_sequences), default=1) - 1
@@ -481,70 +547,158 @@ class Pipeline:
 
     # ------------------------------------------------------------------ conveniences
 
-    def chat(self, text: str | Sequence[Message], audios: Sequence[AudioSource | AudioPart] = (),
-             options: GenerationOptions | None = None) -> GenerationResult:
-        """Answer one chat turn (see `chat_request`)."""
+    def chat(self, text: str | Sequence[Message | Mapping[str, Any]],
+             audios: Sequence[AudioSource | AudioPart] = (), options: OptionsArg = None,
+             **fields: Any) -> GenerationResult:
+        """Answer one chat turn.
+
+        Examples::
+
+            pipe.chat("What is in the clip?", ["a.wav"], max_new_tokens=64)
+            pipe.chat("Describe it.", ["a.wav"], options={"temperature": 0.7, "top_p": 0.9})
+            pipe.chat([{"role": "user", "content": [
+                {"type": "audio", "audio_url": "a.wav"},
+                {"type": "text", "text": "What is in the clip?"}]}])
+            pipe.chat([Message("user", (AudioPart("a.wav"), TextPart("And this?")))])
+
+        Args:
+            text: the user's question (may be "" with ``audios``: voice chat), or the whole
+                conversation: `lalm.prompt.Message`s or message dicts in the OpenAI chat /
+                transformers chat-template layouts (``{"role", "content"}``, content a string
+                or a list of ``text`` / ``audio`` / ``audio_url`` / ``input_audio`` parts; see
+                `lalm.generation.messages`), the last a user turn.
+            audios: clips of the question's turn, before its text (paths, bytes, 16-kHz
+                arrays or `AudioPart`s); only with a ``text`` string.
+            options: decoding policy: `GenerationOptions`, a dict of its fields over the
+                pipeline's options, or None (the pipeline's: the checkpoint's
+                generation_config.json, else greedy).
+            **fields: GenerationOptions fields over ``options``, e.g. ``max_new_tokens=64``,
+                ``temperature=0``, ``stop_sequences=["\\n"]``.
+
+        Returns:
+            The answer: ``.text``, ``.tokens``, ``.finish_reason``, ``.avg_logprob``.
+
+        Raises:
+            PromptError: an empty or malformed conversation (the message says which item and
+                the accepted shapes).
+            GenerationError: an unknown option (the valid fields are listed) or a bad value.
+            AudioError: a clip that cannot be loaded or is too long.
+        """
+        options = resolve_options(self.options, options, **fields)
         return self.generate([self.chat_request(text, audios)], options)[0]
 
     def transcribe(self, audios: Sequence[AudioSource], language: str = "en",
-                   options: GenerationOptions | None = None, batch_size: int = 8,
+                   options: OptionsArg = None, batch_size: int = 8,
                    progress: Callable[[int], None] | None = None, *, timestamps: bool = False,
-                   long_form: LongForm = "vad",
-                   overlap_s: Seconds = DEFAULT_OVERLAP_S) -> list[GenerationResult]:
+                   long_form: LongForm = "vad", overlap_s: Seconds = DEFAULT_OVERLAP_S,
+                   max_seconds: Seconds | None = DEFAULT_MAX_TRANSCRIBE_S,
+                   **fields: Any) -> list[GenerationResult]:
         """Speech recognition for each clip (batched); read `.parsed.text` for the words.
+        `transcribe_segments` gives the same with each clip's segments (subtitles).
 
         Each clip is planned into prompts (`plan_transcription`): one for a clip no longer than
         the encoder's window, else, with ``long_form``, one per window (cut in pauses with
         "vad", fixed windows overlapping by ``overlap_s`` with "fixed"). The prompts of all
-        clips run together in batches of ``batch_size``, then each clip's results are stitched
+        clips run in order in batches of ``batch_size``, then each clip's results are stitched
         (`stitch_transcription`): on v1 every window asks for SRWT (``<|timestamps|>``) and
         the words are joined by their times; on Qwen2-Audio (and for v1 windows whose output
         lacks the SRWT times) the window texts are joined by aligning their overlaps. A
         recording without speech ("vad") gives an empty result.
 
+        Audio is never held whole: a long file is decoded twice, block by block, once to plan
+        its windows (`lalm.longform.measure_loudness`) and once to cut them
+        (`lalm.longform.window_clips`) as the batches need them, so at most ``batch_size``
+        windows (plus one being cut) are in memory, whatever the recording's length.
+
+        Transcription is greedy unless ``options`` / ``temperature`` say otherwise (as the
+        server's /v1/audio/transcriptions and Whisper): the pipeline's options with
+        temperature 0, so a checkpoint's sampling defaults do not apply; its other fields
+        (stop ids, repetition penalty, max_new_tokens) do.
+
         Args:
             audios: the clips (paths, bytes, or float arrays at 16 kHz).
             language: language of the speech, a prompt language tag.
-            options: decoding policy (default: the pipeline's).
+            options: decoding policy as in `chat` (default: the pipeline's).
             batch_size: prompts (clips or windows) per batch.
             progress: called with the number of clips finished after each batch.
             timestamps: words with start/end seconds in ``parsed.words`` (v1 only: SRWT).
             long_form: "vad", "fixed", or None to send a long clip as one prompt whose audio
                 span holds all its windows' rows (as in chat; up to `max_audio_seconds`).
             overlap_s: overlap of neighbouring windows that cannot meet in a pause.
+            max_seconds: longest clip accepted (None: no limit), checked from the file's
+                header and while decoding; default 4 h.
+            **fields: GenerationOptions fields over ``options`` (e.g. ``max_new_tokens=64``).
 
         Returns:
             One `GenerationResult` per clip, in order (`Transcript.result`).
 
         Raises:
-            AudioError: a clip that cannot be loaded, or a bad ``long_form`` / ``overlap_s``.
-            PromptError: ``timestamps`` on a Qwen2-Audio checkpoint.
+            AudioError: a clip that cannot be loaded, longer than ``max_seconds``
+                (`AudioTooLongError`), or a bad ``long_form`` / ``overlap_s``.
+            PromptError: ``timestamps`` on a Qwen2-Audio checkpoint; a bad ``batch_size``.
+            GenerationError: an unknown option or a bad value.
         """
-        plans = [self.plan_transcription(audio, language, timestamps=timestamps,
-                                         long_form=long_form, overlap_s=overlap_s)
-                 for audio in audios]
-        # progress counts clips: a clip is finished when its last prompt is
-        ends = list(itertools.accumulate(len(p.requests) for p in plans))
-        finished = [0, 0]  # prompts, clips
+        return [t.result for t in self.transcribe_segments(
+            audios, language, options, batch_size, progress, timestamps=timestamps,
+            long_form=long_form, overlap_s=overlap_s, max_seconds=max_seconds, **fields)]
 
-        def advance(n_prompts: int) -> None:
-            finished[0] += n_prompts
-            clips = bisect.bisect_right(ends, finished[0])
-            if progress is not None and clips > finished[1]:
-                progress(clips - finished[1])
-            finished[1] = clips
+    def transcribe_segments(self, audios: Sequence[AudioSource], language: str = "en",
+                            options: OptionsArg = None, batch_size: int = 8,
+                            progress: Callable[[int], None] | None = None, *,
+                            timestamps: bool = False, long_form: LongForm = "vad",
+                            overlap_s: Seconds = DEFAULT_OVERLAP_S,
+                            max_seconds: Seconds | None = DEFAULT_MAX_TRANSCRIBE_S,
+                            **fields: Any) -> list[Transcript]:
+        """`transcribe`, with each clip's `Transcript`: its result and its segments (the whole
+        clip, or one per window), what subtitles are made of (`lalm.subtitles.transcript_cues`;
+        the server's verbose_json / srt / vtt use the same segments). Same arguments and errors
+        as `transcribe`.
+        """
+        check_transcription_options(self.family, timestamps, long_form, overlap_s,
+                                    self.window_s)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise PromptError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        options = resolve_options(replace(self.options, temperature=0.0), options, **fields)
+        plans: list[tuple[TranscriptionPlan, list[GenerationResult]]] = []
+        pending: list[tuple[list[GenerationResult], Request]] = []  # the batch being filled
+        out: list[Transcript] = []
 
-        requests = [r for p in plans for r in p.requests]
-        results = iter(self.generate(requests, options, batch_size, advance))
-        out = [self.stitch_transcription(p, [next(results) for _ in p.requests]).result
-               for p in plans]
-        if progress is not None and finished[1] < len(plans):  # clips without any prompt
-            progress(len(plans) - finished[1])
+        def finish_ready() -> None:  # stitch the clips whose every prompt has run, in order
+            done = len(out)
+            while len(out) < len(plans):
+                plan, results = plans[len(out)]
+                if len(results) < _prompt_count(plan):
+                    break
+                out.append(self.stitch_transcription(plan, results))
+                plans[len(out) - 1] = (plan, [])  # its windows' results live on in `out`
+            if progress is not None and len(out) > done:
+                progress(len(out) - done)
+
+        def run() -> None:
+            results = self.generate([r for _, r in pending], options, batch_size)
+            for (owner, _), result in zip(pending, results):
+                owner.append(result)
+            pending.clear()
+            finish_ready()
+
+        for audio in audios:
+            plan, requests = self._plan_transcription(audio, language, timestamps, long_form,
+                                                      overlap_s, max_seconds)
+            plans.append((plan, []))
+            for request in requests:  # a long clip's windows are decoded as they are needed
+                pending.append((plans[-1][1], request))
+                if len(pending) == batch_size:
+                    run()
+        if pending:
+            run()
+        finish_ready()
         return out
 
     def plan_transcription(self, audio: AudioSource, language: str = "en", *,
                            timestamps: bool = False, long_form: LongForm = "vad",
-                           overlap_s: Seconds = DEFAULT_OVERLAP_S) -> TranscriptionPlan:
+                           overlap_s: Seconds = DEFAULT_OVERLAP_S,
+                           max_seconds: Seconds | None = DEFAULT_MAX_TRANSCRIBE_S
+                           ) -> TranscriptionPlan:
         """The prompts that transcribe one clip: the step before the model run.
 
         A clip no longer than the encoder's window, or any clip with ``long_form`` None, is
@@ -553,6 +707,7 @@ class Pipeline:
         windows overlapping by ``overlap_s`` with "fixed"), one prompt per window; on v1 each
         window asks for SRWT word times, which `stitch_transcription` joins by. Run the
         requests (batched with any others), then pass their results to `stitch_transcription`.
+        The plan holds every window's samples; `transcribe` streams them instead.
 
         Args:
             audio: the clip (a path, bytes, or float samples at 16 kHz).
@@ -560,29 +715,53 @@ class Pipeline:
             timestamps: words with start/end seconds (v1 only: SRWT).
             long_form: "vad", "fixed", or None (see `transcribe`).
             overlap_s: overlap of neighbouring windows that cannot meet in a pause.
+            max_seconds: longest clip accepted (None: no limit); see `transcribe`.
 
         Returns:
             The plan: its requests, their windows and the clip's duration.
 
         Raises:
-            AudioError: a clip that cannot be loaded, or a bad ``long_form`` / ``overlap_s``.
+            AudioError: a clip that cannot be loaded or is too long, or a bad ``long_form`` /
+                ``overlap_s``.
             PromptError: ``timestamps`` on a Qwen2-Audio checkpoint.
         """
-        if long_form not in ("vad", "fixed", None):
-            raise AudioError(f"long_form must be 'vad', 'fixed' or None, got {long_form!r}")
-        clip = load_audio(audio)
-        duration = clip.shape[0] / SAMPLE_RATE
-        if long_form is None or clip.shape[0] <= round(self.window_s * SAMPLE_RATE):
+        plan, requests = self._plan_transcription(audio, language, timestamps, long_form,
+                                                  overlap_s, max_seconds)
+        return replace(plan, requests=tuple(requests))
+
+    def _plan_transcription(self, audio: AudioSource, language: str, timestamps: bool,
+                            long_form: LongForm, overlap_s: Seconds, max_seconds: Seconds | None
+                            ) -> tuple[TranscriptionPlan, Iterator[Request]]:
+        """`plan_transcription`'s plan without requests, and its requests as an iterator that
+        decodes the clip's windows one by one (for a clip longer than one window)."""
+        check_transcription_options(self.family, timestamps, long_form, overlap_s,
+                                    self.window_s)
+        if long_form is None:  # one prompt: the chat limit applies as well
+            limits = [x for x in (max_seconds, self.max_audio_seconds) if x is not None]
+            max_seconds = min(limits, default=None)
+        blocks = stream_audio(audio, max_seconds=max_seconds)
+        head: list[np.ndarray] = []  # the first blocks, up to one window past the window
+        window = round(self.window_s * SAMPLE_RATE)
+        for block in blocks:
+            head.append(block)
+            if long_form is not None and sum(b.shape[0] for b in head) > window:
+                break
+        else:  # the whole clip fits one prompt
+            clip = head[0] if len(head) == 1 else np.concatenate(head)
             # the loaded samples, under the source's name (error messages name the file)
             part = AudioPart(clip, name=as_audio_part(audio).label)
-            return TranscriptionPlan((self.transcribe_request(part, language, timestamps),),
-                                     None, language, duration)
-        speech = speech_regions(clip) if long_form == "vad" else None
-        windows = plan_windows(clip, window_s=self.window_s, overlap_s=overlap_s, speech=speech)
+            plan = TranscriptionPlan((), None, language, clip.shape[0] / SAMPLE_RATE)
+            return plan, iter([self.transcribe_request(part, language, timestamps)])
+        loudness = measure_loudness(itertools.chain(head, blocks))  # the rest of the clip
+        del head
+        speech = speech_regions(loudness) if long_form == "vad" else None
+        windows = plan_windows(loudness, window_s=self.window_s, overlap_s=overlap_s,
+                               speech=speech)
         v1 = self.family is Family.QWEN_AUDIO
-        requests = tuple(self.transcribe_request(w.clip(clip), language, timestamps=v1)
-                         for w in windows)
-        return TranscriptionPlan(requests, tuple(windows), language, duration)
+        clips = window_clips(stream_audio(audio, max_seconds=max_seconds), windows)
+        requests = (self.transcribe_request(clip, language, timestamps=v1) for clip in clips)
+        plan = TranscriptionPlan((), tuple(windows), language, loudness.n_samples / SAMPLE_RATE)
+        return plan, requests
 
     def stitch_transcription(self, plan: TranscriptionPlan,
                              results: Sequence[GenerationResult]) -> Transcript:
@@ -607,8 +786,8 @@ class Pipeline:
         Raises:
             AudioError: results and requests differ in number.
         """
-        if len(results) != len(plan.requests):
-            raise AudioError(f"{len(plan.requests)} requests but {len(results)} results")
+        if len(results) != _prompt_count(plan):
+            raise AudioError(f"{_prompt_count(plan)} requests but {len(results)} results")
         if plan.windows is None:
             (result,) = results
             parsed = result.parsed or ParsedOutput(result.text)

@@ -134,7 +134,7 @@ def process_logits(
 
 def select_tokens(
     logits: Tensor, do_sample: bool,
-    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
 ) -> Tensor:
     """Next token per row: argmax, or a draw from softmax(logits).
 
@@ -142,7 +142,8 @@ def select_tokens(
         logits: [B, V] float32 processed logits.
         do_sample: draw instead of argmax.
         generator: source of randomness for the draw (on the logits' device): one for the
-            batch, or one per row (a row's draws then do not depend on the other rows).
+            whole batch, or one per row (None: torch's global generator for that row). With
+            one per row, each row is drawn alone, so its draw does not depend on the others.
 
     Returns:
         [B] int64.
@@ -150,7 +151,9 @@ def select_tokens(
     if not do_sample:
         return logits.argmax(dim=-1)
     probs = logits.softmax(dim=-1)
-    if isinstance(generator, Sequence):
-        return torch.cat([torch.multinomial(probs[row:row + 1], 1, generator=g)[0]
-                          for row, g in enumerate(generator)])
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if len(generator) != probs.shape[0]:
+        raise ValueError(f"{len(generator)} generators for {probs.shape[0]} rows")
+    return torch.cat([torch.multinomial(probs[row:row + 1], 1, generator=g)[:, 0]
+                      for row, g in enumerate(generator)])

@@ -4,10 +4,15 @@
     POST /v1/audio/transcriptions  multipart upload; json / text / srt / vtt / verbose_json
     GET  /v1/models, /health, /metrics (Prometheus text), / (the web page)
 
-Thin, as DESIGN.md asks: a handler validates the body (pydantic), decodes audio under the
-limits (`lalm.serve.inputs`), builds the prompts with `Pipeline.chat_request` /
-`plan_transcription`, submits them to the batcher and formats the result. Bad input of any
-kind is a 4xx with OpenAI's error body; the body size is checked before the body is read.
+Thin, as DESIGN.md asks: a handler validates the body (pydantic; OpenAI parameters lalm
+cannot honour are refused, never ignored), decodes audio under the limits
+(`lalm.serve.inputs`), builds the prompts with `Pipeline.chat_request` /
+`plan_transcription`, checks that they fit the model's context (`lalm.serve.budget`, in a
+worker thread, so an oversized prompt never reaches the batcher's one thread), submits them
+to the batcher and formats the result. A client that leaves while it waits cancels its jobs
+(its row leaves the running batch). Bad input of any kind is a 4xx with OpenAI's error body;
+the Host header, the API key, the body's size and its read time are checked before a handler
+runs (`lalm.serve.middleware`).
 
 Audio longer than the encoder's 30-s window, up to the operator's ``max_audio_seconds``: a chat
 clip is split into windows that fill its one audio span (`Pipeline.encode_audio`); an upload to
@@ -22,16 +27,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import hmac
 import json
 import time
-from collections import Counter
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -39,11 +43,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from lalm.errors import GenerationError, LalmError
-from lalm.generation import GenerationOptions, IncrementalDecoder, Pipeline, Transcript
+from lalm.audio import HOP_LENGTH
+from lalm.generation import (
+    GenerationOptions,
+    IncrementalDecoder,
+    Pipeline,
+    Transcript,
+    TranscriptionPlan,
+)
 from lalm.generation import Request as PromptRequest  # fastapi's Request is the HTTP one
 from lalm.prompt import LANGUAGES
 from lalm.serve import schemas as s
 from lalm.serve.batcher import Batcher, Done, Failed, QueueFullError, Ticket, Token
+from lalm.serve.budget import PromptBudget
 from lalm.serve.inputs import (
     ApiError,
     AudioAccess,
@@ -52,13 +64,20 @@ from lalm.serve.inputs import (
     chat_options,
     decode_audio,
     invalid,
+    refuse_unsupported_chat,
+    refuse_unsupported_transcription,
+)
+from lalm.serve.middleware import (
+    LOOPBACK_HOSTS,
+    Auth,
+    BodyLimit,
+    HostCheck,
+    Metrics,
+    header_timeout_protocol,
 )
 from lalm.subtitles import Cue, format_srt, format_vtt
 
 STATIC = Path(__file__).with_name("static")
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -66,100 +85,45 @@ class ServerConfig:
     """How the server runs; every field is a ``lalm serve`` flag."""
 
     model_name: str  # the id clients pass as ``model`` (GET /v1/models lists it)
-    api_key: str | None = None  # required as ``Authorization: Bearer KEY`` on /v1 when set
+    # required as ``Authorization: Bearer KEY`` on /v1/*, /metrics and /openapi.json when set
+    api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     access: AudioAccess = field(default_factory=AudioAccess)
     max_batch_size: int = 16  # requests per shared forward pass
     max_queue: int = 256  # requests waiting at most; more get 429
     request_timeout_s: float = 120.0  # a request not answered by then gets 504
+    protect_all: bool = False  # with api_key: every route needs it (/health, the web page too)
+    # ``Host`` header names answered (others: 400, against DNS rebinding); None: any
+    allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS
+    read_timeout_s: float = 60.0  # for a request's line and headers, then for its body
 
 
-# ---------------------------------------------------------------------------- ASGI middleware
-
-
-async def _send_error(send: Send, status: int, message: str, code: str) -> None:
-    body = s.ErrorBody(error=s.ErrorDetail(message=message, type="invalid_request_error",
-                                           code=code)).model_dump_json().encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
-
-
-class BodyLimit:
-    """Refuses bodies over ``max_bytes`` with 413 before the app reads them.
-
-    A declared Content-Length over the limit is refused before a byte of the body is read;
-    a body without one (chunked) is read up to the limit and refused as soon as it passes it.
-    """
-
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]],
-                 max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        declared = headers.get(b"content-length")
-        too_large = f"request body larger than this server's limit of {self.max_bytes} bytes"
-        if declared is not None:
-            if not declared.isdigit() or int(declared) > self.max_bytes:
-                return await _send_error(send, 413, too_large, "body_too_large")
-            return await self.app(scope, receive, send)
-        if scope["method"] in ("GET", "HEAD"):
-            return await self.app(scope, receive, send)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                return await _send_error(send, 413, too_large, "body_too_large")
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
-
-        async def replayed() -> dict[str, Any]:
-            return replay.pop() if replay else await receive()
-
-        await self.app(scope, replayed, send)
-
-
-class Metrics:
-    """Request counts and latency per route and status (for ``/metrics``)."""
-
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]],
-                 routes: tuple[str, ...]) -> None:
-        self.app = app
-        self.routes = routes
-        self.requests: Counter[tuple[str, int]] = Counter()
-        self.seconds: Counter[str] = Counter()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        route = scope["path"] if scope["path"] in self.routes else "other"
-        status = [500]
-        start = time.perf_counter()
-
-        async def recorded(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recorded)
-        finally:
-            self.requests[route, status[0]] += 1
-            self.seconds[route] += time.perf_counter() - start
+def served_model_name(model_dir: str | Path) -> str:
+    """The default model id of a checkpoint directory: its name, or for the ``export``
+    folder a training run writes (``runs/NAME/export``) the run's name."""
+    path = Path(model_dir).resolve()
+    return path.parent.name if path.name == "export" and path.parent.name else path.name
 
 
 # ---------------------------------------------------------------------------- errors
+
+
+async def _until_disconnected(http: Request) -> None:
+    """Return when the client closes its connection (call once its body has been read)."""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
+
+
+@contextlib.asynccontextmanager
+async def _watching(http: Request) -> AsyncIterator[asyncio.Task[None]]:
+    """A task that ends when the client leaves, cancelled on exit."""
+    task = asyncio.ensure_future(_until_disconnected(http))
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _error_response(error: ApiError) -> JSONResponse:
@@ -197,11 +161,13 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
 def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
     """The FastAPI app serving ``pipeline`` (the batcher starts and stops with it)."""
     batcher = Batcher(pipeline, config.max_batch_size, config.max_queue)
+    budget = PromptBudget(pipeline)
     limits, access = config.limits, config.access
     created = s.now()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(lambda: budget.longest_token_bytes)  # once, before requests
         batcher.start()
         yield
         await run_in_threadpool(batcher.close)
@@ -226,29 +192,32 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
         return _error_response(ApiError(exc.status_code, str(exc.detail), code="not_found"
                                         if exc.status_code == 404 else None))
 
-    def authorize(request: Request) -> None:
-        if config.api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {config.api_key}".encode()):
-            raise ApiError(401, "missing or invalid API key (Authorization: Bearer KEY)",
-                           type="authentication_error", code="invalid_api_key")
-
     def check_model(name: str) -> None:
         if name != config.model_name:
             raise ApiError(404, f"model {name!r} does not exist; this server serves "
                            f"{config.model_name!r}", param="model", code="model_not_found")
 
-    def submit(request: Any, options: GenerationOptions, stream: bool) -> Ticket:
+    def submit(request: PromptRequest, options: GenerationOptions, stream: bool) -> Ticket:
         try:
             return batcher.submit(request, options, config.request_timeout_s, stream)
         except QueueFullError as e:
             raise ApiError(429, f"server busy: {e}; retry later", type="rate_limit_error",
                            code="queue_full") from None
 
-    async def next_event(ticket: Ticket, deadline: float) -> Token | Done:
+    async def next_event(ticket: Ticket, deadline: float,
+                         gone: asyncio.Task[None] | None = None) -> Token | Done:
+        """The job's next event; the job is cancelled when the client leaves first (``gone``
+        ends) or the deadline passes."""
+        get = asyncio.ensure_future(ticket.get(deadline - time.monotonic()))
+        if gone is not None:
+            await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not get.done():
+                get.cancel()
+                ticket.cancel()  # its row leaves the running batch at the next step
+                raise ApiError(499, "the client closed the connection",
+                               code="client_closed_request")
         try:
-            event = await ticket.get(deadline - time.monotonic())
+            event = await get
         except (TimeoutError, asyncio.TimeoutError):
             ticket.cancel()
             raise _job_error(TimeoutError(f"no answer within {config.request_timeout_s} s"))
@@ -256,26 +225,23 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
             raise _job_error(event.error)
         return event
 
-    async def result_of(ticket: Ticket, deadline: float | None = None) -> Done:
-        if deadline is None:
-            deadline = time.monotonic() + config.request_timeout_s
-        try:
-            while not isinstance(event := await next_event(ticket, deadline), Done):
-                pass
-        finally:
-            ticket.cancel()
-        return event
-
-    async def results_of(requests: Sequence[PromptRequest],
-                         options: GenerationOptions) -> list[Done]:
+    async def results_of(requests: Sequence[PromptRequest], options: GenerationOptions,
+                         http: Request) -> list[Done]:
         """Submit the jobs together (they share batches) and wait for all within one deadline;
-        when one fails, the others are cancelled."""
+        when one fails or the client leaves, the others are cancelled."""
         deadline = time.monotonic() + config.request_timeout_s
         tickets: list[Ticket] = []
+        results: list[Done] = []
         try:
-            for request in requests:
-                tickets.append(submit(request, options, False))
-            return [await result_of(ticket, deadline) for ticket in tickets]
+            async with _watching(http) as gone:
+                for request in requests:
+                    tickets.append(submit(request, options, False))
+                for ticket in tickets:
+                    while not isinstance(event := await next_event(ticket, deadline, gone),
+                                         Done):
+                        pass
+                    results.append(event)
+            return results
         finally:
             for ticket in tickets:
                 ticket.cancel()
@@ -294,40 +260,45 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
     async def metrics() -> str:
         return _prometheus(app.state.metrics, batcher)
 
-    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    @app.get("/v1/models")
     async def models() -> s.ModelList:
         return s.ModelList(data=[s.ModelCard(id=config.model_name, created=created)])
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
-    async def chat_completions(body: s.ChatCompletionRequest) -> Any:
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: s.ChatCompletionRequest, http: Request) -> Any:
         check_model(body.model)
+        refuse_unsupported_chat(body)
         if body.stream and body.stop:
             raise invalid("stop sequences are not supported with stream=true", "stop")
         options = chat_options(body, pipeline.options, limits)
         messages = await run_in_threadpool(chat_messages, body, access, limits)
-        ticket = submit(pipeline.chat_request(messages), options, body.stream)
+        request = await run_in_threadpool(pipeline.chat_request, messages)
+        await run_in_threadpool(budget.check, request, options, "messages")
         if not body.stream:
-            done = await result_of(ticket)
+            (done,) = await results_of([request], options, http)
             result = done.result
             return s.ChatCompletion(
                 id=s.completion_id(), created=s.now(), model=config.model_name,
                 choices=[s.Choice(message=s.AssistantMessage(content=result.text),
                                   finish_reason=_finish_reason(result.finish_reason))],
                 usage=s.Usage.of(done.prompt_tokens, len(result.tokens)))
+        ticket = submit(request, options, True)
         deadline = time.monotonic() + config.request_timeout_s
         try:
-            first = await next_event(ticket, deadline)  # errors before the first token: 4xx
+            async with _watching(http) as gone:  # errors before the first token: 4xx
+                first = await next_event(ticket, deadline, gone)
         except ApiError:
             ticket.cancel()
             raise
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(
+        return StreamingResponse(  # it cancels the stream (and so the job) when the client goes
             _sse(ticket, first, deadline, next_event, IncrementalDecoder(pipeline.tokenizer),
                  config.model_name, include_usage),
             media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
-    @app.post("/v1/audio/transcriptions", dependencies=[Depends(authorize)])
+    @app.post("/v1/audio/transcriptions")
     async def transcriptions(
+        http: Request,
         file: Annotated[UploadFile, File()],
         model: Annotated[str, Form()],
         language: Annotated[str | None, Form()] = None,
@@ -335,6 +306,7 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
         temperature: Annotated[float, Form(ge=0.0, le=2.0)] = 0.0,
     ) -> Any:
         check_model(model)
+        refuse_unsupported_transcription((await http.form()).multi_items())
         language = language or "en"
         if language not in LANGUAGES:
             raise invalid(f"language: {language!r} is not one of {', '.join(LANGUAGES)}",
@@ -344,22 +316,26 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
         plan = await run_in_threadpool(pipeline.plan_transcription, samples, language)
         options = replace(pipeline.options, max_new_tokens=limits.default_max_tokens,
                           temperature=temperature, stop_sequences=())
-        done = await results_of(plan.requests, options)
+        for request in plan.requests:
+            await run_in_threadpool(budget.check, request, options, "file")
+        done = await results_of(plan.requests, options, http)
         transcript = pipeline.stitch_transcription(plan, [d.result for d in done])
-        return _transcription(transcript, response_format, language, plan.duration_s,
-                              temperature)
+        return _transcription(transcript, plan, response_format, temperature)
 
     app.state.metrics = None  # set by `build_asgi`
     return app
 
 
 def build_asgi(pipeline: Pipeline, config: ServerConfig) -> Callable[..., Awaitable[None]]:
-    """The app wrapped in request metrics and the early body-size check."""
+    """The app under its HTTP layer (`lalm.serve.middleware`): metrics, the Host check, the
+    API key, the body's size and read time."""
     app = create_app(pipeline, config)
     routes = ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions",
               "/v1/audio/transcriptions")
-    app.state.metrics = Metrics(app, routes)
-    return BodyLimit(app.state.metrics, config.limits.max_body_bytes)
+    inner = BodyLimit(app, config.limits.max_body_bytes, config.read_timeout_s)
+    guarded = HostCheck(Auth(inner, config.api_key, config.protect_all), config.allowed_hosts)
+    app.state.metrics = Metrics(guarded, routes)
+    return app.state.metrics
 
 
 def _finish_reason(reason: str | None) -> str:
@@ -405,18 +381,26 @@ async def _sse(ticket: Ticket, first: Token | Done, deadline: float,
     yield "data: [DONE]\n\n"
 
 
-def _transcription(transcript: Transcript, response_format: str, language: str,
-                   duration: float, temperature: float) -> Any:
+def _compression_ratio(text: str) -> float:
+    """Whisper's: UTF-8 bytes of ``text`` over their zlib-compressed size."""
+    data = text.encode()
+    return len(data) / len(zlib.compress(data))
+
+
+def _transcription(transcript: Transcript, plan: TranscriptionPlan, response_format: str,
+                   temperature: float) -> Any:
     result = transcript.result
     text = (result.parsed.text if result.parsed else result.text).strip()
     if response_format == "json":
         return s.Transcription(text=text)
     if response_format == "text":
         return PlainTextResponse(text)
-    segments = [s.Segment(id=i, start=round(seg.start, 3), end=round(seg.end, 3),
+    seeks = [w.start // HOP_LENGTH for w in plan.windows or ()] or [0]  # in mel frames
+    segments = [s.Segment(id=i, seek=seek, start=round(seg.start, 3), end=round(seg.end, 3),
                           text=seg.text.strip(), tokens=seg.result.tokens,
-                          temperature=temperature, avg_logprob=seg.result.avg_logprob)
-                for i, seg in enumerate(transcript.segments)]
+                          temperature=temperature, avg_logprob=seg.result.avg_logprob,
+                          compression_ratio=_compression_ratio(seg.text.strip()))
+                for i, (seg, seek) in enumerate(zip(transcript.segments, seeks))]
     cues = [Cue(seg.start, seg.end, seg.text) for seg in segments]
     if response_format == "srt":
         return PlainTextResponse(format_srt(cues))
@@ -424,8 +408,8 @@ def _transcription(transcript: Transcript, response_format: str, language: str,
         return PlainTextResponse(format_vtt(cues), media_type="text/vtt")
     words = [s.Word(word=w.word, start=round(w.start, 3), end=round(w.end, 3))
              for w in (result.parsed.words if result.parsed else ())]
-    return s.VerboseTranscription(language=language, duration=round(duration, 3), text=text,
-                                  segments=segments, words=words or None)
+    return s.VerboseTranscription(language=plan.language, duration=round(plan.duration_s, 3),
+                                  text=text, segments=segments, words=words or None)
 
 
 def _prometheus(metrics: Metrics, batcher: Batcher) -> str:
@@ -440,6 +424,7 @@ def _prometheus(metrics: Metrics, batcher: Batcher) -> str:
                               ("batches_total", stats.batches, "counter"),
                               ("batch_rows_total", stats.rows, "counter"),
                               ("generated_tokens_total", stats.generated_tokens, "counter"),
+                              ("cancelled_rows_total", stats.cancelled_rows, "counter"),
                               ("failed_jobs_total", stats.failed_jobs, "counter"),
                               ("expired_jobs_total", stats.expired_jobs, "counter")):
         lines += [f"# TYPE lalm_{name} {kind}", f"lalm_{name} {value}"]
@@ -471,4 +456,5 @@ def serve(pipeline: Pipeline, config: ServerConfig, host: str = "127.0.0.1",
 
     _limit_malloc_arenas()
     uvicorn.run(build_asgi(pipeline, config), host=host, port=port, access_log=access_log,
-                log_level="info", timeout_graceful_shutdown=5)
+                log_level="info", timeout_graceful_shutdown=5,
+                http=header_timeout_protocol(config.read_timeout_s))

@@ -2,28 +2,32 @@
 
 HTTP handlers `submit` jobs (a `lalm.generation.Request` plus its `GenerationOptions`) into a
 bounded queue; one worker thread takes the oldest job and every queued job with equal options
-(up to ``max_batch_size``), prepares them as one left-padded batch (`Pipeline.prepare`: the
-encoder runs once for all their clips) and decodes them together (`generate_steps`). A batch
-runs until its last row finishes; jobs arriving meanwhile form the next batch.
+but for the seed (up to ``max_batch_size``), prepares them as one left-padded batch
+(`Pipeline.prepare`: the encoder runs once for all their clips) and decodes them together
+(`generate_steps`; a sampled row draws from its own seed's generator, so it gets the tokens it
+gets alone). A batch runs until its last row finishes; jobs arriving meanwhile form the next
+batch.
 
 Each job has a `Ticket`, the bridge from the worker thread to the handler's event loop: tokens
 (for streaming jobs) and then `Done` or `Failed`. A bad request never takes a batch down: a
 `LalmError` raised before the first token (a prompt that encodes to too many tokens, a clip the
 encoder cannot take) splits the batch in halves until the culprit runs alone and fails with
 its own error, and the others complete. Jobs past their deadline or cancelled by the handler
-(client gone, timeout) are dropped before they run, and a batch whose jobs are all cancelled
-stops early.
+(client gone, timeout) are dropped before they run; a job cancelled while its batch runs is
+dropped from the batch at the next step (its row is computed no more), and a batch whose jobs
+are all cancelled ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lalm.errors import LalmError
 from lalm.generation import GenerationOptions, GenerationResult, Pipeline, Request, generate_steps
@@ -103,6 +107,11 @@ class Job:
     stream: bool
     queued_at: float = field(default_factory=time.monotonic)
 
+    @property
+    def batch_key(self) -> GenerationOptions:
+        """Jobs with equal keys share a batch: their options but for the seed (per row)."""
+        return replace(self.options, seed=None)
+
 
 @dataclass
 class BatchStats:
@@ -110,7 +119,8 @@ class BatchStats:
 
     batches: int = 0
     rows: int = 0
-    generated_tokens: int = 0
+    generated_tokens: int = 0  # row-steps computed (a dropped row costs no more)
+    cancelled_rows: int = 0  # rows dropped from a running batch (client gone, timeout)
     failed_jobs: int = 0
     expired_jobs: int = 0
 
@@ -191,7 +201,8 @@ class Batcher:
     # ------------------------------------------------------------------ worker thread
 
     def _take(self) -> list[Job] | None:
-        """The next batch: the oldest job and queued jobs with equal options (None: closed)."""
+        """The next batch: the oldest job and queued jobs with its `Job.batch_key` (None:
+        closed)."""
         with self._cond:
             while not self._pending and not self._closed:
                 self._cond.wait()
@@ -209,7 +220,7 @@ class Batcher:
             batch, rest = [first], deque()
             while self._pending:
                 job = self._pending.popleft()
-                if len(batch) < self.max_batch_size and job.options == first.options:
+                if len(batch) < self.max_batch_size and job.batch_key == first.batch_key:
                     batch.append(job)
                 else:
                     rest.append(job)
@@ -253,32 +264,34 @@ class Batcher:
 
     def _generate(self, jobs: Sequence[Job]) -> None:
         """Prepare and decode one batch. A `LalmError` can only come before any token."""
-        pipeline, options = self.pipeline, jobs[0].options
+        pipeline, options = self.pipeline, jobs[0].batch_key
         t0 = time.monotonic()
         prompt = pipeline.prepare([job.request for job in jobs])
         stop_ids = pipeline.stop_ids(options)
+
+        def cancelled(row: int) -> bool:  # asked once per step for each running row
+            gone = jobs[row].ticket.cancelled
+            self.stats.cancelled_rows += gone
+            return gone
+
         steps = generate_steps(pipeline.model, prompt, options, stop_ids,
-                               pipeline.tokenizer.decode)
+                               pipeline.tokenizer.decode, [job.options.seed for job in jobs],
+                               cancelled)
         step = next(steps)  # prefill + first token: bad input has shown by now
         t1 = time.monotonic()
         self.stats.batches += 1
         self.stats.rows += len(jobs)
-        while True:
+        for step in itertools.chain([step], steps):
             for job, token, result in zip(jobs, step.tokens, step.results):
                 if token is not None:
                     self.stats.generated_tokens += 1
                     if job.stream:
                         job.ticket.put(Token(token, result.finish_reason))
             results = step.results
-            if all(job.ticket.cancelled for job in jobs):
-                steps.close()  # frees the KV cache
-                return
-            following = next(steps, None)
-            if following is None:
-                break
-            step = following
         t2 = time.monotonic()
         for job, result, n_prompt in zip(jobs, results, prompt.lengths.tolist()):
+            if job.ticket.cancelled:
+                continue
             result.timings = {"queue": t0 - job.queued_at, "prefill": t1 - t0,
                               "decode": t2 - t1}
-            job.ticket.put(Done(pipeline.finish(result, job.request, options), n_prompt))
+            job.ticket.put(Done(pipeline.finish(result, job.request, job.options), n_prompt))

@@ -14,9 +14,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import http.client
+import os
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -35,8 +41,10 @@ from lalm.serve.schemas import (
     TextContent,
 )
 
-FETCH_TIMEOUT_S = 10.0  # seconds allowed for one allowlisted http(s) audio download
+FETCH_TIMEOUT_S = 10.0  # seconds allowed for one allowlisted http(s) audio download, in all
 MAX_STOP_SEQUENCES = 4  # as OpenAI
+MAX_PATH_BYTES = 4096  # Linux PATH_MAX: a longer path name cannot be opened
+MAX_NAME_BYTES = 255  # Linux NAME_MAX: nor can a longer file or folder name
 
 
 class ApiError(Exception):
@@ -83,10 +91,15 @@ class AudioAccess:
 
     url_prefixes: tuple[str, ...] = ()
     directories: tuple[Path, ...] = ()
+    fetch_timeout_s: float = FETCH_TIMEOUT_S  # one download, connecting to the last byte
 
     def url_allowed(self, url: str) -> bool:
-        """Whether an http(s) URL lies under an allowed prefix."""
-        target = urlsplit(url)
+        """Whether an http(s) URL lies under an allowed prefix (a malformed one never is)."""
+        try:
+            target = urlsplit(url)
+            target.port  # noqa: B018 (a port that is not a number in 0..65535 raises)
+        except ValueError:
+            return False
         if target.username is not None or target.password is not None:
             return False
         path = unquote(target.path)
@@ -131,36 +144,124 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+class _Deadline:
+    """Shuts a download's sockets when its time is up, in whatever phase it is (connecting,
+    headers, body): socket timeouts bound each read only, and a server sending a byte now
+    and then would hold the request for as long as it liked."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+        self.sockets: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def _expire(self) -> None:
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    @property
+    def passed(self) -> bool:
+        """Whether the time is up."""
+        return time.monotonic() >= self.end
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def handlers(self) -> list[urllib.request.BaseHandler]:
+        """urllib handlers whose connections register their sockets here."""
+        deadline = self
+
+        class Plain(http.client.HTTPConnection):
+            def connect(self) -> None:
+                super().connect()
+                deadline.sockets.append(self.sock)
+
+        class Secure(http.client.HTTPSConnection):
+            def connect(self) -> None:
+                super().connect()
+                deadline.sockets.append(self.sock)
+
+        class PlainHandler(urllib.request.HTTPHandler):
+            def http_open(self, req):  # type: ignore[no-untyped-def]
+                return self.do_open(Plain, req)
+
+        class SecureHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req):  # type: ignore[no-untyped-def]
+                return self.do_open(Secure, req, context=self._context)
+
+        return [PlainHandler(), SecureHandler()]
+
+
+def _too_large(param: str, source: str, limits: Limits) -> ApiError:
+    return ApiError(413, f"{param}: {source!r} is larger than this server's limit of "
+                    f"{limits.max_body_bytes} bytes", param=param, code="audio_too_large")
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
 def _fetch(url: str, param: str, access: AudioAccess, limits: Limits) -> bytes:
+    if _has_control(url):
+        raise invalid(f"{param}: the URL contains control characters (CR, LF, NUL, ...)",
+                      param, "invalid_audio_url")
     if not access.url_allowed(url):
         raise invalid(f"{param}: audio URLs are not allowed by this server ({url!r} is not "
-                      f"under an allowlisted prefix; use input_audio or a data: URL)", param,
-                      "audio_source_not_allowed")
-    opener = urllib.request.build_opener(_CheckedRedirects(access))
-    try:
-        with opener.open(url, timeout=FETCH_TIMEOUT_S) as response:
-            data = response.read(limits.max_body_bytes + 1)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise invalid(f"{param}: cannot fetch {url!r}: {e}", param, "audio_fetch_failed") from None
+                      f"under an allowlisted prefix, or is not a valid URL; use input_audio "
+                      f"or a data: URL)", param, "audio_source_not_allowed")
+    with _Deadline(access.fetch_timeout_s) as deadline:
+        opener = urllib.request.build_opener(_CheckedRedirects(access), *deadline.handlers())
+        try:
+            with opener.open(url, timeout=access.fetch_timeout_s) as response:
+                data = response.read(limits.max_body_bytes + 1)
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+            reason = (f"no complete answer within {access.fetch_timeout_s:g} s"
+                      if deadline.passed else str(e))
+            raise invalid(f"{param}: cannot fetch {url!r}: {reason}", param,
+                          "audio_fetch_failed") from None
+        if deadline.passed:  # the sockets were shut: what came is cut short
+            raise invalid(f"{param}: cannot fetch {url!r}: no complete answer within "
+                          f"{access.fetch_timeout_s:g} s", param, "audio_fetch_failed")
     if len(data) > limits.max_body_bytes:
-        raise ApiError(413, f"{param}: {url!r} is larger than {limits.max_body_bytes} bytes",
-                       param=param, code="audio_too_large")
+        raise _too_large(param, url, limits)
     return data
 
 
-def _read_local(location: str, param: str, access: AudioAccess) -> bytes:
+def _read_local(location: str, param: str, access: AudioAccess, limits: Limits) -> bytes:
     if not access.directories:
         raise invalid(f"{param}: local audio paths are not allowed by this server", param,
                       "audio_source_not_allowed")
     raw = unquote(urlsplit(location).path) if location.startswith("file:") else location
+    if _has_control(raw):
+        raise invalid(f"{param}: the path contains control characters (NUL, CR, LF, ...)",
+                      param, "invalid_audio_path")
+    encoded = os.fsencode(raw)
+    if len(encoded) > MAX_PATH_BYTES or any(len(n) > MAX_NAME_BYTES
+                                            for n in encoded.split(b"/")):
+        raise invalid(f"{param}: the path name is too long (at most {MAX_PATH_BYTES} bytes, "
+                      f"{MAX_NAME_BYTES} per name)", param, "invalid_audio_path")
     path = Path(raw)
-    resolved = path.resolve()
-    if not path.is_absolute() or not access.path_allowed(resolved):
-        raise invalid(f"{param}: {raw!r} is not inside an allowlisted directory", param,
-                      "audio_source_not_allowed")
-    if not resolved.is_file():
-        raise invalid(f"{param}: {raw!r} is not a file", param, "audio_not_found")
-    return resolved.read_bytes()
+    try:
+        resolved = path.resolve()
+        if not path.is_absolute() or not access.path_allowed(resolved):
+            raise invalid(f"{param}: {raw!r} is not inside an allowlisted directory", param,
+                          "audio_source_not_allowed")
+        if not resolved.is_file():
+            raise invalid(f"{param}: {raw!r} is not a file", param, "audio_not_found")
+        if resolved.stat().st_size > limits.max_body_bytes:
+            raise _too_large(param, raw, limits)
+        with resolved.open("rb") as f:
+            data = f.read(limits.max_body_bytes + 1)
+    except (OSError, ValueError) as e:
+        raise invalid(f"{param}: cannot read {raw!r}: {e}", param, "audio_not_found") from None
+    if len(data) > limits.max_body_bytes:  # it grew since
+        raise _too_large(param, raw, limits)
+    return data
 
 
 def audio_bytes(part: InputAudioContent | AudioURLContent, param: str, access: AudioAccess,
@@ -168,12 +269,17 @@ def audio_bytes(part: InputAudioContent | AudioURLContent, param: str, access: A
     """The encoded file bytes a content part names.
 
     Raises:
-        ApiError: bad base64, a malformed data: URL, or a reference outside the allowlist.
+        ApiError: bad base64, a malformed data: URL, a reference outside the allowlist or
+            malformed (control characters, a bad port, a name too long), a download that
+            fails or takes longer than ``access.fetch_timeout_s``, a file over the body limit.
     """
     if isinstance(part, InputAudioContent):
         return decode_base64(part.input_audio.data, f"{param}.input_audio.data")
     url, param = part.audio_url.url, f"{param}.audio_url.url"
-    scheme = urlsplit(url).scheme.lower()
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError as e:
+        raise invalid(f"{param}: not a valid URL ({e})", param, "invalid_audio_url") from None
     if scheme == "data":
         header, comma, payload = url[5:].partition(",")
         if not comma or not header.endswith(";base64"):
@@ -183,7 +289,7 @@ def audio_bytes(part: InputAudioContent | AudioURLContent, param: str, access: A
     if scheme in ("http", "https"):
         return _fetch(url, param, access, limits)
     if scheme == "file" or scheme == "":
-        return _read_local(url, param, access)
+        return _read_local(url, param, access, limits)
     raise invalid(f"{param}: unsupported URL scheme {scheme!r}", param, "invalid_audio_url")
 
 
@@ -260,3 +366,48 @@ def chat_options(body: ChatCompletionRequest, defaults: GenerationOptions,
     except LalmError as e:
         raise invalid(str(e)) from None
 
+
+
+# OpenAI request fields lalm does not implement, with the values that ask for nothing (a
+# client may send those): any other value is a 400 naming the field, never silently ignored.
+UNSUPPORTED_CHAT: dict[str, tuple[object, ...]] = {
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "frequency_penalty": (None, 0),
+    "presence_penalty": (None, 0),
+    "logit_bias": (None, {}),
+    "tools": (None, []),
+    "response_format": (None, {"type": "text"}),
+}
+UNSUPPORTED_TRANSCRIPTION: dict[str, tuple[str, ...]] = {  # form fields, values lowercased
+    "stream": ("false",),
+    "logprobs": ("false",),
+    "include": (),  # include[]=logprobs
+    "include[]": (),
+    "timestamp_granularities": ("segment",),  # segments are what verbose_json gives
+    "timestamp_granularities[]": ("segment",),
+    "prompt": ("",),
+    "chunking_strategy": (),
+}
+
+
+def _unsupported(name: str, value: object) -> ApiError:
+    return invalid(f"{name}: {value!r} is not supported by this server (lalm does not "
+                   f"implement it); leave it out", name, "unsupported_parameter")
+
+
+def refuse_unsupported_chat(body: ChatCompletionRequest) -> None:
+    """Raises a 400 for a chat field lalm cannot honour (`UNSUPPORTED_CHAT`)."""
+    for name, neutral in UNSUPPORTED_CHAT.items():
+        value = getattr(body, name)
+        if value not in neutral:
+            raise _unsupported(name, value)
+
+
+def refuse_unsupported_transcription(fields: Iterable[tuple[str, object]]) -> None:
+    """Raises a 400 for a transcription form field lalm cannot honour
+    (`UNSUPPORTED_TRANSCRIPTION`), e.g. ``stream=true`` or ``include[]=logprobs``."""
+    for name, value in fields:
+        neutral = UNSUPPORTED_TRANSCRIPTION.get(name)
+        if neutral is not None and str(value).strip().lower() not in neutral:
+            raise _unsupported(name, value)

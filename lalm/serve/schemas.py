@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -89,11 +89,20 @@ class ChatCompletionRequest(_Request):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, lt=2**64)  # torch's generator seeds
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # OpenAI fields lalm does not implement: a 400 names them unless unset or neutral
+    # (`lalm.serve.inputs.refuse_unsupported_chat`)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    tools: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------------------- chat responses
@@ -187,20 +196,27 @@ class Transcription(BaseModel):
 
 
 class Segment(BaseModel):
-    """One verbose_json segment (OpenAI's fields; lalm fills what it measures): the whole clip,
-    or one window of a clip longer than the encoder's window, with its seconds in the
-    recording and its own prompt's tokens."""
+    """One verbose_json segment (OpenAI's fields): the whole clip, or one window of a clip
+    longer than the encoder's window, with its seconds in the recording and its own prompt's
+    tokens.
+
+    ``seek`` is where the window starts, in 10-ms mel frames (as Whisper counts);
+    ``compression_ratio`` is Whisper's: UTF-8 bytes of the text over their zlib-compressed
+    bytes (a high ratio flags repetitive output). ``no_speech_prob`` is null: Whisper reads it
+    off its ``<|nospeech|>`` token, and the Qwen-Audio families have no such token, so lalm
+    has no probability to give.
+    """
 
     id: int
-    seek: int = 0
+    seek: int
     start: float
     end: float
     text: str
     tokens: list[int]
     temperature: float
     avg_logprob: float
-    compression_ratio: float = 1.0
-    no_speech_prob: float = 0.0
+    compression_ratio: float
+    no_speech_prob: float | None = None
 
 
 class Word(BaseModel):

@@ -8,6 +8,7 @@ afterwards. The server's output goes to a log file, never to a pipe nobody reads
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,6 +72,55 @@ def encode_wav(samples: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def chat_body(content: list[dict], model: str = "tiny", **extra: object) -> bytes:
+    """A chat completion body with one user turn of ``content`` parts, ``max_tokens`` 1."""
+    body = {"model": model, "max_tokens": 1, **extra,
+            "messages": [{"role": "user", "content": content}]}
+    return json.dumps(body).encode()
+
+
+def audio_part(data: bytes) -> dict:
+    """An ``input_audio`` content part of WAV file bytes."""
+    return {"type": "input_audio",
+            "input_audio": {"data": base64.b64encode(data).decode(), "format": "wav"}}
+
+
+def mixed_chat_bodies(model: str = "tiny") -> tuple[list[bytes], list[tuple[str, bytes, int]]]:
+    """Chat bodies for load runs: 8 valid ones (clips of different lengths, one answer token)
+    and 10 malformed ones as (kind, body, expected status) for a server with
+    ``--max-audio-seconds 30`` and the default limits."""
+    valid = [chat_body([audio_part(wav_bytes(0.3 + 0.1 * i, 300 + 50 * i, seed=i)),
+                        {"type": "text", "text": f"What is clip {i}?"}], model)
+             for i in range(8)]
+    clip = audio_part(wav_bytes(0.5))
+    bad = [
+        ("malformed JSON", b'{"model": "tiny", "messages": [', 400),
+        ("bad base64", chat_body([{"type": "input_audio", "input_audio": {
+            "data": "%%%not base64%%%", "format": "wav"}}], model), 400),
+        ("undecodable audio", chat_body([audio_part(b"RIFF but not really a wave file" * 10)],
+                                        model), 400),
+        ("unknown model", chat_body([clip], "gpt-4o"), 404),
+        ("max_tokens over the limit", chat_body([clip], model, max_tokens=10**6), 400),
+        ("too many audios", chat_body([clip] * 9, model), 400),
+        ("audio too long", chat_body([audio_part(wav_bytes(31.0))], model), 400),
+        ("no messages", json.dumps({"model": model, "messages": []}).encode(), 400),
+        ("unknown part type", chat_body([{"type": "image_url", "image_url": {"url": "x"}}],
+                                        model), 400),
+        ("prompt too long", chat_body([{"type": "text", "text": "word " * 600}], model), 400),
+    ]
+    return valid, bad
+
+
+def post_json(url: str, body: bytes, timeout: float = 120.0) -> tuple[int, dict]:
+    """POST a JSON body: (status, parsed reply), error statuses included."""
+    request = urllib.request.Request(url, body, {"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:
@@ -90,6 +141,17 @@ class Server:
         """The TCP port it listens on."""
         return int(self.url.rsplit(":", 1)[1])
 
+    def metrics(self, api_key: str | None = None) -> dict[str, float]:
+        """The unlabelled series of ``/metrics`` (``lalm_batches_total`` ...); a series the
+        server does not export is absent."""
+        headers = {} if api_key is None else {"authorization": f"Bearer {api_key}"}
+        request = urllib.request.Request(f"{self.url}/metrics", headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read().decode()
+        return {name: float(value) for name, value in
+                (line.split() for line in text.splitlines()
+                 if line and not line.startswith("#") and "{" not in line)}
+
     def rss_bytes(self) -> int:
         """Resident memory of the server process (Linux /proc)."""
         status = Path(f"/proc/{self.process.pid}/status").read_text()
@@ -99,7 +161,7 @@ class Server:
 
 @contextmanager
 def running_server(model_dir: str | Path, *args: str, log: str | Path,
-                   startup_s: float = 120.0) -> Iterator[Server]:
+                   startup_s: float = 120.0, api_key: str | None = None) -> Iterator[Server]:
     """Run ``lalm serve --model model_dir *args`` on a free loopback port.
 
     Args:
@@ -107,6 +169,7 @@ def running_server(model_dir: str | Path, *args: str, log: str | Path,
         *args: more ``lalm serve`` flags.
         log: file that receives the server's stdout and stderr.
         startup_s: seconds to wait for ``/health``.
+        api_key: sent with the ``/health`` polls (for a server run with ``--protect-all``).
 
     Raises:
         RuntimeError: the server exits or does not answer in time (its log attached).
@@ -121,11 +184,13 @@ def running_server(model_dir: str | Path, *args: str, log: str | Path,
     server = Server(url, process, Path(log))
     try:
         deadline = time.monotonic() + startup_s
+        headers = {} if api_key is None else {"authorization": f"Bearer {api_key}"}
         while True:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"lalm serve did not start:\n{Path(log).read_text()[-4000:]}")
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+                health = urllib.request.Request(f"{url}/health", headers=headers)
+                with urllib.request.urlopen(health, timeout=1) as response:
                     if json.load(response)["status"] == "ok":
                         break
             except OSError:

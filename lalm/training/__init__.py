@@ -1,8 +1,8 @@
 """Training: stages as configuration, an explicit loop, LoRA (PEFT adapters), DPO, GRPO,
 exact resume, torchrun.
 
-    lalm train configs/train/stage2_sft.yaml --set run.max_steps=200 [--resume]
-    torchrun --nproc-per-node 2 -m lalm train configs/train/stage1_pretrain.yaml
+    lalm train sft --set run.max_steps=200 [--resume]
+    torchrun --nproc-per-node 2 -m lalm train pretrain
 
 `train` and `TrainResult` are imported on first use (the loop pulls in torch.distributed's
 checkpoint machinery, which configuration readers do not need).

@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torch.utils.data import Dataset
 
-from lalm.checkpoint import load_model, save_model
+from lalm.checkpoint import load_model
+from lalm.checkpoint.save import save_with_tokenizer
 from lalm.config import ModelConfig
 from lalm.data.dataset import AudioTextDataset
-from lalm.data.formats import read_examples
+from lalm.data.formats import BadRecord, iter_format
 from lalm.data.manifest import AudioRef, Example
-from lalm.errors import ConfigError
+from lalm.errors import ConfigError, DataError, LalmError
 from lalm.model import AudioLanguageModel
 from lalm.model.encoder import AudioEncoder
 from lalm.prompt import Family
@@ -30,11 +34,6 @@ from lalm.training.dpo import PreferenceDataset, PreferencePair, read_pairs
 from lalm.training.encoder_cache import EncodedDataset
 from lalm.training.lora import apply_lora, merge_lora
 from lalm.training.stages import PARTS, DataSource, LoraConfig, PartsConfig, TrainConfig
-
-# Files of a checkpoint folder that are weights or model config, not tokenizer files.
-_NOT_TOKENIZER = ("config.json", "generation_config.json", "model_config.json")
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".index.json")
-
 
 def init_weights(model: nn.Module, seed: int, std: float = 0.02) -> None:
     """Fresh weights for training from scratch, drawn from a generator seeded with `seed`:
@@ -86,6 +85,18 @@ def build_model(config: TrainConfig, tokenizer: Tokenizer) -> AudioLanguageModel
     return model.train()
 
 
+def enable_grad_checkpointing(model: AudioLanguageModel) -> None:
+    """Recompute every encoder block and decoder layer in backward instead of storing its
+    activations (the blocks' parameter names do not change)."""
+    for block in [*model.encoder.blocks, *model.decoder.layers]:
+        forward = block.forward
+
+        def checkpointed(*args: Any, _forward: Callable = forward) -> Tensor:
+            return checkpoint(_forward, *args, use_reentrant=False)
+
+        block.forward = checkpointed
+
+
 def set_parts(model: AudioLanguageModel, parts: PartsConfig, lora: LoraConfig) -> None:
     """Freeze, unfreeze or LoRA-adapt each part in place (`PartsConfig`)."""
     for part in PARTS:
@@ -114,31 +125,21 @@ def merged_copy(model: AudioLanguageModel, state: dict[str, Tensor],
     return copy.to("cpu").eval()
 
 
-def copy_tokenizer_files(tokenizer_path: str | Path, directory: str | Path) -> list[Path]:
-    """Copy the tokenizer files of a folder (or a single tokenizer file) into `directory`."""
-    src = Path(tokenizer_path)
-    files = [src] if src.is_file() else [
-        p for p in sorted(src.iterdir())
-        if p.is_file() and p.name not in _NOT_TOKENIZER and not p.name.endswith(_WEIGHT_SUFFIXES)
-    ]
-    out = []
-    for f in files:
-        out.append(Path(shutil.copy2(f, Path(directory) / f.name)))
-    return out
-
-
 def export(model: AudioLanguageModel, tokenizer_path: str | Path,
            directory: str | Path) -> list[Path]:
     """Write a merged model in its family's checkpoint layout (Qwen2-Audio HF, which transformers'
-    `Qwen2AudioForConditionalGeneration` reads, or Qwen-Audio v1) with its tokenizer files."""
-    written = save_model(model, directory)
-    return [*copy_tokenizer_files(tokenizer_path, directory), *written]
+    `Qwen2AudioForConditionalGeneration` reads, or Qwen-Audio v1) with its tokenizer files;
+    Qwen2-Audio gets the tokenizer's stop ids and the source folder's decoding fields
+    (`lalm.checkpoint.save`), so transformers' ``generate()`` stops where lalm does."""
+    return save_with_tokenizer(model, directory, tokenizer_path)
 
 
 def may_skip_parts(dataset: Dataset, parts: PartsConfig) -> bool:
     """Whether a batch of `dataset` (`build_dataset`'s) can leave trainable parameters unused,
     so that DDP must look for them: a text-only item uses neither the encoder nor the projector,
     so True when the mix holds one and either of those parts trains (fully or through LoRA)."""
+    if isinstance(dataset, SkipBadItems):
+        dataset = dataset.dataset
     items = dataset.items if isinstance(dataset, PreferenceDataset) else dataset
     examples: list[Example] = items.examples  # type: ignore[attr-defined]
     audio_parts_train = parts.encoder != "frozen" or parts.projector != "frozen"
@@ -163,36 +164,137 @@ def mix(sources: Sequence[Sequence[object]], weights: Sequence[float], seed: int
     return out
 
 
-def _read_source(source: DataSource, objective: str) -> list:
+class SkipBadItems(Dataset):
+    """A dataset whose unreadable items (`DataError`, `AudioError`) come out as
+    ``{"bad_item": reason}`` instead of raising (``data.on_bad_item: skip``); `SkipBadCollator`
+    leaves them out of the batch and reports them. Sizes and examples are the wrapped ones."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except LalmError as e:
+            return {"bad_item": str(e)}
+
+    def __getattr__(self, name: str) -> Any:  # lengths, examples, items of the wrapped dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class SkipBadCollator:
+    """A collate function over `SkipBadItems` items: the good ones collated, the reasons of the
+    bad ones under ``bad_items`` (a batch of bad items only: just ``bad_items``)."""
+
+    collate: Callable[[list[Any]], dict[str, Any]]
+
+    def __call__(self, items: list[Any]) -> dict[str, Any]:
+        bad = [i["bad_item"] for i in items if isinstance(i, dict) and "bad_item" in i]
+        good = [i for i in items if not (isinstance(i, dict) and "bad_item" in i)]
+        return {**(self.collate(good) if good else {}), "bad_items": bad}
+
+
+def report_bad_items(bad: list[str], where: str, on_bad_item: str) -> None:
+    """Fail on bad items (``fail``: DataError) or warn that they are left out (``skip``).
+
+    Raises:
+        DataError: with ``fail``, naming the count and the first of them.
+    """
+    if not bad:
+        return
+    shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+    if on_bad_item == "fail":
+        raise DataError(f"{len(bad)} bad item(s) in {where}: {shown} (lalm data check lists "
+                        f"them; data.on_bad_item=skip leaves them out)")
+    warnings.warn(f"skipping {len(bad)} bad item(s) of {where} (data.on_bad_item=skip): "
+                  f"{shown}", stacklevel=2)
+
+
+def _read_source(source: DataSource, config: TrainConfig) -> tuple[list, int]:
+    """(the source's items of its split, how many bad ones were left out)."""
     root = source.root()
-    if objective == "dpo":
+    if config.objective == "dpo":
         pairs = read_pairs(source.manifest)
         return [dataclasses.replace(p, prompt=_absolute(p.prompt, root)) for p in pairs
-                if source.split is None or p.prompt.split == source.split]
-    return [_absolute(e, root) for e in read_examples(source.manifest, source.format)
-            if source.split is None or e.split == source.split]
+                if source.split is None or p.prompt.split == source.split], 0
+    examples, bad = [], []
+    for item in iter_format(source.manifest, source.format):
+        if isinstance(item, BadRecord):
+            bad.append(f"{item.location}: {item.reason}")
+        elif source.split is not None and item.split != source.split:
+            continue
+        elif not item.target.strip():  # it would train only the end token (lalm data check)
+            bad.append(f"example {item.id!r}: empty target")
+        else:
+            examples.append(_absolute(item, root))
+    report_bad_items(bad, source.manifest, config.data.on_bad_item)
+    return examples, len(bad)
+
+
+def _sized(items: list, make: Callable[[list], Dataset], config: TrainConfig) -> Dataset:
+    """`make(items)` whose batching sizes can be read; with ``data.on_bad_item: skip`` the items
+    whose sizes cannot (an unreadable audio header) are left out with a warning."""
+    dataset = make(items)
+    try:
+        dataset.lengths  # type: ignore[attr-defined]  # noqa: B018 - read to check
+        return dataset
+    except DataError:
+        if config.data.on_bad_item == "fail":
+            raise
+    good, bad = [], []
+    for item in items:
+        try:
+            make([item]).lengths  # type: ignore[attr-defined]
+            good.append(item)
+        except DataError as e:
+            bad.append(str(e))
+    report_bad_items(bad, "the data mix", "skip")
+    return make(good)
 
 
 def build_dataset(sources: Sequence[DataSource], config: TrainConfig, tokenizer: Tokenizer,
-                  n_mels: int, seed: int, encoder: AudioEncoder | None = None) -> Dataset:
+                  n_mels: int, seed: int, encoder: AudioEncoder | None = None
+                  ) -> tuple[Dataset, int]:
     """The mixed dataset of `sources` (`AudioTextDataset`, or `PreferenceDataset` for DPO);
     audio paths are made absolute so sources with different roots mix. With `encoder` (the
     frozen encoder, for ``data.encoder_cache``) the items carry its cached outputs instead of
-    log-mels (`EncodedDataset`).
+    log-mels (`EncodedDataset`). With ``data.on_bad_item: skip`` bad records, empty targets and
+    unreadable items are left out (`SkipBadItems`).
+
+    Returns:
+        (the dataset, how many bad items were left out before training; those found while
+        training come out of its batches: `SkipBadCollator`).
 
     Raises:
         ConfigError: a source that leaves no item.
-        DataError: an unreadable manifest.
+        DataError: an unreadable manifest, or (``data.on_bad_item: fail``) a bad item.
     """
-    lists = [_read_source(s, config.objective) for s in sources]
-    for s, items in zip(sources, lists):
+    lists = []
+    skipped = 0
+    for s in sources:
+        items, bad = _read_source(s, config)
         if not items:
             raise ConfigError(f"data source {s.manifest} (split {s.split}) has no items")
+        lists.append(items)
+        skipped += bad
     items = mix(lists, [s.weight for s in sources], seed)
     limit = config.data.max_audio_seconds
     if config.objective == "dpo":
-        pairs: list[PreferencePair] = items
-        return PreferenceDataset(pairs, tokenizer, n_mels, max_audio_seconds=limit)
-    dataset = AudioTextDataset(items, tokenizer, n_mels, max_audio_seconds=limit,
-                               all_turns=config.data.loss_on == "all_assistant")
-    return dataset if encoder is None else EncodedDataset(dataset, encoder, config.run.progress)
+        dataset = _sized(items, lambda x: PreferenceDataset(x, tokenizer, n_mels,
+                                                            max_audio_seconds=limit), config)
+    else:
+        dataset = _sized(items, lambda x: AudioTextDataset(
+            x, tokenizer, n_mels, max_audio_seconds=limit,
+            all_turns=config.data.loss_on == "all_assistant"), config)
+    skipped += len(items) - len(dataset)  # type: ignore[arg-type]
+    if config.data.on_bad_item == "skip":
+        dataset = SkipBadItems(dataset)
+    if encoder is not None:
+        dataset = EncodedDataset(dataset, encoder, config.run.progress)  # type: ignore[arg-type]
+    return dataset, skipped

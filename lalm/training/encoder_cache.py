@@ -79,7 +79,8 @@ class EncodedDataset(Dataset):
         try:
             self.items = []
             for index in range(len(dataset)):
-                self.items.append(self._encode(dataset[index], encoder))
+                item = dataset[index]  # a bad one (data.on_bad_item: skip) passes through
+                self.items.append(item if "bad_item" in item else self._encode(item, encoder))
                 if progress and (index + 1) % 100 == 0:
                     print(f"  encoded {index + 1}/{len(dataset)} items "
                           f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)

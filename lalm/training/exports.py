@@ -26,6 +26,7 @@ from lalm.training.build import export, merged_copy
 from lalm.training.distributed import unwrap
 from lalm.training.peft_adapter import adapter_only, save_peft_adapter
 from lalm.training.stages import TrainConfig
+from lalm.training.state import read_trainer, verify_checkpoint
 
 
 def write_exports(model_config: ModelConfig, state: dict[str, Tensor], config: TrainConfig,
@@ -81,18 +82,17 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]
     ``data.tokenizer`` is set), so both must still be where the run found them.
 
     Raises:
-        CheckpointError: a folder without ``model.pt`` / ``trainer.pt``, or weights that do not
-            fit the stage's model.
+        CheckpointError: not a training checkpoint, or one whose files fail their manifest
+            (`verify_checkpoint`: sizes and sha256), or weights that do not fit the stage.
         ConfigError: a stored config that no longer builds.
     """
     checkpoint = Path(checkpoint)
-    files = [checkpoint / "model.pt", checkpoint / "trainer.pt"]
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise CheckpointError(f"{checkpoint} is not a training checkpoint: missing {missing}")
-    trainer = torch.load(files[1], map_location="cpu", weights_only=False)
-    config = TrainConfig.from_dict(trainer["config"], f"{checkpoint}/trainer.pt")
-    state = torch.load(files[0], map_location="cpu", weights_only=True)
+    if not (checkpoint / "manifest.json").is_file():
+        raise CheckpointError(f"{checkpoint} is not a training checkpoint (no manifest.json)")
+    verify_checkpoint(checkpoint)  # before anything is read: no corrupt or planted bytes
+    trainer = read_trainer(checkpoint)
+    config = TrainConfig.from_dict(trainer["config"], f"{checkpoint}/trainer.json")
+    state = torch.load(checkpoint / "model.pt", map_location="cpu", weights_only=True)
     try:
         return write_exports(_model_config(config), state, config, out_dir)
     except RuntimeError as e:  # load_state_dict: missing, unexpected or misshapen keys

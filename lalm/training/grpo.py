@@ -17,7 +17,7 @@ answers for every optimizer step (one update per rollout), so ``pi_old`` is the 
 (detached): rho = 1 and the gradient is the plain policy gradient; the clip acts when a caller
 passes older log-probabilities. ``clip_high > clip_low`` is DAPO's clip-higher.
 
-Sampling is reproducible: each answer draws from its own generator (`generate`'s ``row_seeds``),
+Sampling is reproducible: each answer draws from its own generator (`generate`'s ``seeds``),
 seeded from the run seed, the rank, the data position (which a checkpoint restores) and the
 row (`rollout_seeds`); an answer does not depend on the other rows decoded with it.
 """
@@ -168,7 +168,8 @@ def sample_answers(model: AudioLanguageModel, items: Sequence[dict[str, Any]],
         options = GenerationOptions(max_new_tokens=config.max_new_tokens,
                                     temperature=config.temperature, top_p=config.top_p,
                                     top_k=config.top_k)
-        results = generate(model, prompt, options, tokenizer.stop_ids, tokenizer.decode, seeds)
+        results = generate(model, prompt, options, tokenizer.stop_ids, tokenizer.decode,
+                           seeds=seeds)
     finally:
         model.train(was_training)
     return [r.tokens for r in results]

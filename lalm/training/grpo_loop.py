@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,15 @@ from torch import Tensor, nn
 from lalm.checkpoint import load_model
 from lalm.config import resolve_dtype
 from lalm.data.collate import model_inputs
-from lalm.errors import ConfigError
+from lalm.errors import ConfigError, TrainingError
 from lalm.model.lalm import IGNORE_INDEX
-from lalm.training.build import build_dataset, build_model, load_stage_tokenizer, may_skip_parts
+from lalm.training.build import (
+    build_dataset,
+    build_model,
+    enable_grad_checkpointing,
+    load_stage_tokenizer,
+    may_skip_parts,
+)
 from lalm.training.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -54,19 +61,18 @@ from lalm.training.grpo import (
     sample_answers,
 )
 from lalm.training.lora import adapters_disabled
-from lalm.training.loop import (
-    RunLog,
-    TrainResult,
-    enable_grad_checkpointing,
-    seed_everything,
-    to_device,
-)
+from lalm.training.loop import RunLog, TrainResult, seed_everything, to_device
 from lalm.training.metrics import task_metrics
 from lalm.training.optim import build_optimizer, build_scheduler
 from lalm.training.peft_adapter import adapter_only
 from lalm.training.rewards import check_rewards, score
 from lalm.training.stages import TrainConfig
-from lalm.training.state import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from lalm.training.state import (
+    TrainerState,
+    load_checkpoint,
+    resumable_checkpoint,
+    save_checkpoint,
+)
 
 
 class PromptStream:
@@ -147,10 +153,14 @@ def train_grpo(config: TrainConfig, resume: bool = False) -> TrainResult:
     if run.grad_checkpointing:
         enable_grad_checkpointing(base)
     n_mels = base.config.encoder.n_mels
-    train_set = build_dataset(config.data.train, config, tokenizer, n_mels, run.seed)
+    if config.data.on_bad_item == "skip":  # a rollout group needs every one of its prompts
+        raise ConfigError("grpo: data.on_bad_item=skip is not supported; clean the manifest "
+                          "(lalm data check) and use fail")
+    train_set, _ = build_dataset(config.data.train, config, tokenizer, n_mels, run.seed)
     metric_examples = []
     if config.data.valid is not None:
-        valid_set = build_dataset([config.data.valid], config, tokenizer, n_mels, run.seed)
+        valid_set, _ = build_dataset([config.data.valid], config, tokenizer, n_mels,
+                                     run.seed)
         metric_examples = valid_set.examples[: run.metric_items]
     find_unused = run.find_unused_parameters
     if find_unused is None:
@@ -165,9 +175,9 @@ def train_grpo(config: TrainConfig, resume: bool = False) -> TrainResult:
         return torch.autocast(dist.device.type, dtype=amp_dtype)
 
     state = TrainerState()
-    found = latest_checkpoint(ckpt_root) if resume else None
+    found = resumable_checkpoint(ckpt_root, dist) if resume else None  # verified
     if found is not None:
-        state, _ = load_checkpoint(found, model, optimizer, scheduler, dist)
+        state, _ = load_checkpoint(found, model, optimizer, scheduler, dist, verify=False)
     stream = PromptStream(len(train_set), grpo.prompts, run.seed, dist.rank, dist.world_size,
                           state)
     log = RunLog(out_dir, config, dist, state.step)
@@ -231,11 +241,22 @@ def train_grpo(config: TrainConfig, resume: bool = False) -> TrainResult:
             examples_seen += len(batch["example_ids"])
         grad_norm = (torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
                      if config.optim.grad_clip > 0 else torch.zeros(()))
-        optimizer.step()
+        loss_value = float(all_reduce_sum(totals[:1].clone(), dist)[0] / count.clamp(min=1))
+        if math.isfinite(loss_value) and math.isfinite(float(grad_norm)):
+            optimizer.step()
+        elif run.on_nonfinite == "stop":  # as the lm loop: never an update from NaN
+            log.close()
+            raise TrainingError(
+                f"step {state.step + 1}: the GRPO loss is {loss_value} (gradient norm "
+                f"{float(grad_norm)}); stopped before the update, the weights are those of step "
+                f"{state.step}. Lower optim.lr or set run.on_nonfinite=skip")
+        else:
+            state.skipped_steps += 1
+            log.write({"step": state.step + 1, "nonfinite_loss": str(loss_value),
+                       "skipped_steps": state.skipped_steps})
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        loss_value = float(all_reduce_sum(totals[:1].clone(), dist)[0] / count.clamp(min=1))
         result.losses.append(loss_value)
         log.advance()
         if state.step % run.log_every == 0 or state.step == run.max_steps:
@@ -250,7 +271,7 @@ def train_grpo(config: TrainConfig, resume: bool = False) -> TrainResult:
 
     elapsed = max(time.perf_counter() - t_start, 1e-9)
     result.examples_per_s = examples_seen * dist.world_size / elapsed
-    result.step = state.step
+    result.step, result.skipped_steps = state.step, state.skipped_steps
     evaluate()
     result.checkpoint = save()
     if run.export:

@@ -1,12 +1,15 @@
 """The training loop: one function, `train(config)`, readable top to bottom.
 
-1. join torchrun's process group (or run alone), seed every generator;
-2. build tokenizer, model (trainable parts, LoRA), the DPO reference, the datasets and the
-   bucketing sampler, AdamW and the warmup-cosine schedule;
-3. resume from the newest complete checkpoint when asked (model, optimizer, scheduler, data
-   position, RNGs: the continuation is bit-identical to an uninterrupted run);
+1. join torchrun's process group (or run alone), pick the CPU threads (`choose_threads`), seed
+   every generator;
+2. build tokenizer, model (trainable parts, LoRA), the DPO reference, the datasets (bad items:
+   ``data.on_bad_item``) and the bucketing sampler, AdamW and the warmup-cosine schedule; print
+   the trainable-parameter count and the threads;
+3. resume from the newest intact checkpoint when asked (checksums verified; model, optimizer,
+   scheduler, data position, RNGs: the continuation is bit-identical to an uninterrupted run);
 4. each step: take ``grad_accum`` micro-batches, count their targets over all ranks, backprop
-   each micro-batch's share of the global loss, clip, step, schedule;
+   each micro-batch's share of the global loss, clip, step, schedule; a NaN/inf loss stops the
+   run before the update (`TrainingError`) or, with ``run.on_nonfinite: skip``, drops the update;
 5. log (tqdm, JSONL, TensorBoard), validate (held-out loss and task metrics), save checkpoints;
 6. at the end: a last checkpoint and the export (Qwen2-Audio HF layout, LoRA merged); when
    LoRA is all that trained, also ``adapter/``: the adapters alone in PEFT's format.
@@ -27,8 +30,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import random
+import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +43,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, Sampler
 
 from lalm.checkpoint import load_model
@@ -45,12 +50,14 @@ from lalm.config import resolve_dtype
 from lalm.data.collate import Collator, model_inputs
 from lalm.data.manifest import atomic_write
 from lalm.data.sampler import BucketBatchSampler, HeldOutBatches
-from lalm.errors import ConfigError
+from lalm.errors import ConfigError, TrainingError
 from lalm.model import AudioLanguageModel
 from lalm.model.lalm import IGNORE_INDEX
 from lalm.training.build import (
+    SkipBadCollator,
     build_dataset,
     build_model,
+    enable_grad_checkpointing,
     load_stage_tokenizer,
     may_skip_parts,
 )
@@ -58,9 +65,11 @@ from lalm.training.distributed import (
     DistInfo,
     all_reduce_sum,
     barrier,
+    choose_threads,
     init_distributed,
     no_grad_sync,
     shutdown,
+    torch_threads,
     unwrap,
     wrap_model,
 )
@@ -71,8 +80,8 @@ from lalm.training.optim import build_optimizer, build_scheduler
 from lalm.training.stages import TrainConfig
 from lalm.training.state import (
     TrainerState,
-    latest_checkpoint,
     load_checkpoint,
+    resumable_checkpoint,
     save_checkpoint,
 )
 
@@ -88,6 +97,11 @@ class TrainResult:
         checkpoint: the last full-state checkpoint folder.
         export_dir: the exported HF checkpoint, if written.
         tokens_per_s, examples_per_s: training throughput of this call (all ranks).
+        skipped_steps: steps of the whole run whose update was dropped for a non-finite loss
+            (``run.on_nonfinite: skip``).
+        skipped_items: bad data items left out over the whole run (``data.on_bad_item: skip``).
+        threads: torch CPU threads the run used.
+        trainable_params: parameters that get gradients (LoRA: the adapters' only).
         main: True on the rank that logs and reports (rank 0; the only one in one process).
     """
 
@@ -98,6 +112,10 @@ class TrainResult:
     export_dir: Path | None = None
     tokens_per_s: float = 0.0
     examples_per_s: float = 0.0
+    skipped_steps: int = 0
+    skipped_items: int = 0
+    threads: int = 1
+    trainable_params: int = 0
     main: bool = True
 
 
@@ -108,18 +126,6 @@ def seed_everything(seed: int, rank: int) -> None:
     torch.manual_seed(seed + rank)
 
 
-def enable_grad_checkpointing(model: AudioLanguageModel) -> None:
-    """Recompute every encoder block and decoder layer in backward instead of storing its
-    activations (the blocks' parameter names do not change)."""
-    for block in [*model.encoder.blocks, *model.decoder.layers]:
-        forward = block.forward
-
-        def checkpointed(*args: Any, _forward: Callable = forward) -> Tensor:
-            return checkpoint(_forward, *args, use_reentrant=False)
-
-        block.forward = checkpointed
-
-
 class BatchStream:
     """Micro-batches across epochs, counting what this rank consumed (the resumable position:
     DataLoader workers prefetch, so the sampler's own position runs ahead)."""
@@ -128,6 +134,7 @@ class BatchStream:
                  state: TrainerState) -> None:
         self.loader, self.sampler, self.state = loader, sampler, state
         self._it: Any = None
+        self.bad_items: list[str] = []  # reasons of the items left out since the last drain
 
     def next(self) -> dict[str, Any]:
         """The next micro-batch (a new epoch starts when one runs out)."""
@@ -143,7 +150,9 @@ class BatchStream:
                 self.state.epoch, self.state.consumed, self._it = self.state.epoch + 1, 0, None
                 continue
             self.state.consumed += 1
-            return batch
+            self.bad_items += batch.pop("bad_items", [])
+            if "ids" in batch:  # else every item of it was bad (data.on_bad_item: skip)
+                return batch
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -180,7 +189,9 @@ def loss_sum(model: nn.Module, batch: dict[str, Any], objective: str, beta: floa
 
 def _loader(dataset: Any, sampler: Sampler[list[int]], config: TrainConfig,
             pad_id: int) -> DataLoader:
-    collate = PairCollator(pad_id) if config.objective == "dpo" else Collator(pad_id)
+    collate: Callable = PairCollator(pad_id) if config.objective == "dpo" else Collator(pad_id)
+    if config.data.on_bad_item == "skip":
+        collate = SkipBadCollator(collate)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                       num_workers=config.data.num_workers)
 
@@ -239,14 +250,22 @@ class RunLog:
         """Append one record (it carries its ``step``) to every sink."""
         if not self.enabled:
             return
+        # strict JSON: a skipped step's non-finite loss is written as null (jq, node read it)
+        line = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                for k, v in record.items()}
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(line, allow_nan=False) + "\n")
         if self.writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, record["step"])
         if self.bar is not None and "loss" in record:
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+
+    def note(self, text: str) -> None:
+        """One line for people on stderr (above the progress bar)."""
+        if self.enabled:
+            (print if self.bar is None else self.bar.write)(text, file=sys.stderr)
 
     def advance(self) -> None:
         """One step done."""
@@ -269,6 +288,11 @@ def validate(model: nn.Module, loader: DataLoader, config: TrainConfig, dist: Di
     model.eval()
     total = torch.zeros(2, dtype=torch.float64)
     for batch in loader:
+        for reason in batch.pop("bad_items", []):
+            warnings.warn(f"held-out item left out (data.on_bad_item=skip): {reason}",
+                          stacklevel=2)
+        if "ids" not in batch:
+            continue
         batch = to_device(batch, dist.device)
         with autocast():
             loss = loss_sum(model, batch, config.objective, config.dpo.beta, reference)
@@ -292,11 +316,18 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
 
     Raises:
         ConfigError, DataError, CheckpointError: bad config, data or checkpoints.
+        TrainingError: a non-finite loss (``run.on_nonfinite: stop``) or weights.
     """
-    if config.objective == "grpo":  # its own loop, which builds on this module
-        from lalm.training.grpo_loop import train_grpo
+    threads, why_threads = choose_threads(config.run.threads)
+    with torch_threads(threads):  # the caller's thread count comes back afterwards
+        if config.objective == "grpo":  # its own loop, which builds on this module
+            from lalm.training.grpo_loop import train_grpo
 
-        return train_grpo(config, resume)
+            return train_grpo(config, resume)
+        return _train(config, resume, threads, why_threads)
+
+
+def _train(config: TrainConfig, resume: bool, threads: int, why_threads: str) -> TrainResult:
     # 1. processes and randomness
     run = config.run
     dist = init_distributed(run.device)
@@ -319,18 +350,21 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     n_mels = base.config.encoder.n_mels
     # data.encoder_cache: the frozen encoder's outputs, computed before FSDP shards its weights
     encoder = base.encoder if config.data.encoder_cache else None
-    train_set = build_dataset(config.data.train, config, tokenizer, n_mels, run.seed, encoder)
+    train_set, skipped_before = build_dataset(config.data.train, config, tokenizer, n_mels,
+                                              run.seed, encoder)
     sampler = _sampler(train_set, config, dist, shuffle=True)
     loader = _loader(train_set, sampler, config, tokenizer.eod_id)
     valid_loader, metric_examples = None, []
     if config.data.valid is not None:
-        valid_set = build_dataset([config.data.valid], config, tokenizer, n_mels, run.seed,
-                                  encoder)
+        valid_set, _ = build_dataset([config.data.valid], config, tokenizer, n_mels, run.seed,
+                                     encoder)
         valid_loader = _loader(valid_set, HeldOutBatches(
             _sampler(valid_set, config, dist, shuffle=False), run.eval_batches),
             config, tokenizer.eod_id)
         if config.objective == "lm":
             metric_examples = valid_set.examples[: run.metric_items]
+    trainable = sum(p.numel() for p in base.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in base.parameters())
     find_unused = run.find_unused_parameters
     if find_unused is None:
         find_unused = may_skip_parts(train_set, config.parts)
@@ -345,16 +379,22 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             return contextlib.nullcontext()
         return torch.autocast(dist.device.type, dtype=amp_dtype)
 
-    # 3. resume
-    state = TrainerState()
-    found = latest_checkpoint(ckpt_root) if resume else None
+    # 3. resume (from the newest checkpoint that passes its checksums)
+    state = TrainerState(skipped_items=skipped_before)
+    found = resumable_checkpoint(ckpt_root, dist) if resume else None
     if found is not None:
-        state, extra = load_checkpoint(found, model, optimizer, scheduler, dist)
+        state, extra = load_checkpoint(found, model, optimizer, scheduler, dist, verify=False)
         if "scaler" in extra:
             scaler.load_state_dict(extra["scaler"])
     stream = BatchStream(loader, sampler, state)
     log = RunLog(out_dir, config, dist, state.step)
-    result = TrainResult(step=state.step, checkpoint=found, main=dist.main)
+    log.note(f"lalm train {config.stage}: {trainable:,} of {total:,} parameters train "
+             f"({trainable / max(total, 1):.2%}; parts {config.parts.encoder}/"
+             f"{config.parts.projector}/{config.parts.decoder}); {threads} torch thread(s) "
+             f"({why_threads}); {dist.world_size} rank(s) on {dist.device.type}"
+             + (f"; resumed from {found}" if found is not None else ""))
+    result = TrainResult(step=state.step, checkpoint=found, threads=threads,
+                         trainable_params=trainable, main=dist.main)
     params = [p for p in model.parameters() if p.requires_grad]
     accum = config.optim.grad_accum
     tokens_seen = examples_seen = 0
@@ -381,8 +421,14 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     # 4-5. the steps
     while state.step < run.max_steps:
         micro = [to_device(stream.next(), dist.device) for _ in range(accum)]
-        count = all_reduce_sum(torch.tensor(
-            sum(count_targets(b, config.objective) for b in micro), dtype=torch.float64), dist)
+        for reason in stream.bad_items:
+            log.note(f"step {state.step + 1}: bad item left out: {reason}")
+            log.write({"step": state.step + 1, "bad_item": reason})
+        totals = all_reduce_sum(torch.tensor(
+            [sum(count_targets(b, config.objective) for b in micro), len(stream.bad_items)],
+            dtype=torch.float64), dist)
+        count, stream.bad_items = totals[0], []
+        state.skipped_items += int(totals[1])
         step_loss = torch.zeros((), dtype=torch.float64)
         for i, batch in enumerate(micro):
             with no_grad_sync(model, skip=i < accum - 1):
@@ -392,15 +438,30 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             step_loss += loss.detach().double().cpu()
             tokens_seen += int(batch["token_lens"].sum())
             examples_seen += len(batch["example_ids"])
+        loss_value = float(all_reduce_sum(step_loss, dist) / count.clamp(min=1))
         scaler.unscale_(optimizer)
         grad_norm = (torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
                      if config.optim.grad_clip > 0 else torch.zeros(()))
-        scaler.step(optimizer)
+        # fp16's scaler skips steps with inf/NaN gradients itself; a non-finite loss is never
+        # an overflow it can fix
+        finite = math.isfinite(loss_value) and (
+            scaler.is_enabled() or math.isfinite(float(grad_norm)))
+        if finite:
+            scaler.step(optimizer)
+        elif run.on_nonfinite == "stop":
+            log.close()
+            raise TrainingError(
+                f"step {state.step + 1}: the loss is {loss_value} (gradient norm "
+                f"{float(grad_norm)}); stopped before the update, the weights are those of step "
+                f"{state.step}. Lower optim.lr, check the data, or set run.on_nonfinite=skip")
+        else:
+            state.skipped_steps += 1
+            log.write({"step": state.step + 1, "nonfinite_loss": str(loss_value),
+                       "skipped_steps": state.skipped_steps})
         scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        loss_value = float(all_reduce_sum(step_loss, dist) / count.clamp(min=1))
         result.losses.append(loss_value)
         log.advance()
         if state.step % run.log_every == 0 or state.step == run.max_steps:
@@ -418,7 +479,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     elapsed = max(time.perf_counter() - t_start, 1e-9)
     result.tokens_per_s = tokens_seen * dist.world_size / elapsed
     result.examples_per_s = examples_seen * dist.world_size / elapsed
-    result.step = state.step
+    result.step, result.skipped_steps = state.step, state.skipped_steps
+    result.skipped_items = state.skipped_items
     evaluate()
     result.checkpoint = save()
     if run.export:

@@ -8,9 +8,15 @@ sampled answers scored by verifiable rewards, `GrpoConfig`) and how
 the run goes (`RunConfig`: steps, precision, checkpoints, logs, evaluation, distribution).
 
 YAML mirrors the dataclasses one to one (sections = fields); defaults live only here. Overrides
-use dotted paths, list items by index, values parsed as YAML::
+use dotted paths, list items by index, values parsed as YAML; a manifest path stands for a data
+source (``data.train=FILE`` replaces the whole mix by that one file)::
 
-    lalm train configs/train/stage2_sft.yaml --set optim.lr=3e-5 --set data.train.0.weight=2
+    lalm train sft --set optim.lr=3e-5 --set data.train.0.weight=2
+    lalm train sft --set data.train=my.jsonl --set data.valid=null
+
+The shipped stage configs are package data (``lalm/training/configs/*.yaml``, `stage_configs`):
+``lalm train NAME`` takes a file or one of their names (``sft`` for ``stage2_sft``), and
+``lalm config list`` / ``lalm config show NAME`` print them.
 
 Every bad field raises `ConfigError` naming it (and the file).
 """
@@ -21,6 +27,7 @@ import dataclasses
 import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +39,9 @@ from lalm.errors import ConfigError
 PartMode = Literal["frozen", "full", "lora"]
 Objective = Literal["lm", "dpo", "grpo"]
 Strategy = Literal["ddp", "fsdp"]
+OnNonfinite = Literal["stop", "skip"]
+OnBadItem = Literal["fail", "skip"]
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PARTS = ("encoder", "projector", "decoder")
 LORA_TARGETS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down",
                 "attn.query", "attn.key", "attn.value", "attn.out", "mlp.0", "mlp.2", "proj")
@@ -129,6 +139,9 @@ class DataConfig:
     # where the loss falls in a chat: every assistant turn (as ms-swift and LLaMA-Factory do)
     # or only the last one (its answer); prompts, audio slots and the other roles never
     loss_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
+    # an item that cannot be read (a malformed record, an unreadable or too-long clip): fail
+    # the run naming it, or skip it with a warning, counted in the run's summary
+    on_bad_item: OnBadItem = "fail"
 
     def __post_init__(self) -> None:
         if not self.train:
@@ -227,10 +240,18 @@ class RunConfig:
     # encoder or projector trains: such a batch leaves them without gradients)
     find_unused_parameters: bool | None = None
     export: bool = True  # write out_dir/export (Qwen2-Audio HF layout, LoRA merged) at the end
+    # a step whose loss (or, unclipped, gradient) is NaN/inf: stop the run with an error before
+    # the update, or skip the update and count it (log.jsonl, the summary)
+    on_nonfinite: OnNonfinite = "stop"
+    # torch CPU threads; None: as many as the CPUs this process may use that other work leaves
+    # idle (`lalm.training.distributed.choose_threads`; never more than torch's default)
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_steps <= 0:
             raise ConfigError(f"run.max_steps must be > 0, got {self.max_steps}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"run.threads must be >= 1 (or null: auto), got {self.threads}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"run.precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.strategy not in typing.get_args(Strategy):
@@ -266,6 +287,14 @@ class TrainConfig:
         if self.data.encoder_cache and (self.parts.encoder != "frozen" or self.objective != "lm"):
             raise ConfigError("data.encoder_cache needs parts.encoder: frozen and objective: lm "
                               f"(got {self.parts.encoder}, {self.objective})")
+        warmup, steps = self.optim.warmup_steps, self.run.max_steps
+        if warmup > steps / 2:  # the schedule would keep lr low for most or all of the run
+            low = (f"never reaches optim.lr (at most x{steps / (warmup + 1):.2f} of it)"
+                   if warmup >= steps else f"is below optim.lr for {warmup} of them")
+            warnings.warn(
+                f"optim.warmup_steps={warmup} in a run of run.max_steps={steps} optimizer steps "
+                f"(each of optim.grad_accum={self.optim.grad_accum} micro-batches): the learning "
+                f"rate {low}; lower optim.warmup_steps or raise run.max_steps", stacklevel=2)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-ready; tuples become lists)."""
@@ -287,12 +316,13 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str],
                   overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-        """Read a YAML stage file and apply ``key=value`` overrides (module docstring).
+        """Read a YAML stage file (or a shipped config by name: `resolve_config`) and apply
+        ``key=value`` overrides (module docstring).
 
         Raises:
             ConfigError: a missing or unparsable file, a bad override, or a bad field.
         """
-        path = Path(path)
+        path = resolve_config(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except OSError as e:
@@ -304,6 +334,36 @@ class TrainConfig:
         for item in overrides:
             apply_override(data, item)
         return cls.from_dict(data, str(path))
+
+
+def stage_configs() -> dict[str, Path]:
+    """The shipped stage configs by name: each file's stem (``stage2_sft``) and the stem without
+    its ``stageN_`` prefix (``sft``)."""
+    names: dict[str, Path] = {}
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        names[path.stem] = path
+        short = path.stem.partition("_")[2]
+        if path.stem.startswith("stage") and short:
+            names[short] = path
+    return names
+
+
+def resolve_config(name_or_path: str | os.PathLike[str]) -> Path:
+    """A stage config file: `name_or_path` itself when it is a file, else the shipped config of
+    that name (`stage_configs`).
+
+    Raises:
+        ConfigError: neither, listing the shipped names.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = stage_configs()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    hint = f"; did you mean {path.stem!r}?" if path.stem in shipped else ""
+    raise ConfigError(f"cannot read training config {name_or_path}: no such file, nor a shipped "
+                      f"config of that name ({', '.join(shipped)}; lalm config list){hint}")
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
@@ -372,9 +432,13 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _convert(inner, value, where)
+    if hint is DataSource and isinstance(value, str):
+        value = {"manifest": value}  # a manifest path stands for a source of weight 1
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, f"{where}.")
     if origin is list:
+        if args[0] is DataSource and isinstance(value, str):
+            value = [value]  # data.train=FILE: the mix is that one manifest
         if not isinstance(value, list):
             raise ConfigError(f"{where} must be a list")
         return [_convert(args[0], v, f"{where}.{i}") for i, v in enumerate(value)]

@@ -76,7 +76,8 @@ def test_v1_family_runs_the_tag_prompts(synth, qwen_tiktoken, tmp_path) -> None:
     assert tasks["asr"]["version"] == "qwen-audio-asr-v1"
     assert tasks["sound_event"]["version"] == "exact-match-v1"  # strict
     run = json.loads((tmp_path / "run.json").read_text())
-    assert run["family"] == "qwen-audio" and run["options"]["stop_token_ids"] == [151643]
+    assert run["model"]["family"] == "qwen-audio"
+    assert run["options"]["stop_token_ids"] == [151643]
     official = rescore("lalm-synth", tmp_path, Family.QWEN_AUDIO, "official")
     assert official["tasks"]["sound_event"]["version"] == "normalized-match-v1"
 
@@ -90,7 +91,8 @@ class _Flaky:
 
     def __init__(self, pipe: Pipeline, batches: int) -> None:
         self.pipe, self.left, self.calls = pipe, batches, 0
-        self.family, self.tokenizer = pipe.family, pipe.tokenizer
+        self.family, self.tokenizer, self.model = pipe.family, pipe.tokenizer, pipe.model
+        self.stop_ids = pipe.stop_ids
 
     def generate(self, requests, options=None, batch_size=None, progress=None):
         if self.left == 0:
@@ -134,7 +136,7 @@ def checkpoint(tmp_path_factory):
     return directory
 
 
-def test_cli_eval_and_bench(synth, checkpoint, tmp_path, capsys) -> None:
+def test_cli_eval_and_bench(synth, checkpoint, tmp_path, capsys, monkeypatch) -> None:
     out = tmp_path / "eval"
     argv = ["eval", "--model", str(checkpoint), "--task", "airbench-foundation", "--data",
             str(synth / "airbench"), "--out", str(out), "--max-new-tokens", "3", "--limit", "3"]
@@ -147,8 +149,10 @@ def test_cli_eval_and_bench(synth, checkpoint, tmp_path, capsys) -> None:
     assert cli.main(["eval", "--model", str(checkpoint), "--task", "nope", "--data",
                      str(synth)]) == 2
     assert "unknown evaluation task 'nope'" in capsys.readouterr().err
-    bench = tmp_path / "bench"
-    assert cli.main(["bench-synth", "--model", str(checkpoint), "--data", str(synth), "--out",
-                     str(bench), "--max-new-tokens", "3", "--limit", "2"]) == 0
+    monkeypatch.chdir(tmp_path)  # the default folder is the model's own
+    assert cli.main(["bench-synth", "--model", str(checkpoint), "--data", str(synth),
+                     "--max-new-tokens", "3", "--limit", "2"]) == 0
     printed = capsys.readouterr().out
+    (bench,) = (tmp_path / "runs" / "bench-synth").iterdir()
+    assert bench.name.startswith(checkpoint.name + "-")
     assert "| task | category | metric |" in printed and (bench / "bench.png").exists()

@@ -1,4 +1,4 @@
-"""GRPO end to end on a tiny random model: `lalm train configs/train/stage4_grpo.yaml` as a
+"""GRPO end to end on a tiny random model: `lalm train grpo` as a
 user runs it (only paths and sizes overridden), a run killed with SIGKILL and resumed being
 bit-identical to an uninterrupted one, and a reward signal moving the weights in process."""
 
@@ -61,7 +61,7 @@ def test_lalm_train_runs_the_shipped_grpo_yaml(data, tmp_path):
     checkpoint = tmp_path / "start"
     save_model(_tiny(data, 0), checkpoint)
     shutil.copy(tokenizer / "tokenizer.json", checkpoint)
-    proc = _lalm("train", str(REPO / "configs" / "train" / "stage4_grpo.yaml"),
+    proc = _lalm("train", "grpo",
                  *[f"--set={s}" for s in (
                      f"model.checkpoint={checkpoint}", f"data.train.0.manifest={train_set}",
                      f"data.valid.manifest={valid_set}", f"run.out_dir={tmp_path / 'run'}",

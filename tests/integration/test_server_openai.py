@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import re
+import socket
+import threading
+import urllib.error
 import urllib.request
+import zlib
 
 import numpy as np
 import pytest
@@ -107,8 +112,12 @@ def test_transcription_formats(client, fmt) -> None:
         assert isinstance(result.text, str)
     elif fmt == "verbose_json":
         assert result.duration == pytest.approx(2.0)
-        assert result.segments[0].end == pytest.approx(2.0)
-        assert result.segments[0].text == result.text
+        segment = result.segments[0]
+        assert segment.end == pytest.approx(2.0)
+        assert segment.text == result.text
+        text = segment.text.encode()  # Whisper's ratio, not a placeholder
+        assert segment.compression_ratio == pytest.approx(len(text) / len(zlib.compress(text)))
+        assert segment.seek == 0 and segment.no_speech_prob is None  # no such token: null
     elif fmt == "srt":
         assert result.startswith("1\n00:00:00,000 --> 00:00:02,000\n")
     elif fmt == "vtt":
@@ -142,12 +151,6 @@ def test_errors_are_typed_openai_errors(client, server) -> None:
 # ------------------------------------------------------------------ audio longer than 30 s
 
 
-def _metric(server, name: str) -> float:
-    with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return float(re.search(rf"^lalm_{name} (\S+)$", text, re.MULTILINE).group(1))
-
-
 def _srt_times(srt: str) -> list[tuple[float, float]]:
     """(start, end) seconds of each cue."""
     def seconds(stamp: str) -> float:
@@ -160,18 +163,19 @@ def _srt_times(srt: str) -> list[tuple[float, float]]:
 
 
 def test_long_upload_is_transcribed_window_by_window(client, server, speech_70s) -> None:
-    rows = _metric(server, "batch_rows_total")
+    rows = server.metrics(API_KEY)["lalm_batch_rows_total"]
     verbose = client.audio.transcriptions.create(
         model="tiny", file=("talk.wav", speech_70s), response_format="verbose_json")
     assert verbose.duration == pytest.approx(70.0)
     segments = verbose.segments
     assert len(segments) >= 3  # 70 s in windows of at most 30 s, one segment each
     # each window was one job of the batcher (one row of a shared batch)
-    assert _metric(server, "batch_rows_total") - rows == len(segments)
+    assert server.metrics(API_KEY)["lalm_batch_rows_total"] - rows == len(segments)
     assert 0.0 <= segments[0].start and segments[-1].end <= 70.0
     for seg in segments:
         assert 0.0 < seg.end - seg.start <= 30.0
         assert seg.tokens  # the window's own prompt's output
+        assert 0 <= seg.seek <= seg.start * 100  # its window's start, in 10-ms frames
     for a, b in itertools.pairwise(segments):
         assert a.start < b.start and a.end <= b.start  # cut in pauses: in order, no overlap
     assert [seg.id for seg in segments] == list(range(len(segments)))
@@ -219,3 +223,108 @@ def test_clip_past_the_operator_limit_is_refused(client) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.audio.transcriptions.create(model="tiny", file=("long.wav", too_long))
     assert (info.value.body["code"], info.value.body["param"]) == ("audio_too_long", "file")
+
+
+def _get(server, path: str, authorization: str | None = None) -> int:
+    headers = {} if authorization is None else {"authorization": authorization}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"{server.url}{path}",
+                                                           headers=headers), timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_the_api_key_guards_metrics_and_schema_and_any_case_of_bearer(server) -> None:
+    for path in ("/metrics", "/openapi.json", "/v1/models"):
+        assert _get(server, path) == 401, path
+        for scheme in ("Bearer", "bearer", "BEARER"):
+            assert _get(server, path, f"{scheme} {API_KEY}") == 200, (path, scheme)
+        assert _get(server, path, f"Bearer {API_KEY}x") == 401
+    assert _get(server, "/health") == 200  # liveness probes need no key (--protect-all)
+
+
+def test_parameters_lalm_cannot_honour_are_refused(client) -> None:
+    clip = ("a.wav", wav_bytes(1.0))
+    for extra, param in (({"stream": True}, "stream"), ({"include": ["logprobs"]}, "include[]"),
+                         ({"timestamp_granularities": ["word"]}, "timestamp_granularities[]")):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.audio.transcriptions.create(model="tiny", file=clip, **extra)
+        assert (info.value.body["param"], info.value.body["code"]) == (
+            param, "unsupported_parameter")
+    with pytest.raises(openai.BadRequestError) as info:
+        client.audio.transcriptions.create(model="tiny", file=clip,
+                                           extra_body={"logprobs": "true"})
+    assert info.value.body["param"] == "logprobs"
+    for extra in ({"logprobs": True}, {"top_logprobs": 2}, {"presence_penalty": 0.5},
+                  {"response_format": {"type": "json_object"}}):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="tiny", messages=_audio_messages("Hi"),
+                                           max_tokens=2, **extra)
+        assert info.value.body["param"] == next(iter(extra))
+    # the neutral values ask for nothing and pass
+    assert client.chat.completions.create(model="tiny", messages=_audio_messages("Hi"),
+                                          max_tokens=2, logprobs=False).choices
+    assert isinstance(client.audio.transcriptions.create(
+        model="tiny", file=clip, timestamp_granularities=["segment"],
+        response_format="verbose_json").text, str)
+
+
+def test_an_oversized_prompt_is_refused_before_it_reaches_the_batcher(client, server) -> None:
+    before = server.metrics(API_KEY)
+    outcome: dict[str, object] = {}
+
+    def send_huge() -> None:
+        try:  # 8 MB of text, under the 25 MiB body limit
+            client.chat.completions.create(model="tiny", max_tokens=4, messages=[
+                {"role": "user", "content": "many words " * 750_000}])
+        except openai.BadRequestError as e:
+            outcome["error"] = e.body
+
+    huge = threading.Thread(target=send_huge)
+    huge.start()
+    # meanwhile the server answers others
+    assert _get(server, "/health") == 200
+    small = client.chat.completions.create(model="tiny", messages=_audio_messages("Hi"),
+                                           max_tokens=2)
+    assert small.choices[0].finish_reason in ("stop", "length")
+    huge.join(timeout=300)
+    error = outcome["error"]
+    assert (error["code"], error["param"]) == ("context_length_exceeded", "messages")
+    assert "maximum context length is 2048 tokens" in error["message"]
+    assert "the prompt is at least" in error["message"]  # the cheap bound decided
+    after = server.metrics(API_KEY)
+    # the batcher never saw it: no failed job; only the small chat ran
+    assert after["lalm_failed_jobs_total"] == before["lalm_failed_jobs_total"]
+    assert after["lalm_batch_rows_total"] - before["lalm_batch_rows_total"] == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_stops_costing_tokens(server, stream: bool) -> None:
+    max_tokens = 1000
+    body = json.dumps({"model": "tiny", "max_tokens": max_tokens, "stream": stream,
+                       "messages": [{"role": "user", "content": "Tell me a long story."}]}
+                      ).encode()
+    before = server.metrics(API_KEY)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
+                     b"Content-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        for _ in range(3000):  # until its batch runs (bounded by count)
+            now = server.metrics(API_KEY)
+            if now["lalm_generated_tokens_total"] > before["lalm_generated_tokens_total"]:
+                break
+    # the client has gone: its row must leave the batch
+    for _ in range(3000):
+        now = server.metrics(API_KEY)
+        spent = now["lalm_generated_tokens_total"] - before["lalm_generated_tokens_total"]
+        if now.get("lalm_cancelled_rows_total", 0) > before.get("lalm_cancelled_rows_total", 0) \
+                or spent >= max_tokens:
+            break
+    # nothing else runs: once the row is dropped, not one more token is computed
+    for _ in range(20):
+        later = server.metrics(API_KEY)
+        assert later["lalm_generated_tokens_total"] == now["lalm_generated_tokens_total"]
+    assert spent < max_tokens, spent  # not all 1000 tokens computed for nobody
+    assert now["lalm_cancelled_rows_total"] - before["lalm_cancelled_rows_total"] == 1

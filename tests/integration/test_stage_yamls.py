@@ -15,8 +15,9 @@ from lalm.data.manifest import Example, Message, TaskSpec, read_manifest, write_
 from lalm.testing.training import write_tone_dataset
 from lalm.training import TrainConfig, train
 from lalm.training.dpo import PreferencePair, write_pairs
+from lalm.training.stages import CONFIG_DIR
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
+CONFIGS = CONFIG_DIR
 pytestmark = pytest.mark.slow
 
 

@@ -15,11 +15,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from lalm import prompt as P
-from lalm.audio import audio_token_count, load_audio, log_mel_spectrogram
+from lalm.audio import SAMPLE_RATE, audio_token_count, load_audio, log_mel_spectrogram
 from lalm.config import ModelConfig
 from lalm.data.check import check_manifest
 from lalm.data.collate import Collator, collate, model_inputs, pack_items
-from lalm.data.dataset import AudioTextDataset
+from lalm.data.dataset import AudioTextDataset, load_clip
 from lalm.data.manifest import AudioRef, Example, Message, TaskSpec, TimedWord, read_manifest
 from lalm.data.sampler import BucketBatchSampler
 from lalm.errors import DataError
@@ -385,11 +385,12 @@ def test_shipped_sft_config_trains_every_assistant_turn(loss_on, tokenizers, cli
         {"role": "user", "content": "Who speaks?"}, {"role": "assistant", "content": replies[2]}]}])
     sets = [f"data.train=[{{manifest: {path}}}]", "data.valid=null"]
     sets += [f"data.loss_on={loss_on}"] if loss_on else []
-    config = TrainConfig.from_file(Path(__file__).resolve().parents[2] / "configs" / "train" /
-                                   "stage2_sft.yaml", sets)
+    config = TrainConfig.from_file("sft", sets)  # the shipped stage2_sft.yaml
     assert config.data.loss_on == (loss_on or "all_assistant")
     tok = tokenizers[Family.QWEN2_AUDIO]
-    item = build_dataset(config.data.train, config, tok, 128, seed=0)[0]
+    dataset, skipped = build_dataset(config.data.train, config, tok, 128, seed=0)
+    assert skipped == 0
+    item = dataset[0]
     ids, labels = item["ids"].tolist(), item["labels"].tolist()
     runs = _runs(labels)
     expected = replies if loss_on is None else replies[-1:]
@@ -397,3 +398,25 @@ def test_shipped_sft_config_trains_every_assistant_turn(loss_on, tokenizers, cli
     assert not item["audio_slot_mask"][torch.tensor(labels) != -100].any()
     header = [tok.im_start_id, *tok.encode("assistant\n")]
     assert all(ids[x - len(header): x] == header for x, _ in runs)
+
+
+def test_a_short_window_of_a_long_file_reads_only_up_to_its_end(tmp_path, monkeypatch):
+    # issue 13.4: a training clip window is decoded up to its end, never the whole recording
+    import lalm.data.dataset as dataset_module
+    from lalm.audio import stream_audio
+
+    path = tmp_path / "long.wav"
+    sf.write(path, np.zeros(600 * SAMPLE_RATE, np.float32), SAMPLE_RATE)  # 10 minutes
+    handed = []
+
+    def counting(*args, **kwargs):
+        for block in stream_audio(*args, **kwargs):
+            handed.append(block.shape[0])
+            yield block
+
+    monkeypatch.setattr(dataset_module, "stream_audio", counting)
+    clip = load_clip(AudioRef(str(path), 2.0, 1.5), max_seconds=30)
+    assert clip.shape == (round(1.5 * SAMPLE_RATE),)
+    assert sum(handed) - max(handed) < round(3.5 * SAMPLE_RATE)  # one block past the window
+    with pytest.raises(DataError, match="longer than 30 s"):  # to the end: 598 s, refused
+        load_clip(AudioRef(str(path), 2.0), max_seconds=30)

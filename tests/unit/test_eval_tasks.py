@@ -5,12 +5,12 @@ against a local HTTP server."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from conftest import loopback_server
 
 from lalm.errors import DataError, PromptError, ScoringError
 from lalm.eval.airbench import (
@@ -205,12 +205,8 @@ class _Judge(BaseHTTPRequestHandler):
 @pytest.fixture
 def judge_server():
     _Judge.calls = []
-    server = HTTPServer(("127.0.0.1", 0), _Judge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with loopback_server(_Judge) as url:
+        yield url
 
 
 def test_chat_judge_averages_both_orders_and_caches(judge_server, tmp_path: Path) -> None:

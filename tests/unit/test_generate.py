@@ -244,3 +244,27 @@ def test_left_pad_layout() -> None:
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
     assert mask.tolist() == [[True] * 3, [False, False, True]]
     assert list(itertools.chain(*positions_from_mask(mask).tolist())) == [0, 1, 2, 0, 0, 0]
+
+
+def test_a_cancelled_row_leaves_the_batch_and_the_others_keep_their_tokens(model) -> None:
+    rows = [_ids(6, 21), _ids(3, 22), _ids(5, 23)]
+    for options in (GenerationOptions(max_new_tokens=8),
+                    GenerationOptions(max_new_tokens=8, temperature=1.0, repetition_penalty=1.3)):
+        seeds = [4, 5, 6]
+        full = [s.results for s in generate_steps(model, _text_batch(model, rows), options, (),
+                                                  seeds=seeds)][-1]
+        steps, computed = [], []
+
+        def cancelled(row: int) -> bool:
+            return row == 1 and len(steps) >= 2  # the middle row leaves after 2 tokens
+
+        for step in generate_steps(model, _text_batch(model, rows), options, (), seeds=seeds,
+                                   cancelled=cancelled):
+            steps.append(step)
+            computed.append(model.decoder.cache.batch_size)
+        assert [s.tokens[1] is None for s in steps] == [False, False] + [True] * 6
+        assert computed[-1] == 2  # its cache row is gone, not just ignored
+        assert steps[-1].results[1].tokens == full[1].tokens[:2]
+        assert steps[-1].results[1].finish_reason is None
+        for row in (0, 2):
+            assert steps[-1].results[row].tokens == full[row].tokens

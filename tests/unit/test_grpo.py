@@ -178,7 +178,7 @@ def test_prompt_length_and_seeds() -> None:
     assert len(seeds) == 16
 
 
-def test_row_seeds_make_a_row_independent_of_its_batch() -> None:
+def test_seeds_make_a_row_independent_of_its_batch() -> None:
     model = random_model("tiny-random", seed=6)
     rows = [[5, 6, 7, 8, 9], [11, 12], [40, 41, 42]]
     options = GenerationOptions(max_new_tokens=8, temperature=1.5)
@@ -192,7 +192,7 @@ def test_row_seeds_make_a_row_independent_of_its_batch() -> None:
     assert run(rows[1:2], [2]) == together[1:2]  # alone, with its own seed: the same answer
     assert run(rows, [1, 2, 3]) == together
     assert run(rows, [1, 9, 3])[1] != together[1]
-    with pytest.raises(GenerationError, match="row_seeds"):
+    with pytest.raises(GenerationError, match="seeds"):
         run(rows, [1, 2])
 
 

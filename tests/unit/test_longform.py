@@ -25,11 +25,13 @@ from lalm.longform import (
     Window,
     chat_audio_token_count,
     join_window_rows,
+    measure_loudness,
     plan_windows,
     speech_regions,
     split_for_chat,
     stitch_texts,
     stitch_words,
+    window_clips,
 )
 from lalm.prompt import Task, TaskSpec, TimedWord, parse_output
 from lalm.testing.models import random_model
@@ -219,6 +221,52 @@ def test_vad_skips_long_silence() -> None:
     audio = render(truth, 120.0)
     windows = plan_windows(audio, speech=speech_regions(audio))
     assert [(w.start_s, w.end_s) for w in windows] == [(0.8, 20.2), (99.8, 110.2)]
+
+
+def _blocks(audio: np.ndarray, sizes: list[int], pulled: list[int]):
+    """``audio`` in consecutive blocks of the given sizes (cycled), counting samples handed out
+    in ``pulled[0]``: the stream `lalm.audio.stream_audio` gives, for a recording in memory."""
+    pos = 0
+    for size in itertools.cycle(sizes):
+        if pos >= audio.shape[0]:
+            return
+        block = audio[pos:pos + size].copy()
+        pos += block.shape[0]
+        pulled[0] += block.shape[0]
+        yield block
+
+
+@pytest.mark.parametrize("sizes", [[1], [15999, 161, 7], [2**18], [16000 * 50]])
+def test_planning_from_blocks_equals_planning_from_samples(sizes: list[int]) -> None:
+    truth = make_truth(8, 200.0)
+    audio = render(truth, 200.0, seed=3)
+    n = audio.shape[0]
+    if sizes == [1]:
+        audio, n = audio[:4001], 4001  # one sample per block: keep it short
+    pulled = [0]
+    loudness = measure_loudness(_blocks(audio, sizes, pulled))
+    assert loudness.n_samples == n and pulled[0] == n
+    np.testing.assert_array_equal(loudness.power, measure_loudness([audio]).power)
+    assert speech_regions(loudness) == speech_regions(audio)
+    for speech in (None, speech_regions(audio)):
+        if n > 30 * SAMPLE_RATE:
+            assert plan_windows(loudness, speech=speech) == plan_windows(audio, speech=speech)
+
+
+@pytest.mark.parametrize("sizes", [[15999, 161, 7], [2**18], [16000 * 50]])
+@pytest.mark.parametrize("vad", [False, True])
+def test_window_clips_cut_exact_windows_holding_one_window_and_a_block(sizes: list[int],
+                                                                        vad: bool) -> None:
+    truth = [TimedWord("a", 1.0, 50.0), TimedWord("b", 150.0, 190.0)]  # 100 s of silence
+    audio = render(truth, 200.0, seed=4)
+    windows = plan_windows(audio, speech=speech_regions(audio) if vad else None)
+    pulled = [0]
+    for window, clip in zip(windows, window_clips(_blocks(audio, sizes, pulled), windows),
+                            strict=True):
+        np.testing.assert_array_equal(clip, window.clip(audio))
+        assert pulled[0] < window.end + max(sizes)  # decoded no further than this window
+    with pytest.raises(AudioError, match="ends before window"):
+        list(window_clips([audio[:1000]], [Window(0, 2000)]))
 
 
 # ---------------------------------------------------------------------------------- stitching

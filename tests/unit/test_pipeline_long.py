@@ -9,11 +9,12 @@ import itertools
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from lalm.audio import SAMPLE_RATE, audio_token_count, batch_log_mel, mel_length
 from lalm.config import ModelConfig
-from lalm.errors import AudioError, PromptError
+from lalm.errors import AudioError, AudioTooLongError, PromptError
 from lalm.generation import GenerationOptions, GenerationResult, Pipeline
 from lalm.longform import (
     Window,
@@ -109,7 +110,8 @@ def test_batched_equals_single_with_long_clips(family: str, request) -> None:
 
 def test_the_limit_is_a_clear_error_never_a_cut(qwen2: Pipeline) -> None:
     limited = Pipeline(qwen2.model, qwen2.tokenizer, OPTIONS, max_audio_seconds=40)
-    with pytest.raises(AudioError, match=r"talk: 41\.00 s is longer than max_audio_seconds=40"):
+    with pytest.raises(AudioTooLongError,
+                       match=r"talk: longer than max_audio_seconds=40 s .*at least 41\.0 s"):
         limited.chat("What?", [AudioPart(_clip(41, 5), name="talk")])
     assert limited.with_options(max_new_tokens=2).max_audio_seconds == 40
     limited.max_audio_seconds = None
@@ -117,6 +119,16 @@ def test_the_limit_is_a_clear_error_never_a_cut(qwen2: Pipeline) -> None:
     for bad in (0, -1.0, "30", True):
         with pytest.raises(AudioError, match="max_audio_seconds"):
             limited.max_audio_seconds = bad  # type: ignore[assignment]
+
+
+def test_the_chat_limit_is_checked_from_the_header_before_decoding(qwen2: Pipeline,
+                                                                   tmp_path) -> None:
+    # `lalm chat --max-audio-seconds 30` used to decode the whole file, then compare
+    path = tmp_path / "long.flac"
+    sf.write(path, _clip(40, 6), SAMPLE_RATE)
+    limited = Pipeline(qwen2.model, qwen2.tokenizer, OPTIONS, max_audio_seconds=30)
+    with pytest.raises(AudioTooLongError, match="max_audio_seconds=30 .*the header declares 40"):
+        limited.chat("What?", [str(path)])
 
 
 # ------------------------------------------------------------------ long-form transcription
@@ -163,7 +175,8 @@ def _oracle(pipe: Pipeline, recordings: list[tuple[np.ndarray, list[TimedWord]]]
                                          timestamps=req.spec is not None and req.spec.timestamps)
                 results.append(GenerationResult([1], "stop", -1.0, text,
                                                 parse_output(text, req.spec)))
-            progress(len(chunk))
+            if progress is not None:
+                progress(len(chunk))
         return results
 
     monkeypatch.setattr(pipe, "generate", generate)
@@ -266,6 +279,50 @@ def test_plan_and_stitch_give_what_transcribe_gives(family: str, long_form: str,
         whole.tokens, whole.text, whole.parsed)
     assert whole.text == stitch_texts(windows, [r.parsed.text for r in results])
     assert [seg.result for seg in transcript.segments] == results
+
+
+def test_a_long_file_is_transcribed_window_by_window_never_held_whole(qwen2: Pipeline,
+                                                                      tmp_path,
+                                                                      monkeypatch) -> None:
+    """`lalm transcribe` on a long file (issue 13.4): planned from one decoding pass, its
+    windows cut from a second as the batches need them, equal to planning the samples."""
+    import lalm.generation.pipeline as pipeline_module
+
+    audio, _ = _recording(95, 12)
+    path = tmp_path / "long.wav"
+    sf.write(path, audio, SAMPLE_RATE, subtype="FLOAT")  # the samples exactly
+    planned = qwen2.plan_transcription(str(path), long_form="fixed")
+    windows = planned.windows
+    assert windows == qwen2.plan_transcription(audio, long_form="fixed").windows
+    assert len(windows) >= 4 and planned.duration_s == audio.shape[0] / SAMPLE_RATE
+    for request, window in zip(planned.requests, windows, strict=True):
+        np.testing.assert_array_equal(request.prompt.audios[0].source, window.clip(audio))
+
+    decoded: list[int] = []  # samples each decoding pass has handed out so far
+    real = pipeline_module.stream_audio
+
+    def counting(*args, **kwargs):  # a spy on the block reader: counts, changes nothing
+        decoded.append(0)
+        for block in real(*args, **kwargs):
+            decoded[-1] += block.shape[0]
+            yield block
+
+    ahead: list[int] = []  # how far the second pass had decoded when each batch ran
+
+    def generate(requests, options=None, batch_size=None, progress=None):
+        ahead.append(decoded[-1])
+        return [GenerationResult([1], "stop", -1.0, "w", parse_output("w", None))
+                for _ in requests]
+
+    monkeypatch.setattr(pipeline_module, "stream_audio", counting)
+    monkeypatch.setattr(qwen2, "generate", generate)
+    qwen2.transcribe([str(path)], batch_size=2, long_form="fixed")
+    assert len(decoded) == 2 and decoded[0] == audio.shape[0]  # one pass plans, one cuts
+    assert len(ahead) == -(-len(windows) // 2)
+    for k, seen in enumerate(ahead):  # no further than the batch's last window + one block
+        assert seen < windows[min(2 * k + 2, len(windows)) - 1].end + 2**18
+    with pytest.raises(AudioTooLongError, match="header declares 95"):
+        qwen2.transcribe([str(path)], max_seconds=60)
 
 
 def test_a_long_recording_without_speech_is_an_empty_transcript(v1: Pipeline) -> None:

@@ -103,6 +103,7 @@ def test_draws_follow_the_distribution() -> None:
     ("temperature", -0.1), ("temperature", math.nan), ("top_p", 0.0), ("top_p", 1.5),
     ("repetition_penalty", 0.0), ("length_penalty", math.inf), ("min_new_tokens", 300),
     ("stop_token_ids", (-1,)), ("suppress_token_ids", ("a",)), ("stop_sequences", ("",)),
+    ("seed", 2**64), ("seed", -1), ("seed", 1.5),
 ])
 def test_bad_options_raise_generation_error_naming_the_field(field: str, value: object) -> None:
     with pytest.raises(GenerationError, match=field):

@@ -4,6 +4,7 @@ formats, and the batcher (shared batches equal single runs; a bad job fails alon
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,10 @@ from lalm.config import ModelConfig
 from lalm.generation import GenerationOptions, Pipeline
 from lalm.prompt import AudioPart, Message, TextPart
 from lalm.serve import ApiError, AudioAccess, Batcher, Limits
-from lalm.serve.batcher import Done, Failed
+from lalm.serve.app import served_model_name
+from lalm.serve.batcher import BatchStats, Done, Failed, Token
+from lalm.serve.budget import PromptBudget
+from lalm.serve.middleware import default_allowed_hosts, host_name
 from lalm.serve.inputs import chat_options, decode_base64
 from lalm.serve.schemas import ChatCompletionRequest
 from lalm.testing.models import random_model
@@ -99,3 +103,91 @@ def test_batcher_shares_batches_and_isolates_a_bad_job(pipe: Pipeline) -> None:
     done = [e for e in events if isinstance(e, Done)]
     assert [d.result.tokens for d in done] == [r.tokens for r in alone]
     assert [d.result.text for d in done] == [r.text for r in alone]
+
+
+def test_sampled_jobs_with_distinct_seeds_share_a_batch_and_equal_single_runs(
+        pipe: Pipeline) -> None:
+    requests = [pipe.chat_request(q) for q in ("Tell me a story.", "Tell me a story.",
+                                                "What is this?")]
+    sampled = GenerationOptions(max_new_tokens=6, temperature=1.0)
+    seeds = (1, 2, 3)
+    alone = [pipe.generate([r], replace(sampled, seed=seed))[0]
+             for r, seed in zip(requests, seeds)]
+
+    async def run() -> list:
+        batcher = Batcher(pipe, max_batch_size=8, batch_wait_s=0.05)
+        batcher.start()
+        try:
+            tickets = [batcher.submit(r, replace(sampled, seed=seed), 60.0)
+                       for r, seed in zip(requests, seeds)]
+            return [await t.get(60.0) for t in tickets]
+        finally:
+            batcher.close()
+            assert (batcher.stats.batches, batcher.stats.rows) == (1, 3)
+
+    done = asyncio.run(run())
+    assert [d.result.tokens for d in done] == [r.tokens for r in alone]
+    assert alone[0].tokens != alone[1].tokens  # the seed, not the batch, decides the draws
+
+
+def test_a_cancelled_row_leaves_its_batch_and_the_others_are_unchanged(
+        pipe: Pipeline) -> None:
+    requests = [pipe.chat_request(q) for q in ("Tell me a story.", "Count to ten.")]
+    options = GenerationOptions(max_new_tokens=40)
+    alone = [pipe.generate([r], options)[0] for r in requests]
+    assert [len(r.tokens) for r in alone] == [40, 40]  # neither row stops by itself
+
+    async def run() -> tuple[Done, BatchStats]:
+        batcher = Batcher(pipe, max_batch_size=8, batch_wait_s=0.05)
+        batcher.start()
+        try:
+            leaving = batcher.submit(requests[0], options, 60.0, stream=True)
+            staying = batcher.submit(requests[1], options, 60.0)
+            assert isinstance(await leaving.get(60.0), Token)
+            leaving.cancel()  # the client went away after its first token
+            return await staying.get(60.0), batcher.stats
+        finally:
+            batcher.close()
+
+    done, stats = asyncio.run(run())
+    assert done.result.tokens == alone[1].tokens
+    assert (stats.batches, stats.cancelled_rows) == (1, 1)
+    # the staying row's 40 tokens, and the leaving row's only until it was dropped
+    assert stats.generated_tokens < 40 + 40
+
+
+def test_served_model_name_of_a_run_export_is_the_run(tmp_path: Path) -> None:
+    assert served_model_name(tmp_path / "runs" / "sft" / "export") == "sft"
+    assert served_model_name(tmp_path / "tiny") == "tiny"
+
+
+def test_prompt_budget_bound_is_below_the_exact_count(pipe: Pipeline) -> None:
+    budget = PromptBudget(pipe)
+    clip = np.zeros(16000 * 3, np.float32)
+    texts = ("Hi", "héllo wörld " * 50, "        " * 40, "e\u0301" * 30, "日本語" * 20)
+    for text in texts:
+        request = pipe.chat_request([Message("user", (AudioPart(clip), TextPart(text)))])
+        assert budget.lower_bound(request) <= budget.exact(request)
+        assert budget.exact(request) == int(pipe.prepare([request]).lengths[0])
+    long = pipe.chat_request("word " * 600)
+    with pytest.raises(ApiError, match="maximum context length is 512 tokens") as info:
+        budget.check(long, GenerationOptions(max_new_tokens=4), "messages")
+    assert info.value.code == "context_length_exceeded"
+
+
+@pytest.mark.parametrize("bind, hosts", [
+    ("127.0.0.1", ("127.0.0.1", "localhost", "::1")),
+    ("127.0.0.2", ("127.0.0.2", "127.0.0.1", "localhost", "::1")),
+    ("10.1.2.3", ("10.1.2.3",)),
+    ("0.0.0.0", None),  # every interface: names unknown, any admitted (--allowed-hosts)
+    ("::", None),
+])
+def test_default_allowed_hosts_follow_the_bind_address(bind: str, hosts) -> None:
+    assert default_allowed_hosts(bind) == hosts
+
+
+@pytest.mark.parametrize("header, name", [
+    ("LocalHost:8000", "localhost"), ("[::1]:8000", "::1"), ("[::1]", "::1"),
+    ("127.0.0.1", "127.0.0.1"), ("evil.example:80", "evil.example")])
+def test_host_name_drops_port_and_brackets(header: str, name: str) -> None:
+    assert host_name(header) == name

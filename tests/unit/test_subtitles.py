@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 from lalm.errors import PromptError
 from lalm.prompt import TimedWord
-from lalm.subtitles import Cue, format_srt, format_timestamp, format_vtt, group_cues
+from lalm.subtitles import (
+    Cue,
+    format_srt,
+    format_timestamp,
+    format_vtt,
+    group_cues,
+    transcript_cues,
+)
 
 WORDS = [
     TimedWord("Hello", 0.0, 0.42),
@@ -74,3 +83,23 @@ def test_exact_vtt() -> None:
 def test_bad_word_times_are_typed_errors(start: float, end: float) -> None:
     with pytest.raises(PromptError, match="'w'"):
         group_cues([TimedWord("w", start, end)])
+
+
+@dataclass(frozen=True)
+class _Segment:
+    start: float
+    end: float
+    text: str
+    words: tuple[TimedWord, ...] = ()
+
+
+def test_transcript_cues_one_per_segment_or_of_timed_words() -> None:
+    segments = [_Segment(0.0, 4.1, "ignored: the words are timed", tuple(WORDS)),
+                _Segment(4.1, 30.0, "  a window without word times "),
+                _Segment(30.0, 31.5, "  ")]
+    assert transcript_cues(segments, by_words=True) == [
+        *group_cues(WORDS), Cue(4.1, 30.0, "a window without word times")]
+    assert transcript_cues(segments) == [  # one cue per segment, as the server
+        Cue(0.0, 4.1, "ignored: the words are timed"),
+        Cue(4.1, 30.0, "a window without word times")]
+    assert transcript_cues([]) == []

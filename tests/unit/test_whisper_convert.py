@@ -7,6 +7,7 @@ prove that nothing is lost or renamed twice.
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -358,19 +359,39 @@ def test_build_from_whisper_writes_a_loadable_qwen2_audio_checkpoint(tmp_path: P
     assert torch.equal(tower["layer_norm.bias"], state["projector.ln_post.bias"])
 
 
-def test_cli_from_whisper(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.slow  # the 151k-id tokenizer, transformers
+def test_cli_from_whisper(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                          qwen2_tokenizer_dir: Path) -> None:
+    import numpy as np
+    import soundfile as sf
+
     from lalm.cli import main
 
     write_ct2_whisper(tmp_path / "whisper", random_whisper_state(TINY), TINY)
-    argv = ["from-whisper", str(tmp_path / "whisper"), str(tmp_path / "model"),
-            "--decoder", "n_layer=1", "--decoder", "dim=32"]
+    model = tmp_path / "model"
+    argv = ["from-whisper", str(tmp_path / "whisper"), str(model), "--tokenizer",
+            str(qwen2_tokenizer_dir), "--decoder", "n_layer=1", "--decoder", "dim=32"]
     assert main(argv) == 0 and "wrote" in capsys.readouterr().out
-    config = load_model(tmp_path / "model").config
+    config = load_model(model).config
     assert (config.decoder.n_layer, config.decoder.dim, config.encoder) == (1, 32, TINY)
-    assert main(["from-whisper", str(tmp_path / "absent"), str(tmp_path / "x")]) == 2
+    assert config.decoder.vocab_size == 151680  # the tokenizer's 151,649 ids, rounded up to 64
+    # the folder is complete: lalm chat opens it, and so does transformers' AutoProcessor
+    sf.write(tmp_path / "a.wav", 0.1 * np.sin(np.arange(6400) / 8).astype(np.float32), 16000)
+    assert main(["chat", "--model", str(model), "--audio", str(tmp_path / "a.wav"),
+                 "--max-new-tokens", "2", "--format", "json", "Hi"]) == 0
+    assert 1 <= len(json.loads(capsys.readouterr().out)["tokens"]) <= 2
+    transformers = pytest.importorskip("transformers")
+    processor = transformers.AutoProcessor.from_pretrained(model)
+    assert processor.feature_extractor.feature_size == TINY.n_mels  # from the model: 80
+    assert processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>") == 151646
+    # errors name the input: a missing checkpoint, an unknown field (with the valid ones)
+    assert main(["from-whisper", str(tmp_path / "absent"), str(tmp_path / "x"),
+                 "--tokenizer", str(qwen2_tokenizer_dir)]) == 2
     assert "no such Whisper checkpoint" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="unknown decoder config fields"):
-        main(argv + ["--decoder", "colour=1"])
+    assert main([*argv, "--decoder", "colour=1"]) == 2
+    assert "unknown decoder field 'colour'; valid: vocab_size, dim" in capsys.readouterr().err
+    assert main([*argv, "--decoder", "vocab_size=512"]) == 2
+    assert "151649 ids, more than the model's vocab_size 512" in capsys.readouterr().err
 
 
 def test_hf_pytorch_model_bin_and_legacy_pickle(tmp_path: Path) -> None:
