@@ -165,6 +165,7 @@ def config_from_hf(hf_config: dict[str, Any], source: str = "config.json") -> Mo
     check_kinds(rope, {"rope_type": str, "type": str, "rope_theta": float},
                 "text_config rope parameters: ", source)
     rope_type = rope.get("rope_type", rope.get("type", "default"))
+    n_head = text["num_attention_heads"]
     unsupported = {
         "text_config.tie_word_embeddings": text["tie_word_embeddings"] is not False,
         "text_config.use_sliding_window": text["use_sliding_window"] is not False,
@@ -173,10 +174,17 @@ def config_from_hf(hf_config: dict[str, Any], source: str = "config.json") -> Mo
         "audio_config.activation_function": audio["activation_function"] != "gelu",
         "audio_config.scale_embedding": audio["scale_embedding"] is not False,
     }
+    text_type = text.get("model_type", "qwen2")
+    if text_type == "llama":  # Llama's bias switch covers o_proj too; lalm's o has none
+        unsupported["text_config.attention_bias"] = text.get("attention_bias") is not False
+        unsupported["text_config.mlp_bias"] = text.get("mlp_bias", False) is not False
+        unsupported["text_config.head_dim"] = text.get("head_dim", text["hidden_size"] //
+                                                       n_head) * n_head != text["hidden_size"]
+    else:
+        unsupported[f"text_config.model_type {text_type!r}"] = text_type != "qwen2"
     bad = [name for name, is_bad in unsupported.items() if is_bad]
     if bad:
         raise CheckpointError(f"{source}: unsupported Qwen2-Audio settings {bad}")
-    n_head = text["num_attention_heads"]
     try:
         return ModelConfig(
             encoder=EncoderConfig(
@@ -192,7 +200,7 @@ def config_from_hf(hf_config: dict[str, Any], source: str = "config.json") -> Mo
                 n_kv_head=text["num_key_value_heads"] or n_head,
                 hidden_dim=text["intermediate_size"], norm_eps=text["rms_norm_eps"],
                 rope_theta=float(rope.get("rope_theta", text["rope_theta"])),
-                max_seq_len=text["max_position_embeddings"],
+                max_seq_len=text["max_position_embeddings"], qkv_bias=text_type == "qwen2",
             ),
         )
     except (TypeError, ValueError) as err:
@@ -210,7 +218,6 @@ def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict[str,
         "projector.audio_bos_eos": config.projector.audio_bos_eos,
         "decoder.dynamic_ntk": dec.dynamic_ntk,
         "decoder.logn_attn": dec.logn_attn,
-        "decoder.qkv_bias=False": not dec.qkv_bias,
         "encoder.frame_cutoff='pairs'": enc.frame_cutoff != "lookahead",
     }
     bad = [name for name, is_set in v1_only.items() if is_set]
@@ -230,7 +237,11 @@ def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict[str,
             "scale_embedding": False,
         },
         "text_config": {
-            "model_type": "qwen2", "vocab_size": dec.vocab_size, "hidden_size": dec.dim,
+            # a decoder without q/k/v bias is a Llama text model (Qwen2 always has the bias)
+            **({"model_type": "qwen2"} if dec.qkv_bias else
+               {"model_type": "llama", "attention_bias": False, "mlp_bias": False,
+                "head_dim": dec.head_dim}),
+            "vocab_size": dec.vocab_size, "hidden_size": dec.dim,
             "intermediate_size": dec.hidden_dim, "num_hidden_layers": dec.n_layer,
             "num_attention_heads": dec.n_head, "num_key_value_heads": dec.n_kv_head,
             "hidden_act": "silu", "max_position_embeddings": dec.max_seq_len,
