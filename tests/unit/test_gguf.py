@@ -1,0 +1,169 @@
+"""`lalm.checkpoint.gguf` on tiny GGUF files written here with the gguf package's own writer.
+
+The files hold random Llama / Qwen2 weights (F32 and Q8_0), a byte-level BPE of 256 byte
+tokens + one merge, ChatML specials and a chat template. Checked: the key map (q/k rows back in
+transformers' order for llama, not for qwen2), dequantization equal to the package's, tied
+embeddings, the config, the tokenizer with the audio tokens appended, and the typed errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lalm.checkpoint.gguf import read_gguf, save_tokenizer
+from lalm.errors import CheckpointError, TokenizerError
+from lalm.tokenizer import Tokenizer
+
+gguf = pytest.importorskip("gguf")
+
+DIM, HEADS, KV_HEADS, LAYERS, FFN = 64, 4, 2, 2, 96
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def _byte_tokens() -> list[str]:
+    """GPT-2's byte -> printable character table (the strings byte-level BPE vocabularies hold)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def _to_llama_cpp_rows(weight: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's converter order: each head's rows (half, i) -> (i, half)."""
+    half = weight.shape[0] // n_head // 2
+    return weight.reshape(n_head, 2, half, -1).swapaxes(1, 2).reshape(weight.shape)
+
+
+def write_tiny(path: Path, arch: str = "llama", drop: str | None = None,
+               pre: str = "smollm") -> dict[str, np.ndarray]:
+    """A tiny GGUF LLM file; returns its weights in transformers' row order (GGUF names)."""
+    rng = np.random.default_rng(0)
+    tokens = [*SPECIALS, *_byte_tokens(), "he"]
+    vocab = len(tokens)
+    hd = DIM // HEADS
+    shapes = {"token_embd.weight": (vocab, DIM), "output_norm.weight": (DIM,)}
+    for i in range(LAYERS):
+        shapes |= {f"blk.{i}.attn_norm.weight": (DIM,), f"blk.{i}.ffn_norm.weight": (DIM,),
+                   f"blk.{i}.attn_q.weight": (DIM, DIM),
+                   f"blk.{i}.attn_k.weight": (KV_HEADS * hd, DIM),
+                   f"blk.{i}.attn_v.weight": (KV_HEADS * hd, DIM),
+                   f"blk.{i}.attn_output.weight": (DIM, DIM),
+                   f"blk.{i}.ffn_gate.weight": (FFN, DIM),
+                   f"blk.{i}.ffn_up.weight": (FFN, DIM), f"blk.{i}.ffn_down.weight": (DIM, FFN)}
+        if arch == "qwen2":
+            shapes |= {f"blk.{i}.attn_q.bias": (DIM,), f"blk.{i}.attn_k.bias": (KV_HEADS * hd,),
+                       f"blk.{i}.attn_v.bias": (KV_HEADS * hd,)}
+    weights = {n: rng.standard_normal(s).astype(np.float32) * 0.1 for n, s in shapes.items()}
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(LAYERS)
+    writer.add_context_length(256)
+    writer.add_embedding_length(DIM)
+    writer.add_feed_forward_length(FFN)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(KV_HEADS)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_freq_base(50000.0)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types([3] * len(SPECIALS) + [1] * (vocab - len(SPECIALS)))
+    writer.add_token_merges(["h e"])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    for name, value in weights.items():
+        if name == drop:
+            continue
+        stored = value
+        if arch == "llama" and ".attn_q." in name and value.ndim == 2:
+            stored = _to_llama_cpp_rows(value, HEADS)
+        elif arch == "llama" and ".attn_k." in name and value.ndim == 2:
+            stored = _to_llama_cpp_rows(value, KV_HEADS)
+        if name.endswith("ffn_up.weight"):  # one quantized type: the reader must dequantize
+            q8 = gguf.GGMLQuantizationType.Q8_0
+            writer.add_tensor(name, gguf.quants.quantize(stored, q8), raw_dtype=q8)
+            weights[name] = gguf.quants.dequantize(gguf.quants.quantize(stored, q8), q8)
+        else:
+            writer.add_tensor(name, stored)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return weights
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_key_map_dequantization_and_config(tmp_path: Path, arch: str) -> None:
+    weights = write_tiny(tmp_path / "m.gguf", arch)
+    dec = read_gguf(tmp_path / "m.gguf")
+    cfg = dec.config
+    assert (cfg.dim, cfg.n_head, cfg.n_kv_head, cfg.n_layer, cfg.hidden_dim) == (
+        DIM, HEADS, KV_HEADS, LAYERS, FFN)
+    assert cfg.rope_theta == 50000.0 and cfg.norm_eps == pytest.approx(1e-6)
+    assert cfg.qkv_bias is (arch == "qwen2") and cfg.vocab_size == 3 + 256 + 1
+    state = dec.state_dict
+    for i in range(LAYERS):
+        for gg, ours in (("attn_q", "attn.q"), ("attn_k", "attn.k"), ("ffn_up", "mlp.up"),
+                         ("ffn_down", "mlp.down"), ("attn_output", "attn.o")):
+            expected = torch.from_numpy(np.asarray(weights[f"blk.{i}.{gg}.weight"]))
+            assert torch.equal(state[f"decoder.layers.{i}.{ours}.weight"], expected), gg
+        if arch == "qwen2":
+            assert torch.equal(state[f"decoder.layers.{i}.attn.k.bias"],
+                               torch.from_numpy(weights[f"blk.{i}.attn_k.bias"]))
+    # no output.weight in the file: the LM head is the embedding (tied), as an untied copy
+    assert torch.equal(state["decoder.lm_head.weight"], state["decoder.embed.weight"])
+
+
+def test_tokenizer_from_metadata(tmp_path: Path) -> None:
+    write_tiny(tmp_path / "m.gguf")
+    dec = read_gguf(tmp_path / "m.gguf")
+    save_tokenizer(dec, tmp_path / "tok")
+    tok = Tokenizer.from_hf(tmp_path / "tok")
+    ids = tok.encode("<|im_start|>he h7")  # byte b has id 3 + b; the merge "he" id 259
+    assert ids == [1, 259, 3 + ord(" "), 3 + ord("h"), 3 + ord("7")]
+    assert tok.decode(ids) == "<|im_start|>he h7"
+    assert [tok.audio_pad_id, tok.token_id("<|audio_bos|>"), tok.token_id("<|audio_eos|>")] == [
+        260, 261, 262]
+    assert (tok.eod_id, tok.im_start_id, tok.im_end_id) == (0, 1, 2)
+    assert dec.tokenizer_config["bos_token"] == "<|im_start|>"
+    assert dec.tokenizer_config["eos_token"] == "<|im_end|>"
+    assert "chat_template" in dec.tokenizer_config
+
+
+def test_unknown_architecture_is_a_typed_error(tmp_path: Path) -> None:
+    write_tiny(tmp_path / "m.gguf", arch="gpt2")
+    with pytest.raises(CheckpointError, match="'gpt2' is not supported"):
+        read_gguf(tmp_path / "m.gguf")
+
+
+def test_qwen3_names_what_is_missing(tmp_path: Path) -> None:
+    write_tiny(tmp_path / "m.gguf", arch="qwen3")
+    with pytest.raises(CheckpointError, match="q/k RMSNorm"):
+        read_gguf(tmp_path / "m.gguf")
+
+
+def test_missing_tensor_is_named(tmp_path: Path) -> None:
+    write_tiny(tmp_path / "m.gguf", drop="blk.1.ffn_down.weight")
+    with pytest.raises(CheckpointError, match=r"blk\.1\.ffn_down\.weight"):
+        read_gguf(tmp_path / "m.gguf")
+
+
+def test_unknown_pre_tokenizer_is_a_typed_error(tmp_path: Path) -> None:
+    write_tiny(tmp_path / "m.gguf", pre="made-up")
+    with pytest.raises(TokenizerError, match="'made-up'"):
+        read_gguf(tmp_path / "m.gguf")
+
+
+def test_not_a_gguf_file(tmp_path: Path) -> None:
+    (tmp_path / "m.gguf").write_bytes(b"not a gguf file at all" * 10)
+    with pytest.raises(CheckpointError, match="m.gguf"):
+        read_gguf(tmp_path / "m.gguf")
