@@ -167,3 +167,53 @@ def test_not_a_gguf_file(tmp_path: Path) -> None:
     (tmp_path / "m.gguf").write_bytes(b"not a gguf file at all" * 10)
     with pytest.raises(CheckpointError, match="m.gguf"):
         read_gguf(tmp_path / "m.gguf")
+
+
+def test_cli_from_parts_writes_a_chat_ready_checkpoint(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from lalm.api import load_model
+    from lalm.checkpoint.hf_json import read_json
+    from lalm.cli import main
+    from tests.unit.test_whisper_convert import TINY, random_whisper_state, write_ct2_whisper
+
+    weights = write_tiny(tmp_path / "m.gguf")
+    write_ct2_whisper(tmp_path / "whisper", random_whisper_state(TINY), TINY)
+    out = tmp_path / "model"
+    argv = ["from-parts", "--encoder", str(tmp_path / "whisper"), "--decoder",
+            str(tmp_path / "m.gguf"), str(out)]
+    assert main(argv) == 0 and "wrote" in capsys.readouterr().out
+    pipe = load_model(out)
+    cfg = pipe.model.config
+    assert cfg.encoder == TINY and not cfg.decoder.qkv_bias and cfg.decoder.vocab_size == 263
+    embed = pipe.model.decoder.embed.weight
+    assert torch.equal(embed[:260], torch.from_numpy(weights["token_embd.weight"]))
+    assert torch.allclose(embed[260:], embed[:260].mean(0).expand(3, -1))  # the audio rows
+    hf = read_json(out / "config.json")
+    assert hf["text_config"]["model_type"] == "llama" and hf["audio_token_index"] == 260
+    assert {p.name for p in out.iterdir()} >= {"tokenizer.json", "tokenizer_config.json",
+                                               "generation_config.json",
+                                               "preprocessor_config.json"}
+    assert len(pipe.chat("he", max_new_tokens=2).tokens) <= 2
+    # errors name the input
+    assert main([*argv[:4], str(tmp_path / "absent.gguf"), str(tmp_path / "x")]) == 2
+    assert "absent.gguf" in capsys.readouterr().err
+
+
+def test_bias_free_decoder_round_trips_as_a_llama_text_config() -> None:
+    from lalm.checkpoint import qwen2_audio
+    from lalm.config import ModelConfig
+
+    config = ModelConfig.from_name("tiny-random", decoder={"qkv_bias": False})
+    hf = qwen2_audio.config_to_hf(config)
+    assert hf["text_config"]["model_type"] == "llama"
+    assert hf["text_config"]["attention_bias"] is False
+    assert qwen2_audio.config_from_hf(hf) == config
+    qwen2 = ModelConfig.from_name("tiny-random")
+    assert qwen2_audio.config_to_hf(qwen2)["text_config"]["model_type"] == "qwen2"
+    assert qwen2_audio.config_from_hf(qwen2_audio.config_to_hf(qwen2)) == qwen2
+    hf["text_config"]["attention_bias"] = True  # Llama's switch biases o_proj too
+    with pytest.raises(CheckpointError, match="attention_bias"):
+        qwen2_audio.config_from_hf(hf)
+    hf["text_config"]["model_type"] = "mistral"
+    with pytest.raises(CheckpointError, match="mistral"):
+        qwen2_audio.config_from_hf(hf)
