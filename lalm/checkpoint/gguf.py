@@ -123,7 +123,7 @@ def _field(reader: Any, key: str, path: Path, default: Any = ...) -> Any:
 
 
 def _unpermute_heads(weight: Tensor, n_head: int) -> Tensor:
-    """Undo llama.cpp's q/k row order: [n_head, 2, hd/2] interleaved -> [n_head, hd/2, 2]...
+    """Put q/k rows stored by llama.cpp's converter back in transformers' order.
 
     llama.cpp's converter reorders each head's rows from (half, i) to (i, half) so that its
     rotary kernel rotates adjacent pairs; lalm (like transformers) rotates the two halves.
@@ -213,7 +213,10 @@ def read_gguf(path: str | Path) -> GGUFDecoder:
         raise CheckpointError(f"{path}: GGUF file has no tensor 'token_embd.weight'")
     config = _decoder_config(reader, arch, path, raw["token_embd.weight"].shape[0])
     raw.setdefault("output.weight", raw["token_embd.weight"])  # tied embeddings: an untied copy
-    state = GGUF_KEY_MAP.convert(raw)
+    try:
+        state = GGUF_KEY_MAP.convert(raw)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from e
     if arch == "llama":
         for i in range(config.n_layer):
             for name, heads in (("q", config.n_head), ("k", config.n_kv_head)):
@@ -221,8 +224,8 @@ def read_gguf(path: str | Path) -> GGUFDecoder:
                 if key in state:
                     state[key] = _unpermute_heads(state[key], heads)
     expected = _expected_keys(config)
-    missing = [GGUF_KEY_MAP.convert({k: 0}, inverse=True).popitem()[0]
-               for k in expected if k not in state]
+    missing = list(GGUF_KEY_MAP.convert({k: None for k in expected if k not in state},
+                                        inverse=True))
     if missing:
         raise CheckpointError(f"{path}: GGUF file lacks tensors {missing[:10]} "
                               f"({len(missing)} missing)")
