@@ -68,7 +68,9 @@ class DecoderConfig:
     norm_eps: float = 1e-5  # RMSNorm eps
     rope_theta: float = 10000.0  # RoPE base
     max_seq_len: int = 8192  # longest sequence a KV cache is set up for by default
-    qkv_bias: bool = True  # q/k/v projections carry a bias (o never does)
+    qkv_bias: bool = True  # q/k/v projections carry a bias (o never does); Llama, Qwen3: none
+    qk_norm: bool = False  # RMSNorm over each query and key head before RoPE (Qwen3)
+    head_width: int | None = None  # one attention head's width; None: dim // n_head (Qwen3: 128)
     # Qwen-Audio v1: past `train_seq_len` tokens, dynamic NTK raises the RoPE base (alpha chosen
     # once, at prefill, per row) and logn attention scales queries past it.
     dynamic_ntk: bool = False  # scale the RoPE base for prefills longer than train_seq_len
@@ -78,10 +80,14 @@ class DecoderConfig:
     @property
     def head_dim(self) -> int:
         """Width of one attention head."""
-        return self.dim // self.n_head
+        return self.head_width or self.dim // self.n_head
 
     def __post_init__(self) -> None:
-        _check_heads("decoder", self.dim, self.n_head, self.n_kv_head)
+        # with an explicit head width, q projects dim -> n_head * head_width (need not be dim)
+        _check_heads("decoder", self.n_head if self.head_width else self.dim, self.n_head,
+                     self.n_kv_head)
+        if self.head_width is not None and self.head_width <= 0:
+            raise ValueError(f"decoder.head_width must be positive, got {self.head_width}")
         if self.head_dim % 2:
             raise ValueError(f"decoder head_dim must be even for RoPE, got {self.head_dim}")
         _check_positive("decoder", vocab_size=self.vocab_size, n_layer=self.n_layer,

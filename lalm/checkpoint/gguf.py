@@ -7,10 +7,10 @@ block-quantized type (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K, ...). The `gguf` packa
 renames the tensors to lalm's decoder names.
 
 Architectures: ``llama`` (no q/k/v bias; llama.cpp's converter stores q and k with each head's
-rotary halves interleaved, which `_unpermute_heads` undoes) and ``qwen2`` (q/k/v bias, stored as
-transformers has them). ``qwen3`` needs q/k RMSNorm and a free head width, which lalm's decoder
-does not have yet: it is refused by name. A file without ``output.weight`` ties the LM head to
-the embedding; lalm keeps an untied copy (the same values).
+rotary halves interleaved, which `_unpermute_heads` undoes), ``qwen2`` (q/k/v bias, stored as
+transformers has them) and ``qwen3`` (no bias, q/k RMSNorm, a head width of its own). A file
+without ``output.weight`` ties the LM head to the embedding; lalm keeps an untied copy (the
+same values).
 
 Entry points: `read_gguf(path)` -> `GGUFDecoder` (config, state dict in lalm's names, tokenizer);
 `build_from_parts(encoder, gguf, out)` writes a Qwen2-Audio checkpoint whose text decoder is the
@@ -41,10 +41,7 @@ from lalm.prompt import (
 )
 from lalm.tokenizer import QWEN_PATTERN
 
-ARCHITECTURES = ("llama", "qwen2")
-#: Architectures known to need a decoder switch lalm lacks -> what is missing.
-MISSING_SWITCHES = {"qwen3": "q/k RMSNorm (attn_q_norm/attn_k_norm) and a head width other "
-                             "than embedding_length / head_count"}
+ARCHITECTURES = ("llama", "qwen2", "qwen3")
 
 #: GGUF tensor name -> lalm decoder name; `{}` is the block index.
 GGUF_KEYS: dict[str, str] = {
@@ -59,6 +56,8 @@ GGUF_KEYS: dict[str, str] = {
     "blk.{}.attn_v.weight": "decoder.layers.{}.attn.v.weight",
     "blk.{}.attn_v.bias": "decoder.layers.{}.attn.v.bias",
     "blk.{}.attn_output.weight": "decoder.layers.{}.attn.o.weight",
+    "blk.{}.attn_q_norm.weight": "decoder.layers.{}.attn.q_norm.weight",
+    "blk.{}.attn_k_norm.weight": "decoder.layers.{}.attn.k_norm.weight",
     "blk.{}.ffn_norm.weight": "decoder.layers.{}.mlp_norm.weight",
     "blk.{}.ffn_gate.weight": "decoder.layers.{}.mlp.gate.weight",
     "blk.{}.ffn_up.weight": "decoder.layers.{}.mlp.up.weight",
@@ -146,11 +145,12 @@ def _decoder_config(reader: Any, arch: str, path: Path, vocab_rows: int) -> Deco
 
     dim, n_head = int(meta("embedding_length")), int(meta("attention.head_count"))
     scaling = meta("rope.scaling.type", "none")
-    head_dim = meta("attention.key_length", dim // n_head)
+    head_dim = int(meta("attention.key_length", dim // n_head))
     unsupported = {f"{arch}.rope.scaling.type={scaling}": scaling not in ("none", ""),
-                   f"{arch}.attention.key_length={head_dim}": head_dim != dim // n_head,
-                   f"{arch}.rope.dimension_count": meta("rope.dimension_count",
-                                                        dim // n_head) != dim // n_head}
+                   f"{arch}.attention.value_length": meta("attention.value_length",
+                                                          head_dim) != head_dim,
+                   f"{arch}.rope.dimension_count (partial rotary)": meta(
+                       "rope.dimension_count", head_dim) != head_dim}
     bad = [name for name, is_bad in unsupported.items() if is_bad]
     if bad:
         raise CheckpointError(f"{path}: GGUF settings lalm's decoder does not implement: {bad}")
@@ -162,6 +162,7 @@ def _decoder_config(reader: Any, arch: str, path: Path, vocab_rows: int) -> Deco
             norm_eps=float(meta("attention.layer_norm_rms_epsilon")),
             rope_theta=float(meta("rope.freq_base", 10000.0)),
             max_seq_len=int(meta("context_length")), qkv_bias=arch == "qwen2",
+            qk_norm=arch == "qwen3", head_width=None if head_dim * n_head == dim else head_dim,
         )
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: {e}") from e
@@ -202,9 +203,6 @@ def read_gguf(path: str | Path) -> GGUFDecoder:
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable GGUF file ({e})") from e
     arch = str(_field(reader, "general.architecture", path))
-    if arch in MISSING_SWITCHES:
-        raise CheckpointError(f"{path}: GGUF architecture {arch!r} needs decoder switches lalm "
-                              f"does not have yet: {MISSING_SWITCHES[arch]}")
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported; "
                               f"supported: {', '.join(ARCHITECTURES)}")

@@ -49,6 +49,8 @@ _DECODER_LAYER = {
     "mlp.gate_proj.weight": "mlp.gate.weight",
     "mlp.up_proj.weight": "mlp.up.weight",
     "mlp.down_proj.weight": "mlp.down.weight",
+    "self_attn.q_norm.weight": "attn.q_norm.weight",
+    "self_attn.k_norm.weight": "attn.k_norm.weight",
     "input_layernorm.weight": "attn_norm.weight",
     "post_attention_layernorm.weight": "mlp_norm.weight",
 }
@@ -175,13 +177,12 @@ def config_from_hf(hf_config: dict[str, Any], source: str = "config.json") -> Mo
         "audio_config.scale_embedding": audio["scale_embedding"] is not False,
     }
     text_type = text.get("model_type", "qwen2")
-    if text_type == "llama":  # Llama's bias switch covers o_proj too; lalm's o has none
+    if text_type in ("llama", "qwen3"):  # their bias switch covers o_proj too; lalm's o has none
         unsupported["text_config.attention_bias"] = text.get("attention_bias") is not False
         unsupported["text_config.mlp_bias"] = text.get("mlp_bias", False) is not False
-        unsupported["text_config.head_dim"] = text.get("head_dim", text["hidden_size"] //
-                                                       n_head) * n_head != text["hidden_size"]
     else:
         unsupported[f"text_config.model_type {text_type!r}"] = text_type != "qwen2"
+    head_dim = text.get("head_dim") or text["hidden_size"] // n_head
     bad = [name for name, is_bad in unsupported.items() if is_bad]
     if bad:
         raise CheckpointError(f"{source}: unsupported Qwen2-Audio settings {bad}")
@@ -201,6 +202,8 @@ def config_from_hf(hf_config: dict[str, Any], source: str = "config.json") -> Mo
                 hidden_dim=text["intermediate_size"], norm_eps=text["rms_norm_eps"],
                 rope_theta=float(rope.get("rope_theta", text["rope_theta"])),
                 max_seq_len=text["max_position_embeddings"], qkv_bias=text_type == "qwen2",
+                qk_norm=text_type == "qwen3",
+                head_width=None if head_dim * n_head == text["hidden_size"] else head_dim,
             ),
         )
     except (TypeError, ValueError) as err:
@@ -221,6 +224,8 @@ def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict[str,
         "encoder.frame_cutoff='pairs'": enc.frame_cutoff != "lookahead",
     }
     bad = [name for name, is_set in v1_only.items() if is_set]
+    if dec.qkv_bias and (dec.qk_norm or dec.head_width):
+        bad.append("decoder.qkv_bias with qk_norm or head_width (no such text model)")
     if bad:
         raise CheckpointError(f"cannot express {bad} in a Qwen2-Audio config")
     return {
@@ -238,9 +243,7 @@ def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict[str,
         },
         "text_config": {
             # a decoder without q/k/v bias is a Llama text model (Qwen2 always has the bias)
-            **({"model_type": "qwen2"} if dec.qkv_bias else
-               {"model_type": "llama", "attention_bias": False, "mlp_bias": False,
-                "head_dim": dec.head_dim}),
+            **_text_type(dec),
             "vocab_size": dec.vocab_size, "hidden_size": dec.dim,
             "intermediate_size": dec.hidden_dim, "num_hidden_layers": dec.n_layer,
             "num_attention_heads": dec.n_head, "num_key_value_heads": dec.n_kv_head,
@@ -249,3 +252,12 @@ def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict[str,
             "tie_word_embeddings": False, "use_sliding_window": False,
         },
     }
+
+
+def _text_type(dec: DecoderConfig) -> dict[str, Any]:
+    """The text model a decoder config is: Qwen2 (q/k/v bias), Qwen3 (q/k RMSNorm), else
+    Llama (neither)."""
+    if dec.qkv_bias:
+        return {"model_type": "qwen2"}
+    return {"model_type": "qwen3" if dec.qk_norm else "llama", "attention_bias": False,
+            "head_dim": dec.head_dim, **({} if dec.qk_norm else {"mlp_bias": False})}

@@ -49,20 +49,25 @@ def write_tiny(path: Path, arch: str = "llama", drop: str | None = None,
     rng = np.random.default_rng(0)
     tokens = [*SPECIALS, *_byte_tokens(), "he"]
     vocab = len(tokens)
-    hd = DIM // HEADS
+    hd = 32 if arch == "qwen3" else DIM // HEADS  # Qwen3: a head width of its own
     shapes = {"token_embd.weight": (vocab, DIM), "output_norm.weight": (DIM,)}
     for i in range(LAYERS):
         shapes |= {f"blk.{i}.attn_norm.weight": (DIM,), f"blk.{i}.ffn_norm.weight": (DIM,),
-                   f"blk.{i}.attn_q.weight": (DIM, DIM),
+                   f"blk.{i}.attn_q.weight": (HEADS * hd, DIM),
                    f"blk.{i}.attn_k.weight": (KV_HEADS * hd, DIM),
                    f"blk.{i}.attn_v.weight": (KV_HEADS * hd, DIM),
-                   f"blk.{i}.attn_output.weight": (DIM, DIM),
+                   f"blk.{i}.attn_output.weight": (DIM, HEADS * hd),
                    f"blk.{i}.ffn_gate.weight": (FFN, DIM),
                    f"blk.{i}.ffn_up.weight": (FFN, DIM), f"blk.{i}.ffn_down.weight": (DIM, FFN)}
         if arch == "qwen2":
             shapes |= {f"blk.{i}.attn_q.bias": (DIM,), f"blk.{i}.attn_k.bias": (KV_HEADS * hd,),
                        f"blk.{i}.attn_v.bias": (KV_HEADS * hd,)}
+        if arch == "qwen3":
+            shapes |= {f"blk.{i}.attn_q_norm.weight": (hd,), f"blk.{i}.attn_k_norm.weight": (hd,)}
     weights = {n: rng.standard_normal(s).astype(np.float32) * 0.1 for n, s in shapes.items()}
+    for name in weights:  # norm weights near 1, as trained models have them
+        if "norm" in name:
+            weights[name] += 1.0
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(LAYERS)
     writer.add_context_length(256)
@@ -72,6 +77,9 @@ def write_tiny(path: Path, arch: str = "llama", drop: str | None = None,
     writer.add_head_count_kv(KV_HEADS)
     writer.add_layer_norm_rms_eps(1e-6)
     writer.add_rope_freq_base(50000.0)
+    if arch == "qwen3":
+        writer.add_key_length(hd)
+        writer.add_value_length(hd)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
@@ -101,7 +109,7 @@ def write_tiny(path: Path, arch: str = "llama", drop: str | None = None,
     return weights
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_key_map_dequantization_and_config(tmp_path: Path, arch: str) -> None:
     weights = write_tiny(tmp_path / "m.gguf", arch)
     dec = read_gguf(tmp_path / "m.gguf")
@@ -110,6 +118,7 @@ def test_key_map_dequantization_and_config(tmp_path: Path, arch: str) -> None:
         DIM, HEADS, KV_HEADS, LAYERS, FFN)
     assert cfg.rope_theta == 50000.0 and cfg.norm_eps == pytest.approx(1e-6)
     assert cfg.qkv_bias is (arch == "qwen2") and cfg.vocab_size == 3 + 256 + 1
+    assert cfg.qk_norm is (arch == "qwen3") and cfg.head_dim == (32 if arch == "qwen3" else 16)
     state = dec.state_dict
     for i in range(LAYERS):
         for gg, ours in (("attn_q", "attn.q"), ("attn_k", "attn.k"), ("ffn_up", "mlp.up"),
@@ -145,10 +154,29 @@ def test_unknown_architecture_is_a_typed_error(tmp_path: Path) -> None:
         read_gguf(tmp_path / "m.gguf")
 
 
-def test_qwen3_names_what_is_missing(tmp_path: Path) -> None:
-    write_tiny(tmp_path / "m.gguf", arch="qwen3")
-    with pytest.raises(CheckpointError, match="q/k RMSNorm"):
-        read_gguf(tmp_path / "m.gguf")
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_logits_match_transformers_gguf_loading(tmp_path: Path, arch: str) -> None:
+    """Tiny random files: lalm's decoder (bias / q-k norm / head width switches) against
+    transformers' own GGUF loader and its Llama / Qwen2 / Qwen3 classes, fp32."""
+    transformers = pytest.importorskip("transformers")
+    from lalm.model.decoder import TextDecoder
+
+    write_tiny(tmp_path / "m.gguf", arch)
+    dec = read_gguf(tmp_path / "m.gguf")
+    ours = TextDecoder(dec.config).eval()
+    ours.load_state_dict({k.removeprefix("decoder."): v for k, v in dec.state_dict.items()})
+    # transformers' GGUF config mapping ignores qwen3.attention.key_length: pass the head width
+    extra = {"head_dim": 32} if arch == "qwen3" else {}
+    ref = transformers.AutoModelForCausalLM.from_pretrained(
+        str(tmp_path), gguf_file="m.gguf", dtype=torch.float32, **extra).eval()
+    assert ref.config.model_type == arch
+    ids = torch.randint(0, 260, (2, 12), generator=torch.Generator().manual_seed(1))
+    pos = torch.arange(12).expand(2, -1)
+    with torch.no_grad():
+        got = ours(ours.embed(ids), pos)
+        want = ref(ids).logits.float()
+    assert float((got - want).abs().max() / want.abs().max()) <= 1e-5
+    assert got[0].argmax(-1).unique().numel() > 2  # not one token everywhere
 
 
 def test_missing_tensor_is_named(tmp_path: Path) -> None:
@@ -199,6 +227,10 @@ def test_cli_from_parts_writes_a_chat_ready_checkpoint(tmp_path: Path,
     assert "absent.gguf" in capsys.readouterr().err
 
 
+def qwen3_text(hf: dict) -> tuple[str, int]:
+    return hf["text_config"]["model_type"], hf["text_config"]["head_dim"]
+
+
 def test_bias_free_decoder_round_trips_as_a_llama_text_config() -> None:
     from lalm.checkpoint import qwen2_audio
     from lalm.config import ModelConfig
@@ -211,6 +243,10 @@ def test_bias_free_decoder_round_trips_as_a_llama_text_config() -> None:
     qwen2 = ModelConfig.from_name("tiny-random")
     assert qwen2_audio.config_to_hf(qwen2)["text_config"]["model_type"] == "qwen2"
     assert qwen2_audio.config_from_hf(qwen2_audio.config_to_hf(qwen2)) == qwen2
+    qwen3 = ModelConfig.from_name("tiny-random", decoder={"qkv_bias": False, "qk_norm": True,
+                                                          "head_width": 32})
+    assert qwen3_text(qwen2_audio.config_to_hf(qwen3)) == ("qwen3", 32)
+    assert qwen2_audio.config_from_hf(qwen2_audio.config_to_hf(qwen3)) == qwen3
     hf["text_config"]["attention_bias"] = True  # Llama's switch biases o_proj too
     with pytest.raises(CheckpointError, match="attention_bias"):
         qwen2_audio.config_from_hf(hf)
