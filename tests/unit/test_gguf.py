@@ -253,3 +253,26 @@ def test_bias_free_decoder_round_trips_as_a_llama_text_config() -> None:
     hf["text_config"]["model_type"] = "mistral"
     with pytest.raises(CheckpointError, match="mistral"):
         qwen2_audio.config_from_hf(hf)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_from_parts_checkpoint_matches_transformers_qwen2_audio(tmp_path: Path, arch: str) -> None:
+    """The folder `build_from_parts` writes loads in transformers' Qwen2-Audio class (its text
+    model a Llama / Qwen3) and computes lalm's logits there."""
+    transformers = pytest.importorskip("transformers")
+    from lalm.checkpoint.gguf import build_from_parts
+    from lalm.checkpoint.load import load_model
+    from tests.unit.test_whisper_convert import TINY, random_whisper_state, write_ct2_whisper
+
+    write_tiny(tmp_path / "m.gguf", arch)
+    write_ct2_whisper(tmp_path / "whisper", random_whisper_state(TINY), TINY)
+    build_from_parts(tmp_path / "whisper", tmp_path / "m.gguf", tmp_path / "model")
+    ours = load_model(tmp_path / "model").decoder.eval()
+    ref = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(
+        str(tmp_path / "model"), dtype=torch.float32).eval()
+    assert ref.config.text_config.model_type == arch
+    ids = torch.randint(0, 263, (1, 10), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        got = ours(ours.embed(ids), torch.arange(10)[None])
+        want = ref(input_ids=ids).logits.float()
+    assert float((got - want).abs().max() / want.abs().max()) <= 1e-5
