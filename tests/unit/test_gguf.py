@@ -222,6 +222,12 @@ def test_cli_from_parts_writes_a_chat_ready_checkpoint(tmp_path: Path,
                                                "generation_config.json",
                                                "preprocessor_config.json"}
     assert len(pipe.chat("he", max_new_tokens=2).tokens) <= 2
+    transformers = pytest.importorskip("transformers")
+    processor = transformers.AutoProcessor.from_pretrained(out)
+    assert processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>") == 260
+    assert processor.tokenizer("<|im_start|>he h7")["input_ids"] == pipe.tokenizer.encode(
+        "<|im_start|>he h7")
+    assert processor.feature_extractor.feature_size == TINY.n_mels
     # errors name the input
     assert main([*argv[:4], str(tmp_path / "absent.gguf"), str(tmp_path / "x")]) == 2
     assert "absent.gguf" in capsys.readouterr().err
