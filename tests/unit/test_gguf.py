@@ -9,6 +9,7 @@ embeddings, the config, the tokenizer with the audio tokens appended, and the ty
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from lalm.tokenizer import Tokenizer
 
 gguf = pytest.importorskip("gguf")
 
-DIM, HEADS, KV_HEADS, LAYERS, FFN = 64, 4, 2, 2, 96
+DIM, HEADS, KV_HEADS, LAYERS, FFN = 64, 4, 2, 2, 256  # FFN: one K-quant block per row
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
@@ -43,9 +44,39 @@ def _to_llama_cpp_rows(weight: np.ndarray, n_head: int) -> np.ndarray:
     return weight.reshape(n_head, 2, half, -1).swapaxes(1, 2).reshape(weight.shape)
 
 
+#: Byte offsets of the float16 scales in one block of each K-quant type (ggml's block
+#: layouts: Q4_K / Q5_K start with d and dmin, Q6_K ends with d).
+_K_QUANT_F16_OFFSETS = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def k_quant_blocks(rows: int, cols: int, kind: str, seed: int) -> np.ndarray:
+    """Random K-quant bytes [rows, cols / 256 * block bytes] with finite, small scales (the gguf
+    package cannot quantize K types; it can dequantize them)."""
+    qtype = gguf.GGMLQuantizationType[kind]
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    raw = np.random.default_rng(seed).integers(0, 256, (rows, cols // block, size), np.uint8)
+    for offset in _K_QUANT_F16_OFFSETS[kind]:
+        raw[..., offset:offset + 2] = np.array([0.01], np.float16).view(np.uint8)
+    return raw.reshape(rows, -1)
+
+
+def _store(stored: np.ndarray, kind: str, seed: int) -> tuple[np.ndarray, np.ndarray, Any]:
+    """(bytes or array to write, its dequantized float32 values, the raw dtype or None)."""
+    qtype = gguf.GGMLQuantizationType[kind]
+    if kind in _K_QUANT_F16_OFFSETS:
+        data = k_quant_blocks(*stored.shape, kind, seed)
+    elif kind == "F32":
+        return stored, stored, None
+    else:
+        data = gguf.quants.quantize(stored, qtype)
+    return data, gguf.quants.dequantize(data, qtype), qtype
+
+
 def write_tiny(path: Path, arch: str = "llama", drop: str | None = None,
-               pre: str = "smollm") -> dict[str, np.ndarray]:
-    """A tiny GGUF LLM file; returns its weights in transformers' row order (GGUF names)."""
+               pre: str = "smollm", down: str = "F32") -> dict[str, np.ndarray]:
+    """A tiny GGUF LLM file; returns its weights in transformers' row order (GGUF names).
+
+    ``ffn_up`` is stored as Q8_0 and ``ffn_down`` as ``down`` (a GGML type name)."""
     rng = np.random.default_rng(0)
     tokens = [*SPECIALS, *_byte_tokens(), "he"]
     vocab = len(tokens)
@@ -96,12 +127,12 @@ def write_tiny(path: Path, arch: str = "llama", drop: str | None = None,
             stored = _to_llama_cpp_rows(value, HEADS)
         elif arch == "llama" and ".attn_k." in name and value.ndim == 2:
             stored = _to_llama_cpp_rows(value, KV_HEADS)
-        if name.endswith("ffn_up.weight"):  # one quantized type: the reader must dequantize
-            q8 = gguf.GGMLQuantizationType.Q8_0
-            writer.add_tensor(name, gguf.quants.quantize(stored, q8), raw_dtype=q8)
-            weights[name] = gguf.quants.dequantize(gguf.quants.quantize(stored, q8), q8)
-        else:
-            writer.add_tensor(name, stored)
+        kind = {"ffn_up.weight": "Q8_0", "ffn_down.weight": down}.get(name.split(".", 2)[-1],
+                                                                       "F32")
+        data, values, qtype = _store(stored, kind, seed=len(name))
+        if qtype is not None:  # only ffn tensors are quantized here: never reordered
+            weights[name] = values
+        writer.add_tensor(name, data, raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -130,6 +161,17 @@ def test_key_map_dequantization_and_config(tmp_path: Path, arch: str) -> None:
                                torch.from_numpy(weights[f"blk.{i}.attn_k.bias"]))
     # no output.weight in the file: the LM head is the embedding (tied), as an untied copy
     assert torch.equal(state["decoder.lm_head.weight"], state["decoder.embed.weight"])
+
+
+@pytest.mark.parametrize("kind", ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K",
+                                  "Q6_K"])
+def test_every_tensor_type_is_dequantized(tmp_path: Path, kind: str) -> None:
+    weights = write_tiny(tmp_path / "m.gguf", down=kind)
+    state = read_gguf(tmp_path / "m.gguf").state_dict
+    got = state["decoder.layers.1.mlp.down.weight"]
+    assert got.dtype == torch.float32 and got.shape == (DIM, FFN)
+    assert torch.equal(got, torch.from_numpy(np.asarray(weights["blk.1.ffn_down.weight"])))
+    assert got.isfinite().all() and got.abs().max() > 0
 
 
 def test_tokenizer_from_metadata(tmp_path: Path) -> None:
