@@ -295,6 +295,11 @@ def test_bias_free_decoder_round_trips_as_a_llama_text_config() -> None:
                                                           "head_width": 32})
     assert qwen3_text(qwen2_audio.config_to_hf(qwen3)) == ("qwen3", 32)
     assert qwen2_audio.config_from_hf(qwen2_audio.config_to_hf(qwen3)) == qwen3
+    from lalm.checkpoint import qwen_audio_v1
+
+    with pytest.raises(CheckpointError, match="qk_norm"):  # v1 has no such switch
+        qwen_audio_v1.config_to_hf(ModelConfig.from_name(
+            "tiny-random-v1", decoder={"qk_norm": True}))
     hf["text_config"]["attention_bias"] = True  # Llama's switch biases o_proj too
     with pytest.raises(CheckpointError, match="attention_bias"):
         qwen2_audio.config_from_hf(hf)
