@@ -2,7 +2,9 @@
 
 Both checkpoint families (Qwen-Audio v1 and Qwen2-Audio) are the same computation; the few
 places where they differ are switches here (`EncoderConfig.frame_cutoff`,
-`ProjectorConfig.audio_bos_eos`, `DecoderConfig.dynamic_ntk` / `logn_attn`, widths, eps, vocab).
+`ProjectorConfig.audio_bos_eos`, `DecoderConfig.dynamic_ntk` / `logn_attn`, widths, eps, vocab);
+decoders of other LLM families (Llama, Qwen3: `lalm.checkpoint.gguf`) switch `qkv_bias`,
+`qk_norm` and `head_width`.
 Presets are named real architectures plus tiny random ones derived from them for tests.
 `resolve_dtype` turns the user's precision option into a torch dtype.
 """
@@ -57,7 +59,8 @@ class ProjectorConfig:
 
 @dataclass
 class DecoderConfig:
-    """Qwen-style decoder LLM: RMSNorm, RoPE, SwiGLU, q/k/v bias, GQA, untied lm_head."""
+    """Qwen-style decoder LLM: RMSNorm, RoPE, SwiGLU, GQA, untied lm_head; switches for q/k/v
+    bias (Qwen2, v1; not Llama, Qwen3), q/k RMSNorm and a free head width (Qwen3)."""
 
     vocab_size: int = 156032  # rows of the embedding and of lm_head (may exceed the tokenizer)
     dim: int = 4096  # model width

@@ -192,8 +192,9 @@ def read_gguf(path: str | Path) -> GGUFDecoder:
         The decoder config, its weights and the file's tokenizer.
 
     Raises:
-        CheckpointError: not a GGUF file, an architecture lalm does not implement (named, with
-            what is missing), unsupported settings, a tensor missing or unknown (named).
+        CheckpointError: not a GGUF file, an architecture lalm does not implement (named),
+            unsupported settings (named), a tensor missing or unknown (named), a tensor type
+            the gguf package cannot dequantize; no gguf package installed.
         TokenizerError: a vocabulary that is not byte-level BPE or lacks ChatML's tokens.
     """
     gguf = _gguf_module()
