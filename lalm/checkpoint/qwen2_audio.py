@@ -49,6 +49,8 @@ _DECODER_LAYER = {
     "mlp.gate_proj.weight": "mlp.gate.weight",
     "mlp.up_proj.weight": "mlp.up.weight",
     "mlp.down_proj.weight": "mlp.down.weight",
+    "self_attn.q_norm.weight": "attn.q_norm.weight",
+    "self_attn.k_norm.weight": "attn.k_norm.weight",
     "input_layernorm.weight": "attn_norm.weight",
     "post_attention_layernorm.weight": "mlp_norm.weight",
 }
@@ -165,6 +167,7 @@ def config_from_hf(hf_config: dict[str, Any], source: str = "config.json") -> Mo
     check_kinds(rope, {"rope_type": str, "type": str, "rope_theta": float},
                 "text_config rope parameters: ", source)
     rope_type = rope.get("rope_type", rope.get("type", "default"))
+    n_head = text["num_attention_heads"]
     unsupported = {
         "text_config.tie_word_embeddings": text["tie_word_embeddings"] is not False,
         "text_config.use_sliding_window": text["use_sliding_window"] is not False,
@@ -173,10 +176,16 @@ def config_from_hf(hf_config: dict[str, Any], source: str = "config.json") -> Mo
         "audio_config.activation_function": audio["activation_function"] != "gelu",
         "audio_config.scale_embedding": audio["scale_embedding"] is not False,
     }
+    text_type = text.get("model_type", "qwen2")
+    if text_type in ("llama", "qwen3"):  # their bias switch covers o_proj too; lalm's o has none
+        unsupported["text_config.attention_bias"] = text.get("attention_bias") is not False
+        unsupported["text_config.mlp_bias"] = text.get("mlp_bias", False) is not False
+    else:
+        unsupported[f"text_config.model_type {text_type!r}"] = text_type != "qwen2"
+    head_dim = text.get("head_dim") or text["hidden_size"] // n_head
     bad = [name for name, is_bad in unsupported.items() if is_bad]
     if bad:
         raise CheckpointError(f"{source}: unsupported Qwen2-Audio settings {bad}")
-    n_head = text["num_attention_heads"]
     try:
         return ModelConfig(
             encoder=EncoderConfig(
@@ -192,7 +201,9 @@ def config_from_hf(hf_config: dict[str, Any], source: str = "config.json") -> Mo
                 n_kv_head=text["num_key_value_heads"] or n_head,
                 hidden_dim=text["intermediate_size"], norm_eps=text["rms_norm_eps"],
                 rope_theta=float(rope.get("rope_theta", text["rope_theta"])),
-                max_seq_len=text["max_position_embeddings"],
+                max_seq_len=text["max_position_embeddings"], qkv_bias=text_type == "qwen2",
+                qk_norm=text_type == "qwen3",
+                head_width=None if head_dim * n_head == text["hidden_size"] else head_dim,
             ),
         )
     except (TypeError, ValueError) as err:
@@ -210,10 +221,11 @@ def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict[str,
         "projector.audio_bos_eos": config.projector.audio_bos_eos,
         "decoder.dynamic_ntk": dec.dynamic_ntk,
         "decoder.logn_attn": dec.logn_attn,
-        "decoder.qkv_bias=False": not dec.qkv_bias,
         "encoder.frame_cutoff='pairs'": enc.frame_cutoff != "lookahead",
     }
     bad = [name for name, is_set in v1_only.items() if is_set]
+    if dec.qkv_bias and (dec.qk_norm or dec.head_width):
+        bad.append("decoder.qkv_bias with qk_norm or head_width (no such text model)")
     if bad:
         raise CheckpointError(f"cannot express {bad} in a Qwen2-Audio config")
     return {
@@ -230,7 +242,9 @@ def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict[str,
             "scale_embedding": False,
         },
         "text_config": {
-            "model_type": "qwen2", "vocab_size": dec.vocab_size, "hidden_size": dec.dim,
+            # a decoder without q/k/v bias is a Llama text model (Qwen2 always has the bias)
+            **_text_type(dec),
+            "vocab_size": dec.vocab_size, "hidden_size": dec.dim,
             "intermediate_size": dec.hidden_dim, "num_hidden_layers": dec.n_layer,
             "num_attention_heads": dec.n_head, "num_key_value_heads": dec.n_kv_head,
             "hidden_act": "silu", "max_position_embeddings": dec.max_seq_len,
@@ -238,3 +252,12 @@ def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict[str,
             "tie_word_embeddings": False, "use_sliding_window": False,
         },
     }
+
+
+def _text_type(dec: DecoderConfig) -> dict[str, Any]:
+    """The text model a decoder config is: Qwen2 (q/k/v bias), Qwen3 (q/k RMSNorm), else
+    Llama (neither)."""
+    if dec.qkv_bias:
+        return {"model_type": "qwen2"}
+    return {"model_type": "qwen3" if dec.qk_norm else "llama", "attention_bias": False,
+            "head_dim": dec.head_dim, **({} if dec.qk_norm else {"mlp_bias": False})}

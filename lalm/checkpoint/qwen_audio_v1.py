@@ -265,6 +265,8 @@ def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict[str,
     not_v1 = {
         "decoder.n_kv_head != n_head": dec.n_kv_head != dec.n_head,
         "decoder.qkv_bias = False": not dec.qkv_bias,
+        "decoder.qk_norm": dec.qk_norm,
+        "decoder.head_width": dec.head_width is not None,
         "projector.audio_bos_eos = False": not config.projector.audio_bos_eos,
         "encoder.frame_cutoff != 'pairs'": enc.frame_cutoff != "pairs",
         "encoder.hidden_dim != 4 * dim": enc.hidden_dim != 4 * enc.dim,

@@ -94,6 +94,7 @@ def save_model(
         if tokenizer is not None:
             ids = {"bos_token_id": tokenizer.eod_id, "eos_token_id": tokenizer.im_end_id}
             hf_config["text_config"].update(ids)
+            hf_config["audio_token_index"] = tokenizer.audio_pad_id  # 151646 in Qwen's BPE
             written.append(directory / GENERATION_CONFIG)
             write_json(written[-1], generation_config(tokenizer, decoding))
     config_path = directory / CONFIG_FILE

@@ -368,6 +368,26 @@ def build_whisper_encoder(weights: WhisperEncoderWeights) -> tuple[AudioEncoder,
     return encoder.eval(), ln_post.eval()
 
 
+def init_fresh(params: list[tuple[str, Tensor]], seed: int, init_std: float) -> None:
+    """Initialise new parameters for training as Qwen2 models are: weights ~ N(0, init_std),
+    biases 0, norm weights 1, deterministically from ``seed`` (in the order given).
+
+    Args:
+        params: (lalm name, parameter) pairs, e.g. ``model.projector.named_parameters(...)``.
+        seed: seed of the random weights.
+        init_std: their standard deviation.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in params:
+            if name.endswith("norm.weight") or name == "projector.ln_post.weight":
+                param.fill_(1.0)
+            elif name.endswith(".bias"):
+                param.zero_()
+            else:
+                param.normal_(0.0, init_std, generator=generator)
+
+
 def build_from_whisper(
     whisper_path: str | Path,
     decoder_config: DecoderConfig,
@@ -411,16 +431,8 @@ def build_from_whisper(
     config = ModelConfig(encoder=weights.config, projector=ProjectorConfig(),
                          decoder=decoder_config)
     model = AudioLanguageModel(config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in [*model.projector.named_parameters(prefix="projector"),
-                            *model.decoder.named_parameters(prefix="decoder")]:
-            if name.endswith("norm.weight") or name == "projector.ln_post.weight":
-                param.fill_(1.0)
-            elif name.endswith(".bias"):
-                param.zero_()
-            else:
-                param.normal_(0.0, init_std, generator=generator)
+    init_fresh([*model.projector.named_parameters(prefix="projector"),
+                *model.decoder.named_parameters(prefix="decoder")], seed, init_std)
     model.load_state_dict(weights.state_dict, strict=False)
     if tokenizer is None:
         return save_model(model, out_dir, format="qwen2_audio", dtype=dtype or torch.float32)

@@ -1,4 +1,4 @@
-"""Qwen-style decoder LLM (Qwen2 and Qwen v1 share it): RMSNorm, RoPE, SwiGLU, GQA.
+"""Qwen-style decoder LLM (Qwen2, Qwen v1, Llama, Qwen3 share it): RMSNorm, RoPE, SwiGLU, GQA.
 
 Inference protocol (gpt-fast style, extended for left-padded batches):
 
@@ -70,18 +70,22 @@ def positions_from_segments(segment_ids: Tensor, token_mask: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Causal self-attention with RoPE, q/k/v bias, no o bias, grouped key/value heads."""
+    """Causal self-attention with RoPE, q/k/v bias (switch), no o bias, grouped key/value heads,
+    optional q/k RMSNorm (Qwen3)."""
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
         self.n_head = config.n_head
         self.n_kv_head = config.n_kv_head
         self.head_dim = config.head_dim
-        kv_dim = config.n_kv_head * config.head_dim
-        self.q = nn.Linear(config.dim, config.dim, bias=config.qkv_bias)
+        q_dim, kv_dim = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
+        self.q = nn.Linear(config.dim, q_dim, bias=config.qkv_bias)
         self.k = nn.Linear(config.dim, kv_dim, bias=config.qkv_bias)
         self.v = nn.Linear(config.dim, kv_dim, bias=config.qkv_bias)
-        self.o = nn.Linear(config.dim, config.dim, bias=False)
+        self.o = nn.Linear(q_dim, config.dim, bias=False)
+        # Qwen3: each head's query and key RMS-normed (one weight per head width) before RoPE
+        self.q_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
 
     def forward(
         self,
@@ -107,8 +111,11 @@ class Attention(nn.Module):
             [B, S, D].
         """
         batch, seq, _ = x.shape
-        q = self.q(x).view(batch, seq, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k(x).view(batch, seq, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q = self.q(x).view(batch, seq, self.n_head, self.head_dim)
+        k = self.k(x).view(batch, seq, self.n_kv_head, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v(x).view(batch, seq, self.n_kv_head, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if q_scale is not None:
