@@ -151,7 +151,7 @@ def reward_chart(log: Path, path: Path, window: int = 20) -> None:
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("reward / accuracy")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper right")
     ax.set_title("GRPO on lalm's default model (lalm-synth closed-answer tasks)", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
