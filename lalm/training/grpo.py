@@ -138,7 +138,8 @@ def sample_answers(model: AudioLanguageModel, items: Sequence[dict[str, Any]],
 
     Args:
         model: the unwrapped policy (set to eval for decoding, restored after).
-        items: P `AudioTextDataset` items; their final answer is cut off to make the prompts.
+        items: P `AudioTextDataset` items (or `EncodedDataset` items, with their clips'
+            encoder states); their final answer is cut off to make the prompts.
         tokenizer: for the stop ids.
         config: G and the sampling options.
         seeds: P x G row seeds (`rollout_seeds`): each answer draws from its own generator, so
@@ -155,8 +156,12 @@ def sample_answers(model: AudioLanguageModel, items: Sequence[dict[str, Any]],
         device = model.decoder.embed.weight.device
         ids, mask = ids.to(device), mask.to(device)
         slots = torch.isin(ids, torch.tensor(sorted(tokenizer.audio_slot_ids), device=device))
-        if any(item["features"] for item in items):
-            batch = collate(list(items), tokenizer.eod_id)
+        batch = collate(list(items), tokenizer.eod_id)
+        if batch["encoder_states"] is not None:  # `EncodedDataset` items (data.encoder_cache)
+            rows = model.projector(batch["encoder_states"].to(device),
+                                   batch["encoder_state_lens"].to(device))
+            embeds = model.embed_prompt(ids, rows, slots & mask)
+        elif batch["features"] is not None:
             rows = model.embed_audio(batch["features"].to(device),
                                      batch["feature_lens"].to(device))
             embeds = model.embed_prompt(ids, rows, slots & mask)

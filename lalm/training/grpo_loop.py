@@ -156,7 +156,10 @@ def train_grpo(config: TrainConfig, resume: bool = False) -> TrainResult:
     if config.data.on_bad_item == "skip":  # a rollout group needs every one of its prompts
         raise ConfigError("grpo: data.on_bad_item=skip is not supported; clean the manifest "
                           "(lalm data check) and use fail")
-    train_set, _ = build_dataset(config.data.train, config, tokenizer, n_mels, run.seed)
+    # data.encoder_cache: each clip encoded once, not once per prompt and once per answer
+    encoder = base.encoder if config.data.encoder_cache else None
+    train_set, _ = build_dataset(config.data.train, config, tokenizer, n_mels, run.seed,
+                                 encoder)
     metric_examples = []
     if config.data.valid is not None:
         valid_set, _ = build_dataset([config.data.valid], config, tokenizer, n_mels,

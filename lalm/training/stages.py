@@ -134,7 +134,7 @@ class DataConfig:
     max_audio_seconds: float = 30.0  # longer clips are an error
     num_workers: int = 0  # DataLoader worker processes
     # compute the frozen encoder's output of every clip once, at the start, and train from it
-    # (lalm.training.encoder_cache: exact; needs parts.encoder frozen and objective lm)
+    # (lalm.training.encoder_cache: exact; needs parts.encoder frozen and objective lm or grpo)
     encoder_cache: bool = False
     # where the loss falls in a chat: every assistant turn (as ms-swift and LLaMA-Factory do)
     # or only the last one (its answer); prompts, audio slots and the other roles never
@@ -284,8 +284,10 @@ class TrainConfig:
             raise ConfigError(f"objective must be lm, dpo or grpo, got {self.objective!r}")
         if self.data.tokenizer is None and self.model.checkpoint is None:
             raise ConfigError("data.tokenizer is needed when the model starts from a preset")
-        if self.data.encoder_cache and (self.parts.encoder != "frozen" or self.objective != "lm"):
+        if self.data.encoder_cache and (self.parts.encoder != "frozen"
+                                        or self.objective not in ("lm", "grpo")):
             raise ConfigError("data.encoder_cache needs parts.encoder: frozen and objective: lm "
+                              "or grpo "
                               f"(got {self.parts.encoder}, {self.objective})")
         warmup, steps = self.optim.warmup_steps, self.run.max_steps
         if warmup > steps / 2:  # the schedule would keep lr low for most or all of the run

@@ -1,6 +1,7 @@
 """The frozen encoder's cache: each clip's states are the encoder's output for it alone (bit for
 bit), a cached batch gives the uncached batch's loss and gradients, a cached training run follows
-the uncached one, and the cache is refused where it would go stale."""
+the uncached one, GRPO's rollouts and answer log-probabilities are those of uncached items, and
+the cache is refused where it would go stale."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ from lalm.testing.training import tiny_stage, write_tone_dataset
 from lalm.tokenizer import Tokenizer
 from lalm.training import TrainConfig, train
 from lalm.training.bpe import corpus, train_tokenizer
+from lalm.training.dpo import token_logprobs
 from lalm.training.encoder_cache import EncodedDataset, encode_clip
+from lalm.training.grpo import answered_batch, sample_answers
+from lalm.training.stages import GrpoConfig
 
 VOCAB = 320
 
@@ -111,3 +115,27 @@ def test_a_trainable_encoder_is_refused(data: tuple[Path, Tokenizer], tmp_path: 
                        data={"encoder_cache": True})  # tiny_stage trains the encoder
     with pytest.raises(ConfigError, match="encoder_cache"):
         TrainConfig.from_dict(stage)
+
+
+def test_grpo_rollouts_and_logprobs_are_those_of_uncached_items(
+        data: tuple[Path, Tokenizer], tmp_path: Path) -> None:
+    manifest, tok = data
+    model, plain = _model(), _dataset(manifest, tok)
+    cached = EncodedDataset(plain, model.encoder)
+    config = GrpoConfig(group_size=3, prompts=2, max_new_tokens=5, temperature=1.5)
+    runs = []
+    for dataset in (plain, cached):
+        items = [dataset[i] for i in range(2)]
+        answers = sample_answers(model, items, tok, config, list(range(6)))
+        inputs = model_inputs(answered_batch(items, answers, 3, tok.eod_id))
+        labels = inputs.pop("labels")
+        with torch.no_grad():
+            logp, keep = token_logprobs(model(**inputs).logits, labels)
+        runs.append((answers, logp[keep]))
+    assert runs[1][0] == runs[0][0]  # the same sampled answers, seed for seed
+    torch.testing.assert_close(runs[1][1], runs[0][1], rtol=1e-5, atol=1e-5)
+    stage = tiny_stage(tmp_path / "grpo", manifest, tmp_path / "tok", VOCAB,
+                       parts={"encoder": "frozen", "projector": "full", "decoder": "full"},
+                       data={"encoder_cache": True})
+    stage["objective"] = "grpo"
+    assert TrainConfig.from_dict(stage).data.encoder_cache  # allowed for GRPO too
