@@ -146,9 +146,11 @@ def test_allowlist_admits_only_what_it_names(allowing, files, dirs) -> None:
     assert _chat(allowing, str(allowed / "missing.wav"))[0] == 400
 
 
-def _raw(server, head: bytes, body_chunks: list[bytes] = ()) -> tuple[int, float]:
-    start = time.monotonic()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+def _raw(server, head: bytes, body_chunks: list[bytes] = ()) -> int:
+    """The HTTP status the server answers to a hand-written request."""
+    # generous: a busy CI machine is slow, and a server that waited for the body would answer
+    # 408 (its read timeout), never 413, so the status alone tells
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
         sock.sendall(head)
         try:
             for chunk in body_chunks:
@@ -156,20 +158,19 @@ def _raw(server, head: bytes, body_chunks: list[bytes] = ()) -> tuple[int, float
         except OSError:  # the server answered and closed while we were still sending
             pass
         reply = sock.recv(65536).decode("latin-1")
-    return int(reply.split()[1]), time.monotonic() - start
+    return int(reply.split()[1])
 
 
 def test_oversized_bodies_are_refused_before_reading(plain) -> None:
     # a declared 1 GB body: refused at once, without sending a byte of it
     head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n")
-    status, seconds = _raw(plain, head)
-    assert status == 413 and seconds < 5
+    assert _raw(plain, head) == 413  # and not one byte of the body was sent
     # a chunked body without a length: refused once it passes 1 MiB
     head = (b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n")
     chunk = b"%x\r\n%s\r\n" % (256 * 1024, b"a" * 256 * 1024)
-    status, _ = _raw(plain, head, [chunk] * 8 + [b"0\r\n\r\n"])
+    status = _raw(plain, head, [chunk] * 8 + [b"0\r\n\r\n"])
     assert status == 413
     with urllib.request.urlopen(f"{plain.url}/health", timeout=10) as response:
         assert response.status == 200
