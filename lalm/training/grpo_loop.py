@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from lalm.checkpoint import load_model
 from lalm.config import resolve_dtype
 from lalm.data.collate import model_inputs
-from lalm.errors import ConfigError, TrainingError
+from lalm.errors import ConfigError
 from lalm.model.lalm import IGNORE_INDEX
 from lalm.training.build import (
     build_dataset,
@@ -61,7 +61,13 @@ from lalm.training.grpo import (
     sample_answers,
 )
 from lalm.training.lora import adapters_disabled
-from lalm.training.loop import RunLog, TrainResult, seed_everything, to_device
+from lalm.training.loop import (
+    RunLog,
+    TrainResult,
+    seed_everything,
+    to_device,
+    update_allowed,
+)
 from lalm.training.metrics import task_metrics
 from lalm.training.optim import build_optimizer, build_scheduler
 from lalm.training.peft_adapter import adapter_only
@@ -245,18 +251,9 @@ def train_grpo(config: TrainConfig, resume: bool = False) -> TrainResult:
         grad_norm = (torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
                      if config.optim.grad_clip > 0 else torch.zeros(()))
         loss_value = float(all_reduce_sum(totals[:1].clone(), dist)[0] / count.clamp(min=1))
-        if math.isfinite(loss_value) and math.isfinite(float(grad_norm)):
+        finite = math.isfinite(loss_value) and math.isfinite(float(grad_norm))
+        if update_allowed(finite, loss_value, float(grad_norm), state, run, log):
             optimizer.step()
-        elif run.on_nonfinite == "stop":  # as the lm loop: never an update from NaN
-            log.close()
-            raise TrainingError(
-                f"step {state.step + 1}: the GRPO loss is {loss_value} (gradient norm "
-                f"{float(grad_norm)}); stopped before the update, the weights are those of step "
-                f"{state.step}. Lower optim.lr or set run.on_nonfinite=skip")
-        else:
-            state.skipped_steps += 1
-            log.write({"step": state.step + 1, "nonfinite_loss": str(loss_value),
-                       "skipped_steps": state.skipped_steps})
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1

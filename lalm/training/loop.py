@@ -77,7 +77,7 @@ from lalm.training.dpo import PairCollator, dpo_loss, sequence_logprobs
 from lalm.training.exports import export_run
 from lalm.training.metrics import task_metrics
 from lalm.training.optim import build_optimizer, build_scheduler
-from lalm.training.stages import TrainConfig
+from lalm.training.stages import RunConfig, TrainConfig
 from lalm.training.state import (
     TrainerState,
     load_checkpoint,
@@ -303,6 +303,29 @@ def validate(model: nn.Module, loader: DataLoader, config: TrainConfig, dist: Di
     return float(total[0] / max(total[1], 1))
 
 
+def update_allowed(finite: bool, loss: float, grad_norm: float, state: TrainerState,
+                   run: RunConfig, log: RunLog) -> bool:
+    """Whether a step's update may be applied: yes when its loss (and gradient) are finite;
+    else ``run.on_nonfinite`` says: ``stop`` raises before the update, ``skip`` drops it,
+    counted in ``state.skipped_steps`` and logged (the lm and GRPO loops share this).
+
+    Raises:
+        TrainingError: a non-finite step under ``run.on_nonfinite: stop``.
+    """
+    if finite:
+        return True
+    if run.on_nonfinite == "stop":
+        log.close()
+        raise TrainingError(
+            f"step {state.step + 1}: the loss is {loss} (gradient norm {grad_norm}); stopped "
+            f"before the update, the weights are those of step {state.step}. Lower optim.lr, "
+            f"check the data, or set run.on_nonfinite=skip")
+    state.skipped_steps += 1
+    log.write({"step": state.step + 1, "nonfinite_loss": str(loss),
+               "skipped_steps": state.skipped_steps})
+    return False
+
+
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Run one stage (module docstring). Launch under torchrun for several ranks.
 
@@ -446,18 +469,8 @@ def _train(config: TrainConfig, resume: bool, threads: int, why_threads: str) ->
         # an overflow it can fix
         finite = math.isfinite(loss_value) and (
             scaler.is_enabled() or math.isfinite(float(grad_norm)))
-        if finite:
+        if update_allowed(finite, loss_value, float(grad_norm), state, run, log):
             scaler.step(optimizer)
-        elif run.on_nonfinite == "stop":
-            log.close()
-            raise TrainingError(
-                f"step {state.step + 1}: the loss is {loss_value} (gradient norm "
-                f"{float(grad_norm)}); stopped before the update, the weights are those of step "
-                f"{state.step}. Lower optim.lr, check the data, or set run.on_nonfinite=skip")
-        else:
-            state.skipped_steps += 1
-            log.write({"step": state.step + 1, "nonfinite_loss": str(loss_value),
-                       "skipped_steps": state.skipped_steps})
         scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
