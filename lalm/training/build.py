@@ -223,6 +223,14 @@ def _read_source(source: DataSource, config: TrainConfig) -> tuple[list, int]:
         pairs = read_pairs(source.manifest)
         return [dataclasses.replace(p, prompt=_absolute(p.prompt, root)) for p in pairs
                 if source.split is None or p.prompt.split == source.split], 0
+    manifest_dir = Path(source.manifest).parent.resolve()
+    if source.audio_root and Path(source.audio_root).resolve() != manifest_dir:
+        # the readers resolve relative audio paths against the manifest's folder: another root
+        # would be silently ignored (a same-named file beside the manifest would train)
+        raise ConfigError(f"data source {source.manifest}: audio_root={source.audio_root!r} is "
+                          f"only read for DPO pairs; a {source.format or 'manifest'} resolves "
+                          f"its relative audio paths against its own folder: write absolute "
+                          f"paths or move the manifest")
     examples, bad = [], []
     for item in iter_format(source.manifest, source.format):
         if isinstance(item, BadRecord):

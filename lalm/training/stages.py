@@ -108,7 +108,8 @@ class DataSource:
     manifest: str  # manifest file (lalm JSONL, or any lalm.data.formats format; DPO: pairs JSONL)
     weight: float = 1.0  # items taken per epoch = weight x manifest size (repeats above 1)
     format: str | None = None  # manifest format; None: guessed from the file
-    audio_root: str | None = None  # folder relative audio paths start from; None: the manifest's
+    audio_root: str | None = None  # DPO pairs: folder relative audio paths start from (None:
+    # the manifest's); other manifests always resolve against their own folder
     split: str | None = None  # keep only examples of this split; None: all
 
     def __post_init__(self) -> None:

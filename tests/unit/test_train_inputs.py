@@ -104,3 +104,19 @@ def test_automatic_threads_stay_within_the_cpus_and_share_them_among_ranks(monke
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1000")
     assert choose_threads()[0] == 1
     assert choose_threads(3) == (3, "run.threads")
+
+
+def test_an_audio_root_a_manifest_would_ignore_is_refused(tmp_path):
+    # the readers resolve relative paths against the manifest's folder; another audio_root used
+    # to be ignored silently, so a same-named clip beside the manifest trained instead
+    from lalm.errors import ConfigError
+    from lalm.training.build import build_dataset
+    from lalm.training.stages import DataSource, TrainConfig
+
+    manifest = tmp_path / "data" / "train.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_text("")
+    config = TrainConfig.from_file("sft", [f"data.train={manifest}", "data.valid=null"])
+    source = DataSource(str(manifest), audio_root=str(tmp_path / "elsewhere"))
+    with pytest.raises(ConfigError, match="audio_root.*its own folder"):
+        build_dataset([source], config, None, 128, seed=0)
