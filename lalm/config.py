@@ -4,7 +4,9 @@ Both checkpoint families (Qwen-Audio v1 and Qwen2-Audio) are the same computatio
 places where they differ are switches here (`EncoderConfig.frame_cutoff`,
 `ProjectorConfig.audio_bos_eos`, `DecoderConfig.dynamic_ntk` / `logn_attn`, widths, eps, vocab);
 decoders of other LLM families (Llama, Qwen3: `lalm.checkpoint.gguf`) switch `qkv_bias`,
-`qk_norm` and `head_width`.
+`qk_norm` and `head_width`. Qwen2.5-Omni's thinker adds a windowed encoder (`EncoderConfig.n_window`)
+and M-RoPE sections (`DecoderConfig.mrope_section`); Qwen3-ASR a conv2d encoder stem
+(`EncoderConfig.stem`), a key bias, an MLP projector (`ProjectorConfig.kind`) and tied embeddings.
 Presets are named real architectures plus tiny random ones derived from them for tests.
 `resolve_dtype` turns the user's precision option into a torch dtype.
 """
@@ -21,6 +23,8 @@ from typing import Any, Literal
 import torch
 
 FrameCutoff = Literal["lookahead", "pairs"]
+EncoderStem = Literal["conv1d", "conv2d"]
+ProjectorKind = Literal["pool", "mlp"]
 
 
 @dataclass
@@ -37,7 +41,18 @@ class EncoderConfig:
     # Which mel frames the conv stem may see after a clip's real length L: "lookahead" keeps
     # frames < L + 2 (Qwen2-Audio: the reference convolves its 30 s pad), "pairs" keeps frames
     # < 2 * n with n = (L - 1) // 2 + 1 (Qwen-Audio v1: the reference cuts before conv1).
+    # (Whole-clip encoders only; a windowed encoder sees zeros from frame L on.)
     frame_cutoff: FrameCutoff = "lookahead"
+    # Windowed encoders (Qwen2.5-Omni, Qwen3-ASR): each clip is cut into chunks of 2 * n_window
+    # mel frames, the stem runs on each chunk alone, positions restart at 0 in every chunk and a
+    # position attends only within its window of `window_chunks` chunks. None: the whole clip.
+    n_window: int | None = None
+    window_chunks: int = 1  # chunks per attention window (Qwen3-ASR: n_window_infer // chunk)
+    # "conv1d": Whisper's conv1 (k3 s1) + conv2 (k3 s2); "conv2d" (Qwen3-ASR): three k3 s2
+    # Conv2d over (mel, time) with `stem_channels` channels, then a Linear `conv_out` to dim.
+    stem: EncoderStem = "conv1d"
+    stem_channels: int = 480  # Conv2d channels of the "conv2d" stem (downsample_hidden_size)
+    key_bias: bool = False  # attention `key` projection has a bias (Qwen3-ASR; Whisper: none)
 
     def __post_init__(self) -> None:
         _check_heads("encoder", self.dim, self.n_head, self.n_head)
@@ -45,16 +60,30 @@ class EncoderConfig:
             raise ValueError(
                 f"encoder.frame_cutoff must be 'lookahead' or 'pairs', got {self.frame_cutoff!r}"
             )
+        if self.stem not in ("conv1d", "conv2d"):
+            raise ValueError(f"encoder.stem must be 'conv1d' or 'conv2d', got {self.stem!r}")
+        if self.stem == "conv2d" and self.n_window is None:
+            raise ValueError("encoder.stem 'conv2d' needs encoder.n_window (it runs per chunk)")
+        if self.n_window is not None:
+            _check_positive("encoder", n_window=self.n_window, window_chunks=self.window_chunks)
+        _check_positive("encoder", stem_channels=self.stem_channels)
         _check_positive("encoder", n_mels=self.n_mels, n_ctx=self.n_ctx, n_layer=self.n_layer,
                         hidden_dim=self.hidden_dim)
 
 
 @dataclass
 class ProjectorConfig:
-    """Stride-2 average pool, LayerNorm (`ln_post`), Linear to the decoder width."""
+    """Encoder rows -> decoder width: "pool" = stride-2 average pool, LayerNorm (`ln_post`),
+    Linear `proj` (Qwen-Audio, Qwen2-Audio, Qwen2.5-Omni); "mlp" = `ln_post`, Linear `hidden`,
+    GELU, Linear `proj`, one row per encoder position (Qwen3-ASR)."""
 
     audio_bos_eos: bool = False  # learned [2, out_dim] rows framing each clip (Qwen-Audio v1)
     norm_eps: float = 1e-5  # eps of ln_post
+    kind: ProjectorKind = "pool"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("pool", "mlp"):
+            raise ValueError(f"projector.kind must be 'pool' or 'mlp', got {self.kind!r}")
 
 
 @dataclass
@@ -79,6 +108,11 @@ class DecoderConfig:
     dynamic_ntk: bool = False  # scale the RoPE base for prefills longer than train_seq_len
     logn_attn: bool = False  # scale queries past train_seq_len by log(p + 1) / log(train_seq_len)
     train_seq_len: int = 2048  # the length dynamic NTK and logn attention are relative to
+    tie_embeddings: bool = False  # lm_head shares the embedding's weight (Qwen3-ASR)
+    # M-RoPE (Qwen2.5-Omni): the head's frequency pairs split into these sections (sum
+    # head_dim // 2), each rotated by its own position row (time, height, width). Text and audio
+    # positions are equal in all three rows, which is plain RoPE. None: 1-D RoPE only.
+    mrope_section: list[int] | None = None
 
     @property
     def head_dim(self) -> int:
@@ -93,6 +127,11 @@ class DecoderConfig:
             raise ValueError(f"decoder.head_width must be positive, got {self.head_width}")
         if self.head_dim % 2:
             raise ValueError(f"decoder head_dim must be even for RoPE, got {self.head_dim}")
+        if self.mrope_section is not None and (
+                len(self.mrope_section) != 3 or sum(self.mrope_section) != self.head_dim // 2
+                or min(self.mrope_section) < 0):
+            raise ValueError(f"decoder.mrope_section must be 3 sizes summing to head_dim // 2 = "
+                             f"{self.head_dim // 2}, got {self.mrope_section}")
         _check_positive("decoder", vocab_size=self.vocab_size, n_layer=self.n_layer,
                         hidden_dim=self.hidden_dim, max_seq_len=self.max_seq_len,
                         train_seq_len=self.train_seq_len, rope_theta=self.rope_theta)
