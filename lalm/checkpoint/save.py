@@ -82,15 +82,18 @@ def save_model(
         writable = sorted(name for name, f in FORMATS.items() if f.from_lalm is not None)
         raise CheckpointError(f"cannot save format {format!r}; writable formats: {writable}")
     state = {name: t if dtype is None else t.to(dtype) for name, t in model.state_dict().items()}
+    if model.config.decoder.tie_embeddings:  # stored once, as the embedding (as HF does)
+        del state["decoder.lm_head.weight"]
     weight_dtype = dtype or model.decoder.embed.weight.dtype
     if weight_dtype not in _DTYPE_NAMES:
         raise CheckpointError(f"cannot save weights as {weight_dtype}")
     hf_config = fmt.config_to_hf(model.config, _DTYPE_NAMES[weight_dtype])
     directory = Path(directory)
     written = write_checkpoint_dir(fmt.from_lalm(state), directory, max_shard_bytes)
-    if format == "qwen2_audio":
+    if format in _PROCESSORS:
         written.append(directory / PREPROCESSOR_CONFIG)
-        write_json(written[-1], preprocessor_config(model.config))
+        write_json(written[-1], preprocessor_config(model.config, format))
+    if format == "qwen2_audio":
         if tokenizer is not None:
             ids = {"bos_token_id": tokenizer.eod_id, "eos_token_id": tokenizer.im_end_id}
             hf_config["text_config"].update(ids)
@@ -102,15 +105,26 @@ def save_model(
     return [*written, config_path]
 
 
-def preprocessor_config(config: ModelConfig) -> dict[str, Any]:
-    """The ``preprocessor_config.json`` of a Qwen2-Audio checkpoint (transformers'
-    `WhisperFeatureExtractor` under `Qwen2AudioProcessor`) for the model's mel bins."""
+# format -> (feature extractor, processor) transformers names in preprocessor_config.json
+_PROCESSORS = {
+    "qwen2_audio": ("WhisperFeatureExtractor", "Qwen2AudioProcessor"),
+    "qwen2_5_omni": ("WhisperFeatureExtractor", "Qwen2_5OmniProcessor"),
+    "qwen3_asr": ("Qwen3ASRFeatureExtractor", "Qwen3ASRProcessor"),
+}
+
+
+def preprocessor_config(config: ModelConfig, format: str = "qwen2_audio"  # noqa: A002
+                        ) -> dict[str, Any]:
+    """The ``preprocessor_config.json`` of a Qwen2-Audio, Qwen2.5-Omni or Qwen3-ASR checkpoint
+    (transformers' feature extractor of that family) for the model's mel bins."""
+    extractor, processor = _PROCESSORS[format]
+    extra = {"n_window": config.encoder.n_window} if format == "qwen3_asr" else {}
     return {
-        "chunk_length": 30, "feature_extractor_type": "WhisperFeatureExtractor",
+        "chunk_length": 30, "feature_extractor_type": extractor,
         "feature_size": config.encoder.n_mels, "hop_length": 160, "n_fft": 400,
         "n_samples": 480000, "nb_max_frames": 3000, "padding_side": "right",
-        "padding_value": 0.0, "processor_class": "Qwen2AudioProcessor",
-        "return_attention_mask": True, "sampling_rate": 16000,
+        "padding_value": 0.0, "processor_class": processor,
+        "return_attention_mask": True, "sampling_rate": 16000, **extra,
     }
 
 
