@@ -65,3 +65,20 @@ def random_features(feature_lens: list[int], n_mels: int, seed: int = 0) -> tupl
     values = torch.randn(len(feature_lens), n_mels, n_frames, generator=gen)
     keep = torch.arange(n_frames)[None, None, :] < (lens + 2)[:, None, None]
     return values * keep, lens
+
+
+def relative_error(actual: Tensor, expected: Tensor) -> float:
+    """max |actual - expected| / max |expected|: the parity tests' measure of closeness."""
+    return float((actual - expected).abs().max() / expected.abs().max())
+
+
+def tone_clips(seconds: list[float], seed: int = 0) -> list[Tensor]:
+    """16 kHz float32 clips: a random-pitch tone plus a little noise, one per duration."""
+    gen = torch.Generator().manual_seed(seed)
+    clips = []
+    for duration in seconds:
+        t = torch.arange(int(duration * 16000)) / 16000
+        pitch = 100 + 1900 * torch.rand((), generator=gen)
+        noise = torch.randn(t.shape, generator=gen)
+        clips.append(0.3 * torch.sin(2 * torch.pi * pitch * t) + 0.05 * noise)
+    return clips
