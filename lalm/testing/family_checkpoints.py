@@ -16,7 +16,9 @@ at their released ids. Confirmed against the released configs: Omni `<|AUDIO|>` 
 `<|audio_bos|>` 151647, `<|audio_eos|>` 151648, `<|IMAGE|>` 151655, `<|VIDEO|>` 151656;
 Qwen3-ASR `<|audio_start|>` 151669, `<|audio_end|>` 151670, `<|audio_pad|>` 151676, `<asr_text>`
 151704, `<timestamp>` 151705. The other Omni vision/tool ids follow Qwen2.5's table (not
-checked); the Qwen3 ids between 151671 and 151703, whose names were not checked, are left out.
+checked); Qwen3-ASR's 151671..151674 follow Qwen3-Omni's table (`<tts_pad>`, ...). Added tokens
+must have consecutive ids in the `tokenizers` library, so the ids whose released names were not
+found (151675, 151677..151703) hold stand-ins named `<|unverified_ID|>`.
 transformers is imported lazily; it is a test-only dependency.
 """
 
@@ -47,8 +49,9 @@ ASR_ADDED_TOKENS = {
     151648: "<|box_start|>", 151652: "<|vision_start|>", 151653: "<|vision_end|>",
     151655: "<|image_pad|>", 151656: "<|video_pad|>", 151665: "<tool_response>",
     151666: "</tool_response>", 151667: "<think>", 151668: "</think>",
-    151669: "<|audio_start|>", 151670: "<|audio_end|>", 151676: "<|audio_pad|>",
-    151704: "<asr_text>", 151705: "<timestamp>",
+    151669: "<|audio_start|>", 151670: "<|audio_end|>", 151671: "<tts_pad>",
+    151672: "<tts_text_bos>", 151673: "<tts_text_eod>", 151674: "<tts_text_bos_single>",
+    151676: "<|audio_pad|>", 151704: "<asr_text>", 151705: "<timestamp>",
 }
 _NOT_SPECIAL = {"<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>",
                 "</think>", "<asr_text>", "<timestamp>", "<|fim_prefix|>", "<|fim_middle|>",
@@ -143,6 +146,7 @@ def write_family_tokenizer(directory: str | Path, base_dir: str | Path, family: 
     directory.mkdir(parents=True, exist_ok=True)
     for name in ("vocab.json", "merges.txt"):
         shutil.copy(base / name, directory / name)
+    added = {i: added.get(i, f"<|unverified_{i}|>") for i in range(min(added), max(added) + 1)}
     entries = [{"id": i, "content": text, "single_word": False, "lstrip": False,
                 "rstrip": False, "normalized": False, "special": text not in _NOT_SPECIAL}
                for i, text in sorted(added.items())]
