@@ -4,9 +4,10 @@ Both checkpoint families (Qwen-Audio v1 and Qwen2-Audio) are the same computatio
 places where they differ are switches here (`EncoderConfig.frame_cutoff`,
 `ProjectorConfig.audio_bos_eos`, `DecoderConfig.dynamic_ntk` / `logn_attn`, widths, eps, vocab);
 decoders of other LLM families (Llama, Qwen3: `lalm.checkpoint.gguf`) switch `qkv_bias`,
-`qk_norm` and `head_width`. Qwen2.5-Omni's thinker adds a windowed encoder (`EncoderConfig.n_window`)
-and M-RoPE sections (`DecoderConfig.mrope_section`); Qwen3-ASR a conv2d encoder stem
-(`EncoderConfig.stem`), a key bias, an MLP projector (`ProjectorConfig.kind`) and tied embeddings.
+`qk_norm` and `head_width`. Qwen2.5-Omni's thinker adds a windowed encoder
+(`EncoderConfig.n_window`) and M-RoPE sections (`DecoderConfig.mrope_section`); Qwen3-ASR a
+conv2d encoder stem (`EncoderConfig.stem`), a key bias, an MLP projector (`ProjectorConfig.kind`)
+and tied embeddings.
 Presets are named real architectures plus tiny random ones derived from them for tests.
 `resolve_dtype` turns the user's precision option into a torch dtype.
 """

@@ -25,7 +25,7 @@ from typing import Any
 from torch import Tensor
 
 from lalm.checkpoint.hf_json import Kind, check_kinds, section
-from lalm.checkpoint.keymap import KeyMap
+from lalm.checkpoint.keymap import KeyMap, decoder_keys, rename_prefix
 from lalm.checkpoint.qwen2_audio import DECODER_LAYER, ENCODER_LAYER
 from lalm.config import DecoderConfig, EncoderConfig, ModelConfig, ProjectorConfig
 from lalm.errors import CheckpointError
@@ -54,11 +54,7 @@ HF_TO_LALM: dict[str, str] = {
     "audio_tower.ln_post.bias": "projector.ln_post.bias",
     "audio_tower.proj.weight": "projector.proj.weight",
     "audio_tower.proj.bias": "projector.proj.bias",
-    "model.embed_tokens.weight": "decoder.embed.weight",
-    **{f"model.layers.{{}}.{hf}": f"decoder.layers.{{}}.{ours}"
-       for hf, ours in DECODER_LAYER.items()},
-    "model.norm.weight": "decoder.norm.weight",
-    "lm_head.weight": "decoder.lm_head.weight",
+    **decoder_keys("model.", "lm_head.weight", DECODER_LAYER),
 }
 KEY_MAP = KeyMap(HF_TO_LALM, "Qwen2.5-Omni thinker")
 
@@ -78,13 +74,6 @@ IGNORED_PARTS = {
 }
 
 
-def _thinker_name(key: str) -> str:
-    for prefix, disk in _PREFIXES:
-        if key.startswith(prefix):
-            return disk + key[len(prefix):]
-    return key
-
-
 def to_lalm(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Rename an Omni (whole or thinker-only) state dict to lalm's, leaving out the parts in
     `IGNORED_PARTS` with one logged note. A tied checkpoint without `lm_head.weight` gets the
@@ -96,7 +85,7 @@ def to_lalm(state: dict[str, Tensor]) -> dict[str, Tensor]:
     kept: dict[str, Tensor] = {}
     ignored: Counter[str] = Counter()
     for key, value in state.items():
-        name = key if key.startswith(("talker.", "token2wav.")) else _thinker_name(key)
+        name = key if key.startswith(("talker.", "token2wav.")) else rename_prefix(key, _PREFIXES)
         part = next((p for p in IGNORED_PARTS if name.startswith(p)), None)
         if part is None:
             kept[name] = value

@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor
 
 from lalm.checkpoint.hf_json import Kind, check_kinds, section
-from lalm.checkpoint.keymap import KeyMap
+from lalm.checkpoint.keymap import KeyMap, decoder_keys, rename_prefix
 from lalm.config import DecoderConfig, EncoderConfig, ModelConfig, ProjectorConfig
 from lalm.errors import CheckpointError
 
@@ -70,11 +70,7 @@ HF_TO_LALM: dict[str, str] = {
     "audio_tower.layer_norm.bias": "projector.ln_post.bias",
     "multi_modal_projector.linear.weight": "projector.proj.weight",
     "multi_modal_projector.linear.bias": "projector.proj.bias",
-    "language_model.model.embed_tokens.weight": "decoder.embed.weight",
-    **{f"language_model.model.layers.{{}}.{hf}": f"decoder.layers.{{}}.{ours}"
-       for hf, ours in DECODER_LAYER.items()},
-    "language_model.model.norm.weight": "decoder.norm.weight",
-    "language_model.lm_head.weight": "decoder.lm_head.weight",
+    **decoder_keys("language_model.model.", "language_model.lm_head.weight", DECODER_LAYER),
 }
 KEY_MAP = KeyMap(HF_TO_LALM, "Qwen2-Audio")
 
@@ -92,19 +88,13 @@ def to_lalm(state: dict[str, Tensor]) -> dict[str, Tensor]:
     Raises:
         CheckpointError: a key the map does not know.
     """
-    return KEY_MAP.convert({_disk_name(key): value for key, value in state.items()})
+    return KEY_MAP.convert({rename_prefix(key, _V5_PREFIXES): value
+                            for key, value in state.items()})
 
 
 def from_lalm(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Rename a lalm state dict to the Qwen2-Audio on-disk names."""
     return KEY_MAP.convert(state, inverse=True)
-
-
-def _disk_name(key: str) -> str:
-    for prefix, disk in _V5_PREFIXES:
-        if key.startswith(prefix):
-            return disk + key[len(prefix):]
-    return key
 
 
 def memory_name(key: str) -> str:

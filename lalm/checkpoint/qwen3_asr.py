@@ -24,7 +24,7 @@ from typing import Any
 from torch import Tensor
 
 from lalm.checkpoint.hf_json import Kind, check_kinds, section
-from lalm.checkpoint.keymap import KeyMap
+from lalm.checkpoint.keymap import KeyMap, decoder_keys, rename_prefix
 from lalm.checkpoint.qwen2_5_omni import rope_settings, tie_lm_head
 from lalm.checkpoint.qwen2_audio import DECODER_LAYER, ENCODER_LAYER
 from lalm.config import DecoderConfig, EncoderConfig, ModelConfig, ProjectorConfig
@@ -52,11 +52,7 @@ HF_TO_LALM: dict[str, str] = {
     "model.multi_modal_projector.linear_1.bias": "projector.hidden.bias",
     "model.multi_modal_projector.linear_2.weight": "projector.proj.weight",
     "model.multi_modal_projector.linear_2.bias": "projector.proj.bias",
-    "model.language_model.embed_tokens.weight": "decoder.embed.weight",
-    **{f"model.language_model.layers.{{}}.{hf}": f"decoder.layers.{{}}.{ours}"
-       for hf, ours in DECODER_LAYER.items()},
-    "model.language_model.norm.weight": "decoder.norm.weight",
-    "lm_head.weight": "decoder.lm_head.weight",
+    **decoder_keys("model.language_model.", "lm_head.weight", DECODER_LAYER),
 }
 KEY_MAP = KeyMap(HF_TO_LALM, "Qwen3-ASR")
 
@@ -70,13 +66,6 @@ _ORIGINAL_PREFIXES = (
 )
 
 
-def _hf_name(key: str) -> str:
-    for prefix, hf in _ORIGINAL_PREFIXES:
-        if key.startswith(prefix):
-            return hf + key[len(prefix):]
-    return key
-
-
 def to_lalm(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Rename a Qwen3-ASR state dict (either layout) to lalm's; a tied checkpoint without
     `lm_head.weight` gets the embedding for it.
@@ -84,7 +73,8 @@ def to_lalm(state: dict[str, Tensor]) -> dict[str, Tensor]:
     Raises:
         CheckpointError: a key the map does not know.
     """
-    return tie_lm_head(KEY_MAP.convert({_hf_name(k): v for k, v in state.items()}))
+    return tie_lm_head(KEY_MAP.convert({rename_prefix(k, _ORIGINAL_PREFIXES): v
+                                        for k, v in state.items()}))
 
 
 def from_lalm(state: dict[str, Tensor]) -> dict[str, Tensor]:

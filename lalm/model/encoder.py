@@ -242,7 +242,8 @@ class AudioEncoder(nn.Module):
         """
         if self.config.stem == "conv1d":
             # conv1's outputs past the chunk's frames are zeroed before conv2, as in Omni
-            keep = torch.arange(chunks.shape[2], device=chunks.device)[None, :] < chunk_lens[:, None]
+            frame = torch.arange(chunks.shape[2], device=chunks.device)
+            keep = frame[None, :] < chunk_lens[:, None]
             x = F.gelu(self.conv1(chunks)) * keep[:, None, :].to(chunks.dtype)
             return F.gelu(self.conv2(x)).transpose(1, 2)
         x = F.gelu(self.conv2d1(chunks[:, None]))  # [C, ch, M', W']

@@ -257,8 +257,7 @@ def save_asr_checkpoint(directory: str | Path, tokenizer_dir: str | Path, *,
         write_checkpoint_dir(state, directory)
         hf = json.loads((directory / "config.json").read_text(encoding="utf-8"))
         thinker = {k: hf.pop(k) for k in ("audio_config", "text_config", "audio_token_id")}
-        write_json(directory / "config.json", {**hf, "architectures": ["Qwen3ASRForConditionalGeneration"],
-                                               "thinker_config": thinker})
+        write_json(directory / "config.json", {**hf, "thinker_config": thinker})
     write_family_tokenizer(directory, tokenizer_dir, "qwen3_asr")
     write_json(directory / "preprocessor_config.json", {
         "feature_extractor_type": "Qwen3ASRFeatureExtractor", "feature_size": 128,

@@ -82,3 +82,35 @@ def tone_clips(seconds: list[float], seed: int = 0) -> list[Tensor]:
         noise = torch.randn(t.shape, generator=gen)
         clips.append(0.3 * torch.sin(2 * torch.pi * pitch * t) + 0.05 * noise)
     return clips
+
+
+def random_text_ids(n: int, seed: int) -> list[int]:
+    """n random ordinary-text ids of the Qwen BPE (below its first special id, 151643)."""
+    return torch.randint(0, 151643, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def audio_span(model: AudioLanguageModel, length: int, start: int, slot: int, end: int
+               ) -> list[int]:
+    """The prompt ids of one clip of `length` mel frames: start, one slot per audio row, end."""
+    n = int(model.audio_row_counts(torch.tensor([length])))
+    return [start, *[slot] * n, end]
+
+
+def greedy_tokens(model: AudioLanguageModel, ids: Tensor, token_mask: Tensor, features: Tensor,
+                  feature_lens: Tensor, slot: int, max_new_tokens: int) -> list[list[int]]:
+    """Greedy tokens of a left-padded batch through lalm's generation loop, without stop ids.
+
+    Args:
+        ids, token_mask: [B, S] left-padded prompts (`lalm.generation.generate.left_pad`).
+        features, feature_lens: the clips of the batch, in prompt order.
+        slot: the audio slot id.
+        max_new_tokens: tokens to generate per row.
+    """
+    from lalm.generation.generate import PromptBatch, generate
+    from lalm.generation.options import GenerationOptions
+
+    with torch.no_grad():
+        embeds = model.embed_prompt(ids, model.embed_audio(features, feature_lens), ids == slot)
+        results = generate(model, PromptBatch(ids, token_mask, embeds),
+                           GenerationOptions(max_new_tokens=max_new_tokens), stop_ids=())
+    return [r.tokens for r in results]

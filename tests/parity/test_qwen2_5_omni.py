@@ -16,21 +16,28 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import SHARED_FIXTURES
+
 transformers = pytest.importorskip("transformers")
 
 from lalm.audio import batch_log_mel  # noqa: E402
 from lalm.checkpoint import load_model, save_model  # noqa: E402
 from lalm.checkpoint.safetensors_io import read_checkpoint_dir, write_checkpoint_dir  # noqa: E402
 from lalm.errors import CheckpointError  # noqa: E402
-from lalm.generation.generate import PromptBatch, generate, left_pad  # noqa: E402
-from lalm.generation.options import GenerationOptions  # noqa: E402
+from lalm.generation.generate import left_pad  # noqa: E402
 from lalm.model import AudioLanguageModel, positions_from_mask  # noqa: E402
 from lalm.model.layers import mrope_cos_sin, rope_inv_freq  # noqa: E402
 from lalm.testing.family_checkpoints import save_omni_checkpoint  # noqa: E402
-from lalm.testing.models import relative_error, tone_clips  # noqa: E402
+from lalm.testing.models import (  # noqa: E402
+    audio_span,
+    greedy_tokens,
+    random_text_ids as text_ids,
+    relative_error,
+    tone_clips,
+)
 from lalm.tokenizer import load_tokenizer  # noqa: E402
 
-TOKENIZER_DIR = Path(__file__).resolve().parents[2].parent / "shared/fixtures/qwen2_audio_tokenizer"
+TOKENIZER_DIR = SHARED_FIXTURES / "qwen2_audio_tokenizer"
 AUDIO, AUDIO_BOS, AUDIO_EOS = 151646, 151647, 151648
 IM_START, IM_END, ENDOFTEXT, NEWLINE = 151644, 151645, 151643, 198
 REL = 1e-5
@@ -54,13 +61,8 @@ def _features(seconds: list[float], seed: int) -> tuple[torch.Tensor, torch.Tens
     return batch_log_mel(tone_clips(seconds, seed), 128)
 
 
-def _text(n: int, seed: int) -> list[int]:
-    return torch.randint(0, 151643, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
 def _audio(model: AudioLanguageModel, length: int) -> list[int]:
-    n = int(model.audio_row_counts(torch.tensor([length])))
-    return [AUDIO_BOS, *[AUDIO] * n, AUDIO_EOS]
+    return audio_span(model, length, AUDIO_BOS, AUDIO, AUDIO_EOS)
 
 
 def _reference_logits(reference, ids, mask, features, lens) -> torch.Tensor:
@@ -86,11 +88,7 @@ def _reference_greedy(reference, ids, mask, features, lens) -> list[list[int]]:
 
 
 def _lalm_greedy(model, ids, mask, features, lens) -> list[list[int]]:
-    with torch.no_grad():
-        embeds = model.embed_prompt(ids, model.embed_audio(features, lens), ids == AUDIO)
-        results = generate(model, PromptBatch(ids, mask, embeds),
-                           GenerationOptions(max_new_tokens=NEW_TOKENS), stop_ids=())
-    return [r.tokens for r in results]
+    return greedy_tokens(model, ids, mask, features, lens, AUDIO, NEW_TOKENS)
 
 
 def test_whole_release_loads_the_thinker_with_a_note(omni, caplog) -> None:
@@ -138,7 +136,7 @@ def test_encoder_rows_equal_reference(omni) -> None:
 def test_single_prompt_last_logits(omni) -> None:
     reference, model, _ = omni
     features, lens = _features([0.7], seed=1)
-    row = [IM_START, *_text(5, 0), *_audio(model, int(lens[0])), *_text(7, 1)]
+    row = [IM_START, *text_ids(5, 0), *_audio(model, int(lens[0])), *text_ids(7, 1)]
     ids, mask = left_pad([row], ENDOFTEXT)
     expected = _reference_logits(reference, ids, mask, features, lens)
     ours = _lalm_logits(model, ids, mask, features, lens)
@@ -149,9 +147,9 @@ def test_single_prompt_last_logits(omni) -> None:
 def test_several_audios_in_one_prompt(omni) -> None:
     reference, model, _ = omni
     features, lens = _features([0.45, 0.2, 0.33], seed=2)
-    row = [*_text(3, 2)]
+    row = [*text_ids(3, 2)]
     for i, length in enumerate(lens.tolist()):
-        row += [*_audio(model, length), *_text(2 + i, 3 + i)]
+        row += [*_audio(model, length), *text_ids(2 + i, 3 + i)]
     ids, mask = left_pad([row], ENDOFTEXT)
     expected = _reference_logits(reference, ids, mask, features, lens)
     assert relative_error(_lalm_logits(model, ids, mask, features, lens)[:, -1],
@@ -161,7 +159,7 @@ def test_several_audios_in_one_prompt(omni) -> None:
 def test_left_padded_batch_logits_equal_reference_and_alone(omni) -> None:
     reference, model, _ = omni
     features, lens = _features([0.3, 0.9, 0.55], seed=3)
-    rows = [[*_text(3 + 4 * i, i), *_audio(model, length), *_text(2 + i, 10 + i)]
+    rows = [[*text_ids(3 + 4 * i, i), *_audio(model, length), *text_ids(2 + i, 10 + i)]
             for i, length in enumerate(lens.tolist())]
     ids, mask = left_pad(rows, ENDOFTEXT)
     ours = _lalm_logits(model, ids, mask, features, lens)
@@ -177,7 +175,7 @@ def test_greedy_tokens_match_reference_and_depend_on_the_audio(omni) -> None:
     """Single prompt, several audios in one prompt, and a left-padded batch of three."""
     reference, model, _ = omni
     features, lens = _features([0.4, 0.8, 0.25], seed=4)
-    prompt = _text(4, 20)
+    prompt = text_ids(4, 20)
     rows = [[*prompt, *_audio(model, length), IM_END, NEWLINE] for length in lens.tolist()]
     ids, mask = left_pad(rows, ENDOFTEXT)
     ours = _lalm_greedy(model, ids, mask, features, lens)
@@ -191,7 +189,7 @@ def test_greedy_tokens_match_reference_and_depend_on_the_audio(omni) -> None:
     assert len({tuple(tokens) for tokens in ours}) == 3
     several = [*prompt]
     for i, length in enumerate(lens.tolist()):
-        several += [*_audio(model, length), *_text(2, 30 + i)]
+        several += [*_audio(model, length), *text_ids(2, 30 + i)]
     ids, mask = left_pad([several], ENDOFTEXT)
     assert _lalm_greedy(model, ids, mask, features, lens) == _reference_greedy(
         reference, ids, mask, features, lens)
@@ -202,9 +200,9 @@ def test_audio_positions_of_get_rope_index_are_1d(omni) -> None:
     vision grid is given; an empty one here) equals lalm's 1-D positions on all three rows."""
     reference, model, _ = omni
     features, lens = _features([0.5, 0.3], seed=5)
-    row = [*_text(3, 40), *_audio(model, int(lens[0])), *_text(2, 41),
-           *_audio(model, int(lens[1])), *_text(4, 42)]
-    ids, mask = left_pad([row, [*_text(1, 43), *_audio(model, int(lens[1])), *_text(4, 44)]],
+    row = [*text_ids(3, 40), *_audio(model, int(lens[0])), *text_ids(2, 41),
+           *_audio(model, int(lens[1])), *text_ids(4, 42)]
+    ids, mask = left_pad([row, [*text_ids(1, 43), *_audio(model, int(lens[1])), *text_ids(4, 44)]],
                          ENDOFTEXT)
     audio_lens = torch.cat([lens, lens[1:]])
     with torch.no_grad():
@@ -236,7 +234,7 @@ def test_lalm_save_loads_in_transformers_with_the_same_logits(omni, tmp_path) ->
     again = transformers.Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
         tmp_path).eval()
     features, lens = _features([0.6], seed=6)
-    row = [*_text(3, 50), *_audio(model, int(lens[0])), *_text(2, 51)]
+    row = [*text_ids(3, 50), *_audio(model, int(lens[0])), *text_ids(2, 51)]
     ids, mask = left_pad([row], ENDOFTEXT)
     assert relative_error(_reference_logits(again, ids, mask, features, lens),
                           _lalm_logits(model, ids, mask, features, lens)) <= REL

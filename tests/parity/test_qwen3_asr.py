@@ -17,20 +17,26 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import SHARED_FIXTURES
+
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from lalm.audio import batch_log_mel  # noqa: E402
 from lalm.checkpoint import load_model, save_model  # noqa: E402
-from lalm.checkpoint.qwen3_asr import AsrOutput, parse_asr_output  # noqa: E402
 from lalm.checkpoint.safetensors_io import read_checkpoint_dir  # noqa: E402
-from lalm.generation.generate import PromptBatch, generate, left_pad  # noqa: E402
-from lalm.generation.options import GenerationOptions  # noqa: E402
+from lalm.generation.generate import left_pad  # noqa: E402
 from lalm.model import AudioLanguageModel, positions_from_mask  # noqa: E402
 from lalm.testing.family_checkpoints import save_asr_checkpoint  # noqa: E402
-from lalm.testing.models import relative_error, tone_clips  # noqa: E402
+from lalm.testing.models import (  # noqa: E402
+    audio_span,
+    greedy_tokens,
+    random_text_ids as text_ids,
+    relative_error,
+    tone_clips,
+)
 
-TOKENIZER_DIR = Path(__file__).resolve().parents[2].parent / "shared/fixtures/qwen2_audio_tokenizer"
+TOKENIZER_DIR = SHARED_FIXTURES / "qwen2_audio_tokenizer"
 AUDIO, AUDIO_START, AUDIO_END, ASR_TEXT = 151676, 151669, 151670, 151704
 IM_START, IM_END, ENDOFTEXT, NEWLINE = 151644, 151645, 151643, 198
 REL = 1e-5
@@ -59,13 +65,8 @@ def _features(seconds: list[float], seed: int) -> tuple[torch.Tensor, torch.Tens
     return (features * keep[:, None])[:, :, :width], lens
 
 
-def _text(n: int, seed: int) -> list[int]:
-    return torch.randint(0, 151643, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
 def _audio(model: AudioLanguageModel, length: int) -> list[int]:
-    n = int(model.audio_row_counts(torch.tensor([length])))
-    return [AUDIO_START, *[AUDIO] * n, AUDIO_END]
+    return audio_span(model, length, AUDIO_START, AUDIO, AUDIO_END)
 
 
 def _frames(features: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
@@ -94,17 +95,13 @@ def _reference_greedy(reference, ids, mask, features, lens) -> list[list[int]]:
 
 
 def _lalm_greedy(model, ids, mask, features, lens) -> list[list[int]]:
-    with torch.no_grad():
-        embeds = model.embed_prompt(ids, model.embed_audio(features, lens), ids == AUDIO)
-        results = generate(model, PromptBatch(ids, mask, embeds),
-                           GenerationOptions(max_new_tokens=NEW_TOKENS), stop_ids=())
-    return [r.tokens for r in results]
+    return greedy_tokens(model, ids, mask, features, lens, AUDIO, NEW_TOKENS)
 
 
 def _prompt(model: AudioLanguageModel, length: int) -> list[int]:
     """ChatML: system, user with the audio span, assistant."""
-    return [IM_START, *_text(1, 0), NEWLINE, IM_END, NEWLINE, IM_START, *_text(1, 1), NEWLINE,
-            *_audio(model, length), IM_END, NEWLINE, IM_START, *_text(1, 2), NEWLINE]
+    return [IM_START, *text_ids(1, 0), NEWLINE, IM_END, NEWLINE, IM_START, *text_ids(1, 1), NEWLINE,
+            *_audio(model, length), IM_END, NEWLINE, IM_START, *text_ids(1, 2), NEWLINE]
 
 
 def test_config_and_tied_weights(asr) -> None:
@@ -167,7 +164,7 @@ def test_single_prompt_last_logits(asr) -> None:
 def test_left_padded_batch_logits_equal_reference_and_alone(asr) -> None:
     reference, model, _ = asr
     features, lens = _features([0.6, 2.9, 1.4], seed=2)
-    rows = [[*_text(1 + 3 * i, i), *_prompt(model, length)] for i, length in
+    rows = [[*text_ids(1 + 3 * i, i), *_prompt(model, length)] for i, length in
             enumerate(lens.tolist())]
     ids, mask = left_pad(rows, ENDOFTEXT)
     ours = _lalm_logits(model, ids, mask, features, lens)
@@ -198,9 +195,9 @@ def test_greedy_tokens_match_reference_and_depend_on_the_audio(asr) -> None:
     # along each sequence and with the audio
     assert all(len(set(tokens)) > 1 for tokens in ours)
     assert len({tuple(tokens) for tokens in ours}) == 3
-    several = [*_text(2, 9)]
+    several = [*text_ids(2, 9)]
     for i, length in enumerate(lens.tolist()):
-        several += [*_audio(model, length), *_text(2, 10 + i)]
+        several += [*_audio(model, length), *text_ids(2, 10 + i)]
     ids, mask = left_pad([several], ENDOFTEXT)
     assert _lalm_greedy(model, ids, mask, features, lens) == _reference_greedy(
         reference, ids, mask, features, lens)
@@ -220,15 +217,3 @@ def test_lalm_save_loads_in_transformers_with_the_same_logits(asr, tmp_path) -> 
     assert reloaded.decoder.lm_head.weight is reloaded.decoder.embed.weight
     for name, tensor in model.state_dict().items():
         assert torch.equal(reloaded.state_dict()[name], tensor), name
-
-
-@pytest.mark.parametrize("decoded,expected", [
-    ("language English<asr_text>Hello world.", AsrOutput("English", "Hello world.")),
-    ("language Chinese<asr_text>甚至出现交易几乎停滞的情况。", AsrOutput("Chinese", "甚至出现交易几乎停滞的情况。")),
-    ("language None<asr_text>", AsrOutput(None, "")),
-    (" language  English <asr_text> padded <asr_text>", AsrOutput("English", "padded")),
-    ("Forced language: the transcript only.", AsrOutput(None, "Forced language: the transcript only.")),
-    ("<asr_text>no header", AsrOutput(None, "no header")),
-])
-def test_parse_asr_output(decoded: str, expected: AsrOutput) -> None:
-    assert parse_asr_output(decoded) == expected
