@@ -239,6 +239,24 @@ _QWEN_AUDIO_7B: dict[str, dict[str, Any]] = {
                 "max_seq_len": 8192, "dynamic_ntk": True, "logn_attn": True,
                 "train_seq_len": 2048},
 }
+_QWEN2_5_OMNI_7B: dict[str, dict[str, Any]] = {  # the thinker's audio and text parts
+    "encoder": {"n_mels": 128, "n_ctx": 1500, "dim": 1280, "n_head": 20, "n_layer": 32,
+                "hidden_dim": 5120, "n_window": 100},
+    "projector": {},
+    "decoder": {"vocab_size": 152064, "dim": 3584, "n_layer": 28, "n_head": 28, "n_kv_head": 4,
+                "hidden_dim": 18944, "norm_eps": 1e-6, "rope_theta": 1000000.0,
+                "max_seq_len": 32768, "mrope_section": [16, 24, 24]},
+}
+_QWEN3_ASR_0_6B: dict[str, dict[str, Any]] = {
+    "encoder": {"n_mels": 128, "n_ctx": 13, "dim": 896, "n_head": 14, "n_layer": 18,
+                "hidden_dim": 3584, "n_window": 50, "window_chunks": 8, "stem": "conv2d",
+                "stem_channels": 480, "key_bias": True},
+    "projector": {"kind": "mlp"},
+    "decoder": {"vocab_size": 151936, "dim": 1024, "n_layer": 28, "n_head": 16, "n_kv_head": 8,
+                "hidden_dim": 3072, "norm_eps": 1e-6, "rope_theta": 1000000.0,
+                "max_seq_len": 65536, "qkv_bias": False, "qk_norm": True, "head_width": 128,
+                "tie_embeddings": True},
+}
 _TINY_ENCODER = {"dim": 64, "n_head": 4, "n_layer": 2, "hidden_dim": 256}
 _TINY_DECODER = {"vocab_size": 512, "dim": 64, "n_layer": 2, "n_head": 4, "n_kv_head": 2,
                  "hidden_dim": 176, "max_seq_len": 512}
@@ -260,6 +278,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny-random": _derive(_QWEN2_AUDIO_7B, encoder=_TINY_ENCODER, decoder=_TINY_DECODER),
     "tiny-random-v1": _derive(_QWEN_AUDIO_7B, encoder=_TINY_ENCODER,
                               decoder={**_TINY_DECODER, "n_kv_head": 4, "train_seq_len": 64}),
+    "qwen2.5-omni-7b": _QWEN2_5_OMNI_7B,  # Qwen/Qwen2.5-Omni-7B's thinker (audio + text)
+    "qwen3-asr-0.6b": _QWEN3_ASR_0_6B,  # Qwen/Qwen3-ASR-0.6B
+    "tiny-random-omni": _derive(_QWEN2_5_OMNI_7B, encoder={**_TINY_ENCODER, "n_window": 8},
+                                decoder={**_TINY_DECODER, "mrope_section": [2, 3, 3]}),
+    "tiny-random-asr": _derive(_QWEN3_ASR_0_6B,
+                               encoder={**_TINY_ENCODER, "window_chunks": 2, "stem_channels": 8},
+                               decoder={**_TINY_DECODER, "head_width": 32}),
 }
 
 DtypeName = Literal["fp32", "bf16", "fp16"]

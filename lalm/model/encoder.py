@@ -18,6 +18,10 @@ Whisper's conv pair with conv1's outputs past the chunk's length zeroed (Omni), 
 Conv2d and a Linear (`stem="conv2d"`, Qwen3-ASR). Positions restart at 0 in each chunk; a
 position attends only to the valid positions of its window (`window_chunks` chunks): the
 references' block-diagonal `cu_seqlens` attention, computed here as a batch of windows.
+Zeros from frame L on equal Omni's reference exactly (it keeps only each clip's L frames); the
+Qwen3-ASR reference model convolves whatever its input holds there, which its feature extractor
+fills with the log-mel of padded silence (zeros for the longest clip of a batch), so lalm
+matches it where those frames are zero, and each clip gives the same rows in any batch.
 
 Shape alphabet: B batch, M mel bins, T mel frames, N positions after the stem, D width, H heads.
 """

@@ -11,6 +11,7 @@ import torch
 from lalm.checkpoint import qwen2_5_omni, qwen3_asr
 from lalm.checkpoint.formats import detect_format, native_format
 from lalm.checkpoint.qwen3_asr import AsrOutput, parse_asr_output
+from lalm.config import ModelConfig
 from lalm.errors import CheckpointError
 from lalm.model import AudioLanguageModel
 
@@ -53,6 +54,7 @@ def test_released_omni_config_builds_the_thinker():
     # 1 s (100 frames): 50 positions, 25 audio tokens; 2 s + 1 frame: one more chunk
     assert model.audio_row_counts(torch.tensor([100, 201])).tolist() == [25, 50]
     assert qwen2_5_omni.config_to_hf(config)["model_type"] == "qwen2_5_omni_thinker"
+    assert config == ModelConfig.from_name("qwen2.5-omni-7b")
 
 
 def test_released_asr_config_builds_the_model():
@@ -66,6 +68,7 @@ def test_released_asr_config_builds_the_model():
     with torch.device("meta"):
         model = AudioLanguageModel(config)
     assert model.decoder.lm_head.weight is model.decoder.embed.weight
+    assert config == ModelConfig.from_name("qwen3-asr-0.6b")
     # 13 rows per full 100-frame chunk, then three stride-2 convolutions of the rest
     assert model.audio_row_counts(torch.tensor([100, 250, 7])).tolist() == [13, 33, 1]
     original = {"model_type": "qwen3_asr", "thinker_config": {
