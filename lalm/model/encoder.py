@@ -158,6 +158,12 @@ class AudioEncoder(nn.Module):
         n_conv = 1 if self.config.stem == "conv1d" else 3
         return _stride2_length(2 * (self.config.n_window or 0), n_conv)
 
+    @property
+    def max_frames(self) -> int | None:
+        """The longest clip in mel frames (2 * n_ctx), or None for a windowed encoder, which
+        takes any length (its positions restart in every chunk)."""
+        return 2 * self.config.n_ctx if self.config.n_window is None else None
+
     def output_lengths(self, feature_lens: Tensor) -> Tensor:
         """[B] int64 encoder positions of clips of L mel frames: (L - 1) // 2 + 1 for the whole-
         clip stem; for a windowed one the sum over its chunks (full chunks give

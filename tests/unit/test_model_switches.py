@@ -61,8 +61,14 @@ def test_windowed_encoder_sees_only_its_window():
     assert not torch.allclose(before[:, 24:], after[:, 24:])
 
 
-def test_windowed_encoder_has_no_stored_positions():
+def test_windowed_encoder_has_no_stored_positions_and_no_length_limit():
     model = _model(ASR_ENCODER, {"kind": "mlp"})
+    assert model.encoder.max_frames is None
+    assert _model({**OMNI_ENCODER, "n_window": None}).encoder.max_frames == 3000
+    features, lens = random_features([3100], 128, seed=3)  # longer than 30 s of frames
+    with torch.no_grad():
+        rows = model.embed_audio(features, lens)
+    assert rows[0].shape[0] == 31 * 13
     names = set(model.state_dict())
     assert "encoder.positional_embedding" not in names
     assert {"encoder.conv2d1.weight", "encoder.conv_out.weight", "encoder.blocks.0.attn.key.bias",
