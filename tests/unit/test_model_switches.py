@@ -126,3 +126,15 @@ def test_encoder_switches_are_checked():
         ProjectorConfig(kind="linear")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="positions of one chunk"):
         _model({**ASR_ENCODER, "n_ctx": 12}, {"kind": "mlp"})
+
+
+@pytest.mark.parametrize("encoder,projector", [(OMNI_ENCODER, {}), (ASR_ENCODER, {"kind": "mlp"})])
+def test_windowed_encoder_in_bf16_follows_fp32(encoder, projector):
+    model = _model(encoder, projector)
+    features, lens = random_features([230, 64], 128, seed=4)
+    with torch.no_grad():
+        reference = torch.cat(model.embed_audio(features, lens))
+        half = torch.cat(model.to(torch.bfloat16).embed_audio(features, lens))
+    assert half.dtype == torch.bfloat16
+    error = (half.float() - reference).abs().max() / reference.abs().max()
+    assert error < 0.05
