@@ -200,7 +200,7 @@ class GrpoConfig:
     group_size: int = 4  # G: answers sampled per prompt
     prompts: int = 2  # prompts per micro-batch, G rows each (data.max_tokens etc. do not apply)
     # reward name -> weight (lalm.training.rewards: exact_match, normalized_match, choice, wer,
-    # format)
+    # format, timestamp_shift)
     rewards: dict[str, float] = field(default_factory=lambda: {"exact_match": 1.0})
     temperature: float = 1.0  # sampling temperature of the answers
     top_p: float = 1.0  # nucleus sampling of the answers
