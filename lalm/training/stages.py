@@ -95,6 +95,11 @@ class LoraConfig:
     # module-name suffixes of the adapted Linear layers (empty: every Linear, lm_head included);
     # default: the attention and MLP projections of both stacks and the projector's proj
     targets: tuple[str, ...] = LORA_TARGETS
+    # the frozen base weights of the decoder's adapted layers: the model's dtype, or int8
+    # (QLoRA-style, lalm.training.qlora: per-channel int8, a quarter of fp32's bytes; the
+    # adapters stay in the model dtype; needs parts.decoder: lora and every decoder Linear
+    # among the targets)
+    base_precision: Literal["model", "int8"] = "model"
 
     def __post_init__(self) -> None:
         if self.rank <= 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
@@ -309,6 +314,10 @@ class TrainConfig:
             raise ConfigError("data.encoder_cache needs parts.encoder: frozen and objective: lm "
                               "or grpo "
                               f"(got {self.parts.encoder}, {self.objective})")
+        if self.lora.base_precision == "int8" and self.parts.decoder != "lora":
+            raise ConfigError(f"lora.base_precision=int8 quantises the decoder under its "
+                              f"adapters: it needs parts.decoder: lora (got "
+                              f"{self.parts.decoder})")
         if self.data.pack_tokens is not None and self.objective != "lm":
             raise ConfigError(f"data.pack_tokens packs lm batches only (objective "
                               f"{self.objective!r} builds its own rows)")
