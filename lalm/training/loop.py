@@ -49,7 +49,7 @@ from lalm.checkpoint import load_model
 from lalm.config import resolve_dtype
 from lalm.data.collate import Collator, count_items, model_inputs
 from lalm.data.sampler import BucketBatchSampler, HeldOutBatches
-from lalm.errors import ConfigError, TrainingError
+from lalm.errors import TrainingError
 from lalm.model import AudioLanguageModel
 from lalm.model.lalm import IGNORE_INDEX
 from lalm.training.build import (

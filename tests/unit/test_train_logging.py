@@ -134,3 +134,14 @@ def test_epochs_set_the_steps_and_resume_exactly(tones, tokenizer_dir, tmp_path)
         [[r[k] for k in keys] for r in lines]
     with pytest.raises(ConfigError, match="run.epochs must be > 0"):
         _config(tones, tokenizer_dir, tmp_path / "x", run={"epochs": 0})
+
+
+def test_with_steps_derives_the_schedule_length(tones, tokenizer_dir, tmp_path):
+    fixed = _config(tones, tokenizer_dir, tmp_path, run={"max_steps": 7})
+    assert fixed.with_steps(5) is fixed  # no run.epochs: run.max_steps stands
+    by_epochs = _config(tones, tokenizer_dir, tmp_path, optim={"grad_accum": 2},
+                        run={"epochs": 3})
+    assert by_epochs.with_steps(5).run.max_steps == 8  # ceil(3 x 5 / 2)
+    with pytest.warns(UserWarning, match="warmup_steps=100 in a run of run.max_steps=3"):
+        _config(tones, tokenizer_dir, tmp_path, optim={"warmup_steps": 100},
+                run={"epochs": 1}).with_steps(3)
