@@ -9,9 +9,8 @@ import torch
 
 from lalm.errors import ConfigError
 from lalm.model.quant import Int8Linear, dequantize_int8
-from lalm.testing.training import tiny_stage, write_tiny_tokenizer, write_tone_dataset
-from lalm.tokenizer import load_tokenizer
-from lalm.training import TrainConfig, train
+from lalm.testing.training import tiny_config, write_tiny_tokenizer, write_tone_dataset
+from lalm.training import train
 from lalm.training.build import build_model, load_stage_tokenizer
 from lalm.training.lora import LoRALinear, merge_lora
 from lalm.training.peft_adapter import load_peft_adapter
@@ -31,10 +30,8 @@ def tokenizer_dir(tones, tmp_path_factory):
 
 
 def _config(tones, tokenizer_dir, out_dir, precision="int8", **sections):
-    vocab = len(load_tokenizer(tokenizer_dir))
-    return TrainConfig.from_dict(tiny_stage(out_dir, tones, tokenizer_dir, vocab,
-                                            parts=LORA_ONLY, lora={"base_precision": precision},
-                                            **sections))
+    return tiny_config(out_dir, tones, tokenizer_dir, parts=LORA_ONLY,
+                       lora={"base_precision": precision}, **sections)
 
 
 def test_the_int8_layer_backpropagates_through_its_dequantised_weight():
@@ -104,12 +101,9 @@ def test_a_qlora_run_trains_and_its_adapter_loads_on_the_full_precision_base(
 
 def test_int8_base_needs_a_lora_decoder_with_every_linear_adapted(tones, tokenizer_dir,
                                                                   tmp_path):
-    vocab = len(load_tokenizer(tokenizer_dir))
     with pytest.raises(ConfigError, match="needs parts.decoder: lora"):
-        TrainConfig.from_dict(tiny_stage(tmp_path, tones, tokenizer_dir, vocab,
-                                         lora={"base_precision": "int8"}))
-    config = TrainConfig.from_dict(tiny_stage(
-        tmp_path, tones, tokenizer_dir, vocab, parts=LORA_ONLY,
-        lora={"base_precision": "int8", "targets": ["attn.q"]}))
+        tiny_config(tmp_path, tones, tokenizer_dir, lora={"base_precision": "int8"})
+    config = tiny_config(tmp_path, tones, tokenizer_dir, parts=LORA_ONLY,
+                         lora={"base_precision": "int8", "targets": ["attn.q"]})
     with pytest.raises(ConfigError, match=r"decoder.layers.0.attn.k has none"):
         build_model(config, load_stage_tokenizer(config))

@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from lalm.errors import ConfigError
-from lalm.testing.training import tiny_stage, write_tiny_tokenizer, write_tone_dataset
-from lalm.tokenizer import load_tokenizer
-from lalm.training import TrainConfig, train
+from lalm.testing.training import tiny_config, write_tiny_tokenizer, write_tone_dataset
+from lalm.training import train
 
 ITEMS = 5
 
@@ -30,10 +29,6 @@ def tokenizer_dir(tones, tmp_path_factory):
     return write_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"), tones)
 
 
-def _config(tones, tokenizer_dir, out_dir, **sections):
-    vocab = len(load_tokenizer(tokenizer_dir))
-    return TrainConfig.from_dict(tiny_stage(out_dir, tones, tokenizer_dir, vocab, **sections))
-
 
 def _log(folder):
     return [json.loads(x) for x in (folder / "log.jsonl").read_text().splitlines()]
@@ -41,7 +36,7 @@ def _log(folder):
 
 def test_log_lines_carry_throughput_and_eta_and_the_start_line_the_parameters(
         tones, tokenizer_dir, tmp_path, capsys):
-    config = _config(tones, tokenizer_dir, tmp_path / "run",
+    config = tiny_config(tmp_path / "run", tones, tokenizer_dir,
                      parts={"encoder": "frozen", "projector": "full", "decoder": "lora"},
                      run={"max_steps": 3, "save_every": 0})
     result = train(config)
@@ -81,7 +76,7 @@ def test_a_tracker_gets_the_config_and_every_log_line(tracker, name_key, dir_key
                                                       tokenizer_dir, tmp_path, monkeypatch):
     fake = FakeTracker(tracker)
     monkeypatch.setitem(sys.modules, tracker, fake)
-    config = _config(tones, tokenizer_dir, tmp_path / "run",
+    config = tiny_config(tmp_path / "run", tones, tokenizer_dir,
                      run={"max_steps": 2, "save_every": 0, "tracker": tracker,
                           "tracker_project": "proj"})
     result = train(config)
@@ -101,18 +96,18 @@ def test_a_tracker_gets_the_config_and_every_log_line(tracker, name_key, dir_key
 def test_a_tracker_without_its_package_is_refused_by_name(tones, tokenizer_dir, tmp_path,
                                                           monkeypatch):
     monkeypatch.setitem(sys.modules, "swanlab", None)  # importing it raises ImportError
-    config = _config(tones, tokenizer_dir, tmp_path / "run", run={"tracker": "swanlab"})
+    config = tiny_config(tmp_path / "run", tones, tokenizer_dir, run={"tracker": "swanlab"})
     with pytest.raises(ConfigError, match="run.tracker=swanlab needs the swanlab package"):
         train(config)
     with pytest.raises(ConfigError, match="run.tracker must be one of"):
-        _config(tones, tokenizer_dir, tmp_path / "run", run={"tracker": "mlflow"})
+        tiny_config(tmp_path / "run", tones, tokenizer_dir, run={"tracker": "mlflow"})
 
 
 def test_epochs_set_the_steps_and_resume_exactly(tones, tokenizer_dir, tmp_path):
     # data.max_items 1: ITEMS micro-batches an epoch; grad_accum 2: ceil(2 x 5 / 2) = 5 steps
     sections = dict(optim={"lr": 3e-3, "warmup_steps": 1, "grad_accum": 2},
                     run={"epochs": 2, "save_every": 2, "keep_last": 10})
-    straight = train(_config(tones, tokenizer_dir, tmp_path / "straight", **sections))
+    straight = train(tiny_config(tmp_path / "straight", tones, tokenizer_dir, **sections))
     assert straight.step == 5
     lines = _log(tmp_path / "straight")
     assert lines[-1]["samples"] == 2 * ITEMS and lines[-1]["epoch"] == 1  # 0-based
@@ -123,7 +118,8 @@ def test_epochs_set_the_steps_and_resume_exactly(tones, tokenizer_dir, tmp_path)
     shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
     for later in ("step-00000004", "step-00000005"):
         shutil.rmtree(tmp_path / "resumed" / "checkpoints" / later)
-    resumed = train(_config(tones, tokenizer_dir, tmp_path / "resumed", **sections), resume=True)
+    resumed = train(tiny_config(tmp_path / "resumed", tones, tokenizer_dir, **sections),
+                    resume=True)
     assert resumed.step == 5 and resumed.losses == straight.losses[2:]
     final = "checkpoints/step-00000005/model.pt"
     a = torch.load(tmp_path / "straight" / final, weights_only=True)
@@ -133,15 +129,15 @@ def test_epochs_set_the_steps_and_resume_exactly(tones, tokenizer_dir, tmp_path)
     assert [[r[k] for k in keys] for r in _log(tmp_path / "resumed")] == \
         [[r[k] for k in keys] for r in lines]
     with pytest.raises(ConfigError, match="run.epochs must be > 0"):
-        _config(tones, tokenizer_dir, tmp_path / "x", run={"epochs": 0})
+        tiny_config(tmp_path / "x", tones, tokenizer_dir, run={"epochs": 0})
 
 
 def test_with_steps_derives_the_schedule_length(tones, tokenizer_dir, tmp_path):
-    fixed = _config(tones, tokenizer_dir, tmp_path, run={"max_steps": 7})
+    fixed = tiny_config(tmp_path, tones, tokenizer_dir, run={"max_steps": 7})
     assert fixed.with_steps(5) is fixed  # no run.epochs: run.max_steps stands
-    by_epochs = _config(tones, tokenizer_dir, tmp_path, optim={"grad_accum": 2},
+    by_epochs = tiny_config(tmp_path, tones, tokenizer_dir, optim={"grad_accum": 2},
                         run={"epochs": 3})
     assert by_epochs.with_steps(5).run.max_steps == 8  # ceil(3 x 5 / 2)
     with pytest.warns(UserWarning, match="warmup_steps=100 in a run of run.max_steps=3"):
-        _config(tones, tokenizer_dir, tmp_path, optim={"warmup_steps": 100},
+        tiny_config(tmp_path, tones, tokenizer_dir, optim={"warmup_steps": 100},
                 run={"epochs": 1}).with_steps(3)

@@ -14,9 +14,8 @@ import torch
 
 from lalm.data.collate import Collator, count_items
 from lalm.errors import ConfigError
-from lalm.testing.training import tiny_stage, write_tiny_tokenizer, write_tone_dataset
-from lalm.tokenizer import load_tokenizer
-from lalm.training import TrainConfig, train
+from lalm.testing.training import tiny_config, write_tiny_tokenizer, write_tone_dataset
+from lalm.training import train
 from lalm.training.build import build_dataset, build_model, load_stage_tokenizer
 from lalm.training.loop import count_targets, loss_sum
 
@@ -31,10 +30,6 @@ def tokenizer_dir(tones, tmp_path_factory):
     return write_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"), tones)
 
 
-def _stage(tones, tokenizer_dir, out_dir, **sections):
-    vocab = len(load_tokenizer(tokenizer_dir))
-    return TrainConfig.from_dict(tiny_stage(out_dir, tones, tokenizer_dir, vocab, **sections))
-
 
 def _loss_and_grads(model, batch):
     model.zero_grad(set_to_none=True)
@@ -45,7 +40,7 @@ def _loss_and_grads(model, batch):
 
 
 def test_packed_batch_gives_the_unpacked_loss_and_gradients(tones, tokenizer_dir, tmp_path):
-    config = _stage(tones, tokenizer_dir, tmp_path / "run")
+    config = tiny_config(tmp_path / "run", tones, tokenizer_dir)
     tokenizer = load_stage_tokenizer(config)
     model = build_model(config, tokenizer)
     dataset, _ = build_dataset(config.data.train, config, tokenizer,
@@ -84,7 +79,7 @@ def test_packed_batch_gives_the_unpacked_loss_and_gradients(tones, tokenizer_dir
 def test_a_packed_run_has_the_losses_of_an_unpacked_run(tones, tokenizer_dir, tmp_path):
     runs = {}
     for name, pack in (("plain", None), ("packed", 4096)):
-        config = _stage(tones, tokenizer_dir, tmp_path / name,
+        config = tiny_config(tmp_path / name, tones, tokenizer_dir,
                         data={"max_items": 3, "bucket_ratio": 10.0, "pack_tokens": pack},
                         run={"max_steps": 4, "save_every": 0})
         runs[name] = train(config)
@@ -97,6 +92,6 @@ def test_a_packed_run_has_the_losses_of_an_unpacked_run(tones, tokenizer_dir, tm
 
 def test_packing_is_refused_where_it_cannot_apply(tones, tokenizer_dir, tmp_path):
     with pytest.raises(ConfigError, match="data.pack_tokens must be > 0"):
-        _stage(tones, tokenizer_dir, tmp_path, data={"pack_tokens": 0})
+        tiny_config(tmp_path, tones, tokenizer_dir, data={"pack_tokens": 0})
     with pytest.raises(ConfigError, match="packs lm batches only"):
-        _stage(tones, tokenizer_dir, tmp_path, data={"pack_tokens": 512}, objective="dpo")
+        tiny_config(tmp_path, tones, tokenizer_dir, data={"pack_tokens": 512}, objective="dpo")
