@@ -36,6 +36,7 @@ SCALES = "scales"
 #: The decoder-layer Linear modules quantised, by their path inside a `DecoderLayer`.
 LAYER_LINEARS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down")
 _KERNEL_DTYPE = torch.bfloat16
+_BLOCK_ELEMENTS = 1 << 24
 
 
 def quantize_int8(weight: Tensor, group_size: int | None = None) -> tuple[Tensor, Tensor]:
@@ -56,14 +57,20 @@ def quantize_int8(weight: Tensor, group_size: int | None = None) -> tuple[Tensor
     if weight.ndim != 2:
         raise ValueError(f"int8 quantisation needs a 2-D weight, got {tuple(weight.shape)}")
     out_dim, in_dim = weight.shape
-    w = weight.detach().float()
-    if group_size is not None:
-        if group_size <= 0 or in_dim % group_size:
-            raise ValueError(f"group_size {group_size} does not divide in_features {in_dim}")
-        w = w.view(out_dim, in_dim // group_size, group_size)
-    scales = (w.abs().amax(dim=-1) / INT8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
-    q = torch.round(w / scales[..., None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
-    return q.view(out_dim, in_dim), scales
+    groups = 1 if group_size is None else in_dim // max(group_size, 1)
+    if group_size is not None and (group_size <= 0 or in_dim % group_size):
+        raise ValueError(f"group_size {group_size} does not divide in_features {in_dim}")
+    q = torch.empty(out_dim, in_dim, dtype=torch.int8, device=weight.device)
+    scales = torch.empty(out_dim, groups, dtype=torch.float32, device=weight.device)
+    # blocks of rows: float32 temporaries stay ~_BLOCK_ELEMENTS (a 7B lm_head is 0.6G values)
+    rows = max(1, _BLOCK_ELEMENTS // in_dim)
+    for start in range(0, out_dim, rows):
+        w = weight[start:start + rows].detach().float().view(-1, groups, in_dim // groups)
+        scale = (w.abs().amax(dim=-1) / INT8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+        q[start:start + rows] = torch.round(w / scale[..., None]).clamp(
+            -INT8_MAX, INT8_MAX).view(-1, in_dim)
+        scales[start:start + rows] = scale
+    return q, scales[:, 0] if group_size is None else scales
 
 
 def dequantize_int8(q: Tensor, scales: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
