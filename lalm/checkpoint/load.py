@@ -19,6 +19,7 @@ from torch import Tensor
 
 from lalm.checkpoint.formats import CheckpointFormat, detect_format
 from lalm.checkpoint.hf_json import read_json
+from lalm.checkpoint.quantized import from_disk
 from lalm.checkpoint.safetensors_io import read_checkpoint_dir
 from lalm.config import ModelConfig, resolve_dtype
 from lalm.errors import CheckpointError
@@ -102,13 +103,16 @@ def load_model(
     """
     config, fmt = load_config(directory)
     target = resolve_dtype(dtype, device)
-    state = fmt.to_lalm(read_checkpoint_dir(directory))
     with torch.device("meta"):
         model = AudioLanguageModel(config)
+    # a saved int8 checkpoint quantises the meta model first (lalm.checkpoint.quantized)
+    state = from_disk(model, read_checkpoint_dir(directory), read_hf_config(directory),
+                      fmt.to_lalm, str(directory))
     check_state_dict(model, state, str(directory))
     model.load_state_dict(state, strict=True, assign=True)
     model.to(device=device, dtype=target)
-    wrong = [name for name, p in model.state_dict().items() if p.dtype != target]
+    wrong = [name for name, p in model.state_dict().items()
+             if p.is_floating_point() and p.dtype != target]  # int8 codes stay int8
     if wrong:
         raise CheckpointError(f"{directory}: tensors not in {target} after loading: {wrong[:10]}")
     return model.eval()

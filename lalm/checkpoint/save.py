@@ -26,6 +26,7 @@ import torch
 
 from lalm.checkpoint.formats import FORMATS, native_format
 from lalm.checkpoint.load import CONFIG_FILE
+from lalm.checkpoint.quantized import QUANT_KEY, quantization_config, to_disk
 from lalm.checkpoint.safetensors_io import write_checkpoint_dir, write_json
 from lalm.errors import CheckpointError
 from lalm.config import ModelConfig
@@ -81,7 +82,8 @@ def save_model(
     if fmt is None or fmt.from_lalm is None or fmt.config_to_hf is None:
         writable = sorted(name for name, f in FORMATS.items() if f.from_lalm is not None)
         raise CheckpointError(f"cannot save format {format!r}; writable formats: {writable}")
-    state = {name: t if dtype is None else t.to(dtype) for name, t in model.state_dict().items()}
+    state = {name: t if dtype is None or not t.is_floating_point() else t.to(dtype)
+             for name, t in model.state_dict().items()}  # int8 codes stay int8
     if model.config.decoder.tie_embeddings:  # stored once, as the embedding (as HF does)
         del state["decoder.lm_head.weight"]
     weight_dtype = dtype or model.decoder.embed.weight.dtype
@@ -89,7 +91,10 @@ def save_model(
         raise CheckpointError(f"cannot save weights as {weight_dtype}")
     hf_config = fmt.config_to_hf(model.config, _DTYPE_NAMES[weight_dtype])
     directory = Path(directory)
-    written = write_checkpoint_dir(fmt.from_lalm(state), directory, max_shard_bytes)
+    quantization = quantization_config(model)
+    if quantization is not None:
+        hf_config[QUANT_KEY] = quantization
+    written = write_checkpoint_dir(to_disk(state, fmt.from_lalm), directory, max_shard_bytes)
     if format in _PROCESSORS:
         written.append(directory / PREPROCESSOR_CONFIG)
         write_json(written[-1], preprocessor_config(model.config, format))
