@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Literal, Union
@@ -34,13 +34,6 @@ if TYPE_CHECKING:
     from lalm.tokenizer import Tokenizer
 
 Seconds = float
-
-
-class Family(str, Enum):
-    """A checkpoint family: its special tokens, audio placeholders and prompt formats."""
-
-    QWEN_AUDIO = "qwen-audio"
-    QWEN2_AUDIO = "qwen2-audio"
 
 
 def tag(name: str) -> str:
@@ -146,12 +139,11 @@ QWEN_AUDIO_SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, *EXTRA_TOKENS, *QWEN_A
 QWEN2_AUDIO_SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, QWEN2_AUDIO_TOKEN, QWEN2_AUDIO_BOS,
                               QWEN2_AUDIO_EOS)
 
-_SLOT_TOKENS = {Family.QWEN_AUDIO: (AUDIO_START, AUDIO_PAD, AUDIO_END),
-                Family.QWEN2_AUDIO: (QWEN2_AUDIO_TOKEN,)}
-# Specials a v1 chat message may contain: the audio tags, as make_context allows, minus the
-# slot tokens (audio enters a message only as an AudioPart).
-_V1_CONTENT_SPECIALS = (frozenset(QWEN_AUDIO_AUDIO_TOKENS)
-                        - frozenset(_SLOT_TOKENS[Family.QWEN_AUDIO]))
+# The v1 tokens that receive a clip's rows (learned BOS, frames, learned EOS).
+V1_SLOT_TOKENS = (AUDIO_START, AUDIO_PAD, AUDIO_END)
+# Specials v1 message text and training targets may contain: the audio tags, as make_context
+# allows, minus the slot tokens (audio enters a message only as an AudioPart).
+V1_TEXT_SPECIALS = frozenset(QWEN_AUDIO_AUDIO_TOKENS) - frozenset(V1_SLOT_TOKENS)
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
@@ -208,7 +200,7 @@ class TaskSpec:
                     self.first_timestamp) != (None, False, None, None):
                 raise bad("task QUESTION takes no text_language, timestamps, instruction or "
                           "first_timestamp")
-            _check_text(self.question, _SLOT_TOKENS[Family.QWEN_AUDIO], "TaskSpec.question")
+            _check_text(self.question, V1_SLOT_TOKENS, "TaskSpec.question")
             return
         if self.question is not None:
             raise bad(f"question is only for task QUESTION, not {self.task.value}")
@@ -429,7 +421,7 @@ class PromptIds:
 class Prompt:
     """A prompt before tokenization: text pieces and audio slots in order, for one family."""
 
-    family: Family
+    family: FamilySpec
     pieces: tuple[_Text | AudioPart, ...]
 
     @property
@@ -440,15 +432,11 @@ class Prompt:
     @property
     def text(self) -> str:
         """The prompt as one string (v1 audio as ``<audio>label</audio>``; v2 as ``<|AUDIO|>``)."""
-        return "".join(p.text if isinstance(p, _Text) else self._audio_text(p) for p in self.pieces)
-
-    def _audio_text(self, audio: AudioPart) -> str:
-        if self.family is Family.QWEN_AUDIO:
-            return f"{AUDIO_START}{audio.label}{AUDIO_END}"
-        return QWEN2_AUDIO_TOKEN
+        return "".join(p.text if isinstance(p, _Text) else self.family.audio_text(p.label)
+                       for p in self.pieces)
 
     @classmethod
-    def from_text(cls, text: str, family: Family,
+    def from_text(cls, text: str, family: FamilySpec | str,
                   audios: Sequence[AudioPart] | None = None) -> Prompt:
         """A prompt from raw text, as the references tokenize it (every special allowed).
 
@@ -458,21 +446,19 @@ class Prompt:
         Raises:
             PromptError: audio count differs from ``audios``, or a stray slot token.
         """
-        family = Family(family)
-        splitter = (r"<audio>(.*?)</audio>" if family is Family.QWEN_AUDIO
-                    else f"{re.escape(QWEN2_AUDIO_TOKEN)}()")
-        chunks = re.split(splitter, text)
+        family = family_spec(family)
+        chunks = re.split(family.audio_text_pattern, text)
         texts, labels = chunks[0::2], chunks[1::2]
         if audios is None:
-            if family is Family.QWEN2_AUDIO and labels:
-                raise PromptError(f"prompt text has {len(labels)} {QWEN2_AUDIO_TOKEN}; pass audios")
+            if not family.labelled_audio and labels:
+                raise PromptError(f"prompt text has {len(labels)} {family.audio_pad}; pass audios")
             audios = [AudioPart(label) for label in labels]
         elif len(audios) != len(labels):
             raise PromptError(f"prompt text has {len(labels)} audio slots but {len(audios)} "
                               f"audios were given")
         pieces: list[_Text | AudioPart] = []
         for i, chunk in enumerate(texts):
-            _check_text(chunk, _SLOT_TOKENS[family], "prompt text")
+            _check_text(chunk, family.slot_tokens, "prompt text")
             if chunk:
                 pieces.append(_Text(chunk))
             if i < len(audios):
@@ -490,33 +476,27 @@ class Prompt:
             PromptError: wrong family or number of counts, or a negative count.
         """
         if tokenizer.family is not self.family:
-            raise PromptError(f"a {self.family.value} prompt cannot be encoded with a "
-                              f"{tokenizer.family.value} tokenizer ({tokenizer.source})")
+            raise PromptError(f"a {self.family.name} prompt cannot be encoded with a "
+                              f"{tokenizer.family.name} tokenizer ({tokenizer.source})")
         counts = list(audio_token_counts)
         if len(counts) != len(self.audios):
             raise PromptError(f"prompt has {len(self.audios)} audios but {len(counts)} audio "
                               f"token counts were given")
         if any(not isinstance(n, int) or n < 0 for n in counts):
             raise PromptError(f"audio token counts must be ints >= 0, got {counts}")
-        v1 = self.family is Family.QWEN_AUDIO
         ids: list[int] = []
         spans: list[tuple[int, int]] = []
         for piece in self.pieces:
             if isinstance(piece, _Text):
                 ids += tokenizer.encode(piece.text, piece.allowed)
                 continue
-            n = counts[len(spans)]
             start = len(ids)
-            if v1:
-                ids += [tokenizer.audio_start_id, *[tokenizer.audio_pad_id] * n,
-                        tokenizer.audio_end_id]
-            else:
-                ids += [tokenizer.audio_pad_id] * n
+            ids += tokenizer.audio_span_ids(counts[len(spans)])
             spans.append((start, len(ids)))
         return PromptIds(ids, tuple(spans))
 
 
-def _check_text(text: str, forbidden: Sequence[str], what: str) -> None:
+def _check_text(text: str, forbidden: Collection[str], what: str) -> None:
     for token in forbidden:
         if token in text:
             raise PromptError(f"{what} contains the special token {token!r}; pass audio as an "
@@ -531,7 +511,7 @@ def build_prompt(spec: TaskSpec, audio: AudioPart) -> Prompt:
     """
     if not isinstance(audio, AudioPart):
         raise PromptError(f"build_prompt takes an AudioPart, got {type(audio).__name__}")
-    return Prompt(Family.QWEN_AUDIO, (audio, _Text(spec.render())))
+    return Prompt(QWEN_AUDIO, (audio, _Text(spec.render())))
 
 
 def build_base_prompt(audios: Sequence[AudioPart], instruction: str) -> Prompt:
@@ -545,12 +525,12 @@ def build_base_prompt(audios: Sequence[AudioPart], instruction: str) -> Prompt:
     """
     if not audios:
         raise PromptError("a Qwen2-Audio base prompt needs at least one audio")
-    _check_text(instruction, _SLOT_TOKENS[Family.QWEN2_AUDIO], "instruction")
+    _check_text(instruction, QWEN2_AUDIO.slot_tokens, "instruction")
     pieces: list[_Text | AudioPart] = []
     for audio in audios:
         pieces += [_Text(QWEN2_AUDIO_BOS), audio, _Text(QWEN2_AUDIO_EOS)]
     pieces.append(_Text(instruction))
-    return Prompt(Family.QWEN2_AUDIO, _merge_texts(pieces))
+    return Prompt(QWEN2_AUDIO, _merge_texts(pieces))
 
 
 def _merge_texts(pieces: Sequence[_Text | AudioPart]) -> tuple[_Text | AudioPart, ...]:
@@ -565,32 +545,24 @@ def _merge_texts(pieces: Sequence[_Text | AudioPart]) -> tuple[_Text | AudioPart
     return tuple(out)
 
 
-def build_chat_prompt(messages: Sequence[Message], family: Family, *,
+def build_chat_prompt(messages: Sequence[Message], family: FamilySpec | str, *,
                       add_generation_prompt: bool = True) -> Prompt:
-    """A ChatML conversation with audio, as each family's chat model was trained on it.
+    """A ChatML conversation with audio, as the family's chat model was trained on it
+    (`FamilySpec.chat_template`).
 
-    Both families insert the system prompt "You are a helpful assistant." when the first
+    Every family inserts the system prompt "You are a helpful assistant." when the first
     message is not a system message.
-
-    * v1 (Qwen-Audio-Chat, ``make_context``): each audio of a message becomes
-      ``Audio k:<audio>label</audio>\\n`` (k counts within the message); every turn is
-      ``\\n<|im_start|>role\\ncontent<|im_end|>`` (no leading newline for the first), encoded
-      piece by piece as make_context does; message text may hold v1 task tags.
-    * Qwen2-Audio-Instruct (its chat template): ``Audio k: <|audio_bos|><|AUDIO|><|audio_eos|>\\n``
-      (k counts over the conversation); every turn is ``<|im_start|>role\\ncontent<|im_end|>\\n``.
-      Message text may not hold special tokens. Audio-only turns are voice chat, audio + text
-      turns are audio analysis: the same template.
 
     Args:
         messages: an optional leading system message, then user/assistant turns.
-        family: which chat format.
+        family: which chat format (a `FamilySpec` or its name).
         add_generation_prompt: end with the opening of an assistant turn (the last message must
             then be a user turn); False renders a finished conversation (e.g. for training).
 
     Raises:
         PromptError: a misplaced system message, no turns, or a conversation that ends wrongly.
     """
-    family = Family(family)
+    family = family_spec(family)
     messages = list(messages)
     if not messages or not all(isinstance(m, Message) for m in messages):
         raise PromptError("build_chat_prompt needs a non-empty list of Message")
@@ -602,14 +574,31 @@ def build_chat_prompt(messages: Sequence[Message], family: Family, *,
         raise PromptError("a chat needs at least one user or assistant message")
     if add_generation_prompt and messages[-1].role != "user":
         raise PromptError("add_generation_prompt needs the last message to be a user turn")
+    return Prompt(family, family.chat_template(messages, add_generation_prompt))
+
+
+def _v1_chat(messages: Sequence[Message], add_generation_prompt: bool
+             ) -> tuple[_Text | AudioPart, ...]:
+    """Qwen-Audio-Chat (``make_context``): each audio of a message becomes
+    ``Audio k:<audio>label</audio>\\n`` (k counts within the message); every turn is
+    ``\\n<|im_start|>role\\ncontent<|im_end|>`` (no leading newline for the first), encoded
+    piece by piece as make_context does; message text may hold v1 task tags."""
     pieces: list[_Text | AudioPart] = []
-    if family is Family.QWEN_AUDIO:
-        for i, m in enumerate(messages):
-            pieces += [_Text("\n")] if i else []
-            pieces += [_Text(IM_START), _Text(m.role), _Text("\n"), *_v1_content(m), _Text(IM_END)]
-        if add_generation_prompt:
-            pieces += [_Text("\n"), _Text(IM_START), _Text("assistant"), _Text("\n")]
-        return Prompt(family, tuple(p for p in pieces if not isinstance(p, _Text) or p.text))
+    for i, m in enumerate(messages):
+        pieces += [_Text("\n")] if i else []
+        pieces += [_Text(IM_START), _Text(m.role), _Text("\n"), *_v1_content(m), _Text(IM_END)]
+    if add_generation_prompt:
+        pieces += [_Text("\n"), _Text(IM_START), _Text("assistant"), _Text("\n")]
+    return tuple(p for p in pieces if not isinstance(p, _Text) or p.text)
+
+
+def _qwen2_chat(messages: Sequence[Message], add_generation_prompt: bool
+                ) -> tuple[_Text | AudioPart, ...]:
+    """Qwen2-Audio-Instruct (its chat template): ``Audio k: <|audio_bos|><|AUDIO|><|audio_eos|>\\n``
+    (k counts over the conversation); every turn is ``<|im_start|>role\\ncontent<|im_end|>\\n``.
+    Message text may not hold special tokens. Audio-only turns are voice chat, audio + text
+    turns are audio analysis: the same template."""
+    pieces: list[_Text | AudioPart] = []
     count = 0
     for m in messages:
         pieces.append(_Text(f"{IM_START}{m.role}\n"))
@@ -624,7 +613,7 @@ def build_chat_prompt(messages: Sequence[Message], family: Family, *,
         pieces.append(_Text(f"{IM_END}\n"))
     if add_generation_prompt:
         pieces.append(_Text(f"{IM_START}assistant\n"))
-    return Prompt(family, _merge_texts(pieces))
+    return _merge_texts(pieces)
 
 
 def _v1_content(message: Message) -> list[_Text | AudioPart]:
@@ -634,11 +623,11 @@ def _v1_content(message: Message) -> list[_Text | AudioPart]:
     for part in message.content:
         if isinstance(part, AudioPart):
             count += 1
-            pieces += [_Text(f"Audio {count}:", _V1_CONTENT_SPECIALS), part,
-                       _Text("\n", _V1_CONTENT_SPECIALS)]
+            pieces += [_Text(f"Audio {count}:", V1_TEXT_SPECIALS), part,
+                       _Text("\n", V1_TEXT_SPECIALS)]
         else:
-            _check_text(part.text, _SLOT_TOKENS[Family.QWEN_AUDIO], f"{message.role} message text")
-            pieces.append(_Text(part.text, _V1_CONTENT_SPECIALS))
+            _check_text(part.text, V1_SLOT_TOKENS, f"{message.role} message text")
+            pieces.append(_Text(part.text, V1_TEXT_SPECIALS))
     return list(_merge_texts(pieces))
 
 
@@ -818,3 +807,232 @@ def format_note_analysis(note: NoteAnalysis) -> str:
     if note.sonic:
         out += tag("sonic") + ", ".join(note.sonic)
     return out
+
+
+# ---------------------------------------------------------------------------- families
+
+#: The Qwen2-Audio base model's ASR instruction (the official LibriSpeech evaluation's prompt),
+#: followed by the language tag.
+QWEN2_ASR_INSTRUCTION = "Detect the language and recognize the speech: "
+
+ChatTemplate = Callable[[Sequence[Message], bool], tuple[_Text | AudioPart, ...]]
+InstructionPrompt = Callable[[Sequence[AudioPart], str], Prompt]
+OutputParser = Callable[[str, "TaskSpec | None"], ParsedOutput]
+
+
+@dataclass(frozen=True, eq=False)
+class FamilySpec:
+    """Everything a checkpoint family changes on the text side, in one frozen object.
+
+    The tokenizer, pipeline, evaluator, data renderer and server ask this object (its fields
+    and methods) instead of testing which family they have; a new family is one new instance,
+    registered with `register_family`. Instances are singletons: they compare by identity and
+    unpickle to the registered instance (`family_spec(name)`).
+
+    Attributes:
+        name: the serialisable key configs, manifests, reports and checkpoints store.
+        label: the family's name for people (error messages).
+        signature: special tokens a tokenizer must hold to be of this family; a tokenizer
+            matching several families is of the one with the largest signature.
+        audio_start: token opening each clip (v1 ``<audio>``; Qwen2-Audio ``<|audio_bos|>``).
+        audio_pad: the per-frame placeholder, repeated N times for a clip of N audio tokens.
+        audio_end: token closing each clip (v1 ``</audio>``; Qwen2-Audio ``<|audio_eos|>``).
+        boundary_rows: rows the model writes over ``audio_start`` / ``audio_end`` around each
+            clip: 2 for v1's learned BOS/EOS rows (those tokens are then part of the clip's
+            span); 0 where they are ordinary tokens the prompt writes as text.
+        labelled_audio: the prompt text names each clip (v1 ``<audio>path</audio>``) rather than
+            writing its placeholder alone.
+        real_length: how the family's reference counts a clip's real mel frames
+            (`lalm.audio.RealLength`): transformers' processor rounds a last partial hop up
+            ("ceil"), Qwen-Audio v1 drops it ("floor").
+        stop_tokens: tokens that end a reply.
+        timestamps: the family has timestamp tags (word times, SRWT).
+        task_tags: the family's prompts are v1 hierarchical task tags (`TaskSpec`) where a
+            task has one; otherwise a task is asked in natural language.
+        text_specials: specials message text and training targets may hold as tokens (v1: its
+            task, timestamp and value tags); any other special in text is an error or plain text.
+        response_skips_special: the official evaluation scripts decode a response without its
+            special tokens (Qwen2-Audio) rather than keeping them (v1).
+        asr_scoring: the ASR scoring procedure of the family's official scripts
+            (`lalm.eval.metrics.error_rate` version).
+        chat_template: (messages with a leading system message, add_generation_prompt) -> the
+            prompt pieces; `build_chat_prompt` checks the conversation first.
+        asr_instruction: the natural-language ASR instruction, before the language tag (None
+            for a family whose ASR prompt is a task-tag prompt).
+        instruction_prompt: (clips, instruction) -> a base-model prompt asking a task in
+            natural language; None for a family that only asks by task tags.
+        parse: (generated text, its task spec) -> `ParsedOutput`.
+    """
+
+    name: str
+    label: str
+    signature: frozenset[str]
+    audio_start: str
+    audio_pad: str
+    audio_end: str
+    boundary_rows: int
+    labelled_audio: bool
+    real_length: Literal["floor", "ceil"]
+    stop_tokens: tuple[str, ...]
+    timestamps: bool
+    task_tags: bool
+    text_specials: frozenset[str]
+    response_skips_special: bool
+    asr_scoring: str
+    chat_template: ChatTemplate
+    asr_instruction: str | None = None
+    instruction_prompt: InstructionPrompt | None = None
+    parse: OutputParser = parse_output
+
+    def __post_init__(self) -> None:
+        if self.boundary_rows not in (0, 2):
+            raise PromptError(f"FamilySpec {self.name}: boundary_rows must be 0 or 2, got "
+                              f"{self.boundary_rows!r}")
+        if self.real_length not in ("floor", "ceil"):
+            raise PromptError(f"FamilySpec {self.name}: real_length must be floor or ceil")
+
+    def __reduce__(self) -> tuple[Callable[[str], FamilySpec], tuple[str]]:
+        return family_spec, (self.name,)
+
+    def __repr__(self) -> str:
+        return f"FamilySpec({self.name!r})"
+
+    @property
+    def slot_tokens(self) -> tuple[str, ...]:
+        """Tokens whose positions receive a clip's rows; never allowed in text."""
+        if self.boundary_rows:
+            return (self.audio_start, self.audio_pad, self.audio_end)
+        return (self.audio_pad,)
+
+    def audio_span(self, n: int) -> list[str]:
+        """The tokens a clip of ``n`` audio tokens occupies in the ids (each takes one row)."""
+        frames = [self.audio_pad] * n
+        return [self.audio_start, *frames, self.audio_end] if self.boundary_rows else frames
+
+    def audio_text(self, label: str) -> str:
+        """How `Prompt.text` writes one clip."""
+        return f"{self.audio_start}{label}{self.audio_end}" if self.labelled_audio \
+            else self.audio_pad
+
+    @property
+    def audio_text_pattern(self) -> str:
+        """A regex with one group (the label) matching each clip in `Prompt.text`."""
+        if self.labelled_audio:
+            return f"{re.escape(self.audio_start)}(.*?){re.escape(self.audio_end)}"
+        return f"{re.escape(self.audio_pad)}()"
+
+    def task_prompt(self, audio: AudioPart, spec: TaskSpec | None, instruction: str | None
+                    ) -> tuple[Prompt, TaskSpec | None]:
+        """A one-clip task prompt from the task described both ways: as a v1 `TaskSpec` (used
+        by families with `task_tags`) and as a natural-language ``instruction`` (the others).
+
+        Returns:
+            The prompt, and the task spec its output is parsed with (None for an instruction).
+
+        Raises:
+            PromptError: the family has no prompt for the task as given (no spec for a task-tag
+                family, no instruction for the others).
+        """
+        if self.task_tags and spec is not None:
+            return build_prompt(spec, audio), spec
+        if self.instruction_prompt is None or instruction is None:
+            raise PromptError(f"{self.label} has no prompt for this task: it needs "
+                              f"{'a task spec' if self.task_tags else 'an instruction'}")
+        return self.instruction_prompt([audio], instruction), None
+
+    def asr_prompt(self, audio: AudioPart, language: str = "en", timestamps: bool = False,
+                   instruction: str | None = None) -> tuple[Prompt, TaskSpec | None]:
+        """The family's speech-recognition prompt for one clip.
+
+        v1: the official ``TaskSpec.asr`` task prompt, or ``TaskSpec.srwt`` (words with start
+        and end times) with ``timestamps``. Qwen2-Audio: the base model's
+        ``<|audio_bos|><|AUDIO|><|audio_eos|>Detect the language and recognize the speech: <|en|>``
+        (``instruction`` replaces the instruction text of a family without task tags).
+
+        Raises:
+            PromptError: ``timestamps`` on a family without timestamp tags.
+        """
+        check_timestamps(self, timestamps)
+        spec = TaskSpec.srwt(language) if timestamps else TaskSpec.asr(language)
+        if instruction is None and self.asr_instruction is not None:
+            instruction = self.asr_instruction + tag(language)
+        return self.task_prompt(audio, spec, instruction)
+
+
+_FAMILIES: dict[str, FamilySpec] = {}
+
+
+def register_family(spec: FamilySpec) -> FamilySpec:
+    """Add a family to the registry (`family_spec`, `families`, tokenizer detection).
+
+    Raises:
+        PromptError: another family already has that name.
+    """
+    if spec.name in _FAMILIES and _FAMILIES[spec.name] is not spec:
+        raise PromptError(f"a family named {spec.name!r} is already registered")
+    _FAMILIES[spec.name] = spec
+    return spec
+
+
+def families() -> tuple[FamilySpec, ...]:
+    """Every registered family, in registration order."""
+    return tuple(_FAMILIES.values())
+
+
+def family_spec(family: FamilySpec | str) -> FamilySpec:
+    """The registered family of a name (or the family itself).
+
+    Raises:
+        PromptError: no family has that name.
+    """
+    if isinstance(family, FamilySpec):
+        return family
+    try:
+        return _FAMILIES[family]
+    except (KeyError, TypeError):
+        raise PromptError(f"unknown family {family!r}; known: {', '.join(_FAMILIES)}") from None
+
+
+def detect_family(special_tokens: Collection[str]) -> FamilySpec | None:
+    """The family of a tokenizer with these special tokens: of the families whose signature it
+    holds, the one with the largest signature; None when it holds none.
+
+    Raises:
+        PromptError: two matching families have equally large signatures.
+    """
+    held = set(special_tokens)
+    matches = sorted((f for f in _FAMILIES.values() if f.signature <= held),
+                     key=lambda f: len(f.signature), reverse=True)
+    if len(matches) > 1 and len(matches[0].signature) == len(matches[1].signature):
+        raise PromptError(f"special tokens match families {matches[0].name} and "
+                          f"{matches[1].name} equally")
+    return matches[0] if matches else None
+
+
+def check_timestamps(family: FamilySpec, timestamps: bool) -> None:
+    """Refuse word timestamps on a family without timestamp tags.
+
+    Raises:
+        PromptError: naming the families that have them.
+    """
+    if timestamps and not family.timestamps:
+        having = " or ".join(f.label for f in families() if f.timestamps)
+        raise PromptError(f"word timestamps need a {having} checkpoint; this one is "
+                          f"{family.name} (its subtitles have one cue per segment)")
+
+
+QWEN_AUDIO = register_family(FamilySpec(
+    name="qwen-audio", label="Qwen-Audio (v1)", signature=frozenset({AUDIO_START, AUDIO_PAD}),
+    audio_start=AUDIO_START, audio_pad=AUDIO_PAD, audio_end=AUDIO_END, boundary_rows=2,
+    labelled_audio=True, real_length="floor", stop_tokens=(ENDOFTEXT, IM_END, IM_START),
+    timestamps=True, task_tags=True, text_specials=V1_TEXT_SPECIALS,
+    response_skips_special=False, asr_scoring="qwen-audio-asr-v1", chat_template=_v1_chat))
+
+QWEN2_AUDIO = register_family(FamilySpec(
+    name="qwen2-audio", label="Qwen2-Audio", signature=frozenset({QWEN2_AUDIO_TOKEN}),
+    audio_start=QWEN2_AUDIO_BOS, audio_pad=QWEN2_AUDIO_TOKEN, audio_end=QWEN2_AUDIO_EOS,
+    boundary_rows=0, labelled_audio=False, real_length="ceil",
+    stop_tokens=(ENDOFTEXT, IM_END, IM_START), timestamps=False, task_tags=False,
+    text_specials=frozenset(), response_skips_special=True, asr_scoring="qwen2-audio-asr-v1",
+    chat_template=_qwen2_chat, asr_instruction=QWEN2_ASR_INSTRUCTION,
+    instruction_prompt=build_base_prompt))

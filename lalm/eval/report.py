@@ -147,7 +147,7 @@ def describe_model(pipe: Any, name: str | None = None) -> ModelInfo:
     if source.is_file():
         digest.update(file_sha256(source).encode())
     path = str(Path(name).resolve()) if name and Path(name).is_dir() else None
-    return ModelInfo(name, path, weights_sha256(pipe.model), pipe.family.value,
+    return ModelInfo(name, path, weights_sha256(pipe.model), pipe.family.name,
                      str(parameter.dtype).removeprefix("torch."), str(parameter.device),
                      pipe.model.config.to_dict(),
                      {"source": str(source), "sha256": digest.hexdigest()})

@@ -43,7 +43,6 @@ from lalm.errors import DataError, PromptError, ScoringError
 from lalm.eval.analysis import average_shift
 from lalm.eval.caption import cider_d
 from lalm.eval.metrics import (
-    ASR_QWEN2_AUDIO,
     ASR_QWEN_AUDIO,
     EXACT_MATCH,
     NORMALIZED_MATCH,
@@ -54,7 +53,7 @@ from lalm.eval.metrics import (
 from lalm.eval.normalizers import basic_normalize
 from lalm.eval.tasks import STRICT, EvalData, EvalItem, EvalTask, ScoreContext, groups
 from lalm.generation import Request
-from lalm.synth.render import render_prompt, v1_task_spec
+from lalm.synth.render import render_prompt, task_spec
 
 if TYPE_CHECKING:
     from lalm.eval.report import ModelInfo
@@ -76,15 +75,17 @@ def _read(data: Path) -> EvalData:
     return EvalData(items)
 
 
-def _request(item: EvalItem, family: P.Family) -> Request:
+def _request(item: EvalItem, family: P.FamilySpec) -> Request:
     example = Example.from_dict(item.fields["example"])
-    spec = v1_task_spec(example) if family is P.Family.QWEN_AUDIO else None
-    return Request(render_prompt(example, family, item.fields["audio_root"]), spec)
+    return Request(render_prompt(example, family, item.fields["audio_root"]),
+                   task_spec(example, family))
 
 
-def _timed_words(record: dict[str, Any], family: P.Family) -> str:
-    """A response's timed words in the tag form `average_shift` reads ("" if none parse)."""
-    if family is P.Family.QWEN_AUDIO:
+def _timed_words(record: dict[str, Any], family: P.FamilySpec) -> str:
+    """A response's timed words in the tag form `average_shift` reads ("" if none parse): the
+    SRWT tags of a family with task tags (its prompt primed 0.00), else the plain-text form
+    `lalm.synth.render.render_target` writes."""
+    if family.task_tags:
         return P.timestamp_tag(0.0) + record["response"]
     words = [P.TimedWord(w, float(s), float(e))
              for w, s, e in _V2_TIMED_WORD.findall(record["response"])]
@@ -94,8 +95,8 @@ def _timed_words(record: dict[str, Any], family: P.Family) -> str:
         return ""
 
 
-def _plain_words(record: dict[str, Any], family: P.Family) -> str:
-    if family is P.Family.QWEN_AUDIO:
+def _plain_words(record: dict[str, Any], family: P.FamilySpec) -> str:
+    if family.task_tags:
         return record["text"]
     return " ".join(w for w, _, _ in _V2_TIMED_WORD.findall(record["response"]))
 
@@ -109,7 +110,7 @@ def _row(metric: str, value: float, score: float, count: int, version: str,
 def _score_task(name: str, rs: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, Any]:
     examples = [Example.from_dict(r["example"]) for r in rs]
     if name == "asr":
-        version = ASR_QWEN_AUDIO if ctx.family is P.Family.QWEN_AUDIO else ASR_QWEN2_AUDIO
+        version = ctx.family.asr_scoring
         by_lang: dict[str, list[int]] = {}
         for i, ex in enumerate(examples):
             by_lang.setdefault(ex.task.audio_language or "unknown", []).append(i)
@@ -252,7 +253,7 @@ def run_synth_bench(pipe: Any, data: str | os.PathLike[str], out_dir: str | os.P
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
     md, js, png = out / "bench.md", out / "bench.json", out / "bench.png"
-    title = f"lalm-synth benchmark: {info.name or info.label} ({pipe.family.value}, {scoring})"
+    title = f"lalm-synth benchmark: {info.name or info.label} ({pipe.family.name}, {scoring})"
     atomic_write(md, f"# {title}\n\n{table}".encode())
     write_strict_json(js, {"rows": rows, "summaries": summaries})
     bar_chart(rows, png, title)

@@ -44,8 +44,6 @@ from lalm.eval.airbench import CHAT_META, FOUNDATION_META, foundation_instructio
 from lalm.eval.analysis import nsynth_scores
 from lalm.eval.caption import cider_d, spice
 from lalm.eval.metrics import (
-    ASR_QWEN2_AUDIO,
-    ASR_QWEN_AUDIO,
     EXACT_MATCH,
     accuracy,
     aqa_accuracy,
@@ -53,17 +51,7 @@ from lalm.eval.metrics import (
     error_rate_by_source,
 )
 from lalm.generation import GenerationOptions, Request
-from lalm.prompt import (
-    AudioPart,
-    Family,
-    Message,
-    TaskSpec,
-    TextPart,
-    build_base_prompt,
-    build_chat_prompt,
-    build_prompt,
-    tag,
-)
+from lalm.prompt import AudioPart, FamilySpec, Message, TaskSpec, TextPart, build_chat_prompt
 
 OFFICIAL = "official"
 STRICT = "strict"
@@ -123,7 +111,7 @@ class ScoreContext:
         judge: the LLM judge of judged tasks (`lalm.eval.judge.ChatJudge`).
     """
 
-    family: Family
+    family: FamilySpec
     scoring: str = OFFICIAL
     judge: Any = None
 
@@ -143,21 +131,23 @@ class EvalTask:
         request: (item, family) -> the pipeline request (raises `PromptError` when the family
             has no prompt for the task).
         score: (prediction records, context) -> JSON-ready scores, each with its version.
-        max_new_tokens: the v1 scripts' budget (Qwen2-Audio's scripts use 256 everywhere).
-        chat_max_new_tokens: the budget for the other families.
+        max_new_tokens: the budget with task-tag prompts (the v1 scripts'; Qwen2-Audio's scripts
+            use 256 everywhere).
+        chat_max_new_tokens: the budget for families without task tags.
     """
 
     name: str
     description: str
     read: Callable[[Path], EvalData]
-    request: Callable[[EvalItem, Family], Request]
+    request: Callable[[EvalItem, FamilySpec], Request]
     score: Callable[[list[dict[str, Any]], ScoreContext], dict[str, Any]]
     max_new_tokens: int = 256
     chat_max_new_tokens: int = 256
 
-    def options(self, family: Family, eod_id: int) -> GenerationOptions:
-        """The official decoding settings for a family (greedy, at least one token)."""
-        if family is Family.QWEN_AUDIO:
+    def options(self, family: FamilySpec, eod_id: int) -> GenerationOptions:
+        """The official decoding settings for a family (greedy, at least one token): the v1
+        scripts stop task-tag prompts at ``<|endoftext|>`` alone."""
+        if family.task_tags:
             return GenerationOptions(max_new_tokens=self.max_new_tokens, min_new_tokens=1,
                                      stop_token_ids=(eod_id,))
         return GenerationOptions(max_new_tokens=self.chat_max_new_tokens, min_new_tokens=1)
@@ -224,17 +214,16 @@ def read_official_jsonl(data: Path, candidates: Sequence[str]) -> EvalData:
 # ---------------------------------------------------------------------------- prompts
 
 
-def _v2_base(item: EvalItem, default: str | None, task: str) -> Request:
-    """Qwen2-Audio base prompt: the item's own ``prompt``, else the task default."""
+def _task_request(item: EvalItem, family: FamilySpec, spec: TaskSpec, default: str | None,
+                  task: str) -> Request:
+    """The task's prompt in the family (`FamilySpec.task_prompt`): its v1 task spec, or the
+    natural-language instruction: the item's own ``prompt``, else the task default."""
     text = item.fields.get("prompt", default)
-    if text is None:
-        raise PromptError(f"task {task}: Qwen2-Audio has no official prompt for it and item "
-                          f"{item.id} carries no 'prompt' field")
-    return Request(build_base_prompt([AudioPart(item.audios[0])], text))
-
-
-def _v1(item: EvalItem, spec: TaskSpec) -> Request:
-    return Request(build_prompt(spec, AudioPart(item.audios[0])), spec)
+    try:
+        return Request(*family.task_prompt(AudioPart(item.audios[0]), spec, text))
+    except PromptError as e:
+        raise PromptError(f"task {task}, item {item.id} (no official prompt for {family.name} "
+                          f"and no 'prompt' field): {e}") from None
 
 
 def _st_languages(item: EvalItem) -> tuple[str, str]:
@@ -246,42 +235,35 @@ def _st_languages(item: EvalItem) -> tuple[str, str]:
     return parts[-3], parts[-2]
 
 
-def _asr_request(language: str) -> Callable[[EvalItem, Family], Request]:
-    def request(item: EvalItem, family: Family) -> Request:
-        if family is Family.QWEN_AUDIO:
-            return _v1(item, TaskSpec.asr(language))
-        return _v2_base(item, f"Detect the language and recognize the speech: {tag(language)}",
-                        "asr")
+def _asr_request(language: str) -> Callable[[EvalItem, FamilySpec], Request]:
+    def request(item: EvalItem, family: FamilySpec) -> Request:
+        return Request(*family.asr_prompt(AudioPart(item.audios[0]), language,
+                                          instruction=item.fields.get("prompt")))
     return request
 
 
-def _st_request(item: EvalItem, family: Family) -> Request:
+def _st_request(item: EvalItem, family: FamilySpec) -> Request:
     audio, text = _st_languages(item)
-    if family is Family.QWEN_AUDIO:
-        return _v1(item, TaskSpec.s2tt(audio, text))
     name = _LANGUAGE_NAMES.get(text)
-    return _v2_base(item, f"Translate the speech into {name}:" if name else None, "covost2")
+    return _task_request(item, family, TaskSpec.s2tt(audio, text),
+                         f"Translate the speech into {name}:" if name else None, "covost2")
 
 
-def _fixed_request(spec: TaskSpec, v2_default: str | None, task: str
-                   ) -> Callable[[EvalItem, Family], Request]:
-    def request(item: EvalItem, family: Family) -> Request:
-        if family is Family.QWEN_AUDIO:
-            return _v1(item, spec)
-        return _v2_base(item, v2_default, task)
+def _fixed_request(spec: TaskSpec, default: str | None, task: str
+                   ) -> Callable[[EvalItem, FamilySpec], Request]:
+    def request(item: EvalItem, family: FamilySpec) -> Request:
+        return _task_request(item, family, spec, default, task)
     return request
 
 
-def _aqa_request(item: EvalItem, family: Family) -> Request:
+def _aqa_request(item: EvalItem, family: FamilySpec) -> Request:
     question = item.fields.get("question")
     if not isinstance(question, str):
         raise DataError(f"ClothoAQA item {item.id} has no 'question'")
-    if family is Family.QWEN_AUDIO:
-        return _v1(item, TaskSpec.aqa(question))
-    return _v2_base(item, question, "clothoaqa")
+    return _task_request(item, family, TaskSpec.aqa(question), question, "clothoaqa")
 
 
-def chat_request(item: EvalItem, family: Family, text: str) -> Request:
+def chat_request(item: EvalItem, family: FamilySpec, text: str) -> Request:
     """One user turn: the item's audio, then ``text`` (AIR-Bench, both families' chat format)."""
     parts = (*(AudioPart(a) for a in item.audios), TextPart(text))
     return Request(build_chat_prompt([Message("user", parts)], family))
@@ -300,7 +282,7 @@ def groups(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
 
 def _asr_score(language: str) -> Callable[[list[dict[str, Any]], ScoreContext], dict[str, Any]]:
     def score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, Any]:
-        version = ASR_QWEN_AUDIO if ctx.family is Family.QWEN_AUDIO else ASR_QWEN2_AUDIO
+        version = ctx.family.asr_scoring
         rates = error_rate_by_source([r["response"] for r in records],
                                      [r["reference"] for r in records],
                                      [r["source"] for r in records], language, version)

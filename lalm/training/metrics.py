@@ -25,8 +25,7 @@ from lalm.eval.metrics import accuracy, bleu, error_rate
 from lalm.generation import GenerationOptions
 from lalm.generation.pipeline import Pipeline, Request
 from lalm.model import AudioLanguageModel
-from lalm.prompt import Family
-from lalm.synth.render import render_prompt, v1_task_spec
+from lalm.synth.render import render_prompt, task_spec
 from lalm.tokenizer import Tokenizer
 
 
@@ -67,9 +66,8 @@ def task_metrics(model: AudioLanguageModel, tokenizer: Tokenizer, examples: Sequ
     model.eval()
     try:
         pipe = Pipeline(model, tokenizer, GenerationOptions(max_new_tokens=max_new_tokens))
-        v1 = tokenizer.family is Family.QWEN_AUDIO
-        requests = [Request(render_prompt(e, tokenizer.family),
-                            v1_task_spec(e) if v1 else None) for e, _ in scorable]
+        requests = [Request(render_prompt(e, tokenizer.family), task_spec(e, tokenizer.family))
+                    for e, _ in scorable]
         results = pipe.generate(requests, batch_size=batch_size)
     finally:
         model.train(was_training)
