@@ -41,8 +41,8 @@ from lalm.prompt import (
     AUDIO_END,
     AUDIO_PAD,
     AUDIO_START,
-    QWEN2_AUDIO_SPECIAL_TOKENS,
     QWEN2_AUDIO,
+    QWEN2_AUDIO_SPECIAL_TOKENS,
     QWEN_AUDIO_AUDIO_TOKENS,
 )
 from lalm.synth.render import render_prompt, render_target

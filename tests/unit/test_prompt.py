@@ -11,9 +11,9 @@ import torch
 from lalm.audio import audio_token_count
 from lalm.errors import PromptError
 from lalm.prompt import (
-    AudioPart,
-    QWEN_AUDIO,
     QWEN2_AUDIO,
+    QWEN_AUDIO,
+    AudioPart,
     Header,
     Instruction,
     Message,
