@@ -1,6 +1,6 @@
 """Training items: an `Example` -> token ids, labels and log-mel features, for either family.
 
-The prompt comes from `lalm.synth.render.render_prompt` (through `lalm.prompt`, which writes every
+The prompt comes from `lalm.data.render.render_prompt` (through `lalm.prompt`, which writes every
 tag), each clip's audio tokens are expanded to its real length, and the target follows:
 
     ids    = prompt ids (audio slots expanded)      + target ids + [end]
@@ -53,10 +53,10 @@ from lalm.audio import (
 )
 from lalm.data.formats import read_examples
 from lalm.data.manifest import AudioRef, Example
+from lalm.data.render import render_prompt, render_target, task_spec
 from lalm.errors import AudioTooLongError, DataError, LalmError
 from lalm.model.lalm import IGNORE_INDEX
 from lalm.prompt import FamilySpec
-from lalm.synth.render import render_prompt, render_target, task_spec
 from lalm.tokenizer import Tokenizer
 
 Seconds = float

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from lalm import prompt as P
 from lalm.data.manifest import Example, atomic_write, iter_manifest
+from lalm.data.render import render_prompt, task_spec
 from lalm.errors import DataError, PromptError, ScoringError
 from lalm.eval.analysis import average_shift
 from lalm.eval.caption import cider_d
@@ -53,7 +54,6 @@ from lalm.eval.metrics import (
 from lalm.eval.normalizers import basic_normalize
 from lalm.eval.tasks import STRICT, EvalData, EvalItem, EvalTask, ScoreContext, groups
 from lalm.generation import Request
-from lalm.synth.render import render_prompt, task_spec
 
 if TYPE_CHECKING:
     from lalm.eval.report import ModelInfo
@@ -84,7 +84,7 @@ def _request(item: EvalItem, family: P.FamilySpec) -> Request:
 def _timed_words(record: dict[str, Any], family: P.FamilySpec) -> str:
     """A response's timed words in the tag form `average_shift` reads ("" if none parse): the
     SRWT tags of a family with task tags (its prompt primed 0.00), else the plain-text form
-    `lalm.synth.render.render_target` writes."""
+    `lalm.data.render.render_target` writes."""
     if family.task_tags:
         return P.timestamp_tag(0.0) + record["response"]
     words = [P.TimedWord(w, float(s), float(e))

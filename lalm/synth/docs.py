@@ -11,10 +11,10 @@ import tempfile
 from pathlib import Path
 
 from lalm.data.manifest import Example, read_manifest
+from lalm.data.render import render_prompt, render_target
 from lalm.prompt import QWEN2_AUDIO, QWEN_AUDIO
 from lalm.synth.generate import SIZES, generate
 from lalm.synth.mixing import SAMPLE_RATE
-from lalm.synth.render import render_prompt, render_target
 from lalm.synth.tasks import TASKS
 
 DOC_SEED = 2024
@@ -67,7 +67,7 @@ and scoring scripts run on it with `data_path_root` pointed there.
 ## Prompt formats
 
 Each record stores the task as typed fields (`lalm.data.TaskSpec`: name, languages, timestamps,
-instruction, question, choices) and `lalm.synth.render` renders them through `lalm.prompt`:
+instruction, question, choices) and `lalm.data.render` renders them through `lalm.prompt`:
 
 * **v1** (Qwen-Audio): hierarchical task tags for ASR, S2TT, SRWT, captioning and scene
   classification; a `question` prompt for the other audio tasks; Qwen-Audio-Chat ChatML for chat.

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from lalm.data.manifest import Example, atomic_write
+from lalm.data.render import render_prompt, render_target
 from lalm.errors import TokenizerError
 from lalm.prompt import (
     AUDIO_END,
@@ -45,7 +46,6 @@ from lalm.prompt import (
     QWEN2_AUDIO_SPECIAL_TOKENS,
     QWEN_AUDIO_AUDIO_TOKENS,
 )
-from lalm.synth.render import render_prompt, render_target
 from lalm.tokenizer import QWEN_PATTERN, Tokenizer, load_tokenizer
 
 _VALUE_TAG = re.compile(r"<\|(\d+\.\d\d|midi_(pitch|velocity)_\d+)\|>")

@@ -7,7 +7,7 @@ object per line, keeping lalm's `Example` record as it is::
     {"id": "p1", "prompt": {<Example.to_dict()>}, "chosen": "...", "rejected": "..."}
 
 Both answers are written in the rendered-target form (what the model should write after the
-prompt, as `lalm.synth.render.render_target` gives it). The loss, with policy log-likelihoods
+prompt, as `lalm.data.render.render_target` gives it). The loss, with policy log-likelihoods
 ``pi_c, pi_r`` and frozen-reference ones ``ref_c, ref_r`` of the two answers (sums over the
 answer tokens and the end token)::
 

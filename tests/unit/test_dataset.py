@@ -21,10 +21,10 @@ from lalm.data.check import check_manifest
 from lalm.data.collate import Collator, collate, model_inputs, pack_items
 from lalm.data.dataset import AudioTextDataset, load_clip
 from lalm.data.manifest import AudioRef, Example, Message, TaskSpec, TimedWord, read_manifest
+from lalm.data.render import render_prompt
 from lalm.data.sampler import BucketBatchSampler
 from lalm.errors import DataError
 from lalm.prompt import QWEN2_AUDIO, QWEN_AUDIO, FamilySpec
-from lalm.synth.render import render_prompt
 from lalm.testing.models import random_model
 from lalm.tokenizer import Tokenizer, load_tokenizer
 

@@ -14,9 +14,9 @@ pytest.importorskip("piper")
 
 from lalm import cli  # noqa: E402
 from lalm.data import SPLITS, read_manifest  # noqa: E402
+from lalm.data.render import render_prompt, render_target, v1_task_spec  # noqa: E402
 from lalm.prompt import QWEN2_AUDIO, QWEN_AUDIO, parse_output  # noqa: E402
 from lalm.synth import TASKS, generate, plan  # noqa: E402
-from lalm.synth.render import render_prompt, render_target, v1_task_spec  # noqa: E402
 from lalm.synth.speech import Voice, synthesize, synthesize_words  # noqa: E402
 
 SUBSET = ["asr", "srwt", "sound_event", "chord_quality", "mixed_choice", "chat"]

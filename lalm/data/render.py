@@ -1,4 +1,6 @@
-"""Render a lalm-synth `Example` into each family's prompt and target, through `lalm.prompt`.
+"""Render an `Example` (lalm-synth's or any manifest's) into a family's prompt and target,
+through `lalm.prompt`: what the dataset trains on, the trainer validates on and the evaluator
+asks.
 
 The record stores the task as typed fields; this module maps them onto lalm.prompt's v1 task
 specs (Qwen-Audio hierarchical tags) and chat messages (Qwen-Audio-Chat and Qwen2-Audio-Instruct
