@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from lalm.errors import DataError
-from lalm.eval.tasks import EvalData, EvalItem, find_data_file, read_official_jsonl
+from lalm.eval.task import EvalData, EvalItem, find_data_file, read_official_jsonl
 
 TEXT_COLUMNS = ("text", "sentence", "raw_transcription", "transcription", "normalized_text",
                 "transcript")

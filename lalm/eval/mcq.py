@@ -42,7 +42,7 @@ from typing import Any
 from lalm.errors import DataError
 from lalm.eval.layouts import is_hf_dataset, read_hf_rows
 from lalm.eval.metrics import check_pairs
-from lalm.eval.tasks import (
+from lalm.eval.task import (
     STRICT,
     EvalData,
     EvalItem,

@@ -41,7 +41,7 @@ from lalm.errors import DataError
 from lalm.eval.judge import JudgeSettings
 from lalm.eval.mcq import OFFICIAL_MATCH, STRICT_MATCH, choice_prompt, strict_choice, string_match
 from lalm.eval.metrics import check_pairs
-from lalm.eval.tasks import (
+from lalm.eval.task import (
     STRICT,
     EvalData,
     EvalItem,

@@ -54,7 +54,7 @@ from lalm.errors import DataError, ScoringError
 from lalm.eval.judge import JudgeSettings
 from lalm.eval.layouts import read_hf_rows
 from lalm.eval.metrics import check_pairs
-from lalm.eval.tasks import STRICT, EvalData, EvalItem, EvalTask, ScoreContext
+from lalm.eval.task import STRICT, EvalData, EvalItem, EvalTask, ScoreContext
 from lalm.eval.ifeval import score_ifeval
 from lalm.eval.voicebench_bbh import score_bbh
 from lalm.generation import Request

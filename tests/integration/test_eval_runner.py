@@ -17,7 +17,7 @@ from lalm.config import ModelConfig  # noqa: E402
 from lalm.data import read_manifest  # noqa: E402
 from lalm.errors import DataError  # noqa: E402
 from lalm.eval.evaluate import PREDICTIONS, evaluate, rescore  # noqa: E402
-from lalm.eval.synth_bench import run_synth_bench  # noqa: E402
+from lalm.eval.synth_report import run_synth_bench  # noqa: E402
 from lalm.generation import Pipeline  # noqa: E402
 from lalm.prompt import QWEN_AUDIO  # noqa: E402
 from lalm.synth import generate  # noqa: E402
