@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import torch
 
+from lalm.errors import ConfigError
+
 FrameCutoff = Literal["lookahead", "pairs"]
 
 
@@ -42,7 +44,7 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         _check_heads("encoder", self.dim, self.n_head, self.n_head)
         if self.frame_cutoff not in ("lookahead", "pairs"):
-            raise ValueError(
+            raise ConfigError(
                 f"encoder.frame_cutoff must be 'lookahead' or 'pairs', got {self.frame_cutoff!r}"
             )
         _check_positive("encoder", n_mels=self.n_mels, n_ctx=self.n_ctx, n_layer=self.n_layer,
@@ -90,9 +92,9 @@ class DecoderConfig:
         _check_heads("decoder", self.n_head if self.head_width else self.dim, self.n_head,
                      self.n_kv_head)
         if self.head_width is not None and self.head_width <= 0:
-            raise ValueError(f"decoder.head_width must be positive, got {self.head_width}")
+            raise ConfigError(f"decoder.head_width must be positive, got {self.head_width}")
         if self.head_dim % 2:
-            raise ValueError(f"decoder head_dim must be even for RoPE, got {self.head_dim}")
+            raise ConfigError(f"decoder head_dim must be even for RoPE, got {self.head_dim}")
         _check_positive("decoder", vocab_size=self.vocab_size, n_layer=self.n_layer,
                         hidden_dim=self.hidden_dim, max_seq_len=self.max_seq_len,
                         train_seq_len=self.train_seq_len, rope_theta=self.rope_theta)
@@ -112,10 +114,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Inverse of `to_dict`; unknown sections or fields raise ValueError naming them."""
+        """Inverse of `to_dict`; unknown sections or fields raise ConfigError naming them."""
         unknown = set(data) - {"encoder", "projector", "decoder"}
         if unknown:
-            raise ValueError(f"unknown model config sections: {sorted(unknown)}")
+            raise ConfigError(f"unknown model config sections: {sorted(unknown)}")
         return cls(
             encoder=_build(EncoderConfig, "encoder", data.get("encoder", {})),
             projector=_build(ProjectorConfig, "projector", data.get("projector", {})),
@@ -161,17 +163,17 @@ def _build(cls: type, section: str, values: dict[str, Any]) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = set(values) - known
     if unknown:
-        raise ValueError(f"unknown {section} config fields: {sorted(unknown)}")
+        raise ConfigError(f"unknown {section} config fields: {sorted(unknown)}")
     return cls(**values)
 
 
 def _check_heads(section: str, dim: int, n_head: int, n_kv_head: int) -> None:
     if n_head <= 0 or n_kv_head <= 0 or dim <= 0:
-        raise ValueError(f"{section}: dim, n_head and n_kv_head must be positive")
+        raise ConfigError(f"{section}: dim, n_head and n_kv_head must be positive")
     if dim % n_head:
-        raise ValueError(f"{section}.dim ({dim}) must be divisible by {section}.n_head ({n_head})")
+        raise ConfigError(f"{section}.dim ({dim}) must be divisible by {section}.n_head ({n_head})")
     if n_head % n_kv_head:
-        raise ValueError(
+        raise ConfigError(
             f"{section}.n_head ({n_head}) must be divisible by {section}.n_kv_head ({n_kv_head})"
         )
 
@@ -179,7 +181,7 @@ def _check_heads(section: str, dim: int, n_head: int, n_kv_head: int) -> None:
 def _check_positive(section: str, **values: float) -> None:
     for name, value in values.items():
         if value <= 0:
-            raise ValueError(f"{section}.{name} must be positive, got {value}")
+            raise ConfigError(f"{section}.{name} must be positive, got {value}")
 
 
 _QWEN2_AUDIO_7B: dict[str, dict[str, Any]] = {
@@ -245,16 +247,16 @@ def resolve_dtype(name: str | torch.dtype, device: str | torch.device = "cpu") -
         The dtype to build or cast the model with.
 
     Raises:
-        ValueError: an unknown precision name.
+        ConfigError: an unknown precision name.
     """
     if isinstance(name, torch.dtype):
         dtype = name
         if dtype not in _DTYPES.values():
-            raise ValueError(f"dtype must be fp32, bf16 or fp16, got {dtype}")
+            raise ConfigError(f"dtype must be fp32, bf16 or fp16, got {dtype}")
     elif name in _DTYPES:
         dtype = _DTYPES[name]
     else:
-        raise ValueError(f"dtype must be one of fp32, bf16, fp16, got {name!r}")
+        raise ConfigError(f"dtype must be one of fp32, bf16, fp16, got {name!r}")
     if torch.device(device).type != "cpu" or dtype == torch.float32:
         return dtype
     if dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():

@@ -88,7 +88,7 @@ def render_target(example: Example, family: P.FamilySpec | str) -> str:
     if spec is None:
         return " ".join(f"{w.word} ({w.start:.2f}-{w.end:.2f})" for w in example.words
                         if w.word is not None)
-    words = [P.TimedWord(w.word, w.start, w.end) for w in example.words if w.word is not None]
+    words = [w for w in example.words if w.word is not None]
     silences = [(w.start, w.end) for w in example.words if w.word is None]
     text = P.format_timed_words(words, silences)
     primed = P.timestamp_tag(spec.first_timestamp or 0.0)

@@ -39,7 +39,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lalm.data.manifest import atomic_write
 from lalm.errors import DataError
 from lalm.eval.judge import ChatJudge
 from lalm.eval.report import (
@@ -53,6 +52,7 @@ from lalm.eval.report import (
     write_strict_json,
 )
 from lalm.eval.tasks import EvalItem, EvalTask, ScoreContext, get_task
+from lalm.files import atomic_write
 from lalm.generation import GenerationOptions, GenerationResult, Pipeline, Request
 from lalm.prompt import FamilySpec
 

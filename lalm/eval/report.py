@@ -40,8 +40,8 @@ from typing import Any
 import torch
 
 from lalm import __version__
-from lalm.data.manifest import atomic_write
 from lalm.eval.tasks import EvalItem
+from lalm.files import atomic_write
 
 REPORT_VERSION = "lalm-eval-report-v1"
 #: Packages whose versions can change a score (the scorers' back ends); recorded when installed.

@@ -125,8 +125,8 @@ def _score_task(name: str, rs: list[dict[str, Any]], ctx: ScoreContext) -> dict[
     if name == "srwt":
         wer = error_rate([_plain_words(r, ctx.family) for r in rs],
                          [r["reference"] for r in rs], "en", ASR_QWEN_AUDIO).score
-        refs = [P.format_timed_words([P.TimedWord(w.word, w.start, w.end) for w in ex.words
-                                      if w.word is not None]) for ex in examples]
+        refs = [P.format_timed_words([w for w in ex.words if w.word is not None])
+                for ex in examples]
         try:
             shift = average_shift([_timed_words(r, ctx.family) for r in rs], refs)
             aas: float | None = shift.score

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lalm.data.manifest import atomic_write
 from lalm.eval.compare import pyplot, save_figure
 from lalm.eval.evaluate import evaluate, rescore
 from lalm.eval.report import ModelInfo, describe_model, write_strict_json
 from lalm.eval.synth_bench import SYNTH_TASK
+from lalm.files import atomic_write
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,17 @@ _END_TAGS = (ENDOFTEXT, IM_END, IM_START)
 
 @dataclass(frozen=True)
 class TimedWord:
-    """A word (or character run) with its start and end in seconds."""
+    """A word (or character run) at its place in the audio, in seconds: parsed from SRWT output,
+    or a manifest's word timestamps (`lalm.data.manifest.Example.words`).
 
-    word: str
+    Attributes:
+        word: the word as written; None marks a silence span (a manifest's pauses, rendered as
+            v1's ``<|sil|>``; parsed output keeps silences apart, in `ParsedOutput.silences`).
+        start: start time in seconds.
+        end: end time in seconds.
+    """
+
+    word: str | None
     start: Seconds
     end: Seconds
 

@@ -66,7 +66,7 @@ and scoring scripts run on it with `data_path_root` pointed there.
 
 ## Prompt formats
 
-Each record stores the task as typed fields (`lalm.data.TaskSpec`: name, languages, timestamps,
+Each record stores the task as typed fields (`lalm.data.ExampleTask`: name, languages, timestamps,
 instruction, question, choices) and `lalm.data.render` renders them through `lalm.prompt`:
 
 * **v1** (Qwen-Audio): hierarchical task tags for ASR, S2TT, SRWT, captioning and scene

@@ -35,9 +35,10 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from lalm.data.manifest import Example, atomic_write
+from lalm.data.manifest import Example
 from lalm.data.render import render_prompt, render_target
 from lalm.errors import TokenizerError
+from lalm.files import atomic_write
 from lalm.prompt import (
     AUDIO_END,
     AUDIO_PAD,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lalm.data.manifest import AudioRef, Example, Message, TaskSpec
+from lalm.data.manifest import AudioRef, Example, ExampleTask, ExampleTurn
 from lalm.errors import TokenizerError
 from lalm.prompt import QWEN2_AUDIO, QWEN2_AUDIO_SPECIAL_TOKENS, tag
 from lalm.training.bpe import SPECIAL_TOKENS, corpus, train_tokenizer
@@ -72,9 +72,10 @@ def test_transformers_reads_the_same_ids(folder: Path) -> None:
 
 
 def test_corpus_renders_prompts_and_targets_without_specials() -> None:
-    task = TaskSpec("asr", "en", "en", instruction="Transcribe the speech.")
-    chat = Example("c", (AudioRef("b.wav"),), TaskSpec("chat", instruction="Chat."), "Fine.",
-                   messages=(Message("user", "How are you?", (0,)), Message("assistant", "Fine.")))
+    task = ExampleTask("asr", "en", "en", instruction="Transcribe the speech.")
+    chat = Example("c", (AudioRef("b.wav"),), ExampleTask("chat", instruction="Chat."), "Fine.",
+                   messages=(ExampleTurn("user", "How are you?", (0,)),
+                             ExampleTurn("assistant", "Fine.")))
     pieces = list(corpus([Example("a", (AudioRef("a.wav"),), task, "hello there"), chat]))
     assert "hello there" in pieces and "Fine." in pieces
     assert any("Transcribe the speech." in p for p in pieces)

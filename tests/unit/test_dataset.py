@@ -20,7 +20,7 @@ from lalm.config import ModelConfig
 from lalm.data.check import check_manifest
 from lalm.data.collate import Collator, collate, model_inputs, pack_items
 from lalm.data.dataset import AudioTextDataset, load_clip
-from lalm.data.manifest import AudioRef, Example, Message, TaskSpec, TimedWord, read_manifest
+from lalm.data.manifest import AudioRef, Example, ExampleTask, ExampleTurn, TimedWord, read_manifest
 from lalm.data.render import render_prompt
 from lalm.data.sampler import BucketBatchSampler
 from lalm.errors import DataError
@@ -54,22 +54,23 @@ def clips(tmp_path: Path, v1_fixture: Path) -> Path:
 
 
 def _examples() -> list[Example]:
-    asr = TaskSpec("asr", "en", "en", instruction="Transcribe the speech.")
-    words = (TimedWord(0.0, 0.4, None), TimedWord(0.4, 0.9, "hello"), TimedWord(1.0, 1.5, "there"))
+    asr = ExampleTask("asr", "en", "en", instruction="Transcribe the speech.")
+    words = (TimedWord(None, 0.0, 0.4), TimedWord("hello", 0.4, 0.9), TimedWord("there", 1.0, 1.5))
     return [
         Example("asr", (AudioRef("a.wav"),), asr, "hello there"),
-        Example("srwt", (AudioRef("b.wav"),), TaskSpec(
+        Example("srwt", (AudioRef("b.wav"),), ExampleTask(
             "srwt", "en", "en", timestamps=True, instruction="Transcribe with word times."),
             "hello there", words=words),
         Example("window", (AudioRef("chord.wav", 0.5, 1.25),),
-                TaskSpec("chord_quality", instruction="Which chord is this?"), "major"),
+                ExampleTask("chord_quality", instruction="Which chord is this?"), "major"),
         Example("chat", (AudioRef("a.wav"), AudioRef("chord.wav")),
-                TaskSpec("chat", instruction="And this one?"), "A chord.",
-                messages=(Message("user", "What is this?", (0,)), Message("assistant", "Speech."),
-                          Message("user", "And this one?", (1,)),
-                          Message("assistant", "A chord."))),
-        Example("text", (), TaskSpec("text_chat", instruction="Say hi."), "Hi.",
-                messages=(Message("user", "Say hi."), Message("assistant", "Hi."))),
+                ExampleTask("chat", instruction="And this one?"), "A chord.",
+                messages=(ExampleTurn("user", "What is this?", (0,)),
+                          ExampleTurn("assistant", "Speech."),
+                          ExampleTurn("user", "And this one?", (1,)),
+                          ExampleTurn("assistant", "A chord."))),
+        Example("text", (), ExampleTask("text_chat", instruction="Say hi."), "Hi.",
+                messages=(ExampleTurn("user", "Say hi."), ExampleTurn("assistant", "Hi."))),
     ]
 
 
@@ -142,12 +143,13 @@ def test_every_assistant_turn_is_labelled(family, tokenizers, clips):
                    P.Message("assistant", "4"), P.Message("user", "Thanks."),
                    P.Message("assistant", "You're welcome!"))
     examples = [
-        Example("audio-chat", (AudioRef("a.wav"),), TaskSpec("chat"), "No: quiet.",
-                messages=(Message("user", "What is this?", (0,)),
-                          Message("assistant", "Speech, a man talking."),
-                          Message("user", "Is it loud?"), Message("assistant", "No: quiet."))),
-        Example("text-chat", (), TaskSpec("text_chat"), "You're welcome!",
-                messages=tuple(Message(m.role, m.content[0].text) for m in three_turns)),
+        Example("audio-chat", (AudioRef("a.wav"),), ExampleTask("chat"), "No: quiet.",
+                messages=(ExampleTurn("user", "What is this?", (0,)),
+                          ExampleTurn("assistant", "Speech, a man talking."),
+                          ExampleTurn("user", "Is it loud?"),
+                          ExampleTurn("assistant", "No: quiet."))),
+        Example("text-chat", (), ExampleTask("text_chat"), "You're welcome!",
+                messages=tuple(ExampleTurn(m.role, m.content[0].text) for m in three_turns)),
     ]
     ds = AudioTextDataset(examples, tok, N_MELS[family], audio_root=clips)
     for item, chat in zip([ds[0], ds[1]], [two_turns, three_turns]):
@@ -169,7 +171,7 @@ def test_every_assistant_turn_is_labelled(family, tokenizers, clips):
     item = last_only[1]
     assert tok.decode(item["labels"][item["labels"] != -100].tolist()) == \
         "You're welcome!<|im_end|>"
-    plain = AudioTextDataset([Example("qa", (), TaskSpec("text_qa", instruction="2+2?"), "4")],
+    plain = AudioTextDataset([Example("qa", (), ExampleTask("text_qa", instruction="2+2?"), "4")],
                              tok, N_MELS[family])[0]
     assert plain["features"] == [] and plain["ids"][0] == tok.im_start_id
     assert tok.decode(plain["labels"][plain["labels"] != -100].tolist()) == "4<|im_end|>"
@@ -178,17 +180,18 @@ def test_every_assistant_turn_is_labelled(family, tokenizers, clips):
 def test_reply_glued_to_its_header_is_an_error(tokenizers):
     """A reply starting with a newline merges with the header's (Qwen2 BPE): named, not
     silently left without labels."""
-    chat = (Message("user", "Hi"), Message("assistant", "\nHello"), Message("user", "Again"),
-            Message("assistant", "Hello"))
-    ds = AudioTextDataset([Example("glued", (), TaskSpec("text_chat"), "Hello", messages=chat)],
+    chat = (ExampleTurn("user", "Hi"), ExampleTurn("assistant", "\nHello"),
+            ExampleTurn("user", "Again"), ExampleTurn("assistant", "Hello"))
+    ds = AudioTextDataset([Example("glued", (), ExampleTask("text_chat"), "Hello", messages=chat)],
                           tokenizers[QWEN2_AUDIO], 128)
     with pytest.raises(DataError, match="example 'glued'.*found 0 of its 1 earlier assistant"):
         ds[0]
 
 
 def test_bad_example_error_names_it(tokenizers, clips):
-    ds = AudioTextDataset([Example("lost", (AudioRef("nowhere.wav"),), TaskSpec("asr"), "x"),
-                           Example("late", (AudioRef("a.wav", 99.0, 1.0),), TaskSpec("asr"), "x")],
+    ds = AudioTextDataset([Example("lost", (AudioRef("nowhere.wav"),), ExampleTask("asr"), "x"),
+                           Example("late", (AudioRef("a.wav", 99.0, 1.0),), ExampleTask("asr"),
+                                   "x")],
                           tokenizers[QWEN2_AUDIO], 128, audio_root=clips)
     with pytest.raises(DataError, match="example 'lost'.*nowhere.wav"):
         ds[0]

@@ -11,7 +11,7 @@ import torch
 
 from lalm.audio import audio_token_count, batch_log_mel, mel_length
 from lalm.data.dataset import LOOKAHEAD, AudioTextDataset
-from lalm.data.manifest import AudioRef, Example, TaskSpec
+from lalm.data.manifest import AudioRef, Example, ExampleTask
 from lalm.prompt import QWEN2_AUDIO, QWEN_AUDIO
 from lalm.tokenizer import load_tokenizer
 
@@ -27,7 +27,7 @@ def test_dataset_features_and_slots_follow_the_pipeline_rule(family, tmp_path, q
     sf.write(tmp_path / "x.wav", audio, 16000, subtype="FLOAT")
     tok = load_tokenizer(qwen_tiktoken if family is QWEN_AUDIO else qwen2_tokenizer_dir)
     example = Example("asr", (AudioRef("x.wav"),),
-                      TaskSpec("asr", "en", "en", instruction="Transcribe the speech."), "hi")
+                      ExampleTask("asr", "en", "en", instruction="Transcribe the speech."), "hi")
     ds = AudioTextDataset([example], tok, N_MELS[family], audio_root=tmp_path)
     item = ds[0]
     rule = family.real_length

@@ -22,7 +22,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "lalm"
 
 LAYERS = {
-    "lalm.errors": 0, "lalm.assets": 0, "lalm.config": 0, "lalm.audio": 0,
+    "lalm.errors": 0, "lalm.files": 0, "lalm.assets": 0, "lalm.config": 0, "lalm.audio": 0,
     "lalm.audio_decode": 0,
     "lalm.tokenizer": 0, "lalm.prompt": 0, "lalm.longform": 0, "lalm.subtitles": 0,
     "lalm.model": 1,
