@@ -38,8 +38,8 @@ from lalm.checkpoint import load_model
 from lalm.data.collate import collate, model_inputs
 from lalm.data.dataset import AudioTextDataset
 from lalm.data.manifest import AudioRef, Example, ExampleTask
-from lalm.prompt import Family
-from lalm.synth.render import render_prompt
+from lalm.data.render import render_prompt
+from lalm.prompt import QWEN2_AUDIO
 from lalm.testing.checkpoints import reference_config, save_reference_checkpoint
 from lalm.tokenizer import load_tokenizer
 from lalm.training.loop import count_targets, loss_sum
@@ -65,7 +65,7 @@ def make_examples(folder: Path, seconds: list[float], seed: int) -> list[Example
 def reference_batch(processor: object, examples: list[Example], folder: Path,
                     lalm_batch: dict) -> dict:
     """The processor's batch of the same items; ids must equal lalm's, labels are lalm's."""
-    texts = [render_prompt(e, Family.QWEN2_AUDIO).text + e.target + "<|im_end|>"
+    texts = [render_prompt(e, QWEN2_AUDIO).text + e.target + "<|im_end|>"
              for e in examples]
     audio = [sf.read(folder / e.audios[0].path, dtype="float32")[0] for e in examples]
     inputs = processor(text=texts, audio=audio, sampling_rate=16000, padding=True,
