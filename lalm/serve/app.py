@@ -3,6 +3,7 @@
     POST /v1/chat/completions      chat with text + audio parts; ``stream: true`` for SSE
     POST /v1/audio/transcriptions  multipart upload; json / text / srt / vtt / verbose_json
     GET  /v1/models, /health, /metrics (Prometheus text), / (the web page)
+    WS   /v1/realtime?intent=transcription  live transcription (`lalm.serve.realtime`)
 
 Thin, as DESIGN.md asks: a handler validates the body (pydantic; OpenAI parameters lalm
 cannot honour are refused, never ignored), decodes audio under the limits
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -56,6 +57,7 @@ from lalm.prompt import LANGUAGES
 from lalm.serve import schemas as s
 from lalm.serve.batcher import Batcher, Done, Failed, QueueFullError, Ticket, Token
 from lalm.serve.budget import PromptBudget
+from lalm.serve.realtime import RealtimeLimits, SessionCount, serve_session
 from lalm.serve.inputs import (
     ApiError,
     AudioAccess,
@@ -96,6 +98,7 @@ class ServerConfig:
     # ``Host`` header names answered (others: 400, against DNS rebinding); None: any
     allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS
     read_timeout_s: float = 60.0  # for a request's line and headers, then for its body
+    realtime: RealtimeLimits = field(default_factory=RealtimeLimits)  # /v1/realtime sessions
 
 
 def served_model_name(model_dir: str | Path) -> str:
@@ -321,6 +324,30 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
         done = await results_of(plan.requests, options, http)
         transcript = pipeline.stitch_transcription(plan, [d.result for d in done])
         return _transcription(transcript, plan, response_format, temperature)
+
+    async def transcribe_segment(samples: Any, language: str) -> str:
+        """A realtime segment's transcript, run by the batcher like an upload's window."""
+        request = pipeline.transcribe_request(samples, language)
+        options = replace(pipeline.options, max_new_tokens=limits.default_max_tokens,
+                          temperature=0.0, stop_sequences=())
+        await run_in_threadpool(budget.check, request, options, "audio")
+        ticket = submit(request, options, False)
+        try:
+            deadline = time.monotonic() + config.request_timeout_s
+            while not isinstance(event := await next_event(ticket, deadline), Done):
+                pass
+        finally:
+            ticket.cancel()
+        result = event.result
+        return result.parsed.text if result.parsed else result.text
+
+    app.state.transcribe_segment = transcribe_segment  # what realtime sessions run
+    sessions = SessionCount()
+
+    @app.websocket("/v1/realtime")
+    async def realtime(websocket: WebSocket, intent: str | None = None) -> None:
+        await serve_session(websocket, app.state.transcribe_segment, config.model_name,
+                            config.realtime, sessions, intent)
 
     app.state.metrics = None  # set by `build_asgi`
     return app
