@@ -68,7 +68,7 @@ class RealtimeLimits:
     idle_timeout_s: Seconds = 120.0  # a session that sends nothing for this long is closed
     max_segment_s: Seconds = 15.0  # longest segment transcribed at once
     overlap_s: Seconds = 2.0  # overlap of the two segments of a cut in running speech
-    min_gap_ms: int = 30  # shortest pause such a cut may fall in (else it overlaps)
+    min_gap_ms: int = 200  # shortest pause such a cut may fall in (else it overlaps)
     max_pending: int = 16  # segments waiting for the model; more fail
     max_sessions: int = 32  # sessions at once; more are refused
 

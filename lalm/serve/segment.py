@@ -9,10 +9,10 @@ keeps the speech and up to ``prefix_padding_ms`` of the silence after it. Silenc
 segments is dropped, so a segment boundary always lies in a pause.
 
 A segment may last ``max_segment_s`` at most. When speech runs that long, it is cut in the
-latest pause of at least ``min_gap_ms`` within its last third (between words: the next
-segment starts there, no overlap); where there is none (speech without any gap), it is cut at
-the quietest frame of that stretch and the next segment starts ``overlap_s`` earlier, so that
-both hear the word the cut falls in. `stitch_overlap` then joins the two texts by aligning the
+longest pause of at least ``min_gap_ms`` (200 ms: between words; a stop consonant's closure
+inside a word is shorter) within its last third: the next segment starts there, no overlap.
+Where there is none (running speech), it is cut at the quietest frame of that stretch and the
+next segment starts ``overlap_s`` earlier, so that both hear the word the cut falls in. `stitch_overlap` then joins the two texts by aligning the
 words they share (`lalm.longform.stitch_texts_by_window`), each word kept once.
 
 The segmentation depends on the samples only, never on how they were split into pieces (a
@@ -129,7 +129,7 @@ class Segmenter:
     """
 
     def __init__(self, detection: TurnDetection | None, max_segment_s: Seconds = 15.0,
-                 overlap_s: Seconds = 2.0, min_gap_ms: int = 30) -> None:
+                 overlap_s: Seconds = 2.0, min_gap_ms: int = 200) -> None:
         if not (isinstance(max_segment_s, (int, float)) and 1.0 <= max_segment_s <= 30.0):
             raise AudioError(f"max_segment_s must be in 1..30 s, got {max_segment_s!r}")
         if not (isinstance(overlap_s, (int, float)) and 0.0 < overlap_s <= max_segment_s / 3):
@@ -220,9 +220,13 @@ class Segmenter:
         if speech:
             self._last_speech = frame
         elif frame - self._last_speech >= self.detection.silence_duration_ms // 10:
-            end = min(frame + 1, self._last_speech + 1 + pad)
-            segment = self._close(self._start, end, "silence")
-            return [SpeechStopped((self._last_speech + 1) * FRAME), segment]
+            stopped = SpeechStopped((self._last_speech + 1) * FRAME)
+            # a segment that overlaps the previous one covers the overlap at least
+            end = max(min(frame + 1, self._last_speech + 1 + pad), self._floor)
+            if end <= self._start:  # opened by a cut after the last speech: silence only
+                self._start = None
+                return [stopped]
+            return [stopped, self._close(self._start, end, "silence")]
         if frame + 1 - self._start >= self.max_frames:
             return self._cut(self._start, frame + 1)
         return []
@@ -231,11 +235,11 @@ class Segmenter:
         """A segment [start, end) frames at its longest: cut in its last third."""
         lo = end - self.max_frames // 3
         if self.detection is not None:
-            gap, best = 0, None  # the latest run of silent frames long enough: its middle
-            for f in range(lo, end):
+            gap, longest, best = 0, 0, None  # the longest pause long enough (the latest of
+            for f in range(lo, end):  # equals): its middle
                 gap = 0 if self._is_speech(f) else gap + 1
-                if gap >= self.min_gap_frames:
-                    best = f - gap // 2
+                if gap >= max(self.min_gap_frames, longest):
+                    longest, best = gap, f - gap // 2
             if best is not None:
                 segment = self._close(start, best + 1, "max_length")
                 self._start = best + 1
@@ -269,7 +273,7 @@ class Segmenter:
 
 def segment_recording(samples: np.ndarray, detection: TurnDetection | None,
                       max_segment_s: Seconds = 15.0, overlap_s: Seconds = 2.0,
-                      min_gap_ms: int = 30, piece: int | None = None) -> list[Segment]:
+                      min_gap_ms: int = 200, piece: int | None = None) -> list[Segment]:
     """The segments a session cuts a whole recording into (fed in pieces of ``piece``
     samples, default all at once; the result is the same for any piece size).
 

@@ -120,7 +120,7 @@ def test_pause_segments_hold_every_burst_and_cut_only_in_silence() -> None:
 
 def test_long_speech_is_cut_in_gaps_between_bursts() -> None:
     audio, truth = tone_recording(40, seed=3, pause_ms=(60, 100))  # no pause >= 500 ms
-    segments = segment_recording(audio, TurnDetection(), 4.0, 1.0, piece=1600)
+    segments = segment_recording(audio, TurnDetection(), 4.0, 1.0, 30, piece=1600)
     assert len(segments) >= 4 and {s.reason for s in segments[:-1]} == {"max_length"}
     assert all(s.end - s.start <= 4 * SR and not s.overlapped for s in segments)
     for a, b in zip(segments, segments[1:]):
@@ -268,7 +268,7 @@ def transcripts(out: list[dict]) -> list[str]:
 @pytest.mark.parametrize("drop_edges", [False, True])
 @pytest.mark.parametrize("limits", [
     RealtimeLimits(),  # cuts in the sentence pauses
-    RealtimeLimits(max_segment_s=3.0, overlap_s=1.0),  # cuts in the gaps between bursts
+    RealtimeLimits(max_segment_s=3.0, overlap_s=1.0, min_gap_ms=30),  # in gaps between bursts
     RealtimeLimits(max_segment_s=3.0, overlap_s=1.0, min_gap_ms=400),  # overlapping cuts
 ])
 def test_session_transcript_loses_and_repeats_no_word(limits, drop_edges) -> None:
