@@ -53,7 +53,7 @@ from lalm.generation import (
     TranscriptionPlan,
 )
 from lalm.generation import Request as PromptRequest  # fastapi's Request is the HTTP one
-from lalm.prompt import LANGUAGES
+from lalm.prompt import LANGUAGES, SPACELESS_LANGUAGES, parse_output
 from lalm.serve import schemas as s
 from lalm.serve.batcher import Batcher, Done, Failed, QueueFullError, Ticket, Token
 from lalm.serve.budget import PromptBudget
@@ -307,8 +307,12 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
         language: Annotated[str | None, Form()] = None,
         response_format: Annotated[s.TranscriptionFormat, Form()] = "json",
         temperature: Annotated[float, Form(ge=0.0, le=2.0)] = 0.0,
+        stream: Annotated[bool, Form()] = False,
     ) -> Any:
         check_model(model)
+        if stream and response_format not in ("json", "text"):
+            raise invalid("response_format: stream=true gives transcript.text.delta / done "
+                          "events, for json or text only", "response_format")
         refuse_unsupported_transcription((await http.form()).multi_items())
         language = language or "en"
         if language not in LANGUAGES:
@@ -321,9 +325,71 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
                           temperature=temperature, stop_sequences=())
         for request in plan.requests:
             await run_in_threadpool(budget.check, request, options, "file")
+        if stream:
+            return StreamingResponse(transcription_events(plan, options),
+                                     media_type="text/event-stream",
+                                     headers={"cache-control": "no-cache"})
         done = await results_of(plan.requests, options, http)
         transcript = pipeline.stitch_transcription(plan, [d.result for d in done])
         return _transcription(transcript, plan, response_format, temperature)
+
+    async def transcription_events(plan: TranscriptionPlan, options: GenerationOptions
+                                   ) -> AsyncIterator[str]:
+        """OpenAI's transcription stream: ``transcript.text.delta`` events, then
+        ``transcript.text.done``; the deltas concatenate to the done event's text. A clip sent
+        whole streams as its tokens come; a long clip's windows are stitched first, then sent
+        one delta per segment."""
+        deadline = time.monotonic() + config.request_timeout_s
+        tickets: list[Ticket] = []
+        emitted = ""
+
+        def more(text: str) -> str:  # the event carrying what ``text`` adds, if it extends
+            nonlocal emitted
+            if not text.startswith(emitted) or len(text) == len(emitted):
+                return ""
+            delta, emitted = text[len(emitted):], text
+            return _event({"type": "transcript.text.delta", "delta": delta})
+
+        try:
+            if plan.windows is None:
+                (request,) = plan.requests
+                tickets.append(submit(request, options, True))
+                decoder, raw = IncrementalDecoder(pipeline.tokenizer), ""
+                while isinstance(event := await next_event(tickets[0], deadline), Token):
+                    if event.finish_reason != "stop":
+                        raw += decoder.push(event.token)
+                        if piece := more(parse_output(raw, request.spec).text.strip()):
+                            yield piece
+                dones = [event]
+            else:
+                tickets += [submit(request, options, False) for request in plan.requests]
+                dones = []
+                for ticket in tickets:
+                    while not isinstance(event := await next_event(ticket, deadline), Done):
+                        pass
+                    dones.append(event)
+            results = [d.result for d in dones]
+            transcript = pipeline.stitch_transcription(plan, results)
+            sep = "" if plan.language in SPACELESS_LANGUAGES else " "
+            shown = ""
+            for segment in transcript.segments:  # a long clip: one delta per segment
+                shown = (shown + sep + segment.text.strip()).strip()
+                if piece := more(shown):
+                    yield piece
+            text = _transcription(transcript, plan, "json", 0.0).text
+            if piece := more(text):
+                yield piece
+            usage = s.Usage.of(sum(d.prompt_tokens for d in dones),
+                               sum(len(r.tokens) for r in results))
+            yield _event({"type": "transcript.text.done", "text": text, "usage": {
+                "type": "tokens", "input_tokens": usage.prompt_tokens,
+                "output_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens}})
+        except ApiError as e:  # the status line is sent already
+            yield _event({"type": "error", "error": {"message": e.message, "type": e.type,
+                                                     "code": e.code}})
+        finally:
+            for ticket in tickets:
+                ticket.cancel()
 
     async def transcribe_segment(samples: Any, language: str) -> str:
         """A realtime segment's transcript, run by the batcher like an upload's window."""
@@ -363,6 +429,11 @@ def build_asgi(pipeline: Pipeline, config: ServerConfig) -> Callable[..., Awaita
     guarded = HostCheck(Auth(inner, config.api_key, config.protect_all), config.allowed_hosts)
     app.state.metrics = Metrics(guarded, routes)
     return app.state.metrics
+
+
+def _event(body: dict[str, Any]) -> str:
+    """One server-sent event."""
+    return f"data: {json.dumps(body)}\n\n"
 
 
 def _finish_reason(reason: str | None) -> str:

@@ -1,4 +1,5 @@
-"""/v1/realtime over a real WebSocket on 127.0.0.1, with real speech fed in 100-ms chunks.
+"""/v1/realtime over a real WebSocket on 127.0.0.1, with real speech fed in 100-ms chunks; and
+``stream=true`` on /v1/audio/transcriptions over real HTTP, read by the real OpenAI client.
 
 Two servers:
 
@@ -91,7 +92,9 @@ def checkpoint(tmp_path_factory):
     from conftest import shared_fixture
 
     folder = tmp_path_factory.mktemp("realtime")
-    return save_tiny_checkpoint(folder / "tiny", shared_fixture("qwen2_audio_tokenizer"))
+    # 2048 decoder positions: room for a 30-s window (750 audio tokens)
+    return save_tiny_checkpoint(folder / "tiny", shared_fixture("qwen2_audio_tokenizer"),
+                                max_seq_len=2048)
 
 
 @pytest.fixture(scope="module")
@@ -327,3 +330,32 @@ def test_long_real_speech_loses_and_repeats_no_word(checkpoint, long_speech, cas
         assert len(inside) >= 5
     elif case == "pauses":
         assert not any(overlapped for _, overlapped in edges)
+
+
+# ---------------------------------------------------------------------------- stream=true
+
+
+def test_transcription_streams_openai_events(server, speech, long_speech) -> None:
+    """The real OpenAI client reads the stream: deltas, then done; the deltas concatenate to
+    the done text, which is the non-streamed transcript (a clip sent whole, whose tokens
+    stream, and a 55-s recording transcribed window by window)."""
+    openai = pytest.importorskip("openai")
+    from lalm.testing.server import encode_wav
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
+    whole = encode_wav(speech[:8 * SAMPLE_RATE])
+    windowed = encode_wav(long_speech["paused"][0])
+    for name, wav, min_deltas in (("short.wav", whole, 2), ("long.wav", windowed, 2)):
+        events = list(client.audio.transcriptions.create(model="tiny", file=(name, wav),
+                                                         stream=True))
+        assert [e.type for e in events[:-1]] == ["transcript.text.delta"] * (len(events) - 1)
+        assert events[-1].type == "transcript.text.done" and len(events) - 1 >= min_deltas
+        plain = client.audio.transcriptions.create(model="tiny", file=(name, wav)).text
+        assert "".join(e.delta for e in events[:-1]) == events[-1].text == plain
+        assert plain  # the tiny model writes something: the comparison can fail
+        usage = events[-1].usage
+        assert usage.output_tokens > 0 and usage.input_tokens > 200
+    with pytest.raises(openai.BadRequestError) as info:
+        client.audio.transcriptions.create(model="tiny", file=("short.wav", whole),
+                                           stream=True, response_format="srt")
+    assert info.value.body["param"] == "response_format"
