@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from lalm.audio import SAMPLE_RATE, Seconds
-from lalm.errors import LalmError
+from lalm.errors import AudioError, LalmError
 from lalm.prompt import LANGUAGES, SPACELESS_LANGUAGES
 from lalm.serve.segment import Segment, Segmenter, SpeechStarted, SpeechStopped, TurnDetection
 from lalm.serve.segment import stitch_overlap
@@ -71,6 +71,14 @@ class RealtimeLimits:
     min_gap_ms: int = 200  # shortest pause such a cut may fall in (else it overlaps)
     max_pending: int = 16  # segments waiting for the model; more fail
     max_sessions: int = 32  # sessions at once; more are refused
+
+    def __post_init__(self) -> None:
+        Segmenter(None, self.max_segment_s, self.overlap_s, self.min_gap_ms)  # checks those
+        for name in ("max_session_s", "max_event_bytes", "idle_timeout_s", "max_pending",
+                     "max_sessions"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise AudioError(f"realtime {name} must be a number > 0, got {value!r}")
 
 
 class EventError(Exception):

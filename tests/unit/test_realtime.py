@@ -363,3 +363,10 @@ def test_24khz_audio_is_resampled() -> None:
     out = run_session([update, *appends(soxr.resample(audio, SR, 24000))],
                       transcribe)
     assert " ".join(transcripts(out)).split() == [w for w, _, _ in truth]
+
+
+def test_realtime_limits_are_checked_when_the_server_starts() -> None:
+    for bad in ({"max_segment_s": 40.0}, {"overlap_s": 6.0}, {"max_session_s": 0},
+                {"idle_timeout_s": -1.0}, {"max_sessions": True}):
+        with pytest.raises(AudioError):
+            RealtimeLimits(**bad)
