@@ -333,6 +333,19 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
         transcript = pipeline.stitch_transcription(plan, [d.result for d in done])
         return _transcription(transcript, plan, response_format, temperature)
 
+    async def transcript_so_far(request: PromptRequest, options: GenerationOptions,
+                                tickets: list[Ticket]) -> AsyncIterator[str | Done]:
+        """A transcription job streamed: its parsed text after each token, then its `Done`
+        (the caller cancels ``tickets``, to which its ticket is added)."""
+        tickets.append(submit(request, options, True))
+        deadline = time.monotonic() + config.request_timeout_s
+        decoder, raw = IncrementalDecoder(pipeline.tokenizer), ""
+        while isinstance(event := await next_event(tickets[-1], deadline), Token):
+            if event.finish_reason != "stop":
+                raw += decoder.push(event.token)
+                yield parse_output(raw, request.spec).text.strip()
+        yield event
+
     async def transcription_events(plan: TranscriptionPlan, options: GenerationOptions
                                    ) -> AsyncIterator[str]:
         """OpenAI's transcription stream: ``transcript.text.delta`` events, then
@@ -352,15 +365,12 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
 
         try:
             if plan.windows is None:
-                (request,) = plan.requests
-                tickets.append(submit(request, options, True))
-                decoder, raw = IncrementalDecoder(pipeline.tokenizer), ""
-                while isinstance(event := await next_event(tickets[0], deadline), Token):
-                    if event.finish_reason != "stop":
-                        raw += decoder.push(event.token)
-                        if piece := more(parse_output(raw, request.spec).text.strip()):
-                            yield piece
-                dones = [event]
+                dones = []
+                async for step in transcript_so_far(plan.requests[0], options, tickets):
+                    if isinstance(step, Done):
+                        dones.append(step)
+                    elif piece := more(step):
+                        yield piece
             else:
                 tickets += [submit(request, options, False) for request in plan.requests]
                 dones = []
@@ -391,21 +401,25 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
             for ticket in tickets:
                 ticket.cancel()
 
-    async def transcribe_segment(samples: Any, language: str) -> str:
-        """A realtime segment's transcript, run by the batcher like an upload's window."""
+    async def transcribe_segment(samples: Any, language: str,
+                                 partial: Callable[[str], Awaitable[None]]) -> str:
+        """A realtime segment's transcript, run by the batcher like an upload's window;
+        ``partial`` gets the text so far after each token."""
         request = pipeline.transcribe_request(samples, language)
         options = replace(pipeline.options, max_new_tokens=limits.default_max_tokens,
                           temperature=0.0, stop_sequences=())
         await run_in_threadpool(budget.check, request, options, "audio")
-        ticket = submit(request, options, False)
+        tickets: list[Ticket] = []
         try:
-            deadline = time.monotonic() + config.request_timeout_s
-            while not isinstance(event := await next_event(ticket, deadline), Done):
-                pass
+            async for step in transcript_so_far(request, options, tickets):
+                if isinstance(step, Done):
+                    result = step.result
+                else:
+                    await partial(step)
         finally:
-            ticket.cancel()
-        result = event.result
-        return result.parsed.text if result.parsed else result.text
+            for ticket in tickets:
+                ticket.cancel()
+        return (result.parsed.text if result.parsed else result.text).strip()
 
     app.state.transcribe_segment = transcribe_segment  # what realtime sessions run
     sessions = SessionCount()

@@ -11,7 +11,8 @@ little-endian mono, 16 kHz by default, or 24 kHz as OpenAI's), ``input_audio_buf
 * ``input_audio_buffer.speech_started`` / ``speech_stopped`` (voice activity, ``audio_start_ms``
   / ``audio_end_ms`` in the stream), ``input_audio_buffer.committed`` per segment (with
   lalm's ``audio_start_ms`` / ``audio_end_ms`` of the segment), ``input_audio_buffer.cleared``;
-* per segment, in order, ``conversation.item.input_audio_transcription.delta`` then
+* per segment, in order, ``conversation.item.input_audio_transcription.delta`` events as the
+  model writes (for a segment between two overlapping cuts, one delta once it is stitched) then
   ``...completed`` (``transcript``), or ``...failed``; the deltas of an item concatenate to its
   transcript;
 * ``error`` for a bad event (not JSON, an unknown type, bad base64, an odd number of PCM16
@@ -51,8 +52,9 @@ from lalm.prompt import LANGUAGES, SPACELESS_LANGUAGES
 from lalm.serve.segment import Segment, Segmenter, SpeechStarted, SpeechStopped, TurnDetection
 from lalm.serve.segment import stitch_overlap
 
-# (samples float32 [N] at 16 kHz, language) -> the segment's transcript
-Transcriber = Callable[[np.ndarray, str], Awaitable[str]]
+# (samples float32 [N] at 16 kHz, language, a callback for the text so far) -> the segment's
+# transcript (the model run)
+Transcriber = Callable[[np.ndarray, str, Callable[[str], Awaitable[None]]], Awaitable[str]]
 RATES = (16000, 24000)  # PCM16 rates accepted: lalm's own, and OpenAI's
 DELTA = "conversation.item.input_audio_transcription.delta"
 COMPLETED = "conversation.item.input_audio_transcription.completed"
@@ -386,8 +388,18 @@ class Session:
         while True:
             item, segment, language = await self._queue.get()
             spaceless = language in SPACELESS_LANGUAGES
+            shown = [""]  # what its deltas carried so far
+
+            async def partial(text: str, item: str = item, shown: list[str] = shown,
+                              live: bool = held is None and not segment.overlapped) -> None:
+                # deltas as the tokens come, for an item no overlap stitching changes
+                if live and text.startswith(shown[0]) and len(text) > len(shown[0]):
+                    await self.emit(DELTA, item_id=item, content_index=0,
+                                    delta=text[len(shown[0]):])
+                    shown[0] = text
+
             try:
-                text = (await self.transcribe(segment.samples, language)).strip()
+                text = (await self.transcribe(segment.samples, language, partial)).strip()
             except Exception as e:  # noqa: BLE001 (a model fault fails this item, not the session)
                 if held is not None:
                     await self._complete(held[0], held[2])
@@ -404,11 +416,12 @@ class Session:
             if segment.overlapped:
                 held = (item, segment, text)
             else:
-                await self._complete(item, text)
+                await self._complete(item, text, shown[0])
 
-    async def _complete(self, item: str, text: str) -> None:
-        if text:
-            await self.emit(DELTA, item_id=item, content_index=0, delta=text)
+    async def _complete(self, item: str, text: str, shown: str = "") -> None:
+        """The item's last delta (what its earlier ones did not carry) and its transcript."""
+        if text.startswith(shown) and len(text) > len(shown):
+            await self.emit(DELTA, item_id=item, content_index=0, delta=text[len(shown):])
         await self.emit(COMPLETED, item_id=item, content_index=0, transcript=text)
 
 

@@ -274,8 +274,11 @@ def transcripts(out: list[dict]) -> list[str]:
 def test_session_transcript_loses_and_repeats_no_word(limits, drop_edges) -> None:
     audio, truth = tone_recording(40, seed=5)
 
-    async def transcribe(samples: np.ndarray, language: str) -> str:
-        return tone_oracle(samples, drop_edges)
+    async def transcribe(samples: np.ndarray, language: str, partial) -> str:
+        words = tone_oracle(samples, drop_edges).split()
+        for n in range(1, len(words)):  # the text so far, as a model writes it
+            await partial(" ".join(words[:n]))
+        return " ".join(words)
 
     update = {"type": "session.update", "session": {"audio": {"input": {
         "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}}}}}
@@ -288,7 +291,8 @@ def test_session_transcript_loses_and_repeats_no_word(limits, drop_edges) -> Non
         starts = [e["audio_start_ms"] for e in committed]
         ends = [e["audio_end_ms"] for e in committed]
         assert any(b < a for a, b in zip(ends, starts[1:]))  # overlapping segments were cut
-    # the deltas of each item concatenate to its transcript, items complete in order
+    # the deltas of each item concatenate to its transcript (several deltas: they streamed),
+    # items complete in order
     items = [e["item_id"] for e in committed]
     assert [e["item_id"] for e in out if e["type"] == COMPLETED] == items
     for e in out:
@@ -296,12 +300,13 @@ def test_session_transcript_loses_and_repeats_no_word(limits, drop_edges) -> Non
             deltas = "".join(d["delta"] for d in out if d["type"] == DELTA
                              and d["item_id"] == e["item_id"])
             assert deltas == e["transcript"]
+    assert sum(e["type"] == DELTA for e in out) > len(committed) + 10
 
 
 def test_bad_events_get_errors_and_the_session_goes_on() -> None:
     audio, truth = tone_recording(5, seed=6)
 
-    async def transcribe(samples: np.ndarray, language: str) -> str:
+    async def transcribe(samples: np.ndarray, language: str, partial) -> str:
         return tone_oracle(samples)
 
     bad = ["not json", "[1, 2]", {"type": "response.create"},
@@ -324,7 +329,7 @@ def test_bad_events_get_errors_and_the_session_goes_on() -> None:
 def test_session_limits() -> None:
     audio, _ = tone_recording(5, seed=7)
 
-    async def transcribe(samples: np.ndarray, language: str) -> str:
+    async def transcribe(samples: np.ndarray, language: str, partial) -> str:
         return tone_oracle(samples)
 
     limits = RealtimeLimits(max_session_s=1.0, max_event_bytes=10_000)
@@ -338,7 +343,7 @@ def test_a_failing_model_run_fails_its_item_only() -> None:
     audio, truth = tone_recording(10, seed=8)
     calls = []
 
-    async def transcribe(samples: np.ndarray, language: str) -> str:
+    async def transcribe(samples: np.ndarray, language: str, partial) -> str:
         calls.append(language)
         if len(calls) == 1:
             raise RuntimeError("out of memory")
@@ -357,7 +362,7 @@ def test_24khz_audio_is_resampled() -> None:
     update = {"type": "session.update", "session": {"audio": {"input": {
         "format": {"type": "audio/pcm", "rate": 24000}}}}}
 
-    async def transcribe(samples: np.ndarray, language: str) -> str:
+    async def transcribe(samples: np.ndarray, language: str, partial) -> str:
         return tone_oracle(samples)
 
     out = run_session([update, *appends(soxr.resample(audio, SR, 24000))],
