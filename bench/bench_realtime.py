@@ -9,6 +9,8 @@ gets real English speech (the Piper voice, sentences with 0.4-0.9 s pauses:
 * **end of speech -> completed**: from sending the chunk that holds the utterance's last speech
   sample to receiving its ``...transcription.completed`` event: what a user waits. It includes
   the silence the voice-activity detector must hear before it ends the segment;
+* **end of speech -> first delta**: the same, to the item's first ``...transcription.delta``
+  (the first words on screen);
 * **committed -> completed**: from the ``input_audio_buffer.committed`` event to
   ``completed``: the model run through the server's batcher, plus the protocol;
 * **offline**: `Pipeline.transcribe` of the same samples (one prompt, same max_new_tokens) in
@@ -97,7 +99,9 @@ def main() -> None:
             url = server.url.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
             sent, received = stream(url, audio, args.speed)
         pipe = Pipeline.from_pretrained(model)
-    at = {(e["type"], e.get("item_id")): (t, e) for t, e in received}
+    at: dict[tuple[str, str | None], tuple[float, dict]] = {}
+    for t, e in received:  # the first event of each type per item
+        at.setdefault((e["type"], e.get("item_id")), (t, e))
     received_pcm = np.frombuffer(np.clip(np.round(audio * 32767), -32768, 32767)
                                  .astype("<i2").tobytes(), "<i2").astype(np.float32) / 32768
     rows = []
@@ -107,6 +111,8 @@ def main() -> None:
         if ("conversation.item.input_audio_transcription.completed", item) not in at:
             continue
         t_done, _ = at["conversation.item.input_audio_transcription.completed", item]
+        t_first, _ = at.get(("conversation.item.input_audio_transcription.delta", item),
+                            (t_done, None))
         t_commit, commit = at["input_audio_buffer.committed", item]
         last_speech = stop["audio_end_ms"] * 16 - 1
         t_speech_end = sent[last_speech // CHUNK]
@@ -114,20 +120,22 @@ def main() -> None:
         start = time.perf_counter()
         pipe.transcribe([clip], long_form=None, max_new_tokens=args.max_tokens)
         offline = time.perf_counter() - start
-        rows.append((clip.shape[0] / 16000, t_done - t_speech_end, t_done - t_commit, offline))
+        rows.append((clip.shape[0] / 16000, t_done - t_speech_end, t_first - t_speech_end,
+                     t_done - t_commit, offline))
     print(f"model {model.name if args.model else 'tiny random'}, {len(rows)} utterances, "
           f"{audio.shape[0] / 16000:.1f} s of speech at {args.speed:g}x real time, "
           f"silence_duration_ms {SILENCE_MS}, max_tokens {args.max_tokens}")
-    print("segment s | end of speech -> completed ms | committed -> completed ms | offline ms")
-    for seconds, eos, commit, offline in rows:
-        print(f"{seconds:9.2f} | {1000 * eos:29.0f} | {1000 * commit:25.0f} | "
-              f"{1000 * offline:10.0f}")
+    print("segment s | end of speech -> completed ms | -> first delta ms | "
+          "committed -> completed ms | offline ms")
+    for seconds, eos, first, commit, offline in rows:
+        print(f"{seconds:9.2f} | {1000 * eos:29.0f} | {1000 * first:17.0f} | "
+              f"{1000 * commit:25.0f} | {1000 * offline:10.0f}")
     if not rows:
         sys.exit("no utterance completed")
     med = [statistics.median(col) for col in list(zip(*rows))[1:]]
-    print(f"median: end of speech -> completed {1000 * med[0]:.0f} ms, committed -> completed "
-          f"{1000 * med[1]:.0f} ms, offline {1000 * med[2]:.0f} ms; "
-          f"(committed -> completed) / offline = {med[1] / med[2]:.2f}")
+    print(f"median: end of speech -> completed {1000 * med[0]:.0f} ms, -> first delta "
+          f"{1000 * med[1]:.0f} ms, committed -> completed {1000 * med[2]:.0f} ms, offline "
+          f"{1000 * med[3]:.0f} ms; (committed -> completed) / offline = {med[2] / med[3]:.2f}")
 
 
 if __name__ == "__main__":
