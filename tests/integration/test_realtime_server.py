@@ -363,3 +363,24 @@ def test_transcription_streams_openai_events(server, speech, long_speech) -> Non
         client.audio.transcriptions.create(model="tiny", file=("short.wav", whole),
                                            stream=True, response_format="srt")
     assert info.value.body["param"] == "response_format"
+
+
+def test_session_count_and_idle_limits(checkpoint) -> None:
+    async def silent(samples: np.ndarray, language: str, partial) -> str:
+        return ""
+
+    limits = RealtimeLimits(max_sessions=1, idle_timeout_s=2.0)
+    with InProcessServer(checkpoint, limits, silent) as srv:
+        with connect(ws_url(srv.url), open_timeout=30) as first:
+            assert json.loads(first.recv(timeout=30))["type"] == "session.created"
+            with connect(ws_url(srv.url), open_timeout=30) as second:  # one too many
+                event = json.loads(second.recv(timeout=30))
+                assert event["error"]["code"] == "sessions_full"
+                with pytest.raises(websockets.exceptions.ConnectionClosed):
+                    second.recv(timeout=30)
+            event = json.loads(first.recv(timeout=30))  # nothing sent for 2 s
+            assert event["type"] == "error" and event["error"]["code"] == "idle_timeout"
+            with pytest.raises(websockets.exceptions.ConnectionClosed):
+                first.recv(timeout=30)
+        with connect(ws_url(srv.url), open_timeout=30) as again:  # its slot is free again
+            assert json.loads(again.recv(timeout=30))["type"] == "session.created"
