@@ -285,7 +285,8 @@ class Session:
         """Stop the worker (the client left): queued segments are dropped."""
         if self._worker is not None:
             self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # the client is gone: a send that failed on its closed socket ended the worker
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._worker
 
     async def handle(self, text: str) -> None:
@@ -435,8 +436,8 @@ class SessionCount:
 async def serve_session(websocket: Any, transcribe: Transcriber, model: str,
                         limits: RealtimeLimits, count: SessionCount,
                         intent: str | None) -> None:
-    """Run one session on an accepted-to-be Starlette ``WebSocket`` until the client leaves
-    or a limit closes it."""
+    """Run one session on a Starlette ``WebSocket`` (accepted here, selecting the
+    ``realtime`` subprotocol when offered) until the client leaves or a limit closes it."""
     offered = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
     lock = asyncio.Lock()
@@ -446,15 +447,14 @@ async def serve_session(websocket: Any, transcribe: Transcriber, model: str,
             await websocket.send_text(json.dumps(event))
 
     session = Session(send, transcribe, model, limits)
-    if intent != "transcription" or count.open >= limits.max_sessions:
-        busy = intent == "transcription"
-        await session.error(
-            f"this server has {limits.max_sessions} realtime sessions open; retry later" if busy
-            else "this server serves transcription sessions only: connect to "
-                 "/v1/realtime?intent=transcription", "sessions_full" if busy
-            else "unsupported_intent", None if busy else "intent")
-        await websocket.close(1013 if busy else 1008)
-        return
+    if intent != "transcription":
+        await session.error("this server serves transcription sessions only: connect to "
+                            "/v1/realtime?intent=transcription", "unsupported_intent", "intent")
+        return await websocket.close(1008)
+    if count.open >= limits.max_sessions:
+        await session.error(f"this server has {limits.max_sessions} realtime sessions open; "
+                            "retry later", "sessions_full")
+        return await websocket.close(1013)  # try again later
     count.open += 1
     try:
         await session.start()

@@ -12,8 +12,9 @@ A segment may last ``max_segment_s`` at most. When speech runs that long, it is 
 longest pause of at least ``min_gap_ms`` (200 ms: between words; a stop consonant's closure
 inside a word is shorter) within its last third: the next segment starts there, no overlap.
 Where there is none (running speech), it is cut at the quietest frame of that stretch and the
-next segment starts ``overlap_s`` earlier, so that both hear the word the cut falls in. `stitch_overlap` then joins the two texts by aligning the
-words they share (`lalm.longform.stitch_texts_by_window`), each word kept once.
+next segment starts ``overlap_s`` earlier, so that both hear the word the cut falls in.
+`stitch_overlap` then joins the two texts by aligning the words they share
+(`lalm.longform.stitch_texts_by_window`), each word kept once.
 
 The segmentation depends on the samples only, never on how they were split into pieces (a
 frame is classified once it is complete), so a session and `segment_recording` over the same
@@ -261,7 +262,8 @@ class Segmenter:
         """Forget samples and levels no segment can still use."""
         keep = self._start if self._start is not None else self._floor
         if self.detection is not None and self._start is None:
-            keep = max(self._floor, self.n_samples // FRAME - self.detection.prefix_padding_ms // 10)
+            pad = self.detection.prefix_padding_ms // 10
+            keep = max(self._floor, self.n_samples // FRAME - pad)
         keep = min(keep, self.n_samples // FRAME)
         drop = keep * FRAME - self._base
         if drop > 0:
