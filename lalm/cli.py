@@ -566,6 +566,13 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="allow audio_url fetches under this http(s) prefix (repeatable)")
     p.add_argument("--allow-audio-dir", action="append", default=[], metavar="DIR",
                    help="allow audio_url local paths inside this folder (repeatable)")
+    p.add_argument("--realtime-max-session-seconds", type=float, default=3600.0,
+                   help="audio one /v1/realtime session may send, in seconds")
+    p.add_argument("--realtime-max-segment-seconds", type=float, default=15.0,
+                   help="longest stretch of live speech transcribed at once (cut in a pause, "
+                        "else with 2 s of overlap), at most 30")
+    p.add_argument("--realtime-idle-timeout", type=float, default=120.0,
+                   help="seconds a /v1/realtime session may send nothing before it is closed")
     p.add_argument("--access-log", action="store_true", help="log every request")
 
 
@@ -578,6 +585,7 @@ def _serve(args: argparse.Namespace) -> int:
     from lalm.serve import AudioAccess, Limits
     from lalm.serve.app import ServerConfig, serve, served_model_name
     from lalm.serve.middleware import default_allowed_hosts
+    from lalm.serve.realtime import RealtimeLimits
 
     pipe = load_model(args.model, dtype=args.dtype, device=args.device)
     if args.max_audio_seconds is not None:  # one limit: the server's and the pipeline's
@@ -592,7 +600,10 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(args.served_model_name or served_model_name(args.model),
                           args.api_key, limits, access, args.max_batch_size, args.max_queue,
                           args.request_timeout, args.protect_all,
-                          None if hosts is None or "*" in hosts else hosts, args.read_timeout)
+                          None if hosts is None or "*" in hosts else hosts, args.read_timeout,
+                          RealtimeLimits(max_session_s=args.realtime_max_session_seconds,
+                                         max_segment_s=args.realtime_max_segment_seconds,
+                                         idle_timeout_s=args.realtime_idle_timeout))
     serve(pipe, config, args.host, args.port, args.access_log)
     return 0
 

@@ -3,6 +3,7 @@
     POST /v1/chat/completions      chat with text + audio parts; ``stream: true`` for SSE
     POST /v1/audio/transcriptions  multipart upload; json / text / srt / vtt / verbose_json
     GET  /v1/models, /health, /metrics (Prometheus text), / (the web page)
+    WS   /v1/realtime?intent=transcription  live transcription (`lalm.serve.realtime`)
 
 Thin, as DESIGN.md asks: a handler validates the body (pydantic; OpenAI parameters lalm
 cannot honour are refused, never ignored), decodes audio under the limits
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -52,10 +53,11 @@ from lalm.generation import (
     TranscriptionPlan,
 )
 from lalm.generation import Request as PromptRequest  # fastapi's Request is the HTTP one
-from lalm.prompt import LANGUAGES
+from lalm.prompt import LANGUAGES, SPACELESS_LANGUAGES, parse_output
 from lalm.serve import schemas as s
 from lalm.serve.batcher import Batcher, Done, Failed, QueueFullError, Ticket, Token
 from lalm.serve.budget import PromptBudget
+from lalm.serve.realtime import RealtimeLimits, SessionCount, serve_session
 from lalm.serve.inputs import (
     ApiError,
     AudioAccess,
@@ -96,6 +98,7 @@ class ServerConfig:
     # ``Host`` header names answered (others: 400, against DNS rebinding); None: any
     allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS
     read_timeout_s: float = 60.0  # for a request's line and headers, then for its body
+    realtime: RealtimeLimits = field(default_factory=RealtimeLimits)  # /v1/realtime sessions
 
 
 def served_model_name(model_dir: str | Path) -> str:
@@ -304,8 +307,12 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
         language: Annotated[str | None, Form()] = None,
         response_format: Annotated[s.TranscriptionFormat, Form()] = "json",
         temperature: Annotated[float, Form(ge=0.0, le=2.0)] = 0.0,
+        stream: Annotated[bool, Form()] = False,
     ) -> Any:
         check_model(model)
+        if stream and response_format not in ("json", "text"):
+            raise invalid("response_format: stream=true gives transcript.text.delta / done "
+                          "events, for json or text only", "response_format")
         refuse_unsupported_transcription((await http.form()).multi_items())
         language = language or "en"
         if language not in LANGUAGES:
@@ -318,9 +325,109 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
                           temperature=temperature, stop_sequences=())
         for request in plan.requests:
             await run_in_threadpool(budget.check, request, options, "file")
+        if stream:
+            return StreamingResponse(transcription_events(plan, options),
+                                     media_type="text/event-stream",
+                                     headers={"cache-control": "no-cache"})
         done = await results_of(plan.requests, options, http)
         transcript = pipeline.stitch_transcription(plan, [d.result for d in done])
         return _transcription(transcript, plan, response_format, temperature)
+
+    async def transcript_so_far(request: PromptRequest, options: GenerationOptions,
+                                tickets: list[Ticket]) -> AsyncIterator[str | Done]:
+        """A transcription job streamed: its parsed text after each token, then its `Done`
+        (the caller cancels ``tickets``, to which its ticket is added)."""
+        tickets.append(submit(request, options, True))
+        deadline = time.monotonic() + config.request_timeout_s
+        decoder, raw = IncrementalDecoder(pipeline.tokenizer), ""
+        while isinstance(event := await next_event(tickets[-1], deadline), Token):
+            if event.finish_reason != "stop":
+                raw += decoder.push(event.token)
+                yield parse_output(raw, request.spec).text.strip()
+        yield event
+
+    async def transcription_events(plan: TranscriptionPlan, options: GenerationOptions
+                                   ) -> AsyncIterator[str]:
+        """OpenAI's transcription stream: ``transcript.text.delta`` events, then
+        ``transcript.text.done``; the deltas concatenate to the done event's text. A clip sent
+        whole streams as its tokens come; a long clip's windows are stitched first, then sent
+        one delta per segment."""
+        deadline = time.monotonic() + config.request_timeout_s
+        tickets: list[Ticket] = []
+        emitted = ""
+
+        def more(text: str) -> str:  # the event carrying what ``text`` adds, if it extends
+            nonlocal emitted
+            if not text.startswith(emitted) or len(text) == len(emitted):
+                return ""
+            delta, emitted = text[len(emitted):], text
+            return _event({"type": "transcript.text.delta", "delta": delta})
+
+        try:
+            if plan.windows is None:
+                dones = []
+                async for step in transcript_so_far(plan.requests[0], options, tickets):
+                    if isinstance(step, Done):
+                        dones.append(step)
+                    elif piece := more(step):
+                        yield piece
+            else:
+                tickets += [submit(request, options, False) for request in plan.requests]
+                dones = []
+                for ticket in tickets:
+                    while not isinstance(event := await next_event(ticket, deadline), Done):
+                        pass
+                    dones.append(event)
+            results = [d.result for d in dones]
+            transcript = pipeline.stitch_transcription(plan, results)
+            sep = "" if plan.language in SPACELESS_LANGUAGES else " "
+            shown = ""
+            for segment in transcript.segments:  # a long clip: one delta per segment
+                shown = (shown + sep + segment.text.strip()).strip()
+                if piece := more(shown):
+                    yield piece
+            text = _transcription(transcript, plan, "json", 0.0).text
+            if piece := more(text):
+                yield piece
+            usage = s.Usage.of(sum(d.prompt_tokens for d in dones),
+                               sum(len(r.tokens) for r in results))
+            yield _event({"type": "transcript.text.done", "text": text, "usage": {
+                "type": "tokens", "input_tokens": usage.prompt_tokens,
+                "output_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens}})
+        except ApiError as e:  # the status line is sent already
+            yield _event({"type": "error", "error": {"message": e.message, "type": e.type,
+                                                     "code": e.code}})
+        finally:
+            for ticket in tickets:
+                ticket.cancel()
+
+    async def transcribe_segment(samples: Any, language: str,
+                                 partial: Callable[[str], Awaitable[None]]) -> str:
+        """A realtime segment's transcript, run by the batcher like an upload's window;
+        ``partial`` gets the text so far after each token."""
+        request = pipeline.transcribe_request(samples, language)
+        options = replace(pipeline.options, max_new_tokens=limits.default_max_tokens,
+                          temperature=0.0, stop_sequences=())
+        await run_in_threadpool(budget.check, request, options, "audio")
+        tickets: list[Ticket] = []
+        try:
+            async for step in transcript_so_far(request, options, tickets):
+                if isinstance(step, Done):
+                    result = step.result
+                else:
+                    await partial(step)
+        finally:
+            for ticket in tickets:
+                ticket.cancel()
+        return (result.parsed.text if result.parsed else result.text).strip()
+
+    app.state.transcribe_segment = transcribe_segment  # what realtime sessions run
+    sessions = SessionCount()
+
+    @app.websocket("/v1/realtime")
+    async def realtime(websocket: WebSocket, intent: str | None = None) -> None:
+        await serve_session(websocket, app.state.transcribe_segment, config.model_name,
+                            config.realtime, sessions, intent)
 
     app.state.metrics = None  # set by `build_asgi`
     return app
@@ -336,6 +443,11 @@ def build_asgi(pipeline: Pipeline, config: ServerConfig) -> Callable[..., Awaita
     guarded = HostCheck(Auth(inner, config.api_key, config.protect_all), config.allowed_hosts)
     app.state.metrics = Metrics(guarded, routes)
     return app.state.metrics
+
+
+def _event(body: dict[str, Any]) -> str:
+    """One server-sent event."""
+    return f"data: {json.dumps(body)}\n\n"
 
 
 def _finish_reason(reason: str | None) -> str:

@@ -380,7 +380,6 @@ UNSUPPORTED_CHAT: dict[str, tuple[object, ...]] = {
     "response_format": (None, {"type": "text"}),
 }
 UNSUPPORTED_TRANSCRIPTION: dict[str, tuple[str, ...]] = {  # form fields, values lowercased
-    "stream": ("false",),
     "logprobs": ("false",),
     "include": (),  # include[]=logprobs
     "include[]": (),
