@@ -1,38 +1,57 @@
-"""Serving throughput and latency: `lalm serve` under 1, 4 and 16 concurrent clients.
+"""Serving throughput and latency: `lalm serve` under 1, 4, 16 and 32 concurrent clients.
 
 Scenario ``batching`` (the default): each client sends chat requests (a short clip + a
-question, ``max_tokens`` fixed, greedy) one after another over loopback. Reported per
-concurrency: requests/s, generated tokens/s and the p50 / p99 request latency, for the
-batching server (``--max-batch-size 16``) and for the same server forced to run one request at
-a time (``--max-batch-size 1``); the headline figure is the batched / sequential throughput
-ratio at 16 clients (goal >= 4x).
+question, greedy, ``max_tokens`` drawn per request between ``--min-tokens`` and
+``--max-tokens``, so answers end at different steps) one after another over loopback. Three
+servers on the same checkpoint, with the same requests:
+
+* ``continuous``: this checkout (the decode engine: a request joins the running ones at the
+  next step and leaves when it ends; ``--max-batch-size 16``);
+* ``dynamic``: the last commit with dynamic batching (`DYNAMIC_COMMIT`, extracted with
+  ``git archive`` into a temporary folder and run from there: a batch runs until its last
+  row ends, newcomers wait for the next batch; ``--max-batch-size 16``);
+* ``sequential``: this checkout with ``--max-batch-size 1`` (one request at a time).
+
+Reported per mode and concurrency: requests/s, generated tokens/s, p50 / p99 request latency;
+the headline ratios are continuous / sequential and continuous / dynamic throughput at 16
+clients (goal >= 4x sequential). Every mode's answers are compared (greedy: they must be the
+same text for the same request).
+
+Scenario ``turns``: conversations of ``--turns`` turns (a clip in the first, then text), one
+client, each turn sending the whole history: turn latency with prefix reuse (the default
+server) and without (``--prefix-cache-slots 0``), and the prefill tokens each computed
+(``lalm_prefill_tokens_total``).
 
 Scenario ``seeds``: the same load sampled (temperature 1), every request with its own seed,
-against the same load greedy, on one server: the sampled / greedy throughput ratio (per-row
-generators let distinct seeds share batches; they ran one batch each before, 0.14x).
+against the same load greedy, on one server: the sampled / greedy throughput ratio.
 
 Scenario ``load``: ``--requests`` (1,000) requests at 32-way concurrency, one in ten malformed
 in one of ten ways (`lalm.testing.server.mixed_chat_bodies`, as tests/integration/
 test_server_load.py sends 200 of them): seconds, requests/s, and the server's resident memory
-after the first 30 % against the end (it should stay flat: measured +3 to +20 MiB for 700
-requests, about 25 MB of bodies).
+after the first 30 % against the end (it should stay flat).
 
-    .venv/bin/python bench/bench_serve.py                  # tiny random model (needs ../shared)
-    .venv/bin/python bench/bench_serve.py --model DIR --max-tokens 32
-    .venv/bin/python bench/bench_serve.py --scenario seeds
-    .venv/bin/python bench/bench_serve.py --scenario load --requests 1000
+    nice -n 19 .venv/bin/python bench/bench_serve.py          # tiny random model (needs ../shared)
+    nice -n 19 .venv/bin/python bench/bench_serve.py --model DIR --max-tokens 32
+    nice -n 19 .venv/bin/python bench/bench_serve.py --scenario turns
+    nice -n 19 .venv/bin/python bench/bench_serve.py --scenario seeds
+    nice -n 19 .venv/bin/python bench/bench_serve.py --scenario load --requests 1000
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
+import os
+import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,6 +64,12 @@ from lalm.testing.server import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+# The last commit whose server batched dynamically (lalm/serve/batcher.py before the engine).
+DYNAMIC_COMMIT = "f6fb0a7"
+
+
+def _max_tokens(i: int, low: int, high: int) -> int:
+    return random.Random(i).randint(low, high)
 
 
 def _body(model: str, max_tokens: int, i: int, sampled: bool = False) -> bytes:
@@ -56,49 +81,112 @@ def _body(model: str, max_tokens: int, i: int, sampled: bool = False) -> bytes:
                            {"type": "text", "text": f"What is in clip {i}?"}]}]}).encode()
 
 
-def _client(url: str, bodies: list[bytes]) -> tuple[list[float], int]:
-    """Send bodies one after another: (latencies in s, completion tokens)."""
-    latencies, tokens = [], 0
-    for body in bodies:
+def _client(url: str, bodies: list[tuple[int, bytes]]
+            ) -> tuple[list[float], int, dict[int, str]]:
+    """Send bodies one after another: (latencies in s, completion tokens, answers)."""
+    latencies, tokens, answers = [], 0, {}
+    for i, body in bodies:
         request = urllib.request.Request(url, body, {"content-type": "application/json"})
         start = time.perf_counter()
         with urllib.request.urlopen(request, timeout=600) as response:
             reply = json.load(response)
         latencies.append(time.perf_counter() - start)
         tokens += reply["usage"]["completion_tokens"]
-    return latencies, tokens
+        answers[i] = reply["choices"][0]["message"]["content"]
+    return latencies, tokens, answers
 
 
-def run_load(url: str, model: str, clients: int, per_client: int,
-             max_tokens: int, sampled: bool = False) -> dict[str, float]:
+def run_load(url: str, model: str, clients: int, per_client: int, min_tokens: int,
+             max_tokens: int, sampled: bool = False) -> dict:
     """``clients`` concurrent clients, ``per_client`` requests each."""
-    plans = [[_body(model, max_tokens, c * per_client + k, sampled) for k in range(per_client)]
-             for c in range(clients)]
+    plans = [[(i, _body(model, _max_tokens(i, min_tokens, max_tokens), i, sampled))
+              for i in range(c * per_client, (c + 1) * per_client)] for c in range(clients)]
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         outcomes = list(pool.map(lambda plan: _client(url, plan), plans))
     wall = time.perf_counter() - start
-    latencies = sorted(t for lat, _ in outcomes for t in lat)
-    tokens = sum(n for _, n in outcomes)
+    latencies = sorted(t for lat, _, _ in outcomes for t in lat)
+    tokens = sum(n for _, n, _ in outcomes)
     return {"req_s": len(latencies) / wall, "tok_s": tokens / wall,
             "p50": statistics.median(latencies),
-            "p99": latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]}
+            "p99": latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))],
+            "answers": {i: a for _, _, answers in outcomes for i, a in answers.items()}}
 
 
-def _measure(model_dir: Path, batch: int, concurrency: list[int], args: argparse.Namespace,
-             log: Path) -> dict[int, dict[str, float]]:
+@contextlib.contextmanager
+def _dynamic_checkout(tmp: Path) -> Iterator[None]:
+    """Run servers from `DYNAMIC_COMMIT`'s lalm (PYTHONPATH) while the block runs."""
+    folder = tmp / "dynamic"
+    folder.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", DYNAMIC_COMMIT, "lalm"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(folder)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def _measure(name: str, model_dir: Path, batch: int, concurrency: list[int],
+             args: argparse.Namespace, log: Path) -> dict[int, dict]:
     results = {}
     with running_server(model_dir, "--max-batch-size", str(batch), "--served-model-name",
                         "bench", log=log) as server:
         url = f"{server.url}/v1/chat/completions"
-        run_load(url, "bench", 2, 1, args.max_tokens)  # warm-up
+        run_load(url, "bench", 2, 1, 2, 2)  # warm-up
         for c in concurrency:
-            results[c] = run_load(url, "bench", c, args.per_client, args.max_tokens)
+            results[c] = run_load(url, "bench", c, args.per_client, args.min_tokens,
+                                  args.max_tokens)
             r = results[c]
-            print(f"max_batch={batch:<3} clients={c:<3} {r['req_s']:7.2f} req/s "
+            print(f"{name:<10} clients={c:<3} {r['req_s']:7.2f} req/s "
                   f"{r['tok_s']:8.1f} tok/s  p50 {r['p50']:6.2f} s  p99 {r['p99']:6.2f} s",
                   flush=True)
     return results
+
+
+def _turns(model_dir: Path, args: argparse.Namespace, tmp: Path) -> None:
+    """Multi-turn chat: each turn's latency with and without prefix reuse."""
+    clip = base64.b64encode(wav_bytes(2.0, 440.0, seed=1)).decode()
+    system = {"role": "system", "content": "You are a careful listener who answers briefly."}
+    outcome = {}
+    for name, flags in (("reuse", ()), ("no reuse", ("--prefix-cache-slots", "0"))):
+        latencies: list[list[float]] = [[] for _ in range(args.turns)]
+        answers = []
+        with running_server(model_dir, "--served-model-name", "bench", *flags,
+                            log=tmp / f"turns-{len(outcome)}.log") as server:
+            url = f"{server.url}/v1/chat/completions"
+            before = server.metrics()["lalm_prefill_tokens_total"]
+            for conv in range(args.conversations):
+                messages = [system, {"role": "user", "content": [
+                    {"type": "input_audio", "input_audio": {"data": clip, "format": "wav"}},
+                    {"type": "text", "text": f"Conversation {conv}: what do you hear?"}]}]
+                for turn in range(args.turns):
+                    body = json.dumps({"model": "bench", "max_tokens": args.max_tokens,
+                                       "messages": messages}).encode()
+                    request = urllib.request.Request(url, body,
+                                                     {"content-type": "application/json"})
+                    start = time.perf_counter()
+                    with urllib.request.urlopen(request, timeout=600) as response:
+                        reply = json.load(response)
+                    latencies[turn].append(time.perf_counter() - start)
+                    answer = reply["choices"][0]["message"]["content"]
+                    answers.append(answer)
+                    messages += [{"role": "assistant", "content": answer},
+                                 {"role": "user", "content": f"Tell me more ({turn})."}]
+            prefilled = server.metrics()["lalm_prefill_tokens_total"] - before
+        outcome[name] = latencies, answers, prefilled
+        print(f"{name:<9} " + "  ".join(f"turn {t + 1}: {statistics.median(lat) * 1000:6.1f} ms"
+                                          for t, lat in enumerate(latencies))
+              + f"   prefill tokens {prefilled:.0f}", flush=True)
+    (reuse, answers_r, pre_r), (plain, answers_p, pre_p) = outcome["reuse"], outcome["no reuse"]
+    last = statistics.median(plain[-1]) / statistics.median(reuse[-1])
+    print(f"turn {args.turns} latency without / with prefix reuse: {last:.2f}x; prefill tokens "
+          f"{pre_p / max(pre_r, 1):.2f}x; answers identical: {answers_r == answers_p}")
 
 
 def _seeds(model_dir: Path, args: argparse.Namespace, log: Path) -> None:
@@ -106,9 +194,11 @@ def _seeds(model_dir: Path, args: argparse.Namespace, log: Path) -> None:
     with running_server(model_dir, "--max-batch-size", "16", "--served-model-name", "bench",
                         log=log) as server:
         url = f"{server.url}/v1/chat/completions"
-        run_load(url, "bench", 2, 1, args.max_tokens)  # warm-up
-        greedy = run_load(url, "bench", clients, args.per_client, args.max_tokens)
-        sampled = run_load(url, "bench", clients, args.per_client, args.max_tokens, True)
+        run_load(url, "bench", 2, 1, 2, 2)  # warm-up
+        greedy = run_load(url, "bench", clients, args.per_client, args.min_tokens,
+                          args.max_tokens)
+        sampled = run_load(url, "bench", clients, args.per_client, args.min_tokens,
+                           args.max_tokens, True)
     for name, r in (("greedy", greedy), ("sampled, a seed each", sampled)):
         print(f"{name:<22} clients={clients:<3} {r['req_s']:7.2f} req/s  p50 {r['p50']:6.2f} s")
     print(f"sampled / greedy throughput at {clients} clients: "
@@ -142,30 +232,64 @@ def _mixed_load(model_dir: Path, args: argparse.Namespace, log: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", choices=["batching", "seeds", "load"],
+    parser.add_argument("--scenario", choices=["batching", "turns", "seeds", "load"],
                         default="batching", help="what to measure (see the module docstring)")
     parser.add_argument("--model", default=None, help="checkpoint dir (default: tiny random)")
-    parser.add_argument("--max-tokens", type=int, default=16, help="tokens per answer")
+    parser.add_argument("--min-tokens", type=int, default=4, help="fewest tokens per answer")
+    parser.add_argument("--max-tokens", type=int, default=32, help="most tokens per answer")
     parser.add_argument("--per-client", type=int, default=4, help="requests per client")
-    parser.add_argument("--clients", default="1,4,16", help="concurrency levels")
+    parser.add_argument("--clients", default="1,4,16,32", help="concurrency levels")
+    parser.add_argument("--modes", default="continuous,dynamic,sequential",
+                        help="servers to compare (batching)")
     parser.add_argument("--requests", type=int, default=1000, help="requests (load)")
+    parser.add_argument("--turns", type=int, default=4, help="turns per conversation (turns)")
+    parser.add_argument("--conversations", type=int, default=5, help="conversations (turns)")
     args = parser.parse_args()
     concurrency = [int(c) for c in args.clients.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         model_dir = Path(args.model) if args.model else save_tiny_checkpoint(
-            Path(tmp) / "tiny", REPO.parent / "shared" / "fixtures" / "qwen2_audio_tokenizer")
+            tmp / "tiny", REPO.parent / "shared" / "fixtures" / "qwen2_audio_tokenizer")
         if args.scenario == "seeds":
-            _seeds(model_dir, args, Path(tmp) / "seeds.log")
+            _seeds(model_dir, args, tmp / "seeds.log")
             return 0
         if args.scenario == "load":
-            _mixed_load(model_dir, args, Path(tmp) / "load.log")
+            _mixed_load(model_dir, args, tmp / "load.log")
             return 0
-        batched = _measure(model_dir, 16, concurrency, args, Path(tmp) / "batched.log")
-        sequential = _measure(model_dir, 1, [max(concurrency)], args,
-                              Path(tmp) / "sequential.log")
-    top = max(concurrency)
-    ratio = batched[top]["req_s"] / sequential[top]["req_s"]
-    print(f"batched / sequential throughput at {top} clients: {ratio:.2f}x (goal >= 4x)")
+        if args.scenario == "turns":
+            _turns(model_dir, args, tmp)
+            return 0
+        results = {}
+        for mode in args.modes.split(","):
+            if mode == "dynamic":
+                with _dynamic_checkout(tmp):
+                    results[mode] = _measure(mode, model_dir, 16, concurrency, args,
+                                             tmp / "dynamic.log")
+            else:
+                batch = 1 if mode == "sequential" else 16
+                results[mode] = _measure(mode, model_dir, batch, concurrency, args,
+                                         tmp / f"{mode}.log")
+    reference: dict[int, str] = {}  # request i's body depends on i only: one answer each
+    for by_load in results.values():
+        for r in by_load.values():
+            for i, answer in r["answers"].items():
+                reference.setdefault(i, answer)
+    for mode, by_load in results.items():  # greedy: every mode and load gives the same text
+        for c, r in by_load.items():
+            differ = sum(r["answers"][i] != reference[i] for i in r["answers"])
+            if differ:
+                print(f"{mode} at {c} clients: {differ} of {len(r['answers'])} answers differ")
+    same = all(r["answers"][i] == reference[i] for by_load in results.values()
+               for r in by_load.values() for i in r["answers"])
+    print(f"answers identical across modes and loads: {same}")
+    for c in concurrency:
+        base = results.get("continuous", {}).get(c)
+        if base is None:
+            continue
+        for other in ("sequential", "dynamic"):
+            if other in results:
+                print(f"continuous / {other} throughput at {c} clients: "
+                      f"{base['req_s'] / results[other][c]['req_s']:.2f}x")
     return 0
 
 
