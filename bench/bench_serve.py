@@ -22,6 +22,10 @@ client, each turn sending the whole history: turn latency with prefix reuse (the
 server) and without (``--prefix-cache-slots 0``), and the prefill tokens each computed
 (``lalm_prefill_tokens_total``).
 
+Scenario ``profile``: the per-row cost of a decode step's vocabulary work (the lm_head product,
+the log-softmax and argmax over the vocabulary) at batch sizes 1..32 on the model's shape: the
+part that does not get cheaper per row bounds what batching can gain.
+
 Scenario ``seeds``: the same load sampled (temperature 1), every request with its own seed,
 against the same load greedy, on one server: the sampled / greedy throughput ratio.
 
@@ -114,15 +118,17 @@ def run_load(url: str, model: str, clients: int, per_client: int, min_tokens: in
 
 
 @contextlib.contextmanager
-def _dynamic_checkout(tmp: Path) -> Iterator[None]:
-    """Run servers from `DYNAMIC_COMMIT`'s lalm (PYTHONPATH) while the block runs."""
+def _dynamic_checkout(tmp: Path, undo: bool = False) -> Iterator[None]:
+    """Start servers from `DYNAMIC_COMMIT`'s lalm (PYTHONPATH) while the block runs (with
+    ``undo``: from this checkout's, as the bench was started)."""
     folder = tmp / "dynamic"
-    folder.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", DYNAMIC_COMMIT, "lalm"],
-                             check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    if not folder.exists():
+        folder.mkdir()
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", DYNAMIC_COMMIT, "lalm"],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(folder)
+    os.environ["PYTHONPATH"] = str(REPO) if undo else str(folder)
     try:
         yield
     finally:
@@ -132,21 +138,59 @@ def _dynamic_checkout(tmp: Path) -> Iterator[None]:
             os.environ["PYTHONPATH"] = old
 
 
-def _measure(name: str, model_dir: Path, batch: int, concurrency: list[int],
-             args: argparse.Namespace, log: Path) -> dict[int, dict]:
-    results = {}
-    with running_server(model_dir, "--max-batch-size", str(batch), "--served-model-name",
-                        "bench", log=log) as server:
-        url = f"{server.url}/v1/chat/completions"
+def _measure(servers: dict[str, str], concurrency: list[int], args: argparse.Namespace
+             ) -> dict[str, dict[int, dict]]:
+    """Every mode at every concurrency, the modes interleaved ``--rounds`` times (a busy
+    machine's load drifts: each mode sees the same drift); per mode and load, the round
+    with the median throughput."""
+    runs: dict[str, dict[int, list[dict]]] = {m: {c: [] for c in concurrency} for m in servers}
+    for url in servers.values():
         run_load(url, "bench", 2, 1, 2, 2)  # warm-up
-        for c in concurrency:
-            results[c] = run_load(url, "bench", c, args.per_client, args.min_tokens,
-                                  args.max_tokens)
-            r = results[c]
-            print(f"{name:<10} clients={c:<3} {r['req_s']:7.2f} req/s "
-                  f"{r['tok_s']:8.1f} tok/s  p50 {r['p50']:6.2f} s  p99 {r['p99']:6.2f} s",
+    for c in concurrency:
+        for _ in range(args.rounds):
+            for mode, url in servers.items():
+                runs[mode][c].append(run_load(url, "bench", c, args.per_client,
+                                              args.min_tokens, args.max_tokens))
+        for mode in servers:
+            ordered = sorted(runs[mode][c], key=lambda r: r["req_s"])
+            r = ordered[len(ordered) // 2]
+            print(f"{mode:<10} clients={c:<3} {r['req_s']:7.2f} req/s "
+                  f"{r['tok_s']:8.1f} tok/s  p50 {r['p50']:6.2f} s  p99 {r['p99']:6.2f} s  "
+                  f"(rounds: {', '.join(f'{x['req_s']:.2f}' for x in runs[mode][c])} req/s)",
                   flush=True)
-    return results
+    return {m: {c: sorted(rs, key=lambda r: r["req_s"])[len(rs) // 2] for c, rs in by.items()}
+            for m, by in runs.items()}
+
+
+def _profile(model_dir: Path) -> None:
+    """Per-row cost of the vocabulary work of one decode step at batch sizes 1..32: the
+    lm_head product and the log-softmax + argmax every row needs (the part of a step that
+    does not get cheaper per row with batching bounds the batching gain)."""
+    import torch
+
+    from lalm.checkpoint import load_model
+
+    head = load_model(model_dir).decoder
+    head.use_decode_layout()
+    weight = head.lm_head.weight
+    print(f"lm_head {tuple(weight.shape)}, {torch.get_num_threads()} thread(s)")
+    with torch.inference_mode():
+        for batch in (1, 4, 16, 32):
+            x = torch.randn(batch, weight.shape[1])
+            for _ in range(3):
+                logits = head.lm_head(x)
+            start = time.perf_counter()
+            for _ in range(20):
+                logits = head.lm_head(x)
+            product = (time.perf_counter() - start) / 20
+            start = time.perf_counter()
+            for _ in range(20):
+                logits.log_softmax(-1)
+                logits.argmax(-1)
+            rest = (time.perf_counter() - start) / 20
+            print(f"batch {batch:<3} lm_head {product / batch * 1000:6.2f} ms/row   "
+                  f"log-softmax + argmax {rest / batch * 1000:6.2f} ms/row   "
+                  f"step cost per row {(product + rest) / batch * 1000:6.2f} ms")
 
 
 def _turns(model_dir: Path, args: argparse.Namespace, tmp: Path) -> None:
@@ -232,12 +276,13 @@ def _mixed_load(model_dir: Path, args: argparse.Namespace, log: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", choices=["batching", "turns", "seeds", "load"],
+    parser.add_argument("--scenario", choices=["batching", "turns", "profile", "seeds", "load"],
                         default="batching", help="what to measure (see the module docstring)")
     parser.add_argument("--model", default=None, help="checkpoint dir (default: tiny random)")
     parser.add_argument("--min-tokens", type=int, default=4, help="fewest tokens per answer")
     parser.add_argument("--max-tokens", type=int, default=32, help="most tokens per answer")
     parser.add_argument("--per-client", type=int, default=4, help="requests per client")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (batching)")
     parser.add_argument("--clients", default="1,4,16,32", help="concurrency levels")
     parser.add_argument("--modes", default="continuous,dynamic,sequential",
                         help="servers to compare (batching)")
@@ -256,19 +301,25 @@ def main() -> int:
         if args.scenario == "load":
             _mixed_load(model_dir, args, tmp / "load.log")
             return 0
+        if args.scenario == "profile":
+            _profile(model_dir)
+            return 0
         if args.scenario == "turns":
             _turns(model_dir, args, tmp)
             return 0
-        results = {}
-        for mode in args.modes.split(","):
-            if mode == "dynamic":
-                with _dynamic_checkout(tmp):
-                    results[mode] = _measure(mode, model_dir, 16, concurrency, args,
-                                             tmp / "dynamic.log")
-            else:
-                batch = 1 if mode == "sequential" else 16
-                results[mode] = _measure(mode, model_dir, batch, concurrency, args,
-                                         tmp / f"{mode}.log")
+        with contextlib.ExitStack() as stack:
+            servers = {}
+            for mode in args.modes.split(","):
+                batch = "1" if mode == "sequential" else "16"
+                if mode == "dynamic":
+                    stack.enter_context(_dynamic_checkout(tmp))
+                server = stack.enter_context(running_server(
+                    model_dir, "--max-batch-size", batch, "--served-model-name", "bench",
+                    log=tmp / f"{mode}.log"))
+                if mode == "dynamic":  # later servers run this checkout again
+                    stack.enter_context(_dynamic_checkout(tmp, undo=True))
+                servers[mode] = f"{server.url}/v1/chat/completions"
+            results = _measure(servers, concurrency, args)
     reference: dict[int, str] = {}  # request i's body depends on i only: one answer each
     for by_load in results.values():
         for r in by_load.values():

@@ -37,7 +37,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -270,6 +270,12 @@ class EngineStats:
         return sum(n for _, n in recent) / span
 
 
+def _policy(options: GenerationOptions) -> tuple[object, ...]:
+    """The fields `process_logits` and `select_tokens` read: rows equal in them are processed
+    in one call (their lengths, stops and seeds may differ)."""
+    return (options.temperature, options.top_k, options.top_p, options.repetition_penalty)
+
+
 def _common_prefix(a: Sequence[Hashable], b: Sequence[Hashable], limit: int) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -454,7 +460,6 @@ class Engine:
         """(tokens reused P, source cache row, columns to copy) for a newcomer; P = 0: none."""
         if gen.keys is None or self.cache is None:
             return 0, -1, 0
-        self.stats.prefix_lookups += 1
         limit = gen.prompt_tokens - 1  # the last prompt token is prefilled: it gives logits
         best = (0, -1, 0)
         base = None
@@ -469,8 +474,6 @@ class Engine:
             if have is None or not torch.equal(have, base.to(have.device)):
                 continue
             best = (n, row, cols[n - 1] + 1)
-        if best[0]:
-            self.stats.prefix_hits += 1
         return best
 
     def _admit(self) -> None:
@@ -495,6 +498,8 @@ class Engine:
                 break
             batch.append((gen, reused, source, copied))
             self._waiting.popleft()
+            self.stats.prefix_lookups += gen.keys is not None
+            self.stats.prefix_hits += reused > 0
             width, budget = wide, budget + new
         if not batch:
             return
@@ -557,16 +562,18 @@ class Engine:
         """Pick each row's next token from its logits (step 3); which rows finished."""
         logits = self._logits
         assert logits is not None
-        groups: dict[tuple[GenerationOptions, tuple[int, ...]], list[int]] = {}
+        # rows whose logits are processed alike share one call (`_policy`)
+        groups: dict[tuple[object, ...], list[int]] = {}
         for i, row in enumerate(self._rows):
             options = row.gen.options
             banned = tuple(options.suppress_token_ids)
             if len(row.gen.result.tokens) < options.min_new_tokens:
                 banned += row.gen.stop_ids
-            groups.setdefault((replace(options, seed=None), banned), []).append(i)
+            groups.setdefault((*_policy(options), banned), []).append(i)
         chosen = torch.empty(len(self._rows), dtype=torch.int64, device=logits.device)
-        for (options, banned), index in groups.items():
+        for key, index in groups.items():
             rows = [self._rows[i] for i in index]
+            options, banned = rows[0].gen.options, key[-1]
             sub = logits[index] if len(index) < len(self._rows) else logits
             seen = None
             if options.repetition_penalty != 1.0:

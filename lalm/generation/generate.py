@@ -22,7 +22,7 @@ from torch import Tensor
 from lalm.errors import GenerationError
 from lalm.generation.engine import Decode, Engine, _StopSequences, check_room
 from lalm.generation.options import GenerationOptions, GenerationResult
-from lalm.generation.sampling import process_logits, select_tokens
+from lalm.generation.sampling import process_logits
 from lalm.model import AudioLanguageModel, positions_from_mask
 
 @dataclass

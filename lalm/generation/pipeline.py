@@ -58,7 +58,6 @@ from lalm.generation.engine import (
     Engine,
     Event,
     Generation,
-    IncrementalDecoder,
     check_room,
     cut_at_stop,
 )
@@ -524,15 +523,17 @@ class Pipeline:
                  progress: Callable[[int], None] | None = None) -> list[GenerationResult]:
         """Run requests on the engine; results in request order.
 
-        Requests are prepared ``batch_size`` at a time (one encoder batch each) and join the
-        engine as slots free up: up to ``batch_size`` run at once, the next taking a slot as
-        soon as one finishes (beam search runs in batches of ``batch_size`` on its own loop).
+        Requests are prepared ``batch_size`` at a time (one encoder batch each; at most two
+        such batches are queued ahead) and join the engine as its slots free up (it has at
+        least ``batch_size``): a request takes a slot as soon as another finishes, never
+        waiting for a whole batch. Beam search runs in batches of ``batch_size`` on its own
+        loop.
 
         Args:
             requests: the prompts.
             options: decoding policy: `GenerationOptions`, a dict of its fields over the
                 pipeline's options, or None (the pipeline's).
-            batch_size: prompts running at once (default: all at once).
+            batch_size: prompts prepared together and slots reserved (default: all at once).
             progress: called with the number of requests finished, as they finish.
 
         Returns:
