@@ -154,9 +154,10 @@ def _measure(servers: dict[str, str], concurrency: list[int], args: argparse.Nam
         for mode in servers:
             ordered = sorted(runs[mode][c], key=lambda r: r["req_s"])
             r = ordered[len(ordered) // 2]
+            rounds = ", ".join(f"{x['req_s']:.2f}" for x in runs[mode][c])
             print(f"{mode:<10} clients={c:<3} {r['req_s']:7.2f} req/s "
                   f"{r['tok_s']:8.1f} tok/s  p50 {r['p50']:6.2f} s  p99 {r['p99']:6.2f} s  "
-                  f"(rounds: {', '.join(f'{x['req_s']:.2f}' for x in runs[mode][c])} req/s)",
+                  f"(rounds: {rounds} req/s)",
                   flush=True)
     return {m: {c: sorted(rs, key=lambda r: r["req_s"])[len(rs) // 2] for c, rs in by.items()}
             for m, by in runs.items()}
