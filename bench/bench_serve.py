@@ -194,44 +194,59 @@ def _profile(model_dir: Path) -> None:
                   f"step cost per row {(product + rest) / batch * 1000:6.2f} ms")
 
 
-def _turns(model_dir: Path, args: argparse.Namespace, tmp: Path) -> None:
-    """Multi-turn chat: each turn's latency with and without prefix reuse."""
-    clip = base64.b64encode(wav_bytes(2.0, 440.0, seed=1)).decode()
+def _conversation(url: str, clip: str, conv: int, args: argparse.Namespace
+                  ) -> tuple[list[float], list[str]]:
+    """One conversation of ``--turns`` turns, each sending the whole history: (each turn's
+    latency, the answers)."""
     system = {"role": "system", "content": "You are a careful listener who answers briefly."}
-    outcome = {}
-    for name, flags in (("reuse", ()), ("no reuse", ("--prefix-cache-slots", "0"))):
-        latencies: list[list[float]] = [[] for _ in range(args.turns)]
-        answers = []
-        with running_server(model_dir, "--served-model-name", "bench", *flags,
-                            log=tmp / f"turns-{len(outcome)}.log") as server:
-            url = f"{server.url}/v1/chat/completions"
-            before = server.metrics()["lalm_prefill_tokens_total"]
-            for conv in range(args.conversations):
-                messages = [system, {"role": "user", "content": [
-                    {"type": "input_audio", "input_audio": {"data": clip, "format": "wav"}},
-                    {"type": "text", "text": f"Conversation {conv}: what do you hear?"}]}]
-                for turn in range(args.turns):
-                    body = json.dumps({"model": "bench", "max_tokens": args.max_tokens,
-                                       "messages": messages}).encode()
-                    request = urllib.request.Request(url, body,
-                                                     {"content-type": "application/json"})
-                    start = time.perf_counter()
-                    with urllib.request.urlopen(request, timeout=600) as response:
-                        reply = json.load(response)
-                    latencies[turn].append(time.perf_counter() - start)
-                    answer = reply["choices"][0]["message"]["content"]
-                    answers.append(answer)
-                    messages += [{"role": "assistant", "content": answer},
-                                 {"role": "user", "content": f"Tell me more ({turn})."}]
-            prefilled = server.metrics()["lalm_prefill_tokens_total"] - before
-        outcome[name] = latencies, answers, prefilled
-        print(f"{name:<9} " + "  ".join(f"turn {t + 1}: {statistics.median(lat) * 1000:6.1f} ms"
-                                          for t, lat in enumerate(latencies))
-              + f"   prefill tokens {prefilled:.0f}", flush=True)
-    (reuse, answers_r, pre_r), (plain, answers_p, pre_p) = outcome["reuse"], outcome["no reuse"]
-    last = statistics.median(plain[-1]) / statistics.median(reuse[-1])
+    messages = [system, {"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": clip, "format": "wav"}},
+        {"type": "text", "text": f"Conversation {conv}: what do you hear?"}]}]
+    latencies, answers = [], []
+    for turn in range(args.turns):
+        body = json.dumps({"model": "bench", "max_tokens": args.max_tokens,
+                           "messages": messages}).encode()
+        request = urllib.request.Request(url, body, {"content-type": "application/json"})
+        start = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=600) as response:
+            reply = json.load(response)
+        latencies.append(time.perf_counter() - start)
+        answers.append(reply["choices"][0]["message"]["content"])
+        messages += [{"role": "assistant", "content": answers[-1]},
+                     {"role": "user", "content": f"Tell me more ({turn})."}]
+    return latencies, answers
+
+
+def _turns(model_dir: Path, args: argparse.Namespace, tmp: Path) -> None:
+    """Multi-turn chat: each turn's latency with and without prefix reuse (the two servers'
+    conversations interleaved, so both see the same machine load)."""
+    clip = base64.b64encode(wav_bytes(2.0, 440.0, seed=1)).decode()
+    modes = {"reuse": (), "no reuse": ("--prefix-cache-slots", "0")}
+    latencies = {m: [[] for _ in range(args.turns)] for m in modes}
+    answers: dict[str, list[str]] = {m: [] for m in modes}
+    prefilled = {}
+    with contextlib.ExitStack() as stack:
+        servers = {m: stack.enter_context(running_server(
+            model_dir, "--served-model-name", "bench", *flags, log=tmp / f"turns{i}.log"))
+            for i, (m, flags) in enumerate(modes.items())}
+        before = {m: srv.metrics()["lalm_prefill_tokens_total"] for m, srv in servers.items()}
+        for conv in range(args.conversations):
+            for mode, server in servers.items():
+                lat, said = _conversation(f"{server.url}/v1/chat/completions", clip, conv, args)
+                for t, x in enumerate(lat):
+                    latencies[mode][t].append(x)
+                answers[mode] += said
+        for mode, server in servers.items():
+            prefilled[mode] = server.metrics()["lalm_prefill_tokens_total"] - before[mode]
+    for mode in modes:
+        print(f"{mode:<9} " + "  ".join(f"turn {t + 1}: {statistics.median(lat) * 1000:6.1f} ms"
+                                          for t, lat in enumerate(latencies[mode]))
+              + f"   prefill tokens {prefilled[mode]:.0f}", flush=True)
+    last = (statistics.median(latencies["no reuse"][-1])
+            / statistics.median(latencies["reuse"][-1]))
     print(f"turn {args.turns} latency without / with prefix reuse: {last:.2f}x; prefill tokens "
-          f"{pre_p / max(pre_r, 1):.2f}x; answers identical: {answers_r == answers_p}")
+          f"{prefilled['no reuse'] / max(prefilled['reuse'], 1):.2f}x; answers identical: "
+          f"{answers['reuse'] == answers['no reuse']}")
 
 
 def _seeds(model_dir: Path, args: argparse.Namespace, log: Path) -> None:
