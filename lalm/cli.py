@@ -573,6 +573,10 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
                         "else with 2 s of overlap), at most 30")
     p.add_argument("--realtime-idle-timeout", type=float, default=120.0,
                    help="seconds a /v1/realtime session may send nothing before it is closed")
+    p.add_argument("--encoder-cache-mib", type=float, default=64.0,
+                   help="MiB of encoded clips kept by a hash of their samples (0: none)")
+    p.add_argument("--prefix-cache-slots", type=int, default=4,
+                   help="finished sequences whose KV cache is kept for prefix reuse (0: none)")
     p.add_argument("--access-log", action="store_true", help="log every request")
 
 
@@ -587,7 +591,12 @@ def _serve(args: argparse.Namespace) -> int:
     from lalm.serve.middleware import default_allowed_hosts
     from lalm.serve.realtime import RealtimeLimits
 
-    pipe = load_model(args.model, dtype=args.dtype, device=args.device)
+    from lalm.generation import Pipeline
+
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    pipe = Pipeline(loaded.model, loaded.tokenizer, loaded.options, loaded.max_audio_seconds,
+                    encoder_cache_mib=args.encoder_cache_mib,
+                    prefix_slots=args.prefix_cache_slots)
     if args.max_audio_seconds is not None:  # one limit: the server's and the pipeline's
         pipe.max_audio_seconds = args.max_audio_seconds
     limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024),

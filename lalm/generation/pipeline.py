@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -47,7 +47,20 @@ from lalm.audio import (
     stream_audio,
 )
 from lalm.errors import AudioError, AudioTooLongError, CheckpointError, PromptError
-from lalm.generation.generate import PromptBatch, generate, generate_steps, left_pad
+from lalm.generation.encoder_cache import (
+    DEFAULT_ENCODER_CACHE_MIB,
+    EncoderCache,
+    audio_digest,
+    rows_digest,
+)
+from lalm.generation.engine import (
+    Engine,
+    Event,
+    Generation,
+    check_room,
+    cut_at_stop,
+)
+from lalm.generation.generate import PromptBatch, beam_search, left_pad
 from lalm.generation.messages import as_messages
 from lalm.generation.options import GenerationOptions, GenerationResult, resolve_options
 from lalm.longform import (
@@ -199,36 +212,6 @@ def check_transcription_options(family: FamilySpec, timestamps: bool, long_form:
                      window_s=window_s, overlap_s=overlap_s)
 
 
-class IncrementalDecoder:
-    """Token ids in, text out, never splitting a multi-byte character.
-
-    Byte-level BPE tokens may end inside a UTF-8 character; decoding such a prefix gives a
-    trailing U+FFFD. Tokens are held back until their text decodes without one (or until
-    `MAX_HELD` tokens show the bytes are genuinely invalid).
-    """
-
-    MAX_HELD = 8  # a UTF-8 character spans at most 4 bytes, hence at most 4 tokens
-
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self._held: list[int] = []
-
-    def push(self, token: int) -> str:
-        """Add a token; returns the newly complete text (possibly "")."""
-        self._held.append(token)
-        text = self.tokenizer.decode(self._held)
-        if text.endswith("\ufffd") and len(self._held) < self.MAX_HELD:
-            return ""
-        self._held = []
-        return text
-
-    def flush(self) -> str:
-        """Whatever is still held (a truncated character becomes U+FFFD)."""
-        text = self.tokenizer.decode(self._held)
-        self._held = []
-        return text
-
-
 def _prompt_count(plan: TranscriptionPlan) -> int:
     """How many prompts transcribe a planned clip: one per window, or one for the whole clip."""
     return 1 if plan.windows is None else len(plan.windows)
@@ -237,12 +220,6 @@ def _prompt_count(plan: TranscriptionPlan) -> int:
 def as_audio_part(audio: AudioSource | AudioPart) -> AudioPart:
     """``audio`` as an `AudioPart` (a part passes through, keeping its name for messages)."""
     return audio if isinstance(audio, AudioPart) else AudioPart(audio)
-
-
-def _cut_at_stop(text: str, stop_sequences: Sequence[str]) -> str:
-    """``text`` up to (not including) the earliest stop sequence."""
-    cuts = [i for i in (text.find(s) for s in stop_sequences) if i >= 0]
-    return text[: min(cuts)] if cuts else text
 
 
 class Pipeline:
@@ -257,11 +234,16 @@ class Pipeline:
         max_audio_seconds: longest clip a prompt takes, in seconds (None: no limit). A clip
             longer than the encoder's window costs 25 audio tokens per second all the same
             (`lalm.longform`); the default 300 s (7500 tokens) fits an 8192-position decoder.
+        engine: the decode engine every generation of this pipeline (and of the server over
+            it) runs on: `generate`, `stream`, conversations, eval.
+        encoder_cache: encoded clips by a hash of their samples (`encoder_cache_mib` MiB).
     """
 
     def __init__(self, model: AudioLanguageModel, tokenizer: Tokenizer,
                  options: GenerationOptions | None = None,
-                 max_audio_seconds: Seconds | None = DEFAULT_MAX_CHAT_S) -> None:
+                 max_audio_seconds: Seconds | None = DEFAULT_MAX_CHAT_S, *,
+                 encoder_cache_mib: float = DEFAULT_ENCODER_CACHE_MIB,
+                 prefix_slots: int = 4) -> None:
         if model.config.projector.audio_bos_eos != bool(tokenizer.family.boundary_rows):
             raise CheckpointError(
                 f"tokenizer {tokenizer.source} is {tokenizer.family.name} but the model "
@@ -272,6 +254,8 @@ class Pipeline:
         self.family = tokenizer.family
         self.options = options or GenerationOptions()
         self.max_audio_seconds = max_audio_seconds
+        self.engine = Engine(model, tokenizer.decode, slots=8, prefix_slots=prefix_slots)
+        self.encoder_cache = EncoderCache(encoder_cache_mib)
 
     @property
     def max_audio_seconds(self) -> Seconds | None:
@@ -373,6 +357,8 @@ class Pipeline:
         model = self.model
         windows: list[np.ndarray] = []
         owner: list[int] = []
+        encoded: list[Tensor | None] = []  # per clip, its rows (from the cache, or below)
+        keys: list[bytes] = []
         for k, part in enumerate(parts):
             try:  # decoding stops at the limit (or at the header's duration)
                 clip = load_audio(part.source, max_seconds=self.max_audio_seconds)
@@ -381,9 +367,15 @@ class Pipeline:
                     f"{part.label}: longer than max_audio_seconds={self.max_audio_seconds:g} s "
                     f"({TOKENS_PER_SECOND} audio tokens per second; {e}); raise the limit or "
                     "transcribe it with long-form windows") from None
+            keys.append(audio_digest(clip))
+            encoded.append(self.encoder_cache.get(keys[-1]))
+            if encoded[-1] is not None:  # encoded before: the same rows
+                continue
             pieces = split_for_chat(clip, self.window_s, max_duration_s=None)
             windows += pieces
             owner += [k] * len(pieces)
+        if not windows:
+            return [r for r in encoded if r is not None]
         features, lens = batch_log_mel(windows, model.config.encoder.n_mels,
                                        self.family.real_length)
         device, dtype = model.decoder.embed.weight.device, model.decoder.embed.weight.dtype
@@ -399,8 +391,11 @@ class Pipeline:
                                         lens[group].to(device))
                 for index, r in zip(group.tolist(), out):
                     rows[index] = r
-        return [join_window_rows([r for r, o in zip(rows, owner) if o == k], boundary_rows=bool(self.family.boundary_rows))
-                for k in range(len(parts))]
+        for k in sorted(set(owner)):
+            encoded[k] = join_window_rows([r for r, o in zip(rows, owner) if o == k],
+                                          boundary_rows=bool(self.family.boundary_rows))
+            self.encoder_cache.put(keys[k], encoded[k])
+        return [r for r in encoded if r is not None]
 
     def prepare(self, requests: Sequence[Request]) -> PromptBatch:
         """Load every clip, compute features, tokenize, embed: one left-padded batch.
@@ -412,11 +407,18 @@ class Pipeline:
             AudioError: a clip that cannot be loaded, or longer than `max_audio_seconds`.
             PromptError: a prompt with no tokens, or `audio_rows` that do not fit its prompt.
         """
+        return self._prepare(requests)[0]
+
+    def _prepare(self, requests: Sequence[Request]
+                 ) -> tuple[PromptBatch, list[list[Hashable]]]:
+        """`prepare`, with each prompt's prefix keys (`Engine.submit`): per real position its
+        token id, or for an audio slot the digest of its clip's rows and the row's index."""
         model, tokenizer = self.model, self.tokenizer
         fresh = iter(self.encode_audio(
             [a for r in requests if r.audio_rows is None for a in r.prompt.audios]))
         boundary = self.family.boundary_rows  # v1 BOS/EOS rows per clip
-        ids_list, rows = [], []
+        slot_ids = tokenizer.audio_slot_ids
+        ids_list, rows, keys = [], [], []
         for r in requests:
             audios = r.prompt.audios
             given = list(r.audio_rows) if r.audio_rows is not None else None
@@ -428,19 +430,56 @@ class Pipeline:
             ids = r.prompt.encode(tokenizer, counts).ids
             if not ids:
                 raise PromptError("empty prompt: it encodes to no tokens")
+            slot_keys = iter([(rows_digest(x), j) for x in clip_rows
+                              for j in range(x.shape[0])])
+            keys.append([next(slot_keys, i) if i in slot_ids else i for i in ids])
             ids_list.append(ids)
             rows += clip_rows
         ids, mask = left_pad(ids_list, tokenizer.eod_id)
         device = model.decoder.embed.weight.device
         ids, mask = ids.to(device), mask.to(device)
-        slots = torch.tensor(sorted(tokenizer.audio_slot_ids), device=device)
+        slots = torch.tensor(sorted(slot_ids), device=device)
         with torch.inference_mode():
             if not rows:
                 embeds = model.decoder.embed(ids)
             else:
                 embeds = model.embed_prompt(ids, [x.to(device) for x in rows],
                                             torch.isin(ids, slots) & mask)
-        return PromptBatch(ids=ids, token_mask=mask, embeds=embeds)
+        return PromptBatch(ids=ids, token_mask=mask, embeds=embeds), keys
+
+    def submit(self, requests: Sequence[Request], options: Sequence[GenerationOptions],
+               top_logprobs: Sequence[int | None] | None = None,
+               on_event: Sequence[Callable[[Event], None] | None] | None = None
+               ) -> list[Generation]:
+        """Prepare requests together (one encoder batch) and queue them on `engine`; all or
+        none are queued. Step the engine (`Engine.step`, `Engine.run`) to run them; each
+        finished result still needs `finish` (text, parsed fields).
+
+        Args:
+            requests: the prompts.
+            options: each one's resolved options (``num_beams == 1``).
+            top_logprobs: each one's `Engine.submit` ``top_logprobs`` (default None).
+            on_event: each one's event callback (default None).
+
+        Returns:
+            One `Generation` per request.
+
+        Raises:
+            AudioError / PromptError: as `prepare`.
+            GenerationError: a prompt + max_new_tokens beyond the engine's max_seq_len.
+        """
+        batch, keys = self._prepare(requests)
+        lengths = batch.lengths.tolist()
+        for n, option in zip(lengths, options):
+            check_room(n, option, self.engine.max_seq_len)
+        gens = []
+        for b, option in enumerate(options):
+            real = batch.token_mask[b]
+            gens.append(self.engine.submit(
+                batch.embeds[b][real], batch.ids[b][real], option, self.stop_ids(option),
+                keys=keys[b], top_logprobs=None if top_logprobs is None else top_logprobs[b],
+                on_event=None if on_event is None else on_event[b]))
+        return gens
 
     def stop_ids(self, options: GenerationOptions) -> tuple[int, ...]:
         """Token ids that end generation: the options' own, else the tokenizer's chat stops."""
@@ -454,24 +493,31 @@ class Pipeline:
         tokens = result.tokens
         if result.finish_reason == "stop":
             tokens = tokens[:-1]
-        result.text = _cut_at_stop(self.tokenizer.decode(tokens), options.stop_sequences)
+        result.text = cut_at_stop(self.tokenizer.decode(tokens), options.stop_sequences)
         result.parsed = self.family.parse(result.text, request.spec)
         return result
 
     def generate(self, requests: Sequence[Request], options: OptionsArg = None,
                  batch_size: int | None = None,
                  progress: Callable[[int], None] | None = None) -> list[GenerationResult]:
-        """Run requests in batches; results in request order.
+        """Run requests on the engine; results in request order.
+
+        Requests are prepared ``batch_size`` at a time (one encoder batch each; at most two
+        such batches are queued ahead) and join the engine as its slots free up (it has at
+        least ``batch_size``): a request takes a slot as soon as another finishes, never
+        waiting for a whole batch. Beam search runs in batches of ``batch_size`` on its own
+        loop.
 
         Args:
             requests: the prompts.
             options: decoding policy: `GenerationOptions`, a dict of its fields over the
                 pipeline's options, or None (the pipeline's).
-            batch_size: prompts per batch (default: all at once).
-            progress: called with the number of requests finished after each batch.
+            batch_size: prompts prepared together and slots reserved (default: all at once).
+            progress: called with the number of requests finished, as they finish.
 
         Returns:
-            One `GenerationResult` per request, with `text`, `parsed` and `timings`.
+            One `GenerationResult` per request, with `text`, `parsed` and `timings`
+            ("prepare": its batch's preparation; "generate": from its submission to its end).
 
         Raises:
             GenerationError: bad options (an unknown field is listed with the valid ones).
@@ -480,14 +526,48 @@ class Pipeline:
         size = batch_size or max(len(requests), 1)
         if size < 1:
             raise PromptError(f"batch_size must be >= 1, got {batch_size}")
+        if options.num_beams > 1:
+            return self._beam_search(requests, options, size, progress)
+        self.engine.reserve(size)
+        results: list[GenerationResult | None] = [None] * len(requests)
+        flying: list[tuple[int, Generation, float, float]] = []  # (index, gen, prepare, t)
+        start = 0
+        try:
+            while start < len(requests) or flying:
+                if start < len(requests) and len(flying) < 2 * size:  # a batch waits ready
+                    chunk = requests[start:start + size]
+                    t0 = time.perf_counter()
+                    gens = self.submit(chunk, [options] * len(chunk))
+                    t1 = time.perf_counter()
+                    flying += [(start + k, g, t1 - t0, t1) for k, g in enumerate(gens)]
+                    start += len(chunk)
+                self.engine.step()
+                now, left = time.perf_counter(), []
+                for index, gen, prepared, t in flying:
+                    if gen.done:
+                        gen.result.timings = {"prepare": prepared, "generate": now - t}
+                        results[index] = self.finish(gen.result, requests[index], options)
+                    else:
+                        left.append((index, gen, prepared, t))
+                if progress is not None and len(left) < len(flying):
+                    progress(len(flying) - len(left))
+                flying = left
+        finally:
+            for _, gen, _, _ in flying:  # an error (or an interrupt): free their slots
+                self.engine.cancel(gen)
+        return [r for r in results if r is not None]
+
+    def _beam_search(self, requests: Sequence[Request], options: GenerationOptions, size: int,
+                     progress: Callable[[int], None] | None) -> list[GenerationResult]:
+        """`generate` with ``num_beams > 1``: batches of ``size`` on beam search's loop."""
         results: list[GenerationResult] = []
         for start in range(0, len(requests), size):
             chunk = requests[start:start + size]
             t0 = time.perf_counter()
             batch = self.prepare(chunk)
             t1 = time.perf_counter()
-            out = generate(self.model, batch, options, self.stop_ids(options),
-                           self.tokenizer.decode)
+            out = beam_search(self.model, batch, options, self.stop_ids(options),
+                              self.tokenizer.decode)
             t2 = time.perf_counter()
             for request, result in zip(chunk, out):
                 result.timings = {"prepare": t1 - t0, "generate": t2 - t1}
@@ -500,29 +580,20 @@ class Pipeline:
         """Text pieces of one request's output as they are generated (greedy or sampling).
 
         Pieces never split a multi-byte character; with stop sequences, the last characters
-        are held back until it is clear they do not start one. The stop token is not shown.
-        ``options`` as in `generate`.
+        are held back until it is clear they do not start one (`lalm.generation.engine.
+        TextStream`). The stop token is not shown. ``options`` as in `generate`. The request
+        runs on the engine beside any others; leaving the loop early frees its slot.
         """
         options = resolve_options(self.options, options)
-        stop_ids = self.stop_ids(options)
-        decoder = IncrementalDecoder(self.tokenizer)
-        hold = max((len(s) for s in options.stop_sequences), default=1) - 1
-        pending = ""
-        for step in generate_steps(self.model, self.prepare([request]), options, stop_ids,
-                                   self.tokenizer.decode):
-            token, result = step.tokens[0], step.results[0]
-            if token is not None and result.finish_reason != "stop":
-                pending += decoder.push(token)
-            if result.finish_reason is not None:
-                break
-            if options.stop_sequences:
-                pending = _cut_at_stop(pending, options.stop_sequences)
-            if len(pending) > hold:
-                yield pending[: len(pending) - hold]
-                pending = pending[len(pending) - hold:]
-        rest = _cut_at_stop(pending + decoder.flush(), options.stop_sequences)
-        if rest:
-            yield rest
+        (gen,) = self.submit([request], [options])
+        try:
+            while not gen.done:
+                self.engine.step()
+                for event in gen.take_events():
+                    if event.text:
+                        yield event.text
+        finally:
+            self.engine.cancel(gen)
 
     # ------------------------------------------------------------------ conveniences
 
@@ -802,5 +873,7 @@ class Pipeline:
 
     def with_options(self, **changes: object) -> Pipeline:
         """A pipeline sharing model and tokenizer with other default options."""
-        return Pipeline(self.model, self.tokenizer, replace(self.options, **changes),
-                        self.max_audio_seconds)
+        other = Pipeline(self.model, self.tokenizer, replace(self.options, **changes),
+                         self.max_audio_seconds, prefix_slots=0)
+        other.engine, other.encoder_cache = self.engine, self.encoder_cache  # shared
+        return other
