@@ -67,7 +67,7 @@ def build(config: DecoderConfig, precision: str, seed: int = 0) -> TextDecoder:
     with torch.no_grad():
         for name, param in decoder.named_parameters():
             if param.ndim == 2:
-                flat = param.view(-1)
+                flat = (param if param.is_contiguous() else param.t()).view(-1)
                 for start in range(0, flat.numel(), block.numel()):
                     chunk = flat[start:start + block.numel()]
                     chunk.copy_(block[:chunk.numel()])
