@@ -90,6 +90,9 @@ def test_a_decoder_in_the_decode_layout_quantises_alike() -> None:
     assert not laid.decoder.lm_head.weight.is_contiguous()
     quantize_model_int8(plain)
     quantize_model_int8(laid)
+    head = laid.decoder.lm_head
+    quantize_model_int8(laid)  # already quantised modules are kept, not re-quantised
+    assert laid.decoder.lm_head is head
     for name, tensor in plain.state_dict().items():
         assert torch.equal(laid.state_dict()[name], tensor), name
 
