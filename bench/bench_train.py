@@ -37,7 +37,7 @@ from _common import clips, librispeech_like
 from lalm.checkpoint import load_model
 from lalm.data.collate import collate, model_inputs
 from lalm.data.dataset import AudioTextDataset
-from lalm.data.manifest import AudioRef, Example, TaskSpec
+from lalm.data.manifest import AudioRef, Example, ExampleTask
 from lalm.prompt import Family
 from lalm.synth.render import render_prompt
 from lalm.testing.checkpoints import reference_config, save_reference_checkpoint
@@ -58,7 +58,7 @@ def make_examples(folder: Path, seconds: list[float], seed: int) -> list[Example
         sf.write(folder / f"{i}.wav", wave, 16000, subtype="FLOAT")
         target = " ".join(rng.choice(WORDS, max(1, round(2.5 * seconds[i]))))
         out.append(Example(f"item-{i}", (AudioRef(f"{i}.wav"),),
-                           TaskSpec("asr", "en", instruction="Transcribe the audio."), target))
+                           ExampleTask("asr", "en", instruction="Transcribe the audio."), target))
     return out
 
 

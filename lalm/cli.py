@@ -725,7 +725,7 @@ def _bench_synth(args: argparse.Namespace) -> int:
 
     from lalm.api import load_model
     from lalm.eval.report import describe_model
-    from lalm.eval.synth_bench import markdown_table, run_synth_bench
+    from lalm.eval.synth_report import markdown_table, run_synth_bench
 
     pipe = load_model(args.model, dtype=args.dtype, device=args.device)
     model = describe_model(pipe, args.model)

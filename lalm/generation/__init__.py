@@ -13,7 +13,6 @@ from lalm.generation.generate import (
 )
 from lalm.generation.options import GenerationOptions, GenerationResult
 from lalm.generation.pipeline import (
-    REAL_LENGTH,
     IncrementalDecoder,
     Pipeline,
     Request,
@@ -23,7 +22,6 @@ from lalm.generation.pipeline import (
 )
 
 __all__ = [
-    "REAL_LENGTH",
     "Conversation",
     "GenerationOptions",
     "GenerationResult",

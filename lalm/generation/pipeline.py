@@ -2,13 +2,13 @@
 
     audio.load_audio -> audio.batch_log_mel (real length) -> prompt (build, encode with counts)
     -> tokenizer -> model.embed_audio / embed_prompt -> generate -> tokenizer.decode
-    -> prompt.parse_output
+    -> the family's parser (prompt.parse_output)
 
 Callers (the CLI, the server, the evaluator) pass audio + text, a `Prompt`, or chat messages
 (`Message`s or OpenAI / transformers dicts, `lalm.generation.messages`) and get
-`GenerationResult`s with text and parsed fields. The prompt family comes from the checkpoint's
-tokenizer; so does the real mel length rule (`REAL_LENGTH`); the default decoding options come
-from its generation_config.json, as transformers reads it (`read_generation_config`), and a
+`GenerationResult`s with text and parsed fields. The prompt family (`lalm.prompt.FamilySpec`)
+comes from the checkpoint's tokenizer; so do the real mel length rule and the ASR prompt; the
+default decoding options come from its generation_config.json, as transformers reads it (`read_generation_config`), and a
 call overrides them with ``options`` (an object or a dict) or keyword fields.
 
 Audio longer than the encoder's 30-s window is never cut silently (`lalm.longform`):
@@ -41,7 +41,6 @@ from lalm.audio import (
     HOP_LENGTH,
     LOOKAHEAD_FRAMES,
     SAMPLE_RATE,
-    RealLength,
     Seconds,
     batch_log_mel,
     load_audio,
@@ -73,28 +72,18 @@ from lalm.prompt import (
     SPACELESS_LANGUAGES,  # languages written without spaces: one list, in the prompt layer
     AudioPart,
     AudioSource,
-    Family,
+    FamilySpec,
     Message,
     ParsedOutput,
     Prompt,
     TaskSpec,
     TimedWord,
-    build_base_prompt,
     build_chat_prompt,
-    build_prompt,
+    check_timestamps,
     fill_audio_tags,
-    parse_output,
-    tag,
     user_message,
 )
 from lalm.tokenizer import Tokenizer, load_tokenizer
-
-# How each family's reference counts a clip's real mel frames (lalm.audio.RealLength):
-# transformers' Qwen2AudioProcessor rounds a last partial hop up, Qwen-Audio v1 drops it.
-REAL_LENGTH: dict[Family, RealLength] = {Family.QWEN2_AUDIO: "ceil", Family.QWEN_AUDIO: "floor"}
-
-# Qwen2-Audio base-model ASR instruction (the official LibriSpeech evaluation's prompt).
-QWEN2_ASR_INSTRUCTION = "Detect the language and recognize the speech: "
 
 # How `Pipeline.transcribe` treats a clip longer than one window: "vad" cuts windows in the
 # pauses an energy voice-activity detector finds, "fixed" cuts fixed windows with overlap,
@@ -194,7 +183,7 @@ def read_generation_config(directory: str | Path, stop_ids: tuple[int, ...] = ()
                                      stop_ids)
 
 
-def check_transcription_options(family: Family, timestamps: bool, long_form: LongForm,
+def check_transcription_options(family: FamilySpec, timestamps: bool, long_form: LongForm,
                                 overlap_s: Seconds, window_s: Seconds = MAX_WINDOW_S) -> None:
     """Check transcription options before any audio or model is loaded.
 
@@ -202,9 +191,7 @@ def check_transcription_options(family: Family, timestamps: bool, long_form: Lon
         PromptError: ``timestamps`` for a family without timestamp tags (Qwen2-Audio).
         AudioError: ``long_form`` not "vad", "fixed" or None, or ``overlap_s`` out of range.
     """
-    if timestamps and family is not Family.QWEN_AUDIO:
-        raise PromptError(f"word timestamps need a Qwen-Audio (v1) checkpoint; this one is "
-                          f"{family.value} (its subtitles have one cue per segment)")
+    check_timestamps(family, timestamps)
     if long_form not in ("vad", "fixed", None):
         raise AudioError(f"long_form must be 'vad', 'fixed' or None, got {long_form!r}")
     if long_form is not None:  # the window planner's own overlap checks, on silence
@@ -275,10 +262,9 @@ class Pipeline:
     def __init__(self, model: AudioLanguageModel, tokenizer: Tokenizer,
                  options: GenerationOptions | None = None,
                  max_audio_seconds: Seconds | None = DEFAULT_MAX_CHAT_S) -> None:
-        is_v1 = tokenizer.family is Family.QWEN_AUDIO
-        if model.config.projector.audio_bos_eos != is_v1:
+        if model.config.projector.audio_bos_eos != bool(tokenizer.family.boundary_rows):
             raise CheckpointError(
-                f"tokenizer {tokenizer.source} is {tokenizer.family.value} but the model "
+                f"tokenizer {tokenizer.source} is {tokenizer.family.name} but the model "
                 f"{'has' if model.config.projector.audio_bos_eos else 'lacks'} the v1 audio "
                 f"BOS/EOS rows")
         self.model = model
@@ -361,14 +347,7 @@ class Pipeline:
         Raises:
             PromptError: ``timestamps`` on a Qwen2-Audio checkpoint (it has no timestamp tags).
         """
-        part = as_audio_part(audio)
-        if self.family is Family.QWEN_AUDIO:
-            spec = TaskSpec.srwt(language) if timestamps else TaskSpec.asr(language)
-            return Request(build_prompt(spec, part), spec)
-        if timestamps:
-            raise PromptError("word timestamps need a Qwen-Audio (v1) checkpoint; "
-                              f"{self.tokenizer.source} is {self.family.value}")
-        return Request(build_base_prompt([part], QWEN2_ASR_INSTRUCTION + tag(language)))
+        return Request(*self.family.asr_prompt(as_audio_part(audio), language, timestamps))
 
     # ------------------------------------------------------------------ the data path
 
@@ -391,7 +370,7 @@ class Pipeline:
         """
         if not parts:
             return []
-        model, v1 = self.model, self.family is Family.QWEN_AUDIO
+        model = self.model
         windows: list[np.ndarray] = []
         owner: list[int] = []
         for k, part in enumerate(parts):
@@ -406,7 +385,7 @@ class Pipeline:
             windows += pieces
             owner += [k] * len(pieces)
         features, lens = batch_log_mel(windows, model.config.encoder.n_mels,
-                                       REAL_LENGTH[self.family])
+                                       self.family.real_length)
         device, dtype = model.decoder.embed.weight.device, model.decoder.embed.weight.dtype
         # Windows of equal length are encoded together, each group unpadded: the encoder then
         # needs no attention mask (its fast path), and a clip's rows never depend on which other
@@ -420,7 +399,7 @@ class Pipeline:
                                         lens[group].to(device))
                 for index, r in zip(group.tolist(), out):
                     rows[index] = r
-        return [join_window_rows([r for r, o in zip(rows, owner) if o == k], boundary_rows=v1)
+        return [join_window_rows([r for r, o in zip(rows, owner) if o == k], boundary_rows=bool(self.family.boundary_rows))
                 for k in range(len(parts))]
 
     def prepare(self, requests: Sequence[Request]) -> PromptBatch:
@@ -436,7 +415,7 @@ class Pipeline:
         model, tokenizer = self.model, self.tokenizer
         fresh = iter(self.encode_audio(
             [a for r in requests if r.audio_rows is None for a in r.prompt.audios]))
-        boundary = 2 if self.family is Family.QWEN_AUDIO else 0  # v1 BOS/EOS rows per clip
+        boundary = self.family.boundary_rows  # v1 BOS/EOS rows per clip
         ids_list, rows = [], []
         for r in requests:
             audios = r.prompt.audios
@@ -476,7 +455,7 @@ class Pipeline:
         if result.finish_reason == "stop":
             tokens = tokens[:-1]
         result.text = _cut_at_stop(self.tokenizer.decode(tokens), options.stop_sequences)
-        result.parsed = parse_output(result.text, request.spec)
+        result.parsed = self.family.parse(result.text, request.spec)
         return result
 
     def generate(self, requests: Sequence[Request], options: OptionsArg = None,
@@ -757,9 +736,10 @@ class Pipeline:
         speech = speech_regions(loudness) if long_form == "vad" else None
         windows = plan_windows(loudness, window_s=self.window_s, overlap_s=overlap_s,
                                speech=speech)
-        v1 = self.family is Family.QWEN_AUDIO
         clips = window_clips(stream_audio(audio, max_seconds=max_seconds), windows)
-        requests = (self.transcribe_request(clip, language, timestamps=v1) for clip in clips)
+        # where the family has word times, each window asks for them: windows stitch by them
+        requests = (self.transcribe_request(clip, language, timestamps=self.family.timestamps)
+                    for clip in clips)
         plan = TranscriptionPlan((), tuple(windows), language, loudness.n_samples / SAMPLE_RATE)
         return plan, requests
 
@@ -799,7 +779,7 @@ class Pipeline:
         shares: list[WindowShare]
         # v1 windows are stitched by word times; a window whose output came without times
         # (malformed SRWT) has only text, and then the texts are aligned instead
-        if self.family is Family.QWEN_AUDIO and all(p.words or not p.text for p in parsed):
+        if self.family.timestamps and all(p.words or not p.text for p in parsed):
             shares = stitch_words_by_window(plan.windows, [p.words for p in parsed])
         else:
             shares = stitch_texts_by_window(plan.windows, [p.text for p in parsed], spaceless)

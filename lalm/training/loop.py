@@ -48,9 +48,9 @@ from torch.utils.data import DataLoader, Sampler
 from lalm.checkpoint import load_model
 from lalm.config import resolve_dtype
 from lalm.data.collate import Collator, model_inputs
-from lalm.data.manifest import atomic_write
 from lalm.data.sampler import BucketBatchSampler, HeldOutBatches
 from lalm.errors import ConfigError, TrainingError
+from lalm.files import atomic_write
 from lalm.model import AudioLanguageModel
 from lalm.model.lalm import IGNORE_INDEX
 from lalm.training.build import (
