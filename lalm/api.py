@@ -79,8 +79,7 @@ def check_transcription(path: str | Path, *, timestamps: bool = False,
     from lalm.checkpoint import load_config
 
     directory = _resolve(path)
-    load_config(directory)
-    family = load_tokenizer(directory).family
+    family = load_tokenizer(directory, load_config(directory)[1].family).family
     check_transcription_options(family, timestamps, long_form, overlap_s)
 
 
