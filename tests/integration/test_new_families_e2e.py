@@ -213,7 +213,7 @@ def test_lora_sft_runs_a_few_steps(family, tmp_path, monkeypatch) -> None:
                 {"role": "assistant", "content": ["A3", "A4", "E5"][n]}],
                 "audios": [path]}) + "\n")
     argv = ["train", "sft", "--set", f"model.checkpoint={directory}", "--set",
-            "data.train=train.jsonl", "--set", "parts.decoder=lora", "--set",
+            "data.train=train.jsonl", "--set", "data.valid=train.jsonl", "--set", "parts.decoder=lora", "--set",
             "run.out_dir=runs/sft", "--set", "run.max_steps=2", "--set", "optim.warmup_steps=1",
             "--set", "optim.grad_accum=1", "--set", "run.precision=fp32", "--set",
             "run.metric_items=0", "--set", "run.eval_batches=1", "--set", "run.progress=false"]
