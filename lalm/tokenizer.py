@@ -1,4 +1,4 @@
-"""The Qwen BPE tokenizer with either family's special-token table.
+"""The Qwen BPE tokenizer with any registered family's special-token table.
 
 One `Tokenizer` class, two constructors:
 
@@ -9,7 +9,7 @@ One `Tokenizer` class, two constructors:
   (155164): 155,165 ids.
   Text is NFC-normalised before encoding, as the reference ``QWenTokenizer`` does.
 * `Tokenizer.from_hf(path)`: a Hugging Face ``tokenizer.json`` (Qwen2-Audio: the same ranks plus
-  the added tokens 151643..151648), run by the ``tokenizers`` library with its own normaliser (NFC)
+  the added tokens 151643..151648; Qwen2.5-Omni and Qwen3-ASR: longer added tables), run by the ``tokenizers`` library with its own normaliser (NFC)
   and pre-tokenizer. Special tokens are matched in the raw text, the rest is normalised, as there.
 
 `load_tokenizer(path)` picks the constructor by what a directory holds. The tag strings themselves
