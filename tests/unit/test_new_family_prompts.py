@@ -143,3 +143,18 @@ def test_training_items_take_the_models_audio_rows(tokenizers, tmp_path) -> None
     assert rows_out[0].shape[0] == 26  # what the model splices into those slots
     whisper_rule = AudioTextDataset([example], dataset.tokenizer, 128, tmp_path)[0]
     assert int(whisper_rule["audio_slot_mask"].sum()) == 50
+
+
+def test_server_prompt_budget_counts_the_models_audio_rows(tokenizers) -> None:
+    """The server's exact prompt length (context and max_tokens checks) of a Qwen3-ASR chat
+    equals the prepared prompt's: the model's ~13 rows per second, not the 25 of Whisper."""
+    from lalm.config import ModelConfig
+    from lalm.serve.budget import PromptBudget
+
+    config = ModelConfig.from_name("tiny-random-asr", decoder={"vocab_size": 151936})
+    pipe = Pipeline(random_model(config), load_tokenizer(tokenizers["qwen3_asr"]))
+    budget = PromptBudget(pipe)
+    for seconds in (0.3, 2.0, 31.0):  # the last one in two windows
+        request = pipe.chat_request("Hi", [np.zeros(int(16000 * seconds), np.float32)])
+        assert budget.exact(request) == int(pipe.prepare([request]).lengths[0])
+        assert budget.lower_bound(request) <= budget.exact(request)
