@@ -37,7 +37,8 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "fp32",
     """Load a checkpoint directory: model, tokenizer and prompt family in one `Pipeline`.
 
     Args:
-        path: a Hugging Face Qwen2-Audio directory (config.json, safetensors, tokenizer files),
+        path: a Hugging Face directory of a known family (Qwen2-Audio, Qwen-Audio, Qwen2.5-Omni,
+            Qwen3-ASR: config.json, safetensors, tokenizer files),
             or ``"default"``: lalm's default model in the cache (``lalm demo`` makes it once,
             in about 10 minutes on 2 CPU cores; `lalm.demo.ensure_default_model` from Python).
         dtype: "fp32" | "bf16" | "fp16" (on a CPU without bf16 units, falls back to fp32).
@@ -79,8 +80,7 @@ def check_transcription(path: str | Path, *, timestamps: bool = False,
     from lalm.checkpoint import load_config
 
     directory = _resolve(path)
-    load_config(directory)
-    family = load_tokenizer(directory).family
+    family = load_tokenizer(directory, load_config(directory)[1].family).family
     check_transcription_options(family, timestamps, long_form, overlap_s)
 
 
