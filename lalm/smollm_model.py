@@ -18,7 +18,6 @@ evaluates on the lalm-synth test split and publishes the folder with its model c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -30,6 +29,7 @@ import torch
 
 from lalm.assets import asset_path, cache_dir
 from lalm.errors import CheckpointError, ConfigError
+from lalm.eval.report import file_sha256
 
 #: The stage config that trains the parts.
 RECIPE = Path(__file__).resolve().parent / "training" / "configs" / "smollm_model.yaml"
@@ -49,15 +49,6 @@ _ROW_KEYS = ("decoder.embed.weight", "decoder.lm_head.weight")
 def smollm_model_dir() -> Path:
     """Where the assembled model lives: ``cache_dir()/smollm-model``."""
     return cache_dir() / "smollm-model"
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 hex digest of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def init_from_parts(out: Path) -> Path:
@@ -141,16 +132,35 @@ def assemble(out: Path, parts: Path = PARTS, sha256: str | None = PARTS_SHA256,
     return out
 
 
-def audio_manifest(data: Path) -> Path:
-    """lalm-synth's training items without `LEFT_OUT_TASKS`, as ``train_audio.jsonl`` beside
-    ``train.jsonl`` (relative audio paths stay valid)."""
-    out = data / "train_audio.jsonl"
-    lines = [line for line in (data / "train.jsonl").read_text(encoding="utf-8").splitlines()
-             if line.strip() and json.loads(line)["task"]["name"] not in LEFT_OUT_TASKS]
+def _write_lines(out: Path, lines: list[str]) -> Path:
     partial = out.with_suffix(".jsonl.partial")
     partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     partial.replace(out)
     return out
+
+
+def audio_manifest(data: Path) -> Path:
+    """lalm-synth's training items without `LEFT_OUT_TASKS`, as ``train_audio.jsonl`` beside
+    ``train.jsonl`` (relative audio paths stay valid)."""
+    lines = [line for line in (data / "train.jsonl").read_text(encoding="utf-8").splitlines()
+             if line.strip() and json.loads(line)["task"]["name"] not in LEFT_OUT_TASKS]
+    return _write_lines(data / "train_audio.jsonl", lines)
+
+
+def test_manifest(data: Path, per_task: int | None) -> Path:
+    """The test split, or its first `per_task` items of every task as ``test_<n>.jsonl``."""
+    if per_task is None:
+        return data / "test.jsonl"
+    seen: dict[str, int] = {}
+    lines = []
+    for line in (data / "test.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            name = json.loads(line)["task"]["name"]
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] <= per_task:
+                lines.append(line)
+    return _write_lines(data / f"test_{per_task}.jsonl", lines)
+
 
 
 def train_parts(data: Path, work: Path, out: Path, overrides: tuple[str, ...] = (),
@@ -198,17 +208,17 @@ PARTS_CARD = PARTS.with_name("parts.json")
 
 
 def _test_items(manifest: Path) -> list[dict[str, Any]]:
-    """The demo's turns: an English ASR test clip, a sound-event test clip, a text question."""
+    """The demo's turns: an ASR test clip (English if there is one), a sound-event test clip,
+    a text-only question."""
     from lalm.data.manifest import read_manifest
 
     examples = read_manifest(manifest)
     turns = []
-    for name, language in (("asr", "en"), ("sound_event", None)):
-        found = [e for e in examples if e.task.name == name and len(e.audios) == 1
-                 and (language is None or e.task.audio_language == language)]
+    for name in ("asr", "sound_event"):
+        found = [e for e in examples if e.task.name == name and len(e.audios) == 1]
         if not found:
             raise ConfigError(f"{manifest} has no {name} item for the demo")
-        e = found[0]
+        e = next((e for e in found if e.task.audio_language == "en"), found[0])
         question = e.task.question or e.task.instruction
         turns.append({"id": e.id, "audio": str(manifest.parent / e.audios[0].path),
                       "question": question, "reference": e.answer or e.target})
@@ -220,7 +230,8 @@ def _test_items(manifest: Path) -> list[dict[str, Any]]:
 def build_smollm_model(target: Path | None = None, retrain: bool = False,
                        overrides: tuple[str, ...] = (), log: Any = print,
                        data: Path | None = None, synth_size: str = "small",
-                       synth_tasks: tuple[str, ...] | None = None) -> Path:
+                       synth_tasks: tuple[str, ...] | None = None,
+                       eval_per_task: int | None = 5, max_new_tokens: int = 32) -> Path:
     """Assemble (or, with `retrain`, train by `RECIPE` and assemble) the model, evaluate it on
     the lalm-synth test split and publish it at `target` with its card (`lalm.demo.CARD`).
 
@@ -232,6 +243,8 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
         log: progress messages.
         data, synth_size, synth_tasks: the lalm-synth folder, size and tasks (seed 0); default:
             small, all tasks, in the default model's work folder (made or resumed there).
+        eval_per_task, max_new_tokens: the evaluation's first items of each task (None: the
+            whole test split) and decoding budget (CPU time: ~10-20 s per item on 2 busy cores).
 
     Returns:
         `target`.
@@ -273,8 +286,9 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
     t = time.perf_counter()
     shutil.rmtree(work / "eval", ignore_errors=True)
     pipe = Pipeline.from_pretrained(model_dir)
-    summary = evaluate(pipe, SYNTH_TASK, data, work / "eval", batch_size=8,
-                       model="lalm SmolLM2 audio model", max_new_tokens=64)
+    summary = evaluate(pipe, SYNTH_TASK, test_manifest(data, eval_per_task), work / "eval",
+                       batch_size=8, model="lalm SmolLM2 audio model",
+                       max_new_tokens=max_new_tokens)
     times["eval_s"] = time.perf_counter() - t
     log(format_scores(summary["scores"]))
     turns = _test_items(data / "test.jsonl")

@@ -78,3 +78,12 @@ def test_audio_manifest_leaves_out_the_tasks_without_gradient(tmp_path: Path) ->
     out = sm.audio_manifest(tmp_path)
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [
         "asr-0", "tempo-0"]
+
+
+def test_test_manifest_keeps_the_first_items_of_every_task(tmp_path: Path) -> None:
+    rows = [{"id": f"{t}-{i}", "task": {"name": t}} for t in ("asr", "tempo") for i in range(3)]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert sm.test_manifest(tmp_path, None) == tmp_path / "test.jsonl"
+    out = sm.test_manifest(tmp_path, 2)
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [
+        "asr-0", "asr-1", "tempo-0", "tempo-1"]
