@@ -765,10 +765,13 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio", default=None, metavar="FILE",
                    help="ask about this clip (default: a lalm-synth test clip)")
     p.add_argument("--question", default=None, help="the question (default: the clip's task)")
-    p.add_argument("--model", default=None, metavar="DIR",
-                   help="a default-model folder (default: lalm's cache, made on first run)")
+    p.add_argument("--model", default=None, metavar="NAME|DIR",
+                   help="default (lalm's default model, made on first run), smollm (Whisper "
+                        "tiny.en + SmolLM2-135M-Instruct + lalm's shipped trained parts, "
+                        "assembled on first run) or a default-model folder")
     p.add_argument("--retrain", action="store_true",
-                   help="make the default model again even if it is cached")
+                   help="make the model again even if it is cached (smollm: train its parts "
+                        "by its recipe)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: fastest on 2 busy cores)")
 

@@ -97,11 +97,11 @@ class DefaultModelSpec:
     threads: int = 1
 
 
-def _parameters(module: Any) -> int:
+def parameters(module: Any) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _publish(source: Path, target: Path) -> None:
+def publish(source: Path, target: Path) -> None:
     """Move a finished folder to `target` in one rename (an old `target` is replaced)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -264,9 +264,9 @@ def _build(spec: DefaultModelSpec, target: Path, log: Log) -> Path:
         "what": "Whisper tiny.en encoder (frozen) + a small Qwen2 decoder trained from scratch "
                 "on lalm-synth by lalm's recipe; a demonstration, not a general model",
         "spec": {**asdict(spec), "recipe": str(spec.recipe)},
-        "parameters": {"encoder": _parameters(model.encoder),
-                       "projector": _parameters(model.projector),
-                       "decoder": _parameters(model.decoder), "total": _parameters(model)},
+        "parameters": {"encoder": parameters(model.encoder),
+                       "projector": parameters(model.projector),
+                       "decoder": parameters(model.decoder), "total": parameters(model)},
         "tokenizer_size": prepared.tokenizer_size,
         "training": {"steps": result.step, "tokens_per_s": result.tokens_per_s,
                      "examples_per_s": result.examples_per_s, "last_loss": result.losses[-1],
@@ -276,7 +276,7 @@ def _build(spec: DefaultModelSpec, target: Path, log: Log) -> Path:
         "demo": {**demo, "audio": DEMO_CLIP},
     }
     write_strict_json(result.export_dir / CARD, card)
-    _publish(result.export_dir, target)
+    publish(result.export_dir, target)
     for rebuilt in ("init", "run"):  # made again by every build; data and predictions stay
         shutil.rmtree(work / rebuilt, ignore_errors=True)
     log(f"      done in {times['total_s']:.0f} s")
@@ -317,7 +317,11 @@ def describe(card: dict[str, Any]) -> str:
              f"total {p['total'] / 1e6:.1f} M")
     speed = (f"  trained {tr['steps']} steps in {t['train_s']:.0f} s ({tr['tokens_per_s']:.0f} "
              f"tokens/s); whole build {t['total_s']:.0f} s")
-    return "\n".join([f"lalm default model: {card['what']}.", sizes, speed])
+    lines = [f"lalm {card['name']} model: {card['what']}.", sizes, speed]
+    if card["spec"].get("parts_sha256"):
+        lines.append(f"  trained parts: {card['spec']['parts']} (sha256 "
+                     f"{card['spec']['parts_sha256'][:16]}..., checked)")
+    return "\n".join(lines)
 
 
 def run_demo(model_dir: str | os.PathLike[str] | None = None, audio: str | None = None,
@@ -326,34 +330,44 @@ def run_demo(model_dir: str | os.PathLike[str] | None = None, audio: str | None 
     """``lalm demo``: make the default model if needed, say what it is, answer one chat turn.
 
     Args:
-        model_dir: a default-model folder to use instead of the cached one.
-        audio: the clip to ask about (default: the lalm-synth test clip stored with the model).
-        question: the question (default: that clip's task instruction).
-        retrain: build the default model again even if it is cached.
+        model_dir: a default-model folder to use instead of the cached one, or a model name:
+            ``default`` (the cached default model) or ``smollm`` (`lalm.smollm_model`,
+            assembled from the real parts and the shipped trained parts).
+        audio: the clip to ask about (default: the test clips stored with the model).
+        question: the question (default: each stored clip's question).
+        retrain: build the named model again even if it is cached (``smollm``: train its
+            parts by its recipe, then assemble).
         threads: torch CPU threads (see `DefaultModelSpec.threads`).
         out: where the demo's report goes.
 
     Returns:
         The model folder used.
     """
+    from lalm import smollm_model
+
     t0 = time.perf_counter()
     with torch_threads(threads):
         spec = DefaultModelSpec(threads=threads)
-        if model_dir is not None:
+        if model_dir == smollm_model.NAME:
+            folder = (smollm_model.build_smollm_model(retrain=True, log=_stderr) if retrain
+                      else smollm_model.ensure_smollm_model(log=_stderr))
+        elif model_dir is not None and str(model_dir) != DEFAULT_MODEL:
             folder = Path(model_dir)
         elif retrain:
             folder = build_default_model(spec)
         else:
             folder = ensure_default_model(spec)
-        _chat_turn(folder, audio, question, out)
+        _chat_turns(folder, audio, question, out)
     out(f"\n({time.perf_counter() - t0:.1f} s; ask your own: lalm demo --audio FILE "
         f"--question TEXT, or lalm chat --model {folder} --audio FILE TEXT)")
     return folder
 
 
-def _chat_turn(folder: Path, audio: str | None, question: str | None,
-               out: Callable[[str], None]) -> None:
-    """Print the card of the model in `folder` and its answer to one question about a clip."""
+def _chat_turns(folder: Path, audio: str | None, question: str | None,
+                out: Callable[[str], None]) -> None:
+    """Print the card of the model in `folder` and its answers: to the card's stored turns
+    (one clip and question, or a list of turns; a turn without audio is text only), or to
+    `question` about `audio`."""
     from lalm.generation import GenerationOptions, Pipeline
 
     try:
@@ -364,11 +378,18 @@ def _chat_turn(folder: Path, audio: str | None, question: str | None,
     out("  lalm-synth test scores (WER/CER per language, BLEU, accuracy, timestamp shift):")
     out(format_scores(card["scores"]))
     pipe = Pipeline.from_pretrained(folder)
-    demo = card["demo"]
-    clip = audio or str(folder / demo["audio"])
-    ask = question if question is not None else (demo["question"] if audio is None else "")
-    result = pipe.chat(ask, [clip], GenerationOptions(max_new_tokens=128))
-    out(f"\nuser:  [audio {clip}] {ask}")
-    out(f"model: {result.text}")
-    if audio is None and question is None:
-        out(f"(reference answer: {demo['reference']})")
+    stored = card["demo"] if isinstance(card["demo"], list) else [card["demo"]]
+    if audio is not None or question is not None:
+        clip = audio or str(folder / stored[0]["audio"])
+        ask = question if question is not None else ""
+        turns = [{"audio": clip, "question": ask, "reference": None}]
+    else:
+        turns = [{**t, "audio": t["audio"] and str(folder / t["audio"])} for t in stored]
+    for turn in turns:
+        clips = [turn["audio"]] if turn["audio"] else []
+        result = pipe.chat(turn["question"], clips, GenerationOptions(max_new_tokens=128))
+        shown = f"[audio {turn['audio']}] " if clips else "(text only) "
+        out(f"\nuser:  {shown}{turn['question']}")
+        out(f"model: {result.text}")
+        if turn.get("reference"):
+            out(f"(reference answer: {turn['reference']})")

