@@ -35,10 +35,10 @@ OMNI_SPECIAL_TOKENS = frozenset({ENDOFTEXT, IM_START, IM_END, OMNI_AUDIO, OMNI_A
 OMNI_SYSTEM_PROMPT = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, "
                       "capable of perceiving auditory and visual inputs, as well as generating "
                       "text and speech.")
-#: Omni's speech-recognition conversation (its cookbook's): this system prompt, then a user turn
-#: of the audio and the instruction naming the language.
+#: Omni's speech-recognition conversation (as in its universal-audio-understanding cookbook):
+#: this system prompt, then a user turn of the audio and the instruction naming the language.
 OMNI_ASR_SYSTEM_PROMPT = "You are a speech recognition model."
-OMNI_ASR_INSTRUCTION = "Transcribe the {language} audio into text."
+OMNI_ASR_INSTRUCTION = "Transcribe the {language} audio into text without any punctuation marks."
 
 #: Language codes -> the English names the Qwen ASR prompts write.
 LANGUAGE_NAMES = {
@@ -106,7 +106,7 @@ def instruction_chat(family: FamilySpec | str, audios: Sequence[AudioPart],
 
 def _omni_asr(audio: AudioPart, language: str) -> Prompt:
     """Omni's ASR conversation: its recogniser system prompt, then the audio and
-    "Transcribe the English audio into text."."""
+    "Transcribe the English audio into text without any punctuation marks."."""
     instruction = OMNI_ASR_INSTRUCTION.format(language=language_name(language))
     return build_chat_prompt([Message("system", OMNI_ASR_SYSTEM_PROMPT),
                               Message("user", (audio, TextPart(instruction)))], QWEN2_5_OMNI)

@@ -145,8 +145,8 @@ def test_transcribe_runs_and_returns_the_parsed_structure(family) -> None:
         assert text.startswith("<|im_start|>system\n<|im_end|>\n<|im_start|>user\n")
     else:
         assert "You are a speech recognition model." in text
-        assert text.endswith("Transcribe the English audio into text.<|im_end|>\n"
-                             "<|im_start|>assistant\n")
+        assert text.endswith("Transcribe the English audio into text without any punctuation "
+                             "marks.<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_qwen3_asr_output_is_parsed_into_language_and_text(family) -> None:

@@ -96,8 +96,8 @@ def test_asr_prompts() -> None:
     prompt, _ = QWEN2_5_OMNI.asr_prompt(clip, "en")
     assert prompt.text == (
         "<|im_start|>system\nYou are a speech recognition model.<|im_end|>\n<|im_start|>user\n"
-        "<|audio_bos|><|AUDIO|><|audio_eos|>Transcribe the English audio into text.<|im_end|>\n"
-        "<|im_start|>assistant\n")
+        "<|audio_bos|><|AUDIO|><|audio_eos|>Transcribe the English audio into text without any "
+        "punctuation marks.<|im_end|>\n<|im_start|>assistant\n")
     with pytest.raises(PromptError, match="unknown language 'xx'"):
         QWEN3_ASR.asr_prompt(clip, "xx")
     with pytest.raises(PromptError, match="word timestamps"):
