@@ -26,6 +26,10 @@ class CheckpointError(LalmError, ValueError):
     """A checkpoint directory or file that is missing, half-written or does not fit the model."""
 
 
+class PrecisionError(LalmError, ValueError):
+    """A precision (dtype) option lalm does not know; the message lists the known ones."""
+
+
 class AssetError(LalmError, RuntimeError):
     """A packaged asset (from a PyPI distribution) that cannot be fetched or fails its checksum."""
 
