@@ -6,8 +6,8 @@ fits in 24 GiB). `upcast_compute` keeps every large weight (the Linear and Embed
 in its storage dtype and computes in float32:
 
 * each `Linear` product upcasts its weight just in time, in blocks of output rows of at most
-  `BLOCK_BYTES` float32 bytes (a block stays in the CPU's cache between its cast and its
-  product; the full float32 weight never exists), and concatenates the block outputs;
+  `BLOCK_BYTES` float32 bytes (4 MiB: the block is still in the CPU's cache when its product
+  reads it, and the full float32 weight never exists), and concatenates the block outputs;
 * each `Embedding` gathers its rows in the storage dtype and returns them in float32;
 * every other floating tensor (norms, biases, the conv stem, positional tables: well under 1%
   of a model's bytes) is cast to float32 once.
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 #: float32 bytes of one just-in-time weight block (rows of a Linear weight).
-BLOCK_BYTES = 1 << 20
+BLOCK_BYTES = 1 << 22
 
 
 class UpcastLinear(nn.Linear):
