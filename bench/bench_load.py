@@ -3,18 +3,23 @@
 The checkpoint is `realshape.build_realshape_checkpoint` (7B widths, 2 + 2 layers, bf16 on disk,
 3.47 GB). Each case runs in its own subprocess, one at a time, under a memory guard (the
 parent polls the child's RSS and kills it past --max-rss-gib): load, a 10-s prefill (one
-token), then a chat turn of --new-tokens greedy tokens on the same 10-s clip. The child reports
-its peak RSS (ru_maxrss) and the times. Cases:
+token: the KV cache is allocated for the whole turn up front, so later tokens add no memory;
+--new-tokens N > 1 times a second turn of N tokens). The child reports its peak RSS (ru_maxrss)
+and the times. Cases:
 
 * lalm fp32 / bf16 / auto (`Pipeline.from_pretrained(dir, precision)`);
 * transformers `Qwen2AudioForConditionalGeneration.from_pretrained(dir, dtype=bfloat16)` with
   its processor, `generate()` on the same clip and prompt.
 
 fp32 needs ~2 bytes of memory per bf16 file byte, past the guard for this file: it runs on a
-smaller real-shape file (vocab cut to 32,768; the figure per file byte is what carries over).
-Peak RSS is extrapolated to the 16.8 GB file by the memory the case added per file byte:
-``peak_32 = peak + (file_32 - file) * (peak - rss_after_imports) / file`` (conservative: the
-fixed costs, activations and Python, are scaled as if they were weights).
+smaller real-shape file (vocab cut to 32,768, below the real tokenizer's ids, so this case's
+turn runs on the model's protocol with `gpu_check`'s prompt instead of the pipeline; the figure
+per file byte is what carries over).
+Peak RSS is extrapolated to the 16.8 GB file by the bytes each case holds in memory per file
+byte (1 for bf16 weights, 2 for float32): ``peak_32 = peak + (file_32 - file) * held / file``.
+Every added block's weights count as resident (each token reads them); the embedding table is
+not scaled, and a chat turn touches only its prompt's rows of it, which is why the measured
+peak can be below the file size.
 
 Run:  PYTHONPATH=. nice -n 19 .venv/bin/python bench/bench_load.py [--dir /tmp/rs] [--new-tokens 4]
 """
@@ -52,12 +57,28 @@ def child(case: str, directory: Path, new_tokens: int) -> dict:
     import torch
 
     clip = clips([10.0], seed=1)[0]
-    if case.startswith("lalm"):
+    if case == "lalm-fp32":  # the small-vocab file: the model's protocol, no tokenizer
+        from gpu_check import clip_features, embed, greedy
+
+        from lalm.checkpoint import load_model
+
+        base = _peak_rss()
+        start = time.perf_counter()
+        held = model = load_model(directory, "fp32")
+        loaded = time.perf_counter() - start
+        dtypes = sorted({str(p.dtype) for p in model.parameters()})
+        features, lens = clip_features(model.config.encoder.n_mels)
+
+        def turn(n: int) -> list[int]:
+            with torch.inference_mode():
+                return greedy(model, embed(model, features, lens), n)[0]
+    elif case.startswith("lalm"):
         from lalm.generation import GenerationOptions, Pipeline
 
         base = _peak_rss()
         start = time.perf_counter()
         pipe = Pipeline.from_pretrained(directory, case.removeprefix("lalm-"))
+        held = pipe.model
         loaded = time.perf_counter() - start
         dtypes = sorted({str(p.dtype) for p in pipe.model.parameters()})
 
@@ -72,6 +93,7 @@ def child(case: str, directory: Path, new_tokens: int) -> dict:
         start = time.perf_counter()
         model = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(
             directory, dtype=torch.bfloat16).eval()
+        held = model
         processor = transformers.AutoProcessor.from_pretrained(directory)
         loaded = time.perf_counter() - start
         dtypes = sorted({str(p.dtype) for p in model.parameters()})
@@ -89,12 +111,16 @@ def child(case: str, directory: Path, new_tokens: int) -> dict:
             return out[0, inputs["input_ids"].shape[1]:].tolist()
 
     start = time.perf_counter()
-    turn(1)
+    tokens = turn(1)
     prefill = time.perf_counter() - start
-    start = time.perf_counter()
-    tokens = turn(new_tokens)
-    chat = time.perf_counter() - start
+    chat = prefill
+    if new_tokens > 1:
+        start = time.perf_counter()
+        tokens = turn(new_tokens)
+        chat = time.perf_counter() - start
+    weight_bytes = sum(t.nbytes for t in held.state_dict().values())
     return {"case": case, "peak_rss": _peak_rss(), "rss_after_imports": base,
+            "weight_bytes_in_memory": weight_bytes,
             "load_s": loaded, "prefill_10s_s": prefill, "chat_turn_s": chat,
             "tokens": len(tokens), "param_dtypes": dtypes}
 
@@ -104,7 +130,9 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None,
                         help="folder for the two real-shape checkpoints (kept; reused if "
                              "there); default: a temporary folder")
-    parser.add_argument("--new-tokens", type=int, default=4, help="tokens of the chat turn")
+    parser.add_argument("--new-tokens", type=int, default=1,
+                        help="tokens of the chat turn (1: the turn is the prefill; more: a "
+                             "second turn of that many tokens)")
     parser.add_argument("--max-rss-gib", type=float, default=6.0, help="memory guard per case")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -139,8 +167,7 @@ def main() -> None:
         r = json.loads(out.strip().splitlines()[-1])
         results[case] = r
         size = _weight_bytes(folder)
-        added = (r["peak_rss"] - r["rss_after_imports"]) / size
-        full_peak = r["peak_rss"] + (full_file - size) * added
+        full_peak = r["peak_rss"] + (full_file - size) * r["weight_bytes_in_memory"] / size
         print(f"| {case} | {size / 1e9:.2f} | {r['peak_rss'] / GIB:.2f} | "
               f"{r['peak_rss'] / size:.2f} | {full_peak / GIB:.1f} | {r['load_s']:.1f} | "
               f"{r['prefill_10s_s']:.2f} | {r['chat_turn_s']:.2f} | "

@@ -77,7 +77,7 @@ def upcast_compute(model: nn.Module, compute: torch.dtype = torch.float32) -> No
             big.add(id(module.weight))
     with torch.no_grad():
         for module in model.modules():
-            for name, param in module.named_parameters(recurse=False):
+            for _, param in module.named_parameters(recurse=False):
                 if id(param) not in big and param.is_floating_point():
                     param.data = param.data.to(compute)
             for name, buffer in module.named_buffers(recurse=False):
