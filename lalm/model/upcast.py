@@ -39,10 +39,15 @@ class UpcastLinear(nn.Linear):
         rows = max(1, BLOCK_BYTES // (weight.shape[1] * x.element_size()))
         if rows >= weight.shape[0]:
             return F.linear(x, weight.to(x.dtype), bias)
-        return torch.cat([
-            F.linear(x, weight[i:i + rows].to(x.dtype), None if bias is None else bias[i:i + rows])
-            for i in range(0, weight.shape[0], rows)
-        ], dim=-1)
+        # one block buffer per call, refilled: a fresh allocation per block costs more than
+        # the cast itself on the CPU
+        buffer = torch.empty(rows, weight.shape[1], dtype=x.dtype, device=x.device)
+        outs = []
+        for i in range(0, weight.shape[0], rows):
+            block = buffer[: min(rows, weight.shape[0] - i)]
+            block.copy_(weight[i:i + rows])
+            outs.append(F.linear(x, block, None if bias is None else bias[i:i + rows]))
+        return torch.cat(outs, dim=-1)
 
 
 class UpcastEmbedding(nn.Embedding):
