@@ -459,6 +459,10 @@ useful keys (--set KEY=VALUE; every field: lalm config show sft, lalm/training/s
   run.out_dir=DIR        checkpoints, log.jsonl and export/ (Hugging Face layout, LoRA merged)
   run.threads=N          torch CPU threads (default: the idle CPUs, logged at the start)
   run.on_nonfinite=stop|skip   data.on_bad_item=fail|skip
+  run.epochs=E           the run's length in passes over the mix (instead of run.max_steps)
+  run.tracker=wandb|swanlab    also log there (needs the package)
+  data.pack_tokens=N     pack each batch into rows of <= N tokens (lm stages; same loss)
+  lora.base_precision=int8     QLoRA-style: frozen int8 decoder base under the adapters
 """
 
 

@@ -4,7 +4,10 @@ Both checkpoint families (Qwen-Audio v1 and Qwen2-Audio) are the same computatio
 places where they differ are switches here (`EncoderConfig.frame_cutoff`,
 `ProjectorConfig.audio_bos_eos`, `DecoderConfig.dynamic_ntk` / `logn_attn`, widths, eps, vocab);
 decoders of other LLM families (Llama, Qwen3: `lalm.checkpoint.gguf`) switch `qkv_bias`,
-`qk_norm` and `head_width`.
+`qk_norm` and `head_width`. Qwen2.5-Omni's thinker adds a windowed encoder
+(`EncoderConfig.n_window`) and M-RoPE sections (`DecoderConfig.mrope_section`); Qwen3-ASR a
+conv2d encoder stem (`EncoderConfig.stem`), a key bias, an MLP projector (`ProjectorConfig.kind`)
+and tied embeddings.
 Presets are named real architectures plus tiny random ones derived from them for tests.
 `resolve_precision` turns the user's precision option into weight and compute dtypes.
 """
@@ -23,6 +26,8 @@ import torch
 from lalm.errors import PrecisionError
 
 FrameCutoff = Literal["lookahead", "pairs"]
+EncoderStem = Literal["conv1d", "conv2d"]
+ProjectorKind = Literal["pool", "mlp"]
 
 
 @dataclass
@@ -39,7 +44,18 @@ class EncoderConfig:
     # Which mel frames the conv stem may see after a clip's real length L: "lookahead" keeps
     # frames < L + 2 (Qwen2-Audio: the reference convolves its 30 s pad), "pairs" keeps frames
     # < 2 * n with n = (L - 1) // 2 + 1 (Qwen-Audio v1: the reference cuts before conv1).
+    # (Whole-clip encoders only; a windowed encoder sees zeros from frame L on.)
     frame_cutoff: FrameCutoff = "lookahead"
+    # Windowed encoders (Qwen2.5-Omni, Qwen3-ASR): each clip is cut into chunks of 2 * n_window
+    # mel frames, the stem runs on each chunk alone, positions restart at 0 in every chunk and a
+    # position attends only within its window of `window_chunks` chunks. None: the whole clip.
+    n_window: int | None = None
+    window_chunks: int = 1  # chunks per attention window (Qwen3-ASR: n_window_infer // chunk)
+    # "conv1d": Whisper's conv1 (k3 s1) + conv2 (k3 s2); "conv2d" (Qwen3-ASR): three k3 s2
+    # Conv2d over (mel, time) with `stem_channels` channels, then a Linear `conv_out` to dim.
+    stem: EncoderStem = "conv1d"
+    stem_channels: int = 480  # Conv2d channels of the "conv2d" stem (downsample_hidden_size)
+    key_bias: bool = False  # attention `key` projection has a bias (Qwen3-ASR; Whisper: none)
 
     def __post_init__(self) -> None:
         _check_heads("encoder", self.dim, self.n_head, self.n_head)
@@ -47,16 +63,30 @@ class EncoderConfig:
             raise ValueError(
                 f"encoder.frame_cutoff must be 'lookahead' or 'pairs', got {self.frame_cutoff!r}"
             )
+        if self.stem not in ("conv1d", "conv2d"):
+            raise ValueError(f"encoder.stem must be 'conv1d' or 'conv2d', got {self.stem!r}")
+        if self.stem == "conv2d" and self.n_window is None:
+            raise ValueError("encoder.stem 'conv2d' needs encoder.n_window (it runs per chunk)")
+        if self.n_window is not None:
+            _check_positive("encoder", n_window=self.n_window, window_chunks=self.window_chunks)
+        _check_positive("encoder", stem_channels=self.stem_channels)
         _check_positive("encoder", n_mels=self.n_mels, n_ctx=self.n_ctx, n_layer=self.n_layer,
                         hidden_dim=self.hidden_dim)
 
 
 @dataclass
 class ProjectorConfig:
-    """Stride-2 average pool, LayerNorm (`ln_post`), Linear to the decoder width."""
+    """Encoder rows -> decoder width: "pool" = stride-2 average pool, LayerNorm (`ln_post`),
+    Linear `proj` (Qwen-Audio, Qwen2-Audio, Qwen2.5-Omni); "mlp" = `ln_post`, Linear `hidden`,
+    GELU, Linear `proj`, one row per encoder position (Qwen3-ASR)."""
 
     audio_bos_eos: bool = False  # learned [2, out_dim] rows framing each clip (Qwen-Audio v1)
     norm_eps: float = 1e-5  # eps of ln_post
+    kind: ProjectorKind = "pool"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("pool", "mlp"):
+            raise ValueError(f"projector.kind must be 'pool' or 'mlp', got {self.kind!r}")
 
 
 @dataclass
@@ -81,6 +111,11 @@ class DecoderConfig:
     dynamic_ntk: bool = False  # scale the RoPE base for prefills longer than train_seq_len
     logn_attn: bool = False  # scale queries past train_seq_len by log(p + 1) / log(train_seq_len)
     train_seq_len: int = 2048  # the length dynamic NTK and logn attention are relative to
+    tie_embeddings: bool = False  # lm_head shares the embedding's weight (Qwen3-ASR)
+    # M-RoPE (Qwen2.5-Omni): the head's frequency pairs split into these sections (sum
+    # head_dim // 2), each rotated by its own position row (time, height, width). Text and audio
+    # positions are equal in all three rows, which is plain RoPE. None: 1-D RoPE only.
+    mrope_section: list[int] | None = None
 
     @property
     def head_dim(self) -> int:
@@ -95,6 +130,11 @@ class DecoderConfig:
             raise ValueError(f"decoder.head_width must be positive, got {self.head_width}")
         if self.head_dim % 2:
             raise ValueError(f"decoder head_dim must be even for RoPE, got {self.head_dim}")
+        if self.mrope_section is not None and (
+                len(self.mrope_section) != 3 or sum(self.mrope_section) != self.head_dim // 2
+                or min(self.mrope_section) < 0):
+            raise ValueError(f"decoder.mrope_section must be 3 sizes summing to head_dim // 2 = "
+                             f"{self.head_dim // 2}, got {self.mrope_section}")
         _check_positive("decoder", vocab_size=self.vocab_size, n_layer=self.n_layer,
                         hidden_dim=self.hidden_dim, max_seq_len=self.max_seq_len,
                         train_seq_len=self.train_seq_len, rope_theta=self.rope_theta)
@@ -201,6 +241,24 @@ _QWEN_AUDIO_7B: dict[str, dict[str, Any]] = {
                 "max_seq_len": 8192, "dynamic_ntk": True, "logn_attn": True,
                 "train_seq_len": 2048},
 }
+_QWEN2_5_OMNI_7B: dict[str, dict[str, Any]] = {  # the thinker's audio and text parts
+    "encoder": {"n_mels": 128, "n_ctx": 1500, "dim": 1280, "n_head": 20, "n_layer": 32,
+                "hidden_dim": 5120, "n_window": 100},
+    "projector": {},
+    "decoder": {"vocab_size": 152064, "dim": 3584, "n_layer": 28, "n_head": 28, "n_kv_head": 4,
+                "hidden_dim": 18944, "norm_eps": 1e-6, "rope_theta": 1000000.0,
+                "max_seq_len": 32768, "mrope_section": [16, 24, 24]},
+}
+_QWEN3_ASR_0_6B: dict[str, dict[str, Any]] = {
+    "encoder": {"n_mels": 128, "n_ctx": 13, "dim": 896, "n_head": 14, "n_layer": 18,
+                "hidden_dim": 3584, "n_window": 50, "window_chunks": 8, "stem": "conv2d",
+                "stem_channels": 480, "key_bias": True},
+    "projector": {"kind": "mlp"},
+    "decoder": {"vocab_size": 151936, "dim": 1024, "n_layer": 28, "n_head": 16, "n_kv_head": 8,
+                "hidden_dim": 3072, "norm_eps": 1e-6, "rope_theta": 1000000.0,
+                "max_seq_len": 65536, "qkv_bias": False, "qk_norm": True, "head_width": 128,
+                "tie_embeddings": True},
+}
 _TINY_ENCODER = {"dim": 64, "n_head": 4, "n_layer": 2, "hidden_dim": 256}
 _TINY_DECODER = {"vocab_size": 512, "dim": 64, "n_layer": 2, "n_head": 4, "n_kv_head": 2,
                  "hidden_dim": 176, "max_seq_len": 512}
@@ -222,12 +280,19 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny-random": _derive(_QWEN2_AUDIO_7B, encoder=_TINY_ENCODER, decoder=_TINY_DECODER),
     "tiny-random-v1": _derive(_QWEN_AUDIO_7B, encoder=_TINY_ENCODER,
                               decoder={**_TINY_DECODER, "n_kv_head": 4, "train_seq_len": 64}),
+    "qwen2.5-omni-7b": _QWEN2_5_OMNI_7B,  # Qwen/Qwen2.5-Omni-7B's thinker (audio + text)
+    "qwen3-asr-0.6b": _QWEN3_ASR_0_6B,  # Qwen/Qwen3-ASR-0.6B
+    "tiny-random-omni": _derive(_QWEN2_5_OMNI_7B, encoder={**_TINY_ENCODER, "n_window": 8},
+                                decoder={**_TINY_DECODER, "mrope_section": [2, 3, 3]}),
+    "tiny-random-asr": _derive(_QWEN3_ASR_0_6B,
+                               encoder={**_TINY_ENCODER, "window_chunks": 2, "stem_channels": 8},
+                               decoder={**_TINY_DECODER, "head_width": 32}),
 }
 
 DtypeName = Literal["fp32", "bf16", "fp16"]
 #: What a user asks for: "auto" (the checkpoint's own dtype), or a weight dtype.
-PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+PrecisionName = Literal["auto", "fp32", "bf16", "fp16", "int8"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "int8")
 _DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32, "float32": torch.float32,
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -240,6 +305,8 @@ class Precision:
     """How a model is held and computed.
 
     Attributes:
+        int8: quantise the decoder's Linear layers and lm_head to weight-only int8 after
+            loading (`lalm.model.quant.quantize_model_int8`); the rest as `weights`.
         weights: dtype of the floating-point weights in memory (what loading keeps or casts to).
         compute: dtype of activations and matrix products: `weights` where the device has
             fast kernels for it, else float32 (the weights stay `weights` in memory and each
@@ -248,6 +315,7 @@ class Precision:
 
     weights: torch.dtype
     compute: torch.dtype
+    int8: bool = False  # then quantise the decoder to weight-only int8 after loading
 
     @property
     def upcast(self) -> bool:
@@ -278,6 +346,7 @@ def resolve_precision(name: str | torch.dtype | None, device: str | torch.device
     """The weight and compute dtypes for a precision option, a device and a checkpoint.
 
     "auto" keeps the checkpoint's storage dtype (`stored`; a float64 file is held as float32);
+    "int8" is "auto" plus weight-only int8 for the decoder (`Precision.int8`);
     "fp32" / "bf16" / "fp16" (or "float32" / ..., or a torch dtype) hold the weights in that
     dtype. Either way the products run in the weight dtype where the device is fast at it
     (`fast_on`), else in float32 over just-in-time upcast weights, with a warning: a bf16
@@ -294,15 +363,16 @@ def resolve_precision(name: str | torch.dtype | None, device: str | torch.device
     Raises:
         PrecisionError: an unknown precision name (the message lists the known ones).
     """
-    weights = _weight_dtype(name, stored)
+    int8 = name == "int8"
+    weights = _weight_dtype("auto" if int8 else name, stored)
     if fast_on(weights, device):
-        return Precision(weights, weights)
+        return Precision(weights, weights, int8)
     warnings.warn(
         f"{weights} matrix products are slow on {device} (no {weights} units): the weights "
         f"stay {weights} in memory and each product computes in float32",
         stacklevel=2,
     )
-    return Precision(weights, torch.float32)
+    return Precision(weights, torch.float32, int8)
 
 
 def resolve_dtype(name: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
@@ -320,8 +390,8 @@ def resolve_dtype(name: str | torch.dtype, device: str | torch.device = "cpu") -
     Raises:
         PrecisionError: an unknown precision name (a ValueError).
     """
-    if name == "auto":
-        raise PrecisionError("precision 'auto' needs a checkpoint; give fp32, bf16 or fp16")
+    if name in ("auto", "int8"):
+        raise PrecisionError(f"precision {name!r} needs a checkpoint; give fp32, bf16 or fp16")
     dtype = _weight_dtype(name, torch.float32)
     if fast_on(dtype, device):
         return dtype

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
-from lalm.checkpoint import qwen2_audio, qwen_audio_v1
+from lalm.checkpoint import qwen2_5_omni, qwen2_audio, qwen3_asr, qwen_audio_v1
 from lalm.config import ModelConfig
 from lalm.errors import CheckpointError
 
@@ -58,13 +58,34 @@ FORMATS: dict[str, CheckpointFormat] = {
         config_to_hf=qwen_audio_v1.config_to_hf,
         from_lalm=qwen_audio_v1.from_lalm,
     ),
+    "qwen2_5_omni": CheckpointFormat(
+        name="qwen2_5_omni",
+        matches=qwen2_5_omni.is_qwen2_5_omni,
+        config_from_hf=qwen2_5_omni.config_from_hf,
+        to_lalm=qwen2_5_omni.to_lalm,
+        config_to_hf=qwen2_5_omni.config_to_hf,
+        from_lalm=qwen2_5_omni.from_lalm,
+    ),
+    "qwen3_asr": CheckpointFormat(
+        name="qwen3_asr",
+        matches=qwen3_asr.is_qwen3_asr,
+        config_from_hf=qwen3_asr.config_from_hf,
+        to_lalm=qwen3_asr.to_lalm,
+        config_to_hf=qwen3_asr.config_to_hf,
+        from_lalm=qwen3_asr.from_lalm,
+    ),
 }
 
 
 def native_format(config: ModelConfig) -> str:
     """The format a model of this config is published in: Qwen-Audio (v1) models carry the
-    learned audio BOS/EOS rows, Qwen2-Audio models do not."""
-    return "qwen_audio_v1" if config.projector.audio_bos_eos else "qwen2_audio"
+    learned audio BOS/EOS rows, Qwen3-ASR models an MLP projector, Qwen2.5-Omni thinkers a
+    windowed encoder; Qwen2-Audio models none of these."""
+    if config.projector.audio_bos_eos:
+        return "qwen_audio_v1"
+    if config.projector.kind == "mlp":
+        return "qwen3_asr"
+    return "qwen2_audio" if config.encoder.n_window is None else "qwen2_5_omni"
 
 
 def detect_format(hf_config: dict[str, Any], source: str) -> CheckpointFormat:

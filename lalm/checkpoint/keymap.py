@@ -6,7 +6,7 @@ A `{}` stands for a layer index (digits) and is carried over. One map serves bot
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 from lalm.errors import CheckpointError
@@ -70,3 +70,24 @@ def _rename(key: str, rules: list[tuple[re.Pattern[str], str]]) -> str | None:
         if match:
             return dst.format(*match.groups())
     return None
+
+
+def rename_prefix(key: str, prefixes: Sequence[tuple[str, str]]) -> str:
+    """``key`` with the first matching (old, new) prefix replaced; unchanged if none matches."""
+    for old, new in prefixes:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def decoder_keys(prefix: str, lm_head: str, layer: Mapping[str, str]) -> dict[str, str]:
+    """Key-map entries of a Hugging Face Qwen/Llama text model stored under ``prefix``
+    (``{prefix}embed_tokens``, ``{prefix}layers.{i}.*`` renamed by ``layer``, ``{prefix}norm``)
+    with its head at ``lm_head``, onto lalm's decoder."""
+    return {
+        f"{prefix}embed_tokens.weight": "decoder.embed.weight",
+        **{f"{prefix}layers.{{}}.{hf}": f"decoder.layers.{{}}.{ours}"
+           for hf, ours in layer.items()},
+        f"{prefix}norm.weight": "decoder.norm.weight",
+        lm_head: "decoder.lm_head.weight",
+    }

@@ -19,10 +19,12 @@ from torch import Tensor
 
 from lalm.checkpoint.formats import CheckpointFormat, detect_format
 from lalm.checkpoint.hf_json import read_json
+from lalm.checkpoint.quantized import from_disk
 from lalm.checkpoint.safetensors_io import read_checkpoint_dir
 from lalm.config import ModelConfig, resolve_precision
 from lalm.errors import CheckpointError, PrecisionError
 from lalm.model import AudioLanguageModel
+from lalm.model.quant import quantize_model_int8
 from lalm.model.upcast import upcast_compute
 
 CONFIG_FILE = "config.json"
@@ -102,7 +104,9 @@ def load_model(
         directory: folder with config.json and its weights (model.safetensors, safetensors
             shards, pytorch_model.bin or .bin shards).
         precision: "auto" (the checkpoint's storage dtype; None means the same) | "fp32" |
-            "bf16" | "fp16", or a torch dtype.
+            "bf16" | "fp16" | "int8" ("auto", then the decoder's Linear layers and lm_head
+            quantised to weight-only int8: `lalm.model.quant`), or a torch dtype. A saved
+            int8 checkpoint loads as int8 under any of them.
         device: where the model goes.
         dtype: the former name of `precision` (give one of the two).
 
@@ -120,10 +124,12 @@ def load_model(
             raise PrecisionError(f"give precision or dtype, not both ({precision!r}, {dtype!r})")
         precision = dtype
     config, fmt = load_config(directory)
-    state = fmt.to_lalm(read_checkpoint_dir(directory))
-    target = resolve_precision(precision, device, storage_dtype(state))
     with torch.device("meta"):
         model = AudioLanguageModel(config)
+    # a saved int8 checkpoint quantises the meta model first (lalm.checkpoint.quantized)
+    state = from_disk(model, read_checkpoint_dir(directory), read_hf_config(directory),
+                      fmt.to_lalm, str(directory))
+    target = resolve_precision(precision, device, storage_dtype(state))
     check_state_dict(model, state, str(directory))
     for name, tensor in state.items():  # one tensor at a time: each copy frees its file view
         if tensor.is_floating_point():
@@ -132,11 +138,13 @@ def load_model(
             state[name] = tensor.to(device=device)
     model.load_state_dict(state, strict=True, assign=True)
     del state
+    if target.int8:  # weight-only int8 of the decoder; each float weight it replaces is freed
+        quantize_model_int8(model)
     if target.upcast:
         upcast_compute(model, target.compute)
     wanted = {target.weights, target.compute}
     wrong = [name for name, p in model.state_dict().items()
-             if p.is_floating_point() and p.dtype not in wanted]
+             if p.is_floating_point() and p.dtype not in wanted]  # int8 codes stay int8
     if wrong:
         raise CheckpointError(f"{directory}: tensors not in {target.weights} after loading: "
                               f"{wrong[:10]}")

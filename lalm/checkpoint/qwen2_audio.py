@@ -14,14 +14,15 @@ from typing import Any
 from torch import Tensor
 
 from lalm.checkpoint.hf_json import Kind, check_kinds, section
-from lalm.checkpoint.keymap import KeyMap
+from lalm.checkpoint.keymap import KeyMap, decoder_keys, rename_prefix
 from lalm.config import DecoderConfig, EncoderConfig, ModelConfig, ProjectorConfig
 from lalm.errors import CheckpointError
 
 MODEL_TYPE = "qwen2_audio"
 AUDIO_TOKEN_ID = 151646  # <|AUDIO|>, `audio_token_index` of every released checkpoint
 
-_ENCODER_LAYER = {
+#: Whisper-style encoder layer (also Qwen2.5-Omni's and Qwen3-ASR's) -> lalm encoder block.
+ENCODER_LAYER = {
     "self_attn.q_proj.weight": "attn.query.weight",
     "self_attn.q_proj.bias": "attn.query.bias",
     "self_attn.k_proj.weight": "attn.key.weight",
@@ -38,7 +39,8 @@ _ENCODER_LAYER = {
     "final_layer_norm.weight": "mlp_ln.weight",
     "final_layer_norm.bias": "mlp_ln.bias",
 }
-_DECODER_LAYER = {
+#: Qwen2 / Qwen3 / Llama decoder layer (transformers names) -> lalm decoder layer.
+DECODER_LAYER = {
     "self_attn.q_proj.weight": "attn.q.weight",
     "self_attn.q_proj.bias": "attn.q.bias",
     "self_attn.k_proj.weight": "attn.k.weight",
@@ -63,16 +65,12 @@ HF_TO_LALM: dict[str, str] = {
     "audio_tower.conv2.bias": "encoder.conv2.bias",
     "audio_tower.embed_positions.weight": "encoder.positional_embedding",
     **{f"audio_tower.layers.{{}}.{hf}": f"encoder.blocks.{{}}.{ours}"
-       for hf, ours in _ENCODER_LAYER.items()},
+       for hf, ours in ENCODER_LAYER.items()},
     "audio_tower.layer_norm.weight": "projector.ln_post.weight",
     "audio_tower.layer_norm.bias": "projector.ln_post.bias",
     "multi_modal_projector.linear.weight": "projector.proj.weight",
     "multi_modal_projector.linear.bias": "projector.proj.bias",
-    "language_model.model.embed_tokens.weight": "decoder.embed.weight",
-    **{f"language_model.model.layers.{{}}.{hf}": f"decoder.layers.{{}}.{ours}"
-       for hf, ours in _DECODER_LAYER.items()},
-    "language_model.model.norm.weight": "decoder.norm.weight",
-    "language_model.lm_head.weight": "decoder.lm_head.weight",
+    **decoder_keys("language_model.model.", "language_model.lm_head.weight", DECODER_LAYER),
 }
 KEY_MAP = KeyMap(HF_TO_LALM, "Qwen2-Audio")
 
@@ -90,19 +88,13 @@ def to_lalm(state: dict[str, Tensor]) -> dict[str, Tensor]:
     Raises:
         CheckpointError: a key the map does not know.
     """
-    return KEY_MAP.convert({_disk_name(key): value for key, value in state.items()})
+    return KEY_MAP.convert({rename_prefix(key, _V5_PREFIXES): value
+                            for key, value in state.items()})
 
 
 def from_lalm(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Rename a lalm state dict to the Qwen2-Audio on-disk names."""
     return KEY_MAP.convert(state, inverse=True)
-
-
-def _disk_name(key: str) -> str:
-    for prefix, disk in _V5_PREFIXES:
-        if key.startswith(prefix):
-            return disk + key[len(prefix):]
-    return key
 
 
 def memory_name(key: str) -> str:
@@ -217,13 +209,18 @@ def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict[str,
         CheckpointError: the config uses a switch Qwen2-Audio does not have (v1 features).
     """
     enc, dec = config.encoder, config.decoder
-    v1_only = {
+    foreign = {
         "projector.audio_bos_eos": config.projector.audio_bos_eos,
         "decoder.dynamic_ntk": dec.dynamic_ntk,
         "decoder.logn_attn": dec.logn_attn,
         "encoder.frame_cutoff='pairs'": enc.frame_cutoff != "lookahead",
+        "encoder.n_window (windowed encoder)": enc.n_window is not None,
+        "encoder.stem 'conv2d' / key_bias": enc.stem != "conv1d" or enc.key_bias,
+        "projector.kind 'mlp'": config.projector.kind != "pool",
+        "decoder.tie_embeddings": dec.tie_embeddings,
+        "decoder.mrope_section": dec.mrope_section is not None,
     }
-    bad = [name for name, is_set in v1_only.items() if is_set]
+    bad = [name for name, is_set in foreign.items() if is_set]
     if dec.qkv_bias and (dec.qk_norm or dec.head_width):
         bad.append("decoder.qkv_bias with qk_norm or head_width (no such text model)")
     if bad:

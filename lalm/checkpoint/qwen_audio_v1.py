@@ -269,6 +269,10 @@ def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict[str,
         "decoder.head_width": dec.head_width is not None,
         "projector.audio_bos_eos = False": not config.projector.audio_bos_eos,
         "encoder.frame_cutoff != 'pairs'": enc.frame_cutoff != "pairs",
+        "Omni / Qwen3-ASR switches (n_window, stem, key_bias, projector.kind, tie, M-RoPE)":
+            enc.n_window is not None or enc.stem != "conv1d" or enc.key_bias
+            or config.projector.kind != "pool" or dec.tie_embeddings
+            or dec.mrope_section is not None,
         "encoder.hidden_dim != 4 * dim": enc.hidden_dim != 4 * enc.dim,
         f"encoder/projector norm_eps != {WHISPER_NORM_EPS}":
             enc.norm_eps != WHISPER_NORM_EPS or config.projector.norm_eps != WHISPER_NORM_EPS,

@@ -26,6 +26,7 @@ import torch
 
 from lalm.checkpoint.formats import FORMATS, native_format
 from lalm.checkpoint.load import CONFIG_FILE
+from lalm.checkpoint.quantized import QUANT_KEY, quantization_config, to_disk
 from lalm.checkpoint.safetensors_io import write_checkpoint_dir, write_json
 from lalm.errors import CheckpointError
 from lalm.config import ModelConfig
@@ -81,16 +82,23 @@ def save_model(
     if fmt is None or fmt.from_lalm is None or fmt.config_to_hf is None:
         writable = sorted(name for name, f in FORMATS.items() if f.from_lalm is not None)
         raise CheckpointError(f"cannot save format {format!r}; writable formats: {writable}")
-    state = {name: t if dtype is None else t.to(dtype) for name, t in model.state_dict().items()}
+    state = {name: t if dtype is None or not t.is_floating_point() else t.to(dtype)
+             for name, t in model.state_dict().items()}  # int8 codes stay int8
+    if model.config.decoder.tie_embeddings:  # stored once, as the embedding (as HF does)
+        del state["decoder.lm_head.weight"]
     weight_dtype = dtype or model.decoder.embed.weight.dtype
     if weight_dtype not in _DTYPE_NAMES:
         raise CheckpointError(f"cannot save weights as {weight_dtype}")
     hf_config = fmt.config_to_hf(model.config, _DTYPE_NAMES[weight_dtype])
     directory = Path(directory)
-    written = write_checkpoint_dir(fmt.from_lalm(state), directory, max_shard_bytes)
-    if format == "qwen2_audio":
+    quantization = quantization_config(model)
+    if quantization is not None:
+        hf_config[QUANT_KEY] = quantization
+    written = write_checkpoint_dir(to_disk(state, fmt.from_lalm), directory, max_shard_bytes)
+    if format in _PROCESSORS:
         written.append(directory / PREPROCESSOR_CONFIG)
-        write_json(written[-1], preprocessor_config(model.config))
+        write_json(written[-1], preprocessor_config(model.config, format))
+    if format == "qwen2_audio":
         if tokenizer is not None:
             ids = {"bos_token_id": tokenizer.eod_id, "eos_token_id": tokenizer.im_end_id}
             hf_config["text_config"].update(ids)
@@ -102,15 +110,26 @@ def save_model(
     return [*written, config_path]
 
 
-def preprocessor_config(config: ModelConfig) -> dict[str, Any]:
-    """The ``preprocessor_config.json`` of a Qwen2-Audio checkpoint (transformers'
-    `WhisperFeatureExtractor` under `Qwen2AudioProcessor`) for the model's mel bins."""
+# format -> (feature extractor, processor) transformers names in preprocessor_config.json
+_PROCESSORS = {
+    "qwen2_audio": ("WhisperFeatureExtractor", "Qwen2AudioProcessor"),
+    "qwen2_5_omni": ("WhisperFeatureExtractor", "Qwen2_5OmniProcessor"),
+    "qwen3_asr": ("Qwen3ASRFeatureExtractor", "Qwen3ASRProcessor"),
+}
+
+
+def preprocessor_config(config: ModelConfig, format: str = "qwen2_audio"  # noqa: A002
+                        ) -> dict[str, Any]:
+    """The ``preprocessor_config.json`` of a Qwen2-Audio, Qwen2.5-Omni or Qwen3-ASR checkpoint
+    (transformers' feature extractor of that family) for the model's mel bins."""
+    extractor, processor = _PROCESSORS[format]
+    extra = {"n_window": config.encoder.n_window} if format == "qwen3_asr" else {}
     return {
-        "chunk_length": 30, "feature_extractor_type": "WhisperFeatureExtractor",
+        "chunk_length": 30, "feature_extractor_type": extractor,
         "feature_size": config.encoder.n_mels, "hop_length": 160, "n_fft": 400,
         "n_samples": 480000, "nb_max_frames": 3000, "padding_side": "right",
-        "padding_value": 0.0, "processor_class": "Qwen2AudioProcessor",
-        "return_attention_mask": True, "sampling_rate": 16000,
+        "padding_value": 0.0, "processor_class": processor,
+        "return_attention_mask": True, "sampling_rate": 16000, **extra,
     }
 
 

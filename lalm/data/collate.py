@@ -150,6 +150,14 @@ def collate(items: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     return batch
 
 
+def count_items(batch: dict[str, Any]) -> int:
+    """Items in a batch: one per row, or the segments of its packed rows."""
+    segments = batch.get("segment_ids")
+    if segments is None:
+        return len(batch["example_ids"])
+    return int((segments.max(dim=1).values + 1).sum())
+
+
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     """The batch's `AudioLanguageModel.forward` keyword arguments (`MODEL_INPUT_KEYS`)."""
     return {key: batch[key] for key in MODEL_INPUT_KEYS}

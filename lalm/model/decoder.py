@@ -27,6 +27,7 @@ from lalm.model.layers import (
     apply_rope,
     attention_mask,
     logn_scale,
+    mrope_cos_sin,
     ntk_alpha,
     ntk_rope_base,
     rope_cos_sin,
@@ -156,7 +157,9 @@ class DecoderLayer(nn.Module):
 
 
 class TextDecoder(nn.Module):
-    """Token embedding, decoder blocks, final RMSNorm and an untied `lm_head`."""
+    """Token embedding, decoder blocks, final RMSNorm and `lm_head` (untied unless
+    `tie_embeddings`: then `lm_head.weight` is the embedding's Parameter, in memory and after
+    `load_state_dict`, which gets both names with equal values)."""
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
@@ -165,7 +168,16 @@ class TextDecoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+            # loading (assign=True) gives each name its own Parameter: share them again
+            self.register_load_state_dict_post_hook(lambda module, _keys: module.tie_weights())
         self.cache: KVCache | None = None
+
+    def tie_weights(self) -> None:
+        """Make `lm_head` use the embedding's weight (tied configs only)."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
 
     def setup_caches(
         self,
@@ -253,7 +265,8 @@ class TextDecoder(nn.Module):
 
         Args:
             embeds: [B, S, D] input embeddings (model dtype).
-            input_pos: [B, S] int64 RoPE positions, per row.
+            input_pos: [B, S] int64 RoPE positions, per row; with `mrope_section` also
+                [3, B, S] (time, height, width rows of M-RoPE; no segments then).
             token_mask: [B, S] bool, True for real tokens (False for padding); default all True.
             output: "logits" -> [B, S, V] float32; "last_logits" -> [B, V] float32 for the last
                 column only (prefill/decode: avoids the B*S*V tensor); "hidden" -> [B, S, D]
@@ -271,6 +284,9 @@ class TextDecoder(nn.Module):
                 with a KV cache, or a segment too long for dynamic NTK.
         """
         batch, seq, dim = embeds.shape
+        mrope_pos = None
+        if self.config.mrope_section is not None and input_pos.shape == (3, batch, seq):
+            mrope_pos, input_pos = input_pos, input_pos[0]  # row 0 (time) for the rest
         if dim != self.config.dim or input_pos.shape != (batch, seq):
             raise ValueError(
                 f"decoder expects embeds [B, S, {self.config.dim}] and input_pos [B, S]; got "
@@ -293,7 +309,12 @@ class TextDecoder(nn.Module):
                                  f"than train_seq_len {self.config.train_seq_len}: dynamic NTK "
                                  f"would give it another RoPE base than it has alone")
         inv_freq = rope_inv_freq(self.config.head_dim, self._rope_base(lengths))
-        cos, sin = rope_cos_sin(input_pos, inv_freq, embeds.dtype)
+        if mrope_pos is not None and self.config.mrope_section is not None:
+            if segment_ids is not None:
+                raise ValueError("M-RoPE positions [3, B, S] do not combine with segment_ids")
+            cos, sin = mrope_cos_sin(mrope_pos, inv_freq, self.config.mrope_section, embeds.dtype)
+        else:
+            cos, sin = rope_cos_sin(input_pos, inv_freq, embeds.dtype)
         q_scale = None
         if self.config.logn_attn:
             q_scale = logn_scale(input_pos, self.config.train_seq_len)

@@ -12,6 +12,17 @@ not depend on the rest of the batch. Only the cut-off differs between the famili
 * "pairs" (Qwen-Audio v1): frames < 2n are kept; the v1 reference cuts its input to 2n frames
   before conv1, so its conv stem sees zeros after them.
 
+A windowed encoder (`EncoderConfig.n_window`: Qwen2.5-Omni, Qwen3-ASR) cuts each clip into
+chunks of 2 * n_window mel frames (frames >= L are zero) and runs the stem on every chunk alone:
+Whisper's conv pair with conv1's outputs past the chunk's length zeroed (Omni), or three stride-2
+Conv2d and a Linear (`stem="conv2d"`, Qwen3-ASR). Positions restart at 0 in each chunk; a
+position attends only to the valid positions of its window (`window_chunks` chunks): the
+references' block-diagonal `cu_seqlens` attention, computed here as a batch of windows.
+Zeros from frame L on equal Omni's reference exactly (it keeps only each clip's L frames); the
+Qwen3-ASR reference model convolves whatever its input holds there, which its feature extractor
+fills with the log-mel of padded silence (zeros for the longest clip of a batch), so lalm
+matches it where those frames are zero, and each clip gives the same rows in any batch.
+
 Shape alphabet: B batch, M mel bins, T mel frames, N positions after the stem, D width, H heads.
 """
 
@@ -39,6 +50,20 @@ def conv_output_lengths(feature_lens: Tensor) -> Tensor:
     return (feature_lens - 1) // 2 + 1
 
 
+def stem_output_lengths(lengths: Tensor, n_conv: int) -> Tensor:
+    """Positions after `n_conv` stride-2 convolutions (k3 p1), 0 for an empty input. [C] -> [C]."""
+    for _ in range(n_conv):
+        lengths = torch.where(lengths > 0, (lengths - 1) // 2 + 1, 0)
+    return lengths
+
+
+def _stride2_length(length: int, n_conv: int) -> int:
+    """`stem_output_lengths` of one positive length, as a Python int (also on the meta device)."""
+    for _ in range(n_conv):
+        length = (length - 1) // 2 + 1
+    return length
+
+
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:
     """Whisper's positional table: [sin | cos] halves, log-spaced timescales.
 
@@ -52,13 +77,13 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Ten
 
 
 class EncoderAttention(nn.Module):
-    """Bidirectional multi-head attention; `key` has no bias (Whisper names)."""
+    """Bidirectional multi-head attention; `key` has no bias unless told (Whisper names)."""
 
-    def __init__(self, dim: int, n_head: int) -> None:
+    def __init__(self, dim: int, n_head: int, key_bias: bool = False) -> None:
         super().__init__()
         self.n_head = n_head
         self.query = nn.Linear(dim, dim)
-        self.key = nn.Linear(dim, dim, bias=False)
+        self.key = nn.Linear(dim, dim, bias=key_bias)
         self.value = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
 
@@ -80,7 +105,7 @@ class EncoderBlock(nn.Module):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.attn_ln = LayerNorm(config.dim, eps=config.norm_eps)
-        self.attn = EncoderAttention(config.dim, config.n_head)
+        self.attn = EncoderAttention(config.dim, config.n_head, config.key_bias)
         self.mlp_ln = LayerNorm(config.dim, eps=config.norm_eps)
         self.mlp = nn.Sequential(
             nn.Linear(config.dim, config.hidden_dim),
@@ -99,17 +124,56 @@ class AudioEncoder(nn.Module):
 
     Parameter names follow Whisper: `conv1`, `conv2`, `positional_embedding` (a persistent
     buffer, [n_ctx, D]), `blocks.{i}.{attn_ln, attn.{query,key,value,out}, mlp_ln, mlp.{0,2}}`.
+    A windowed encoder stores no positional table (its references compute it; so does
+    `forward`); the "conv2d" stem has `conv2d1`..`conv2d3` and `conv_out` instead of the convs.
     """
 
-    positional_embedding: Tensor
+    positional_embedding: Tensor | None
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.config = config
-        self.conv1 = nn.Conv1d(config.n_mels, config.dim, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv1d(config.dim, config.dim, kernel_size=3, stride=2, padding=1)
-        self.register_buffer("positional_embedding", sinusoids(config.n_ctx, config.dim))
+        if config.stem == "conv1d":
+            self.conv1 = nn.Conv1d(config.n_mels, config.dim, kernel_size=3, padding=1)
+            self.conv2 = nn.Conv1d(config.dim, config.dim, kernel_size=3, stride=2, padding=1)
+        else:
+            width = config.stem_channels
+            self.conv2d1 = nn.Conv2d(1, width, kernel_size=3, stride=2, padding=1)
+            self.conv2d2 = nn.Conv2d(width, width, kernel_size=3, stride=2, padding=1)
+            self.conv2d3 = nn.Conv2d(width, width, kernel_size=3, stride=2, padding=1)
+            mel_rows = _stride2_length(config.n_mels, 3)
+            self.conv_out = nn.Linear(width * mel_rows, config.dim, bias=False)
+        if config.n_window is None:
+            self.register_buffer("positional_embedding", sinusoids(config.n_ctx, config.dim))
+        else:
+            self.positional_embedding = None
+            if self.chunk_positions > config.n_ctx:
+                raise ValueError(f"encoder.n_ctx {config.n_ctx} < {self.chunk_positions} "
+                                 "positions of one chunk")
         self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.n_layer))
+
+    @property
+    def chunk_positions(self) -> int:
+        """Positions the stem makes of one full chunk of 2 * n_window frames (windowed only)."""
+        n_conv = 1 if self.config.stem == "conv1d" else 3
+        return _stride2_length(2 * (self.config.n_window or 0), n_conv)
+
+    @property
+    def max_frames(self) -> int | None:
+        """The longest clip in mel frames (2 * n_ctx), or None for a windowed encoder, which
+        takes any length (its positions restart in every chunk)."""
+        return 2 * self.config.n_ctx if self.config.n_window is None else None
+
+    def output_lengths(self, feature_lens: Tensor) -> Tensor:
+        """[B] int64 encoder positions of clips of L mel frames: (L - 1) // 2 + 1 for the whole-
+        clip stem; for a windowed one the sum over its chunks (full chunks give
+        `chunk_positions`, the last one what the stem makes of its frames)."""
+        if self.config.n_window is None:
+            return conv_output_lengths(feature_lens)
+        chunk = 2 * self.config.n_window
+        n_conv = 1 if self.config.stem == "conv1d" else 3
+        return (feature_lens // chunk) * self.chunk_positions + stem_output_lengths(
+            feature_lens % chunk, n_conv)
 
     def frame_cutoffs(self, feature_lens: Tensor) -> Tensor:
         """[B] int64: index of the first mel frame the conv stem must see as zero, per clip."""
@@ -131,6 +195,9 @@ class AudioEncoder(nn.Module):
 
         Raises:
             ValueError: wrong mel count, too few frames for the cut-off, empty or over-long clips.
+
+        A windowed encoder needs only T >= max(L) and returns `output_lengths(feature_lens)`
+        rows per clip.
         """
         batch, n_mels, n_frames = features.shape
         if n_mels != self.config.n_mels or feature_lens.shape != (batch,):
@@ -140,6 +207,8 @@ class AudioEncoder(nn.Module):
             )
         if batch == 0 or int(feature_lens.min()) < 1:
             raise ValueError("every clip needs at least one mel frame")
+        if self.config.n_window is not None:
+            return self._windowed(features, feature_lens)
         x_lens = conv_output_lengths(feature_lens)
         if int(x_lens.max()) > self.config.n_ctx:
             raise ValueError(
@@ -170,3 +239,71 @@ class AudioEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, key_mask)
         return x, x_lens
+
+    def _stem(self, chunks: Tensor, chunk_lens: Tensor) -> Tensor:
+        """Stem of a windowed encoder on each chunk alone.
+
+        Args:
+            chunks: [C, M, W] mel chunks (W = 2 * n_window), zero from each chunk's length on.
+            chunk_lens: [C] int64 frames of each chunk.
+
+        Returns:
+            [C, chunk_positions, D].
+        """
+        if self.config.stem == "conv1d":
+            # conv1's outputs past the chunk's frames are zeroed before conv2, as in Omni
+            frame = torch.arange(chunks.shape[2], device=chunks.device)
+            keep = frame[None, :] < chunk_lens[:, None]
+            x = F.gelu(self.conv1(chunks)) * keep[:, None, :].to(chunks.dtype)
+            return F.gelu(self.conv2(x)).transpose(1, 2)
+        x = F.gelu(self.conv2d1(chunks[:, None]))  # [C, ch, M', W']
+        x = F.gelu(self.conv2d2(x))
+        x = F.gelu(self.conv2d3(x))  # [C, ch, M'', P]
+        return self.conv_out(x.permute(0, 3, 1, 2).flatten(2))  # [C, P, ch * M''] -> [C, P, D]
+
+    def _windowed(self, features: Tensor, feature_lens: Tensor) -> tuple[Tensor, Tensor]:
+        """`forward` of a windowed encoder (module docstring); same arguments and results."""
+        cfg = self.config
+        batch, n_mels, n_frames = features.shape
+        chunk = 2 * (cfg.n_window or 0)
+        if int(feature_lens.max()) > n_frames:
+            raise ValueError(f"features have {n_frames} frames but a clip has "
+                             f"{int(feature_lens.max())}")
+        # 1. Chunks of every clip ([B * C_max, M, W]); frames past a clip's length are zero.
+        n_chunks = -(-int(feature_lens.max()) // chunk)
+        used = n_chunks * chunk
+        dtype = self._stem_dtype()
+        mel = F.pad(features[:, :, :used].to(dtype), (0, max(0, used - n_frames)))
+        frame = torch.arange(used, device=features.device)
+        mel = torch.where((frame[None, :] < feature_lens[:, None])[:, None, :], mel, 0.0)
+        chunks = mel.unflatten(2, (n_chunks, chunk)).transpose(1, 2).flatten(0, 1)
+        starts = torch.arange(n_chunks, device=features.device) * chunk
+        chunk_lens = (feature_lens[:, None] - starts[None, :]).clamp(0, chunk).flatten()
+        # 2. Stem per chunk, positions restarting in each chunk; clips' rows back to back
+        #    ([B, C_max * P, D]: only a clip's last chunk can be short, so its rows are a prefix).
+        per_chunk = self.chunk_positions
+        x = self._stem(chunks, chunk_lens)
+        x = x + sinusoids(per_chunk, cfg.dim).to(device=x.device, dtype=x.dtype)
+        x = x.unflatten(0, (batch, n_chunks)).flatten(1, 2)
+        x_lens = self.output_lengths(feature_lens)
+        # 3. Attention windows of `window_chunks` chunks as a batch; windows without a valid
+        #    row are left out (their rows are padding), the others mask their padding keys.
+        width = per_chunk * cfg.window_chunks
+        n_win = -(-x.shape[1] // width)
+        x = F.pad(x, (0, 0, 0, n_win * width - x.shape[1]))
+        row = torch.arange(n_win * width, device=x.device)
+        valid = (row[None, :] < x_lens[:, None]).view(batch * n_win, width)
+        windows = x.view(batch * n_win, width, cfg.dim)
+        used_win = valid.any(dim=1).nonzero().squeeze(1)
+        h, h_valid = windows[used_win], valid[used_win]
+        key_mask = None if bool(h_valid.all()) else h_valid[:, None, None, :]
+        for block in self.blocks:
+            h = block(h, key_mask)
+        out = torch.zeros_like(windows).index_copy(0, used_win, h)
+        n_max = int(x_lens.max())
+        return out.view(batch, n_win * width, cfg.dim)[:, :n_max], x_lens
+
+    def _stem_dtype(self) -> torch.dtype:
+        """The dtype of the stem's first weight (the model dtype)."""
+        first = self.conv1 if self.config.stem == "conv1d" else self.conv2d1
+        return first.weight.dtype

@@ -61,6 +61,11 @@ class AudioLanguageModel(nn.Module):
         self.projector = Projector(config.projector, config.encoder.dim, config.decoder.dim)
         self.decoder = TextDecoder(config.decoder)
 
+    def audio_row_counts(self, feature_lens: Tensor) -> Tensor:
+        """[B] int64 audio rows `embed_audio` gives clips of [B] real mel lengths L: the number
+        of audio slots each clip needs in the prompt."""
+        return self.projector.row_counts(self.encoder.output_lengths(feature_lens))
+
     def embed_audio(self, features: Tensor, feature_lens: Tensor) -> list[Tensor]:
         """Audio rows of each clip, ready to splice.
 
@@ -70,7 +75,8 @@ class AudioLanguageModel(nn.Module):
 
         Returns:
             One [R_b, D] tensor per clip in the model dtype: R_b = N audio tokens (Qwen2-Audio)
-            or N + 2 with the learned BOS/EOS rows (v1), N = ((L - 1) // 2 + 1) // 2.
+            or N + 2 with the learned BOS/EOS rows (v1), N = ((L - 1) // 2 + 1) // 2
+            (`audio_row_counts` for every encoder and projector kind).
         """
         x, x_lens = self.encoder(features, feature_lens)
         return self.projector(x, x_lens)

@@ -85,6 +85,28 @@ def rope_cos_sin(input_pos: Tensor, inv_freq: Tensor, dtype: torch.dtype) -> tup
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
+def mrope_cos_sin(input_pos: Tensor, inv_freq: Tensor, sections: list[int], dtype: torch.dtype
+                  ) -> tuple[Tensor, Tensor]:
+    """M-RoPE tables (Qwen2.5-Omni): frequency pair i takes its angle from position row
+    `r(i) % 3`, where r(i) is the index of the section holding pair i.
+
+    Args:
+        input_pos: [3, B, S] int64 (time, height, width) positions; three equal rows give
+            exactly `rope_cos_sin`'s tables.
+        inv_freq: [B, head_dim // 2] float32.
+        sections: pairs per section, summing to head_dim // 2.
+        dtype: dtype of the queries/keys.
+
+    Returns:
+        (cos, sin), each [B, 1, S, head_dim], the halves duplicated as in `rope_cos_sin`.
+    """
+    angles = input_pos.float()[..., None] * inv_freq[None, :, None, :]  # [3, B, S, hd/2]
+    parts = angles.split(sections, dim=-1)
+    angles = torch.cat([part[i % 3] for i, part in enumerate(parts)], dim=-1)  # [B, S, hd/2]
+    angles = torch.cat((angles, angles), dim=-1)[:, None]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """x: [B, H, S, hd]; cos/sin: [B, 1, S, hd] -> x rotated (rotate-half / NeoX layout)."""
     half = x.shape[-1] // 2

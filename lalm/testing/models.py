@@ -65,3 +65,52 @@ def random_features(feature_lens: list[int], n_mels: int, seed: int = 0) -> tupl
     values = torch.randn(len(feature_lens), n_mels, n_frames, generator=gen)
     keep = torch.arange(n_frames)[None, None, :] < (lens + 2)[:, None, None]
     return values * keep, lens
+
+
+def relative_error(actual: Tensor, expected: Tensor) -> float:
+    """max |actual - expected| / max |expected|: the parity tests' measure of closeness."""
+    return float((actual - expected).abs().max() / expected.abs().max())
+
+
+def tone_clips(seconds: list[float], seed: int = 0) -> list[Tensor]:
+    """16 kHz float32 clips: a random-pitch tone plus a little noise, one per duration."""
+    gen = torch.Generator().manual_seed(seed)
+    clips = []
+    for duration in seconds:
+        t = torch.arange(int(duration * 16000)) / 16000
+        pitch = 100 + 1900 * torch.rand((), generator=gen)
+        noise = torch.randn(t.shape, generator=gen)
+        clips.append(0.3 * torch.sin(2 * torch.pi * pitch * t) + 0.05 * noise)
+    return clips
+
+
+def random_text_ids(n: int, seed: int) -> list[int]:
+    """n random ordinary-text ids of the Qwen BPE (below its first special id, 151643)."""
+    return torch.randint(0, 151643, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def audio_span(model: AudioLanguageModel, length: int, start: int, slot: int, end: int
+               ) -> list[int]:
+    """The prompt ids of one clip of `length` mel frames: start, one slot per audio row, end."""
+    n = int(model.audio_row_counts(torch.tensor([length])))
+    return [start, *[slot] * n, end]
+
+
+def greedy_tokens(model: AudioLanguageModel, ids: Tensor, token_mask: Tensor, features: Tensor,
+                  feature_lens: Tensor, slot: int, max_new_tokens: int) -> list[list[int]]:
+    """Greedy tokens of a left-padded batch through lalm's generation loop, without stop ids.
+
+    Args:
+        ids, token_mask: [B, S] left-padded prompts (`lalm.generation.generate.left_pad`).
+        features, feature_lens: the clips of the batch, in prompt order.
+        slot: the audio slot id.
+        max_new_tokens: tokens to generate per row.
+    """
+    from lalm.generation.generate import PromptBatch, generate
+    from lalm.generation.options import GenerationOptions
+
+    with torch.no_grad():
+        embeds = model.embed_prompt(ids, model.embed_audio(features, feature_lens), ids == slot)
+        results = generate(model, PromptBatch(ids, token_mask, embeds),
+                           GenerationOptions(max_new_tokens=max_new_tokens), stop_ids=())
+    return [r.tokens for r in results]

@@ -12,7 +12,9 @@ import soundfile as sf
 from lalm.audio import SAMPLE_RATE
 from lalm.data.manifest import AudioRef, Example, TaskSpec, read_manifest, write_manifest
 from lalm.prompt import QWEN2_AUDIO_SPECIAL_TOKENS
+from lalm.tokenizer import load_tokenizer
 from lalm.training.bpe import corpus, train_tokenizer
+from lalm.training.stages import TrainConfig
 
 NOTES = {"A3": 220.0, "C4": 261.63, "E4": 329.63, "A4": 440.0, "C5": 523.25, "E5": 659.26}
 
@@ -89,3 +91,10 @@ def tiny_stage(out_dir: str | Path, train_manifest: str | Path, tokenizer: str |
         else:
             config[section] = values
     return config
+
+
+def tiny_config(out_dir: str | Path, train_manifest: str | Path, tokenizer: str | Path,
+                **sections: dict[str, Any]) -> TrainConfig:
+    """`tiny_stage` as a `TrainConfig`, its decoder rows the tokenizer's size."""
+    return TrainConfig.from_dict(tiny_stage(out_dir, train_manifest, tokenizer,
+                                            len(load_tokenizer(tokenizer)), **sections))

@@ -33,6 +33,7 @@ from lalm.tokenizer import Tokenizer, load_tokenizer
 from lalm.training.dpo import PreferenceDataset, PreferencePair, read_pairs
 from lalm.training.encoder_cache import EncodedDataset
 from lalm.training.lora import apply_lora, merge_lora
+from lalm.training.qlora import quantize_lora_base
 from lalm.training.stages import PARTS, DataSource, LoraConfig, PartsConfig, TrainConfig
 
 def init_weights(model: nn.Module, seed: int, std: float = 0.02) -> None:
@@ -98,13 +99,17 @@ def enable_grad_checkpointing(model: AudioLanguageModel) -> None:
 
 
 def set_parts(model: AudioLanguageModel, parts: PartsConfig, lora: LoraConfig) -> None:
-    """Freeze, unfreeze or LoRA-adapt each part in place (`PartsConfig`)."""
+    """Freeze, unfreeze or LoRA-adapt each part in place (`PartsConfig`; with
+    ``lora.base_precision: int8`` the decoder's adapted layers get an int8 base,
+    `lalm.training.qlora`)."""
     for part in PARTS:
         mode = getattr(parts, part)
         module = getattr(model, part)
         module.requires_grad_(mode == "full")
         if mode == "lora":
             apply_lora(module, lora, prefix=part)
+            if part == "decoder" and lora.base_precision == "int8":
+                quantize_lora_base(module)
 
 
 def merged_copy(model: AudioLanguageModel, state: dict[str, Tensor],

@@ -20,7 +20,6 @@ import contextlib
 import copy
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -61,17 +60,12 @@ from lalm.training.grpo import (
     sample_answers,
 )
 from lalm.training.lora import adapters_disabled
-from lalm.training.loop import (
-    RunLog,
-    TrainResult,
-    seed_everything,
-    to_device,
-    update_allowed,
-)
+from lalm.training.loop import TrainResult, seed_everything, to_device, update_allowed
 from lalm.training.metrics import task_metrics
 from lalm.training.optim import build_optimizer, build_scheduler
 from lalm.training.peft_adapter import adapter_only
 from lalm.training.rewards import check_rewards, score
+from lalm.training.runlog import RunLog, Throughput
 from lalm.training.stages import TrainConfig
 from lalm.training.state import (
     TrainerState,
@@ -149,7 +143,6 @@ def train_grpo(config: TrainConfig, resume: bool = False) -> TrainResult:
     ckpt_root = out_dir / "checkpoints"
     if dist.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
     tokenizer = load_stage_tokenizer(config)
     base = build_model(config, tokenizer).to(dist.device)
@@ -166,6 +159,11 @@ def train_grpo(config: TrainConfig, resume: bool = False) -> TrainResult:
     encoder = base.encoder if config.data.encoder_cache else None
     train_set, _ = build_dataset(config.data.train, config, tokenizer, n_mels, run.seed,
                                  encoder)
+    # run.epochs: the steps of that many passes (every rank has at least this many prompts)
+    config = config.with_steps(len(train_set) // dist.world_size // grpo.prompts)
+    run = config.run
+    if dist.main:
+        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     metric_examples = []
     if config.data.valid is not None:
         valid_set, _ = build_dataset([config.data.valid], config, tokenizer, n_mels,
@@ -189,10 +187,16 @@ def train_grpo(config: TrainConfig, resume: bool = False) -> TrainResult:
         state, _ = load_checkpoint(found, model, optimizer, scheduler, dist, verify=False)
     stream = PromptStream(len(train_set), grpo.prompts, run.seed, dist.rank, dist.world_size,
                           state)
-    log = RunLog(out_dir, config, dist, state.step)
-    result = TrainResult(step=state.step, checkpoint=found, main=dist.main)
+    log = RunLog(out_dir, config, dist, state.step, run.max_steps)
+    trainable = sum(p.numel() for p in base.parameters() if p.requires_grad)
+    log.start(config, trainable, sum(p.numel() for p in base.parameters()), run.max_steps,
+              f"{grpo.prompts} prompt(s) x {grpo.group_size} answers x "
+              f"{config.optim.grad_accum} micro-batch(es) a step; {dist.world_size} rank(s) on "
+              f"{dist.device.type}" + (f"; resumed from {found}" if found is not None else ""))
+    result = TrainResult(step=state.step, checkpoint=found, main=dist.main,
+                         trainable_params=trainable)
     params = [p for p in model.parameters() if p.requires_grad]
-    examples_seen, t_start = 0, time.perf_counter()
+    meter = Throughput(state.step, state.tokens, state.samples)
 
     def save() -> Path:
         return save_checkpoint(ckpt_root, model, optimizer, scheduler, state, config.to_dict(),
@@ -247,7 +251,11 @@ def train_grpo(config: TrainConfig, resume: bool = False) -> TrainResult:
                 (terms.total * dist.world_size / count.clamp(min=1)).backward()
             totals += torch.tensor([float(terms.total.detach()), terms.kl, terms.clipped],
                                    dtype=torch.float64)
-            examples_seen += len(batch["example_ids"])
+        seen = all_reduce_sum(torch.tensor(
+            [sum(int(m[0]["token_lens"].sum()) for m in micro),
+             sum(len(m[0]["example_ids"]) for m in micro)], dtype=torch.float64), dist)
+        state.tokens += int(seen[0])
+        state.samples += int(seen[1])
         grad_norm = (torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
                      if config.optim.grad_clip > 0 else torch.zeros(()))
         loss_value = float(all_reduce_sum(totals[:1].clone(), dist)[0] / count.clamp(min=1))
@@ -262,15 +270,16 @@ def train_grpo(config: TrainConfig, resume: bool = False) -> TrainResult:
         if state.step % run.log_every == 0 or state.step == run.max_steps:
             log.write({"step": state.step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
                        "grad_norm": float(grad_norm), "epoch": state.epoch,
-                       **_step_stats(micro, totals, dist),
-                       "elapsed_s": time.perf_counter() - t_start})
+                       **_step_stats(micro, totals, dist), "tokens": state.tokens,
+                       "samples": state.samples,
+                       **meter.rates(state.step, state.tokens, state.samples, run.max_steps)})
         if run.eval_every and state.step % run.eval_every == 0 and state.step < run.max_steps:
             evaluate()
         if run.save_every and state.step % run.save_every == 0 and state.step < run.max_steps:
             result.checkpoint = save()
 
-    elapsed = max(time.perf_counter() - t_start, 1e-9)
-    result.examples_per_s = examples_seen * dist.world_size / elapsed
+    rates = meter.rates(state.step, state.tokens, state.samples, run.max_steps)
+    result.tokens_per_s, result.examples_per_s = rates["tokens_per_s"], rates["samples_per_s"]
     result.step, result.skipped_steps = state.step, state.skipped_steps
     evaluate()
     result.checkpoint = save()

@@ -3,14 +3,16 @@
 1. join torchrun's process group (or run alone), pick the CPU threads (`choose_threads`), seed
    every generator;
 2. build tokenizer, model (trainable parts, LoRA), the DPO reference, the datasets (bad items:
-   ``data.on_bad_item``) and the bucketing sampler, AdamW and the warmup-cosine schedule; print
-   the trainable-parameter count and the threads;
+   ``data.on_bad_item``) and the bucketing sampler (``data.pack_tokens``: each batch's items
+   packed into rows, `lalm.data.collate.pack_items`), AdamW and the warmup-cosine schedule
+   (``run.epochs``: its length in passes over the mix); print the trainable-parameter count;
 3. resume from the newest intact checkpoint when asked (checksums verified; model, optimizer,
    scheduler, data position, RNGs: the continuation is bit-identical to an uninterrupted run);
 4. each step: take ``grad_accum`` micro-batches, count their targets over all ranks, backprop
    each micro-batch's share of the global loss, clip, step, schedule; a NaN/inf loss stops the
    run before the update (`TrainingError`) or, with ``run.on_nonfinite: skip``, drops the update;
-5. log (tqdm, JSONL, TensorBoard), validate (held-out loss and task metrics), save checkpoints;
+5. log (`lalm.training.runlog`: JSONL, tqdm, TensorBoard, Weights & Biases / SwanLab; loss, lr,
+   tokens/s, samples/s, ETA), validate (held-out loss and task metrics), save checkpoints;
 6. at the end: a last checkpoint and the export (Qwen2-Audio HF layout, LoRA merged); when
    LoRA is all that trained, also ``adapter/``: the adapters alone in PEFT's format.
 
@@ -32,8 +34,6 @@ import copy
 import json
 import math
 import random
-import sys
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,10 +47,9 @@ from torch.utils.data import DataLoader, Sampler
 
 from lalm.checkpoint import load_model
 from lalm.config import resolve_dtype
-from lalm.data.collate import Collator, model_inputs
-from lalm.data.manifest import atomic_write
+from lalm.data.collate import Collator, count_items, model_inputs
 from lalm.data.sampler import BucketBatchSampler, HeldOutBatches
-from lalm.errors import ConfigError, TrainingError
+from lalm.errors import TrainingError
 from lalm.model import AudioLanguageModel
 from lalm.model.lalm import IGNORE_INDEX
 from lalm.training.build import (
@@ -77,6 +76,7 @@ from lalm.training.dpo import PairCollator, dpo_loss, sequence_logprobs
 from lalm.training.exports import export_run
 from lalm.training.metrics import task_metrics
 from lalm.training.optim import build_optimizer, build_scheduler
+from lalm.training.runlog import RunLog, Throughput
 from lalm.training.stages import RunConfig, TrainConfig
 from lalm.training.state import (
     TrainerState,
@@ -189,7 +189,8 @@ def loss_sum(model: nn.Module, batch: dict[str, Any], objective: str, beta: floa
 
 def _loader(dataset: Any, sampler: Sampler[list[int]], config: TrainConfig,
             pad_id: int) -> DataLoader:
-    collate: Callable = PairCollator(pad_id) if config.objective == "dpo" else Collator(pad_id)
+    collate: Callable = (PairCollator(pad_id) if config.objective == "dpo"
+                         else Collator(pad_id, config.data.pack_tokens))
     if config.data.on_bad_item == "skip":
         collate = SkipBadCollator(collate)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
@@ -203,81 +204,6 @@ def _sampler(dataset: Any, config: TrainConfig, dist: DistInfo, shuffle: bool
     return BucketBatchSampler(tokens, frames, d.max_tokens, d.max_frames, max_items=d.max_items,
                               seed=config.run.seed, shuffle=shuffle, bucket_ratio=d.bucket_ratio,
                               rank=dist.rank, world_size=dist.world_size)
-
-
-def truncate_log(path: Path, step: int) -> None:
-    """Keep the records of steps <= `step` in a JSONL log (atomically; a line torn by a kill is
-    dropped): a run resumed from the step-`step` checkpoint logs the later steps again."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("step", 0) <= step:
-            kept.append(line + "\n")
-    atomic_write(path, "".join(kept).encode("utf-8"))
-
-
-class RunLog:
-    """Rank 0's log sinks: JSONL (``log.jsonl``, first cut back to step `start`), optional
-    TensorBoard, tqdm."""
-
-    def __init__(self, out_dir: Path, config: TrainConfig, dist: DistInfo, start: int) -> None:
-        self.enabled = dist.main
-        self.path = out_dir / "log.jsonl"
-        self.writer = None
-        self.bar = None
-        if not self.enabled:
-            return
-        truncate_log(self.path, start)
-        if config.run.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise ConfigError("run.tensorboard needs the tensorboard package "
-                                  "(pip install tensorboard)") from e
-            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
-        if config.run.progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=config.run.max_steps, initial=start, unit="step",
-                            desc=config.stage)
-
-    def write(self, record: dict[str, Any]) -> None:
-        """Append one record (it carries its ``step``) to every sink."""
-        if not self.enabled:
-            return
-        # strict JSON: a skipped step's non-finite loss is written as null (jq, node read it)
-        line = {k: None if isinstance(v, float) and not math.isfinite(v) else v
-                for k, v in record.items()}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line, allow_nan=False) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, record["step"])
-        if self.bar is not None and "loss" in record:
-            self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-
-    def note(self, text: str) -> None:
-        """One line for people on stderr (above the progress bar)."""
-        if self.enabled:
-            (print if self.bar is None else self.bar.write)(text, file=sys.stderr)
-
-    def advance(self) -> None:
-        """One step done."""
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def close(self) -> None:
-        """Flush and close the sinks."""
-        if self.bar is not None:
-            self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
 
 
 @torch.no_grad()
@@ -359,7 +285,6 @@ def _train(config: TrainConfig, resume: bool, threads: int, why_threads: str) ->
     ckpt_root = out_dir / "checkpoints"
     if dist.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
     # 2. model, data, optimiser
     tokenizer = load_stage_tokenizer(config)
@@ -376,6 +301,10 @@ def _train(config: TrainConfig, resume: bool, threads: int, why_threads: str) ->
     train_set, skipped_before = build_dataset(config.data.train, config, tokenizer, n_mels,
                                               run.seed, encoder)
     sampler = _sampler(train_set, config, dist, shuffle=True)
+    config = config.with_steps(len(sampler))  # run.epochs: the steps of that many passes
+    run = config.run
+    if dist.main:
+        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     loader = _loader(train_set, sampler, config, tokenizer.eod_id)
     valid_loader, metric_examples = None, []
     if config.data.valid is not None:
@@ -410,18 +339,15 @@ def _train(config: TrainConfig, resume: bool, threads: int, why_threads: str) ->
         if "scaler" in extra:
             scaler.load_state_dict(extra["scaler"])
     stream = BatchStream(loader, sampler, state)
-    log = RunLog(out_dir, config, dist, state.step)
-    log.note(f"lalm train {config.stage}: {trainable:,} of {total:,} parameters train "
-             f"({trainable / max(total, 1):.2%}; parts {config.parts.encoder}/"
-             f"{config.parts.projector}/{config.parts.decoder}); {threads} torch thread(s) "
-             f"({why_threads}); {dist.world_size} rank(s) on {dist.device.type}"
-             + (f"; resumed from {found}" if found is not None else ""))
+    log = RunLog(out_dir, config, dist, state.step, run.max_steps)
+    log.start(config, trainable, total, run.max_steps,
+              f"{threads} torch thread(s) ({why_threads}); {dist.world_size} rank(s) on "
+              f"{dist.device.type}" + (f"; resumed from {found}" if found is not None else ""))
     result = TrainResult(step=state.step, checkpoint=found, threads=threads,
                          trainable_params=trainable, main=dist.main)
     params = [p for p in model.parameters() if p.requires_grad]
     accum = config.optim.grad_accum
-    tokens_seen = examples_seen = 0
-    t_start = time.perf_counter()
+    meter = Throughput(state.step, state.tokens, state.samples)
 
     def save() -> Path:
         extra = {"scaler": scaler.state_dict()} if scaler.is_enabled() else {}
@@ -448,10 +374,13 @@ def _train(config: TrainConfig, resume: bool, threads: int, why_threads: str) ->
             log.note(f"step {state.step + 1}: bad item left out: {reason}")
             log.write({"step": state.step + 1, "bad_item": reason})
         totals = all_reduce_sum(torch.tensor(
-            [sum(count_targets(b, config.objective) for b in micro), len(stream.bad_items)],
+            [sum(count_targets(b, config.objective) for b in micro), len(stream.bad_items),
+             sum(int(b["token_lens"].sum()) for b in micro), sum(map(count_items, micro))],
             dtype=torch.float64), dist)
         count, stream.bad_items = totals[0], []
         state.skipped_items += int(totals[1])
+        state.tokens += int(totals[2])
+        state.samples += int(totals[3])
         step_loss = torch.zeros((), dtype=torch.float64)
         for i, batch in enumerate(micro):
             with no_grad_sync(model, skip=i < accum - 1):
@@ -459,8 +388,6 @@ def _train(config: TrainConfig, resume: bool, threads: int, why_threads: str) ->
                     loss = loss_sum(model, batch, config.objective, config.dpo.beta, reference)
                 scaler.scale(loss * dist.world_size / count.clamp(min=1)).backward()
             step_loss += loss.detach().double().cpu()
-            tokens_seen += int(batch["token_lens"].sum())
-            examples_seen += len(batch["example_ids"])
         loss_value = float(all_reduce_sum(step_loss, dist) / count.clamp(min=1))
         scaler.unscale_(optimizer)
         grad_norm = (torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
@@ -478,20 +405,18 @@ def _train(config: TrainConfig, resume: bool, threads: int, why_threads: str) ->
         result.losses.append(loss_value)
         log.advance()
         if state.step % run.log_every == 0 or state.step == run.max_steps:
-            elapsed = time.perf_counter() - t_start
             log.write({"step": state.step, "loss": loss_value,
                        "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                       "epoch": state.epoch, "tokens_per_s": tokens_seen * dist.world_size
-                       / elapsed, "elapsed_s": elapsed})
+                       "epoch": state.epoch, "tokens": state.tokens, "samples": state.samples,
+                       **meter.rates(state.step, state.tokens, state.samples, run.max_steps)})
         if run.eval_every and state.step % run.eval_every == 0 and state.step < run.max_steps:
             evaluate()
         if run.save_every and state.step % run.save_every == 0 and state.step < run.max_steps:
             result.checkpoint = save()
 
     # 6. the end: throughput, validation, last checkpoint, export
-    elapsed = max(time.perf_counter() - t_start, 1e-9)
-    result.tokens_per_s = tokens_seen * dist.world_size / elapsed
-    result.examples_per_s = examples_seen * dist.world_size / elapsed
+    rates = meter.rates(state.step, state.tokens, state.samples, run.max_steps)
+    result.tokens_per_s, result.examples_per_s = rates["tokens_per_s"], rates["samples_per_s"]
     result.step, result.skipped_steps = state.step, state.skipped_steps
     result.skipped_items = state.skipped_items
     evaluate()

@@ -141,9 +141,10 @@ def merge_lora(module: nn.Module) -> int:
     for name, child in list(module.named_modules()):
         if not isinstance(child, LoRALinear):
             continue
+        weight = child.merged_weight()  # an int8 base (lalm.training.qlora) merges to float
         merged = nn.Linear(child.in_features, child.out_features, child.bias is not None,
-                           device=child.weight.device, dtype=child.weight.dtype)
-        merged.weight.copy_(child.merged_weight())
+                           device=weight.device, dtype=weight.dtype)
+        merged.weight.copy_(weight)
         if child.bias is not None:
             merged.bias.copy_(child.bias)
         merged.requires_grad_(False)

@@ -10,7 +10,13 @@ those tags are there. The scores come from lalm's own scorers (`lalm.eval.metric
 * ``choice``: a single-choice item answered with its choice's text or its letter (A-D in the
   order of ``task.choices``, read by the AIR-Bench rule);
 * ``wer``: ``1 - min(1, WER)`` of the answer against the target (CER for character languages);
-* ``format``: the whole output is ``<think>...</think>`` followed by a non-empty answer.
+* ``format``: the whole output is ``<think>...</think>`` followed by a non-empty answer;
+* ``timestamp_shift``: word timestamps (SRWT items, `Example.words`) scored as lalm-synth's
+  SRWT row scores them: the ``wer`` reward of the answer's words times
+  ``max(0, 1 - shift / SHIFT_SCALE)``, the shift being the SRWT average shift
+  (`lalm.eval.analysis.average_shift`); 0 when no word aligns. The answer may be Qwen-Audio's
+  timestamp tags (continuing the primed ``<|0.00|>``) or Qwen2-Audio's ``word (start-end)``
+  text, as `lalm.synth.render.render_target` writes them.
 
 A stage combines them with weights (``grpo.rewards: {exact_match: 1.0, format: 0.2}``).
 """
@@ -21,14 +27,18 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 
 from lalm.data.manifest import Example
-from lalm.errors import ConfigError, DataError
+from lalm.errors import ConfigError, DataError, PromptError, ScoringError
 from lalm.eval.airbench import CHOICE_LETTERS, extract_choice
+from lalm.eval.analysis import average_shift, parse_word_timestamps
 from lalm.eval.metrics import EXACT_MATCH, NORMALIZED_MATCH, accuracy, error_rate
+from lalm.prompt import TimedWord, format_timed_words, timestamp_tag
 
 Reward = Callable[[str, Example], float]
 
 _THINK = re.compile(r"\s*<think>.*?</think>\s*\S", re.DOTALL)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_PLAIN_TIMED_WORD = re.compile(r"(\S+) \((\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)\)")  # word (s-e)
+SHIFT_SCALE = 1.0  # seconds of average shift (|dstart| + |dend| a word) that zero the reward
 
 
 def final_answer(text: str) -> str:
@@ -82,8 +92,40 @@ def think_format(text: str, example: Example) -> float:
     return float(bool(_THINK.match(text)))
 
 
+def _timestamp_tags(answer: str) -> str:
+    """An answer's timed words as the tag string `average_shift` reads ("" if unusable)."""
+    plain = _PLAIN_TIMED_WORD.findall(answer)
+    try:
+        if plain:
+            return format_timed_words([TimedWord(w, float(a), float(b)) for w, a, b in plain])
+    except PromptError:  # a time outside [0, 30] s
+        return ""
+    return answer if answer.startswith("<|") else timestamp_tag(0.0) + answer
+
+
+def timestamp_shift(text: str, example: Example) -> float:
+    """Words x timing of a timestamped answer (module docstring).
+
+    Raises:
+        DataError: the example has no timed words.
+    """
+    words = [TimedWord(w.word, w.start, w.end) for w in example.words if w.word is not None]
+    if not words:
+        raise DataError(f"example {example.id!r}: the timestamp_shift reward needs an item "
+                        f"with timed words (SRWT)")
+    answer = _timestamp_tags(final_answer(text))
+    spans = parse_word_timestamps(answer)
+    try:
+        shift = average_shift([answer], [format_timed_words(words)]).score
+    except ScoringError:  # unparsable, or no word aligned
+        return 0.0
+    said = " ".join(w for w, _, _ in spans or () if w.strip() and "<|" not in w)  # no silences
+    return wer(said, example) * max(0.0, 1.0 - shift / SHIFT_SCALE)
+
+
 REWARDS: dict[str, Reward] = {"exact_match": exact_match, "normalized_match": normalized_match,
-                              "choice": choice, "wer": wer, "format": think_format}
+                              "choice": choice, "wer": wer, "format": think_format,
+                              "timestamp_shift": timestamp_shift}
 
 
 def register_reward(name: str, reward: Reward) -> None:

@@ -24,6 +24,7 @@ Every bad field raises `ConfigError` naming it (and the file).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -94,6 +95,11 @@ class LoraConfig:
     # module-name suffixes of the adapted Linear layers (empty: every Linear, lm_head included);
     # default: the attention and MLP projections of both stacks and the projector's proj
     targets: tuple[str, ...] = LORA_TARGETS
+    # the frozen base weights of the decoder's adapted layers: the model's dtype, or int8
+    # (QLoRA-style, lalm.training.qlora: per-channel int8, a quarter of fp32's bytes; the
+    # adapters stay in the model dtype; needs parts.decoder: lora and every decoder Linear
+    # among the targets)
+    base_precision: Literal["model", "int8"] = "model"
 
     def __post_init__(self) -> None:
         if self.rank <= 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
@@ -143,12 +149,19 @@ class DataConfig:
     # an item that cannot be read (a malformed record, an unreadable or too-long clip): fail
     # the run naming it, or skip it with a warning, counted in the run's summary
     on_bad_item: OnBadItem = "fail"
+    # sequence packing (objective lm): each batch's items go into rows of at most this many
+    # tokens, kept apart by segment ids (each item attends to itself only, positions restart):
+    # the same batches, loss and gradients as unpacked, without the padding; None: one item a row
+    pack_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if not self.train:
             raise ConfigError("data.train: the mix needs at least one manifest")
         if self.max_tokens <= 0 or self.max_frames <= 0 or self.num_workers < 0:
             raise ConfigError("data: max_tokens and max_frames must be > 0, num_workers >= 0")
+        if self.pack_tokens is not None and self.pack_tokens <= 0:
+            raise ConfigError(f"data.pack_tokens must be > 0 (or null: no packing), got "
+                              f"{self.pack_tokens}")
 
 
 @dataclass
@@ -192,7 +205,7 @@ class GrpoConfig:
     group_size: int = 4  # G: answers sampled per prompt
     prompts: int = 2  # prompts per micro-batch, G rows each (data.max_tokens etc. do not apply)
     # reward name -> weight (lalm.training.rewards: exact_match, normalized_match, choice, wer,
-    # format)
+    # format, timestamp_shift)
     rewards: dict[str, float] = field(default_factory=lambda: {"exact_match": 1.0})
     temperature: float = 1.0  # sampling temperature of the answers
     top_p: float = 1.0  # nucleus sampling of the answers
@@ -222,7 +235,11 @@ class RunConfig:
     """Steps, precision, checkpoints, logs, evaluation and distribution of one run."""
 
     out_dir: str = "runs/train"  # checkpoints, logs and the export go here
-    max_steps: int = 1000  # optimizer steps of the run
+    max_steps: int = 1000  # optimizer steps of the run (unless epochs is set)
+    # or: the run's length in passes over the training mix; the steps are derived at the start
+    # (epochs x this rank's micro-batches per epoch / optim.grad_accum, rounded up; GRPO: its
+    # prompts per epoch / grpo.prompts) and replace max_steps; None: max_steps
+    epochs: int | None = None
     seed: int = 0  # data order, dropout and every other random draw
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (CPU without bf16 units: fp32)
     device: str = "auto"  # auto (cuda if present, else cpu), cpu, cuda
@@ -235,6 +252,10 @@ class RunConfig:
     save_every: int = 100  # steps between full-state checkpoints (0: only at the end)
     keep_last: int = 2  # full-state checkpoints kept
     tensorboard: bool = False  # also write TensorBoard events (needs the tensorboard package)
+    # also log to an experiment tracker: Weights & Biases or SwanLab (needs its package; its own
+    # settings say online or offline, e.g. WANDB_MODE=offline)
+    tracker: Literal["none", "wandb", "swanlab"] = "none"
+    tracker_project: str = "lalm"  # the tracker's project name
     progress: bool = True  # tqdm progress bar on rank 0
     strategy: Strategy = "ddp"  # under torchrun with > 1 rank: ddp or fsdp (FSDP2)
     # DDP's find_unused_parameters; None: auto (on when the mix has text-only items and the
@@ -251,6 +272,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.max_steps <= 0:
             raise ConfigError(f"run.max_steps must be > 0, got {self.max_steps}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"run.epochs must be > 0 (or null: run.max_steps), got "
+                              f"{self.epochs}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"run.threads must be >= 1 (or null: auto), got {self.threads}")
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -290,14 +314,40 @@ class TrainConfig:
             raise ConfigError("data.encoder_cache needs parts.encoder: frozen and objective: lm "
                               "or grpo "
                               f"(got {self.parts.encoder}, {self.objective})")
-        warmup, steps = self.optim.warmup_steps, self.run.max_steps
-        if warmup > steps / 2:  # the schedule would keep lr low for most or all of the run
+        if self.lora.base_precision == "int8" and self.parts.decoder != "lora":
+            raise ConfigError(f"lora.base_precision=int8 quantises the decoder under its "
+                              f"adapters: it needs parts.decoder: lora (got "
+                              f"{self.parts.decoder})")
+        if self.data.pack_tokens is not None and self.objective != "lm":
+            raise ConfigError(f"data.pack_tokens packs lm batches only (objective "
+                              f"{self.objective!r} builds its own rows)")
+        if self.run.epochs is None:  # else once the steps are derived (`with_steps`)
+            self.check_schedule(self.run.max_steps)
+
+    def check_schedule(self, steps: int) -> None:
+        """Warn when the warmup would keep the learning rate low for most of `steps`."""
+        warmup = self.optim.warmup_steps
+        if warmup > steps / 2:
             low = (f"never reaches optim.lr (at most x{steps / (warmup + 1):.2f} of it)"
                    if warmup >= steps else f"is below optim.lr for {warmup} of them")
             warnings.warn(
                 f"optim.warmup_steps={warmup} in a run of run.max_steps={steps} optimizer steps "
                 f"(each of optim.grad_accum={self.optim.grad_accum} micro-batches): the learning "
-                f"rate {low}; lower optim.warmup_steps or raise run.max_steps", stacklevel=2)
+                f"rate {low}; lower optim.warmup_steps or raise run.max_steps", stacklevel=3)
+
+    def with_steps(self, micro_batches_per_epoch: int) -> TrainConfig:
+        """This config with ``run.max_steps`` derived from ``run.epochs`` (itself when unset):
+        ``ceil(epochs x micro_batches_per_epoch / optim.grad_accum)``.
+
+        Args:
+            micro_batches_per_epoch: micro-batches of one pass over the mix on one rank.
+        """
+        if self.run.epochs is None:
+            return self
+        steps = max(1, math.ceil(self.run.epochs * micro_batches_per_epoch
+                                 / self.optim.grad_accum))
+        self.check_schedule(steps)
+        return dataclasses.replace(self, run=dataclasses.replace(self.run, max_steps=steps))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-ready; tuples become lists)."""

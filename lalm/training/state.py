@@ -63,6 +63,8 @@ class TrainerState:
         skipped_steps: steps whose update was dropped for a non-finite loss
             (``run.on_nonfinite: skip``).
         skipped_items: bad data items left out (``data.on_bad_item: skip``).
+        tokens, samples: tokens and items trained on so far, every rank's (GRPO: of the
+            answer rows).
     """
 
     step: int = 0
@@ -70,6 +72,8 @@ class TrainerState:
     consumed: int = 0
     skipped_steps: int = 0
     skipped_items: int = 0
+    tokens: int = 0
+    samples: int = 0
 
 
 def rng_state() -> dict[str, Any]:

@@ -182,3 +182,22 @@ def test_cli_precision_flag(command, capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         parser.parse_args([*command, "--precision", "int4"])
     assert exit_.value.code == 2 and "invalid choice: 'int4'" in capsys.readouterr().err
+
+
+def test_int8_precision_quantises_the_decoder_of_a_float_checkpoint(bf16_dir) -> None:
+    from lalm.model.quant import Int8Linear
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no bf16 units here: float32 products
+        model = load_model(bf16_dir, "int8")
+        reference = load_model(bf16_dir, "fp32")
+    layer = model.decoder.layers[0]
+    assert isinstance(layer.mlp.up, Int8Linear) and isinstance(model.decoder.lm_head, Int8Linear)
+    assert layer.mlp.up.weight.dtype == torch.int8
+    assert model.decoder.embed.weight.dtype == torch.bfloat16  # the rest as "auto"
+    ids = torch.randint(0, 8192, (1, 7), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        a, b = model(ids).logits, reference(ids).logits
+    assert float((a - b).norm() / b.norm()) < 0.05  # int8 rounding only
+    assert cli.build_parser().parse_args(["chat", "--model", "m", "--precision", "int8",
+                                          "hi"]).precision == "int8"

@@ -168,7 +168,7 @@ def test_preference_pairs_round_trip_and_answer_the_chat(tmp_path):
 
 
 def test_truncate_log_keeps_steps_up_to_the_checkpoint(tmp_path):
-    from lalm.training.loop import truncate_log
+    from lalm.training.runlog import truncate_log
 
     log = tmp_path / "log.jsonl"
     lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3, 4)]

@@ -1,0 +1,228 @@
+"""Decode step at batch 1 with the real Qwen2-Audio-7B decoder shapes, by precision, vs the
+memory-bandwidth floor measured in the same run, extrapolated to 32 layers + lm_head.
+
+The decoder is built in memory with the real shapes (width 4096, MLP 11008, 32/32 heads,
+vocab 156,032) but `--layers` (2) layers, random weights; the embedding shares the lm_head's
+matrix (a step reads one embedding row, so this only saves memory). For each precision
+(fp32, bf16, int8 = `quantize_model_int8` of the bf16 weights, lm_head included): time
+decode steps over a KV context of `--context` positions (best of `--rounds`), and
+time the final norm + lm_head product alone. Per layer = (step - head) / layers; the 7B step
+= head + 32 x per layer. The context's keys/values are
+written into the cache directly (no prefill). The floor of a step = bytes it must read (every weight once, plus the
+KV cache) / read bandwidth, the bandwidth being the faster of a large-tensor sum (bytes read
+per second) and a large copy (bytes read + written per second), measured between the runs.
+transformers' Qwen2 decode on the same bf16 tensors (shared, not copied) is the reference
+where `--reference` is given.
+One thread by default: on a shared machine two-thread kernels wait at OpenMP barriers.
+
+Run:  PYTHONPATH=. .venv/bin/python bench/bench_decode_7b.py [--precisions fp32,bf16,int8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from collections.abc import Callable
+
+import torch
+
+from lalm.config import DecoderConfig, ModelConfig
+from lalm.model.decoder import TextDecoder
+from lalm.model.quant import quantize_model_int8
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}
+REAL_LAYERS = 32
+
+
+def read_bandwidth(n_bytes: int = 1 << 28) -> float:
+    """Bytes per second a large tensor is read (sum) or moved (copy, read + write counted),
+    whichever is faster: the floor uses the highest rate the machine shows."""
+    src = torch.ones(n_bytes // 4)
+    dst = torch.empty_like(src)
+    best = 0.0
+    for run, moved in ((lambda: src.sum(), n_bytes), (lambda: dst.copy_(src), 2 * n_bytes)):
+        run()
+        for _ in range(3):
+            start = time.perf_counter()
+            run()
+            best = max(best, moved / (time.perf_counter() - start))
+    return best
+
+
+def build(config: DecoderConfig, precision: str, seed: int = 0) -> TextDecoder:
+    """The real-shape decoder in `precision`: N(0, 0.02) weights, norms 1, biases 0.01."""
+    with torch.device("meta"):
+        decoder = TextDecoder(config)
+    decoder.embed.weight = decoder.lm_head.weight  # one [V, D] matrix (module docstring)
+    decoder.to_empty(device="cpu")
+    if precision == "fp32":  # allocate fp32 matrices in the decode layout that `setup_caches`
+        # gives them (TextDecoder.use_decode_layout), so that re-laying copies no 2.5 GB head
+        for module in decoder.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.data = torch.empty(module.weight.shape[::-1]).t()
+    # one block of N(0, 0.02) values tiled over every matrix: random enough for timing,
+    # and quick to write on a busy machine (no fresh random number per weight)
+    block = torch.randn(1 << 24, generator=torch.Generator().manual_seed(seed)).mul_(0.02)
+    with torch.no_grad():
+        for name, param in decoder.named_parameters():
+            if param.ndim == 2:
+                flat = param.view(-1)
+                for start in range(0, flat.numel(), block.numel()):
+                    chunk = flat[start:start + block.numel()]
+                    chunk.copy_(block[:chunk.numel()])
+            else:
+                param.fill_(1.0 if name.endswith("norm.weight") else 0.01)
+    decoder = decoder.to(DTYPES[precision]).eval()
+    if precision == "int8":
+        quantize_model_int8(decoder)
+    return decoder
+
+
+def best_time(run: Callable[[], object], rounds: int, repeat: int) -> float:
+    """Best over `rounds` of the mean seconds of `repeat` calls (after one warm-up call)."""
+    run()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(repeat):
+            run()
+        best = min(best, (time.perf_counter() - start) / repeat)
+    return best
+
+
+def step_timer(decoder: TextDecoder, context: int) -> Callable[[], object]:
+    """A callable running one decode step at KV length `context` (the cache is rewound after
+    each step, so every call attends over the same context)."""
+    dim, dtype = decoder.config.dim, decoder.embed.weight.dtype
+    cache = decoder.setup_caches(1, context + 1)
+    gen = torch.Generator().manual_seed(1)
+    # the context's keys/values written directly (a bf16 prefill is slow on CPUs without
+    # bf16 units, and its values do not change the cost of a step)
+    for buffer in (cache.k, cache.v):
+        buffer[:, :, :, :context] = torch.randn(buffer[:, :, :, :context].shape, generator=gen)
+    cache.key_mask[:, :context] = True
+    cache.length = context
+    embeds, pos = torch.randn(1, 1, dim, generator=gen).to(dtype), torch.tensor([[context]])
+
+    def step() -> object:
+        with torch.inference_mode():
+            logits = decoder(embeds, pos, output="last_logits")
+        cache.length = context
+        return logits
+
+    return step
+
+
+def head_timer(decoder: TextDecoder) -> Callable[[], object]:
+    """A callable running the final norm + lm_head of one position (what a step adds to its
+    layers)."""
+    x = torch.randn(1, decoder.config.dim).to(decoder.embed.weight.dtype)
+
+    def head() -> object:
+        with torch.inference_mode():
+            return decoder.lm_head(decoder.norm(x)).float()
+
+    return head
+
+
+def reference_timer(decoder: TextDecoder, context: int) -> Callable[[], object]:
+    """transformers' Qwen2 decode step on the decoder's own tensors (a bf16 decoder: fp32
+    decoders are re-laid by `use_decode_layout`, int8 ones have no transformers form)."""
+    import transformers
+
+    from lalm.checkpoint.qwen2_audio import from_lalm
+
+    cfg = decoder.config
+    hf_config = transformers.Qwen2Config(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.hidden_dim,
+        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+        num_key_value_heads=cfg.n_kv_head, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
+        tie_word_embeddings=False, dtype=decoder.embed.weight.dtype)
+    with torch.device("meta"):
+        reference = transformers.Qwen2ForCausalLM(hf_config)
+    state = {k.removeprefix("language_model."): v for k, v in from_lalm(
+        {f"decoder.{k}": v for k, v in decoder.state_dict().items()}).items()}
+    reference.load_state_dict(state, assign=True, strict=True)
+    reference.model.rotary_emb = type(reference.model.rotary_emb)(hf_config)  # off meta
+    reference.eval()
+    cache = transformers.DynamicCache(config=hf_config)
+    gen = torch.Generator().manual_seed(1)
+    shape = (1, cfg.n_kv_head, context, cfg.head_dim)
+    for layer in range(cfg.n_layer):  # the context written directly, as in `step_timer`
+        cache.update(torch.randn(shape, generator=gen).to(hf_config.dtype),
+                     torch.randn(shape, generator=gen).to(hf_config.dtype), layer)
+    nxt = torch.zeros(1, 1, dtype=torch.long)
+
+    def step() -> object:
+        with torch.inference_mode():
+            out = reference(nxt, past_key_values=cache, use_cache=True,
+                            logits_to_keep=1).logits
+        cache.crop(-1)  # back to the context
+        return out
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--precisions", default="fp32,bf16,int8")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--context", type=int, default=280)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reference", action="store_true",
+                        help="also time transformers' decode step on the bf16 tensors")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = ModelConfig.from_name("qwen2-audio-7b", decoder={
+        "n_layer": args.layers, "max_seq_len": args.context + 1}).decoder
+    print(f"Qwen2-Audio-7B decoder shapes, {args.layers} layers built, context {args.context}, "
+          f"{args.threads} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"best of {args.rounds} rounds x {args.repeat} steps")
+    rows: list[tuple[str, float, float, int, int, int]] = []
+    bandwidth = read_bandwidth()
+    reference = None
+    for precision in args.precisions.split(","):
+        decoder = build(config, precision)
+        layer_bytes = sum(t.numel() * t.element_size()
+                          for t in decoder.layers[0].state_dict().values())
+        head_bytes = sum(t.numel() * t.element_size() for t in
+                         (*decoder.lm_head.state_dict().values(), decoder.norm.weight))
+        kv_bytes = 2 * args.context * config.n_kv_head * config.head_dim * DTYPES[
+            precision].itemsize  # one layer's keys + values read per step
+        t_step = best_time(step_timer(decoder, args.context), args.rounds, args.repeat)
+        t_head = best_time(head_timer(decoder), args.rounds, args.repeat)
+        bandwidth = max(bandwidth, read_bandwidth())
+        rows.append((precision, t_step, t_head, layer_bytes + kv_bytes, head_bytes, kv_bytes))
+        if args.reference and precision == "bf16":
+            reference = best_time(reference_timer(decoder, args.context), args.rounds,
+                                  args.repeat)
+        del decoder
+        gc.collect()
+    # the floor uses the best bandwidth seen in the whole run (load from other jobs only
+    # lowers a probe, so the best is the machine's)
+    print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s (best probe of the run)")
+    print(f"{'precision':9s} {'step':>8s} {'head':>8s} {'layer':>7s} {'floor l/h':>11s} "
+          f"{'x floor':>7s} {'7B step':>8s} {'7B floor':>8s} {'x floor':>7s} {'tok/s':>6s}")
+    for precision, t_step, t_head, layer_bytes, head_bytes, _ in rows:
+        per_layer = (t_step - t_head) / args.layers
+        floor_layer, floor_head = layer_bytes / bandwidth, head_bytes / bandwidth
+        floor_step = args.layers * floor_layer + floor_head
+        step_7b = t_head + REAL_LAYERS * per_layer
+        floor_7b = REAL_LAYERS * floor_layer + floor_head
+        print(f"{precision:9s} {t_step * 1e3:6.0f}ms {t_head * 1e3:6.0f}ms "
+              f"{per_layer * 1e3:5.0f}ms {floor_layer * 1e3:4.0f}/{floor_head * 1e3:4.0f}ms "
+              f"{t_step / floor_step:6.2f}x {step_7b:7.2f}s {floor_7b:7.2f}s "
+              f"{step_7b / floor_7b:6.2f}x {1 / step_7b:6.2f}   (layer "
+              f"{per_layer / floor_layer:.2f}x, head {t_head / floor_head:.2f}x floor; "
+              f"{(REAL_LAYERS * layer_bytes + head_bytes) / 1e9:.2f} GB per 7B step)")
+        if precision == "bf16" and reference is not None:
+            print(f"{'  transformers':9s} {reference * 1e3:6.0f}ms step = "
+                  f"{reference / floor_step:.2f}x floor; lalm bf16 is {reference / t_step:.2f}x "
+                  f"faster")
+
+
+if __name__ == "__main__":
+    main()
