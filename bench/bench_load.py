@@ -7,7 +7,7 @@ token: the KV cache is allocated for the whole turn up front, so later tokens ad
 --new-tokens N > 1 times a second turn of N tokens). The child reports its peak RSS (ru_maxrss)
 and the times. Cases:
 
-* lalm fp32 / bf16 / auto (`Pipeline.from_pretrained(dir, precision)`);
+* lalm fp32 / bf16 / auto / int8 (`Pipeline.from_pretrained(dir, precision)`);
 * transformers `Qwen2AudioForConditionalGeneration.from_pretrained(dir, dtype=bfloat16)` with
   its processor, `generate()` on the same clip and prompt.
 
@@ -41,7 +41,7 @@ from realshape import build_realshape_checkpoint, file_bytes
 
 GIB = 1 << 30
 QUESTION = "What can you hear in this clip?"
-CASES = ("lalm-fp32", "lalm-bf16", "lalm-auto", "transformers-bf16")
+CASES = ("lalm-fp32", "lalm-bf16", "lalm-auto", "lalm-int8", "transformers-bf16")
 
 
 def _peak_rss() -> int:
