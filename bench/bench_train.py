@@ -37,9 +37,9 @@ from _common import clips, librispeech_like
 from lalm.checkpoint import load_model
 from lalm.data.collate import collate, model_inputs
 from lalm.data.dataset import AudioTextDataset
-from lalm.data.manifest import AudioRef, Example, TaskSpec
-from lalm.prompt import Family
-from lalm.synth.render import render_prompt
+from lalm.data.manifest import AudioRef, Example, ExampleTask
+from lalm.data.render import render_prompt
+from lalm.prompt import QWEN2_AUDIO
 from lalm.testing.checkpoints import reference_config, save_reference_checkpoint
 from lalm.tokenizer import load_tokenizer
 from lalm.training.loop import count_targets, loss_sum
@@ -58,14 +58,14 @@ def make_examples(folder: Path, seconds: list[float], seed: int) -> list[Example
         sf.write(folder / f"{i}.wav", wave, 16000, subtype="FLOAT")
         target = " ".join(rng.choice(WORDS, max(1, round(2.5 * seconds[i]))))
         out.append(Example(f"item-{i}", (AudioRef(f"{i}.wav"),),
-                           TaskSpec("asr", "en", instruction="Transcribe the audio."), target))
+                           ExampleTask("asr", "en", instruction="Transcribe the audio."), target))
     return out
 
 
 def reference_batch(processor: object, examples: list[Example], folder: Path,
                     lalm_batch: dict) -> dict:
     """The processor's batch of the same items; ids must equal lalm's, labels are lalm's."""
-    texts = [render_prompt(e, Family.QWEN2_AUDIO).text + e.target + "<|im_end|>"
+    texts = [render_prompt(e, QWEN2_AUDIO).text + e.target + "<|im_end|>"
              for e in examples]
     audio = [sf.read(folder / e.audios[0].path, dtype="float32")[0] for e in examples]
     inputs = processor(text=texts, audio=audio, sampling_rate=16000, padding=True,

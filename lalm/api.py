@@ -28,7 +28,8 @@ from lalm.errors import CheckpointError
 from lalm.generation import GenerationOptions, GenerationResult, Pipeline
 from lalm.generation.pipeline import LongForm, check_transcription_options
 from lalm.longform import DEFAULT_OVERLAP_S
-from lalm.prompt import AudioSource, Family
+from lalm.prompt import AudioSource
+from lalm.tokenizer import load_tokenizer
 
 
 def load_model(path: str | Path, precision: str | torch.dtype | None = "auto",
@@ -71,18 +72,21 @@ def _resolve(path: str | Path) -> Path:
 
 def check_transcription(path: str | Path, *, timestamps: bool = False,
                         long_form: LongForm = "vad", overlap_s: float = DEFAULT_OVERLAP_S) -> None:
-    """Check transcription options against a checkpoint from its config.json alone, before
-    the weights load (`lalm.generation.pipeline.check_transcription_options`).
+    """Check transcription options against a checkpoint from its config.json and tokenizer
+    (whose family says whether timestamps exist), before the weights load
+    (`lalm.generation.pipeline.check_transcription_options`).
 
     Raises:
         CheckpointError: no readable config.json.
+        TokenizerError: no readable tokenizer files.
         PromptError: ``timestamps`` on a checkpoint without timestamp tags (Qwen2-Audio).
         AudioError: a bad ``long_form`` / ``overlap_s``.
     """
     from lalm.checkpoint import load_config
 
-    config, _ = load_config(_resolve(path))
-    family = Family.QWEN_AUDIO if config.projector.audio_bos_eos else Family.QWEN2_AUDIO
+    directory = _resolve(path)
+    load_config(directory)
+    family = load_tokenizer(directory).family
     check_transcription_options(family, timestamps, long_form, overlap_s)
 
 

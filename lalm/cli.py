@@ -578,6 +578,17 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="allow audio_url fetches under this http(s) prefix (repeatable)")
     p.add_argument("--allow-audio-dir", action="append", default=[], metavar="DIR",
                    help="allow audio_url local paths inside this folder (repeatable)")
+    p.add_argument("--realtime-max-session-seconds", type=float, default=3600.0,
+                   help="audio one /v1/realtime session may send, in seconds")
+    p.add_argument("--realtime-max-segment-seconds", type=float, default=15.0,
+                   help="longest stretch of live speech transcribed at once (cut in a pause, "
+                        "else with 2 s of overlap), at most 30")
+    p.add_argument("--realtime-idle-timeout", type=float, default=120.0,
+                   help="seconds a /v1/realtime session may send nothing before it is closed")
+    p.add_argument("--encoder-cache-mib", type=float, default=64.0,
+                   help="MiB of encoded clips kept by a hash of their samples (0: none)")
+    p.add_argument("--prefix-cache-slots", type=int, default=4,
+                   help="finished sequences whose KV cache is kept for prefix reuse (0: none)")
     p.add_argument("--access-log", action="store_true", help="log every request")
 
 
@@ -590,8 +601,14 @@ def _serve(args: argparse.Namespace) -> int:
     from lalm.serve import AudioAccess, Limits
     from lalm.serve.app import ServerConfig, serve, served_model_name
     from lalm.serve.middleware import default_allowed_hosts
+    from lalm.serve.realtime import RealtimeLimits
 
-    pipe = load_model(args.model, precision=args.precision, device=args.device)
+    from lalm.generation import Pipeline
+
+    loaded = load_model(args.model, precision=args.precision, device=args.device)
+    pipe = Pipeline(loaded.model, loaded.tokenizer, loaded.options, loaded.max_audio_seconds,
+                    encoder_cache_mib=args.encoder_cache_mib,
+                    prefix_slots=args.prefix_cache_slots)
     if args.max_audio_seconds is not None:  # one limit: the server's and the pipeline's
         pipe.max_audio_seconds = args.max_audio_seconds
     limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024),
@@ -604,7 +621,10 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(args.served_model_name or served_model_name(args.model),
                           args.api_key, limits, access, args.max_batch_size, args.max_queue,
                           args.request_timeout, args.protect_all,
-                          None if hosts is None or "*" in hosts else hosts, args.read_timeout)
+                          None if hosts is None or "*" in hosts else hosts, args.read_timeout,
+                          RealtimeLimits(max_session_s=args.realtime_max_session_seconds,
+                                         max_segment_s=args.realtime_max_segment_seconds,
+                                         idle_timeout_s=args.realtime_idle_timeout))
     serve(pipe, config, args.host, args.port, args.access_log)
     return 0
 
@@ -741,7 +761,7 @@ def _bench_synth(args: argparse.Namespace) -> int:
 
     from lalm.api import load_model
     from lalm.eval.report import describe_model
-    from lalm.eval.synth_bench import markdown_table, run_synth_bench
+    from lalm.eval.synth_report import markdown_table, run_synth_bench
 
     pipe = load_model(args.model, precision=args.precision, device=args.device)
     model = describe_model(pipe, args.model)

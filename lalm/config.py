@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from lalm.errors import PrecisionError
+from lalm.errors import ConfigError, PrecisionError
 
 FrameCutoff = Literal["lookahead", "pairs"]
 EncoderStem = Literal["conv1d", "conv2d"]
@@ -60,13 +60,13 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         _check_heads("encoder", self.dim, self.n_head, self.n_head)
         if self.frame_cutoff not in ("lookahead", "pairs"):
-            raise ValueError(
+            raise ConfigError(
                 f"encoder.frame_cutoff must be 'lookahead' or 'pairs', got {self.frame_cutoff!r}"
             )
         if self.stem not in ("conv1d", "conv2d"):
-            raise ValueError(f"encoder.stem must be 'conv1d' or 'conv2d', got {self.stem!r}")
+            raise ConfigError(f"encoder.stem must be 'conv1d' or 'conv2d', got {self.stem!r}")
         if self.stem == "conv2d" and self.n_window is None:
-            raise ValueError("encoder.stem 'conv2d' needs encoder.n_window (it runs per chunk)")
+            raise ConfigError("encoder.stem 'conv2d' needs encoder.n_window (it runs per chunk)")
         if self.n_window is not None:
             _check_positive("encoder", n_window=self.n_window, window_chunks=self.window_chunks)
         _check_positive("encoder", stem_channels=self.stem_channels)
@@ -86,7 +86,7 @@ class ProjectorConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in ("pool", "mlp"):
-            raise ValueError(f"projector.kind must be 'pool' or 'mlp', got {self.kind!r}")
+            raise ConfigError(f"projector.kind must be 'pool' or 'mlp', got {self.kind!r}")
 
 
 @dataclass
@@ -127,13 +127,13 @@ class DecoderConfig:
         _check_heads("decoder", self.n_head if self.head_width else self.dim, self.n_head,
                      self.n_kv_head)
         if self.head_width is not None and self.head_width <= 0:
-            raise ValueError(f"decoder.head_width must be positive, got {self.head_width}")
+            raise ConfigError(f"decoder.head_width must be positive, got {self.head_width}")
         if self.head_dim % 2:
-            raise ValueError(f"decoder head_dim must be even for RoPE, got {self.head_dim}")
+            raise ConfigError(f"decoder head_dim must be even for RoPE, got {self.head_dim}")
         if self.mrope_section is not None and (
                 len(self.mrope_section) != 3 or sum(self.mrope_section) != self.head_dim // 2
                 or min(self.mrope_section) < 0):
-            raise ValueError(f"decoder.mrope_section must be 3 sizes summing to head_dim // 2 = "
+            raise ConfigError(f"decoder.mrope_section must be 3 sizes summing to head_dim // 2 = "
                              f"{self.head_dim // 2}, got {self.mrope_section}")
         _check_positive("decoder", vocab_size=self.vocab_size, n_layer=self.n_layer,
                         hidden_dim=self.hidden_dim, max_seq_len=self.max_seq_len,
@@ -154,10 +154,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Inverse of `to_dict`; unknown sections or fields raise ValueError naming them."""
+        """Inverse of `to_dict`; unknown sections or fields raise ConfigError naming them."""
         unknown = set(data) - {"encoder", "projector", "decoder"}
         if unknown:
-            raise ValueError(f"unknown model config sections: {sorted(unknown)}")
+            raise ConfigError(f"unknown model config sections: {sorted(unknown)}")
         return cls(
             encoder=_build(EncoderConfig, "encoder", data.get("encoder", {})),
             projector=_build(ProjectorConfig, "projector", data.get("projector", {})),
@@ -203,17 +203,17 @@ def _build(cls: type, section: str, values: dict[str, Any]) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = set(values) - known
     if unknown:
-        raise ValueError(f"unknown {section} config fields: {sorted(unknown)}")
+        raise ConfigError(f"unknown {section} config fields: {sorted(unknown)}")
     return cls(**values)
 
 
 def _check_heads(section: str, dim: int, n_head: int, n_kv_head: int) -> None:
     if n_head <= 0 or n_kv_head <= 0 or dim <= 0:
-        raise ValueError(f"{section}: dim, n_head and n_kv_head must be positive")
+        raise ConfigError(f"{section}: dim, n_head and n_kv_head must be positive")
     if dim % n_head:
-        raise ValueError(f"{section}.dim ({dim}) must be divisible by {section}.n_head ({n_head})")
+        raise ConfigError(f"{section}.dim ({dim}) must be divisible by {section}.n_head ({n_head})")
     if n_head % n_kv_head:
-        raise ValueError(
+        raise ConfigError(
             f"{section}.n_head ({n_head}) must be divisible by {section}.n_kv_head ({n_kv_head})"
         )
 
@@ -221,7 +221,7 @@ def _check_heads(section: str, dim: int, n_head: int, n_kv_head: int) -> None:
 def _check_positive(section: str, **values: float) -> None:
     for name, value in values.items():
         if value <= 0:
-            raise ValueError(f"{section}.{name} must be positive, got {value}")
+            raise ConfigError(f"{section}.{name} must be positive, got {value}")
 
 
 _QWEN2_AUDIO_7B: dict[str, dict[str, Any]] = {

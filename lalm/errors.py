@@ -26,10 +26,6 @@ class CheckpointError(LalmError, ValueError):
     """A checkpoint directory or file that is missing, half-written or does not fit the model."""
 
 
-class PrecisionError(LalmError, ValueError):
-    """A precision (dtype) option lalm does not know; the message lists the known ones."""
-
-
 class AssetError(LalmError, RuntimeError):
     """A packaged asset (from a PyPI distribution) that cannot be fetched or fails its checksum."""
 
@@ -61,3 +57,7 @@ class ComparisonError(LalmError, ValueError):
 class TrainingError(LalmError, RuntimeError):
     """A training run that cannot go on: a non-finite loss, gradient or weight; the message
     names the step and what to change."""
+
+
+class PrecisionError(ConfigError):
+    """A precision (dtype) option lalm does not know; the message lists the known ones."""

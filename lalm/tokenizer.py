@@ -27,19 +27,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from lalm.errors import TokenizerError
+from lalm.errors import PromptError, TokenizerError
 from lalm.prompt import (
-    AUDIO_END,
-    AUDIO_PAD,
-    AUDIO_START,
     ENDOFTEXT,
     IM_END,
     IM_START,
-    QWEN2_AUDIO_BOS,
-    QWEN2_AUDIO_EOS,
-    QWEN2_AUDIO_TOKEN,
     QWEN_AUDIO_SPECIAL_TOKENS,
-    Family,
+    detect_family,
+    families,
 )
 
 # The pre-tokenizer regex of Qwen's tiktoken tokenizer (PAT_STR), the same as Qwen2's
@@ -112,13 +107,15 @@ class Tokenizer:
         self._decode_known = decode_known
         self._normalize_first = normalize_first
         self._special_by_id = {i: s for s, i in self.special_tokens.items()}
-        if QWEN2_AUDIO_TOKEN in self.special_tokens:
-            self.family = Family.QWEN2_AUDIO
-        elif AUDIO_START in self.special_tokens:
-            self.family = Family.QWEN_AUDIO
-        else:
-            raise TokenizerError(f"tokenizer {source} has neither {QWEN2_AUDIO_TOKEN!r} nor "
-                                 f"{AUDIO_START!r}: not a Qwen-Audio or Qwen2-Audio tokenizer")
+        try:
+            family = detect_family(self.special_tokens)
+        except PromptError as e:
+            raise TokenizerError(f"tokenizer {source}: {e}") from None
+        if family is None:
+            known = "; ".join(f"{f.label}: {', '.join(sorted(f.signature))}" for f in families())
+            raise TokenizerError(f"tokenizer {source} holds no family's audio tokens ({known}): "
+                                 f"not a tokenizer of a known family")
+        self.family = family
         self._split_cache: dict[frozenset[str], re.Pattern[str] | None] = {}
 
     # ----------------------------------------------------------------- constructors
@@ -191,7 +188,7 @@ class Tokenizer:
         return self._vocab_size
 
     def __repr__(self) -> str:
-        return f"Tokenizer(family={self.family.value!r}, len={len(self)}, source='{self.source}')"
+        return f"Tokenizer(family={self.family.name!r}, len={len(self)}, source='{self.source}')"
 
     def _special_pattern(self, allowed: frozenset[str]) -> re.Pattern[str] | None:
         if allowed not in self._split_cache:
@@ -283,7 +280,7 @@ class Tokenizer:
         try:
             return self.special_tokens[token]
         except KeyError:
-            raise TokenizerError(f"tokenizer {self.source} ({self.family.value}) has no special "
+            raise TokenizerError(f"tokenizer {self.source} ({self.family.name}) has no special "
                                  f"token {token!r}") from None
 
     # ----------------------------------------------------------------- special ids
@@ -305,18 +302,20 @@ class Tokenizer:
 
     @cached_property
     def audio_start_id(self) -> int:
-        """v1 ``<audio>`` (155163); Qwen2-Audio ``<|audio_bos|>`` (151647)."""
-        return self.token_id(AUDIO_START if self.family is Family.QWEN_AUDIO else QWEN2_AUDIO_BOS)
+        """Token opening each clip: v1 ``<audio>`` (155163); Qwen2-Audio ``<|audio_bos|>``
+        (151647)."""
+        return self.token_id(self.family.audio_start)
 
     @cached_property
     def audio_end_id(self) -> int:
-        """v1 ``</audio>`` (155164); Qwen2-Audio ``<|audio_eos|>`` (151648)."""
-        return self.token_id(AUDIO_END if self.family is Family.QWEN_AUDIO else QWEN2_AUDIO_EOS)
+        """Token closing each clip: v1 ``</audio>`` (155164); Qwen2-Audio ``<|audio_eos|>``
+        (151648)."""
+        return self.token_id(self.family.audio_end)
 
     @cached_property
     def audio_pad_id(self) -> int:
         """Per-frame placeholder: v1 ``[[[AUDIO:modality]]]`` 151851, v2 ``<|AUDIO|>`` 151646."""
-        return self.token_id(AUDIO_PAD if self.family is Family.QWEN_AUDIO else QWEN2_AUDIO_TOKEN)
+        return self.token_id(self.family.audio_pad)
 
     @cached_property
     def audio_slot_ids(self) -> frozenset[int]:
@@ -324,20 +323,23 @@ class Tokenizer:
 
         v1: ``<audio>``, ``[[[AUDIO:modality]]]`` x N, ``</audio>`` take the learned BOS row, the
         N frames and the EOS row. Qwen2-Audio: only ``<|AUDIO|>`` x N; its BOS/EOS are ordinary
-        token embeddings.
+        token embeddings (`FamilySpec.slot_tokens`).
         """
-        if self.family is Family.QWEN_AUDIO:
-            return frozenset({self.audio_start_id, self.audio_pad_id, self.audio_end_id})
-        return frozenset({self.audio_pad_id})
+        return frozenset(map(self.token_id, self.family.slot_tokens))
+
+    def audio_span_ids(self, n: int) -> list[int]:
+        """The ids of one clip of ``n`` audio tokens (`FamilySpec.audio_span`)."""
+        return [self.special_tokens[t] for t in self.family.audio_span(n)]
 
     @cached_property
     def stop_ids(self) -> tuple[int, ...]:
-        """Ids that end a chat reply: ``<|endoftext|>``, ``<|im_end|>``, ``<|im_start|>``.
+        """Ids that end a chat reply (`FamilySpec.stop_tokens`): ``<|endoftext|>``,
+        ``<|im_end|>``, ``<|im_start|>`` for both families.
 
         The v1 chat stops on EOS 151643 plus the stop words ``<|im_end|>`` and ``<|im_start|>``;
         Qwen2-Audio-Instruct ends on 151643 or 151645, and ``<|im_start|>`` never starts a reply.
         """
-        return (self.eod_id, self.im_end_id, self.im_start_id)
+        return tuple(map(self.token_id, self.family.stop_tokens))
 
 
 def load_tokenizer(path: str | Path | None = None) -> Tokenizer:

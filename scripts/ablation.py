@@ -47,14 +47,14 @@ from typing import Any
 from lalm.data.manifest import (
     AudioRef,
     Example,
-    Message,
-    atomic_write,
+    ExampleTurn,
     read_manifest,
     write_manifest,
 )
 from lalm.demo import DefaultModelSpec, Prepared, prepare, recipe_config
 from lalm.eval.report import write_strict_json
-from lalm.synth.render import v1_task_spec
+from lalm.files import atomic_write
+from lalm.data.render import v1_task_spec
 from lalm.training.distributed import torch_threads
 
 SPLITS = ("train", "valid", "test")
@@ -73,8 +73,8 @@ def tagged(example: Example) -> Example:
     spec = v1_task_spec(example)
     if spec is None:
         return example
-    turns = (Message("user", spec.render(), tuple(range(len(example.audios)))),
-             Message("assistant", example.target))
+    turns = (ExampleTurn("user", spec.render(), tuple(range(len(example.audios)))),
+             ExampleTurn("assistant", example.target))
     return dataclasses.replace(example, messages=turns)
 
 

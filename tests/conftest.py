@@ -61,6 +61,30 @@ def v2_tokenizer():
     return Tokenizer.from_hf(shared_fixture("qwen2_audio_tokenizer"))
 
 
+@pytest.fixture(scope="session")
+def peaked_model():
+    """tiny-random (seed 3) with its lm_head scaled by 10: peaked next-token distributions, so
+    greedy and beam choices are not near-ties (decode-loop tests)."""
+    import torch
+
+    from lalm.testing.models import random_model
+
+    model = random_model("tiny-random", seed=3)
+    with torch.no_grad():
+        model.decoder.lm_head.weight.mul_(10.0)
+    return model
+
+
+def tone_clip(seconds: float, seed: int):
+    """[N] float32 16-kHz samples: a tone at a seeded pitch plus a little noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (0.3 * np.sin(2 * np.pi * rng.uniform(200, 900) * t)
+            + 0.05 * rng.standard_normal(t.shape[0])).astype(np.float32)
+
+
 @pytest.fixture
 def seed():
     import torch

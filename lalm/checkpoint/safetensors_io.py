@@ -17,8 +17,6 @@ import math
 import mmap
 import os
 import pickle
-import secrets
-import stat
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
@@ -30,6 +28,7 @@ from torch import Tensor
 
 from lalm.checkpoint.hf_json import read_json
 from lalm.errors import CheckpointError
+from lalm.files import write_atomic  # re-exported: checkpoint writers use it from here
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -215,24 +214,6 @@ def _shard_path(directory: Path, shard: str, index_path: Path) -> Path:
         raise CheckpointError(f"{index_path}: shard name {shard!r} is not a file inside the "
                               f"checkpoint folder {directory}")
     return directory / shard
-
-
-def write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` on a temporary file next to `path`, then rename it to `path`.
-
-    The file gets mode 0666 less the umask, as `open` creates files (`tempfile.mkstemp` and
-    safetensors' `save_file` would make it private, 0600).
-    """
-    tmp = str(path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp"))
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    mode = stat.S_IMODE(os.stat(tmp).st_mode)  # 0666 & ~umask, read without changing the umask
-    try:
-        write(tmp)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, data: object) -> None:

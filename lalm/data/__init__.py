@@ -5,16 +5,16 @@ from lalm.data.manifest import (
     SPLITS,
     AudioRef,
     Example,
-    Message,
-    TaskSpec,
+    ExampleTask,
+    ExampleTurn,
     TimedWord,
-    atomic_write,
     iter_manifest,
     read_manifest,
     write_manifest,
 )
+from lalm.files import atomic_write
 
 __all__ = [
-    "LANGUAGES", "SPLITS", "AudioRef", "Example", "Message", "TaskSpec", "TimedWord",
+    "LANGUAGES", "SPLITS", "AudioRef", "Example", "ExampleTurn", "ExampleTask", "TimedWord",
     "atomic_write", "iter_manifest", "read_manifest", "write_manifest",
 ]

@@ -2,8 +2,8 @@
 
 Both are turns whose text marks each audio with an ``<audio>`` tag (`lalm.prompt.TEXT_AUDIO_TAG`),
 taken in order from the row's ``audios`` list; a turn keeps where each of its audios stands
-(`lalm.data.manifest.Message.audio_at`), so a writer puts each tag back in its place. The layouts
-are described in `lalm.data.formats`.
+(`lalm.data.manifest.ExampleTurn.audio_at`), so a writer puts each tag back in its place. The
+layouts are described in `lalm.data.formats`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from lalm.data.manifest import AudioRef, Example, Message, TaskSpec, atomic_write
+from lalm.data.manifest import AudioRef, Example, ExampleTask, ExampleTurn
 from lalm.data.records import (
     CHAT_TASK,
     INSTRUCT_TASK,
@@ -26,8 +26,8 @@ from lalm.data.records import (
     write_json_lines,
 )
 from lalm.errors import DataError
+from lalm.files import atomic_write
 from lalm.prompt import TEXT_AUDIO_TAG, split_audio_tags
-
 
 #: ShareGPT ``from`` values and the roles they are (LLaMA-Factory's default tags, and the
 #: OpenAI names some ShareGPT files use).
@@ -36,7 +36,7 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 _SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "system": "system"}  # what is written
 
 
-def _message(role: str, content: object, first_audio: int) -> Message:
+def _message(role: str, content: object, first_audio: int) -> ExampleTurn:
     """A turn whose `content` marks its audios with tags: they are audios first_audio, ..."""
     if not isinstance(content, str):
         raise DataError(f"message content must be a string, got {type(content).__name__}")
@@ -45,7 +45,7 @@ def _message(role: str, content: object, first_audio: int) -> Message:
     for piece in pieces[1:]:
         at.append(len(text))
         text += piece
-    return Message(role, text, tuple(range(first_audio, first_audio + len(at))), tuple(at))
+    return ExampleTurn(role, text, tuple(range(first_audio, first_audio + len(at))), tuple(at))
 
 
 def _chat_example(turns: Sequence[tuple[str, object]], record: dict[str, Any], default_id: str,
@@ -54,7 +54,7 @@ def _chat_example(turns: Sequence[tuple[str, object]], record: dict[str, Any], d
     paths = record.get("audios", [])
     if not turns or not isinstance(paths, list):
         raise DataError("the turns must be a non-empty list and 'audios' a list")
-    messages: list[Message] = []
+    messages: list[ExampleTurn] = []
     for role, content in turns:
         messages.append(_message(role, content, sum(len(m.audios) for m in messages)))
     used = sum(len(m.audios) for m in messages)
@@ -72,9 +72,9 @@ def _chat_example(turns: Sequence[tuple[str, object]], record: dict[str, Any], d
     example_id = str(record.get("id", default_id))
     if [m.role for m in messages] == ["user", "assistant"] and len(audios) == 1 \
             and not messages[0].audio_at:  # the audio opens the request: a task prompt holds it
-        return Example(example_id, audios, TaskSpec(INSTRUCT_TASK, instruction=instruction),
+        return Example(example_id, audios, ExampleTask(INSTRUCT_TASK, instruction=instruction),
                        messages[-1].text)
-    return Example(example_id, audios, TaskSpec(CHAT_TASK, instruction=instruction),
+    return Example(example_id, audios, ExampleTask(CHAT_TASK, instruction=instruction),
                    messages[-1].text, messages=tuple(messages))
 
 
@@ -127,9 +127,9 @@ def _chat_turns(example: Example, fmt: str, folder: Path
             an audio).
     """
     check_holds(example, fmt, several=True, window=False, turns=True)
-    turns = example.messages or (Message("user", example.task.instruction,
+    turns = example.messages or (ExampleTurn("user", example.task.instruction,
                                          tuple(range(len(example.audios)))),
-                                 Message("assistant", example.target))
+                                 ExampleTurn("assistant", example.target))
     if any(TEXT_AUDIO_TAG in m.text for m in turns):
         raise DataError(f"example {example.id!r}: a message text holds {TEXT_AUDIO_TAG!r}, which "
                         f"format {fmt!r} reads as an audio")

@@ -1,6 +1,6 @@
 """Training items: an `Example` -> token ids, labels and log-mel features, for either family.
 
-The prompt comes from `lalm.synth.render.render_prompt` (through `lalm.prompt`, which writes every
+The prompt comes from `lalm.data.render.render_prompt` (through `lalm.prompt`, which writes every
 tag), each clip's audio tokens are expanded to its real length, and the target follows:
 
     ids    = prompt ids (audio slots expanded)      + target ids + [end]
@@ -53,27 +53,23 @@ from lalm.audio import (
 )
 from lalm.data.formats import read_examples
 from lalm.data.manifest import AudioRef, Example
+from lalm.data.render import render_prompt, render_target, task_spec
 from lalm.errors import AudioTooLongError, DataError, LalmError
-from lalm.generation.pipeline import REAL_LENGTH
 from lalm.model.lalm import IGNORE_INDEX
-from lalm.prompt import AUDIO_END, AUDIO_PAD, AUDIO_START, QWEN_AUDIO_AUDIO_TOKENS, Family
-from lalm.synth.render import render_prompt, render_target, v1_task_spec
+from lalm.prompt import FamilySpec
 from lalm.tokenizer import Tokenizer
 
 Seconds = float
 LOOKAHEAD = 2  # mel frames each clip carries after its real length (the conv stem reads them)
 
-# Tags a v1 target may hold (timestamps, silence, note-analysis fields); never the audio slots.
-_V1_TARGET_SPECIALS = frozenset(QWEN_AUDIO_AUDIO_TOKENS) - {AUDIO_START, AUDIO_PAD, AUDIO_END}
 
-
-def prompt_audio_order(example: Example, family: Family) -> list[int]:
+def prompt_audio_order(example: Example, family: FamilySpec) -> list[int]:
     """Indices into `example.audios` in the order the rendered prompt hears them.
 
     A v1 task prompt hears the first clip; a chat hears the clips its turns (before the answer)
     refer to, in turn order; a single-turn chat all clips in order.
     """
-    if family is Family.QWEN_AUDIO and v1_task_spec(example) is not None:
+    if task_spec(example, family) is not None:
         return [0]
     turns = example.messages[:-1]
     if not turns:
@@ -149,7 +145,7 @@ class AudioTextDataset(Dataset):
         self.examples = list(examples)
         self.tokenizer = tokenizer
         self.family = tokenizer.family
-        self.real_length = REAL_LENGTH[self.family]  # the pipeline's rule: train = inference
+        self.real_length = self.family.real_length  # the pipeline's rule: train = inference
         self.n_mels = n_mels
         self.audio_root = Path(audio_root)
         self.max_audio_seconds = max_audio_seconds
@@ -181,10 +177,10 @@ class AudioTextDataset(Dataset):
         prompt = render_prompt(example, self.family, self.audio_root)
         counts = [int(audio_token_count(n)) for n in mel_lens]
         prompt_ids = prompt.encode(tok, counts).ids
-        v1 = self.family is Family.QWEN_AUDIO
-        allowed = _V1_TARGET_SPECIALS if v1 else ()
-        target_ids = tok.encode(render_target(example, self.family), allowed_special=allowed)
-        chat = not v1 or v1_task_spec(example) is None
+        # a target may hold the family's tags (v1 timestamps, silence, note fields), never slots
+        target_ids = tok.encode(render_target(example, self.family),
+                                allowed_special=self.family.text_specials)
+        chat = task_spec(example, self.family) is None
         end = tok.im_end_id if chat else tok.eod_id
         ids = prompt_ids + target_ids + [end]
         spans = self._assistant_spans(example, prompt_ids) if chat and self.all_turns else []

@@ -8,7 +8,7 @@ name       what it is
 lalm       lalm's own JSONL (`lalm.data.manifest`): everything.
 messages   ms-swift / LLaMA-Factory chat JSONL: ``{"messages": [{"role", "content"}, ...],
            "audios": [path, ...]}``; each ``<audio>`` in a content takes the next path and keeps
-           its place in the text (``Message.audio_at``): "Listen: <audio> and tell me" is heard
+           its place in the text (``ExampleTurn.audio_at``): "Listen: <audio> and tell me" is heard
            between its two texts. A JSON array file (LLaMA-Factory's ``.json``) reads too, and a
            ``.json`` destination is written as one. Carries the audios, the turns and the target;
            one user turn that opens with its one audio + the assistant's answer becomes an
@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from lalm.data.chat_rows import read_messages, read_sharegpt, write_messages, write_sharegpt
-from lalm.data.manifest import LANGUAGES, AudioRef, Example, TaskSpec, atomic_write, dumps_example
+from lalm.data.manifest import LANGUAGES, AudioRef, Example, ExampleTask, dumps_example
 from lalm.data.records import (
     INSTRUCT_TASK,
     BadRecord,
@@ -66,6 +66,7 @@ from lalm.data.records import (
     write_json_lines,
 )
 from lalm.errors import DataError
+from lalm.files import atomic_write
 
 LHOTSE_DEFAULT_TASK = "asr"
 
@@ -111,7 +112,7 @@ def _plain_example(record: dict[str, Any], default_id: str, folder: Path) -> Exa
     if not all(isinstance(v, str) for v in (audio, prompt, target)):
         raise DataError("'audio', 'prompt' and 'target' must be strings")
     return Example(str(record.get("id", default_id)), (AudioRef(absolute_path(audio, folder)),),
-                   TaskSpec(INSTRUCT_TASK, instruction=prompt), target)
+                   ExampleTask(INSTRUCT_TASK, instruction=prompt), target)
 
 
 def _read_plain(path: Path, audio_dir: Path | None) -> Iterator[Example | BadRecord]:
@@ -176,7 +177,7 @@ def _read_hf(path: Path, audio_dir: Path | None) -> Iterator[Example | BadRecord
             else:
                 raise DataError("no audio bytes or path")
             yield Example(example_id, (AudioRef(source),),
-                          TaskSpec(INSTRUCT_TASK, instruction=row.get("prompt") or ""),
+                          ExampleTask(INSTRUCT_TASK, instruction=row.get("prompt") or ""),
                           row["target"])
         except (DataError, TypeError, ValueError) as e:
             yield BadRecord(loc, str(e))
@@ -229,7 +230,7 @@ def _read_lhotse(path: Path, audio_dir: Path | None) -> Iterator[Example | BadRe
             language = next((s.language for s in cut.supervisions if s.language), None)
             language = language if language in LANGUAGES else None
             custom = cut.custom or {}
-            task = TaskSpec(custom.get("task", LHOTSE_DEFAULT_TASK), language, language or "en",
+            task = ExampleTask(custom.get("task", LHOTSE_DEFAULT_TASK), language, language or "en",
                             instruction=custom.get("prompt", ""))
             target = " ".join(s.text for s in cut.supervisions if s.text)
             yield Example(cut.id, (ref,), task, target)

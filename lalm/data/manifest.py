@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lalm.checkpoint.safetensors_io import write_atomic
 from lalm.errors import DataError
+from lalm.files import atomic_write
+from lalm.prompt import TimedWord
 
 Seconds = float
 
@@ -54,27 +55,7 @@ class AudioRef:
 
 
 @dataclass(frozen=True)
-class TimedWord:
-    """A word (or a silence) at its exact place in the audio.
-
-    Attributes:
-        start: start time in seconds from the start of the clip.
-        end: end time in seconds.
-        word: the word as written in the transcript; None marks a silence span (rendered as
-            Qwen-Audio's silence token by the prompt layer).
-    """
-
-    start: Seconds
-    end: Seconds
-    word: str | None
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.start <= self.end:
-            raise DataError(f"timed word {self.word!r}: bad span [{self.start}, {self.end}]")
-
-
-@dataclass(frozen=True)
-class Message:
+class ExampleTurn:
     """One chat turn.
 
     Attributes:
@@ -117,7 +98,7 @@ class Message:
 
 
 @dataclass(frozen=True)
-class TaskSpec:
+class ExampleTask:
     """The task as typed fields, enough to render either prompt family.
 
     Attributes:
@@ -165,11 +146,11 @@ class Example:
 
     id: str
     audios: tuple[AudioRef, ...]
-    task: TaskSpec
+    task: ExampleTask
     target: str
     answer: str | None = None
     words: tuple[TimedWord, ...] = ()
-    messages: tuple[Message, ...] = ()
+    messages: tuple[ExampleTurn, ...] = ()
     split: str = "train"
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -180,6 +161,10 @@ class Example:
             raise DataError(f"example {self.id!r}: split {self.split!r} is not one of {SPLITS}")
         if self.task.choices and self.answer not in self.task.choices:
             raise DataError(f"example {self.id!r}: answer {self.answer!r} is not a choice")
+        for w in self.words:
+            if not 0 <= w.start <= w.end:
+                raise DataError(f"example {self.id!r}: timed word {w.word!r}: bad span "
+                                f"[{w.start}, {w.end}]")
         for m in self.messages:
             if any(not 0 <= i < len(self.audios) for i in m.audios):
                 raise DataError(f"example {self.id!r}: message refers to a missing audio")
@@ -205,11 +190,11 @@ class Example:
             return cls(
                 id=d["id"],
                 audios=tuple(AudioRef(**a) for a in d.get("audios", ())),
-                task=TaskSpec(**task),
+                task=ExampleTask(**task),
                 target=d["target"],
                 answer=d.get("answer"),
                 words=tuple(TimedWord(**w) for w in d.get("words", ())),
-                messages=tuple(Message(m["role"], m["text"], tuple(m.get("audios", ())),
+                messages=tuple(ExampleTurn(m["role"], m["text"], tuple(m.get("audios", ())),
                                        tuple(m.get("audio_at", ())))
                                for m in d.get("messages", ())),
                 split=d.get("split", "train"),
@@ -219,14 +204,6 @@ class Example:
             if isinstance(e, DataError):
                 raise
             raise DataError(f"example {d.get('id', '?')!r} is malformed: {e!r}") from e
-
-
-def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename (never half-written; the
-    file's mode follows the umask)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def dumps_example(example: Example) -> str:

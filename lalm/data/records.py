@@ -18,8 +18,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lalm.data.manifest import Example, atomic_write
+from lalm.data.manifest import Example
 from lalm.errors import DataError
+from lalm.files import atomic_write
 
 INSTRUCT_TASK = "instruct"  # task name of single-turn items from formats without task names
 CHAT_TASK = "chat"  # task name of the other items of the messages and sharegpt formats

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lalm.data.manifest import atomic_write
 from lalm.errors import ComparisonError, DataError
 from lalm.eval.report import REPORT_VERSION, write_strict_json
+from lalm.files import atomic_write, write_atomic
 
 SUMMARY = "summary.json"
 _COUNTS = ("count", "scored", "failed")
@@ -182,11 +182,11 @@ def pyplot() -> Any:
 
 
 def save_figure(fig: Any, path: Path) -> None:
-    """Save a matplotlib figure as a PNG atomically (through a temporary file) and close it."""
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    pyplot().close(fig)
-    os.replace(tmp, path)
+    """Save a matplotlib figure as a PNG atomically (`lalm.files.write_atomic`) and close it."""
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        pyplot().close(fig)
 
 
 def bar_chart(comparison: Comparison, path: Path) -> None:

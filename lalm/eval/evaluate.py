@@ -39,7 +39,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lalm.data.manifest import atomic_write
 from lalm.errors import DataError
 from lalm.eval.judge import ChatJudge
 from lalm.eval.report import (
@@ -53,8 +52,9 @@ from lalm.eval.report import (
     write_strict_json,
 )
 from lalm.eval.tasks import EvalItem, EvalTask, ScoreContext, get_task
+from lalm.files import atomic_write
 from lalm.generation import GenerationOptions, GenerationResult, Pipeline, Request
-from lalm.prompt import Family
+from lalm.prompt import FamilySpec
 
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
@@ -85,9 +85,10 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
 
 
 def response_text(pipe: Pipeline, result: GenerationResult) -> str:
-    """The output as the family's official scripts decode it: Qwen-Audio keeps special tokens
-    (``skip_special_tokens=False``), Qwen2-Audio drops them; both without the stop token."""
-    if pipe.family is Family.QWEN_AUDIO:
+    """The output as the family's official scripts decode it (`FamilySpec.response_skips_special`):
+    Qwen-Audio keeps special tokens (``skip_special_tokens=False``), Qwen2-Audio drops them; both
+    without the stop token."""
+    if not pipe.family.response_skips_special:
         return result.text.strip()
     tokens = result.tokens[:-1] if result.finish_reason == "stop" else result.tokens
     return pipe.tokenizer.decode(tokens, skip_special=True).strip()
@@ -250,7 +251,7 @@ def evaluate(pipe: Pipeline, task: str | EvalTask, data: str | os.PathLike[str],
     return summary
 
 
-def rescore(task: str | EvalTask, out_dir: str | os.PathLike[str], family: Family,
+def rescore(task: str | EvalTask, out_dir: str | os.PathLike[str], family: FamilySpec,
             scoring: str, judge: ChatJudge | None = None) -> dict[str, Any]:
     """Score the predictions already in ``out_dir`` again, e.g. in the other scoring mode.
 

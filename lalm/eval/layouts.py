@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from lalm.errors import DataError
-from lalm.eval.tasks import EvalData, EvalItem, find_data_file, read_official_jsonl
+from lalm.eval.task import EvalData, EvalItem, find_data_file, read_official_jsonl
 
 TEXT_COLUMNS = ("text", "sentence", "raw_transcription", "transcription", "normalized_text",
                 "transcript")
@@ -63,7 +63,7 @@ def is_hf_dataset(data: Path) -> bool:
 def _materialize(audio: Any, root: Path, where: str) -> str:
     """A file path for one audio cell (``{"bytes", "path"}``), writing embedded bytes once."""
     from lalm.assets import cache_dir
-    from lalm.data.manifest import atomic_write
+    from lalm.files import atomic_write
 
     if not isinstance(audio, dict):
         raise DataError(f"{where}: the audio cell is {type(audio).__name__}, not an Audio "

@@ -42,7 +42,7 @@ from typing import Any
 from lalm.errors import DataError
 from lalm.eval.layouts import is_hf_dataset, read_hf_rows
 from lalm.eval.metrics import check_pairs
-from lalm.eval.tasks import (
+from lalm.eval.task import (
     STRICT,
     EvalData,
     EvalItem,
@@ -52,7 +52,7 @@ from lalm.eval.tasks import (
     chat_request,
     find_data_file,
 )
-from lalm.prompt import Family
+from lalm.prompt import FamilySpec
 
 OFFICIAL_MATCH = "mmau-string-match-v2"
 SUBSTRING_MATCH = "mmau-substring-v1"
@@ -223,7 +223,7 @@ def _reader(candidates: Sequence[str], audio_key: str, source_key: str,
     return read
 
 
-def choice_request(item: EvalItem, family: Family):  # noqa: ANN201 - a pipeline Request
+def choice_request(item: EvalItem, family: FamilySpec):  # noqa: ANN201 - a pipeline Request
     """The item's audio(s) then its ``prompt`` or `choice_prompt`, as one chat user turn."""
     text = item.fields.get("prompt") or choice_prompt(item.fields["question"],
                                                       item.fields["choices"])

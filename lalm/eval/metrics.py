@@ -39,9 +39,11 @@ from lalm.eval.normalizers import (
     qwen2_normalize,
     strip_tags,
 )
+from lalm.prompt import QWEN2_AUDIO, QWEN_AUDIO
 
-ASR_QWEN_AUDIO = "qwen-audio-asr-v1"
-ASR_QWEN2_AUDIO = "qwen2-audio-asr-v1"
+# The ASR scoring procedures of the two families' official scripts (`FamilySpec.asr_scoring`).
+ASR_QWEN_AUDIO = QWEN_AUDIO.asr_scoring  # "qwen-audio-asr-v1"
+ASR_QWEN2_AUDIO = QWEN2_AUDIO.asr_scoring  # "qwen2-audio-asr-v1"
 BLEU_VERSION = "sacrebleu-corpus-v1"
 EXACT_MATCH = "exact-match-v1"
 NORMALIZED_MATCH = "normalized-match-v1"

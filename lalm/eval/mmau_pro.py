@@ -41,7 +41,7 @@ from lalm.errors import DataError
 from lalm.eval.judge import JudgeSettings
 from lalm.eval.mcq import OFFICIAL_MATCH, STRICT_MATCH, choice_prompt, strict_choice, string_match
 from lalm.eval.metrics import check_pairs
-from lalm.eval.tasks import (
+from lalm.eval.task import (
     STRICT,
     EvalData,
     EvalItem,
@@ -51,7 +51,7 @@ from lalm.eval.tasks import (
     chat_request,
 )
 from lalm.generation import Request
-from lalm.prompt import Family
+from lalm.prompt import FamilySpec
 
 VERSION = "mmau-pro-lalm-v1"
 EMBEDDING_MATCH = "mmau-pro-embedding-match-v1"
@@ -305,7 +305,7 @@ def read_mmau_pro(data: Path) -> EvalData:
     return EvalData(items)
 
 
-def _request(item: EvalItem, family: Family) -> Request:
+def _request(item: EvalItem, family: FamilySpec) -> Request:
     choices = item.fields["choices"]
     closed = item.source not in (OPEN, FOLLOW) and len(choices) > 1
     text = choice_prompt(item.fields["question"], choices) if closed else item.fields["question"]

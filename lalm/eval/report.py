@@ -40,8 +40,8 @@ from typing import Any
 import torch
 
 from lalm import __version__
-from lalm.data.manifest import atomic_write
 from lalm.eval.tasks import EvalItem
+from lalm.files import atomic_write
 
 REPORT_VERSION = "lalm-eval-report-v1"
 #: Packages whose versions can change a score (the scorers' back ends); recorded when installed.
@@ -147,7 +147,7 @@ def describe_model(pipe: Any, name: str | None = None) -> ModelInfo:
     if source.is_file():
         digest.update(file_sha256(source).encode())
     path = str(Path(name).resolve()) if name and Path(name).is_dir() else None
-    return ModelInfo(name, path, weights_sha256(pipe.model), pipe.family.value,
+    return ModelInfo(name, path, weights_sha256(pipe.model), pipe.family.name,
                      str(parameter.dtype).removeprefix("torch."), str(parameter.device),
                      pipe.model.config.to_dict(),
                      {"source": str(source), "sha256": digest.hexdigest()})

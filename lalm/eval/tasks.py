@@ -32,42 +32,49 @@ live in `lalm.eval.mcq`, `lalm.eval.mmau_pro` and `lalm.eval.voicebench`; the AS
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from lalm.errors import DataError, PromptError, ScoringError
-from lalm.eval.airbench import CHAT_META, FOUNDATION_META, foundation_instruction, read_meta
+from lalm.eval.airbench import (
+    CHAT_META,
+    FOUNDATION_META,
+    foundation_instruction,
+    read_meta,
+    score_chat,
+    score_foundation,
+)
 from lalm.eval.analysis import nsynth_scores
 from lalm.eval.caption import cider_d, spice
+from lalm.eval.layouts import read_asr, read_st
+from lalm.eval.mcq import TASKS as MCQ_TASKS
 from lalm.eval.metrics import (
-    ASR_QWEN2_AUDIO,
-    ASR_QWEN_AUDIO,
     EXACT_MATCH,
     accuracy,
     aqa_accuracy,
     bleu,
     error_rate_by_source,
 )
-from lalm.generation import GenerationOptions, Request
-from lalm.prompt import (
-    AudioPart,
-    Family,
-    Message,
-    TaskSpec,
-    TextPart,
-    build_base_prompt,
-    build_chat_prompt,
-    build_prompt,
-    tag,
+from lalm.eval.mmau_pro import TASK as MMAU_PRO
+from lalm.eval.synth_bench import SYNTH_TASK
+from lalm.eval.task import (  # the task types, re-exported: this module is where tasks are found
+    OFFICIAL,
+    SCORING_MODES,
+    STRICT,
+    EvalData,
+    EvalItem,
+    EvalTask,
+    ScoreContext,
+    chat_request,
+    find_data_file,
+    groups,
+    read_official_jsonl,
 )
-
-OFFICIAL = "official"
-STRICT = "strict"
-SCORING_MODES = (OFFICIAL, STRICT)
+from lalm.eval.voicebench import TASKS as VOICEBENCH_TASKS
+from lalm.generation import Request
+from lalm.prompt import AudioPart, FamilySpec, TaskSpec
 
 # Language names for the Qwen2-Audio S2TT instruction "Translate the speech into <name>:".
 _LANGUAGE_NAMES = {
@@ -79,162 +86,19 @@ _LANGUAGE_NAMES = {
 }
 
 
-@dataclass(frozen=True)
-class EvalItem:
-    """One item to answer.
-
-    Attributes:
-        id: unique within the data set (the official files' line number when they have none).
-        audios: absolute audio paths, in prompt order.
-        reference: the ground truth (a list for several reference captions; "" when the
-            benchmark's scorer reads its truth from ``fields``).
-        source: the scoring group (the official ``source``, a synth task, an AIR-Bench group).
-        fields: everything else the prompt or the scorer needs (JSON values).
-    """
-
-    id: str
-    audios: tuple[str, ...]
-    reference: str | list[str]
-    source: str
-    fields: dict[str, Any] = field(default_factory=dict)
-
-    def record(self) -> dict[str, Any]:
-        """The item as a predictions-file record (the runner adds the response)."""
-        return {"id": self.id, "audios": list(self.audios), "reference": self.reference,
-                "source": self.source, **self.fields}
-
-
-@dataclass(frozen=True)
-class EvalData:
-    """A data set as read: its items, and what was left out with the reason (``path: why``)."""
-
-    items: list[EvalItem]
-    skipped: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class ScoreContext:
-    """What a scorer may depend on besides the records.
-
-    Attributes:
-        family: the model's prompt family (picks e.g. the ASR procedure).
-        scoring: ``"official"`` (each benchmark's procedure, quirks included) or ``"strict"``
-            (nothing dropped or forgiven: failed extractions count as wrong, exact matches).
-        judge: the LLM judge of judged tasks (`lalm.eval.judge.ChatJudge`).
-    """
-
-    family: Family
-    scoring: str = OFFICIAL
-    judge: Any = None
-
-    def __post_init__(self) -> None:
-        if self.scoring not in SCORING_MODES:
-            raise ScoringError(f"unknown scoring mode {self.scoring!r}; use official or strict")
-
-
-@dataclass(frozen=True)
-class EvalTask:
-    """One benchmark.
-
-    Attributes:
-        name: the ``--task`` name.
-        description: one line for ``--help`` and summaries.
-        read: data path -> `EvalData`.
-        request: (item, family) -> the pipeline request (raises `PromptError` when the family
-            has no prompt for the task).
-        score: (prediction records, context) -> JSON-ready scores, each with its version.
-        max_new_tokens: the v1 scripts' budget (Qwen2-Audio's scripts use 256 everywhere).
-        chat_max_new_tokens: the budget for the other families.
-    """
-
-    name: str
-    description: str
-    read: Callable[[Path], EvalData]
-    request: Callable[[EvalItem, Family], Request]
-    score: Callable[[list[dict[str, Any]], ScoreContext], dict[str, Any]]
-    max_new_tokens: int = 256
-    chat_max_new_tokens: int = 256
-
-    def options(self, family: Family, eod_id: int) -> GenerationOptions:
-        """The official decoding settings for a family (greedy, at least one token)."""
-        if family is Family.QWEN_AUDIO:
-            return GenerationOptions(max_new_tokens=self.max_new_tokens, min_new_tokens=1,
-                                     stop_token_ids=(eod_id,))
-        return GenerationOptions(max_new_tokens=self.chat_max_new_tokens, min_new_tokens=1)
-
-
-# ---------------------------------------------------------------------------- reading
-
-
-def find_data_file(data: Path, candidates: Sequence[str]) -> tuple[Path, Path]:
-    """The data file and the folder its relative audio paths start from.
-
-    Args:
-        data: a file, or a folder holding one of ``candidates`` (relative paths).
-        candidates: where the official scripts look, relative to their working directory.
-
-    Raises:
-        DataError: nothing found (the message lists where it looked).
-    """
-    if data.is_file():
-        return data, data.parent
-    tried = [data / c for c in candidates]
-    for path in tried:
-        if path.is_file():
-            return path, data
-    raise DataError(f"no data file at {data}; looked for " + ", ".join(map(str, tried)))
-
-
-def _resolve(path: str, roots: Sequence[Path]) -> str:
-    """An absolute audio path: as given, else under the first root where it exists."""
-    if os.path.isabs(path):
-        return path
-    for root in roots:
-        if (root / path).exists():
-            return str((root / path).resolve())
-    return str((roots[0] / path).resolve())
-
-
-def read_official_jsonl(data: Path, candidates: Sequence[str]) -> EvalData:
-    """Items of an official evaluation JSONL (``audio``, ``gt``, ``source`` and extras).
-
-    Raises:
-        DataError: a missing file, or a line that is not JSON or lacks a field (the message
-            names the file and line).
-    """
-    path, root = find_data_file(data, candidates)
-    items = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                audio, gt, source = row["audio"], row["gt"], row["source"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"{path}:{n}: not an evaluation record ({e!r})") from e
-            extra = {k: v for k, v in row.items() if k not in ("audio", "gt", "source")}
-            items.append(EvalItem(str(row.get("id", n)), (_resolve(audio, [root, path.parent]),),
-                                  gt, source, extra))
-    if not items:
-        raise DataError(f"{path} holds no records")
-    return EvalData(items)
-
-
 # ---------------------------------------------------------------------------- prompts
 
 
-def _v2_base(item: EvalItem, default: str | None, task: str) -> Request:
-    """Qwen2-Audio base prompt: the item's own ``prompt``, else the task default."""
+def _task_request(item: EvalItem, family: FamilySpec, spec: TaskSpec, default: str | None,
+                  task: str) -> Request:
+    """The task's prompt in the family (`FamilySpec.task_prompt`): its v1 task spec, or the
+    natural-language instruction: the item's own ``prompt``, else the task default."""
     text = item.fields.get("prompt", default)
-    if text is None:
-        raise PromptError(f"task {task}: Qwen2-Audio has no official prompt for it and item "
-                          f"{item.id} carries no 'prompt' field")
-    return Request(build_base_prompt([AudioPart(item.audios[0])], text))
-
-
-def _v1(item: EvalItem, spec: TaskSpec) -> Request:
-    return Request(build_prompt(spec, AudioPart(item.audios[0])), spec)
+    try:
+        return Request(*family.task_prompt(AudioPart(item.audios[0]), spec, text))
+    except PromptError as e:
+        raise PromptError(f"task {task}, item {item.id} (no official prompt for {family.name} "
+                          f"and no 'prompt' field): {e}") from None
 
 
 def _st_languages(item: EvalItem) -> tuple[str, str]:
@@ -246,61 +110,40 @@ def _st_languages(item: EvalItem) -> tuple[str, str]:
     return parts[-3], parts[-2]
 
 
-def _asr_request(language: str) -> Callable[[EvalItem, Family], Request]:
-    def request(item: EvalItem, family: Family) -> Request:
-        if family is Family.QWEN_AUDIO:
-            return _v1(item, TaskSpec.asr(language))
-        return _v2_base(item, f"Detect the language and recognize the speech: {tag(language)}",
-                        "asr")
+def _asr_request(language: str) -> Callable[[EvalItem, FamilySpec], Request]:
+    def request(item: EvalItem, family: FamilySpec) -> Request:
+        return Request(*family.asr_prompt(AudioPart(item.audios[0]), language,
+                                          instruction=item.fields.get("prompt")))
     return request
 
 
-def _st_request(item: EvalItem, family: Family) -> Request:
+def _st_request(item: EvalItem, family: FamilySpec) -> Request:
     audio, text = _st_languages(item)
-    if family is Family.QWEN_AUDIO:
-        return _v1(item, TaskSpec.s2tt(audio, text))
     name = _LANGUAGE_NAMES.get(text)
-    return _v2_base(item, f"Translate the speech into {name}:" if name else None, "covost2")
+    return _task_request(item, family, TaskSpec.s2tt(audio, text),
+                         f"Translate the speech into {name}:" if name else None, "covost2")
 
 
-def _fixed_request(spec: TaskSpec, v2_default: str | None, task: str
-                   ) -> Callable[[EvalItem, Family], Request]:
-    def request(item: EvalItem, family: Family) -> Request:
-        if family is Family.QWEN_AUDIO:
-            return _v1(item, spec)
-        return _v2_base(item, v2_default, task)
+def _fixed_request(spec: TaskSpec, default: str | None, task: str
+                   ) -> Callable[[EvalItem, FamilySpec], Request]:
+    def request(item: EvalItem, family: FamilySpec) -> Request:
+        return _task_request(item, family, spec, default, task)
     return request
 
 
-def _aqa_request(item: EvalItem, family: Family) -> Request:
+def _aqa_request(item: EvalItem, family: FamilySpec) -> Request:
     question = item.fields.get("question")
     if not isinstance(question, str):
         raise DataError(f"ClothoAQA item {item.id} has no 'question'")
-    if family is Family.QWEN_AUDIO:
-        return _v1(item, TaskSpec.aqa(question))
-    return _v2_base(item, question, "clothoaqa")
-
-
-def chat_request(item: EvalItem, family: Family, text: str) -> Request:
-    """One user turn: the item's audio, then ``text`` (AIR-Bench, both families' chat format)."""
-    parts = (*(AudioPart(a) for a in item.audios), TextPart(text))
-    return Request(build_chat_prompt([Message("user", parts)], family))
+    return _task_request(item, family, TaskSpec.aqa(question), question, "clothoaqa")
 
 
 # ---------------------------------------------------------------------------- scorers
 
 
-def groups(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Records by ``source``, in order of first appearance (as the official scripts group)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        out.setdefault(r["source"], []).append(r)
-    return out
-
-
 def _asr_score(language: str) -> Callable[[list[dict[str, Any]], ScoreContext], dict[str, Any]]:
     def score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, Any]:
-        version = ASR_QWEN_AUDIO if ctx.family is Family.QWEN_AUDIO else ASR_QWEN2_AUDIO
+        version = ctx.family.asr_scoring
         rates = error_rate_by_source([r["response"] for r in records],
                                      [r["reference"] for r in records],
                                      [r["source"] for r in records], language, version)
@@ -383,15 +226,11 @@ def _asr_suite(name: str, description: str, files: Sequence[str], language: str)
     paths = [p for f in files for p in (f"asr/{f}", f"data/asr/{f}")]
 
     def read(data: Path) -> EvalData:
-        from lalm.eval.layouts import read_asr  # layouts builds on this module
-
         return read_asr(data, paths, name)
     return EvalTask(name, description, read, _asr_request(language), _asr_score(language), 256)
 
 
 def _read_covost2(data: Path) -> EvalData:
-    from lalm.eval.layouts import read_st  # layouts builds on this module
-
     return read_st(data, ["st/covost2_eval.jsonl", "data/st/covost2_eval.jsonl"])
 
 
@@ -456,8 +295,6 @@ def _read_airbench(data: Path, meta_name: str) -> EvalData:
 
 
 def _foundation_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, Any]:
-    from lalm.eval.airbench import score_foundation
-
     rows = [{**r, "answer_gt": r["reference"]} for r in records]
     result = score_foundation(rows, ctx.scoring)
     return {"version": result.version, "overall": result.overall.score, "macro": result.macro,
@@ -466,8 +303,6 @@ def _foundation_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[
 
 
 def _chat_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, Any]:
-    from lalm.eval.airbench import score_chat
-
     if ctx.judge is None:
         raise ScoringError("airbench-chat needs a judge endpoint (--judge-url, --judge-model)")
     rows = [{**r, "answer_gt": r["reference"]} for r in records]
@@ -475,11 +310,6 @@ def _chat_score(records: list[dict[str, Any]], ctx: ScoreContext) -> dict[str, A
 
 
 def _builtin_tasks() -> dict[str, EvalTask]:
-    from lalm.eval.mcq import TASKS as MCQ_TASKS
-    from lalm.eval.mmau_pro import TASK as MMAU_PRO
-    from lalm.eval.synth_bench import SYNTH_TASK
-    from lalm.eval.voicebench import TASKS as VOICEBENCH_TASKS
-
     airbench = {
         "airbench-foundation": EvalTask(
             "airbench-foundation", "AIR-Bench foundation single-choice questions (accuracy)",
@@ -511,3 +341,10 @@ def get_task(name: str) -> EvalTask:
     if name not in tasks:
         raise DataError(f"unknown evaluation task {name!r}; known: {', '.join(tasks)}")
     return tasks[name]
+
+
+__all__ = [
+    "OFFICIAL", "OFFICIAL_SUITES", "SCORING_MODES", "STRICT", "EvalData", "EvalItem", "EvalTask",
+    "ScoreContext", "chat_request", "find_data_file", "get_task", "groups", "read_official_jsonl",
+    "task_names",
+]

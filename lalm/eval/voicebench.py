@@ -54,11 +54,11 @@ from lalm.errors import DataError, ScoringError
 from lalm.eval.judge import JudgeSettings
 from lalm.eval.layouts import read_hf_rows
 from lalm.eval.metrics import check_pairs
-from lalm.eval.tasks import STRICT, EvalData, EvalItem, EvalTask, ScoreContext
+from lalm.eval.task import STRICT, EvalData, EvalItem, EvalTask, ScoreContext
 from lalm.eval.ifeval import score_ifeval
 from lalm.eval.voicebench_bbh import score_bbh
 from lalm.generation import Request
-from lalm.prompt import AudioPart, Family, Message, build_chat_prompt
+from lalm.prompt import AudioPart, FamilySpec, Message, build_chat_prompt
 
 MCQ_VERSION = "voicebench-mcq-v1"
 HARM_VERSION = "voicebench-harm-v1"
@@ -328,7 +328,7 @@ def _reader(need: Sequence[str], name: str) -> Callable[[Path], EvalData]:
     return read
 
 
-def spoken_request(item: EvalItem, family: Family) -> Request:
+def spoken_request(item: EvalItem, family: FamilySpec) -> Request:
     """The audio alone as the user's turn: the instruction is spoken."""
     parts = tuple(AudioPart(a) for a in item.audios)
     return Request(build_chat_prompt([Message("user", parts)], family))

@@ -1,20 +1,12 @@
-"""Generation: decoding policy (`GenerationOptions`), logits processors, the prefill + KV-cache
-decode loop (greedy, sampling, beam search, streaming), and the pipeline that runs the whole
-data path from audio and text to parsed output."""
+"""Generation: decoding policy (`GenerationOptions`), logits processors, the decode engine
+(continuous batching: greedy and sampled decoding, streaming), beam search, and the pipeline
+that runs the whole data path from audio and text to parsed output."""
 
 from lalm.generation.conversation import Conversation
-from lalm.generation.generate import (
-    PromptBatch,
-    Step,
-    beam_search,
-    generate,
-    generate_steps,
-    left_pad,
-)
-from lalm.generation.options import GenerationOptions, GenerationResult
+from lalm.generation.engine import Engine, Event, Generation, IncrementalDecoder
+from lalm.generation.generate import PromptBatch, beam_search, generate, left_pad
+from lalm.generation.options import GenerationOptions, GenerationResult, TokenLogprob
 from lalm.generation.pipeline import (
-    REAL_LENGTH,
-    IncrementalDecoder,
     Pipeline,
     Request,
     Transcript,
@@ -23,20 +15,21 @@ from lalm.generation.pipeline import (
 )
 
 __all__ = [
-    "REAL_LENGTH",
     "Conversation",
+    "Engine",
+    "Event",
+    "Generation",
     "GenerationOptions",
     "GenerationResult",
     "IncrementalDecoder",
     "Pipeline",
     "PromptBatch",
     "Request",
-    "Step",
+    "TokenLogprob",
     "Transcript",
     "TranscriptSegment",
     "TranscriptionPlan",
     "beam_search",
     "generate",
-    "generate_steps",
     "left_pad",
 ]

@@ -1,4 +1,4 @@
-"""Multi-turn chat that encodes each clip once.
+"""Multi-turn chat that encodes each clip once and prefills only each turn's new tokens.
 
 The reference chat loops (Qwen-Audio-Chat's ``model.chat`` with its ``history``) rebuild the
 whole conversation every turn and run the audio encoder again on every clip heard so far. A
@@ -10,6 +10,10 @@ in the audio slots, so the answer is the answer of the re-run.
     conv = Conversation(pipe)
     conv.ask("What do you hear?", audios=["a.wav", "b.wav"])
     conv.ask("Which of the two is louder?")   # a.wav and b.wav are not encoded again
+
+Each turn runs on the pipeline's engine, whose prefix reuse (`lalm.generation.engine`) finds
+the previous turn (prompt and answer) in its kept rows: only the new tokens are prefilled, with
+the answer the full prefill gives (tests/unit/test_engine_caches.py).
 
 Works for both families (v1 Qwen-Audio-Chat ChatML with ``Audio k:`` per message, and the
 Qwen2-Audio-Instruct template with ``Audio k:`` over the conversation).

@@ -1,29 +1,29 @@
-"""Prefill + KV-cache decode loop: greedy, sampling and beam search over a left-padded batch.
+"""Left-padded prompt batches, `generate` over them (on the engine) and beam search.
 
-The loop talks to the model through the narrow protocol only: ``model.decoder.setup_caches``,
-``model.decoder(embeds, input_pos, token_mask, output="last_logits")`` and
-``model.decoder.embed``. Prompts arrive as embeddings (audio already spliced in by the
-pipeline), left-padded, with a token mask; every row gets the RoPE positions and keys it has
-alone, so a row's tokens do not depend on the rest of the batch.
+`generate` runs greedy and sampled decoding on a `lalm.generation.engine.Engine`, the one
+decode loop. Beam search keeps its own loop here (its beams reorder each other's caches every
+step, so they cannot join an engine's slots); it talks to the model through the narrow
+protocol only: ``model.decoder.setup_caches``, ``model.decoder(embeds, input_pos, token_mask,
+output="last_logits")`` and ``model.decoder.embed``. Prompts arrive as embeddings (audio
+already spliced in by the pipeline), left-padded, with a token mask; every row gets the RoPE
+positions and keys it has alone, so a row's tokens do not depend on the rest of the batch.
 
 Shape alphabet: B prompts, K beams, S prompt positions, D width, V vocabulary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from lalm.errors import GenerationError
+from lalm.generation.engine import Decode, Engine, _StopSequences, check_room
 from lalm.generation.options import GenerationOptions, GenerationResult
-from lalm.generation.sampling import process_logits, select_tokens
+from lalm.generation.sampling import process_logits
 from lalm.model import AudioLanguageModel, positions_from_mask
-
-Decode = Callable[[list[int]], str]
-
 
 @dataclass
 class PromptBatch:
@@ -66,49 +66,6 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor
     return ids, mask
 
 
-@dataclass
-class Step:
-    """What one decode step produced.
-
-    Attributes:
-        tokens: per row, the token chosen at this step, or None for a row already finished.
-        results: the live per-row results (tokens so far; `finish_reason` None while running).
-    """
-
-    tokens: list[int | None]
-    results: list[GenerationResult]
-
-
-class _StopSequences:
-    """Finds stop texts in the tail of a row's output, decoding only a few tokens."""
-
-    def __init__(self, sequences: Sequence[str], decode: Decode | None) -> None:
-        if sequences and decode is None:
-            raise GenerationError("stop_sequences need a decode function (the tokenizer's)")
-        self.sequences = tuple(sequences)
-        self.decode = decode
-        # a character is at most 4 UTF-8 bytes and a token at least 1: 4 * chars tokens suffice
-        self.window = 4 * max((len(s) for s in sequences), default=0) + 1
-
-    def hit(self, tokens: list[int]) -> bool:
-        if not self.sequences or self.decode is None:
-            return False
-        tail = self.decode(tokens[-self.window:])
-        return any(s in tail for s in self.sequences)
-
-
-def _check_room(model: AudioLanguageModel, prompt_len: int, options: GenerationOptions) -> int:
-    """KV-cache columns the run needs; GenerationError when the model cannot hold them."""
-    need = prompt_len + options.max_new_tokens
-    limit = model.config.decoder.max_seq_len
-    if need > limit:
-        raise GenerationError(
-            f"prompt of {prompt_len} tokens + max_new_tokens {options.max_new_tokens} = {need} "
-            f"exceeds the model's max_seq_len {limit}; lower max_new_tokens or shorten the prompt"
-        )
-    return need
-
-
 def _seen_mask(prompt: PromptBatch, vocab_size: int) -> Tensor:
     """[B, V] bool: ids present in each row's real prompt tokens."""
     # pads scatter into an extra column that is dropped
@@ -135,118 +92,6 @@ def _banned(options: GenerationOptions, stop_ids: Sequence[int], n_done: int) ->
     return banned + list(stop_ids) if n_done < options.min_new_tokens else banned
 
 
-def _generators(options: GenerationOptions, seeds: Sequence[int | None] | None, batch: int,
-                device: torch.device) -> list[torch.Generator | None] | None:
-    """One generator per row when sampling with seeds (None: the batch shares torch's global
-    generator), so that a seeded row draws the same tokens in any batch."""
-    if not options.do_sample:
-        return None
-    if seeds is None:
-        seeds = [options.seed] * batch
-    if len(seeds) != batch:
-        raise GenerationError(f"{len(seeds)} seeds for a batch of {batch} prompts")
-    if all(seed is None for seed in seeds):
-        return None
-    return [None if seed is None else torch.Generator(device).manual_seed(seed)
-            for seed in seeds]
-
-
-@torch.inference_mode()
-def generate_steps(
-    model: AudioLanguageModel,
-    prompt: PromptBatch,
-    options: GenerationOptions,
-    stop_ids: Sequence[int],
-    decode: Decode | None = None,
-    seeds: Sequence[int | None] | None = None,
-    cancelled: Callable[[int], bool] | None = None,
-) -> Iterator[Step]:
-    """Greedy or sampled decoding, one `Step` per generated position (streaming).
-
-    Rows stop independently (a stop id, a stop sequence, or ``max_new_tokens``); a finished row
-    keeps a cache slot but its tokens are ignored. A row whose consumer left (``cancelled``)
-    is dropped from the batch: it is computed no more, its `Step.tokens` are None from then on
-    and its result stays unfinished. The loop ends when no row is running.
-
-    Sampling draws each seeded row with its own generator (``seeds``, else ``options.seed``
-    for every row), so a row gets the tokens it gets alone with that seed in any batch.
-
-    Args:
-        model: the model (its decoder gets a fresh KV cache, cleared at the end).
-        prompt: the left-padded prompts.
-        options: decoding policy with ``num_beams == 1``.
-        stop_ids: ids that end a row (kept as the row's last token).
-        decode: ids -> text, needed for ``options.stop_sequences``.
-        seeds: per row, its sampling seed (None: torch's global generator); default
-            ``options.seed`` for every row.
-        cancelled: asked after each step for every running row (by its index in the batch):
-            True drops the row.
-
-    Yields:
-        `Step` after each generated position.
-
-    Raises:
-        GenerationError: beam search options, a prompt + max_new_tokens beyond the cache, or
-            seeds that do not match the batch.
-    """
-    if options.num_beams > 1:
-        raise GenerationError("generate_steps does not beam search; use beam_search")
-    batch = prompt.ids.shape[0]
-    columns = _check_room(model, prompt.ids.shape[1], options)
-    stops = _StopSequences(options.stop_sequences, decode)
-    stop_set = set(stop_ids)
-    generators = _generators(options, seeds, batch, prompt.ids.device)
-    vocab = model.config.decoder.vocab_size
-    seen = _seen_mask(prompt, vocab) if options.repetition_penalty != 1.0 else None
-    results = [GenerationResult(tokens=[], finish_reason=None, logprob=0.0)
-               for _ in range(batch)]
-    active = [True] * batch
-    live = list(range(batch))  # the rows computed, in the order of the cache's rows
-    input_pos = prompt.lengths.clone()
-    try:
-        logits = _prefill(model, prompt, columns)
-        for n_done in range(options.max_new_tokens):
-            processed = process_logits(logits, options, seen, _banned(options, stop_ids, n_done))
-            chosen = select_tokens(processed, options.do_sample, generators)  # [B_live]
-            logprobs = logits.log_softmax(dim=-1).gather(1, chosen[:, None])[:, 0]
-            tokens: list[int | None] = [None] * batch
-            for row, token, logprob in zip(live, chosen.tolist(), logprobs.tolist()):
-                if not active[row]:
-                    continue
-                result = results[row]
-                result.tokens.append(token)
-                result.logprob += logprob
-                tokens[row] = token
-                if token in stop_set:
-                    result.finish_reason = "stop"
-                elif stops.hit(result.tokens):
-                    result.finish_reason = "stop_sequence"
-                elif n_done + 1 == options.max_new_tokens:
-                    result.finish_reason = "length"
-                active[row] = result.finish_reason is None
-            yield Step(tokens, results)
-            gone = {row for row in live if active[row] and cancelled is not None
-                    and cancelled(row)}
-            for row in gone:
-                active[row] = False
-            if not any(active):
-                return
-            if seen is not None:
-                seen[torch.arange(len(live)), chosen] = True
-            if gone:  # rebuild the batch (and its cache) from the rows still wanted
-                keep = [i for i, row in enumerate(live) if row not in gone]
-                index = torch.tensor(keep, device=chosen.device)
-                model.decoder.cache.reorder(index)
-                live = [live[i] for i in keep]
-                chosen, input_pos = chosen[index], input_pos[index]
-                seen = None if seen is None else seen[index]
-                generators = None if generators is None else [generators[i] for i in keep]
-            logits = _step(model, chosen, input_pos)
-            input_pos += 1
-    finally:
-        model.decoder.clear_caches()
-
-
 def generate(
     model: AudioLanguageModel,
     prompt: PromptBatch,
@@ -257,17 +102,41 @@ def generate(
 ) -> list[GenerationResult]:
     """Generate for every prompt of the batch (greedy, sampling or beam search).
 
-    Args: as `generate_steps` (``num_beams > 1`` runs `beam_search`, which draws nothing).
+    Greedy and sampled decoding run on a `lalm.generation.engine.Engine` made for the call
+    (one slot per prompt): rows stop independently (a stop id, kept as the row's last token; a
+    stop sequence; ``max_new_tokens``), and each row gets the tokens it gets alone. Sampling
+    draws each seeded row with its own generator (``seeds``, else ``options.seed`` for every
+    row). ``num_beams > 1`` runs `beam_search`, which draws nothing. (A `Pipeline` keeps one
+    engine for all its calls; this function is for model-level callers such as GRPO.)
+
+    Args:
+        model: the model.
+        prompt: the left-padded prompts.
+        options: decoding policy.
+        stop_ids: ids that end a row.
+        decode: ids -> text, needed for ``options.stop_sequences``.
+        seeds: per row, its sampling seed (None: torch's global generator); default
+            ``options.seed`` for every row.
 
     Returns:
         One `GenerationResult` per prompt, in order (`text` still empty: the pipeline decodes).
+
+    Raises:
+        GenerationError: a prompt + max_new_tokens beyond the model's max_seq_len, or seeds
+            that do not match the batch.
     """
     if options.num_beams > 1:
         return beam_search(model, prompt, options, stop_ids, decode)
-    results: list[GenerationResult] = []
-    for step in generate_steps(model, prompt, options, stop_ids, decode, seeds):
-        results = step.results
-    return results
+    batch = prompt.ids.shape[0]
+    seeds = [options.seed] * batch if seeds is None else list(seeds)
+    if len(seeds) != batch:
+        raise GenerationError(f"{len(seeds)} seeds for a batch of {batch} prompts")
+    engine = Engine(model, decode, slots=batch)
+    gens = [engine.submit(prompt.embeds[b][prompt.token_mask[b]],
+                          prompt.ids[b][prompt.token_mask[b]], options, stop_ids, seed)
+            for b, seed in enumerate(seeds)]
+    engine.run(gens)
+    return [g.result for g in gens]
 
 
 @dataclass
@@ -300,7 +169,7 @@ def beam_search(
         The best hypothesis per prompt.
     """
     beams, batch = options.num_beams, prompt.ids.shape[0]
-    columns = _check_room(model, prompt.ids.shape[1], options)
+    columns = check_room(prompt.ids.shape[1], options, model.config.decoder.max_seq_len)
     stops = _StopSequences(options.stop_sequences, decode)
     stop_set = set(stop_ids)
     vocab = model.config.decoder.vocab_size

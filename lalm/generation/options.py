@@ -174,6 +174,21 @@ def _with_fields(base: GenerationOptions, changes: dict[str, Any], what: str
     return replace(base, **changes)
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability and its most likely alternatives.
+
+    Attributes:
+        token: the token id.
+        logprob: its log-probability (float32 log-softmax of the raw logits).
+        top: the ``top_logprobs`` most likely ids at that step with theirs, best first.
+    """
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+
+
 @dataclass
 class GenerationResult:
     """One prompt's output.
@@ -193,6 +208,8 @@ class GenerationResult:
         timings: seconds spent per stage, totals of the batch the prompt ran in: "prepare"
             (audio loading, features, encoder, tokenizing, embedding) and "generate" (prefill
             and decode); a long-form transcription has its last window's.
+        token_logprobs: per generated token, its `TokenLogprob` (when asked for, e.g. the
+            server's ``logprobs``); else None.
     """
 
     tokens: list[int]
@@ -201,6 +218,7 @@ class GenerationResult:
     text: str = ""
     parsed: ParsedOutput | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    token_logprobs: list[TokenLogprob] | None = None
 
     @property
     def avg_logprob(self) -> float:

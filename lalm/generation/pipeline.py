@@ -2,13 +2,13 @@
 
     audio.load_audio -> audio.batch_log_mel (real length) -> prompt (build, encode with counts)
     -> tokenizer -> model.embed_audio / embed_prompt -> generate -> tokenizer.decode
-    -> prompt.parse_output
+    -> the family's parser (prompt.parse_output)
 
 Callers (the CLI, the server, the evaluator) pass audio + text, a `Prompt`, or chat messages
 (`Message`s or OpenAI / transformers dicts, `lalm.generation.messages`) and get
-`GenerationResult`s with text and parsed fields. The prompt family comes from the checkpoint's
-tokenizer; so does the real mel length rule (`REAL_LENGTH`); the default decoding options come
-from its generation_config.json, as transformers reads it (`read_generation_config`), and a
+`GenerationResult`s with text and parsed fields. The prompt family (`lalm.prompt.FamilySpec`)
+comes from the checkpoint's tokenizer; so do the real mel length rule and the ASR prompt; the
+default decoding options come from its generation_config.json, as transformers reads it (`read_generation_config`), and a
 call overrides them with ``options`` (an object or a dict) or keyword fields.
 
 Audio longer than the encoder's 30-s window is never cut silently (`lalm.longform`):
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -41,14 +41,26 @@ from lalm.audio import (
     HOP_LENGTH,
     LOOKAHEAD_FRAMES,
     SAMPLE_RATE,
-    RealLength,
     Seconds,
     batch_log_mel,
     load_audio,
     stream_audio,
 )
 from lalm.errors import AudioError, AudioTooLongError, CheckpointError, PromptError
-from lalm.generation.generate import PromptBatch, generate, generate_steps, left_pad
+from lalm.generation.encoder_cache import (
+    DEFAULT_ENCODER_CACHE_MIB,
+    EncoderCache,
+    audio_digest,
+    rows_digest,
+)
+from lalm.generation.engine import (
+    Engine,
+    Event,
+    Generation,
+    check_room,
+    cut_at_stop,
+)
+from lalm.generation.generate import PromptBatch, beam_search, left_pad
 from lalm.generation.messages import as_messages
 from lalm.generation.options import GenerationOptions, GenerationResult, resolve_options
 from lalm.longform import (
@@ -73,28 +85,18 @@ from lalm.prompt import (
     SPACELESS_LANGUAGES,  # languages written without spaces: one list, in the prompt layer
     AudioPart,
     AudioSource,
-    Family,
+    FamilySpec,
     Message,
     ParsedOutput,
     Prompt,
     TaskSpec,
     TimedWord,
-    build_base_prompt,
     build_chat_prompt,
-    build_prompt,
+    check_timestamps,
     fill_audio_tags,
-    parse_output,
-    tag,
     user_message,
 )
 from lalm.tokenizer import Tokenizer, load_tokenizer
-
-# How each family's reference counts a clip's real mel frames (lalm.audio.RealLength):
-# transformers' Qwen2AudioProcessor rounds a last partial hop up, Qwen-Audio v1 drops it.
-REAL_LENGTH: dict[Family, RealLength] = {Family.QWEN2_AUDIO: "ceil", Family.QWEN_AUDIO: "floor"}
-
-# Qwen2-Audio base-model ASR instruction (the official LibriSpeech evaluation's prompt).
-QWEN2_ASR_INSTRUCTION = "Detect the language and recognize the speech: "
 
 # How `Pipeline.transcribe` treats a clip longer than one window: "vad" cuts windows in the
 # pauses an energy voice-activity detector finds, "fixed" cuts fixed windows with overlap,
@@ -194,7 +196,7 @@ def read_generation_config(directory: str | Path, stop_ids: tuple[int, ...] = ()
                                      stop_ids)
 
 
-def check_transcription_options(family: Family, timestamps: bool, long_form: LongForm,
+def check_transcription_options(family: FamilySpec, timestamps: bool, long_form: LongForm,
                                 overlap_s: Seconds, window_s: Seconds = MAX_WINDOW_S) -> None:
     """Check transcription options before any audio or model is loaded.
 
@@ -202,44 +204,12 @@ def check_transcription_options(family: Family, timestamps: bool, long_form: Lon
         PromptError: ``timestamps`` for a family without timestamp tags (Qwen2-Audio).
         AudioError: ``long_form`` not "vad", "fixed" or None, or ``overlap_s`` out of range.
     """
-    if timestamps and family is not Family.QWEN_AUDIO:
-        raise PromptError(f"word timestamps need a Qwen-Audio (v1) checkpoint; this one is "
-                          f"{family.value} (its subtitles have one cue per segment)")
+    check_timestamps(family, timestamps)
     if long_form not in ("vad", "fixed", None):
         raise AudioError(f"long_form must be 'vad', 'fixed' or None, got {long_form!r}")
     if long_form is not None:  # the window planner's own overlap checks, on silence
         plan_windows(np.zeros(2 * round(window_s * SAMPLE_RATE), np.float32),
                      window_s=window_s, overlap_s=overlap_s)
-
-
-class IncrementalDecoder:
-    """Token ids in, text out, never splitting a multi-byte character.
-
-    Byte-level BPE tokens may end inside a UTF-8 character; decoding such a prefix gives a
-    trailing U+FFFD. Tokens are held back until their text decodes without one (or until
-    `MAX_HELD` tokens show the bytes are genuinely invalid).
-    """
-
-    MAX_HELD = 8  # a UTF-8 character spans at most 4 bytes, hence at most 4 tokens
-
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self._held: list[int] = []
-
-    def push(self, token: int) -> str:
-        """Add a token; returns the newly complete text (possibly "")."""
-        self._held.append(token)
-        text = self.tokenizer.decode(self._held)
-        if text.endswith("\ufffd") and len(self._held) < self.MAX_HELD:
-            return ""
-        self._held = []
-        return text
-
-    def flush(self) -> str:
-        """Whatever is still held (a truncated character becomes U+FFFD)."""
-        text = self.tokenizer.decode(self._held)
-        self._held = []
-        return text
 
 
 def _prompt_count(plan: TranscriptionPlan) -> int:
@@ -250,12 +220,6 @@ def _prompt_count(plan: TranscriptionPlan) -> int:
 def as_audio_part(audio: AudioSource | AudioPart) -> AudioPart:
     """``audio`` as an `AudioPart` (a part passes through, keeping its name for messages)."""
     return audio if isinstance(audio, AudioPart) else AudioPart(audio)
-
-
-def _cut_at_stop(text: str, stop_sequences: Sequence[str]) -> str:
-    """``text`` up to (not including) the earliest stop sequence."""
-    cuts = [i for i in (text.find(s) for s in stop_sequences) if i >= 0]
-    return text[: min(cuts)] if cuts else text
 
 
 class Pipeline:
@@ -270,15 +234,19 @@ class Pipeline:
         max_audio_seconds: longest clip a prompt takes, in seconds (None: no limit). A clip
             longer than the encoder's window costs 25 audio tokens per second all the same
             (`lalm.longform`); the default 300 s (7500 tokens) fits an 8192-position decoder.
+        engine: the decode engine every generation of this pipeline (and of the server over
+            it) runs on: `generate`, `stream`, conversations, eval.
+        encoder_cache: encoded clips by a hash of their samples (`encoder_cache_mib` MiB).
     """
 
     def __init__(self, model: AudioLanguageModel, tokenizer: Tokenizer,
                  options: GenerationOptions | None = None,
-                 max_audio_seconds: Seconds | None = DEFAULT_MAX_CHAT_S) -> None:
-        is_v1 = tokenizer.family is Family.QWEN_AUDIO
-        if model.config.projector.audio_bos_eos != is_v1:
+                 max_audio_seconds: Seconds | None = DEFAULT_MAX_CHAT_S, *,
+                 encoder_cache_mib: float = DEFAULT_ENCODER_CACHE_MIB,
+                 prefix_slots: int = 4) -> None:
+        if model.config.projector.audio_bos_eos != bool(tokenizer.family.boundary_rows):
             raise CheckpointError(
-                f"tokenizer {tokenizer.source} is {tokenizer.family.value} but the model "
+                f"tokenizer {tokenizer.source} is {tokenizer.family.name} but the model "
                 f"{'has' if model.config.projector.audio_bos_eos else 'lacks'} the v1 audio "
                 f"BOS/EOS rows")
         self.model = model
@@ -286,6 +254,8 @@ class Pipeline:
         self.family = tokenizer.family
         self.options = options or GenerationOptions()
         self.max_audio_seconds = max_audio_seconds
+        self.engine = Engine(model, tokenizer.decode, slots=8, prefix_slots=prefix_slots)
+        self.encoder_cache = EncoderCache(encoder_cache_mib)
 
     @property
     def max_audio_seconds(self) -> Seconds | None:
@@ -365,14 +335,7 @@ class Pipeline:
         Raises:
             PromptError: ``timestamps`` on a Qwen2-Audio checkpoint (it has no timestamp tags).
         """
-        part = as_audio_part(audio)
-        if self.family is Family.QWEN_AUDIO:
-            spec = TaskSpec.srwt(language) if timestamps else TaskSpec.asr(language)
-            return Request(build_prompt(spec, part), spec)
-        if timestamps:
-            raise PromptError("word timestamps need a Qwen-Audio (v1) checkpoint; "
-                              f"{self.tokenizer.source} is {self.family.value}")
-        return Request(build_base_prompt([part], QWEN2_ASR_INSTRUCTION + tag(language)))
+        return Request(*self.family.asr_prompt(as_audio_part(audio), language, timestamps))
 
     # ------------------------------------------------------------------ the data path
 
@@ -395,9 +358,11 @@ class Pipeline:
         """
         if not parts:
             return []
-        model, v1 = self.model, self.family is Family.QWEN_AUDIO
+        model = self.model
         windows: list[np.ndarray] = []
         owner: list[int] = []
+        encoded: list[Tensor | None] = []  # per clip, its rows (from the cache, or below)
+        keys: list[bytes] = []
         for k, part in enumerate(parts):
             try:  # decoding stops at the limit (or at the header's duration)
                 clip = load_audio(part.source, max_seconds=self.max_audio_seconds)
@@ -406,11 +371,17 @@ class Pipeline:
                     f"{part.label}: longer than max_audio_seconds={self.max_audio_seconds:g} s "
                     f"({TOKENS_PER_SECOND} audio tokens per second; {e}); raise the limit or "
                     "transcribe it with long-form windows") from None
+            keys.append(audio_digest(clip))
+            encoded.append(self.encoder_cache.get(keys[-1]))
+            if encoded[-1] is not None:  # encoded before: the same rows
+                continue
             pieces = split_for_chat(clip, self.window_s, max_duration_s=None)
             windows += pieces
             owner += [k] * len(pieces)
+        if not windows:
+            return [r for r in encoded if r is not None]
         features, lens = batch_log_mel(windows, model.config.encoder.n_mels,
-                                       REAL_LENGTH[self.family])
+                                       self.family.real_length)
         device, dtype = model.encoder.conv1.weight.device, model.encoder.conv1.weight.dtype
         # Windows of equal length are encoded together, each group unpadded: the encoder then
         # needs no attention mask (its fast path), and a clip's rows never depend on which other
@@ -424,8 +395,11 @@ class Pipeline:
                                         lens[group].to(device))
                 for index, r in zip(group.tolist(), out):
                     rows[index] = r
-        return [join_window_rows([r for r, o in zip(rows, owner) if o == k], boundary_rows=v1)
-                for k in range(len(parts))]
+        for k in sorted(set(owner)):
+            encoded[k] = join_window_rows([r for r, o in zip(rows, owner) if o == k],
+                                          boundary_rows=bool(self.family.boundary_rows))
+            self.encoder_cache.put(keys[k], encoded[k])
+        return [r for r in encoded if r is not None]
 
     def prepare(self, requests: Sequence[Request]) -> PromptBatch:
         """Load every clip, compute features, tokenize, embed: one left-padded batch.
@@ -437,11 +411,18 @@ class Pipeline:
             AudioError: a clip that cannot be loaded, or longer than `max_audio_seconds`.
             PromptError: a prompt with no tokens, or `audio_rows` that do not fit its prompt.
         """
+        return self._prepare(requests)[0]
+
+    def _prepare(self, requests: Sequence[Request]
+                 ) -> tuple[PromptBatch, list[list[Hashable]]]:
+        """`prepare`, with each prompt's prefix keys (`Engine.submit`): per real position its
+        token id, or for an audio slot the digest of its clip's rows and the row's index."""
         model, tokenizer = self.model, self.tokenizer
         fresh = iter(self.encode_audio(
             [a for r in requests if r.audio_rows is None for a in r.prompt.audios]))
-        boundary = 2 if self.family is Family.QWEN_AUDIO else 0  # v1 BOS/EOS rows per clip
-        ids_list, rows = [], []
+        boundary = self.family.boundary_rows  # v1 BOS/EOS rows per clip
+        slot_ids = tokenizer.audio_slot_ids
+        ids_list, rows, keys = [], [], []
         for r in requests:
             audios = r.prompt.audios
             given = list(r.audio_rows) if r.audio_rows is not None else None
@@ -453,19 +434,56 @@ class Pipeline:
             ids = r.prompt.encode(tokenizer, counts).ids
             if not ids:
                 raise PromptError("empty prompt: it encodes to no tokens")
+            slot_keys = iter([(rows_digest(x), j) for x in clip_rows
+                              for j in range(x.shape[0])])
+            keys.append([next(slot_keys, i) if i in slot_ids else i for i in ids])
             ids_list.append(ids)
             rows += clip_rows
         ids, mask = left_pad(ids_list, tokenizer.eod_id)
         device = model.decoder.embed.weight.device
         ids, mask = ids.to(device), mask.to(device)
-        slots = torch.tensor(sorted(tokenizer.audio_slot_ids), device=device)
+        slots = torch.tensor(sorted(slot_ids), device=device)
         with torch.inference_mode():
             if not rows:
                 embeds = model.decoder.embed(ids)
             else:
                 embeds = model.embed_prompt(ids, [x.to(device) for x in rows],
                                             torch.isin(ids, slots) & mask)
-        return PromptBatch(ids=ids, token_mask=mask, embeds=embeds)
+        return PromptBatch(ids=ids, token_mask=mask, embeds=embeds), keys
+
+    def submit(self, requests: Sequence[Request], options: Sequence[GenerationOptions],
+               top_logprobs: Sequence[int | None] | None = None,
+               on_event: Sequence[Callable[[Event], None] | None] | None = None
+               ) -> list[Generation]:
+        """Prepare requests together (one encoder batch) and queue them on `engine`; all or
+        none are queued. Step the engine (`Engine.step`, `Engine.run`) to run them; each
+        finished result still needs `finish` (text, parsed fields).
+
+        Args:
+            requests: the prompts.
+            options: each one's resolved options (``num_beams == 1``).
+            top_logprobs: each one's `Engine.submit` ``top_logprobs`` (default None).
+            on_event: each one's event callback (default None).
+
+        Returns:
+            One `Generation` per request.
+
+        Raises:
+            AudioError / PromptError: as `prepare`.
+            GenerationError: a prompt + max_new_tokens beyond the engine's max_seq_len.
+        """
+        batch, keys = self._prepare(requests)
+        lengths = batch.lengths.tolist()
+        for n, option in zip(lengths, options):
+            check_room(n, option, self.engine.max_seq_len)
+        gens = []
+        for b, option in enumerate(options):
+            real = batch.token_mask[b]
+            gens.append(self.engine.submit(
+                batch.embeds[b][real], batch.ids[b][real], option, self.stop_ids(option),
+                keys=keys[b], top_logprobs=None if top_logprobs is None else top_logprobs[b],
+                on_event=None if on_event is None else on_event[b]))
+        return gens
 
     def stop_ids(self, options: GenerationOptions) -> tuple[int, ...]:
         """Token ids that end generation: the options' own, else the tokenizer's chat stops."""
@@ -479,24 +497,31 @@ class Pipeline:
         tokens = result.tokens
         if result.finish_reason == "stop":
             tokens = tokens[:-1]
-        result.text = _cut_at_stop(self.tokenizer.decode(tokens), options.stop_sequences)
-        result.parsed = parse_output(result.text, request.spec)
+        result.text = cut_at_stop(self.tokenizer.decode(tokens), options.stop_sequences)
+        result.parsed = self.family.parse(result.text, request.spec)
         return result
 
     def generate(self, requests: Sequence[Request], options: OptionsArg = None,
                  batch_size: int | None = None,
                  progress: Callable[[int], None] | None = None) -> list[GenerationResult]:
-        """Run requests in batches; results in request order.
+        """Run requests on the engine; results in request order.
+
+        Requests are prepared ``batch_size`` at a time (one encoder batch each; at most two
+        such batches are queued ahead) and join the engine as its slots free up (it has at
+        least ``batch_size``): a request takes a slot as soon as another finishes, never
+        waiting for a whole batch. Beam search runs in batches of ``batch_size`` on its own
+        loop.
 
         Args:
             requests: the prompts.
             options: decoding policy: `GenerationOptions`, a dict of its fields over the
                 pipeline's options, or None (the pipeline's).
-            batch_size: prompts per batch (default: all at once).
-            progress: called with the number of requests finished after each batch.
+            batch_size: prompts prepared together and slots reserved (default: all at once).
+            progress: called with the number of requests finished, as they finish.
 
         Returns:
-            One `GenerationResult` per request, with `text`, `parsed` and `timings`.
+            One `GenerationResult` per request, with `text`, `parsed` and `timings`
+            ("prepare": its batch's preparation; "generate": from its submission to its end).
 
         Raises:
             GenerationError: bad options (an unknown field is listed with the valid ones).
@@ -505,14 +530,48 @@ class Pipeline:
         size = batch_size or max(len(requests), 1)
         if size < 1:
             raise PromptError(f"batch_size must be >= 1, got {batch_size}")
+        if options.num_beams > 1:
+            return self._beam_search(requests, options, size, progress)
+        self.engine.reserve(size)
+        results: list[GenerationResult | None] = [None] * len(requests)
+        flying: list[tuple[int, Generation, float, float]] = []  # (index, gen, prepare, t)
+        start = 0
+        try:
+            while start < len(requests) or flying:
+                if start < len(requests) and len(flying) < 2 * size:  # a batch waits ready
+                    chunk = requests[start:start + size]
+                    t0 = time.perf_counter()
+                    gens = self.submit(chunk, [options] * len(chunk))
+                    t1 = time.perf_counter()
+                    flying += [(start + k, g, t1 - t0, t1) for k, g in enumerate(gens)]
+                    start += len(chunk)
+                self.engine.step()
+                now, left = time.perf_counter(), []
+                for index, gen, prepared, t in flying:
+                    if gen.done:
+                        gen.result.timings = {"prepare": prepared, "generate": now - t}
+                        results[index] = self.finish(gen.result, requests[index], options)
+                    else:
+                        left.append((index, gen, prepared, t))
+                if progress is not None and len(left) < len(flying):
+                    progress(len(flying) - len(left))
+                flying = left
+        finally:
+            for _, gen, _, _ in flying:  # an error (or an interrupt): free their slots
+                self.engine.cancel(gen)
+        return [r for r in results if r is not None]
+
+    def _beam_search(self, requests: Sequence[Request], options: GenerationOptions, size: int,
+                     progress: Callable[[int], None] | None) -> list[GenerationResult]:
+        """`generate` with ``num_beams > 1``: batches of ``size`` on beam search's loop."""
         results: list[GenerationResult] = []
         for start in range(0, len(requests), size):
             chunk = requests[start:start + size]
             t0 = time.perf_counter()
             batch = self.prepare(chunk)
             t1 = time.perf_counter()
-            out = generate(self.model, batch, options, self.stop_ids(options),
-                           self.tokenizer.decode)
+            out = beam_search(self.model, batch, options, self.stop_ids(options),
+                              self.tokenizer.decode)
             t2 = time.perf_counter()
             for request, result in zip(chunk, out):
                 result.timings = {"prepare": t1 - t0, "generate": t2 - t1}
@@ -525,29 +584,20 @@ class Pipeline:
         """Text pieces of one request's output as they are generated (greedy or sampling).
 
         Pieces never split a multi-byte character; with stop sequences, the last characters
-        are held back until it is clear they do not start one. The stop token is not shown.
-        ``options`` as in `generate`.
+        are held back until it is clear they do not start one (`lalm.generation.engine.
+        TextStream`). The stop token is not shown. ``options`` as in `generate`. The request
+        runs on the engine beside any others; leaving the loop early frees its slot.
         """
         options = resolve_options(self.options, options)
-        stop_ids = self.stop_ids(options)
-        decoder = IncrementalDecoder(self.tokenizer)
-        hold = max((len(s) for s in options.stop_sequences), default=1) - 1
-        pending = ""
-        for step in generate_steps(self.model, self.prepare([request]), options, stop_ids,
-                                   self.tokenizer.decode):
-            token, result = step.tokens[0], step.results[0]
-            if token is not None and result.finish_reason != "stop":
-                pending += decoder.push(token)
-            if result.finish_reason is not None:
-                break
-            if options.stop_sequences:
-                pending = _cut_at_stop(pending, options.stop_sequences)
-            if len(pending) > hold:
-                yield pending[: len(pending) - hold]
-                pending = pending[len(pending) - hold:]
-        rest = _cut_at_stop(pending + decoder.flush(), options.stop_sequences)
-        if rest:
-            yield rest
+        (gen,) = self.submit([request], [options])
+        try:
+            while not gen.done:
+                self.engine.step()
+                for event in gen.take_events():
+                    if event.text:
+                        yield event.text
+        finally:
+            self.engine.cancel(gen)
 
     # ------------------------------------------------------------------ conveniences
 
@@ -761,9 +811,10 @@ class Pipeline:
         speech = speech_regions(loudness) if long_form == "vad" else None
         windows = plan_windows(loudness, window_s=self.window_s, overlap_s=overlap_s,
                                speech=speech)
-        v1 = self.family is Family.QWEN_AUDIO
         clips = window_clips(stream_audio(audio, max_seconds=max_seconds), windows)
-        requests = (self.transcribe_request(clip, language, timestamps=v1) for clip in clips)
+        # where the family has word times, each window asks for them: windows stitch by them
+        requests = (self.transcribe_request(clip, language, timestamps=self.family.timestamps)
+                    for clip in clips)
         plan = TranscriptionPlan((), tuple(windows), language, loudness.n_samples / SAMPLE_RATE)
         return plan, requests
 
@@ -803,7 +854,7 @@ class Pipeline:
         shares: list[WindowShare]
         # v1 windows are stitched by word times; a window whose output came without times
         # (malformed SRWT) has only text, and then the texts are aligned instead
-        if self.family is Family.QWEN_AUDIO and all(p.words or not p.text for p in parsed):
+        if self.family.timestamps and all(p.words or not p.text for p in parsed):
             shares = stitch_words_by_window(plan.windows, [p.words for p in parsed])
         else:
             shares = stitch_texts_by_window(plan.windows, [p.text for p in parsed], spaceless)
@@ -826,5 +877,7 @@ class Pipeline:
 
     def with_options(self, **changes: object) -> Pipeline:
         """A pipeline sharing model and tokenizer with other default options."""
-        return Pipeline(self.model, self.tokenizer, replace(self.options, **changes),
-                        self.max_audio_seconds)
+        other = Pipeline(self.model, self.tokenizer, replace(self.options, **changes),
+                         self.max_audio_seconds, prefix_slots=0)
+        other.engine, other.encoder_cache = self.engine, self.encoder_cache  # shared
+        return other

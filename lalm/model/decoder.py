@@ -238,17 +238,22 @@ class TextDecoder(nn.Module):
         """Drop the KV cache: forwards attend within their own input again."""
         self.cache = None
 
-    def _rope_base(self, lengths: Tensor) -> Tensor:
-        """[B] float32 RoPE base per row; under dynamic NTK chosen from [B] lengths, once."""
-        cache = self.cache
-        if cache is not None and cache.rope_base is not None:
-            return cache.rope_base
+    def rope_base(self, lengths: Tensor) -> Tensor:
+        """[B] float32 RoPE base of rows whose prefill holds [B] int64 real ``lengths``
+        tokens (dynamic NTK raises it past ``train_seq_len``; else ``rope_theta``)."""
         cfg = self.config
         if cfg.dynamic_ntk:
             alpha = ntk_alpha(lengths, cfg.train_seq_len)
         else:
             alpha = torch.ones(lengths.shape[0], dtype=torch.float64, device=lengths.device)
-        base = ntk_rope_base(cfg.rope_theta, alpha, cfg.head_dim)
+        return ntk_rope_base(cfg.rope_theta, alpha, cfg.head_dim)
+
+    def _rope_base(self, lengths: Tensor) -> Tensor:
+        """[B] float32 RoPE base per row; under dynamic NTK chosen from [B] lengths, once."""
+        cache = self.cache
+        if cache is not None and cache.rope_base is not None:
+            return cache.rope_base
+        base = self.rope_base(lengths)
         if cache is not None:
             cache.rope_base = base
         return base
@@ -295,9 +300,11 @@ class TextDecoder(nn.Module):
         if token_mask is None:
             token_mask = torch.ones(batch, seq, dtype=torch.bool, device=embeds.device)
         cache = self.cache
-        start = 0 if cache is None else cache.length
-        key_mask = token_mask if cache is None else cache.append_mask(token_mask)
-        mask = attention_mask(torch.arange(start, start + seq, device=embeds.device), key_mask)
+        if cache is None:
+            query_col, key_mask = torch.arange(seq, device=embeds.device), token_mask
+        else:  # each row writes after its own filled columns
+            query_col, key_mask = cache.query_columns(seq), cache.append_mask(token_mask)
+        mask = attention_mask(query_col, key_mask)
         lengths = token_mask.sum(dim=1)
         if segment_ids is not None:
             if cache is not None:

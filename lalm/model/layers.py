@@ -155,13 +155,15 @@ def attention_mask(query_col: Tensor, key_mask: Tensor) -> Tensor:
     padding query never has an empty row (its output is garbage nobody reads, but never NaN).
 
     Args:
-        query_col: [S] int64, the cache column of each query.
+        query_col: [S] int64, the cache column of each query, or [B, S] per row (rows of
+            different lengths in one cache).
         key_mask: [B, K] bool, True for real tokens.
 
     Returns:
         [B, 1, S, K] bool.
     """
     key_col = torch.arange(key_mask.shape[1], device=key_mask.device)
-    causal = key_col[None, :] <= query_col[:, None]  # [S, K]
-    itself = key_col[None, :] == query_col[:, None]
-    return (causal[None] & (key_mask[:, None, :] | itself[None]))[:, None]
+    query_col = query_col if query_col.dim() == 2 else query_col[None]  # [B or 1, S]
+    causal = key_col <= query_col[..., None]  # [B or 1, S, K]
+    itself = key_col == query_col[..., None]
+    return (causal & (key_mask[:, None, :] | itself))[:, None]

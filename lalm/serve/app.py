@@ -3,6 +3,7 @@
     POST /v1/chat/completions      chat with text + audio parts; ``stream: true`` for SSE
     POST /v1/audio/transcriptions  multipart upload; json / text / srt / vtt / verbose_json
     GET  /v1/models, /health, /metrics (Prometheus text), / (the web page)
+    WS   /v1/realtime?intent=transcription  live transcription (`lalm.serve.realtime`)
 
 Thin, as DESIGN.md asks: a handler validates the body (pydantic; OpenAI parameters lalm
 cannot honour are refused, never ignored), decodes audio under the limits
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -46,16 +47,18 @@ from lalm.errors import GenerationError, LalmError
 from lalm.audio import HOP_LENGTH
 from lalm.generation import (
     GenerationOptions,
-    IncrementalDecoder,
+    GenerationResult,
     Pipeline,
+    TokenLogprob,
     Transcript,
     TranscriptionPlan,
 )
 from lalm.generation import Request as PromptRequest  # fastapi's Request is the HTTP one
-from lalm.prompt import LANGUAGES
+from lalm.prompt import LANGUAGES, SPACELESS_LANGUAGES
 from lalm.serve import schemas as s
 from lalm.serve.batcher import Batcher, Done, Failed, QueueFullError, Ticket, Token
 from lalm.serve.budget import PromptBudget
+from lalm.serve.realtime import RealtimeLimits, SessionCount, serve_session
 from lalm.serve.inputs import (
     ApiError,
     AudioAccess,
@@ -64,6 +67,7 @@ from lalm.serve.inputs import (
     chat_options,
     decode_audio,
     invalid,
+    logprobs_asked,
     refuse_unsupported_chat,
     refuse_unsupported_transcription,
 )
@@ -76,6 +80,7 @@ from lalm.serve.middleware import (
     header_timeout_protocol,
 )
 from lalm.subtitles import Cue, format_srt, format_vtt
+from lalm.tokenizer import Tokenizer
 
 STATIC = Path(__file__).with_name("static")
 
@@ -96,6 +101,7 @@ class ServerConfig:
     # ``Host`` header names answered (others: 400, against DNS rebinding); None: any
     allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS
     read_timeout_s: float = 60.0  # for a request's line and headers, then for its body
+    realtime: RealtimeLimits = field(default_factory=RealtimeLimits)  # /v1/realtime sessions
 
 
 def served_model_name(model_dir: str | Path) -> str:
@@ -197,9 +203,11 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
             raise ApiError(404, f"model {name!r} does not exist; this server serves "
                            f"{config.model_name!r}", param="model", code="model_not_found")
 
-    def submit(request: PromptRequest, options: GenerationOptions, stream: bool) -> Ticket:
+    def submit(request: PromptRequest, options: GenerationOptions, stream: bool,
+               top_logprobs: int | None = None) -> Ticket:
         try:
-            return batcher.submit(request, options, config.request_timeout_s, stream)
+            return batcher.submit(request, options, config.request_timeout_s, stream,
+                                  top_logprobs)
         except QueueFullError as e:
             raise ApiError(429, f"server busy: {e}; retry later", type="rate_limit_error",
                            code="queue_full") from None
@@ -225,17 +233,20 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
             raise _job_error(event.error)
         return event
 
-    async def results_of(requests: Sequence[PromptRequest], options: GenerationOptions,
-                         http: Request) -> list[Done]:
-        """Submit the jobs together (they share batches) and wait for all within one deadline;
-        when one fails or the client leaves, the others are cancelled."""
+    async def results_of(requests: Sequence[PromptRequest],
+                         options: GenerationOptions | Sequence[GenerationOptions],
+                         http: Request, top_logprobs: int | None = None) -> list[Done]:
+        """Submit the jobs together (they run side by side) and wait for all within one
+        deadline; when one fails or the client leaves, the others are cancelled. ``options``:
+        one for all, or one per request."""
         deadline = time.monotonic() + config.request_timeout_s
+        each = [options] * len(requests) if isinstance(options, GenerationOptions) else options
         tickets: list[Ticket] = []
         results: list[Done] = []
         try:
             async with _watching(http) as gone:
-                for request in requests:
-                    tickets.append(submit(request, options, False))
+                for request, option in zip(requests, each):
+                    tickets.append(submit(request, option, False, top_logprobs))
                 for ticket in tickets:
                     while not isinstance(event := await next_event(ticket, deadline, gone),
                                          Done):
@@ -268,32 +279,39 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
     async def chat_completions(body: s.ChatCompletionRequest, http: Request) -> Any:
         check_model(body.model)
         refuse_unsupported_chat(body)
-        if body.stream and body.stop:
-            raise invalid("stop sequences are not supported with stream=true", "stop")
+        top = logprobs_asked(body)
         options = chat_options(body, pipeline.options, limits)
+        # choice i of n: with a seed, seed + i (distinct draws, each reproducible)
+        choices = [options if options.seed is None else replace(options, seed=options.seed + i)
+                   for i in range(body.n)]
         messages = await run_in_threadpool(chat_messages, body, access, limits)
         request = await run_in_threadpool(pipeline.chat_request, messages)
         await run_in_threadpool(budget.check, request, options, "messages")
+        logprobs = (lambda result: _logprobs(pipeline.tokenizer, result)) if top is not None \
+            else (lambda result: None)
         if not body.stream:
-            (done,) = await results_of([request], options, http)
-            result = done.result
+            done = await results_of([request] * body.n, choices, http, top)
             return s.ChatCompletion(
                 id=s.completion_id(), created=s.now(), model=config.model_name,
-                choices=[s.Choice(message=s.AssistantMessage(content=result.text),
-                                  finish_reason=_finish_reason(result.finish_reason))],
-                usage=s.Usage.of(done.prompt_tokens, len(result.tokens)))
-        ticket = submit(request, options, True)
+                choices=[s.Choice(index=i, message=s.AssistantMessage(content=d.result.text),
+                                  finish_reason=_finish_reason(d.result.finish_reason),
+                                  logprobs=logprobs(d.result))
+                         for i, d in enumerate(done)],
+                usage=s.Usage.of(done[0].prompt_tokens,
+                                 sum(len(d.result.tokens) for d in done)))
+        tickets = [submit(request, option, True, top) for option in choices]
         deadline = time.monotonic() + config.request_timeout_s
         try:
             async with _watching(http) as gone:  # errors before the first token: 4xx
-                first = await next_event(ticket, deadline, gone)
+                firsts = [await next_event(ticket, deadline, gone) for ticket in tickets]
         except ApiError:
-            ticket.cancel()
+            for ticket in tickets:
+                ticket.cancel()
             raise
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(  # it cancels the stream (and so the job) when the client goes
-            _sse(ticket, first, deadline, next_event, IncrementalDecoder(pipeline.tokenizer),
-                 config.model_name, include_usage),
+        return StreamingResponse(  # it cancels the stream (and so the jobs) when the client goes
+            _sse(tickets, firsts, deadline, next_event, config.model_name, include_usage,
+                 None if top is None else pipeline.tokenizer),
             media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
     @app.post("/v1/audio/transcriptions")
@@ -304,8 +322,12 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
         language: Annotated[str | None, Form()] = None,
         response_format: Annotated[s.TranscriptionFormat, Form()] = "json",
         temperature: Annotated[float, Form(ge=0.0, le=2.0)] = 0.0,
+        stream: Annotated[bool, Form()] = False,
     ) -> Any:
         check_model(model)
+        if stream and response_format not in ("json", "text"):
+            raise invalid("response_format: stream=true gives transcript.text.delta / done "
+                          "events, for json or text only", "response_format")
         refuse_unsupported_transcription((await http.form()).multi_items())
         language = language or "en"
         if language not in LANGUAGES:
@@ -318,9 +340,109 @@ def create_app(pipeline: Pipeline, config: ServerConfig) -> FastAPI:
                           temperature=temperature, stop_sequences=())
         for request in plan.requests:
             await run_in_threadpool(budget.check, request, options, "file")
+        if stream:
+            return StreamingResponse(transcription_events(plan, options),
+                                     media_type="text/event-stream",
+                                     headers={"cache-control": "no-cache"})
         done = await results_of(plan.requests, options, http)
         transcript = pipeline.stitch_transcription(plan, [d.result for d in done])
         return _transcription(transcript, plan, response_format, temperature)
+
+    async def transcript_so_far(request: PromptRequest, options: GenerationOptions,
+                                tickets: list[Ticket]) -> AsyncIterator[str | Done]:
+        """A transcription job streamed: its parsed text after each token, then its `Done`
+        (the caller cancels ``tickets``, to which its ticket is added)."""
+        tickets.append(submit(request, options, True))
+        deadline = time.monotonic() + config.request_timeout_s
+        raw = ""
+        while isinstance(event := await next_event(tickets[-1], deadline), Token):
+            if event.finish_reason != "stop":  # the engine's text stream (no stop sequences)
+                raw += event.text
+                yield pipeline.family.parse(raw, request.spec).text.strip()
+        yield event
+
+    async def transcription_events(plan: TranscriptionPlan, options: GenerationOptions
+                                   ) -> AsyncIterator[str]:
+        """OpenAI's transcription stream: ``transcript.text.delta`` events, then
+        ``transcript.text.done``; the deltas concatenate to the done event's text. A clip sent
+        whole streams as its tokens come; a long clip's windows are stitched first, then sent
+        one delta per segment."""
+        deadline = time.monotonic() + config.request_timeout_s
+        tickets: list[Ticket] = []
+        emitted = ""
+
+        def more(text: str) -> str:  # the event carrying what ``text`` adds, if it extends
+            nonlocal emitted
+            if not text.startswith(emitted) or len(text) == len(emitted):
+                return ""
+            delta, emitted = text[len(emitted):], text
+            return _event({"type": "transcript.text.delta", "delta": delta})
+
+        try:
+            if plan.windows is None:
+                dones = []
+                async for step in transcript_so_far(plan.requests[0], options, tickets):
+                    if isinstance(step, Done):
+                        dones.append(step)
+                    elif piece := more(step):
+                        yield piece
+            else:
+                tickets += [submit(request, options, False) for request in plan.requests]
+                dones = []
+                for ticket in tickets:
+                    while not isinstance(event := await next_event(ticket, deadline), Done):
+                        pass
+                    dones.append(event)
+            results = [d.result for d in dones]
+            transcript = pipeline.stitch_transcription(plan, results)
+            sep = "" if plan.language in SPACELESS_LANGUAGES else " "
+            shown = ""
+            for segment in transcript.segments:  # a long clip: one delta per segment
+                shown = (shown + sep + segment.text.strip()).strip()
+                if piece := more(shown):
+                    yield piece
+            text = _transcription(transcript, plan, "json", 0.0).text
+            if piece := more(text):
+                yield piece
+            usage = s.Usage.of(sum(d.prompt_tokens for d in dones),
+                               sum(len(r.tokens) for r in results))
+            yield _event({"type": "transcript.text.done", "text": text, "usage": {
+                "type": "tokens", "input_tokens": usage.prompt_tokens,
+                "output_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens}})
+        except ApiError as e:  # the status line is sent already
+            yield _event({"type": "error", "error": {"message": e.message, "type": e.type,
+                                                     "code": e.code}})
+        finally:
+            for ticket in tickets:
+                ticket.cancel()
+
+    async def transcribe_segment(samples: Any, language: str,
+                                 partial: Callable[[str], Awaitable[None]]) -> str:
+        """A realtime segment's transcript, run by the batcher like an upload's window;
+        ``partial`` gets the text so far after each token."""
+        request = pipeline.transcribe_request(samples, language)
+        options = replace(pipeline.options, max_new_tokens=limits.default_max_tokens,
+                          temperature=0.0, stop_sequences=())
+        await run_in_threadpool(budget.check, request, options, "audio")
+        tickets: list[Ticket] = []
+        try:
+            async for step in transcript_so_far(request, options, tickets):
+                if isinstance(step, Done):
+                    result = step.result
+                else:
+                    await partial(step)
+        finally:
+            for ticket in tickets:
+                ticket.cancel()
+        return (result.parsed.text if result.parsed else result.text).strip()
+
+    app.state.transcribe_segment = transcribe_segment  # what realtime sessions run
+    sessions = SessionCount()
+
+    @app.websocket("/v1/realtime")
+    async def realtime(websocket: WebSocket, intent: str | None = None) -> None:
+        await serve_session(websocket, app.state.transcribe_segment, config.model_name,
+                            config.realtime, sessions, intent)
 
     app.state.metrics = None  # set by `build_asgi`
     return app
@@ -338,46 +460,91 @@ def build_asgi(pipeline: Pipeline, config: ServerConfig) -> Callable[..., Awaita
     return app.state.metrics
 
 
+def _event(body: dict[str, Any]) -> str:
+    """One server-sent event."""
+    return f"data: {json.dumps(body)}\n\n"
+
+
 def _finish_reason(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
-async def _sse(ticket: Ticket, first: Token | Done, deadline: float,
-               next_event: Callable[[Ticket, float], Awaitable[Token | Done]],
-               decoder: IncrementalDecoder, model: str, include_usage: bool
-               ) -> AsyncIterator[str]:
-    """Server-sent events of one streamed completion (OpenAI's chunk sequence)."""
+def _token_logprobs(tokenizer: Tokenizer, record: TokenLogprob) -> s.TokenLogprobs:
+    """One token's OpenAI logprobs entry (texts decoded one token at a time: a token that
+    ends inside a UTF-8 character shows U+FFFD, its ``bytes`` those of that text)."""
+    def text(token: int) -> str:
+        return tokenizer.decode([token])
+
+    return s.TokenLogprobs(
+        token=text(record.token), logprob=record.logprob,
+        bytes=list(text(record.token).encode()),
+        top_logprobs=[s.TopLogprob(token=text(t), logprob=lp, bytes=list(text(t).encode()))
+                      for t, lp in record.top])
+
+
+def _logprobs(tokenizer: Tokenizer, result: GenerationResult) -> s.ChoiceLogprobs:
+    """A finished choice's logprobs: one entry per output token (the stop token not shown)."""
+    records = list(result.token_logprobs or ())
+    if result.finish_reason == "stop" and records:
+        records = records[:-1]
+    return s.ChoiceLogprobs(content=[_token_logprobs(tokenizer, r) for r in records])
+
+
+async def _sse(tickets: Sequence[Ticket], firsts: Sequence[Token | Done], deadline: float,
+               next_event: Callable[[Ticket, float], Awaitable[Token | Done]], model: str,
+               include_usage: bool, logprobs: Tokenizer | None) -> AsyncIterator[str]:
+    """Server-sent events of one streamed completion (OpenAI's chunk sequence), its ``n``
+    choices interleaved as their tokens come. The text of each chunk is what the engine
+    releases (`lalm.generation.engine.TextStream`: held back while it may start a stop
+    sequence, cut there). With ``logprobs`` (the tokenizer) every token gets a chunk with its
+    log-probabilities (the stop token excepted)."""
     cid, created = s.completion_id(), s.now()
 
-    def chunk(delta: s.Delta, finish: str | None = None, usage: s.Usage | None = None,
-              choices: bool = True) -> str:
+    def chunk(index: int, delta: s.Delta, finish: str | None = None,
+              usage: s.Usage | None = None, choices: bool = True,
+              token: Token | None = None) -> str:
+        lp = None
+        if logprobs is not None and token is not None and token.logprob is not None:
+            lp = s.ChoiceLogprobs(content=[_token_logprobs(logprobs, token.logprob)])
         body = s.ChatCompletionChunk(
             id=cid, created=created, model=model, usage=usage,
-            choices=[s.ChunkChoice(delta=delta, finish_reason=finish)] if choices else [])
+            choices=[s.ChunkChoice(index=index, delta=delta, finish_reason=finish,
+                                   logprobs=lp)] if choices else [])
         return f"data: {body.model_dump_json(exclude_none=True)}\n\n"
 
-    yield chunk(s.Delta(role="assistant", content=""))
-    event = first
+    for i in range(len(tickets)):
+        yield chunk(i, s.Delta(role="assistant", content=""))
+    current: dict[int, Token | Done] = dict(enumerate(firsts))
+    done: dict[int, Done] = {}
+    waiting: dict[asyncio.Future[Token | Done], int] = {}
     try:
-        while isinstance(event, Token):
-            if event.finish_reason != "stop":  # the stop token is not shown
-                piece = decoder.push(event.token)
-                if piece:
-                    yield chunk(s.Delta(content=piece))
-            event = await next_event(ticket, deadline)
+        while True:
+            for i, event in sorted(current.items()):
+                if isinstance(event, Done):
+                    done[i] = event
+                    yield chunk(i, s.Delta(), _finish_reason(event.result.finish_reason))
+                    continue
+                token = event if event.finish_reason != "stop" else None  # stop: not shown
+                if event.text or (logprobs is not None and token is not None):
+                    yield chunk(i, s.Delta(content=event.text), token=token)
+                waiting[asyncio.ensure_future(next_event(tickets[i], deadline))] = i
+            current = {}
+            if not waiting:
+                break
+            ready, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for future in ready:
+                current[waiting.pop(future)] = future.result()
     except ApiError as e:  # timed out or failed mid-stream: the status line is sent already
         yield f"data: {json.dumps({'error': {'message': e.message, 'type': e.type}})}\n\n"
         return
     finally:
-        ticket.cancel()
-    rest = decoder.flush()
-    if rest:
-        yield chunk(s.Delta(content=rest))
-    result = event.result
-    yield chunk(s.Delta(), _finish_reason(result.finish_reason))
+        for future in waiting:
+            future.cancel()
+        for ticket in tickets:
+            ticket.cancel()
     if include_usage:
-        yield chunk(s.Delta(), usage=s.Usage.of(event.prompt_tokens, len(result.tokens)),
-                    choices=False)
+        usage = s.Usage.of(done[0].prompt_tokens, sum(len(d.result.tokens) for d in done.values()))
+        yield chunk(0, s.Delta(), usage=usage, choices=False)
     yield "data: [DONE]\n\n"
 
 
@@ -413,20 +580,38 @@ def _transcription(transcript: Transcript, plan: TranscriptionPlan, response_for
 
 
 def _prometheus(metrics: Metrics, batcher: Batcher) -> str:
-    stats = batcher.stats
+    stats, engine = batcher.stats, batcher.engine
+    encoder_cache = batcher.pipeline.encoder_cache
     lines = ["# TYPE lalm_requests_total counter"]
     lines += [f'lalm_requests_total{{route="{route}",status="{status}"}} {n}'
               for (route, status), n in sorted(metrics.requests.items())]
     lines += ["# TYPE lalm_request_seconds_sum counter"]
     lines += [f'lalm_request_seconds_sum{{route="{route}"}} {t:.6f}'
               for route, t in sorted(metrics.seconds.items())]
-    for name, value, kind in (("queue_depth", batcher.depth, "gauge"),
-                              ("batches_total", stats.batches, "counter"),
-                              ("batch_rows_total", stats.rows, "counter"),
-                              ("generated_tokens_total", stats.generated_tokens, "counter"),
-                              ("cancelled_rows_total", stats.cancelled_rows, "counter"),
-                              ("failed_jobs_total", stats.failed_jobs, "counter"),
-                              ("expired_jobs_total", stats.expired_jobs, "counter")):
+    hits = engine.stats.prefix_hits
+    lookups = engine.stats.prefix_lookups
+    looked = encoder_cache.hits + encoder_cache.misses
+    for name, value, kind in (
+            ("queue_depth", batcher.depth + engine.waiting, "gauge"),
+            ("running_sequences", engine.running, "gauge"),
+            ("batches_total", stats.batches, "counter"),
+            ("batch_rows_total", stats.rows, "counter"),
+            ("engine_steps_total", engine.stats.steps, "counter"),
+            ("generated_tokens_total", engine.stats.generated_tokens, "counter"),
+            ("tokens_per_second", round(engine.stats.tokens_per_second(), 3), "gauge"),
+            ("prefill_tokens_total", engine.stats.prefill_tokens, "counter"),
+            ("prefix_reused_tokens_total", engine.stats.reused_tokens, "counter"),
+            ("prefix_cache_hits_total", hits, "counter"),
+            ("prefix_cache_lookups_total", lookups, "counter"),
+            ("prefix_cache_hit_rate", round(hits / lookups, 4) if lookups else 0.0, "gauge"),
+            ("encoder_cache_hits_total", encoder_cache.hits, "counter"),
+            ("encoder_cache_misses_total", encoder_cache.misses, "counter"),
+            ("encoder_cache_hit_rate", round(encoder_cache.hits / looked, 4) if looked
+             else 0.0, "gauge"),
+            ("encoder_cache_bytes", encoder_cache.bytes, "gauge"),
+            ("cancelled_rows_total", stats.cancelled_rows, "counter"),
+            ("failed_jobs_total", stats.failed_jobs, "counter"),
+            ("expired_jobs_total", stats.expired_jobs, "counter")):
         lines += [f"# TYPE lalm_{name} {kind}", f"lalm_{name} {value}"]
     return "\n".join(lines) + "\n"
 

@@ -25,9 +25,9 @@ from functools import cached_property
 
 import numpy as np
 
-from lalm.generation import REAL_LENGTH, GenerationOptions, Pipeline, Request
+from lalm.generation import GenerationOptions, Pipeline, Request
 from lalm.longform import chat_audio_token_count
-from lalm.prompt import AudioPart, Family
+from lalm.prompt import AudioPart
 from lalm.serve.inputs import ApiError, invalid
 
 
@@ -59,8 +59,8 @@ class PromptBudget:
         if not isinstance(samples, np.ndarray):
             raise TypeError("the server's prompts carry decoded clips (float arrays)")
         n = chat_audio_token_count(int(samples.shape[0]), self.pipeline.window_s,
-                                   REAL_LENGTH[self.pipeline.family])
-        return n + (2 if self.pipeline.family is Family.QWEN_AUDIO else 0)
+                                   self.pipeline.family.real_length)
+        return n + self.pipeline.family.boundary_rows
 
     def lower_bound(self, request: Request) -> int:
         """At most the prompt's token count, without tokenizing its text."""
@@ -76,7 +76,7 @@ class PromptBudget:
 
     def exact(self, request: Request) -> int:
         """The prompt's token count, as `Pipeline.prepare` encodes it."""
-        boundary = 2 if self.pipeline.family is Family.QWEN_AUDIO else 0
+        boundary = self.pipeline.family.boundary_rows
         counts = [self._audio_tokens(a) - boundary for a in request.prompt.audios]
         return len(request.prompt.encode(self.pipeline.tokenizer, counts).ids)
 

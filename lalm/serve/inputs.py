@@ -371,8 +371,6 @@ def chat_options(body: ChatCompletionRequest, defaults: GenerationOptions,
 # OpenAI request fields lalm does not implement, with the values that ask for nothing (a
 # client may send those): any other value is a 400 naming the field, never silently ignored.
 UNSUPPORTED_CHAT: dict[str, tuple[object, ...]] = {
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
     "frequency_penalty": (None, 0),
     "presence_penalty": (None, 0),
     "logit_bias": (None, {}),
@@ -380,7 +378,6 @@ UNSUPPORTED_CHAT: dict[str, tuple[object, ...]] = {
     "response_format": (None, {"type": "text"}),
 }
 UNSUPPORTED_TRANSCRIPTION: dict[str, tuple[str, ...]] = {  # form fields, values lowercased
-    "stream": ("false",),
     "logprobs": ("false",),
     "include": (),  # include[]=logprobs
     "include[]": (),
@@ -394,6 +391,20 @@ UNSUPPORTED_TRANSCRIPTION: dict[str, tuple[str, ...]] = {  # form fields, values
 def _unsupported(name: str, value: object) -> ApiError:
     return invalid(f"{name}: {value!r} is not supported by this server (lalm does not "
                    f"implement it); leave it out", name, "unsupported_parameter")
+
+
+def logprobs_asked(body: ChatCompletionRequest) -> int | None:
+    """How many alternatives per token a chat request wants with its log-probabilities
+    (``top_logprobs``, 0 by default), or None when it wants none.
+
+    Raises:
+        ApiError: ``top_logprobs`` without ``logprobs: true`` (as OpenAI).
+    """
+    if not body.logprobs:
+        if body.top_logprobs:
+            raise invalid("top_logprobs: needs logprobs: true", "top_logprobs")
+        return None
+    return body.top_logprobs or 0
 
 
 def refuse_unsupported_chat(body: ChatCompletionRequest) -> None:

@@ -7,6 +7,10 @@ Outermost first (`lalm.serve.app.build_asgi`):
   sends its own host name), from an allowlist that defaults to the bind address;
 * `Auth`: ``Authorization: Bearer KEY`` (scheme case-insensitive, RFC 7235) on /v1, /metrics
   and /openapi.json, or on every route with ``protect_all``;
+* WebSocket handshakes (/v1/realtime) pass `HostCheck` (and their ``Origin``, which every
+  browser sends, must name an allowed host too: a page elsewhere cannot open a session) and
+  `Auth` (the key as a header, or, from a browser, which cannot set headers, as the
+  ``openai-insecure-api-key.KEY`` subprotocol, as OpenAI's); a refused handshake gets 403;
 * `BodyLimit`: the body within the size limit (a declared length over it is refused before a
   byte is read) and within the read timeout (408).
 
@@ -23,6 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from lalm.serve import schemas as s
 
@@ -34,6 +39,7 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 ANY_ADDRESS = ("0.0.0.0", "::", "")  # binds every interface: the host names are unknown
 PROTECTED_PATHS = ("/metrics", "/openapi.json")  # besides /v1/*
+KEY_SUBPROTOCOL = "openai-insecure-api-key."  # a browser's API key on a WebSocket handshake
 
 
 async def send_error(send: Send, status: int, message: str, code: str,
@@ -113,6 +119,12 @@ class BodyLimit:
         await self.app(scope, timed, answered)
 
 
+async def refuse_websocket(receive: Receive, send: Send) -> None:
+    """Refuse a WebSocket handshake (the server answers 403)."""
+    await receive()  # websocket.connect
+    await send({"type": "websocket.close", "code": 1008})
+
+
 def host_name(header: str) -> str:
     """The host of a ``Host`` header value, without port or IPv6 brackets, lowercase."""
     header = header.strip().lower()
@@ -139,9 +151,17 @@ class HostCheck:
         self.allowed = None if allowed is None else frozenset(host_name(h) for h in allowed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.allowed is None:
+        if scope["type"] not in ("http", "websocket") or self.allowed is None:
             return await self.app(scope, receive, send)
-        given = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        headers = dict(scope["headers"])
+        given = headers.get(b"host", b"").decode("latin-1")
+        if scope["type"] == "websocket":
+            origin = headers.get(b"origin", b"").decode("latin-1")
+            origin_host = host_name(urlsplit(origin).netloc) if origin else None
+            if host_name(given) not in self.allowed or (
+                    origin_host is not None and origin_host not in self.allowed):
+                return await refuse_websocket(receive, send)
+            return await self.app(scope, receive, send)
         if host_name(given) not in self.allowed:
             return await send_error(
                 send, 400, f"Host header {given!r} is not one this server answers to "
@@ -173,9 +193,16 @@ class Auth:
             token.strip().encode(), (self.api_key or "").encode())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.protects(scope["path"]):
+        if scope["type"] not in ("http", "websocket") or not self.protects(scope["path"]):
             return await self.app(scope, receive, send)
         given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        if scope["type"] == "websocket":
+            keys = [p[len(KEY_SUBPROTOCOL):] for p in scope.get("subprotocols", ())
+                    if p.startswith(KEY_SUBPROTOCOL)]
+            if not (self.authorized(given) or any(self.authorized(f"Bearer {k}")
+                                                  for k in keys)):
+                return await refuse_websocket(receive, send)
+            return await self.app(scope, receive, send)
         if not self.authorized(given):
             return await send_error(send, 401, "missing or invalid API key (Authorization: "
                                     "Bearer KEY)", "invalid_api_key", "authentication_error")

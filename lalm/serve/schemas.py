@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 AudioFormat = Literal["wav", "mp3", "flac", "ogg"]
+MAX_CHOICES = 8  # largest ``n`` a chat request may ask for
 TranscriptionFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 
 
@@ -91,13 +92,13 @@ class ChatCompletionRequest(_Request):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=0, lt=2**64)  # torch's generator seeds
     stop: str | list[str] | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)  # choices (with a seed, choice i: seed + i)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    logprobs: bool | None = None  # each output token's log-probability
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)  # alternatives per token
     # OpenAI fields lalm does not implement: a 400 names them unless unset or neutral
     # (`lalm.serve.inputs.refuse_unsupported_chat`)
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
@@ -129,13 +130,36 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    """One alternative at a position: its text, log-probability and UTF-8 bytes."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobs(BaseModel):
+    """One output token's log-probability and its ``top_logprobs`` alternatives."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """``choices[i].logprobs`` when the request asks for ``logprobs``."""
+
+    content: list[TokenLogprobs] | None
+
+
 class Choice(BaseModel):
-    """One completion choice (lalm always returns one)."""
+    """One completion choice (``n`` of them, ``index`` 0..n-1)."""
 
     index: int = 0
     message: AssistantMessage
     finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -162,7 +186,7 @@ class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):

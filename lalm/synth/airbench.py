@@ -12,7 +12,8 @@ import json
 import os
 from pathlib import Path
 
-from lalm.data.manifest import atomic_write, iter_manifest
+from lalm.data.manifest import iter_manifest
+from lalm.files import atomic_write
 
 DATASET_NAME = "lalm-synth"
 

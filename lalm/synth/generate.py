@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lalm.data.manifest import SPLITS, AudioRef, Example, atomic_write, write_manifest
+from lalm.data.manifest import SPLITS, AudioRef, Example, write_manifest
 from lalm.errors import DataError
+from lalm.files import atomic_write
 from lalm.synth.airbench import export_airbench
 from lalm.synth.mixing import wav_bytes
 from lalm.synth.tasks import TASKS

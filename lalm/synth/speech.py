@@ -224,14 +224,14 @@ def synthesize_words(words: list[str], voice: Voice, gaps: list[float],
     for i, gap in enumerate(gaps):
         pause = silence(gap)
         if gap >= min_silence:
-            spans.append(TimedWord(cursor / SAMPLE_RATE, (cursor + pause.size) / SAMPLE_RATE,
-                                   None))
+            spans.append(TimedWord(None, cursor / SAMPLE_RATE,
+                                   (cursor + pause.size) / SAMPLE_RATE))
         parts.append(pause)
         cursor += pause.size
         if i < len(words):
             clip = synthesize(words[i], voice)
-            spans.append(TimedWord(cursor / SAMPLE_RATE, (cursor + clip.size) / SAMPLE_RATE,
-                                   words[i]))
+            spans.append(TimedWord(words[i], cursor / SAMPLE_RATE,
+                                   (cursor + clip.size) / SAMPLE_RATE))
             parts.append(clip)
             cursor += clip.size
     return concat(parts), tuple(spans)

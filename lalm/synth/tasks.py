@@ -4,7 +4,7 @@ A task function takes (rng, split) and returns an `Item`; the generator core (`g
 gives it an id, writes its audio and turns it into a manifest `Example`. Everything an answer
 states is a parameter the function drew, never something measured from the audio.
 
-Classification items carry a single-choice form (`TaskSpec.choices`, the answer among them)
+Classification items carry a single-choice form (`ExampleTask.choices`, the answer among them)
 always in valid/test (these feed the AIR-Bench export) and half of the time in train.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lalm.data.manifest import LANGUAGES, Message, TaskSpec, TimedWord
+from lalm.data.manifest import LANGUAGES, ExampleTask, ExampleTurn, TimedWord
 from lalm.synth import music, sounds
 from lalm.synth.mixing import concat, mix_at_snr, normalize, overlay, seconds, silence
 from lalm.synth.phrasebook import LANGUAGE_NAMES, phrase, phrases_for
@@ -39,11 +39,11 @@ class Item:
     """
 
     audios: list[np.ndarray]
-    task: TaskSpec
+    task: ExampleTask
     target: str
     answer: str | None = None
     words: tuple[TimedWord, ...] = ()
-    messages: tuple[Message, ...] = ()
+    messages: tuple[ExampleTurn, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -65,11 +65,11 @@ def _with_choices(question: str, choices: tuple[str, ...]) -> str:
 
 
 def _classify(rng: np.random.Generator, split: str, name: str, question: str, answer: str,
-              pool: list[str], audio_language: str | None = None) -> TaskSpec:
+              pool: list[str], audio_language: str | None = None) -> ExampleTask:
     """A classification task spec: open question, or single choice (always off train)."""
     single = split != "train" or rng.random() < 0.5
     choices = _choices(rng, answer, pool) if single else ()
-    return TaskSpec(name, audio_language, "en", instruction=_with_choices(question, choices),
+    return ExampleTask(name, audio_language, "en", instruction=_with_choices(question, choices),
                     question=question, choices=choices)
 
 
@@ -88,7 +88,7 @@ def asr(rng: np.random.Generator, split: str) -> Item:
     language = str(_pick(rng, LANGUAGES))
     text, meta = _spoken_text(rng, split, language)
     voice = random_voice(rng, language)
-    task = TaskSpec("asr", language, language, instruction="Transcribe the speech.")
+    task = ExampleTask("asr", language, language, instruction="Transcribe the speech.")
     return Item([synthesize(text, voice)], task, text, metadata={**meta, "voice": voice.to_dict()})
 
 
@@ -96,7 +96,7 @@ def s2tt(rng: np.random.Generator, split: str) -> Item:
     source, target = (str(x) for x in rng.choice(LANGUAGES, size=2, replace=False))
     index = int(_pick(rng, phrases_for(split)))
     voice = random_voice(rng, source)
-    task = TaskSpec("s2tt", source, target,
+    task = ExampleTask("s2tt", source, target,
                     instruction=f"Translate the speech into {LANGUAGE_NAMES[target]}.")
     return Item([synthesize(phrase(index, source), voice)], task, phrase(index, target),
                 metadata={"phrase": index, "source_text": phrase(index, source),
@@ -108,7 +108,7 @@ def srwt(rng: np.random.Generator, split: str) -> Item:
     words = text.split()
     voice = random_voice(rng, "en", rate="normal")
     audio, spans = synthesize_words(words, voice, word_gaps(rng, len(words)))
-    task = TaskSpec("srwt", "en", "en", timestamps=True,
+    task = ExampleTask("srwt", "en", "en", timestamps=True,
                     instruction="Transcribe the speech with the start and end time of each word.")
     return Item([audio], task, text, words=spans,
                 metadata={"template": family, "voice": voice.to_dict()})
@@ -279,7 +279,8 @@ def _caption(f: dict[str, Any]) -> str:
 
 def mixed_caption(rng: np.random.Generator, split: str) -> Item:
     audio, facts = _mixture(rng, split)
-    task = TaskSpec("mixed_caption", None, "en", instruction="Describe the audio in one sentence.")
+    task = ExampleTask("mixed_caption", None, "en",
+                       instruction="Describe the audio in one sentence.")
     return Item([audio], task, _caption(facts), metadata=facts)
 
 
@@ -299,7 +300,7 @@ def _mixed_question(rng: np.random.Generator, split: str, name: str, single: boo
     question, pool = _MIXED_QUESTIONS[key]
     answer = LANGUAGE_NAMES[facts[key]] if key == "language" else str(facts[key])
     choices = _choices(rng, answer, pool) if single and pool else ()
-    task = TaskSpec(name, None, "en", instruction=_with_choices(question, choices),
+    task = ExampleTask(name, None, "en", instruction=_with_choices(question, choices),
                     question=question, choices=choices)
     return Item([audio], task, answer, answer, metadata={**facts, "asked": key})
 
@@ -320,9 +321,9 @@ def chat(rng: np.random.Generator, split: str) -> Item:
     clips = [normalize(sounds.event(event, rng)[0]), music.note(midi, instrument, 1.2, rng)]
     q1, q2 = "What sound is in Audio 1?", "And which instrument plays in Audio 2?"
     a1, a2 = f"The sound in Audio 1 is: {event}.", f"The instrument in Audio 2 is: {instrument}."
-    messages = (Message("user", q1, (0, 1)), Message("assistant", a1), Message("user", q2),
-                Message("assistant", a2))
-    task = TaskSpec("chat", None, "en", instruction=q2, question=q2)
+    messages = (ExampleTurn("user", q1, (0, 1)), ExampleTurn("assistant", a1),
+                ExampleTurn("user", q2), ExampleTurn("assistant", a2))
+    task = ExampleTask("chat", None, "en", instruction=q2, question=q2)
     return Item(clips, task, a2, instrument, messages=messages,
                 metadata={"event": event, "instrument": instrument, "midi": midi})
 
@@ -344,8 +345,8 @@ def voice_chat(rng: np.random.Generator, split: str) -> Item:
     question, value = _arithmetic(rng, split)
     voice = random_voice(rng, "en")
     answer = f"{number_words(value).capitalize()}."
-    messages = (Message("user", "", (0,)), Message("assistant", answer))
-    task = TaskSpec("voice_chat", "en", "en", question=question)
+    messages = (ExampleTurn("user", "", (0,)), ExampleTurn("assistant", answer))
+    task = ExampleTask("voice_chat", "en", "en", question=question)
     return Item([synthesize(question, voice)], task, answer, str(value), messages=messages,
                 metadata={"spoken_question": question, "voice": voice.to_dict()})
 
@@ -359,8 +360,8 @@ def text_chat(rng: np.random.Generator, split: str) -> Item:
         target = str(_pick(rng, LANGUAGES[1:]))
         question = (f'Translate "{phrase(index, "en")}" into {LANGUAGE_NAMES[target]}.')
         answer = short = phrase(index, target)
-    messages = (Message("user", question), Message("assistant", answer))
-    task = TaskSpec("text_chat", None, "en", instruction=question, question=question)
+    messages = (ExampleTurn("user", question), ExampleTurn("assistant", answer))
+    task = ExampleTask("text_chat", None, "en", instruction=question, question=question)
     return Item([], task, answer, short, messages=messages)
 
 

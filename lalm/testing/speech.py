@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from unittest import mock
 
@@ -22,6 +20,7 @@ import numpy as np
 import lalm.synth.speech
 from lalm.assets import cache_dir
 from lalm.errors import AssetError
+from lalm.files import write_atomic
 from lalm.prompt import TimedWord
 from lalm.synth.speech import Voice, synthesize
 
@@ -62,10 +61,12 @@ def synthesize_speech(text: str = SAMPLE_TEXT, rate: str = "normal") -> np.ndarr
         return np.load(target)
     audio = synthesize(text, Voice("piper", "en", rate=rate)).astype(np.float32, copy=False)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npy", dir=target.parent)
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, audio)
-    os.replace(tmp, target)  # atomic: a killed synthesis is never read back
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a name
+            np.save(f, audio)
+
+    write_atomic(target, save)  # a killed synthesis is never read back
     return audio
 
 
@@ -103,4 +104,4 @@ def speech_recording(n_sentences: int, seed: int = 2024) -> tuple[np.ndarray, li
     with mock.patch.object(lalm.synth.speech, "synthesize",
                            lambda text, voice: synthesize_speech(text, voice.rate)):
         audio, spans = lalm.synth.speech.synthesize_words(words, Voice("piper", "en"), gaps)
-    return audio, [TimedWord(s.word, s.start, s.end) for s in spans if s.word is not None]
+    return audio, [s for s in spans if s.word is not None]

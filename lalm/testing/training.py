@@ -10,7 +10,7 @@ import numpy as np
 import soundfile as sf
 
 from lalm.audio import SAMPLE_RATE
-from lalm.data.manifest import AudioRef, Example, TaskSpec, read_manifest, write_manifest
+from lalm.data.manifest import AudioRef, Example, ExampleTask, read_manifest, write_manifest
 from lalm.prompt import QWEN2_AUDIO_SPECIAL_TOKENS
 from lalm.tokenizer import load_tokenizer
 from lalm.training.bpe import corpus, train_tokenizer
@@ -40,7 +40,7 @@ def write_tone_dataset(folder: str | Path, n: int, split: str = "train",
         sf.write(folder / rel, wave, SAMPLE_RATE, subtype="PCM_16")
         examples.append(Example(
             id=f"{split}-{i:03d}", audios=(AudioRef(rel),), target=note, answer=note,
-            task=TaskSpec("music_pitch", instruction="Which note is played?"), split=split))
+            task=ExampleTask("music_pitch", instruction="Which note is played?"), split=split))
     path = folder / f"{split}.jsonl"
     write_manifest(path, examples)
     return path

@@ -35,17 +35,18 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from lalm.data.manifest import Example, atomic_write
+from lalm.data.manifest import Example
+from lalm.data.render import render_prompt, render_target
 from lalm.errors import TokenizerError
+from lalm.files import atomic_write
 from lalm.prompt import (
     AUDIO_END,
     AUDIO_PAD,
     AUDIO_START,
+    QWEN2_AUDIO,
     QWEN2_AUDIO_SPECIAL_TOKENS,
     QWEN_AUDIO_AUDIO_TOKENS,
-    Family,
 )
-from lalm.synth.render import render_prompt, render_target
 from lalm.tokenizer import QWEN_PATTERN, Tokenizer, load_tokenizer
 
 _VALUE_TAG = re.compile(r"<\|(\d+\.\d\d|midi_(pitch|velocity)_\d+)\|>")
@@ -62,8 +63,8 @@ def corpus(examples: Iterable[Example]) -> Iterator[str]:
     """Training text of examples: each rendered prompt (Qwen2-Audio chat) and target, split at
     special tokens (which the BPE never sees: they are whole tokens of their own)."""
     for example in examples:
-        for text in (render_prompt(example, Family.QWEN2_AUDIO).text,
-                     render_target(example, Family.QWEN2_AUDIO)):
+        for text in (render_prompt(example, QWEN2_AUDIO).text,
+                     render_target(example, QWEN2_AUDIO)):
             yield from (piece for piece in _SPECIAL_RE.split(text) if piece)
 
 

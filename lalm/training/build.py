@@ -7,7 +7,6 @@ usable (and tested) on its own.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,9 +27,8 @@ from lalm.data.manifest import AudioRef, Example
 from lalm.errors import ConfigError, DataError, LalmError
 from lalm.model import AudioLanguageModel
 from lalm.model.encoder import AudioEncoder
-from lalm.prompt import Family
 from lalm.tokenizer import Tokenizer, load_tokenizer
-from lalm.training.dpo import PreferenceDataset, PreferencePair, read_pairs
+from lalm.training.dpo import PreferenceDataset, read_pairs
 from lalm.training.encoder_cache import EncodedDataset
 from lalm.training.lora import apply_lora, merge_lora
 from lalm.training.qlora import quantize_lora_base
@@ -79,8 +77,8 @@ def build_model(config: TrainConfig, tokenizer: Tokenizer) -> AudioLanguageModel
     if model.config.decoder.vocab_size < len(tokenizer):
         raise ConfigError(f"model vocab_size {model.config.decoder.vocab_size} is smaller than "
                           f"the tokenizer ({len(tokenizer)} ids, {tokenizer.source})")
-    if model.config.projector.audio_bos_eos != (tokenizer.family is Family.QWEN_AUDIO):
-        raise ConfigError(f"tokenizer {tokenizer.source} is {tokenizer.family.value} but the "
+    if model.config.projector.audio_bos_eos != bool(tokenizer.family.boundary_rows):
+        raise ConfigError(f"tokenizer {tokenizer.source} is {tokenizer.family.name} but the "
                           f"model is of the other family (projector.audio_bos_eos)")
     set_parts(model, config.parts, config.lora)
     return model.train()

@@ -7,7 +7,7 @@ object per line, keeping lalm's `Example` record as it is::
     {"id": "p1", "prompt": {<Example.to_dict()>}, "chosen": "...", "rejected": "..."}
 
 Both answers are written in the rendered-target form (what the model should write after the
-prompt, as `lalm.synth.render.render_target` gives it). The loss, with policy log-likelihoods
+prompt, as `lalm.data.render.render_target` gives it). The loss, with policy log-likelihoods
 ``pi_c, pi_r`` and frozen-reference ones ``ref_c, ref_r`` of the two answers (sums over the
 answer tokens and the end token)::
 
@@ -31,8 +31,9 @@ from torch.utils.data import Dataset
 
 from lalm.data.collate import collate
 from lalm.data.dataset import AudioTextDataset
-from lalm.data.manifest import Example, Message, atomic_write
+from lalm.data.manifest import Example, ExampleTurn
 from lalm.errors import DataError
+from lalm.files import atomic_write
 from lalm.model.lalm import IGNORE_INDEX
 from lalm.tokenizer import Tokenizer
 
@@ -62,7 +63,7 @@ class PreferencePair:
         example = self.prompt
         messages = example.messages
         if messages and messages[-1].role == "assistant":
-            messages = (*messages[:-1], Message("assistant", answer, messages[-1].audios))
+            messages = (*messages[:-1], ExampleTurn("assistant", answer, messages[-1].audios))
         task = dataclasses.replace(example.task, timestamps=False)
         return dataclasses.replace(example, target=answer, messages=messages, task=task,
                                    words=(), answer=None)

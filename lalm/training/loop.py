@@ -50,7 +50,6 @@ from lalm.config import resolve_dtype
 from lalm.data.collate import Collator, count_items, model_inputs
 from lalm.data.sampler import BucketBatchSampler, HeldOutBatches
 from lalm.errors import TrainingError
-from lalm.model import AudioLanguageModel
 from lalm.model.lalm import IGNORE_INDEX
 from lalm.training.build import (
     SkipBadCollator,

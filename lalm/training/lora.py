@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lalm.errors import ConfigError
 from lalm.training.stages import LoraConfig
 
 
@@ -101,13 +102,14 @@ def apply_lora(module: nn.Module, config: LoraConfig, prefix: str = "") -> list[
         module: e.g. ``model.decoder``; its other parameters are left as they are.
         config: rank, alpha, dropout and target name suffixes (empty: every Linear).
         prefix: `module`'s own name, prepended to the names matched against the targets and
-            to the returned names (``"decoder"`` makes ``attn.q`` match ``decoder.layers.0.attn.q``).
+            to the returned names (``"decoder"`` makes ``attn.q`` match
+            ``decoder.layers.0.attn.q``).
 
     Returns:
         The qualified names of the adapted layers.
 
     Raises:
-        ValueError: no Linear layer matched.
+        ConfigError: no Linear layer matched.
     """
     adapted = []
     for name, child in list(module.named_modules()):
@@ -122,7 +124,7 @@ def apply_lora(module: nn.Module, config: LoraConfig, prefix: str = "") -> list[
                                                      config.dropout))
         adapted.append(full)
     if not adapted:
-        raise ValueError(f"LoRA targets {list(config.targets)} match no Linear layer under "
+        raise ConfigError(f"LoRA targets {list(config.targets)} match no Linear layer under "
                          f"{prefix or 'the module'}")
     return adapted
 

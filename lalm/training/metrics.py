@@ -1,7 +1,7 @@
 """Task metrics during training: decode a held-out slice through the pipeline and score it.
 
 The slice's examples are rendered exactly as the dataset renders them for training
-(`lalm.synth.render.render_prompt`), decoded greedily by `lalm.generation.pipeline.Pipeline` (the
+(`lalm.data.render.render_prompt`), decoded greedily by `lalm.generation.pipeline.Pipeline` (the
 one place that knows the whole inference path) and scored with `lalm.eval.metrics`:
 
 * ``wer_<lang>``: ASR items, word (or character) error rate per spoken language;
@@ -21,12 +21,11 @@ from collections.abc import Sequence
 import torch
 
 from lalm.data.manifest import Example
+from lalm.data.render import render_prompt, task_spec
 from lalm.eval.metrics import accuracy, bleu, error_rate
 from lalm.generation import GenerationOptions
 from lalm.generation.pipeline import Pipeline, Request
 from lalm.model import AudioLanguageModel
-from lalm.prompt import Family
-from lalm.synth.render import render_prompt, v1_task_spec
 from lalm.tokenizer import Tokenizer
 
 
@@ -67,9 +66,8 @@ def task_metrics(model: AudioLanguageModel, tokenizer: Tokenizer, examples: Sequ
     model.eval()
     try:
         pipe = Pipeline(model, tokenizer, GenerationOptions(max_new_tokens=max_new_tokens))
-        v1 = tokenizer.family is Family.QWEN_AUDIO
-        requests = [Request(render_prompt(e, tokenizer.family),
-                            v1_task_spec(e) if v1 else None) for e, _ in scorable]
+        requests = [Request(render_prompt(e, tokenizer.family), task_spec(e, tokenizer.family))
+                    for e, _ in scorable]
         results = pipe.generate(requests, batch_size=batch_size)
     finally:
         model.train(was_training)

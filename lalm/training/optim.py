@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from lalm.errors import ConfigError
 from lalm.training.stages import OptimConfig
 
 # Parameter names (suffixes) that hold embedding-like tables: never decayed.
@@ -44,11 +45,11 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
     """AdamW over `param_groups` with the config's lr, betas, eps and weight decay.
 
     Raises:
-        ValueError: the model has no trainable parameter.
+        ConfigError: the model has no trainable parameter.
     """
     groups = param_groups(model, config.weight_decay)
     if not any(group["params"] for group in groups):
-        raise ValueError("the model has no trainable parameters")
+        raise ConfigError("the model has no trainable parameters")
     # foreach=False: the per-parameter update order is fixed, which keeps a resumed or
     # re-sharded run's arithmetic identical to an uninterrupted one.
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps,

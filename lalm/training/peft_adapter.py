@@ -29,9 +29,10 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from lalm.checkpoint import qwen2_audio
-from lalm.checkpoint.safetensors_io import read_safetensors, write_atomic, write_json
+from lalm.checkpoint.safetensors_io import read_safetensors, write_json
 from lalm.config import ModelConfig
 from lalm.errors import CheckpointError
+from lalm.files import write_atomic
 from lalm.training.lora import LoRALinear
 from lalm.training.stages import PARTS, PartsConfig
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lalm.data.manifest import atomic_write
+from lalm.files import atomic_write
 from lalm.errors import ConfigError
 from lalm.training.distributed import DistInfo
 from lalm.training.stages import TrainConfig

@@ -12,7 +12,7 @@ import pytest
 from lalm import cli
 from lalm.api import load_model
 from lalm.generation import Conversation, GenerationOptions
-from lalm.prompt import Family, TimedWord
+from lalm.prompt import QWEN_AUDIO, TimedWord
 from lalm.subtitles import Cue, format_srt, format_vtt, group_cues
 
 pytestmark = pytest.mark.integration
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 def test_two_audios_two_turns_through_the_api(v1_fixture) -> None:
     pipe = load_model(v1_fixture)
-    assert pipe.family is Family.QWEN_AUDIO
+    assert pipe.family is QWEN_AUDIO
     options = GenerationOptions(max_new_tokens=4)
     conv = Conversation(pipe)
     first = conv.ask("What is in the two clips?",

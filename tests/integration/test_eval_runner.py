@@ -17,9 +17,9 @@ from lalm.config import ModelConfig  # noqa: E402
 from lalm.data import read_manifest  # noqa: E402
 from lalm.errors import DataError  # noqa: E402
 from lalm.eval.evaluate import PREDICTIONS, evaluate, rescore  # noqa: E402
-from lalm.eval.synth_bench import run_synth_bench  # noqa: E402
+from lalm.eval.synth_report import run_synth_bench  # noqa: E402
 from lalm.generation import Pipeline  # noqa: E402
-from lalm.prompt import Family  # noqa: E402
+from lalm.prompt import QWEN_AUDIO  # noqa: E402
 from lalm.synth import generate  # noqa: E402
 from lalm.testing.models import random_model  # noqa: E402
 from lalm.tokenizer import load_tokenizer  # noqa: E402
@@ -78,7 +78,7 @@ def test_v1_family_runs_the_tag_prompts(synth, qwen_tiktoken, tmp_path) -> None:
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["model"]["family"] == "qwen-audio"
     assert run["options"]["stop_token_ids"] == [151643]
-    official = rescore("lalm-synth", tmp_path, Family.QWEN_AUDIO, "official")
+    official = rescore("lalm-synth", tmp_path, QWEN_AUDIO, "official")
     assert official["tasks"]["sound_event"]["version"] == "normalized-match-v1"
 
 

@@ -22,7 +22,7 @@ from lalm.eval.evaluate import PREDICTIONS, SUMMARY, evaluate
 from lalm.eval.report import REPORT_VERSION, describe_model
 from lalm.eval.tasks import EvalTask, get_task
 from lalm.generation import GenerationOptions, Pipeline, Request
-from lalm.prompt import AudioPart, Family, Prompt
+from lalm.prompt import AudioPart, Prompt, family_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NEW_TOKENS = 4
@@ -178,7 +178,7 @@ def test_report_describes_the_run_and_suffices_to_reproduce_it(
                                    for k, v in report["options"].items()})
     records = _records(folder)
     assert len(records) == 3
-    requests = [Request(Prompt.from_text(r["prompt_text"], Family(model["family"]),
+    requests = [Request(Prompt.from_text(r["prompt_text"], family_spec(model["family"]),
                                          [AudioPart(a) for a in r["audios"]])) for r in records]
     results = pipe.generate(requests, options)
     assert [pipe.tokenizer.decode(x.tokens, skip_special=False) for x in results] \

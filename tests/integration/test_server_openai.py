@@ -246,7 +246,7 @@ def test_the_api_key_guards_metrics_and_schema_and_any_case_of_bearer(server) ->
 
 def test_parameters_lalm_cannot_honour_are_refused(client) -> None:
     clip = ("a.wav", wav_bytes(1.0))
-    for extra, param in (({"stream": True}, "stream"), ({"include": ["logprobs"]}, "include[]"),
+    for extra, param in (({"include": ["logprobs"]}, "include[]"),
                          ({"timestamp_granularities": ["word"]}, "timestamp_granularities[]")):
         with pytest.raises(openai.BadRequestError) as info:
             client.audio.transcriptions.create(model="tiny", file=clip, **extra)
@@ -256,7 +256,7 @@ def test_parameters_lalm_cannot_honour_are_refused(client) -> None:
         client.audio.transcriptions.create(model="tiny", file=clip,
                                            extra_body={"logprobs": "true"})
     assert info.value.body["param"] == "logprobs"
-    for extra in ({"logprobs": True}, {"top_logprobs": 2}, {"presence_penalty": 0.5},
+    for extra in ({"top_logprobs": 2}, {"presence_penalty": 0.5},  # top_logprobs needs logprobs
                   {"response_format": {"type": "json_object"}}):
         with pytest.raises(openai.BadRequestError) as info:
             client.chat.completions.create(model="tiny", messages=_audio_messages("Hi"),
@@ -328,3 +328,89 @@ def test_a_client_that_leaves_stops_costing_tokens(server, stream: bool) -> None
         assert later["lalm_generated_tokens_total"] == now["lalm_generated_tokens_total"]
     assert spent < max_tokens, spent  # not all 1000 tokens computed for nobody
     assert now["lalm_cancelled_rows_total"] - before["lalm_cancelled_rows_total"] == 1
+
+
+def _long_reply(client, max_tokens: int = 10):
+    """A greedy reply whose text has at least 8 characters (a stop sequence can be cut from
+    its middle)."""
+    for i in range(20):  # bounded: a random model answers something long soon
+        messages = _audio_messages(f"Question {i}?")
+        reply = client.chat.completions.create(model="tiny", messages=messages,
+                                               max_tokens=max_tokens)
+        if len(reply.choices[0].message.content) >= 8:
+            return messages, reply.choices[0].message.content
+    pytest.fail("no reply of 8 characters")
+
+
+def test_streaming_with_stop_sequences_equals_the_plain_answer(client) -> None:
+    messages, text = _long_reply(client)
+    stop = text[4:7]
+    plain = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10,
+                                           stop=[stop, "\x00never"])
+    assert plain.choices[0].message.content == text[:text.index(stop)]
+    assert plain.choices[0].finish_reason == "stop"
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages,
+                                                 max_tokens=10, stop=[stop, "\x00never"],
+                                                 stream=True))
+    pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert "".join(pieces) == plain.choices[0].message.content
+    assert all(stop not in p for p in pieces)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_logprobs_plain_and_streamed(client) -> None:
+    messages = _audio_messages("Log-probabilities?")
+    reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=5,
+                                           logprobs=True, top_logprobs=3)
+    content = reply.choices[0].logprobs.content
+    shown = reply.usage.completion_tokens - (reply.choices[0].finish_reason == "stop")
+    assert len(content) == shown
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        best = entry.top_logprobs[0]
+        assert best.logprob >= entry.top_logprobs[1].logprob >= entry.top_logprobs[2].logprob
+        assert entry.logprob == pytest.approx(best.logprob)  # greedy: the best one is chosen
+    assert "".join(e.token for e in content) == reply.choices[0].message.content
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=5,
+                                                 logprobs=True, top_logprobs=3, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs
+                for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+    plain = client.chat.completions.create(model="tiny", messages=messages, max_tokens=5)
+    assert plain.choices[0].logprobs is None
+
+
+def test_n_choices_each_as_alone(client) -> None:
+    messages = _audio_messages("Several answers?")
+    reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, n=3,
+                                           temperature=1.0, seed=11)
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    texts = [c.message.content for c in reply.choices]
+    completion_tokens = 0
+    for i, text in enumerate(texts):  # choice i is the single answer with seed 11 + i
+        single = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6,
+                                                temperature=1.0, seed=11 + i)
+        assert single.choices[0].message.content == text
+        completion_tokens += single.usage.completion_tokens
+    assert reply.usage.completion_tokens == completion_tokens
+    assert reply.usage.prompt_tokens == single.usage.prompt_tokens  # counted once
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=6,
+                                                 n=3, temperature=1.0, seed=11, stream=True))
+    streamed = ["".join(c.choices[0].delta.content or "" for c in chunks
+                        if c.choices and c.choices[0].index == i) for i in range(3)]
+    assert streamed == texts
+
+
+def test_metrics_show_the_engine_and_its_caches(server, client) -> None:
+    messages = _audio_messages("Cached?", wav_bytes(0.9, 700.0, seed=42))
+    before = server.metrics(API_KEY)
+    for _ in range(2):
+        client.chat.completions.create(model="tiny", messages=messages, max_tokens=2)
+    after = server.metrics(API_KEY)
+    assert after["lalm_encoder_cache_hits_total"] - before["lalm_encoder_cache_hits_total"] >= 1
+    assert after["lalm_prefix_cache_hits_total"] > before["lalm_prefix_cache_hits_total"]
+    assert after["lalm_running_sequences"] == 0 and after["lalm_queue_depth"] == 0
+    assert after["lalm_tokens_per_second"] > 0
+    for name in ("lalm_prefix_cache_hit_rate", "lalm_encoder_cache_hit_rate",
+                 "lalm_engine_steps_total", "lalm_prefill_tokens_total"):
+        assert name in after

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lalm.checkpoint import load_model
-from lalm.data.manifest import Example, Message, TaskSpec, read_manifest, write_manifest
+from lalm.data.manifest import Example, ExampleTask, ExampleTurn, read_manifest, write_manifest
 from lalm.testing.training import write_tone_dataset
 from lalm.training import TrainConfig, train
 from lalm.training.dpo import PreferencePair, write_pairs
@@ -34,8 +34,9 @@ def test_stage1_then_stage2_then_dpo_from_the_shipped_files(v1_fixture, tmp_path
     valid_set = write_tone_dataset(tmp_path / "tones", 2, split="valid")
     chats = tmp_path / "text_chat.jsonl"
     write_manifest(chats, [Example(
-        id="chat-0", audios=(), task=TaskSpec("text_chat", instruction="Say hello."),
-        target="Hello.", messages=(Message("user", "Say hello."), Message("assistant", "Hello.")))])
+        id="chat-0", audios=(), task=ExampleTask("text_chat", instruction="Say hello."),
+        target="Hello.",
+        messages=(ExampleTurn("user", "Say hello."), ExampleTurn("assistant", "Hello.")))])
     data = [f"data.train.0.manifest={train_set}", f"data.valid.manifest={valid_set}"]
 
     # stage 1: the decoder is frozen, the audio side trains

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from lalm.data.manifest import Example, TaskSpec, read_manifest, write_manifest
+from lalm.data.manifest import Example, ExampleTask, read_manifest, write_manifest
 from lalm.testing.training import tiny_stage, write_tiny_tokenizer, write_tone_dataset
 from lalm.tokenizer import load_tokenizer
 
@@ -49,7 +49,7 @@ def test_two_ranks_match_one_process(tmp_path, strategy, text_only):
     manifest = write_tone_dataset(tmp_path / "data", 3 if text_only else 4)
     if text_only:
         write_manifest(manifest, [*read_manifest(manifest), Example(
-            "text-000", (), TaskSpec("text_chat", instruction="Name a note."), "A4")])
+            "text-000", (), ExampleTask("text_chat", instruction="Name a note."), "A4")])
     tokenizer = write_tiny_tokenizer(tmp_path / "tokenizer", manifest)
     one = _run(tmp_path, "one", 1, 2, strategy, manifest, tokenizer)
     two = _run(tmp_path, "two", 2, 1, strategy, manifest, tokenizer)

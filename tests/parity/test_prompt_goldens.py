@@ -15,7 +15,8 @@ from conftest import shared_fixture
 from lalm.audio import audio_token_count
 from lalm.prompt import (
     AudioPart,
-    Family,
+    QWEN_AUDIO,
+    QWEN2_AUDIO,
     Message,
     Prompt,
     TaskSpec,
@@ -55,7 +56,7 @@ def _v1_prompt(name: str, record: dict) -> Prompt:
         assert record["system"] == "You are a helpful assistant."
         content = [*map(AudioPart, record["audio_urls"]),
                    TextPart(record["query"].rsplit("\n", 1)[1])]
-        return build_chat_prompt([Message("user", content)], Family.QWEN_AUDIO)
+        return build_chat_prompt([Message("user", content)], QWEN_AUDIO)
     return build_prompt(V1_SPECS[name], AudioPart(record["audio_urls"][0]))
 
 
@@ -71,7 +72,7 @@ def test_v1_golden_prompt(v1: Tokenizer, v1_records: dict[str, dict], name: str)
     assert out.ids == record["ids"] and len(out.ids) == record["n_tokens"]
     assert [[a, b - 1] for a, b in out.audio_spans] == record["audio_positions"]
     # the raw text, parsed back, gives the same ids (the path text never reaches them)
-    assert Prompt.from_text(record["text"], Family.QWEN_AUDIO).encode(v1, counts).ids == record["ids"]
+    assert Prompt.from_text(record["text"], QWEN_AUDIO).encode(v1, counts).ids == record["ids"]
 
 
 CONVERSATIONS = [
@@ -108,7 +109,7 @@ def test_v2_chat_matches_chat_template(v2: Tokenizer, messages: list[Message]) -
     source = json.loads((folder / "chat_template.json").read_text())["chat_template"]
     template = jinja2.Environment().from_string(source)
     expected = template.render(messages=_as_hf(messages), add_generation_prompt=True)
-    prompt = build_chat_prompt(messages, Family.QWEN2_AUDIO)
+    prompt = build_chat_prompt(messages, QWEN2_AUDIO)
     assert prompt.text == expected
     counts = list(range(3, 3 + len(prompt.audios)))
     out = prompt.encode(v2, counts)

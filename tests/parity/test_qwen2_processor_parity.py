@@ -7,7 +7,14 @@ import pytest
 from conftest import shared_fixture
 
 from lalm.audio import audio_token_count
-from lalm.prompt import AudioPart, Family, Message, TextPart, build_base_prompt, build_chat_prompt
+from lalm.prompt import (
+    QWEN2_AUDIO,
+    AudioPart,
+    Message,
+    TextPart,
+    build_base_prompt,
+    build_chat_prompt,
+)
 from lalm.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.slow  # importing transformers and building its processor takes seconds
@@ -35,7 +42,7 @@ def test_ids_match_processor(processor, kind: str) -> None:
         messages = [Message("user", [audios[0], TextPart("What's that sound?")]),
                     Message("assistant", "Glass."),
                     Message("user", [*audios[1:], TextPart("And these?")])]
-        prompt = build_chat_prompt(messages, Family.QWEN2_AUDIO)
+        prompt = build_chat_prompt(messages, QWEN2_AUDIO)
         hf_messages = [{"role": m.role, "content": [
             {"type": "audio", "audio_url": "x"} if isinstance(p, AudioPart)
             else {"type": "text", "text": p.text} for p in m.content]} for m in messages]

@@ -34,7 +34,7 @@ from lalm.checkpoint import load_model
 from lalm.generation import GenerationOptions, PromptBatch, generate, left_pad
 from lalm.model import AudioLanguageModel, TextDecoder, positions_from_mask
 from lalm.model.layers import ntk_alpha, ntk_rope_base
-from lalm.prompt import Family, Prompt, PromptIds
+from lalm.prompt import QWEN_AUDIO, Prompt, PromptIds
 from lalm.tokenizer import Tokenizer, load_tokenizer
 
 PROMPTS = ["asr", "s2tt", "aac", "srwt", "aqa", "chat"]
@@ -116,7 +116,7 @@ def prompt_ids(records, tokenizer, waves) -> dict[str, PromptIds]:
     clips' real mel lengths."""
     out = {}
     for name, record in records.items():
-        prompt = Prompt.from_text(record["text"], Family.QWEN_AUDIO)
+        prompt = Prompt.from_text(record["text"], QWEN_AUDIO)
         counts = [audio_token_count(waves[Path(a.source).stem].shape[0] // 160)
                   for a in prompt.audios]
         out[name] = prompt.encode(tokenizer, counts)

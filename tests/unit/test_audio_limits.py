@@ -15,7 +15,7 @@ import soxr
 
 from lalm.audio import MAX_CHANNELS, SAMPLE_RATE, load_audio, stream_audio
 from lalm.data.check import check_manifest
-from lalm.data.manifest import AudioRef, Example, TaskSpec, dumps_example
+from lalm.data.manifest import AudioRef, Example, ExampleTask, dumps_example
 from lalm.errors import AudioError, AudioTooLongError
 
 
@@ -143,7 +143,7 @@ def test_unusable_file_names_are_audio_errors_naming_the_file(tmp_path, name):
 def test_data_check_stops_decoding_at_the_limit(tmp_path):
     sf.write(tmp_path / "long.flac", _noise(40.0, SAMPLE_RATE), SAMPLE_RATE)
     sf.write(tmp_path / "ok.flac", _noise(2.0, SAMPLE_RATE), SAMPLE_RATE)
-    lines = [dumps_example(Example(i, (AudioRef(p, **w),), TaskSpec("asr"), "text"))
+    lines = [dumps_example(Example(i, (AudioRef(p, **w),), ExampleTask("asr"), "text"))
              for i, p, w in [("long", "long.flac", {}), ("ok", "ok.flac", {}),
                              ("window", "long.flac", {"offset": 35.0, "duration": 4.0})]]
     manifest = tmp_path / "m.jsonl"

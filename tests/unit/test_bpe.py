@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lalm.data.manifest import AudioRef, Example, Message, TaskSpec
+from lalm.data.manifest import AudioRef, Example, ExampleTask, ExampleTurn
 from lalm.errors import TokenizerError
-from lalm.prompt import QWEN2_AUDIO_SPECIAL_TOKENS, Family, tag
+from lalm.prompt import QWEN2_AUDIO, QWEN2_AUDIO_SPECIAL_TOKENS, tag
 from lalm.training.bpe import SPECIAL_TOKENS, corpus, train_tokenizer
 
 TEXTS = ["Transcribe the speech.", "Turn on the lights in the kitchen.", "窓を開けてください。",
@@ -30,7 +30,7 @@ def test_specials_follow_the_ranks_in_order(folder: Path) -> None:
     from lalm.tokenizer import load_tokenizer
 
     tok = load_tokenizer(folder)
-    assert tok.family is Family.QWEN2_AUDIO
+    assert tok.family is QWEN2_AUDIO
     first = len(tok) - len(SPECIAL_TOKENS)
     assert [tok.special_tokens[s] for s in SPECIAL_TOKENS] == list(range(first, len(tok)))
     assert tok.eod_id == first and tok.audio_pad_id == first + 3
@@ -72,9 +72,10 @@ def test_transformers_reads_the_same_ids(folder: Path) -> None:
 
 
 def test_corpus_renders_prompts_and_targets_without_specials() -> None:
-    task = TaskSpec("asr", "en", "en", instruction="Transcribe the speech.")
-    chat = Example("c", (AudioRef("b.wav"),), TaskSpec("chat", instruction="Chat."), "Fine.",
-                   messages=(Message("user", "How are you?", (0,)), Message("assistant", "Fine.")))
+    task = ExampleTask("asr", "en", "en", instruction="Transcribe the speech.")
+    chat = Example("c", (AudioRef("b.wav"),), ExampleTask("chat", instruction="Chat."), "Fine.",
+                   messages=(ExampleTurn("user", "How are you?", (0,)),
+                             ExampleTurn("assistant", "Fine.")))
     pieces = list(corpus([Example("a", (AudioRef("a.wav"),), task, "hello there"), chat]))
     assert "hello there" in pieces and "Fine." in pieces
     assert any("Transcribe the speech." in p for p in pieces)

@@ -11,7 +11,7 @@ import soundfile as sf
 
 from lalm import cli
 from lalm.data.check import check_manifest
-from lalm.data.manifest import AudioRef, Example, TaskSpec, dumps_example
+from lalm.data.manifest import AudioRef, Example, ExampleTask, dumps_example
 
 
 def _noise(path: Path, n_samples: int, rate: int = 16000) -> Path:
@@ -22,7 +22,7 @@ def _noise(path: Path, n_samples: int, rate: int = 16000) -> Path:
 
 
 def _example(id_: str, path: str, target: str = "text", **window: float) -> str:
-    return dumps_example(Example(id_, (AudioRef(path, **window),), TaskSpec("asr"), target))
+    return dumps_example(Example(id_, (AudioRef(path, **window),), ExampleTask("asr"), target))
 
 
 def test_check_lists_every_problem_with_its_reason(tmp_path, v1_fixture, capsys):

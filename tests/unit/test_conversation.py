@@ -4,7 +4,6 @@ encoder sees each clip only in the turn that brings it."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,14 +14,9 @@ from lalm.prompt import AudioPart, Message, TextPart
 from lalm.testing.models import random_model
 from lalm.tokenizer import load_tokenizer
 
+from conftest import tone_clip as _clip
+
 OPTIONS = GenerationOptions(max_new_tokens=5)
-
-
-def _clip(seconds: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000
-    return (0.3 * np.sin(2 * np.pi * rng.uniform(200, 900) * t)
-            + 0.05 * rng.standard_normal(t.shape[0])).astype(np.float32)
 
 
 @pytest.fixture(scope="module", params=["v1", "qwen2"])

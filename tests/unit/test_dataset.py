@@ -20,15 +20,15 @@ from lalm.config import ModelConfig
 from lalm.data.check import check_manifest
 from lalm.data.collate import Collator, collate, model_inputs, pack_items
 from lalm.data.dataset import AudioTextDataset, load_clip
-from lalm.data.manifest import AudioRef, Example, Message, TaskSpec, TimedWord, read_manifest
+from lalm.data.manifest import AudioRef, Example, ExampleTask, ExampleTurn, TimedWord, read_manifest
+from lalm.data.render import render_prompt
 from lalm.data.sampler import BucketBatchSampler
 from lalm.errors import DataError
-from lalm.prompt import Family
-from lalm.synth.render import render_prompt
+from lalm.prompt import QWEN2_AUDIO, QWEN_AUDIO, FamilySpec
 from lalm.testing.models import random_model
 from lalm.tokenizer import Tokenizer, load_tokenizer
 
-N_MELS = {Family.QWEN_AUDIO: 80, Family.QWEN2_AUDIO: 128}
+N_MELS = {QWEN_AUDIO: 80, QWEN2_AUDIO: 128}
 
 
 @functools.cache
@@ -37,9 +37,9 @@ def _load(path: Path) -> Tokenizer:
 
 
 @pytest.fixture
-def tokenizers(qwen_tiktoken, qwen2_tokenizer_dir) -> dict[Family, Tokenizer]:
+def tokenizers(qwen_tiktoken, qwen2_tokenizer_dir) -> dict[FamilySpec, Tokenizer]:
     """Both real tokenizers, loaded once per test session."""
-    return {Family.QWEN_AUDIO: _load(qwen_tiktoken), Family.QWEN2_AUDIO: _load(qwen2_tokenizer_dir)}
+    return {QWEN_AUDIO: _load(qwen_tiktoken), QWEN2_AUDIO: _load(qwen2_tokenizer_dir)}
 
 
 @pytest.fixture
@@ -54,26 +54,27 @@ def clips(tmp_path: Path, v1_fixture: Path) -> Path:
 
 
 def _examples() -> list[Example]:
-    asr = TaskSpec("asr", "en", "en", instruction="Transcribe the speech.")
-    words = (TimedWord(0.0, 0.4, None), TimedWord(0.4, 0.9, "hello"), TimedWord(1.0, 1.5, "there"))
+    asr = ExampleTask("asr", "en", "en", instruction="Transcribe the speech.")
+    words = (TimedWord(None, 0.0, 0.4), TimedWord("hello", 0.4, 0.9), TimedWord("there", 1.0, 1.5))
     return [
         Example("asr", (AudioRef("a.wav"),), asr, "hello there"),
-        Example("srwt", (AudioRef("b.wav"),), TaskSpec(
+        Example("srwt", (AudioRef("b.wav"),), ExampleTask(
             "srwt", "en", "en", timestamps=True, instruction="Transcribe with word times."),
             "hello there", words=words),
         Example("window", (AudioRef("chord.wav", 0.5, 1.25),),
-                TaskSpec("chord_quality", instruction="Which chord is this?"), "major"),
+                ExampleTask("chord_quality", instruction="Which chord is this?"), "major"),
         Example("chat", (AudioRef("a.wav"), AudioRef("chord.wav")),
-                TaskSpec("chat", instruction="And this one?"), "A chord.",
-                messages=(Message("user", "What is this?", (0,)), Message("assistant", "Speech."),
-                          Message("user", "And this one?", (1,)),
-                          Message("assistant", "A chord."))),
-        Example("text", (), TaskSpec("text_chat", instruction="Say hi."), "Hi.",
-                messages=(Message("user", "Say hi."), Message("assistant", "Hi."))),
+                ExampleTask("chat", instruction="And this one?"), "A chord.",
+                messages=(ExampleTurn("user", "What is this?", (0,)),
+                          ExampleTurn("assistant", "Speech."),
+                          ExampleTurn("user", "And this one?", (1,)),
+                          ExampleTurn("assistant", "A chord."))),
+        Example("text", (), ExampleTask("text_chat", instruction="Say hi."), "Hi.",
+                messages=(ExampleTurn("user", "Say hi."), ExampleTurn("assistant", "Hi."))),
     ]
 
 
-@pytest.mark.parametrize("family", list(Family))
+@pytest.mark.parametrize("family", [QWEN_AUDIO, QWEN2_AUDIO], ids=lambda f: f.name)
 def test_item_ids_labels_and_features(family, tokenizers, clips):
     tok = tokenizers[family]
     ds = AudioTextDataset(_examples(), tok, N_MELS[family], audio_root=clips)
@@ -99,13 +100,13 @@ def test_item_ids_labels_and_features(family, tokenizers, clips):
         assert tok.decode(history) == ("Speech.<|im_end|>" if example.id == "chat" else "")
         answer = ids[len(prompt):]
         assert labels[len(prompt):] == answer
-        v1_task = family is Family.QWEN_AUDIO and example.id in ("asr", "srwt", "window")
+        v1_task = family is QWEN_AUDIO and example.id in ("asr", "srwt", "window")
         assert answer[-1] == (tok.eod_id if v1_task else tok.im_end_id)
         slots = item["audio_slot_mask"]
-        assert int(slots.sum()) == sum(counts) + (2 * len(counts) if family is Family.QWEN_AUDIO
+        assert int(slots.sum()) == sum(counts) + (2 * len(counts) if family is QWEN_AUDIO
                                                   else 0)
         assert not slots[len(prompt):].any()
-    v1_srwt = family is Family.QWEN_AUDIO
+    v1_srwt = family is QWEN_AUDIO
     answer = ds[1]["ids"][ds[1]["labels"] != -100].tolist()
     text = tok.decode(answer)
     if v1_srwt:  # timestamps and <|sil|> are single special tokens, not BPE pieces
@@ -128,7 +129,7 @@ def _runs(labels: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-@pytest.mark.parametrize("family", list(Family))
+@pytest.mark.parametrize("family", [QWEN_AUDIO, QWEN2_AUDIO], ids=lambda f: f.name)
 def test_every_assistant_turn_is_labelled(family, tokenizers, clips):
     """SFT labels: each assistant turn's content + <|im_end|>, nothing else; the ids are the
     tokenizer's one-pass encoding of the whole rendered chat (token boundaries hold)."""
@@ -142,12 +143,13 @@ def test_every_assistant_turn_is_labelled(family, tokenizers, clips):
                    P.Message("assistant", "4"), P.Message("user", "Thanks."),
                    P.Message("assistant", "You're welcome!"))
     examples = [
-        Example("audio-chat", (AudioRef("a.wav"),), TaskSpec("chat"), "No: quiet.",
-                messages=(Message("user", "What is this?", (0,)),
-                          Message("assistant", "Speech, a man talking."),
-                          Message("user", "Is it loud?"), Message("assistant", "No: quiet."))),
-        Example("text-chat", (), TaskSpec("text_chat"), "You're welcome!",
-                messages=tuple(Message(m.role, m.content[0].text) for m in three_turns)),
+        Example("audio-chat", (AudioRef("a.wav"),), ExampleTask("chat"), "No: quiet.",
+                messages=(ExampleTurn("user", "What is this?", (0,)),
+                          ExampleTurn("assistant", "Speech, a man talking."),
+                          ExampleTurn("user", "Is it loud?"),
+                          ExampleTurn("assistant", "No: quiet."))),
+        Example("text-chat", (), ExampleTask("text_chat"), "You're welcome!",
+                messages=tuple(ExampleTurn(m.role, m.content[0].text) for m in three_turns)),
     ]
     ds = AudioTextDataset(examples, tok, N_MELS[family], audio_root=clips)
     for item, chat in zip([ds[0], ds[1]], [two_turns, three_turns]):
@@ -156,7 +158,7 @@ def test_every_assistant_turn_is_labelled(family, tokenizers, clips):
         whole = P.build_chat_prompt(chat, family, add_generation_prompt=False).encode(tok, counts)
         tail = whole.ids[len(ids):]  # v2 closes every turn with "\n", v1 not the last one
         assert whole.ids[: len(ids)] == ids
-        assert tail == (tok.encode("\n") if family is Family.QWEN2_AUDIO else [])
+        assert tail == (tok.encode("\n") if family is QWEN2_AUDIO else [])
         replies = [m.content[0].text for m in chat if m.role == "assistant"]
         runs = _runs(labels)
         assert [ids[a:b] for a, b in runs] == [tok.encode(r) + [tok.im_end_id] for r in replies]
@@ -169,7 +171,7 @@ def test_every_assistant_turn_is_labelled(family, tokenizers, clips):
     item = last_only[1]
     assert tok.decode(item["labels"][item["labels"] != -100].tolist()) == \
         "You're welcome!<|im_end|>"
-    plain = AudioTextDataset([Example("qa", (), TaskSpec("text_qa", instruction="2+2?"), "4")],
+    plain = AudioTextDataset([Example("qa", (), ExampleTask("text_qa", instruction="2+2?"), "4")],
                              tok, N_MELS[family])[0]
     assert plain["features"] == [] and plain["ids"][0] == tok.im_start_id
     assert tok.decode(plain["labels"][plain["labels"] != -100].tolist()) == "4<|im_end|>"
@@ -178,18 +180,19 @@ def test_every_assistant_turn_is_labelled(family, tokenizers, clips):
 def test_reply_glued_to_its_header_is_an_error(tokenizers):
     """A reply starting with a newline merges with the header's (Qwen2 BPE): named, not
     silently left without labels."""
-    chat = (Message("user", "Hi"), Message("assistant", "\nHello"), Message("user", "Again"),
-            Message("assistant", "Hello"))
-    ds = AudioTextDataset([Example("glued", (), TaskSpec("text_chat"), "Hello", messages=chat)],
-                          tokenizers[Family.QWEN2_AUDIO], 128)
+    chat = (ExampleTurn("user", "Hi"), ExampleTurn("assistant", "\nHello"),
+            ExampleTurn("user", "Again"), ExampleTurn("assistant", "Hello"))
+    ds = AudioTextDataset([Example("glued", (), ExampleTask("text_chat"), "Hello", messages=chat)],
+                          tokenizers[QWEN2_AUDIO], 128)
     with pytest.raises(DataError, match="example 'glued'.*found 0 of its 1 earlier assistant"):
         ds[0]
 
 
 def test_bad_example_error_names_it(tokenizers, clips):
-    ds = AudioTextDataset([Example("lost", (AudioRef("nowhere.wav"),), TaskSpec("asr"), "x"),
-                           Example("late", (AudioRef("a.wav", 99.0, 1.0),), TaskSpec("asr"), "x")],
-                          tokenizers[Family.QWEN2_AUDIO], 128, audio_root=clips)
+    ds = AudioTextDataset([Example("lost", (AudioRef("nowhere.wav"),), ExampleTask("asr"), "x"),
+                           Example("late", (AudioRef("a.wav", 99.0, 1.0),), ExampleTask("asr"),
+                                   "x")],
+                          tokenizers[QWEN2_AUDIO], 128, audio_root=clips)
     with pytest.raises(DataError, match="example 'lost'.*nowhere.wav"):
         ds[0]
     with pytest.raises(DataError, match="example 'late'.*past the end"):
@@ -197,7 +200,7 @@ def test_bad_example_error_names_it(tokenizers, clips):
 
 
 def test_collate_layout(tokenizers, clips):
-    tok = tokenizers[Family.QWEN2_AUDIO]
+    tok = tokenizers[QWEN2_AUDIO]
     ds = AudioTextDataset(_examples(), tok, 128, audio_root=clips)
     items = [ds[i] for i in range(len(ds))]
     batch = collate(items, tok.eod_id)
@@ -231,11 +234,11 @@ def _small_vocab(batch: dict, vocab: int) -> dict:
             "labels": torch.where(labels == -100, labels, labels % vocab)}
 
 
-@pytest.mark.parametrize("family", list(Family))
+@pytest.mark.parametrize("family", [QWEN_AUDIO, QWEN2_AUDIO], ids=lambda f: f.name)
 def test_batched_equals_single(family, tokenizers, clips):
     """Each row of a padded batch gets the logits it gets alone; the loss is the token mean."""
     tok = tokenizers[family]
-    model = random_model("tiny-random-v1" if family is Family.QWEN_AUDIO else "tiny-random")
+    model = random_model("tiny-random-v1" if family is QWEN_AUDIO else "tiny-random")
     vocab = model.config.decoder.vocab_size
     ds = AudioTextDataset(_examples(), tok, model.config.encoder.n_mels, audio_root=clips)
     items = [ds[i] for i in range(len(ds))]
@@ -253,7 +256,7 @@ def test_batched_equals_single(family, tokenizers, clips):
 
 
 def test_dataloader_workers_and_sampler(tokenizers, clips):
-    tok = tokenizers[Family.QWEN_AUDIO]
+    tok = tokenizers[QWEN_AUDIO]
     ds = AudioTextDataset(_examples() * 2, tok, 80, audio_root=clips)
     tokens, frames = ds.lengths
     assert tokens == [len(ds[i]["ids"]) for i in range(len(ds))]
@@ -293,11 +296,11 @@ def test_lalm_synth_set_validates_and_loads_into_batches(tmp_path, tokenizers):
             assert (b["labels"] != -100).any(dim=1).all()  # every item has a target
 
 
-@pytest.mark.parametrize("family", list(Family))
+@pytest.mark.parametrize("family", [QWEN_AUDIO, QWEN2_AUDIO], ids=lambda f: f.name)
 def test_packed_rows_equal_single(family, tokenizers, clips):
     """Items packed into one row (segment_ids) get the logits they get alone, and the loss."""
     tok = tokenizers[family]
-    v1 = family is Family.QWEN_AUDIO
+    v1 = family is QWEN_AUDIO
     config = ModelConfig.from_name("tiny-random-v1" if v1 else "tiny-random")
     if v1:  # packed segments must stay within train_seq_len under dynamic NTK
         config = config.replace(decoder={"train_seq_len": 512})
@@ -336,7 +339,7 @@ def _write_rows(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("family", list(Family))
+@pytest.mark.parametrize("family", [QWEN_AUDIO, QWEN2_AUDIO], ids=lambda f: f.name)
 def test_messages_audio_trains_where_its_tag_stands(family, tokenizers, clips):
     """A messages row's "Listen to this: <audio> and tell me": the training ids hear the audio
     between the two texts (each audio at its own tag, in order), as the chat prompt of the same
@@ -360,7 +363,7 @@ def test_messages_audio_trains_where_its_tag_stands(family, tokenizers, clips):
     (s0, e0), (s1, e1) = spans.audio_spans
     assert item["audio_slot_mask"].nonzero().flatten().tolist() == [*range(s0, e0),
                                                                     *range(s1, e1)]
-    bos, eos = ("", "") if family is Family.QWEN_AUDIO else (" <|audio_bos|>", "<|audio_eos|>")
+    bos, eos = ("", "") if family is QWEN_AUDIO else (" <|audio_bos|>", "<|audio_eos|>")
     assert tok.decode(ids[:s0]).endswith(f"user\nListen to this: Audio 1:{bos}")
     assert tok.decode(ids[e0:]).startswith(f"{eos}\n and tell me what it is.<|im_end|>")
     assert tok.decode(ids[e1:]).startswith(f"{eos}\n with it.<|im_end|>")
@@ -387,7 +390,7 @@ def test_shipped_sft_config_trains_every_assistant_turn(loss_on, tokenizers, cli
     sets += [f"data.loss_on={loss_on}"] if loss_on else []
     config = TrainConfig.from_file("sft", sets)  # the shipped stage2_sft.yaml
     assert config.data.loss_on == (loss_on or "all_assistant")
-    tok = tokenizers[Family.QWEN2_AUDIO]
+    tok = tokenizers[QWEN2_AUDIO]
     dataset, skipped = build_dataset(config.data.train, config, tok, 128, seed=0)
     assert skipped == 0
     item = dataset[0]

@@ -22,9 +22,9 @@ from lalm.errors import DataError, ScoringError
 from lalm.eval.judge import ChatJudge, EmbeddingClient, text_sha256
 from lalm.eval.tasks import ScoreContext, get_task
 from lalm.eval.voicebench import OPEN_PROMPT, QA_PROMPT, extract_mcq_answer, majority_yes
-from lalm.prompt import Family
+from lalm.prompt import QWEN2_AUDIO
 
-V2 = Family.QWEN2_AUDIO
+V2 = QWEN2_AUDIO
 
 
 class _Judge(BaseHTTPRequestHandler):

@@ -13,9 +13,9 @@ import soundfile as sf
 
 from lalm.errors import DataError
 from lalm.eval.tasks import ScoreContext, get_task
-from lalm.prompt import Family
+from lalm.prompt import QWEN2_AUDIO
 
-V2 = Family.QWEN2_AUDIO
+V2 = QWEN2_AUDIO
 
 
 def _audio(path: Path, fmt: str | None = None) -> Path:

@@ -21,7 +21,7 @@ from lalm.eval.mcq import (
     substring_match,
 )
 from lalm.eval.tasks import ScoreContext, get_task
-from lalm.prompt import Family
+from lalm.prompt import QWEN2_AUDIO
 
 CHOICES = ["Man", "Woman", "Child", "Robot"]
 
@@ -69,8 +69,8 @@ def test_score_shows_official_substring_and_strict_worked_by_hand() -> None:
     # strict    (letters or one choice): rows 0, 1 ("A" = Man), 2, 4 -> 4/6; row 3 fails
     # by task, official: sound 2/4, music 1/2; strict: sound 3/4, music 1/2
     task = get_task("mmau")
-    official = task.score(_records(), ScoreContext(Family.QWEN2_AUDIO))
-    strict = task.score(_records(), ScoreContext(Family.QWEN2_AUDIO, "strict"))
+    official = task.score(_records(), ScoreContext(QWEN2_AUDIO))
+    strict = task.score(_records(), ScoreContext(QWEN2_AUDIO, "strict"))
     assert official["version"] == OFFICIAL_MATCH and official["accuracy"] == 0.5
     assert strict["version"] == STRICT_MATCH and strict["accuracy"] == pytest.approx(4 / 6)
     procs = official["procedures"]
@@ -92,7 +92,7 @@ def test_mmau_reader_reads_the_test_mini_json(tmp_path: Path) -> None:
     item = task.read(tmp_path).items[0]
     assert item.audios == (str((tmp_path / "test-mini-audios" / "q1.wav").resolve()),)
     assert (item.reference, item.source, item.fields["difficulty"]) == ("Man", "sound", "medium")
-    prompt = task.request(item, Family.QWEN2_AUDIO).prompt.text
+    prompt = task.request(item, QWEN2_AUDIO).prompt.text
     assert "Who speaks?\nChoices:\n- Man\n- Woman\n- Child\n- Robot\nAnswer with one" in prompt
     withheld = [{**rows[0], "answer": None}]
     (tmp_path / "mmau-test-mini.json").write_text(json.dumps(withheld))
@@ -115,7 +115,7 @@ def test_mmar_reader_reads_the_meta_jsonl(tmp_path: Path) -> None:
     item = data.items[0]
     assert item.source == "mix-sound-music" and item.fields["category"] == "Cultural Layer"
     record = {**item.record(), "response": "Open grassland"}
-    score = task.score([record], ScoreContext(Family.QWEN2_AUDIO))
+    score = task.score([record], ScoreContext(QWEN2_AUDIO))
     assert score["accuracy"] == 1.0
     assert score["procedures"][OFFICIAL_MATCH]["by"]["category"] == {"Cultural Layer": 1.0}
     assert score["procedures"][STRICT_MATCH]["accuracy"] == 1.0

@@ -14,7 +14,7 @@ import soundfile as sf
 
 from lalm.eval.mmau_pro import follows_instruction, open_judgement
 from lalm.eval.tasks import ScoreContext, get_task
-from lalm.prompt import Family
+from lalm.prompt import QWEN2_AUDIO
 
 ROWS = [  # (id, category, choices, answer, task_identifier, kwargs, response)
     ("c1", "sound", ["Dog", "Cat"], "Dog", None, None, "Dog"),
@@ -58,9 +58,9 @@ def test_reader_keeps_audio_lists_and_categories(tmp_path: Path) -> None:
     assert [i.id for i in items] == [r[0] for r in ROWS]
     assert items[0].audios == (str((tmp_path / "data" / "c1.wav").resolve()),) * 2
     assert items[3].reference == "" and items[4].fields["kwargs"]["N"] == 3
-    closed = task.request(items[0], Family.QWEN2_AUDIO).prompt.text
+    closed = task.request(items[0], QWEN2_AUDIO).prompt.text
     assert closed.count("<|AUDIO|>") == 2 and "Choices:\n- Dog\n- Cat" in closed
-    assert "Choices" not in task.request(items[6], Family.QWEN2_AUDIO).prompt.text
+    assert "Choices" not in task.request(items[6], QWEN2_AUDIO).prompt.text
 
 
 def test_scores_without_a_judge_worked_by_hand(tmp_path: Path) -> None:
@@ -69,8 +69,8 @@ def test_scores_without_a_judge_worked_by_hand(tmp_path: Path) -> None:
     # choice and is dropped. instruction following: i1 has a comma (fails), i2 and i3 pass.
     # official overall = (0.5 * 2 + 2/3 * 3) / 5 = 0.6; strict = (1.0 * 2 + 2) / 5 = 0.8
     task = get_task("mmau-pro")
-    official = task.score(_records(tmp_path), ScoreContext(Family.QWEN2_AUDIO))
-    strict = task.score(_records(tmp_path), ScoreContext(Family.QWEN2_AUDIO, "strict"))
+    official = task.score(_records(tmp_path), ScoreContext(QWEN2_AUDIO))
+    strict = task.score(_records(tmp_path), ScoreContext(QWEN2_AUDIO, "strict"))
     assert official["overall"] == pytest.approx(0.6) and strict["overall"] == pytest.approx(0.8)
     assert official["complete"] is False and "judge" in official["categories"]["open"]["error"]
     sound = official["categories"]["sound"]

@@ -22,9 +22,9 @@ from lalm.eval.airbench import (
 )
 from lalm.eval.evaluate import read_predictions
 from lalm.eval.tasks import OFFICIAL_SUITES, ScoreContext, get_task, task_names
-from lalm.prompt import Family
+from lalm.prompt import QWEN2_AUDIO, QWEN_AUDIO
 
-V1, V2 = Family.QWEN_AUDIO, Family.QWEN2_AUDIO
+V1, V2 = QWEN_AUDIO, QWEN2_AUDIO
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -19,7 +19,7 @@ from lalm.data.formats import (
     read_examples,
     write_examples,
 )
-from lalm.data.manifest import AudioRef, Example, Message, TaskSpec, write_manifest
+from lalm.data.manifest import AudioRef, Example, ExampleTask, ExampleTurn, write_manifest
 from lalm.errors import DataError
 
 
@@ -39,14 +39,15 @@ def corpus(tmp_path: Path) -> tuple[Path, list[Example]]:
     _tone(root / "wav" / "b.wav", 0.5, 660, rate=22050)
     examples = [
         Example("one", (AudioRef("wav/a.wav"),),
-                TaskSpec("asr", "en", "en", instruction="Transcribe the speech."), "hello there"),
+                ExampleTask("asr", "en", "en", instruction="Transcribe the speech."),
+                "hello there"),
         Example("two", (AudioRef("wav/a.wav"), AudioRef("wav/b.wav")),
-                TaskSpec("chat", instruction="Which is higher?"), "The second.",
-                messages=(Message("user", "Which is higher?", (0, 1)),
-                          Message("assistant", "The second."))),
-        Example("text", (), TaskSpec("chat", instruction="Say hi."), "Hi.",
-                messages=(Message("system", "Be brief."), Message("user", "Say hi."),
-                          Message("assistant", "Hi."))),
+                ExampleTask("chat", instruction="Which is higher?"), "The second.",
+                messages=(ExampleTurn("user", "Which is higher?", (0, 1)),
+                          ExampleTurn("assistant", "The second."))),
+        Example("text", (), ExampleTask("chat", instruction="Say hi."), "Hi.",
+                messages=(ExampleTurn("system", "Be brief."), ExampleTurn("user", "Say hi."),
+                          ExampleTurn("assistant", "Hi."))),
     ]
     manifest = root / "train.jsonl"
     write_manifest(manifest, examples)
@@ -126,7 +127,7 @@ def test_plain_round_trip_and_refusals(corpus, tmp_path):
     with pytest.raises(DataError, match="'two'.*exactly one audio"):
         convert(manifest, None, tmp_path / "x.jsonl", "plain")
     windowed = Example("w", (AudioRef(str(manifest.parent / "wav/a.wav"), 0.25, 0.5),),
-                       TaskSpec("asr"), "x")
+                       ExampleTask("asr"), "x")
     with pytest.raises(DataError, match="'w'.*window"):
         write_examples(tmp_path / "w.jsonl", [windowed], "messages")
 
@@ -161,8 +162,8 @@ def test_lhotse_cutset_round_trip_keeps_windows(tmp_path):
     wav = _tone(tmp_path / "long.wav", 2.0, 300)
     examples = [
         Example("cut-a", (AudioRef("long.wav", 0.5, 1.0),),
-                TaskSpec("asr", "de", "de", instruction="Transcribe."), "hallo welt"),
-        Example("cut-b", (AudioRef("long.wav"),), TaskSpec("asr"), "whole file"),
+                ExampleTask("asr", "de", "de", instruction="Transcribe."), "hallo welt"),
+        Example("cut-b", (AudioRef("long.wav"),), ExampleTask("asr"), "whole file"),
     ]
     manifest = tmp_path / "m.jsonl"
     write_manifest(manifest, examples)
@@ -244,8 +245,8 @@ def test_audio_keeps_its_place_in_the_text(corpus):
         "from": "human", "value": "Listen to this: <audio> and tell me what it is."}
     assert records[2]["conversations"][0] == {"from": "system", "value": "Be brief."}
     assert read_examples(gpt) == read_examples(src)
-    literal = Example("html", (), TaskSpec("chat"), "A tag.", messages=(
-        Message("user", "What is <audio> in HTML?"), Message("assistant", "A tag.")))
+    literal = Example("html", (), ExampleTask("chat"), "A tag.", messages=(
+        ExampleTurn("user", "What is <audio> in HTML?"), ExampleTurn("assistant", "A tag.")))
     for fmt in ("messages", "sharegpt"):  # it would read back as an audio
         with pytest.raises(DataError, match="'html': a message text holds '<audio>'"):
             write_examples(root / "x.jsonl", [literal], fmt)

@@ -1,6 +1,7 @@
 """The decode loop on a tiny random model: KV cache = recompute, batched = single (left padding,
 audio of different lengths), stop tokens and sequences, min/max tokens, sampling, beam search
-(against exhaustive search), streaming steps, cache reordering, typed errors."""
+(against exhaustive search), cache reordering, typed errors. The engine's own tests (joins and
+leaves, streaming, cancellation, prefix reuse) are in test_engine.py."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from lalm.errors import GenerationError
 from lalm.generation import (
     GenerationOptions,
     PromptBatch,
+    Engine,
     beam_search,
     generate,
-    generate_steps,
     left_pad,
 )
 from lalm.model import AudioLanguageModel, KVCache, positions_from_mask
@@ -26,12 +27,8 @@ AUDIO = 500  # a slot id of the tiny vocabulary (512)
 
 
 @pytest.fixture(scope="module")
-def model() -> AudioLanguageModel:
-    # std 0.2: peaked distributions, so greedy/beam choices are not near-ties
-    model = random_model("tiny-random", seed=3)
-    with torch.no_grad():
-        model.decoder.lm_head.weight.mul_(10.0)
-    return model
+def model(peaked_model) -> AudioLanguageModel:
+    return peaked_model
 
 
 def _ids(n: int, seed: int) -> list[int]:
@@ -157,17 +154,6 @@ def test_repetition_penalty_changes_choices_of_seen_tokens(model) -> None:
     assert harsh[0].tokens != free[0].tokens or not (set(free[0].tokens) & set(row))
 
 
-def test_steps_stream_one_token_per_row_and_mark_finished_rows(model) -> None:
-    rows = [_ids(5, 12), _ids(2, 13)]
-    full = generate(model, _text_batch(model, rows), GenerationOptions(max_new_tokens=6), ())
-    stop = full[0].tokens[1]
-    steps = list(generate_steps(model, _text_batch(model, rows),
-                                GenerationOptions(max_new_tokens=6), [stop]))
-    assert [s.tokens[0] for s in steps][:2] == full[0].tokens[:2]
-    assert all(s.tokens[0] is None for s in steps[2:])
-    assert steps[-1].results[0].finish_reason == "stop"
-
-
 def _exhaustive_best(model: AudioLanguageModel, row: list[int]) -> tuple[list[int], float]:
     """Best 2-token continuation by total log-probability, over the whole vocabulary."""
     vocab = model.config.decoder.vocab_size
@@ -234,7 +220,7 @@ def test_errors_are_typed(model) -> None:
     with pytest.raises(GenerationError, match="max_seq_len"):
         generate(model, batch, too_long, ())
     with pytest.raises(GenerationError, match="beam"):
-        next(generate_steps(model, batch, GenerationOptions(num_beams=2), ()))
+        Engine(model).submit(batch.embeds[0], batch.ids[0], GenerationOptions(num_beams=2), ())
     with pytest.raises(GenerationError, match="at least one token"):
         left_pad([[1, 2], []], 0)
 
@@ -244,27 +230,3 @@ def test_left_pad_layout() -> None:
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
     assert mask.tolist() == [[True] * 3, [False, False, True]]
     assert list(itertools.chain(*positions_from_mask(mask).tolist())) == [0, 1, 2, 0, 0, 0]
-
-
-def test_a_cancelled_row_leaves_the_batch_and_the_others_keep_their_tokens(model) -> None:
-    rows = [_ids(6, 21), _ids(3, 22), _ids(5, 23)]
-    for options in (GenerationOptions(max_new_tokens=8),
-                    GenerationOptions(max_new_tokens=8, temperature=1.0, repetition_penalty=1.3)):
-        seeds = [4, 5, 6]
-        full = [s.results for s in generate_steps(model, _text_batch(model, rows), options, (),
-                                                  seeds=seeds)][-1]
-        steps, computed = [], []
-
-        def cancelled(row: int) -> bool:
-            return row == 1 and len(steps) >= 2  # the middle row leaves after 2 tokens
-
-        for step in generate_steps(model, _text_batch(model, rows), options, (), seeds=seeds,
-                                   cancelled=cancelled):
-            steps.append(step)
-            computed.append(model.decoder.cache.batch_size)
-        assert [s.tokens[1] is None for s in steps] == [False, False] + [True] * 6
-        assert computed[-1] == 2  # its cache row is gone, not just ignored
-        assert steps[-1].results[1].tokens == full[1].tokens[:2]
-        assert steps[-1].results[1].finish_reason is None
-        for row in (0, 2):
-            assert steps[-1].results[row].tokens == full[row].tokens

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from lalm.data.manifest import AudioRef, Example, TaskSpec
+from lalm.data.manifest import AudioRef, Example, ExampleTask
 from lalm.errors import ConfigError, DataError, GenerationError
 from lalm.generation import GenerationOptions
 from lalm.generation.generate import PromptBatch, generate, left_pad
@@ -34,7 +34,7 @@ from lalm.training.stages import GrpoConfig
 
 def _example(target: str, answer: str | None = None, choices: tuple[str, ...] = (),
              language: str | None = None) -> Example:
-    task = TaskSpec("question", instruction="?", choices=choices, audio_language=language)
+    task = ExampleTask("question", instruction="?", choices=choices, audio_language=language)
     return Example(id="x", audios=(AudioRef("a.wav"),), target=target, answer=answer, task=task)
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lalm.data import AudioRef, Example, Message, TaskSpec, TimedWord, read_manifest
+from lalm.data import AudioRef, Example, ExampleTurn, ExampleTask, TimedWord, read_manifest
 from lalm.data import write_manifest
 from lalm.errors import DataError
 
@@ -15,11 +15,11 @@ def _example(**over) -> Example:
     fields = dict(
         id="ex-1",
         audios=(AudioRef("a.wav"), AudioRef("long.flac", offset=1.5, duration=2.0)),
-        task=TaskSpec("sound_event", None, "en", instruction="What sound?", question="What?",
+        task=ExampleTask("sound_event", None, "en", instruction="What sound?", question="What?",
                       choices=("siren", "doorbell")),
         target="siren", answer="siren",
-        words=(TimedWord(0.0, 0.4, None), TimedWord(0.4, 0.9, "héllo")),
-        messages=(Message("user", "Which?", (0, 1)), Message("assistant", "siren")),
+        words=(TimedWord(None, 0.0, 0.4), TimedWord("héllo", 0.4, 0.9)),
+        messages=(ExampleTurn("user", "Which?", (0, 1)), ExampleTurn("assistant", "siren")),
         split="test", metadata={"params": {"hz": 440.5}, "list": [1, 2]},
     )
     fields.update(over)
@@ -27,7 +27,7 @@ def _example(**over) -> Example:
 
 
 def test_jsonl_round_trip_is_exact(tmp_path):
-    examples = [_example(), _example(id="ex-2", audios=(), messages=(), task=TaskSpec("asr"))]
+    examples = [_example(), _example(id="ex-2", audios=(), messages=(), task=ExampleTask("asr"))]
     path = tmp_path / "m.jsonl"
     assert write_manifest(path, examples) == 2
     assert read_manifest(path) == examples
@@ -56,7 +56,7 @@ def test_malformed_line_names_file_and_line(tmp_path):
     ({"split": "dev"}, "split 'dev'"),
     ({"answer": "chirp"}, "not a choice"),
     ({"id": ""}, "id is empty"),
-    ({"messages": (Message("user", "x", (5,)),)}, "missing audio"),
+    ({"messages": (ExampleTurn("user", "x", (5,)),)}, "missing audio"),
 ])
 def test_inconsistent_example_is_rejected(over, message):
     with pytest.raises(DataError, match=message):
@@ -65,12 +65,12 @@ def test_inconsistent_example_is_rejected(over, message):
 
 def test_field_validation():
     with pytest.raises(DataError, match="unknown language 'xx'"):
-        TaskSpec("asr", "xx")
+        ExampleTask("asr", "xx")
     with pytest.raises(DataError, match="repeated choices"):
-        TaskSpec("x", choices=("a", "a"))
+        ExampleTask("x", choices=("a", "a"))
     with pytest.raises(DataError, match="bad span"):
-        TimedWord(1.0, 0.5, "w")
+        _example(words=(TimedWord("w", 1.0, 0.5),))
     with pytest.raises(DataError, match="bad window"):
         AudioRef("a.wav", offset=-1)
     with pytest.raises(DataError, match="role"):
-        Message("robot", "hi")
+        ExampleTurn("robot", "hi")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lalm.config import PRESETS, ModelConfig, resolve_dtype
+from lalm.errors import ConfigError
 from lalm.model import AudioLanguageModel, positions_from_mask
 from lalm.model.layers import logn_scale, ntk_alpha
 from lalm.testing.models import random_features, random_model
@@ -39,9 +40,9 @@ def test_from_name_overrides_and_validation_names_the_field() -> None:
     config = ModelConfig.from_name("qwen2-audio-7b", decoder={"n_layer": 2, "dim": 64})
     decoder = config.decoder
     assert (decoder.n_layer, decoder.dim, decoder.vocab_size) == (2, 64, 156032)
-    with pytest.raises(ValueError, match="decoder.n_head"):
+    with pytest.raises(ConfigError, match="decoder.n_head"):
         config.replace(decoder={"n_kv_head": 3})
-    with pytest.raises(ValueError, match="unknown decoder config fields"):
+    with pytest.raises(ConfigError, match="unknown decoder config fields"):
         ModelConfig.from_dict({"decoder": {"n_layers": 2}})
     with pytest.raises(KeyError, match="tiny-random"):
         ModelConfig.from_name("no-such-model")
@@ -52,7 +53,7 @@ def test_resolve_dtype() -> None:
     assert resolve_dtype("bf16", "cuda") == torch.bfloat16
     with pytest.warns(UserWarning, match="float32"):
         assert resolve_dtype("fp16", "cpu") == torch.float32
-    with pytest.raises(ValueError, match="int8"):
+    with pytest.raises(ConfigError, match="int8"):
         resolve_dtype("int8")
 
 

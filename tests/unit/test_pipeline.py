@@ -11,7 +11,7 @@ from lalm.audio import audio_token_count, batch_log_mel, mel_length
 from lalm.config import ModelConfig
 from lalm.errors import AudioError, CheckpointError, GenerationError, PromptError
 from lalm.generation import GenerationOptions, IncrementalDecoder, Pipeline, Request
-from lalm.prompt import AudioPart, Family, Message, Prompt, TextPart
+from lalm.prompt import QWEN2_AUDIO, QWEN_AUDIO, AudioPart, Message, Prompt, TextPart
 from lalm.testing.models import random_model
 from lalm.tokenizer import load_tokenizer
 
@@ -107,14 +107,14 @@ def test_v1_pipeline_parses_task_output(qwen_tiktoken) -> None:
     v1 = Pipeline(random_model(config, seed=4), load_tokenizer(qwen_tiktoken), OPTIONS)
     result = v1.transcribe([_clip(20000, 7)])[0]
     assert len(result.tokens) <= 6 and result.parsed is not None
-    assert v1.family is Family.QWEN_AUDIO
+    assert v1.family is QWEN_AUDIO
 
 
 def test_typed_errors(pipe: Pipeline, tmp_path) -> None:
     with pytest.raises(AudioError, match="missing.wav"):
         pipe.chat("What?", [str(tmp_path / "missing.wav")])
     with pytest.raises(PromptError, match="2 audios"):
-        Prompt.from_text("<|audio_bos|><|AUDIO|><|audio_eos|>Hi", Family.QWEN2_AUDIO,
+        Prompt.from_text("<|audio_bos|><|AUDIO|><|audio_eos|>Hi", QWEN2_AUDIO,
                          [AudioPart(_clip(8000, 0)), AudioPart(_clip(8000, 1))])
     with pytest.raises(PromptError, match="empty prompt"):
         pipe.chat("  ")
@@ -131,7 +131,7 @@ def test_typed_errors(pipe: Pipeline, tmp_path) -> None:
 
 def test_raw_text_prompt_and_request_objects(pipe: Pipeline) -> None:
     clip = _clip(16000, 8)
-    prompt = Prompt.from_text("<|audio_bos|><|AUDIO|><|audio_eos|>Caption:", Family.QWEN2_AUDIO,
+    prompt = Prompt.from_text("<|audio_bos|><|AUDIO|><|audio_eos|>Caption:", QWEN2_AUDIO,
                               [AudioPart(clip)])
     raw = pipe.generate([Request(prompt)])[0]
     chat = pipe.chat([Message("user", (AudioPart(clip), TextPart("Caption:")))])

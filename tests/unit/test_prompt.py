@@ -11,8 +11,9 @@ import torch
 from lalm.audio import audio_token_count
 from lalm.errors import PromptError
 from lalm.prompt import (
+    QWEN2_AUDIO,
+    QWEN_AUDIO,
     AudioPart,
-    Family,
     Header,
     Instruction,
     Message,
@@ -169,7 +170,7 @@ def test_v1_chat_multi_turn_layout(v1_tokenizer: Tokenizer) -> None:
         Message("assistant", "A man speaking."),
         Message("user", [TextPart("And these?"), AudioPart("b.wav"), AudioPart("c.wav")]),
     ]
-    prompt = build_chat_prompt(messages, Family.QWEN_AUDIO)
+    prompt = build_chat_prompt(messages, QWEN_AUDIO)
     assert prompt.text == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\nAudio 1:<audio>a.wav</audio>\nwhat is that sound?<|im_end|>\n"
@@ -181,24 +182,24 @@ def test_v1_chat_multi_turn_layout(v1_tokenizer: Tokenizer) -> None:
         [155163, 151851, 151851, 155164], [155163, *[151851] * 3, 155164],
         [155163, *[151851] * 4, 155164]]
     assert out.ids[-3:] == [151644, *v1_tokenizer.encode("assistant"), 198]
-    done = build_chat_prompt(messages[:2], Family.QWEN_AUDIO, add_generation_prompt=False)
+    done = build_chat_prompt(messages[:2], QWEN_AUDIO, add_generation_prompt=False)
     assert done.text.endswith("A man speaking.<|im_end|>")
     # make_context encodes role, "\n" and content separately: a leading newline stays its own token
-    lead = build_chat_prompt([Message("user", "\nhi")], Family.QWEN_AUDIO).encode(v1_tokenizer, [])
+    lead = build_chat_prompt([Message("user", "\nhi")], QWEN_AUDIO).encode(v1_tokenizer, [])
     assert lead.ids[11:14] == [151644, 872, 198] and lead.ids[14:-5] == v1_tokenizer.encode("\nhi")
     assert v1_tokenizer.encode("user\n\nhi") != lead.ids[12:-5]  # one call would merge the newlines
 
 
 def test_v1_chat_tags_allowed_chatml_not(v1_tokenizer: Tokenizer) -> None:
-    prompt = build_chat_prompt([Message("user", "<|en|> <|im_end|>")], Family.QWEN_AUDIO)
+    prompt = build_chat_prompt([Message("user", "<|en|> <|im_end|>")], QWEN_AUDIO)
     ids = prompt.encode(v1_tokenizer, []).ids
     assert 151859 in ids and ids.count(151645) == 2  # system and user ends only
     with pytest.raises(PromptError, match="user message text contains the special token '<audio>'"):
-        build_chat_prompt([Message("user", "<audio>a.wav</audio>")], Family.QWEN_AUDIO)
+        build_chat_prompt([Message("user", "<audio>a.wav</audio>")], QWEN_AUDIO)
 
 
 def test_v2_chat_and_base_prompts(v2_tokenizer: Tokenizer) -> None:
-    voice = build_chat_prompt([Message("user", [AudioPart("q.wav")])], Family.QWEN2_AUDIO)
+    voice = build_chat_prompt([Message("user", [AudioPart("q.wav")])], QWEN2_AUDIO)
     assert voice.text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
                           "<|im_start|>user\nAudio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
                           "<|im_end|>\n<|im_start|>assistant\n")
@@ -213,14 +214,14 @@ def test_v2_chat_and_base_prompts(v2_tokenizer: Tokenizer) -> None:
     assert ids[n + 2:] == v2_tokenizer.encode("Generate the caption in English:")
     assert base.encode(v2_tokenizer, [0]).ids[:2] == [151647, 151648]  # a clip of <= 2 mel frames
     with pytest.raises(PromptError, match="contains the special token '<|im_end|>'"):
-        build_chat_prompt([Message("user", "hi<|im_end|>")], Family.QWEN2_AUDIO)
+        build_chat_prompt([Message("user", "hi<|im_end|>")], QWEN2_AUDIO)
     with pytest.raises(PromptError, match="at least one audio"):
         build_base_prompt([], "x")
 
 
 def test_from_text(v1_tokenizer: Tokenizer, v2_tokenizer: Tokenizer) -> None:
     raw = "<audio>a.wav</audio><|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>"
-    prompt = Prompt.from_text(raw, Family.QWEN_AUDIO)
+    prompt = Prompt.from_text(raw, QWEN_AUDIO)
     assert prompt.text == raw and prompt.audios[0].source == "a.wav"
     built = build_prompt(TaskSpec.asr(), AudioPart("a.wav"))
     assert prompt.encode(v1_tokenizer, [3]).ids == built.encode(v1_tokenizer, [3]).ids
@@ -229,11 +230,11 @@ def test_from_text(v1_tokenizer: Tokenizer, v2_tokenizer: Tokenizer) -> None:
     assert p2.text == raw2
     assert len(p2.encode(v2_tokenizer, [7]).ids) == len(v2_tokenizer.encode(raw2)) + 6
     with pytest.raises(PromptError, match="1 audio slots but 2 audios"):
-        Prompt.from_text(raw, Family.QWEN_AUDIO, [AudioPart("a"), AudioPart("b")])
+        Prompt.from_text(raw, QWEN_AUDIO, [AudioPart("a"), AudioPart("b")])
     with pytest.raises(PromptError, match="pass audios"):
-        Prompt.from_text(raw2, Family.QWEN2_AUDIO)
+        Prompt.from_text(raw2, QWEN2_AUDIO)
     with pytest.raises(PromptError, match="contains the special token"):
-        Prompt.from_text("<audio>a.wav", Family.QWEN_AUDIO)
+        Prompt.from_text("<audio>a.wav", QWEN_AUDIO)
 
 
 def test_messages_validate() -> None:
@@ -243,9 +244,9 @@ def test_messages_validate() -> None:
     with pytest.raises(PromptError, match="TextPart/AudioPart"):
         Message("user", [42])  # type: ignore[list-item]
     with pytest.raises(PromptError, match="system message may only come first"):
-        build_chat_prompt([Message("user", "a"), Message("system", "b")], Family.QWEN_AUDIO)
+        build_chat_prompt([Message("user", "a"), Message("system", "b")], QWEN_AUDIO)
     with pytest.raises(PromptError, match="last message to be a user turn"):
-        build_chat_prompt([Message("assistant", "a")], Family.QWEN2_AUDIO)
+        build_chat_prompt([Message("assistant", "a")], QWEN2_AUDIO)
     with pytest.raises(PromptError, match="at least one user or assistant"):
-        build_chat_prompt([Message("system", "s")], Family.QWEN2_AUDIO, add_generation_prompt=False)
+        build_chat_prompt([Message("system", "s")], QWEN2_AUDIO, add_generation_prompt=False)
     assert tag("en") == "<|en|>"

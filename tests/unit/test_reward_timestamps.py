@@ -5,26 +5,26 @@ from __future__ import annotations
 
 import pytest
 
-from lalm.data.manifest import AudioRef, Example, TaskSpec, TimedWord
+from lalm.data.manifest import AudioRef, Example, ExampleTask, TimedWord
 from lalm.errors import DataError
-from lalm.prompt import Family
-from lalm.synth.render import render_target
+from lalm.data.render import render_target
+from lalm.prompt import QWEN2_AUDIO, QWEN_AUDIO
 from lalm.training.rewards import SHIFT_SCALE, score, timestamp_shift
 
-WORDS = (TimedWord(0.0, 0.42, "seven"), TimedWord(0.42, 0.9, "bright"),
-         TimedWord(0.9, 1.3, None), TimedWord(1.3, 1.84, "stars"))
+WORDS = (TimedWord("seven", 0.0, 0.42), TimedWord("bright", 0.42, 0.9),
+         TimedWord(None, 0.9, 1.3), TimedWord("stars", 1.3, 1.84))
 
 
 def _example(words=WORDS) -> Example:
-    return Example("srwt-0", (AudioRef("a.wav"),), TaskSpec("srwt", "en", timestamps=True),
+    return Example("srwt-0", (AudioRef("a.wav"),), ExampleTask("srwt", "en", timestamps=True),
                    "seven bright stars", words=words)
 
 
 def _shifted(by: float) -> Example:
-    return _example(tuple(TimedWord(w.start + by, w.end + by, w.word) for w in WORDS))
+    return _example(tuple(TimedWord(w.word, w.start + by, w.end + by) for w in WORDS))
 
 
-@pytest.mark.parametrize("family", list(Family))
+@pytest.mark.parametrize("family", [QWEN_AUDIO, QWEN2_AUDIO])  # the families with timestamps
 def test_the_rendered_target_scores_one_and_shifted_times_less(family):
     example = _example()
     target = render_target(example, family)
@@ -45,7 +45,7 @@ def test_missing_words_cost_their_share_and_garbage_scores_zero():
     assert timestamp_shift("seven bright stars", example) == 0.0  # no timestamps at all
     assert timestamp_shift("moon (0.00-0.42)", example) == 0.0  # no word aligns
     assert timestamp_shift("seven (0.00-99.0)", example) == 0.0  # a time past 30 s
-    totals, means = score([two_words, render_target(example, Family.QWEN2_AUDIO)],
+    totals, means = score([two_words, render_target(example, QWEN2_AUDIO)],
                           [example, example], {"timestamp_shift": 2.0})
     assert totals == pytest.approx([4 / 3, 2.0])
     assert means == {"reward_timestamp_shift": pytest.approx(5 / 6)}
@@ -53,4 +53,4 @@ def test_missing_words_cost_their_share_and_garbage_scores_zero():
 
 def test_an_item_without_timed_words_is_refused_by_id():
     with pytest.raises(DataError, match="'plain'.*timestamp_shift reward needs"):
-        timestamp_shift("x", Example("plain", (AudioRef("a.wav"),), TaskSpec("asr", "en"), "x"))
+        timestamp_shift("x", Example("plain", (AudioRef("a.wav"),), ExampleTask("asr", "en"), "x"))

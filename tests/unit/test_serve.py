@@ -137,6 +137,8 @@ def test_a_cancelled_row_leaves_its_batch_and_the_others_are_unchanged(
     alone = [pipe.generate([r], options)[0] for r in requests]
     assert [len(r.tokens) for r in alone] == [40, 40]  # neither row stops by itself
 
+    before = pipe.engine.stats.generated_tokens
+
     async def run() -> tuple[Done, BatchStats]:
         batcher = Batcher(pipe, max_batch_size=8, batch_wait_s=0.05)
         batcher.start()
@@ -153,7 +155,41 @@ def test_a_cancelled_row_leaves_its_batch_and_the_others_are_unchanged(
     assert done.result.tokens == alone[1].tokens
     assert (stats.batches, stats.cancelled_rows) == (1, 1)
     # the staying row's 40 tokens, and the leaving row's only until it was dropped
-    assert stats.generated_tokens < 40 + 40
+    assert pipe.engine.stats.generated_tokens - before < 40 + 40
+    assert pipe.engine.running == 0  # both slots are free again
+
+
+def test_a_short_job_leaves_while_a_long_one_runs_and_a_newcomer_joins(pipe: Pipeline) -> None:
+    """Continuous batching: the newcomer starts before the long job ends (the old dynamic
+    batches ran until their last row ended), and every job gets its tokens alone."""
+    requests = [pipe.chat_request(q) for q in ("Tell me a story.", "Hi", "Count to ten.")]
+    long, short = GenerationOptions(max_new_tokens=40), GenerationOptions(max_new_tokens=3)
+    alone = [pipe.generate([requests[0]], long)[0], pipe.generate([requests[1]], short)[0],
+             pipe.generate([requests[2]], short)[0]]
+
+    async def run() -> tuple[list, list[str]]:
+        batcher = Batcher(pipe, max_batch_size=8, batch_wait_s=0.05)
+        batcher.start()
+        order: list[str] = []  # which jobs ended, in the order their Done events came
+
+        async def finish(name: str, ticket) -> Done:
+            while not isinstance(event := await ticket.get(60.0), Done):
+                pass
+            order.append(name)
+            return event
+
+        try:
+            first = asyncio.ensure_future(
+                finish("first", batcher.submit(requests[0], long, 60.0, stream=True)))
+            second = await finish("second", batcher.submit(requests[1], short, 60.0))
+            third = await finish("third", batcher.submit(requests[2], short, 60.0))
+            return [await first, second, third], order
+        finally:
+            batcher.close()
+
+    done, order = asyncio.run(run())
+    assert [d.result.tokens for d in done] == [r.tokens for r in alone]
+    assert order == ["second", "third", "first"]  # dynamic batching: second, first, third
 
 
 def test_served_model_name_of_a_run_export_is_the_run(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lalm.data.manifest import AudioRef, Example, Message, TaskSpec
+from lalm.data.manifest import AudioRef, Example, ExampleTask, ExampleTurn
 from lalm.errors import ConfigError, DataError
 from lalm.model.lalm import IGNORE_INDEX
 from lalm.testing.models import random_model
@@ -92,7 +92,7 @@ def test_warmup_cosine_shape():
 def test_optimizer_refuses_a_frozen_model():
     model = random_model()
     model.requires_grad_(False)
-    with pytest.raises(ValueError, match="no trainable"):
+    with pytest.raises(ConfigError, match="no trainable"):
         build_optimizer(model, OptimConfig())
 
 
@@ -122,7 +122,7 @@ def test_lora_starts_as_the_base_model_and_merges_exactly(seed):
 
 
 def test_lora_targets_that_match_nothing_are_an_error():
-    with pytest.raises(ValueError, match="match no Linear"):
+    with pytest.raises(ConfigError, match="match no Linear"):
         apply_lora(random_model().decoder, LoraConfig(targets=("nothing",)))
 
 
@@ -153,8 +153,8 @@ def test_dpo_loss_formula():
 
 
 def test_preference_pairs_round_trip_and_answer_the_chat(tmp_path):
-    chat = Example("c1", (), TaskSpec("text_chat", instruction="hi"), target="old",
-                   messages=(Message("user", "hi"), Message("assistant", "old")))
+    chat = Example("c1", (), ExampleTask("text_chat", instruction="hi"), target="old",
+                   messages=(ExampleTurn("user", "hi"), ExampleTurn("assistant", "old")))
     pair = PreferencePair("p1", chat, "good answer", "bad answer")
     write_pairs(tmp_path / "p.jsonl", [pair])
     assert read_pairs(tmp_path / "p.jsonl") == [pair]
@@ -190,8 +190,8 @@ def test_ddp_looks_for_unused_parameters_only_with_text_only_items(tmp_path):
         def __init__(self, examples):
             self.examples = examples
 
-    audio = Example("a", (AudioRef("a.wav"),), TaskSpec("asr"), "x")
-    text = Example("t", (), TaskSpec("text_chat", instruction="hi"), "hello")
+    audio = Example("a", (AudioRef("a.wav"),), ExampleTask("asr"), "x")
+    text = Example("t", (), ExampleTask("text_chat", instruction="hi"), "hello")
     trains_audio = PartsConfig(encoder="frozen", projector="lora", decoder="full")
     decoder_only = PartsConfig(encoder="frozen", projector="frozen", decoder="full")
     assert may_skip_parts(Items([audio, text]), trains_audio)

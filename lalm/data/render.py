@@ -1,13 +1,16 @@
-"""Render a lalm-synth `Example` into each family's prompt and target, through `lalm.prompt`.
+"""Render an `Example` (lalm-synth's or any manifest's) into a family's prompt and target,
+through `lalm.prompt`: what the dataset trains on, the trainer validates on and the evaluator
+asks.
 
 The record stores the task as typed fields; this module maps them onto lalm.prompt's v1 task
 specs (Qwen-Audio hierarchical tags) and chat messages (Qwen-Audio-Chat and Qwen2-Audio-Instruct
 ChatML). No tag string is written here.
 
-* v1 (`Family.QWEN_AUDIO`): ASR, S2TT, SRWT, captioning and open scene classification use the
-  official task prompts; every other audio task is a ``question`` prompt whose question is the
-  item's instruction (choices included); chat tasks use the Qwen-Audio-Chat format.
-* v2 (`Family.QWEN2_AUDIO`): the Qwen2-Audio-Instruct chat with the natural-language
+* a family with task tags (`FamilySpec.task_tags`: v1): ASR, S2TT, SRWT, captioning and open
+  scene classification use the official task prompts; every other audio task is a ``question``
+  prompt whose question is the item's instruction (choices included); chat tasks use the
+  family's chat format (Qwen-Audio-Chat).
+* the others (Qwen2-Audio): the family's chat (Qwen2-Audio-Instruct) with the natural-language
   instruction (or the item's own turns for chat tasks); word times as plain text.
 """
 
@@ -40,6 +43,12 @@ def v1_task_spec(example: Example) -> P.TaskSpec | None:
     return P.TaskSpec(P.Task.QUESTION, language or P.UNKNOWN_LANGUAGE, question=t.instruction)
 
 
+def task_spec(example: Example, family: P.FamilySpec) -> P.TaskSpec | None:
+    """The tag prompt an example has in ``family``: `v1_task_spec` where the family has task
+    tags, else None (the family's chat)."""
+    return v1_task_spec(example) if family.task_tags else None
+
+
 def _messages(example: Example, audio_root: Path) -> list[P.Message]:
     """The conversation up to the answer: the item's turns (each audio where it stands in its
     turn), or one user turn."""
@@ -51,33 +60,35 @@ def _messages(example: Example, audio_root: Path) -> list[P.Message]:
                                     for p in m.pieces())) for m in turns]
 
 
-def render_prompt(example: Example, family: P.Family, audio_root: str | Path = ".") -> P.Prompt:
+def render_prompt(example: Example, family: P.FamilySpec | str,
+                  audio_root: str | Path = ".") -> P.Prompt:
     """The prompt (up to where the model writes) for one family.
 
     Args:
         example: the item.
-        family: `Family.QWEN_AUDIO` (v1 tags / v1 chat) or `Family.QWEN2_AUDIO` (v2 chat).
+        family: the `FamilySpec` (or its name): v1 tags / v1 chat, or the family's chat.
         audio_root: folder the example's relative audio paths start from.
     """
     root = Path(audio_root)
-    spec = v1_task_spec(example) if family is P.Family.QWEN_AUDIO else None
+    family = P.family_spec(family)
+    spec = task_spec(example, family)
     if spec is not None:
         audio = example.audios[0]
         return P.build_prompt(spec, P.AudioPart(str(root / audio.path), name=audio.path))
     return P.build_chat_prompt(_messages(example, root), family)
 
 
-def render_target(example: Example, family: P.Family) -> str:
+def render_target(example: Example, family: P.FamilySpec | str) -> str:
     """What the model should write after the prompt: the target, or for timestamped tasks the
     timed words: v1 as timestamp tags (the prompt already primes ``<|0.00|>``, so a leading
     0.00 boundary is dropped), v2 as plain text ``word (start-end)`` with 0.01 s times."""
     if not example.task.timestamps:
         return example.target
-    spec = v1_task_spec(example) if family is P.Family.QWEN_AUDIO else None
+    spec = task_spec(example, P.family_spec(family))
     if spec is None:
         return " ".join(f"{w.word} ({w.start:.2f}-{w.end:.2f})" for w in example.words
                         if w.word is not None)
-    words = [P.TimedWord(w.word, w.start, w.end) for w in example.words if w.word is not None]
+    words = [w for w in example.words if w.word is not None]
     silences = [(w.start, w.end) for w in example.words if w.word is None]
     text = P.format_timed_words(words, silences)
     primed = P.timestamp_tag(spec.first_timestamp or 0.0)
