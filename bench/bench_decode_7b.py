@@ -53,27 +53,27 @@ def read_bandwidth(n_bytes: int = 1 << 28) -> float:
 def build(config: DecoderConfig, precision: str, seed: int = 0) -> TextDecoder:
     """The real-shape decoder in `precision`: N(0, 0.02) weights, norms 1, biases 0.01."""
     with torch.device("meta"):
-        decoder = TextDecoder(config)
+        decoder = TextDecoder(config).to(DTYPES[precision])  # allocated in its dtype below
     decoder.embed.weight = decoder.lm_head.weight  # one [V, D] matrix (module docstring)
-    decoder.to_empty(device="cpu")
-    if precision == "fp32":  # allocate fp32 matrices in the decode layout that `setup_caches`
-        # gives them (TextDecoder.use_decode_layout), so that re-laying copies no 2.5 GB head
+    if precision == "fp32":  # fp32 matrices laid out as `setup_caches` will want them
+        # (TextDecoder.use_decode_layout), so that re-laying copies no 2.5 GB head
         for module in decoder.modules():
             if isinstance(module, torch.nn.Linear):
-                module.weight.data = torch.empty(module.weight.shape[::-1]).t()
+                module.weight.data = torch.empty(module.weight.shape[::-1], device="meta").t()
+    decoder.to_empty(device="cpu")  # empty_like keeps those strides
     # one block of N(0, 0.02) values tiled over every matrix: random enough for timing,
     # and quick to write on a busy machine (no fresh random number per weight)
     block = torch.randn(1 << 24, generator=torch.Generator().manual_seed(seed)).mul_(0.02)
     with torch.no_grad():
         for name, param in decoder.named_parameters():
             if param.ndim == 2:
-                flat = param.view(-1)
+                flat = (param if param.is_contiguous() else param.t()).view(-1)
                 for start in range(0, flat.numel(), block.numel()):
                     chunk = flat[start:start + block.numel()]
                     chunk.copy_(block[:chunk.numel()])
             else:
                 param.fill_(1.0 if name.endswith("norm.weight") else 0.01)
-    decoder = decoder.to(DTYPES[precision]).eval()
+    decoder.eval()
     if precision == "int8":
         quantize_model_int8(decoder)
     return decoder

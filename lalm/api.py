@@ -38,7 +38,8 @@ def load_model(path: str | Path, precision: str | torch.dtype | None = "auto",
     """Load a checkpoint directory: model, tokenizer and prompt family in one `Pipeline`.
 
     Args:
-        path: a Hugging Face Qwen2-Audio directory (config.json, safetensors, tokenizer files),
+        path: a Hugging Face directory of a known family (Qwen2-Audio, Qwen-Audio, Qwen2.5-Omni,
+            Qwen3-ASR: config.json, safetensors, tokenizer files),
             or ``"default"``: lalm's default model in the cache (``lalm demo`` makes it once,
             in about 10 minutes on 2 CPU cores; `lalm.demo.ensure_default_model` from Python).
         precision: "auto" (the checkpoint's storage dtype: a bf16 download stays bf16 in
@@ -85,8 +86,7 @@ def check_transcription(path: str | Path, *, timestamps: bool = False,
     from lalm.checkpoint import load_config
 
     directory = _resolve(path)
-    load_config(directory)
-    family = load_tokenizer(directory).family
+    family = load_tokenizer(directory, load_config(directory)[1].family).family
     check_transcription_options(family, timestamps, long_form, overlap_s)
 
 

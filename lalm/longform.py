@@ -42,7 +42,7 @@ import difflib
 import itertools
 import math
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,7 +144,8 @@ def split_for_chat(
 
 
 def chat_audio_token_count(n_samples: int, max_window_s: Seconds = MAX_WINDOW_S,
-                           real_length: RealLength = "floor") -> int:
+                           real_length: RealLength = "floor",
+                           tokens: Callable[[int], int] | None = None) -> int:
     """Audio tokens N of a clip of ``n_samples`` split by `split_for_chat`.
 
     The sum over its windows of `lalm.audio.audio_token_count` of each window's mel length
@@ -152,7 +153,9 @@ def chat_audio_token_count(n_samples: int, max_window_s: Seconds = MAX_WINDOW_S,
     "ceil" for Qwen2-Audio): 25 per second (N = n_samples // 640 whenever that is a whole number
     of windows' worth).
     This is the count `lalm.prompt.Prompt.encode` takes for the clip; v1 adds its 2 BOS/EOS
-    slots around it, Qwen2-Audio its 2 bos/eos text tokens.
+    slots around it, Qwen2-Audio its 2 bos/eos text tokens. ``tokens``: a window's mel length
+    -> its audio tokens by the model's own rule (Qwen3-ASR's encoder gives about 13 per
+    second); None: `audio_token_count`.
 
     Raises:
         AudioError: a negative length or a bad window length.
@@ -160,8 +163,8 @@ def chat_audio_token_count(n_samples: int, max_window_s: Seconds = MAX_WINDOW_S,
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 0:
         raise AudioError(f"n_samples must be an int >= 0, got {n_samples!r}")
     window = _grid(max_window_s, TOKEN_SAMPLES, "max_window_s", TOKEN_SAMPLES, MAX_WINDOW_S)
-    return sum(int(audio_token_count(mel_length(e - s, real_length)))
-               for s, e in _chat_bounds(n_samples, window))
+    count = tokens or (lambda n: int(audio_token_count(n)))
+    return sum(count(mel_length(e - s, real_length)) for s, e in _chat_bounds(n_samples, window))
 
 
 def join_window_rows(rows: Sequence[Tensor], boundary_rows: bool) -> Tensor:

@@ -1,4 +1,4 @@
-"""The Qwen BPE tokenizer with either family's special-token table.
+"""The Qwen BPE tokenizer with any registered family's special-token table.
 
 One `Tokenizer` class, two constructors:
 
@@ -9,7 +9,7 @@ One `Tokenizer` class, two constructors:
   (155164): 155,165 ids.
   Text is NFC-normalised before encoding, as the reference ``QWenTokenizer`` does.
 * `Tokenizer.from_hf(path)`: a Hugging Face ``tokenizer.json`` (Qwen2-Audio: the same ranks plus
-  the added tokens 151643..151648), run by the ``tokenizers`` library with its own normaliser (NFC)
+  the added tokens 151643..151648; Qwen2.5-Omni and Qwen3-ASR: longer added tables), run by the ``tokenizers`` library with its own normaliser (NFC)
   and pre-tokenizer. Special tokens are matched in the raw text, the rest is normalised, as there.
 
 `load_tokenizer(path)` picks the constructor by what a directory holds. The tag strings themselves
@@ -33,8 +33,10 @@ from lalm.prompt import (
     IM_END,
     IM_START,
     QWEN_AUDIO_SPECIAL_TOKENS,
+    FamilySpec,
     detect_family,
     families,
+    family_spec,
 )
 
 # The pre-tokenizer regex of Qwen's tiktoken tokenizer (PAT_STR), the same as Qwen2's
@@ -99,6 +101,7 @@ class Tokenizer:
         encode_ordinary: Callable[[str], list[int]],
         decode_known: Callable[[list[int]], str],
         normalize_first: bool,
+        family: FamilySpec | str | None = None,
     ) -> None:
         self.source = source
         self.special_tokens: dict[str, int] = dict(special_tokens)
@@ -108,9 +111,14 @@ class Tokenizer:
         self._normalize_first = normalize_first
         self._special_by_id = {i: s for s, i in self.special_tokens.items()}
         try:
-            family = detect_family(self.special_tokens)
+            family = detect_family(self.special_tokens) if family is None \
+                else family_spec(family)
         except PromptError as e:
             raise TokenizerError(f"tokenizer {source}: {e}") from None
+        if family is not None and not family.signature <= self.special_tokens.keys():
+            missing = ", ".join(sorted(family.signature - self.special_tokens.keys()))
+            raise TokenizerError(f"tokenizer {source} lacks {family.label}'s tokens {missing}: "
+                                 f"not the tokenizer of a {family.label} checkpoint")
         if family is None:
             known = "; ".join(f"{f.label}: {', '.join(sorted(f.signature))}" for f in families())
             raise TokenizerError(f"tokenizer {source} holds no family's audio tokens ({known}): "
@@ -150,10 +158,12 @@ class Tokenizer:
                    normalize_first=True)
 
     @classmethod
-    def from_hf(cls, path: str | Path) -> Tokenizer:
+    def from_hf(cls, path: str | Path, family: FamilySpec | str | None = None) -> Tokenizer:
         """A tokenizer from a Hugging Face ``tokenizer.json`` (file or the directory holding it).
 
-        Every added token of the file is a special token here.
+        Every added token of the file is a special token here (Qwen3-ASR's ``<asr_text>``, an
+        added token that is not special, included). ``family``: the checkpoint's family (its
+        format names it); None detects it from the special tokens (`detect_family`).
 
         Raises:
             TokenizerError: the file is missing or the ``tokenizers`` library cannot load it.
@@ -179,7 +189,7 @@ class Tokenizer:
         return cls(source=path, special_tokens=specials,
                    vocab_size=hf.get_vocab_size(with_added_tokens=True),
                    encode_ordinary=encode_ordinary, decode_known=decode_known,
-                   normalize_first=False)
+                   normalize_first=False, family=family)
 
     # ----------------------------------------------------------------- encode / decode
 
@@ -342,16 +352,20 @@ class Tokenizer:
         return tuple(map(self.token_id, self.family.stop_tokens))
 
 
-def load_tokenizer(path: str | Path | None = None) -> Tokenizer:
+def load_tokenizer(path: str | Path | None = None,
+                   family: FamilySpec | str | None = None) -> Tokenizer:
     """Load the tokenizer a checkpoint directory (or a tokenizer file) holds.
 
     Args:
         path: a directory with ``qwen.tiktoken`` (v1) or ``tokenizer.json`` (Hugging Face;
-            Qwen2-Audio), one of those files itself, or None for the real v1 BPE from
-            `lalm.assets`.
+            Qwen2-Audio, Qwen2.5-Omni, Qwen3-ASR), one of those files itself, or None for the
+            real v1 BPE from `lalm.assets`.
+        family: the checkpoint's family for a ``tokenizer.json`` (its checkpoint format names
+            it); None detects it from the special tokens.
 
     Raises:
-        TokenizerError: the path does not exist or holds neither file.
+        TokenizerError: the path does not exist or holds neither file, or the tokenizer lacks
+            ``family``'s tokens.
     """
     if path is None:
         return Tokenizer.from_tiktoken(None)
@@ -360,11 +374,11 @@ def load_tokenizer(path: str | Path | None = None) -> Tokenizer:
         if (path / "qwen.tiktoken").is_file():
             return Tokenizer.from_tiktoken(path / "qwen.tiktoken")
         if (path / "tokenizer.json").is_file():
-            return Tokenizer.from_hf(path / "tokenizer.json")
+            return Tokenizer.from_hf(path / "tokenizer.json", family)
         raise TokenizerError(f"tokenizer directory {path} has neither qwen.tiktoken nor "
                              f"tokenizer.json")
     if not path.exists():
         raise TokenizerError(f"tokenizer path {path} does not exist")
     if path.suffix == ".json":
-        return Tokenizer.from_hf(path)
+        return Tokenizer.from_hf(path, family)
     return Tokenizer.from_tiktoken(path)

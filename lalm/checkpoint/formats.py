@@ -26,6 +26,8 @@ class CheckpointFormat:
 
     Attributes:
         name: format name used by `save_model(..., format=name)`.
+        family: the name of the prompt family its checkpoints are (`lalm.prompt.family_spec`):
+            the tokenizer of such a directory is read as that family's.
         matches: whether a parsed config.json belongs to this family.
         config_from_hf: (config.json dict, source name for errors) -> ModelConfig.
         to_lalm: foreign state dict -> lalm state dict.
@@ -34,6 +36,7 @@ class CheckpointFormat:
     """
 
     name: str
+    family: str
     matches: Callable[[dict[str, Any]], bool]
     config_from_hf: Callable[[dict[str, Any], str], ModelConfig]
     to_lalm: Callable[[StateDict], StateDict]
@@ -44,6 +47,7 @@ class CheckpointFormat:
 FORMATS: dict[str, CheckpointFormat] = {
     "qwen2_audio": CheckpointFormat(
         name="qwen2_audio",
+        family="qwen2-audio",
         matches=qwen2_audio.is_qwen2_audio,
         config_from_hf=qwen2_audio.config_from_hf,
         to_lalm=qwen2_audio.to_lalm,
@@ -52,6 +56,7 @@ FORMATS: dict[str, CheckpointFormat] = {
     ),
     "qwen_audio_v1": CheckpointFormat(
         name="qwen_audio_v1",
+        family="qwen-audio",
         matches=qwen_audio_v1.is_qwen_audio_v1,
         config_from_hf=qwen_audio_v1.config_from_hf,
         to_lalm=qwen_audio_v1.to_lalm,
@@ -60,6 +65,7 @@ FORMATS: dict[str, CheckpointFormat] = {
     ),
     "qwen2_5_omni": CheckpointFormat(
         name="qwen2_5_omni",
+        family="qwen2.5-omni",
         matches=qwen2_5_omni.is_qwen2_5_omni,
         config_from_hf=qwen2_5_omni.config_from_hf,
         to_lalm=qwen2_5_omni.to_lalm,
@@ -68,6 +74,7 @@ FORMATS: dict[str, CheckpointFormat] = {
     ),
     "qwen3_asr": CheckpointFormat(
         name="qwen3_asr",
+        family="qwen3-asr",
         matches=qwen3_asr.is_qwen3_asr,
         config_from_hf=qwen3_asr.config_from_hf,
         to_lalm=qwen3_asr.to_lalm,

@@ -11,8 +11,9 @@ A quantised checkpoint is the family's ordinary folder (config.json + safetensor
        "group_size": null,              # null: one scale per output channel
        "modules": ["decoder.layers.*.attn.q", ..., "decoder.lm_head"]}
 
-  ``quant_method`` is lalm's own, so transformers refuses the folder with an "unknown
-  quantization" error instead of reading int8 codes as weights.
+  ``quant_method`` is lalm's own. Such a folder is for lalm only: transformers 5.23 merely
+  warns "Unknown quantization type ... we will skip the quantization" and would read the int8
+  codes as weights (checked by hand); export a float model for transformers or vLLM.
 
 `lalm.checkpoint.load.load_model` reads such a folder back into an int8 model (the same
 `Int8Linear` modules, identical logits); `save_model` writes one from a quantised model.

@@ -1,5 +1,5 @@
-"""Qwen3-ASR (Hugging Face layouts) <-> lalm: the key map, the config translation and the parser
-of its transcripts.
+"""Qwen3-ASR (Hugging Face layouts) <-> lalm: the key map and the config translation (the parser
+of its transcripts is the family's, `lalm.prompt.qwen3_asr.parse_asr_output`).
 
 Two layouts are published. transformers 5's (Qwen/Qwen3-ASR-*-hf; what
 `Qwen3ASRForConditionalGeneration.save_pretrained` writes, and what lalm saves): config.json
@@ -17,8 +17,6 @@ position; the decoder Qwen3 (q/k RMSNorm, no bias, head_dim 128, tied embeddings
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
@@ -29,6 +27,7 @@ from lalm.checkpoint.qwen2_5_omni import rope_settings, tie_lm_head
 from lalm.checkpoint.qwen2_audio import DECODER_LAYER, ENCODER_LAYER
 from lalm.config import DecoderConfig, EncoderConfig, ModelConfig, ProjectorConfig
 from lalm.errors import CheckpointError
+from lalm.prompt.qwen3_asr import AsrOutput, parse_asr_output  # noqa: F401 (re-exported)
 
 MODEL_TYPE = "qwen3_asr"
 AUDIO_TOKEN_ID = 151676  # <|audio_pad|>
@@ -221,40 +220,3 @@ def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict[str,
             "tie_word_embeddings": dec.tie_embeddings,
         },
     }
-
-
-@dataclass(frozen=True)
-class AsrOutput:
-    """A Qwen3-ASR transcript split into its parts.
-
-    Attributes:
-        language: the language the model named ("English", "Chinese", ...), or None when it
-            named none ("language None": no speech) or the output has no language header.
-        text: the transcript after `<asr_text>` (the whole output when there is no marker).
-    """
-
-    language: str | None
-    text: str
-
-
-_HEADER = re.compile(r"\s*language\s+(?P<language>[^<]*?)\s*<asr_text>", re.IGNORECASE)
-ASR_TEXT = "<asr_text>"
-
-
-def parse_asr_output(decoded: str) -> AsrOutput:
-    """Split Qwen3-ASR's decoded output ``language X<asr_text>transcript`` into language and
-    text (pure; the special tokens `<|im_end|>` etc. are expected to be stripped already).
-
-    A forced language is put in the prompt, so the model then writes only the transcript;
-    without the header the whole output is the text. A second `<asr_text>` (some outputs close
-    the transcript with one) ends the text.
-    """
-    match = _HEADER.match(decoded)
-    if match is None:
-        rest = decoded.split(ASR_TEXT, 1)[-1] if decoded.lstrip().startswith(ASR_TEXT) \
-            else decoded
-        return AsrOutput(language=None, text=rest.split(ASR_TEXT, 1)[0].strip())
-    language = match.group("language").strip()
-    text = decoded[match.end():].split(ASR_TEXT, 1)[0].strip()
-    return AsrOutput(language=None if language.lower() in ("", "none") else language,
-                     text=text)

@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from lalm.audio import (
@@ -137,11 +138,16 @@ class AudioTextDataset(Dataset):
         audio_root: folder relative audio paths start from.
         max_audio_seconds: longer clips are an error (the encoder sees 30 s); None: no limit.
         all_turns: label every assistant turn of a chat (SFT); False: only the final answer.
+        row_counts: [K] real mel lengths -> [K] audio rows per clip, the model's own rule
+            (`AudioLanguageModel.audio_row_counts`; with the v1 BOS/EOS rows); None: the
+            Whisper-style stem's 25 tokens per second (`lalm.audio.audio_token_count`), which
+            Qwen-Audio, Qwen2-Audio and Qwen2.5-Omni share and Qwen3-ASR does not.
     """
 
     def __init__(self, examples: Sequence[Example], tokenizer: Tokenizer, n_mels: int,
                  audio_root: str | os.PathLike[str] = ".",
-                 max_audio_seconds: Seconds | None = 30.0, all_turns: bool = True) -> None:
+                 max_audio_seconds: Seconds | None = 30.0, all_turns: bool = True,
+                 row_counts: Callable[[Tensor], Tensor] | None = None) -> None:
         self.examples = list(examples)
         self.tokenizer = tokenizer
         self.family = tokenizer.family
@@ -150,6 +156,7 @@ class AudioTextDataset(Dataset):
         self.audio_root = Path(audio_root)
         self.max_audio_seconds = max_audio_seconds
         self.all_turns = all_turns
+        self.row_counts = row_counts
         self._slot_ids = torch.tensor(sorted(tokenizer.audio_slot_ids))
         # what opens an assistant turn after <|im_start|>: the role and its newline, encoded as
         # both families' chat prompts encode them ("assistant", "\n")
@@ -175,7 +182,11 @@ class AudioTextDataset(Dataset):
         """
         tok = self.tokenizer
         prompt = render_prompt(example, self.family, self.audio_root)
-        counts = [int(audio_token_count(n)) for n in mel_lens]
+        if self.row_counts is None:
+            counts = [int(audio_token_count(n)) for n in mel_lens]
+        else:
+            rows = self.row_counts(torch.tensor(list(mel_lens), dtype=torch.int64))
+            counts = [int(n) - self.family.boundary_rows for n in rows]
         prompt_ids = prompt.encode(tok, counts).ids
         # a target may hold the family's tags (v1 timestamps, silence, note fields), never slots
         target_ids = tok.encode(render_target(example, self.family),

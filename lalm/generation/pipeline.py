@@ -271,9 +271,12 @@ class Pipeline:
 
     @property
     def window_s(self) -> Seconds:
-        """The encoder's window in seconds: 30 s (n_ctx 1500 conv frames of 20 ms)."""
-        n_ctx = self.model.config.encoder.n_ctx
-        return min(MAX_WINDOW_S, n_ctx * 2 * HOP_LENGTH / SAMPLE_RATE)
+        """The encoder's window in seconds: 30 s (max_frames 3000 mel frames of 10 ms); a
+        windowed encoder (Qwen2.5-Omni, Qwen3-ASR: `AudioEncoder.max_frames` None) takes any
+        length, and long audio is cut into the 30 s windows of Whisper-style encoders."""
+        frames = self.model.encoder.max_frames
+        return MAX_WINDOW_S if frames is None else min(MAX_WINDOW_S,
+                                                        frames * HOP_LENGTH / SAMPLE_RATE)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, precision: str | torch.dtype | None = "auto",
@@ -293,10 +296,10 @@ class Pipeline:
         Raises:
             CheckpointError / TokenizerError: naming the directory and what is wrong.
         """
-        from lalm.checkpoint import load_model
+        from lalm.checkpoint import load_config, load_model
 
         model = load_model(path, precision, device, dtype=dtype)
-        tokenizer = load_tokenizer(path)
+        tokenizer = load_tokenizer(path, load_config(path)[1].family)
         return cls(model, tokenizer, read_generation_config(path, tokenizer.stop_ids))
 
     # ------------------------------------------------------------------ requests

@@ -65,7 +65,8 @@ def quantize_int8(weight: Tensor, group_size: int | None = None) -> tuple[Tensor
     # blocks of rows: float32 temporaries stay ~_BLOCK_ELEMENTS (a 7B lm_head is 0.6G values)
     rows = max(1, _BLOCK_ELEMENTS // in_dim)
     for start in range(0, out_dim, rows):
-        w = weight[start:start + rows].detach().float().view(-1, groups, in_dim // groups)
+        # reshape, not view: a decode-layout weight ([in, out]-major) is not contiguous
+        w = weight[start:start + rows].detach().float().reshape(-1, groups, in_dim // groups)
         scale = (w.abs().amax(dim=-1) / INT8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
         q[start:start + rows] = torch.round(w / scale[..., None]).clamp(
             -INT8_MAX, INT8_MAX).view(-1, in_dim)

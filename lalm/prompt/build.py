@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal, Union
 from lalm.errors import PromptError
 from lalm.prompt.family import FamilySpec, family_spec
 from lalm.prompt.parts import AudioPart, Message
-from lalm.prompt.tokens import DEFAULT_SYSTEM_PROMPT, check_text
+from lalm.prompt.tokens import check_text
 
 if TYPE_CHECKING:
     from lalm.tokenizer import Tokenizer
@@ -141,8 +141,8 @@ def build_chat_prompt(messages: Sequence[Message], family: FamilySpec | str, *,
     """A ChatML conversation with audio, as the family's chat model was trained on it
     (`FamilySpec.chat_template`).
 
-    Every family inserts the system prompt "You are a helpful assistant." when the first
-    message is not a system message.
+    When the first message is not a system message, the family's default system prompt
+    (`FamilySpec.default_system`: "You are a helpful assistant." for most) is inserted.
 
     Args:
         messages: an optional leading system message, then user/assistant turns.
@@ -160,7 +160,7 @@ def build_chat_prompt(messages: Sequence[Message], family: FamilySpec | str, *,
     if any(m.role == "system" for m in messages[1:]):
         raise PromptError("a system message may only come first")
     if messages[0].role != "system":
-        messages.insert(0, Message("system", DEFAULT_SYSTEM_PROMPT))
+        messages.insert(0, Message("system", family.default_system))
     if len(messages) < 2:
         raise PromptError("a chat needs at least one user or assistant message")
     if add_generation_prompt and messages[-1].role != "user":

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 from lalm.errors import PromptError
 from lalm.prompt.parse import ParsedOutput, parse_output
 from lalm.prompt.task import TaskSpec
-from lalm.prompt.tokens import tag
+from lalm.prompt.tokens import DEFAULT_SYSTEM_PROMPT, tag
 
 if TYPE_CHECKING:
     from lalm.prompt.build import Piece, Prompt
@@ -26,6 +26,8 @@ ChatTemplate = Callable[[Sequence["Message"], bool], tuple["Piece", ...]]
 TagPrompt = Callable[[TaskSpec, "AudioPart"], "Prompt"]
 #: (clips, instruction) -> a base-model prompt asking a task in natural language.
 InstructionPrompt = Callable[[Sequence["AudioPart"], str], "Prompt"]
+#: (the clip, a language code) -> a family's own speech-recognition prompt.
+AsrChatPrompt = Callable[["AudioPart", str], "Prompt"]
 #: (generated text, the task spec it answers) -> what it says.
 OutputParser = Callable[[str, "TaskSpec | None"], ParsedOutput]
 
@@ -73,6 +75,11 @@ class FamilySpec:
         instruction_prompt: (clips, instruction) -> a base-model prompt asking a task in
             natural language; None for a family that only asks by task tags.
         parse: (generated text, its task spec) -> `ParsedOutput`.
+        default_system: the system prompt `build_chat_prompt` inserts when a conversation
+            has none ("You are a helpful assistant."; Qwen2.5-Omni its own, Qwen3-ASR empty).
+        asr_chat: (clip, language code) -> the family's own speech-recognition prompt, for a
+            family that asks ASR in a chat of its own (Qwen2.5-Omni, Qwen3-ASR); it comes
+            before `asr_instruction` unless an instruction is given.
     """
 
     name: str
@@ -94,6 +101,8 @@ class FamilySpec:
     asr_instruction: str | None = None
     instruction_prompt: InstructionPrompt | None = None
     parse: OutputParser = parse_output
+    default_system: str = DEFAULT_SYSTEM_PROMPT
+    asr_chat: AsrChatPrompt | None = None
 
     def __post_init__(self) -> None:
         if self.boundary_rows not in (0, 2):
@@ -170,6 +179,8 @@ class FamilySpec:
             PromptError: ``timestamps`` on a family without timestamp tags.
         """
         check_timestamps(self, timestamps)
+        if self.asr_chat is not None and instruction is None:
+            return self.asr_chat(audio, language), None
         spec = TaskSpec.srwt(language) if timestamps else TaskSpec.asr(language)
         if instruction is None and self.asr_instruction is not None:
             instruction = self.asr_instruction + tag(language)

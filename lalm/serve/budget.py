@@ -24,6 +24,7 @@ import unicodedata
 from functools import cached_property
 
 import numpy as np
+import torch
 
 from lalm.generation import GenerationOptions, Pipeline, Request
 from lalm.longform import chat_audio_token_count
@@ -59,8 +60,14 @@ class PromptBudget:
         if not isinstance(samples, np.ndarray):
             raise TypeError("the server's prompts carry decoded clips (float arrays)")
         n = chat_audio_token_count(int(samples.shape[0]), self.pipeline.window_s,
-                                   self.pipeline.family.real_length)
+                                   self.pipeline.family.real_length, self._window_tokens)
         return n + self.pipeline.family.boundary_rows
+
+    def _window_tokens(self, mel_len: int) -> int:
+        """Audio tokens of one window of ``mel_len`` real frames, by the model's own rule
+        (`AudioLanguageModel.audio_row_counts`, less v1's BOS/EOS rows)."""
+        rows = self.pipeline.model.audio_row_counts(torch.tensor([mel_len]))
+        return int(rows[0]) - self.pipeline.family.boundary_rows
 
     def lower_bound(self, request: Request) -> int:
         """At most the prompt's token count, without tokenizing its text."""

@@ -270,13 +270,14 @@ def _sized(items: list, make: Callable[[list], Dataset], config: TrainConfig) ->
 
 
 def build_dataset(sources: Sequence[DataSource], config: TrainConfig, tokenizer: Tokenizer,
-                  n_mels: int, seed: int, encoder: AudioEncoder | None = None
-                  ) -> tuple[Dataset, int]:
+                  n_mels: int, seed: int, encoder: AudioEncoder | None = None,
+                  row_counts: Callable[[Tensor], Tensor] | None = None) -> tuple[Dataset, int]:
     """The mixed dataset of `sources` (`AudioTextDataset`, or `PreferenceDataset` for DPO);
     audio paths are made absolute so sources with different roots mix. With `encoder` (the
     frozen encoder, for ``data.encoder_cache``) the items carry its cached outputs instead of
     log-mels (`EncodedDataset`). With ``data.on_bad_item: skip`` bad records, empty targets and
-    unreadable items are left out (`SkipBadItems`).
+    unreadable items are left out (`SkipBadItems`). ``row_counts``: the model's audio rows per
+    clip (`AudioLanguageModel.audio_row_counts`; `AudioTextDataset`).
 
     Returns:
         (the dataset, how many bad items were left out before training; those found while
@@ -302,7 +303,7 @@ def build_dataset(sources: Sequence[DataSource], config: TrainConfig, tokenizer:
     else:
         dataset = _sized(items, lambda x: AudioTextDataset(
             x, tokenizer, n_mels, max_audio_seconds=limit,
-            all_turns=config.data.loss_on == "all_assistant"), config)
+            all_turns=config.data.loss_on == "all_assistant", row_counts=row_counts), config)
     skipped += len(items) - len(dataset)  # type: ignore[arg-type]
     if config.data.on_bad_item == "skip":
         dataset = SkipBadItems(dataset)

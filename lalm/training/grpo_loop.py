@@ -158,7 +158,7 @@ def train_grpo(config: TrainConfig, resume: bool = False) -> TrainResult:
     # data.encoder_cache: each clip encoded once, not once per prompt and once per answer
     encoder = base.encoder if config.data.encoder_cache else None
     train_set, _ = build_dataset(config.data.train, config, tokenizer, n_mels, run.seed,
-                                 encoder)
+                                 encoder, base.audio_row_counts)
     # run.epochs: the steps of that many passes (every rank has at least this many prompts)
     config = config.with_steps(len(train_set) // dist.world_size // grpo.prompts)
     run = config.run
@@ -167,7 +167,7 @@ def train_grpo(config: TrainConfig, resume: bool = False) -> TrainResult:
     metric_examples = []
     if config.data.valid is not None:
         valid_set, _ = build_dataset([config.data.valid], config, tokenizer, n_mels,
-                                     run.seed)
+                                     run.seed, row_counts=base.audio_row_counts)
         metric_examples = valid_set.examples[: run.metric_items]
     find_unused = run.find_unused_parameters
     if find_unused is None:

@@ -298,7 +298,7 @@ def _train(config: TrainConfig, resume: bool, threads: int, why_threads: str) ->
     # data.encoder_cache: the frozen encoder's outputs, computed before FSDP shards its weights
     encoder = base.encoder if config.data.encoder_cache else None
     train_set, skipped_before = build_dataset(config.data.train, config, tokenizer, n_mels,
-                                              run.seed, encoder)
+                                              run.seed, encoder, base.audio_row_counts)
     sampler = _sampler(train_set, config, dist, shuffle=True)
     config = config.with_steps(len(sampler))  # run.epochs: the steps of that many passes
     run = config.run
@@ -308,7 +308,7 @@ def _train(config: TrainConfig, resume: bool, threads: int, why_threads: str) ->
     valid_loader, metric_examples = None, []
     if config.data.valid is not None:
         valid_set, _ = build_dataset([config.data.valid], config, tokenizer, n_mels, run.seed,
-                                     encoder)
+                                     encoder, base.audio_row_counts)
         valid_loader = _loader(valid_set, HeldOutBatches(
             _sampler(valid_set, config, dist, shuffle=False), run.eval_batches),
             config, tokenizer.eod_id)

@@ -84,6 +84,19 @@ def test_int8_logits_are_close_to_fp32(int8_model) -> None:
     assert int8_model.state_dict()["decoder.layers.0.attn.q.weight"].dtype == torch.int8
 
 
+def test_a_decoder_in_the_decode_layout_quantises_alike() -> None:
+    plain, laid = random_model("tiny-random", seed=3), random_model("tiny-random", seed=3)
+    laid.decoder.use_decode_layout()  # fp32 weights [in, out]-major, as after setup_caches
+    assert not laid.decoder.lm_head.weight.is_contiguous()
+    quantize_model_int8(plain)
+    quantize_model_int8(laid)
+    head = laid.decoder.lm_head
+    quantize_model_int8(laid)  # already quantised modules are kept, not re-quantised
+    assert laid.decoder.lm_head is head
+    for name, tensor in plain.state_dict().items():
+        assert torch.equal(laid.state_dict()[name], tensor), name
+
+
 def test_lm_head_can_stay_float() -> None:
     model = random_model("tiny-random", seed=3)
     quantize_model_int8(model, include_lm_head=False)

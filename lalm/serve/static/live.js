@@ -65,6 +65,8 @@ function onEvent(message) {
     li.className = "error";
     li.textContent = `error: ${e.error.message}`;
   } else if (e.type === "error") {
+    // the final commit sent on stop finds nothing left when the server's VAD already took it
+    if (!live.ws && e.error.code === "input_audio_buffer_commit_empty") return;
     $("live-status").textContent = `error: ${e.error.message}`;
   }
 }
