@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -41,3 +44,35 @@ def librispeech_like(n: int, seed: int = 0) -> list[float]:
     """Durations of a LibriSpeech-like utterance mix: 2-20 s, most between 10 and 16 s."""
     rng = np.random.default_rng(seed)
     return np.clip(rng.normal(12.5, 4.0, n), 2.0, 20.0).round(2).tolist()
+
+
+def _rss(pid: int) -> int:
+    """Resident bytes of a running process (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_guarded(cmd: Sequence[str], max_rss: int, poll_s: float = 0.1) -> tuple[int, str, int]:
+    """Run ``cmd`` under a memory guard: its RSS is polled and it is killed past ``max_rss``
+    bytes (a bench case that would swap the shared machine stops instead).
+
+    Returns:
+        (exit code, -9 when killed by the guard; its stdout; the largest RSS polled).
+    """
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(list(cmd), stdout=out)
+        seen = 0
+        while proc.poll() is None:
+            seen = max(seen, _rss(proc.pid))
+            if seen > max_rss:
+                proc.kill()
+                proc.wait()
+                return -9, "", seen
+            time.sleep(poll_s)
+        out.seek(0)
+        return proc.returncode, out.read(), seen

@@ -2,7 +2,7 @@
 
     import lalm
     from lalm.subtitles import format_srt, transcript_cues
-    pipe = lalm.load_model("Qwen2-Audio-7B-Instruct", dtype="fp32")
+    pipe = lalm.load_model("Qwen2-Audio-7B-Instruct")           # precision="auto"
     print(pipe.chat("What is in this clip?", audios=["a.wav"], max_new_tokens=64).text)
     print(pipe.chat([{"role": "user", "content": [{"type": "audio", "audio_url": "a.wav"},
                                                   {"type": "text", "text": "And now?"}]}]).text)
@@ -32,8 +32,9 @@ from lalm.prompt import AudioSource
 from lalm.tokenizer import load_tokenizer
 
 
-def load_model(path: str | Path, dtype: str | torch.dtype = "fp32",
-               device: str | torch.device = "cpu") -> Pipeline:
+def load_model(path: str | Path, precision: str | torch.dtype | None = "auto",
+               device: str | torch.device = "cpu", *,
+               dtype: str | torch.dtype | None = None) -> Pipeline:
     """Load a checkpoint directory: model, tokenizer and prompt family in one `Pipeline`.
 
     Args:
@@ -41,8 +42,13 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "fp32",
             Qwen3-ASR: config.json, safetensors, tokenizer files),
             or ``"default"``: lalm's default model in the cache (``lalm demo`` makes it once,
             in about 10 minutes on 2 CPU cores; `lalm.demo.ensure_default_model` from Python).
-        dtype: "fp32" | "bf16" | "fp16" (on a CPU without bf16 units, falls back to fp32).
+        precision: "auto" (the checkpoint's storage dtype: a bf16 download stays bf16 in
+            memory) | "fp32" | "bf16" | "fp16" | "int8" (a weight-only int8 decoder). Where
+            the device has no fast kernels for the weight dtype (bf16 on a CPU without bf16
+            units), the weights keep it and the products compute in float32
+            (`lalm.config.resolve_precision`; docs/precision.md).
         device: where the model runs.
+        dtype: the former name of ``precision``.
 
     Returns:
         The pipeline; its default decoding options come from the checkpoint's
@@ -52,7 +58,7 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "fp32",
         CheckpointError, TokenizerError: naming the directory and the problem (for "default":
             that the default model is not made yet).
     """
-    return Pipeline.from_pretrained(_resolve(path), dtype=dtype, device=device)
+    return Pipeline.from_pretrained(_resolve(path), precision, device, dtype=dtype)
 
 
 def _resolve(path: str | Path) -> Path:
@@ -86,12 +92,13 @@ def check_transcription(path: str | Path, *, timestamps: bool = False,
 
 def transcribe(path: str | Path, audios: Sequence[AudioSource], language: str = "en",
                options: GenerationOptions | dict[str, Any] | None = None, batch_size: int = 8,
-               dtype: str | torch.dtype = "fp32", *, timestamps: bool = False,
+               precision: str | torch.dtype | None = "auto", *,
+               dtype: str | torch.dtype | None = None, timestamps: bool = False,
                long_form: LongForm = "vad", overlap_s: float = DEFAULT_OVERLAP_S,
                **fields: Any) -> list[GenerationResult]:
     """Load a checkpoint and transcribe clips with it (see `Pipeline.transcribe`); the options
     are checked (`check_transcription`) before the weights load."""
     check_transcription(path, timestamps=timestamps, long_form=long_form, overlap_s=overlap_s)
-    return load_model(path, dtype).transcribe(audios, language, options, batch_size,
-                                              timestamps=timestamps, long_form=long_form,
-                                              overlap_s=overlap_s, **fields)
+    pipe = load_model(path, precision, dtype=dtype)
+    return pipe.transcribe(audios, language, options, batch_size, timestamps=timestamps,
+                           long_form=long_form, overlap_s=overlap_s, **fields)

@@ -218,6 +218,18 @@ _DECODING_FLAGS = (
 )
 
 
+def _precision_argument(p: argparse.ArgumentParser) -> None:
+    """``--precision`` (alias ``--dtype``): how the weights are held and computed."""
+    from lalm.config import PRECISIONS
+
+    p.add_argument("--precision", "--dtype", dest="precision", default="auto",
+                   choices=PRECISIONS,
+                   help="weights in memory: auto (the checkpoint's own dtype: a bf16 download "
+                        "stays bf16), fp32, bf16 or fp16; where the device has no fast "
+                        "kernels for it (bf16 on a CPU without bf16 units) the products "
+                        "compute in float32 (default: auto)")
+
+
 def _generation_arguments(p: argparse.ArgumentParser, formats: Sequence[str],
                           greedy: bool = False) -> None:
     """Flags shared by chat and transcribe; each maps onto one GenerationOptions field
@@ -229,7 +241,7 @@ def _generation_arguments(p: argparse.ArgumentParser, formats: Sequence[str],
     defaults = {f.name: f.default for f in dataclasses.fields(GenerationOptions)}
     p.add_argument("--model", required=True, help="checkpoint directory (weights, config.json, "
                                                   "tokenizer files)")
-    p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
+    _precision_argument(p)
     for flag, name, kind, text in _DECODING_FLAGS:
         where = "0" if greedy and name == "temperature" else \
             f"the checkpoint's generation_config.json, else {defaults[name]:g}"
@@ -309,7 +321,7 @@ def _chat(args: argparse.Namespace) -> int:
     from lalm.generation.options import resolve_options
 
     fmt, changes = _output_format(args, "chat"), _option_changes(args)
-    pipe = load_model(args.model, dtype=args.dtype)
+    pipe = load_model(args.model, precision=args.precision)
     if args.max_audio_seconds is not None:
         pipe.max_audio_seconds = args.max_audio_seconds
     options = resolve_options(pipe.options, **changes)
@@ -407,7 +419,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     check_transcription(args.model, timestamps=args.timestamps, **long_form)  # before loading
     if args.max_seconds is not None:
         long_form["max_seconds"] = args.max_seconds
-    pipe = load_model(args.model, dtype=args.dtype)
+    pipe = load_model(args.model, precision=args.precision)
     with tqdm(total=len(args.files), unit="file", file=sys.stderr) as bar:
         transcripts = pipe.transcribe_segments(
             args.files, args.language, None, args.batch_size, progress=bar.update,
@@ -546,7 +558,7 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
                         "again its body (then the connection is closed / 408)")
     p.add_argument("--fetch-timeout", type=float, default=10.0,
                    help="seconds for a whole allowlisted audio_url download")
-    p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
+    _precision_argument(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--max-batch-size", type=int, default=16, help="requests per forward pass")
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests (more: 429)")
@@ -593,7 +605,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from lalm.generation import Pipeline
 
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    loaded = load_model(args.model, precision=args.precision, device=args.device)
     pipe = Pipeline(loaded.model, loaded.tokenizer, loaded.options, loaded.max_audio_seconds,
                     encoder_cache_mib=args.encoder_cache_mib,
                     prefix_slots=args.prefix_cache_slots)
@@ -635,7 +647,7 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N items")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="override the official decoding budget of the task")
-    p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
+    _precision_argument(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     p.add_argument("--judge-url", default=None,
                    help="judged tasks (airbench-chat, voicebench-open/-qa, mmau-pro): "
@@ -695,7 +707,7 @@ def _eval(args: argparse.Namespace) -> int:
                         f"--judge-model, default {OFFICIAL_JUDGES[args.task]})")
     if args.embed_url and not args.judge_url:
         raise LalmError("--embed-url is used with a judge: give --judge-url too")
-    pipe = load_model(args.model, dtype=args.dtype, device=args.device)
+    pipe = load_model(args.model, precision=args.precision, device=args.device)
     model = describe_model(pipe, args.model)
     out = Path(args.out or Path("runs") / "eval" / model.label / args.task)
     judge = None
@@ -738,7 +750,7 @@ def _bench_synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N items of each set")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="override the official decoding budget of the task")
-    p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
+    _precision_argument(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
 
 
@@ -751,7 +763,7 @@ def _bench_synth(args: argparse.Namespace) -> int:
     from lalm.eval.report import describe_model
     from lalm.eval.synth_report import markdown_table, run_synth_bench
 
-    pipe = load_model(args.model, dtype=args.dtype, device=args.device)
+    pipe = load_model(args.model, precision=args.precision, device=args.device)
     model = describe_model(pipe, args.model)
     out = args.out or Path("runs") / "bench-synth" / model.label
     report = run_synth_bench(pipe, args.data, out, args.scoring, args.batch_size,

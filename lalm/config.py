@@ -9,7 +9,7 @@ decoders of other LLM families (Llama, Qwen3: `lalm.checkpoint.gguf`) switch `qk
 conv2d encoder stem (`EncoderConfig.stem`), a key bias, an MLP projector (`ProjectorConfig.kind`)
 and tied embeddings.
 Presets are named real architectures plus tiny random ones derived from them for tests.
-`resolve_dtype` turns the user's precision option into a torch dtype.
+`resolve_precision` turns the user's precision option into weight and compute dtypes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from lalm.errors import ConfigError
+from lalm.errors import ConfigError, PrecisionError
 
 FrameCutoff = Literal["lookahead", "pairs"]
 EncoderStem = Literal["conv1d", "conv2d"]
@@ -290,6 +290,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 DtypeName = Literal["fp32", "bf16", "fp16"]
+#: What a user asks for: "auto" (the checkpoint's own dtype), or a weight dtype.
+PrecisionName = Literal["auto", "fp32", "bf16", "fp16", "int8"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "int8")
 _DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32, "float32": torch.float32,
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -297,12 +300,85 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def resolve_dtype(name: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
-    """The torch dtype for a precision option, checked against the device.
+@dataclass(frozen=True)
+class Precision:
+    """How a model is held and computed.
 
-    On CPU, half-precision matrix products are a trap unless the CPU has bf16 units (AMX /
-    AVX512-BF16, as reported by oneDNN): without them a bf16 matmul runs ~100x slower than fp32,
-    and fp16 has no fast CPU kernels at all. There the option falls back to fp32 with a warning.
+    Attributes:
+        int8: quantise the decoder's Linear layers and lm_head to weight-only int8 after
+            loading (`lalm.model.quant.quantize_model_int8`); the rest as `weights`.
+        weights: dtype of the floating-point weights in memory (what loading keeps or casts to).
+        compute: dtype of activations and matrix products: `weights` where the device has
+            fast kernels for it, else float32 (the weights stay `weights` in memory and each
+            product upcasts them just in time: `lalm.model.upcast`).
+    """
+
+    weights: torch.dtype
+    compute: torch.dtype
+    int8: bool = False  # then quantise the decoder to weight-only int8 after loading
+
+    @property
+    def upcast(self) -> bool:
+        """Whether weights are stored narrower than they are computed."""
+        return self.weights != self.compute
+
+
+def fast_on(dtype: torch.dtype, device: str | torch.device = "cpu") -> bool:
+    """Whether `device` computes matrix products in `dtype` well: float32 always; on CPU bf16
+    and fp16 only with the units oneDNN reports (AMX / AVX512-BF16 / AVX512-FP16; without them
+    a bf16 product runs ~100x slower than fp32, fp16 has no fast kernel); on CUDA bf16 where
+    the GPU supports it (Ampere and later), fp16 always; other devices (and CUDA in a
+    build or machine without it, where moving the model fails anyway) are trusted."""
+    kind = torch.device(device).type
+    if dtype == torch.float32:
+        return True
+    if kind == "cpu":
+        mkldnn = torch.ops.mkldnn
+        return bool(mkldnn._is_mkldnn_bf16_supported() if dtype == torch.bfloat16
+                    else mkldnn._is_mkldnn_fp16_supported())
+    if kind == "cuda" and dtype == torch.bfloat16 and torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return True
+
+
+def resolve_precision(name: str | torch.dtype | None, device: str | torch.device = "cpu",
+                      stored: torch.dtype = torch.float32) -> Precision:
+    """The weight and compute dtypes for a precision option, a device and a checkpoint.
+
+    "auto" keeps the checkpoint's storage dtype (`stored`; a float64 file is held as float32);
+    "int8" is "auto" plus weight-only int8 for the decoder (`Precision.int8`);
+    "fp32" / "bf16" / "fp16" (or "float32" / ..., or a torch dtype) hold the weights in that
+    dtype. Either way the products run in the weight dtype where the device is fast at it
+    (`fast_on`), else in float32 over just-in-time upcast weights, with a warning: a bf16
+    checkpoint on a CPU without bf16 units keeps its bf16 bytes and computes in float32.
+
+    Args:
+        name: the option; None means "auto".
+        device: where the model will run.
+        stored: the dtype of the checkpoint's floating-point weights.
+
+    Returns:
+        The resolved `Precision`.
+
+    Raises:
+        PrecisionError: an unknown precision name (the message lists the known ones).
+    """
+    int8 = name == "int8"
+    weights = _weight_dtype("auto" if int8 else name, stored)
+    if fast_on(weights, device):
+        return Precision(weights, weights, int8)
+    warnings.warn(
+        f"{weights} matrix products are slow on {device} (no {weights} units): the weights "
+        f"stay {weights} in memory and each product computes in float32",
+        stacklevel=2,
+    )
+    return Precision(weights, torch.float32, int8)
+
+
+def resolve_dtype(name: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
+    """The one dtype for a precision option where weights and products share it (mixed-
+    precision training's autocast dtype): the option's dtype where `fast_on` the device, else
+    float32 with a warning. "auto" is not an option here (there is no checkpoint to follow).
 
     Args:
         name: "fp32" | "bf16" | "fp16" (or "float32" / "bfloat16" / "float16", or a torch dtype).
@@ -312,22 +388,29 @@ def resolve_dtype(name: str | torch.dtype, device: str | torch.device = "cpu") -
         The dtype to build or cast the model with.
 
     Raises:
-        ConfigError: an unknown precision name.
+        PrecisionError: an unknown precision name (a ValueError).
     """
-    if isinstance(name, torch.dtype):
-        dtype = name
-        if dtype not in _DTYPES.values():
-            raise ConfigError(f"dtype must be fp32, bf16 or fp16, got {dtype}")
-    elif name in _DTYPES:
-        dtype = _DTYPES[name]
-    else:
-        raise ConfigError(f"dtype must be one of fp32, bf16, fp16, got {name!r}")
-    if torch.device(device).type != "cpu" or dtype == torch.float32:
+    if name in ("auto", "int8"):
+        raise PrecisionError(f"precision {name!r} needs a checkpoint; give fp32, bf16 or fp16")
+    dtype = _weight_dtype(name, torch.float32)
+    if fast_on(dtype, device):
         return dtype
-    if dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return dtype
-    warnings.warn(
-        f"{dtype} matrix products are very slow on this CPU (no bf16 units); using float32",
-        stacklevel=2,
-    )
+    warnings.warn(f"{dtype} matrix products are slow on {device} (no {dtype} units); using "
+                  "float32", stacklevel=2)
     return torch.float32
+
+
+def _weight_dtype(name: str | torch.dtype | None, stored: torch.dtype) -> torch.dtype:
+    """The weight dtype a precision option names ("auto"/None: `stored`, float64 as float32).
+
+    Raises:
+        PrecisionError: an unknown name.
+    """
+    if name is None or name == "auto":
+        return stored if stored in (torch.bfloat16, torch.float16) else torch.float32
+    if isinstance(name, torch.dtype) and name in _DTYPES.values():
+        return name
+    if isinstance(name, str) and name in _DTYPES:
+        return _DTYPES[name]
+    raise PrecisionError(f"precision must be one of {', '.join(PRECISIONS)} (or float32, "
+                         f"bfloat16, float16), got {name!r}")

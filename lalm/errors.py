@@ -57,3 +57,7 @@ class ComparisonError(LalmError, ValueError):
 class TrainingError(LalmError, RuntimeError):
     """A training run that cannot go on: a non-finite loss, gradient or weight; the message
     names the step and what to change."""
+
+
+class PrecisionError(ConfigError):
+    """A precision (dtype) option lalm does not know; the message lists the known ones."""

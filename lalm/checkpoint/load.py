@@ -5,8 +5,8 @@ The family (Qwen2-Audio, Qwen-Audio v1, ...) is recognised from config.json by
 `.bin` shards (`lalm.checkpoint.safetensors_io.read_checkpoint_dir`).
 
 No transformers needed: the model is built on the meta device (no memory, no init), the weights
-are memory-mapped, renamed by the family's key map, assigned (`load_state_dict(assign=True)`)
-and cast once to the requested dtype.
+are memory-mapped in their storage dtype, renamed by the family's key map, cast only where the
+requested precision differs (one tensor at a time) and assigned (`load_state_dict(assign=True)`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from lalm.checkpoint.formats import CheckpointFormat, detect_format
 from lalm.checkpoint.hf_json import read_json
 from lalm.checkpoint.quantized import from_disk
 from lalm.checkpoint.safetensors_io import read_checkpoint_dir
-from lalm.config import ModelConfig, resolve_dtype
-from lalm.errors import CheckpointError
+from lalm.config import ModelConfig, resolve_precision
+from lalm.errors import CheckpointError, PrecisionError
 from lalm.model import AudioLanguageModel
+from lalm.model.quant import quantize_model_int8
+from lalm.model.upcast import upcast_compute
 
 CONFIG_FILE = "config.json"
 
@@ -84,35 +86,75 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, Tensor], source: s
 
 
 def load_model(
-    directory: str | Path, dtype: str | torch.dtype = "fp32", device: str | torch.device = "cpu"
+    directory: str | Path,
+    precision: str | torch.dtype | None = "auto",
+    device: str | torch.device = "cpu",
+    *,
+    dtype: str | torch.dtype | None = None,
 ) -> AudioLanguageModel:
     """Load a checkpoint directory (any format in `lalm.checkpoint.formats.FORMATS`).
+
+    The weights are memory-mapped and assigned, never copied in their storage dtype: a bf16
+    file loaded as bf16 (or "auto") costs about its size in memory. A cast to another dtype
+    copies one tensor at a time, each releasing its file pages. Where the device has no fast
+    kernels for the weight dtype (a bf16 model on a CPU without bf16 units), the weights stay
+    in that dtype and compute in float32 (`lalm.model.upcast`; `lalm.config.resolve_precision`).
 
     Args:
         directory: folder with config.json and its weights (model.safetensors, safetensors
             shards, pytorch_model.bin or .bin shards).
-        dtype: "fp32" | "bf16" | "fp16" (see `lalm.config.resolve_dtype` for the CPU fallback).
+        precision: "auto" (the checkpoint's storage dtype; None means the same) | "fp32" |
+            "bf16" | "fp16" | "int8" ("auto", then the decoder's Linear layers and lm_head
+            quantised to weight-only int8: `lalm.model.quant`), or a torch dtype. A saved
+            int8 checkpoint loads as int8 under any of them.
         device: where the model goes.
+        dtype: the former name of `precision` (give one of the two).
 
     Returns:
-        The model in eval mode, every parameter on `device` in the resolved dtype.
+        The model in eval mode on `device`: Linear and Embedding weights in the resolved
+        weight dtype, everything else in the compute dtype (the same dtype unless upcast).
 
     Raises:
+        PrecisionError: an unknown precision, or `precision` and `dtype` both given.
         CheckpointError: missing/invalid config, unknown format, missing/extra/misshapen keys,
             unreadable or half-written weight files.
     """
+    if dtype is not None:
+        if precision not in ("auto", None, dtype):
+            raise PrecisionError(f"give precision or dtype, not both ({precision!r}, {dtype!r})")
+        precision = dtype
     config, fmt = load_config(directory)
-    target = resolve_dtype(dtype, device)
     with torch.device("meta"):
         model = AudioLanguageModel(config)
     # a saved int8 checkpoint quantises the meta model first (lalm.checkpoint.quantized)
     state = from_disk(model, read_checkpoint_dir(directory), read_hf_config(directory),
                       fmt.to_lalm, str(directory))
+    target = resolve_precision(precision, device, storage_dtype(state))
     check_state_dict(model, state, str(directory))
+    for name, tensor in state.items():  # one tensor at a time: each copy frees its file view
+        if tensor.is_floating_point():
+            state[name] = tensor.to(device=device, dtype=target.weights)
+        else:
+            state[name] = tensor.to(device=device)
     model.load_state_dict(state, strict=True, assign=True)
-    model.to(device=device, dtype=target)
+    del state
+    if target.int8:  # weight-only int8 of the decoder; each float weight it replaces is freed
+        quantize_model_int8(model)
+    if target.upcast:
+        upcast_compute(model, target.compute)
+    wanted = {target.weights, target.compute}
     wrong = [name for name, p in model.state_dict().items()
-             if p.is_floating_point() and p.dtype != target]  # int8 codes stay int8
+             if p.is_floating_point() and p.dtype not in wanted]  # int8 codes stay int8
     if wrong:
-        raise CheckpointError(f"{directory}: tensors not in {target} after loading: {wrong[:10]}")
+        raise CheckpointError(f"{directory}: tensors not in {target.weights} after loading: "
+                              f"{wrong[:10]}")
     return model.eval()
+
+
+def storage_dtype(state: dict[str, Tensor]) -> torch.dtype:
+    """The floating-point dtype holding most of a state dict's bytes (float32 if none)."""
+    sizes: dict[torch.dtype, int] = {}
+    for tensor in state.values():
+        if tensor.is_floating_point():
+            sizes[tensor.dtype] = sizes.get(tensor.dtype, 0) + tensor.numel() * tensor.itemsize
+    return max(sizes, key=sizes.__getitem__) if sizes else torch.float32

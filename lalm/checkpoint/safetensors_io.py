@@ -1,7 +1,9 @@
 """Reading and writing safetensors checkpoints: single file or Hugging Face-style shards.
 
-Reading is memory-mapped: the returned tensors are views of the mapped files, so loading a
-model with `load_state_dict(assign=True)` copies nothing until the one cast to the user's dtype.
+Reading is memory-mapped: the returned tensors keep the file's dtype and (all but the small
+ones) are views of private copy-on-write mappings of the file, one per tensor, so loading a model
+with `load_state_dict(assign=True)` copies nothing, a cast copies one tensor at a time, and a
+tensor dropped (cast, quantised) gives its pages back.
 Directories published with PyTorch `.bin` weights (`pytorch_model.bin` or its shards) are read
 too, with `torch.load(weights_only=True)`: no code in the file runs.
 Writing goes to a temporary file in the same directory and is renamed into place, so a reader
@@ -11,13 +13,16 @@ never sees a half-written file; the shard index is written after its shards.
 from __future__ import annotations
 
 import json
+import math
+import mmap
+import os
 import pickle
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -31,8 +36,26 @@ BIN_FILE = "pytorch_model.bin"
 BIN_INDEX_FILE = "pytorch_model.bin.index.json"
 
 
+_ST_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2, "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
+}
+# Tensors smaller than this are copied out of the file; larger ones are views of their own
+# mapping, which is unmapped when the tensor is freed (a cast or a quantisation at load then
+# returns the file's pages instead of keeping every page it read mapped).
+MAP_MIN_BYTES = 1 << 20
+_MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on the JSON header
+
+
 def read_safetensors(path: str | Path) -> dict[str, Tensor]:
-    """All tensors of one safetensors file, memory-mapped.
+    """All tensors of one safetensors file, memory-mapped copy-on-write.
+
+    Each tensor of at least `MAP_MIN_BYTES` is a view of its own private mapping of its byte
+    range (pages are read from the file when first touched, and count as the file's cache, not
+    as new memory); smaller tensors (norms, biases) are copied. Nothing is converted: a bf16
+    tensor in the file is a bf16 tensor here.
 
     Raises:
         CheckpointError: the file is missing, truncated (half-written) or not safetensors.
@@ -41,10 +64,73 @@ def read_safetensors(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            return {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError) as err:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            entries, start = _read_header(handle, size, path)
+            return {name: _map_tensor(handle, start, entry)
+                    for name, entry in entries.items()}
+    except OSError as err:
         raise CheckpointError(f"cannot read {path} (truncated or not safetensors?): {err}") from err
+
+
+def _read_header(handle: BinaryIO, size: int, path: Path
+                 ) -> tuple[dict[str, tuple[torch.dtype, list[int], int, int]], int]:
+    """The tensor table of a safetensors file and where its data starts.
+
+    Returns:
+        ({name: (dtype, shape, begin, end)} with byte offsets into the data, data start).
+    """
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"cannot read {path} (truncated or not safetensors?): {why}")
+
+    raw = handle.read(8)
+    if len(raw) < 8:
+        raise bad("shorter than its 8-byte header length")
+    n_header = int.from_bytes(raw, "little")
+    if n_header > min(_MAX_HEADER_BYTES, size - 8):
+        raise bad(f"header of {n_header} bytes in a file of {size}")
+    try:
+        header = json.loads(handle.read(n_header).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise bad(f"header is not JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise bad("header is not a JSON object")
+    start, n_data = 8 + n_header, size - 8 - n_header
+    entries = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _ST_DTYPES[info["dtype"]]
+            shape = [int(n) for n in info["shape"]]
+            begin, end = (int(n) for n in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise bad(f"tensor {name!r}: bad entry {info!r} ({err!r})") from None
+        numel = math.prod(shape)
+        if min(shape, default=0) < 0 or not 0 <= begin <= end <= n_data \
+                or end - begin != numel * dtype.itemsize:
+            raise bad(f"tensor {name!r} ({info['dtype']} {shape}) at bytes {begin}..{end} does "
+                      f"not fit the {n_data} data bytes")
+        entries[name] = (dtype, shape, begin, end)
+    return entries, start
+
+
+def _map_tensor(handle: BinaryIO, start: int,
+                entry: tuple[torch.dtype, list[int], int, int]) -> Tensor:
+    dtype, shape, begin, end = entry
+    nbytes, offset = end - begin, start + begin
+    if nbytes < MAP_MIN_BYTES or offset % dtype.itemsize:
+        handle.seek(offset)
+        data = bytearray(handle.read(nbytes))
+        if len(data) != nbytes:
+            raise OSError("file ends inside a tensor")
+        return (torch.frombuffer(data, dtype=dtype).reshape(shape) if nbytes
+                else torch.empty(shape, dtype=dtype))
+    page = offset - offset % mmap.ALLOCATIONGRANULARITY
+    mapped = mmap.mmap(handle.fileno(), offset + nbytes - page, access=mmap.ACCESS_COPY,
+                       offset=page)
+    return torch.frombuffer(mapped, dtype=dtype, count=nbytes // dtype.itemsize,
+                            offset=offset - page).reshape(shape)
 
 
 def read_torch_bin(path: str | Path) -> dict[str, Tensor]:

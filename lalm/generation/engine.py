@@ -438,7 +438,7 @@ class Engine:
         if self.cache is None:
             width = min(self.max_seq_len, max(64, 1 << (columns - 1).bit_length()))
             self.model.decoder.use_decode_layout()
-            weight = self.model.decoder.embed.weight
+            weight = self.model.decoder.norm.weight  # the compute dtype (lalm.model.upcast)
             cfg = self.model.config.decoder
             self.cache = KVCache(cfg.n_layer, rows, cfg.n_kv_head, width, cfg.head_dim,
                                  dtype=weight.dtype, device=weight.device)

@@ -279,9 +279,13 @@ class Pipeline:
                                                         frames * HOP_LENGTH / SAMPLE_RATE)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: str | torch.dtype = "fp32",
-                        device: str | torch.device = "cpu") -> Pipeline:
+    def from_pretrained(cls, path: str | Path, precision: str | torch.dtype | None = "auto",
+                        device: str | torch.device = "cpu", *,
+                        dtype: str | torch.dtype | None = None) -> Pipeline:
         """Load a checkpoint directory (weights, config.json and tokenizer files).
+
+        ``precision`` ("auto": the checkpoint's own dtype, or "fp32" / "bf16" / "fp16"; the
+        former name ``dtype`` still works) and ``device`` as in `lalm.checkpoint.load_model`.
 
         The default options come from the directory's ``generation_config.json`` as
         transformers' ``generate()`` reads it (`GenerationOptions.from_hf`: a released
@@ -294,7 +298,7 @@ class Pipeline:
         """
         from lalm.checkpoint import load_config, load_model
 
-        model = load_model(path, dtype=dtype, device=device)
+        model = load_model(path, precision, device, dtype=dtype)
         tokenizer = load_tokenizer(path, load_config(path)[1].family)
         return cls(model, tokenizer, read_generation_config(path, tokenizer.stop_ids))
 
@@ -381,7 +385,7 @@ class Pipeline:
             return [r for r in encoded if r is not None]
         features, lens = batch_log_mel(windows, model.config.encoder.n_mels,
                                        self.family.real_length)
-        device, dtype = model.decoder.embed.weight.device, model.decoder.embed.weight.dtype
+        device, dtype = model.encoder.conv1.weight.device, model.encoder.conv1.weight.dtype
         # Windows of equal length are encoded together, each group unpadded: the encoder then
         # needs no attention mask (its fast path), and a clip's rows never depend on which other
         # clips share the call.

@@ -192,13 +192,14 @@ class TextDecoder(nn.Module):
         Args:
             batch_size: rows of every following forward.
             max_seq_len: columns to hold (prompt + new tokens); default `config.max_seq_len`.
-            dtype: cache dtype; default the model's.
+            dtype: cache dtype; default the model's compute dtype (its norms': float32 for
+                bf16 weights computed in float32, `lalm.model.upcast`).
 
         Returns:
             The new cache (also kept as `self.cache`).
         """
         self.use_decode_layout()
-        weight = self.embed.weight
+        weight = self.norm.weight
         self.cache = KVCache(
             self.config.n_layer,
             batch_size,
