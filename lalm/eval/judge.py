@@ -202,7 +202,7 @@ class ChatJudge(_CachedEndpoint):
         if not self.separate_samples:
             try:
                 return [str(c) for c in self._post(together, parse(s.samples))]
-            except RefusedRequest:  # e.g. a lalm serve, which takes n=1 only
+            except RefusedRequest:  # a server that takes n=1 only
                 self.separate_samples = True
         return [str(self._post(b, parse(1))[0]) for b in each]
 

@@ -385,7 +385,8 @@ class Pipeline:
             return [r for r in encoded if r is not None]
         features, lens = batch_log_mel(windows, model.config.encoder.n_mels,
                                        self.family.real_length)
-        device, dtype = model.encoder.conv1.weight.device, model.encoder.conv1.weight.dtype
+        stem = model.encoder.stem_weight
+        device, dtype = stem.device, stem.dtype
         # Windows of equal length are encoded together, each group unpadded: the encoder then
         # needs no attention mask (its fast path), and a clip's rows never depend on which other
         # clips share the call.

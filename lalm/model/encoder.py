@@ -159,6 +159,11 @@ class AudioEncoder(nn.Module):
         return _stride2_length(2 * (self.config.n_window or 0), n_conv)
 
     @property
+    def stem_weight(self) -> Tensor:
+        """The first stem product's weight: the log-mel input takes its dtype and device."""
+        return self.conv1.weight if self.config.stem == "conv1d" else self.conv2d1.weight
+
+    @property
     def max_frames(self) -> int | None:
         """The longest clip in mel frames (2 * n_ctx), or None for a windowed encoder, which
         takes any length (its positions restart in every chunk)."""

@@ -44,8 +44,8 @@ def encode_clip(encoder: AudioEncoder, features: Tensor, feature_len: int) -> Te
     Returns:
         [N, D_enc] float32 on the CPU, N = (L - 1) // 2 + 1 valid encoder positions.
     """
-    device = encoder.conv1.weight.device
-    x, x_lens = encoder(features[None].to(device, encoder.conv1.weight.dtype),
+    device = encoder.stem_weight.device
+    x, x_lens = encoder(features[None].to(device, encoder.stem_weight.dtype),
                         torch.tensor([feature_len], device=device))
     return x[0, : int(x_lens[0])].float().cpu()
 

@@ -238,7 +238,7 @@ def test_nothing_to_score_is_an_error_not_a_division_by_zero(task: str) -> None:
 
 
 class _OneSampleJudge(_Judge):
-    """Like `_Judge`, but refuses n > 1 with a 400, as a `lalm serve` does."""
+    """Like `_Judge`, but refuses n > 1 with a 400, as some OpenAI-compatible servers do."""
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         if "n" in json.loads(self._peek()):
