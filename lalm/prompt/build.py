@@ -5,14 +5,14 @@ conversation checks of `build_chat_prompt`, whose rendering each family's chat t
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Union
 
 from lalm.errors import PromptError
 from lalm.prompt.family import FamilySpec, family_spec
 from lalm.prompt.parts import AudioPart, Message
-from lalm.prompt.tokens import check_text
+from lalm.prompt.tokens import IM_END, IM_START, check_text
 
 if TYPE_CHECKING:
     from lalm.tokenizer import Tokenizer
@@ -134,6 +134,30 @@ def merge_texts(pieces: Sequence[Piece]) -> tuple[Piece, ...]:
         elif not (isinstance(p, TextPiece) and not p.text):
             out.append(p)
     return tuple(out)
+
+
+def chatml_pieces(messages: Sequence[Message], add_generation_prompt: bool,
+                 specials: frozenset[str], audio: Callable[[AudioPart, int], list[Piece]]
+                 ) -> tuple[Piece, ...]:
+    """ChatML with audio, the chat templates' common shape: ``<|im_start|>role\n`` content
+    ``<|im_end|>\n`` per turn, the k-th audio of the conversation (k from 1) written as
+    ``audio(part, k)``, then ``<|im_start|>assistant\n`` when asked. Message text may not hold
+    ``specials``."""
+    pieces: list[Piece] = []
+    count = 0
+    for m in messages:
+        pieces.append(TextPiece(f"{IM_START}{m.role}\n"))
+        for part in m.content:
+            if isinstance(part, AudioPart):
+                count += 1
+                pieces += audio(part, count)
+            else:
+                check_text(part.text, specials, f"{m.role} message text")
+                pieces.append(TextPiece(part.text))
+        pieces.append(TextPiece(f"{IM_END}\n"))
+    if add_generation_prompt:
+        pieces.append(TextPiece(f"{IM_START}assistant\n"))
+    return merge_texts(pieces)
 
 
 def build_chat_prompt(messages: Sequence[Message], family: FamilySpec | str, *,

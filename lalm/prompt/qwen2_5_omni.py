@@ -16,10 +16,16 @@ from collections.abc import Sequence
 from functools import partial
 
 from lalm.errors import PromptError
-from lalm.prompt.build import Piece, Prompt, TextPiece, build_chat_prompt, merge_texts
+from lalm.prompt.build import (
+    Piece,
+    Prompt,
+    TextPiece,
+    build_chat_prompt,
+    chatml_pieces,
+)
 from lalm.prompt.family import ChatTemplate, FamilySpec, register_family
 from lalm.prompt.parts import AudioPart, Message, TextPart
-from lalm.prompt.tokens import ENDOFTEXT, IM_END, IM_START, check_text
+from lalm.prompt.tokens import ENDOFTEXT, IM_END, IM_START
 
 OMNI_AUDIO = "<|AUDIO|>"  # 151646
 OMNI_AUDIO_BOS = "<|audio_bos|>"  # 151647
@@ -72,19 +78,8 @@ def chatml_template(audio_start: str, audio_pad: str, audio_end: str,
 
     def template(messages: Sequence[Message], add_generation_prompt: bool
                  ) -> tuple[Piece, ...]:
-        pieces: list[Piece] = []
-        for m in messages:
-            pieces.append(TextPiece(f"{IM_START}{m.role}\n"))
-            for part in m.content:
-                if isinstance(part, AudioPart):
-                    pieces += [TextPiece(audio_start), part, TextPiece(audio_end)]
-                else:
-                    check_text(part.text, specials, f"{m.role} message text")
-                    pieces.append(TextPiece(part.text))
-            pieces.append(TextPiece(f"{IM_END}\n"))
-        if add_generation_prompt:
-            pieces.append(TextPiece(f"{IM_START}assistant\n"))
-        return merge_texts(pieces)
+        return chatml_pieces(messages, add_generation_prompt, specials,
+                             lambda part, _: [TextPiece(audio_start), part, TextPiece(audio_end)])
 
     return template
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lalm.errors import PromptError
-from lalm.prompt.build import Piece, Prompt, TextPiece, merge_texts
+from lalm.prompt.build import Piece, Prompt, TextPiece, chatml_pieces, merge_texts
 from lalm.prompt.family import FamilySpec, register_family
 from lalm.prompt.parts import AudioPart, Message
 from lalm.prompt.tokens import (
@@ -50,22 +50,9 @@ def _qwen2_chat(messages: Sequence[Message], add_generation_prompt: bool
     (k counts over the conversation); every turn is ``<|im_start|>role\\ncontent<|im_end|>\\n``.
     Message text may not hold special tokens. Audio-only turns are voice chat, audio + text
     turns are audio analysis: the same template."""
-    pieces: list[Piece] = []
-    count = 0
-    for m in messages:
-        pieces.append(TextPiece(f"{IM_START}{m.role}\n"))
-        for part in m.content:
-            if isinstance(part, AudioPart):
-                count += 1
-                pieces += [TextPiece(f"Audio {count}: {QWEN2_AUDIO_BOS}"), part,
-                           TextPiece(f"{QWEN2_AUDIO_EOS}\n")]
-            else:
-                check_text(part.text, QWEN2_AUDIO_SPECIAL_TOKENS, f"{m.role} message text")
-                pieces.append(TextPiece(part.text))
-        pieces.append(TextPiece(f"{IM_END}\n"))
-    if add_generation_prompt:
-        pieces.append(TextPiece(f"{IM_START}assistant\n"))
-    return merge_texts(pieces)
+    return chatml_pieces(messages, add_generation_prompt, QWEN2_AUDIO_SPECIAL_TOKENS,
+                         lambda part, k: [TextPiece(f"Audio {k}: {QWEN2_AUDIO_BOS}"), part,
+                                          TextPiece(f"{QWEN2_AUDIO_EOS}\n")])
 
 
 QWEN2_AUDIO = register_family(FamilySpec(
