@@ -277,7 +277,7 @@ def build_dataset(sources: Sequence[DataSource], config: TrainConfig, tokenizer:
     frozen encoder, for ``data.encoder_cache``) the items carry its cached outputs instead of
     log-mels (`EncodedDataset`). With ``data.on_bad_item: skip`` bad records, empty targets and
     unreadable items are left out (`SkipBadItems`). ``row_counts``: the model's audio rows per
-    clip (`AudioLanguageModel.audio_row_counts`; `AudioTextDataset`).
+    clip (`AudioLanguageModel.audio_row_counts`; `AudioTextDataset`, `PreferenceDataset`).
 
     Returns:
         (the dataset, how many bad items were left out before training; those found while
@@ -298,8 +298,8 @@ def build_dataset(sources: Sequence[DataSource], config: TrainConfig, tokenizer:
     items = mix(lists, [s.weight for s in sources], seed)
     limit = config.data.max_audio_seconds
     if config.objective == "dpo":
-        dataset = _sized(items, lambda x: PreferenceDataset(x, tokenizer, n_mels,
-                                                            max_audio_seconds=limit), config)
+        dataset = _sized(items, lambda x: PreferenceDataset(
+            x, tokenizer, n_mels, max_audio_seconds=limit, row_counts=row_counts), config)
     else:
         dataset = _sized(items, lambda x: AudioTextDataset(
             x, tokenizer, n_mels, max_audio_seconds=limit,

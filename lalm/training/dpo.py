@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,16 +117,18 @@ class PreferenceDataset(Dataset):
 
     Args:
         pairs: the pairs.
-        tokenizer, n_mels, audio_root, max_audio_seconds: as for `AudioTextDataset`.
+        tokenizer, n_mels, audio_root, max_audio_seconds, row_counts: as for
+            `AudioTextDataset`.
     """
 
     def __init__(self, pairs: Sequence[PreferencePair], tokenizer: Tokenizer, n_mels: int,
                  audio_root: str | os.PathLike[str] = ".",
-                 max_audio_seconds: float | None = 30.0) -> None:
+                 max_audio_seconds: float | None = 30.0,
+                 row_counts: Callable[[Tensor], Tensor] | None = None) -> None:
         examples = [p.answered(a) for p in pairs for a in (p.chosen, p.rejected)]
         # DPO compares the final answers; the shared history carries no labels
         self.items = AudioTextDataset(examples, tokenizer, n_mels, audio_root, max_audio_seconds,
-                                      all_turns=False)
+                                      all_turns=False, row_counts=row_counts)
 
     def __len__(self) -> int:
         return len(self.items) // 2

@@ -158,3 +158,24 @@ def test_server_prompt_budget_counts_the_models_audio_rows(tokenizers) -> None:
         request = pipe.chat_request("Hi", [np.zeros(int(16000 * seconds), np.float32)])
         assert budget.exact(request) == int(pipe.prepare([request]).lengths[0])
         assert budget.lower_bound(request) <= budget.exact(request)
+
+
+def test_preference_pairs_take_the_models_audio_rows(tokenizers, tmp_path) -> None:
+    """DPO's data (built as the stage builds it) gives both answers of a Qwen3-ASR pair the
+    model's audio rows per clip, as SFT's items have them."""
+    from lalm.training.build import build_dataset
+    from lalm.training.dpo import PreferencePair, write_pairs
+    from lalm.training.stages import TrainConfig
+
+    model = random_model("tiny-random-asr")
+    sf.write(tmp_path / "a.wav", np.zeros(16000 * 2, np.float32) + 0.01, 16000)
+    prompt = Example(id="a", audios=(AudioRef(str(tmp_path / "a.wav")),), target="",
+                     task=ExampleTask("asr", instruction="Transcribe."), split="train")
+    write_pairs(tmp_path / "pairs.jsonl", [PreferencePair("p", prompt, "hi", "ho")])
+    config = TrainConfig.from_file("dpo", [f"data.train=[{{manifest: {tmp_path / 'pairs.jsonl'}}}]",
+                                           "data.valid=null"])
+    dataset, skipped = build_dataset(config.data.train, config, load_tokenizer(
+        tokenizers["qwen3_asr"]), 128, seed=0, row_counts=model.audio_row_counts)
+    assert skipped == 0 and len(dataset) == 1
+    chosen, rejected = dataset[0]
+    assert int(chosen["audio_slot_mask"].sum()) == int(rejected["audio_slot_mask"].sum()) == 26
