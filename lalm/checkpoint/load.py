@@ -129,6 +129,10 @@ def load_model(
     # a saved int8 checkpoint quantises the meta model first (lalm.checkpoint.quantized)
     state = from_disk(model, read_checkpoint_dir(directory), read_hf_config(directory),
                       fmt.to_lalm, str(directory))
+    if not config.decoder.tie_embeddings and \
+            state.get("decoder.lm_head.weight") is state.get("decoder.embed.weight", False):
+        raise CheckpointError(f"{directory}: lm_head.weight is missing and the config says the "
+                              "embeddings are not tied (tie_word_embeddings: false)")
     target = resolve_precision(precision, device, storage_dtype(state))
     check_state_dict(model, state, str(directory))
     for name, tensor in state.items():  # one tensor at a time: each copy frees its file view

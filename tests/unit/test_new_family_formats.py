@@ -127,3 +127,29 @@ def test_key_maps_refuse_unknown_keys_and_drop_only_the_unused_omni_parts():
 ])
 def test_parse_asr_output(decoded: str, expected: AsrOutput) -> None:
     assert parse_asr_output(decoded) == expected
+
+
+@pytest.mark.parametrize(("preset", "fmt"), [("tiny-random-omni", "qwen2_5_omni"),
+                                             ("tiny-random-asr", "qwen3_asr")])
+def test_a_missing_lm_head_is_tied_only_where_the_config_says_so(tmp_path, preset, fmt):
+    """A checkpoint without lm_head.weight loads with the embedding as its head when its config
+    ties them (Qwen3-ASR), and is an error when its config does not (Omni): a head copied from
+    the embedding there would be a silently different model."""
+    from safetensors.torch import load_file, save_file
+
+    from lalm.checkpoint import load_model, save_model
+    from lalm.testing.models import random_model
+
+    model = random_model(preset)
+    save_model(model, tmp_path, format=fmt)
+    (weights,) = tmp_path.glob("*.safetensors")
+    state = load_file(weights)
+    head = [k for k in state if k.endswith("lm_head.weight")]
+    assert head or model.config.decoder.tie_embeddings  # a tied save stores the head once
+    save_file({k: v for k, v in state.items() if k not in head}, weights, metadata={"format": "pt"})
+    if model.config.decoder.tie_embeddings:
+        loaded = load_model(tmp_path, precision="fp32")
+        assert torch.equal(loaded.decoder.lm_head.weight, model.decoder.embed.weight)
+    else:
+        with pytest.raises(CheckpointError, match="lm_head.weight is missing"):
+            load_model(tmp_path, precision="fp32")
