@@ -70,11 +70,11 @@ def language_name(language: str) -> str:
                           f"{', '.join(sorted(LANGUAGE_NAMES))}") from None
 
 
-def chatml_template(audio_start: str, audio_pad: str, audio_end: str,
-                    specials: frozenset[str]) -> ChatTemplate:
+def chatml_template(audio_start: str, audio_end: str, specials: frozenset[str]) -> ChatTemplate:
     """Plain ChatML with audio: ``<|im_start|>role\\n`` content ``<|im_end|>\\n`` per turn, each
-    audio as ``audio_start audio_pad audio_end`` (the pad expanded to the clip's N tokens), any
-    number of audios anywhere in a turn. Message text may not hold ``specials``."""
+    audio as ``audio_start``, the family's audio slot token expanded to the clip's N tokens,
+    ``audio_end``; any number of audios anywhere in a turn. Message text may not hold
+    ``specials``."""
 
     def template(messages: Sequence[Message], add_generation_prompt: bool
                  ) -> tuple[Piece, ...]:
@@ -114,7 +114,7 @@ QWEN2_5_OMNI = register_family(FamilySpec(
     boundary_rows=0, labelled_audio=False, real_length="ceil",
     stop_tokens=(ENDOFTEXT, IM_END), timestamps=False, text_specials=frozenset(),
     response_skips_special=True, asr_scoring="qwen2-audio-asr-v1",
-    chat_template=chatml_template(OMNI_AUDIO_BOS, OMNI_AUDIO, OMNI_AUDIO_EOS,
+    chat_template=chatml_template(OMNI_AUDIO_BOS, OMNI_AUDIO_EOS,
                                   OMNI_SPECIAL_TOKENS),
     instruction_prompt=partial(instruction_chat, "qwen2.5-omni"),
     default_system=OMNI_SYSTEM_PROMPT, asr_chat=_omni_asr))

@@ -95,7 +95,7 @@ QWEN3_ASR = register_family(FamilySpec(
     boundary_rows=0, labelled_audio=False, real_length="ceil",
     stop_tokens=(ENDOFTEXT, IM_END), timestamps=False, text_specials=frozenset({ASR_TEXT}),
     response_skips_special=True, asr_scoring="qwen2-audio-asr-v1",
-    chat_template=chatml_template(ASR_AUDIO_START, ASR_AUDIO_PAD, ASR_AUDIO_END,
+    chat_template=chatml_template(ASR_AUDIO_START, ASR_AUDIO_END,
                                   ASR_SPECIAL_TOKENS - {ASR_TEXT}),
     instruction_prompt=partial(instruction_chat, "qwen3-asr"), parse=parse_transcript,
     default_system="", asr_chat=_asr_prompt))
