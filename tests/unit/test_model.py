@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from lalm.config import PRESETS, ModelConfig, resolve_dtype
+from lalm.config import PRESETS, ModelConfig, fast_on, resolve_dtype
 from lalm.errors import ConfigError
 from lalm.model import AudioLanguageModel, positions_from_mask
 from lalm.model.layers import logn_scale, ntk_alpha
@@ -51,8 +51,12 @@ def test_from_name_overrides_and_validation_names_the_field() -> None:
 def test_resolve_dtype() -> None:
     assert resolve_dtype("fp32") == torch.float32
     assert resolve_dtype("bf16", "cuda") == torch.bfloat16
-    with pytest.warns(UserWarning, match="float32"):
-        assert resolve_dtype("fp16", "cpu") == torch.float32
+    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        if fast_on(dtype, "cpu"):  # a CPU with the units (AMX / AVX512-BF16 / -FP16) keeps it
+            assert resolve_dtype(name, "cpu") == dtype
+        else:
+            with pytest.warns(UserWarning, match="float32"):
+                assert resolve_dtype(name, "cpu") == torch.float32
     with pytest.raises(ConfigError, match="int8"):
         resolve_dtype("int8")
 
