@@ -16,10 +16,16 @@ A quantised checkpoint is the family's ordinary folder (config.json + safetensor
        "modules": ["decoder.layers.*.attn.q", ..., "decoder.lm_head"]}
 
       {"quant_method": "lalm_int4", "bits": 4, "symmetric": false,
-       "group_size": 128,               # input columns per scale and zero (a layer
+       "group_size": 32,                # input columns per scale and zero (a layer
                                         # whose width it does not divide: the largest
                                         # divisor below, `int4_group_size`)
-       "modules": [...as above]}
+       "modules": [...as above],
+       "lm_head": {"quant_method": "lalm_int8", "bits": 8, "symmetric": true,
+                   "group_size": null}}
+
+  ``lm_head`` is there only when the head is in the other scheme (at that scheme's default
+  group size; `precision="int4"` keeps the head int8: `lalm.model.quant.HEAD_SCHEMES`);
+  without it a listed ``decoder.lm_head`` is in the layers' scheme and group size.
 
   ``quant_method`` is lalm's own. Such a folder is for lalm only: transformers 5.23 merely
   warns "Unknown quantization type ... we will skip the quantization" and would read the
@@ -41,6 +47,7 @@ from torch import Tensor
 from lalm.errors import CheckpointError
 from lalm.model import AudioLanguageModel
 from lalm.model.quant import (
+    DEFAULT_GROUP_SIZES,
     LAYER_LINEARS,
     SCALES,
     SCHEMES,
@@ -69,27 +76,42 @@ def quantization_config(model: AudioLanguageModel) -> dict[str, Any] | None:
 
     Raises:
         CheckpointError: a model quantised in a way the block cannot state (not every
-            decoder-layer Linear, or mixed group sizes).
+            decoder-layer Linear, mixed schemes or group sizes among them, a head in another
+            scheme with a group size other than that scheme's default).
     """
     found = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
     if not found:
         return None
-    head = _LM_HEAD in found
+    head = found.pop(_LM_HEAD, None)
     expected = {f"decoder.layers.{i}.{name}" for i in range(len(model.decoder.layers))
-                for name in LAYER_LINEARS} | ({_LM_HEAD} if head else set())
-    schemes = {m.bits for m in found.values()}
-    # int4 layers state the group asked for (a narrow layer uses a divisor of it)
-    groups = {getattr(m, "max_group_size", m.group_size) for m in found.values()}
-    if set(found) != expected or len(schemes) != 1 or len(groups) != 1:
+                for name in LAYER_LINEARS}
+    kinds = {_kind(m) for m in found.values()}
+    if set(found) != expected or len(kinds) != 1:
         raise CheckpointError(
             "only models quantised by lalm.model.quant.quantize_model can be saved (every "
             f"decoder-layer Linear, one scheme, one group size); this one has "
-            f"{sorted(found)[:10]} in int{sorted(schemes)} with group sizes "
-            f"{sorted(groups, key=str)}")
-    bits, group = schemes.pop(), groups.pop()
-    return {"quant_method": QUANT_METHODS[f"int{bits}"], "bits": bits, "symmetric": bits == 8,
-            "group_size": group,
-            "modules": [*_LAYER_PATTERNS, _LM_HEAD] if head else list(_LAYER_PATTERNS)}
+            f"{sorted(found)[:10]} in (scheme, group size) {sorted(kinds, key=str)}")
+    scheme, group = kinds.pop()
+    block = {**_scheme_block(scheme, group),
+             "modules": [*_LAYER_PATTERNS, _LM_HEAD] if head else list(_LAYER_PATTERNS)}
+    if head is not None and _kind(head) != (scheme, group):
+        head_scheme, head_group = _kind(head)
+        if head_scheme == scheme or head_group != DEFAULT_GROUP_SIZES[head_scheme]:
+            raise CheckpointError(f"the lm_head ({head_scheme}, group size {head_group}) can "
+                                  f"only be saved in the layers' scheme or in another at its "
+                                  "default group size")
+        block["lm_head"] = _scheme_block(head_scheme, head_group)
+    return block
+
+
+def _kind(module: QuantizedLinear) -> tuple[str, int | None]:
+    """(scheme, group size asked for: an int4 layer narrower than it uses a divisor)."""
+    return f"int{module.bits}", getattr(module, "max_group_size", module.group_size)
+
+
+def _scheme_block(scheme: str, group: int | None) -> dict[str, Any]:
+    return {"quant_method": QUANT_METHODS[scheme], "bits": SCHEMES[scheme].bits,
+            "symmetric": scheme == "int8", "group_size": group}
 
 
 def to_disk(state: StateDict, from_lalm: Callable[[StateDict], StateDict]) -> StateDict:
@@ -138,9 +160,8 @@ def from_disk(model: AudioLanguageModel, raw: StateDict, hf_config: dict[str, An
             raise CheckpointError(f"{source}: weight scales/zeros {sorted(taken)[:3]} but no "
                                   f"{QUANT_KEY} in config.json")
         return to_lalm(raw)
-    scheme, include_lm_head = _check_block(block, source)
-    quantize_model(model, scheme, include_lm_head=include_lm_head,
-                   group_size=block["group_size"])
+    scheme, head = _check_block(block, source)
+    quantize_model(model, scheme, lm_head=head, group_size=block["group_size"])
     state = to_lalm({k: v for k, v in raw.items() if k not in taken})
     for name, keys in aux.items():
         weights = {k[: -len(_AUX[name])]: raw[k] for k in keys}
@@ -149,17 +170,38 @@ def from_disk(model: AudioLanguageModel, raw: StateDict, hf_config: dict[str, An
     return state
 
 
-def _check_block(block: object, source: str) -> tuple[str, bool]:
-    """Validate a ``quantization_config``; returns the scheme ("int8" | "int4") and whether
-    the lm_head is quantised."""
+def _check_block(block: object, source: str) -> tuple[str, str | None]:
+    """Validate a ``quantization_config``; returns the layers' scheme ("int8" | "int4") and
+    the lm_head's (None: float). Without an ``lm_head`` sub-block a listed head is in the
+    layers' scheme and group size."""
     where = f"{source}: config.json {QUANT_KEY}"
+    scheme = _check_scheme(block, where)
+    modules = block.get("modules")  # type: ignore[union-attr]  # a dict: checked
+    if modules not in (_LAYER_PATTERNS, [*_LAYER_PATTERNS, _LM_HEAD]):
+        raise CheckpointError(f"{where}: modules must be {_LAYER_PATTERNS} (+ {_LM_HEAD!r}), "
+                              f"got {modules!r}")
+    sub = block.get("lm_head")  # type: ignore[union-attr]
+    if _LM_HEAD not in modules:
+        if sub is not None:
+            raise CheckpointError(f"{where}: an lm_head block but {_LM_HEAD!r} not in modules")
+        return scheme, None
+    if sub is None:
+        return scheme, scheme
+    head = _check_scheme(sub, f"{where} lm_head")
+    if head == scheme or sub["group_size"] != DEFAULT_GROUP_SIZES[head]:
+        raise CheckpointError(f"{where}: an lm_head block must name the other scheme at its "
+                              f"default group size {DEFAULT_GROUP_SIZES[head]!r}, got {sub!r}")
+    return scheme, head
+
+
+def _check_scheme(block: object, where: str) -> str:
+    """Validate one scheme's fields (quant_method, bits, symmetric, group_size); its name."""
     method = block.get("quant_method") if isinstance(block, dict) else block
     if not isinstance(block, dict) or method not in _SCHEME_OF:
         raise CheckpointError(f"{where}: quant_method {method!r} is not one of lalm's "
                               f"{sorted(_SCHEME_OF)}")
     scheme = _SCHEME_OF[method]
     group = block.get("group_size")
-    modules = block.get("modules")
     bits, symmetric = SCHEMES[scheme].bits, scheme == "int8"
     if block.get("bits") != bits or block.get("symmetric") is not symmetric:
         raise CheckpointError(f"{where}: {method} is {bits}-bit with symmetric "
@@ -170,10 +212,7 @@ def _check_block(block: object, source: str) -> tuple[str, bool]:
         raise CheckpointError(f"{where}: group_size must be "
                               f"{'a' if scheme == 'int4' else 'null or a'} positive integer, "
                               f"got {group!r}")
-    if modules not in (_LAYER_PATTERNS, [*_LAYER_PATTERNS, _LM_HEAD]):
-        raise CheckpointError(f"{where}: modules must be {_LAYER_PATTERNS} (+ {_LM_HEAD!r}), "
-                              f"got {modules!r}")
-    return scheme, _LM_HEAD in modules
+    return scheme
 
 
 def _check_codes(model: AudioLanguageModel, state: StateDict, source: str) -> None:

@@ -13,7 +13,8 @@ is `(q - 8) * scale + zero` over each group of `group_size` input columns, scale
 are chosen), so again the rounding error is at most scale / 2. The CPU kernel wants its own
 packing of the codes (which depends on the CPU build), so an `Int4Linear` also holds that
 packed copy (not saved): in memory an int4 weight costs one byte per value, as int8 does; a
-decode step reads only the packed half byte.
+decode step reads only the packed half byte. An int4 model keeps its lm_head int8 unless asked
+otherwise (`HEAD_SCHEMES`).
 
 Either way activations, norms, attention and the KV cache stay in the model dtype: only the
 decoder's products read the narrow codes, which quarter/eighth (fp32) or halve/quarter (bf16)
@@ -52,7 +53,9 @@ INT8_MAX = 127
 #: Largest int4 code (codes 0..15) and the code that stands for a group's `zero`.
 INT4_MAX, INT4_MID = 15, 8
 #: Input columns per int4 scale/zero by default (`bench/README.md`: speed and quality by size).
-INT4_GROUP_SIZE = 128
+INT4_GROUP_SIZE = 32
+#: The group size each scheme takes for None (int8: one scale per output channel).
+DEFAULT_GROUP_SIZES: dict[str, int | None] = {"int8": None, "int4": INT4_GROUP_SIZE}
 #: Names of the scale and zero tensors a quantised Linear adds beside its `weight`.
 SCALES, ZEROS = "scales", "zeros"
 #: The decoder-layer Linear modules quantised, by their path inside a `DecoderLayer`.
@@ -336,7 +339,7 @@ class Int4Linear(QuantizedLinear):
                  device: torch.device | str | None = None) -> None:
         if in_features % 2:
             raise ValueError(f"int4 needs an even in_features, got {in_features}")
-        asked = INT4_GROUP_SIZE if group_size is None else group_size
+        asked = DEFAULT_GROUP_SIZES["int4"] if group_size is None else group_size
         group_size = int4_group_size(in_features, asked)
         super().__init__(in_features, out_features, bias, group_size, dtype, device)
         self.max_group_size = asked
@@ -393,6 +396,11 @@ def _pack_after_load(module: Int4Linear, _incompatible: object) -> None:
 
 #: The weight-only schemes by name: `quantize_model`'s `scheme`.
 SCHEMES: dict[str, type[QuantizedLinear]] = {"int8": Int8Linear, "int4": Int4Linear}
+#: The lm_head's scheme by default for each scheme. int4 keeps the head int8: the vocabulary
+#: projection is the matrix most sensitive to rounding (SmolLM2-135M, `bench/README.md`: int4
+#: of the head alone cost +4.8 % perplexity, int8 of it +0.3 %), and int8 costs a 7B step
+#: only ~0.25 GB more (llama.cpp's 4-bit files likewise keep their output matrix wider).
+HEAD_SCHEMES = {"int8": "int8", "int4": "int8"}
 
 
 def quantized_module_names(decoder: TextDecoder, include_lm_head: bool = True) -> list[str]:
@@ -402,36 +410,44 @@ def quantized_module_names(decoder: TextDecoder, include_lm_head: bool = True) -
 
 
 def quantize_model(model: AudioLanguageModel | TextDecoder, scheme: str = "int8", *,
-                   include_lm_head: bool = True, group_size: int | None = None) -> None:
+                   lm_head: str | None = "auto", group_size: int | None = None) -> None:
     """Replace the decoder's Linear layers (and its lm_head) by quantised ones, in place.
 
     The encoder, projector, embedding and norms keep their dtype (module docstring). Works on
     a meta-device model too (then the code buffers are meta, to be filled by
     `load_state_dict(assign=True)` from a saved quantised checkpoint). Modules already in
-    `scheme` are left as they are.
+    their scheme are left as they are.
 
     Args:
         model: the model (or its decoder alone).
-        scheme: "int8" | "int4" (`SCHEMES`).
-        include_lm_head: also quantise the vocabulary projection (the largest single matrix).
-        group_size: input columns per scale; None: the scheme's default (int8: one scale per
-            output channel, the fast CPU kernel; int4: `INT4_GROUP_SIZE`).
+        scheme: the decoder layers' scheme, "int8" | "int4" (`SCHEMES`).
+        lm_head: the vocabulary projection's scheme (the largest single matrix): "auto"
+            (`HEAD_SCHEMES[scheme]`), "int8" | "int4", or None to keep it float.
+        group_size: input columns per scale of the `scheme` layers (and of the head where it
+            is in `scheme` too); None: the scheme's default (int8: one scale per output
+            channel, the fast CPU kernel; int4: `INT4_GROUP_SIZE`). A head in the other scheme
+            takes that scheme's default.
 
     Raises:
-        ValueError: an unknown scheme, or a group size that does not divide a layer's input
-            width.
+        ValueError: an unknown scheme, a module already in another scheme, or a group size
+            that does not divide a layer's input width.
     """
-    if scheme not in SCHEMES:
-        raise ValueError(f"quantisation scheme must be one of {', '.join(SCHEMES)}, "
-                         f"got {scheme!r}")
-    kind = SCHEMES[scheme]
+    head = HEAD_SCHEMES.get(scheme) if lm_head == "auto" else lm_head
+    for name in (scheme, head):
+        if name is not None and name not in SCHEMES:
+            raise ValueError(f"quantisation scheme must be one of {', '.join(SCHEMES)}, "
+                             f"got {name!r}")
     decoder = model.decoder if isinstance(model, AudioLanguageModel) else model
-    for name in quantized_module_names(decoder, include_lm_head):
+    plan = [(name, scheme, group_size) for name in quantized_module_names(decoder, False)]
+    if head is not None:
+        plan.append(("lm_head", head, group_size if head == scheme else None))
+    for name, kind_name, group in plan:
+        kind = SCHEMES[kind_name]
         parent_name, _, attr = name.rpartition(".")
         parent = decoder.get_submodule(parent_name) if parent_name else decoder
         linear = getattr(parent, attr)
         if isinstance(linear, kind):
             continue
         if isinstance(linear, QuantizedLinear):
-            raise ValueError(f"decoder.{name} is already int{linear.bits}, not {scheme}")
-        setattr(parent, attr, kind.from_linear(linear, group_size))
+            raise ValueError(f"decoder.{name} is already int{linear.bits}, not {kind_name}")
+        setattr(parent, attr, kind.from_linear(linear, group))

@@ -188,14 +188,15 @@ def test_cli_precision_flag(command, capsys) -> None:
                          [("int8", torch.int8, 0.05), ("int4", torch.uint8, 0.3)])
 def test_int8_and_int4_precisions_quantise_the_decoder_of_a_float_checkpoint(
         bf16_dir, scheme, codes, bound) -> None:
-    from lalm.model.quant import SCHEMES
+    from lalm.model.quant import HEAD_SCHEMES, SCHEMES
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # without bf16 units: float32 products
         model = load_model(bf16_dir, scheme)
         reference = load_model(bf16_dir, "fp32")
     layer, kind = model.decoder.layers[0], SCHEMES[scheme]
-    assert isinstance(layer.mlp.up, kind) and isinstance(model.decoder.lm_head, kind)
+    assert isinstance(layer.mlp.up, kind)
+    assert isinstance(model.decoder.lm_head, SCHEMES[HEAD_SCHEMES[scheme]])
     assert layer.mlp.up.weight.dtype == codes
     assert type(model.encoder.blocks[0].attn.query) is not kind  # the encoder stays float
     assert model.decoder.embed.weight.dtype == torch.bfloat16  # the rest as "auto"

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from lalm.checkpoint import load_model, save_model
 from lalm.checkpoint.quantized import QUANT_KEY
 from lalm.errors import CheckpointError
-from lalm.generation import GenerationOptions, PromptBatch, generate, left_pad
+from lalm.generation import Engine, GenerationOptions, PromptBatch, generate, left_pad
 from lalm.model import AudioLanguageModel
 from lalm.model.quant import (
     Int4Linear,
@@ -175,7 +175,7 @@ def test_int4_logits_are_close_to_fp32(int4_model, int8_model) -> None:
     assert rel8 < rel4 < 0.25, (rel8, rel4)  # int4 rounding: ~16x int8's step
     names = dict(int4_model.named_modules())
     assert isinstance(names["decoder.layers.1.mlp.down"], Int4Linear)
-    assert isinstance(names["decoder.lm_head"], Int4Linear)
+    assert isinstance(names["decoder.lm_head"], Int8Linear)  # HEAD_SCHEMES: int4 keeps it int8
     assert isinstance(names["encoder.blocks.0.attn.query"], torch.nn.Linear)  # encoder kept
     assert int4_model.state_dict()["decoder.layers.0.attn.q.weight"].dtype == torch.uint8
     assert "decoder.layers.0.attn.q.packed" not in int4_model.state_dict()  # not saved
@@ -213,7 +213,7 @@ def test_a_decoder_in_the_decode_layout_quantises_alike() -> None:
 
 def test_lm_head_can_stay_float() -> None:
     model = random_model("tiny-random", seed=3)
-    quantize_model(model, "int8", include_lm_head=False)
+    quantize_model(model, "int8", lm_head=None)
     assert type(model.decoder.lm_head) is torch.nn.Linear
     assert isinstance(model.decoder.layers[0].attn.q, Int8Linear)
 
@@ -236,25 +236,59 @@ def test_quantised_batched_equals_single_with_left_padding(scheme, request) -> N
         assert result.logprob == pytest.approx(alone.logprob, abs=1e-4)
 
 
-@pytest.mark.parametrize(("preset", "scheme", "group_size", "stated"),
-                         [("tiny-random", "int8", None, None), ("tiny-random", "int8", 16, 16),
-                          ("tiny-random-v1", "int8", None, None),
-                          ("tiny-random", "int4", 32, 32), ("tiny-random", "int4", None, 128),
-                          ("tiny-random-v1", "int4", 64, 64)])
-def test_saved_quantised_checkpoint_loads_with_identical_logits(preset, scheme, group_size,
-                                                                stated, tmp_path) -> None:
+def test_int4_engine_sequences_joining_at_different_steps_get_their_solo_tokens(
+        int4_model) -> None:
+    prompts = [_ids(10 + i, (1, n))[0] for i, n in enumerate((3, 12, 7, 1, 9))]
+    options = [GenerationOptions(max_new_tokens=n) for n in (6, 9, 4, 8, 7)]
+
+    def submit(engine: Engine, i: int) -> object:
+        with torch.no_grad():
+            embeds = int4_model.decoder.embed(prompts[i])
+        return engine.submit(embeds, prompts[i], options[i], ())
+
+    engine = Engine(int4_model, slots=3)
+    gens = [submit(engine, 0), submit(engine, 1)]
+    for step in range(60):  # the rest join after 1 and 3 steps; 3 slots for 5 sequences
+        if step in (1, 3):
+            gens += [submit(engine, len(gens))] + ([submit(engine, 4)] if step == 3 else [])
+        engine.step()
+        if len(gens) == 5 and all(g.done for g in gens):
+            break
+    assert all(g.done for g in gens)
+    for i, gen in enumerate(gens):
+        alone = Engine(int4_model, slots=1)
+        solo = submit(alone, i)
+        alone.run([solo])
+        assert gen.result.tokens == solo.result.tokens and len(solo.result.tokens) > 0, i
+        assert gen.result.logprob == pytest.approx(solo.result.logprob, abs=1e-4)
+
+
+@pytest.mark.parametrize(("preset", "scheme", "group_size", "head", "stated", "head_block"), [
+    ("tiny-random", "int8", None, "auto", None, None),
+    ("tiny-random", "int8", 16, "auto", 16, None),
+    ("tiny-random-v1", "int8", None, "auto", None, None),
+    ("tiny-random", "int4", None, "auto", 32, "lalm_int8"),  # int4 layers, int8 head
+    ("tiny-random", "int4", 64, "int4", 64, None),
+    ("tiny-random", "int4", 32, None, 32, None),
+    ("tiny-random-v1", "int4", 64, "auto", 64, "lalm_int8"),
+    ("tiny-random", "int8", None, "int4", None, "lalm_int4"),
+])
+def test_saved_quantised_checkpoint_loads_with_identical_logits(
+        preset, scheme, group_size, head, stated, head_block, tmp_path) -> None:
     model = random_model(preset, seed=4)
-    quantize_model(model, scheme, group_size=group_size)
+    quantize_model(model, scheme, lm_head=head, group_size=group_size)
     save_model(model, tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     block = config[QUANT_KEY]
     assert block["quant_method"] == f"lalm_{scheme}" and block["group_size"] == stated
     assert block["bits"] == int(scheme[3:]) and block["symmetric"] is (scheme == "int8")
-    assert "decoder.lm_head" in block["modules"]
+    assert ("decoder.lm_head" in block["modules"]) is (head is not None)
+    assert block.get("lm_head", {}).get("quant_method") == head_block
     loaded = load_model(tmp_path)
-    layer = loaded.decoder.layers[1].attn.v
-    assert type(layer) is type(model.decoder.layers[1].attn.v)
-    assert layer.group_size == model.decoder.layers[1].attn.v.group_size
+    for name in ("layers.1.attn.v", "lm_head"):
+        ours, theirs = loaded.decoder.get_submodule(name), model.decoder.get_submodule(name)
+        assert type(ours) is type(theirs) and getattr(ours, "group_size", 0) == getattr(
+            theirs, "group_size", 0), name
     ids = _ids(5)
     assert torch.equal(_logits(loaded, ids), _logits(model, ids))
     for name, tensor in model.state_dict().items():
@@ -306,6 +340,12 @@ ZERO = "language_model.model.layers.0.self_attn.q_proj.weight_zero"
     (lambda t, c: t.update({WEIGHT: t[WEIGHT].to(torch.int8)}), "wrong dtype"),
     (lambda t, c: t.update({ZERO: t[ZERO].to(torch.int32)}), "zeros must be float"),
     (lambda t, c: (c.pop(QUANT_KEY), t.pop(SCALE)), "scales/zeros .* but no"),
+    (lambda t, c: c[QUANT_KEY]["lm_head"].update(group_size=64), "default group size"),
+    (lambda t, c: c[QUANT_KEY]["lm_head"].update(quant_method="lalm_int4", bits=4,
+                                                 symmetric=False, group_size=32),
+     "other scheme"),
+    (lambda t, c: c[QUANT_KEY]["lm_head"].update(bits=4), "lm_head: lalm_int8 is 8-bit"),
+    (lambda t, c: c[QUANT_KEY]["modules"].pop(), "not in modules"),
 ])
 def test_inconsistent_int4_checkpoints_raise(edit, message, tmp_path) -> None:
     tensors, config = _saved(tmp_path, "int4")
