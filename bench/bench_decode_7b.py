@@ -188,6 +188,7 @@ def main() -> None:
     reference = None
     for precision in args.precisions.split(","):
         decoder = build(config, precision)
+        # the saved tensors: for int4 as many bytes as the kernel's packed copy it reads
         layer_bytes = sum(t.numel() * t.element_size()
                           for t in decoder.layers[0].state_dict().values())
         head_bytes = sum(t.numel() * t.element_size() for t in

@@ -72,13 +72,11 @@ def _check_groups(in_dim: int, group_size: int | None) -> int:
     return 1 if group_size is None else in_dim // group_size
 
 
-def _row_blocks(weight: Tensor, groups: int, multiple: int = 1
-                ) -> Iterator[tuple[slice, Tensor]]:
+def _row_blocks(weight: Tensor, groups: int) -> Iterator[tuple[slice, Tensor]]:
     """Blocks of rows of a [out, in] weight as float32 [rows, groups, in / groups]: the
-    temporaries stay ~_BLOCK_ELEMENTS (a 7B lm_head is 0.6G values). Block lengths are
-    multiples of `multiple` (but the last)."""
+    temporaries stay ~_BLOCK_ELEMENTS (a 7B lm_head is 0.6G values)."""
     out_dim, in_dim = weight.shape
-    rows = max(multiple, _BLOCK_ELEMENTS // in_dim // multiple * multiple)
+    rows = max(1, _BLOCK_ELEMENTS // in_dim)
     for start in range(0, out_dim, rows):
         block = slice(start, start + rows)
         # reshape, not view: a decode-layout weight ([in, out]-major) is not contiguous

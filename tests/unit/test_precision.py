@@ -1,7 +1,7 @@
 """Weights stay in their storage precision (issue 16.1): a bf16 file loads as memory-mapped bf16
 tensors, "auto" follows the checkpoint, bf16 weights compute in float32 where the CPU lacks bf16
 units (`lalm.model.upcast`), and fp32 and bf16 decode the same greedy tokens on the tiny parity
-models."""
+models; int8 / int4 are "auto" plus a weight-only decoder."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import lalm.model.upcast
 from lalm import cli
 from lalm.checkpoint import load_model, save_model
 from lalm.checkpoint.safetensors_io import MAP_MIN_BYTES, read_safetensors
-from lalm.config import Precision, resolve_precision
+from lalm.config import Precision, resolve_dtype, resolve_precision
 from lalm.errors import PrecisionError
 from lalm.generation import GenerationOptions, Pipeline
 from lalm.model.upcast import UpcastEmbedding, UpcastLinear
@@ -96,6 +96,12 @@ def test_resolve_precision_follows_the_checkpoint_and_the_device(monkeypatch) ->
     assert resolve_precision(None, "cpu", torch.float64) == Precision(torch.float32,
                                                                       torch.float32)
     assert resolve_precision("fp32", "cpu", torch.bfloat16).weights == torch.float32
+    for scheme in ("int8", "int4"):
+        assert resolve_precision(scheme, "cpu", torch.bfloat16) == Precision(
+            torch.bfloat16, torch.bfloat16, scheme)
+        with pytest.raises(PrecisionError, match="needs a checkpoint"):
+            resolve_dtype(scheme)
+    assert resolve_precision("bf16", "cpu", torch.bfloat16).quant is None
     _force_fast(monkeypatch, False)
     with pytest.warns(UserWarning, match="stay torch.bfloat16 in memory"):
         resolved = resolve_precision("auto", "cpu", torch.bfloat16)
