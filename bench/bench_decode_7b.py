@@ -4,14 +4,14 @@ memory-bandwidth floor measured in the same run, extrapolated to 32 layers + lm_
 The decoder is built in memory with the real shapes (width 4096, MLP 11008, 32/32 heads,
 vocab 156,032) but `--layers` (2) layers, random weights; the embedding shares the lm_head's
 matrix (a step reads one embedding row, so this only saves memory). For each precision
-(fp32, bf16, int8 / int4 = `quantize_model` of the bf16 weights, lm_head included; int4 in
-groups of `lalm.model.quant.INT4_GROUP_SIZE` columns): time
-decode steps over a KV context of `--context` positions (best of `--rounds`), and
-time the final norm + lm_head product alone. Per layer = (step - head) / layers; the 7B step
-= head + 32 x per layer. The context's keys/values are
-written into the cache directly (no prefill). The floor of a step = bytes it must read (every weight once, plus the
-KV cache) / read bandwidth, the bandwidth being the faster of a large-tensor sum (bytes read
-per second) and a large copy (bytes read + written per second), measured between the runs.
+(fp32, bf16, int8 / int4 = `quantize_model` of the bf16 weights, lm_head included: int8 for
+int4 models, `HEAD_SCHEMES`; int4 in groups of `INT4_GROUP_SIZE` columns): time decode steps
+over a KV context of `--context` positions (best of `--rounds`), and time the final norm +
+lm_head product alone. Per layer = (step - head) / layers; the 7B step = head + 32 x per
+layer. The context's keys/values are written into the cache directly (no prefill). The floor
+of a step = bytes it must read (every weight once, plus the KV cache) / read bandwidth, the
+bandwidth being the faster of a large-tensor sum (bytes read per second) and a large copy
+(bytes read + written per second), measured between the runs.
 transformers' Qwen2 decode on the same bf16 tensors (shared, not copied) is the reference
 where `--reference` is given.
 One thread by default: on a shared machine two-thread kernels wait at OpenMP barriers.

@@ -96,6 +96,9 @@ def test_resolve_precision_follows_the_checkpoint_and_the_device(monkeypatch) ->
     assert resolve_precision(None, "cpu", torch.float64) == Precision(torch.float32,
                                                                       torch.float32)
     assert resolve_precision("fp32", "cpu", torch.bfloat16).weights == torch.float32
+    from lalm.model.quant import SCHEMES
+
+    assert lalm.config.QUANT_SCHEMES == tuple(SCHEMES)  # config cannot import the model layer
     for scheme in ("int8", "int4"):
         assert resolve_precision(scheme, "cpu", torch.bfloat16) == Precision(
             torch.bfloat16, torch.bfloat16, scheme)
