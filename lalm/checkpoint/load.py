@@ -24,7 +24,7 @@ from lalm.checkpoint.safetensors_io import read_checkpoint_dir
 from lalm.config import ModelConfig, resolve_precision
 from lalm.errors import CheckpointError, PrecisionError
 from lalm.model import AudioLanguageModel
-from lalm.model.quant import quantize_model
+from lalm.model.quant import QuantizedLinear, quantize_model
 from lalm.model.upcast import upcast_compute
 
 CONFIG_FILE = "config.json"
@@ -138,8 +138,9 @@ def load_model(
             state[name] = tensor.to(device=device)
     model.load_state_dict(state, strict=True, assign=True)
     del state
-    if target.quant:  # weight-only int8/int4 decoder; each float weight it replaces is freed
-        quantize_model(model, target.quant)
+    saved_quantised = any(isinstance(m, QuantizedLinear) for m in model.modules())
+    if target.quant and not saved_quantised:  # weight-only int8/int4 decoder; each float
+        quantize_model(model, target.quant)  # weight it replaces is freed
     if target.upcast:
         upcast_compute(model, target.compute)
     wanted = {target.weights, target.compute}

@@ -285,10 +285,13 @@ def test_saved_quantised_checkpoint_loads_with_identical_logits(
     assert ("decoder.lm_head" in block["modules"]) is (head is not None)
     assert block.get("lm_head", {}).get("quant_method") == head_block
     loaded = load_model(tmp_path)
+    # a saved quantised folder loads as saved whatever the precision asks
+    again = load_model(tmp_path, "int8" if scheme == "int4" else "int4")
     for name in ("layers.1.attn.v", "lm_head"):
-        ours, theirs = loaded.decoder.get_submodule(name), model.decoder.get_submodule(name)
-        assert type(ours) is type(theirs) and getattr(ours, "group_size", 0) == getattr(
-            theirs, "group_size", 0), name
+        theirs = model.decoder.get_submodule(name)
+        for ours in (loaded.decoder.get_submodule(name), again.decoder.get_submodule(name)):
+            assert type(ours) is type(theirs) and getattr(ours, "group_size", 0) == getattr(
+                theirs, "group_size", 0), name
     ids = _ids(5)
     assert torch.equal(_logits(loaded, ids), _logits(model, ids))
     for name, tensor in model.state_dict().items():
@@ -353,3 +356,18 @@ def test_inconsistent_int4_checkpoints_raise(edit, message, tmp_path) -> None:
     _rewrite(tmp_path, tensors, config)
     with pytest.raises(CheckpointError, match=message):
         load_model(tmp_path)
+
+
+def test_a_model_the_block_cannot_state_is_not_saved(tmp_path) -> None:
+    model = random_model("tiny-random", seed=4)
+    quantize_model(model, "int8")
+    layer = model.decoder.layers[0].attn
+    layer.q = Int4Linear.from_linear(torch.nn.Linear(64, 64), 32)  # one int4 layer among int8
+    with pytest.raises(CheckpointError, match="one scheme"):
+        save_model(model, tmp_path / "mixed")
+    model = random_model("tiny-random", seed=4)
+    quantize_model(model, "int4", lm_head=None)
+    model.decoder.lm_head = Int8Linear.from_linear(torch.nn.Linear(64, 512), group_size=16)
+    with pytest.raises(CheckpointError, match="default group size"):
+        save_model(model, tmp_path / "head")
+    assert not (tmp_path / "mixed").exists() or not any((tmp_path / "mixed").iterdir())
