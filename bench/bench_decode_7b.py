@@ -4,18 +4,19 @@ memory-bandwidth floor measured in the same run, extrapolated to 32 layers + lm_
 The decoder is built in memory with the real shapes (width 4096, MLP 11008, 32/32 heads,
 vocab 156,032) but `--layers` (2) layers, random weights; the embedding shares the lm_head's
 matrix (a step reads one embedding row, so this only saves memory). For each precision
-(fp32, bf16, int8 = `quantize_model_int8` of the bf16 weights, lm_head included): time
-decode steps over a KV context of `--context` positions (best of `--rounds`), and
-time the final norm + lm_head product alone. Per layer = (step - head) / layers; the 7B step
-= head + 32 x per layer. The context's keys/values are
-written into the cache directly (no prefill). The floor of a step = bytes it must read (every weight once, plus the
-KV cache) / read bandwidth, the bandwidth being the faster of a large-tensor sum (bytes read
-per second) and a large copy (bytes read + written per second), measured between the runs.
+(fp32, bf16, int8 / int4 = `quantize_model` of the bf16 weights, lm_head included: int8 for
+int4 models, `HEAD_SCHEMES`; int4 in groups of `INT4_GROUP_SIZE` columns): time decode steps
+over a KV context of `--context` positions (best of `--rounds`), and time the final norm +
+lm_head product alone. Per layer = (step - head) / layers; the 7B step = head + 32 x per
+layer. The context's keys/values are written into the cache directly (no prefill). The floor
+of a step = bytes it must read (every weight once, plus the KV cache) / read bandwidth, the
+bandwidth being the faster of a large-tensor sum (bytes read per second) and a large copy
+(bytes read + written per second), measured between the runs.
 transformers' Qwen2 decode on the same bf16 tensors (shared, not copied) is the reference
 where `--reference` is given.
 One thread by default: on a shared machine two-thread kernels wait at OpenMP barriers.
 
-Run:  PYTHONPATH=. .venv/bin/python bench/bench_decode_7b.py [--precisions fp32,bf16,int8]
+Run:  PYTHONPATH=. .venv/bin/python bench/bench_decode_7b.py [--precisions fp32,bf16,int8,int4]
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ import torch
 
 from lalm.config import DecoderConfig, ModelConfig
 from lalm.model.decoder import TextDecoder
-from lalm.model.quant import quantize_model_int8
+from lalm.model.quant import quantize_model
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16,
+          "int4": torch.bfloat16}
 REAL_LAYERS = 32
 
 
@@ -74,8 +76,8 @@ def build(config: DecoderConfig, precision: str, seed: int = 0) -> TextDecoder:
             else:
                 param.fill_(1.0 if name.endswith("norm.weight") else 0.01)
     decoder.eval()
-    if precision == "int8":
-        quantize_model_int8(decoder)
+    if precision in ("int8", "int4"):
+        quantize_model(decoder, precision)
     return decoder
 
 
@@ -166,7 +168,7 @@ def reference_timer(decoder: TextDecoder, context: int) -> Callable[[], object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--precisions", default="fp32,bf16,int8")
+    parser.add_argument("--precisions", default="fp32,bf16,int8,int4")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--context", type=int, default=280)
     parser.add_argument("--repeat", type=int, default=3)
@@ -186,6 +188,7 @@ def main() -> None:
     reference = None
     for precision in args.precisions.split(","):
         decoder = build(config, precision)
+        # the saved tensors: for int4 as many bytes as the kernel's packed copy it reads
         layer_bytes = sum(t.numel() * t.element_size()
                           for t in decoder.layers[0].state_dict().values())
         head_bytes = sum(t.numel() * t.element_size() for t in

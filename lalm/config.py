@@ -291,8 +291,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 DtypeName = Literal["fp32", "bf16", "fp16"]
 #: What a user asks for: "auto" (the checkpoint's own dtype), or a weight dtype.
-PrecisionName = Literal["auto", "fp32", "bf16", "fp16", "int8"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "int8")
+PrecisionName = Literal["auto", "fp32", "bf16", "fp16", "int8", "int4"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "int8", "int4")
+#: The precisions that are "auto" plus a weight-only quantised decoder (`lalm.model.quant`).
+QUANT_SCHEMES: tuple[str, ...] = ("int8", "int4")
 _DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32, "float32": torch.float32,
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -305,8 +307,9 @@ class Precision:
     """How a model is held and computed.
 
     Attributes:
-        int8: quantise the decoder's Linear layers and lm_head to weight-only int8 after
-            loading (`lalm.model.quant.quantize_model_int8`); the rest as `weights`.
+        quant: None, or "int8" / "int4": quantise the decoder's Linear layers and lm_head to
+            that weight-only scheme after loading (`lalm.model.quant.quantize_model`); the
+            rest as `weights`.
         weights: dtype of the floating-point weights in memory (what loading keeps or casts to).
         compute: dtype of activations and matrix products: `weights` where the device has
             fast kernels for it, else float32 (the weights stay `weights` in memory and each
@@ -315,7 +318,7 @@ class Precision:
 
     weights: torch.dtype
     compute: torch.dtype
-    int8: bool = False  # then quantise the decoder to weight-only int8 after loading
+    quant: str | None = None  # "int8" | "int4": then quantise the decoder after loading
 
     @property
     def upcast(self) -> bool:
@@ -346,7 +349,7 @@ def resolve_precision(name: str | torch.dtype | None, device: str | torch.device
     """The weight and compute dtypes for a precision option, a device and a checkpoint.
 
     "auto" keeps the checkpoint's storage dtype (`stored`; a float64 file is held as float32);
-    "int8" is "auto" plus weight-only int8 for the decoder (`Precision.int8`);
+    "int8" / "int4" are "auto" plus that weight-only scheme for the decoder (`Precision.quant`);
     "fp32" / "bf16" / "fp16" (or "float32" / ..., or a torch dtype) hold the weights in that
     dtype. Either way the products run in the weight dtype where the device is fast at it
     (`fast_on`), else in float32 over just-in-time upcast weights, with a warning: a bf16
@@ -363,16 +366,16 @@ def resolve_precision(name: str | torch.dtype | None, device: str | torch.device
     Raises:
         PrecisionError: an unknown precision name (the message lists the known ones).
     """
-    int8 = name == "int8"
-    weights = _weight_dtype("auto" if int8 else name, stored)
+    quant = name if isinstance(name, str) and name in QUANT_SCHEMES else None
+    weights = _weight_dtype("auto" if quant else name, stored)
     if fast_on(weights, device):
-        return Precision(weights, weights, int8)
+        return Precision(weights, weights, quant)
     warnings.warn(
         f"{weights} matrix products are slow on {device} (no {weights} units): the weights "
         f"stay {weights} in memory and each product computes in float32",
         stacklevel=2,
     )
-    return Precision(weights, torch.float32, int8)
+    return Precision(weights, torch.float32, quant)
 
 
 def resolve_dtype(name: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
@@ -390,7 +393,7 @@ def resolve_dtype(name: str | torch.dtype, device: str | torch.device = "cpu") -
     Raises:
         PrecisionError: an unknown precision name (a ValueError).
     """
-    if name in ("auto", "int8"):
+    if name == "auto" or name in QUANT_SCHEMES:
         raise PrecisionError(f"precision {name!r} needs a checkpoint; give fp32, bf16 or fp16")
     dtype = _weight_dtype(name, torch.float32)
     if fast_on(dtype, device):

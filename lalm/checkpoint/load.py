@@ -24,7 +24,7 @@ from lalm.checkpoint.safetensors_io import read_checkpoint_dir
 from lalm.config import ModelConfig, resolve_precision
 from lalm.errors import CheckpointError, PrecisionError
 from lalm.model import AudioLanguageModel
-from lalm.model.quant import quantize_model_int8
+from lalm.model.quant import QuantizedLinear, quantize_model
 from lalm.model.upcast import upcast_compute
 
 CONFIG_FILE = "config.json"
@@ -104,9 +104,9 @@ def load_model(
         directory: folder with config.json and its weights (model.safetensors, safetensors
             shards, pytorch_model.bin or .bin shards).
         precision: "auto" (the checkpoint's storage dtype; None means the same) | "fp32" |
-            "bf16" | "fp16" | "int8" ("auto", then the decoder's Linear layers and lm_head
-            quantised to weight-only int8: `lalm.model.quant`), or a torch dtype. A saved
-            int8 checkpoint loads as int8 under any of them.
+            "bf16" | "fp16" | "int8" | "int4" ("auto", then the decoder's Linear layers and
+            lm_head quantised to that weight-only scheme: `lalm.model.quant`), or a torch
+            dtype. A saved int8/int4 checkpoint loads as such under any of them.
         device: where the model goes.
         dtype: the former name of `precision` (give one of the two).
 
@@ -142,8 +142,9 @@ def load_model(
             state[name] = tensor.to(device=device)
     model.load_state_dict(state, strict=True, assign=True)
     del state
-    if target.int8:  # weight-only int8 of the decoder; each float weight it replaces is freed
-        quantize_model_int8(model)
+    saved_quantised = any(isinstance(m, QuantizedLinear) for m in model.modules())
+    if target.quant and not saved_quantised:  # weight-only int8/int4 decoder; each float
+        quantize_model(model, target.quant)  # weight it replaces is freed
     if target.upcast:
         upcast_compute(model, target.compute)
     wanted = {target.weights, target.compute}

@@ -1,7 +1,7 @@
 """Weights stay in their storage precision (issue 16.1): a bf16 file loads as memory-mapped bf16
 tensors, "auto" follows the checkpoint, bf16 weights compute in float32 where the CPU lacks bf16
 units (`lalm.model.upcast`), and fp32 and bf16 decode the same greedy tokens on the tiny parity
-models."""
+models; int8 / int4 are "auto" plus a weight-only decoder."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import lalm.model.upcast
 from lalm import cli
 from lalm.checkpoint import load_model, save_model
 from lalm.checkpoint.safetensors_io import MAP_MIN_BYTES, read_safetensors
-from lalm.config import Precision, resolve_precision
+from lalm.config import Precision, resolve_dtype, resolve_precision
 from lalm.errors import PrecisionError
 from lalm.generation import GenerationOptions, Pipeline
 from lalm.model.upcast import UpcastEmbedding, UpcastLinear
@@ -96,13 +96,22 @@ def test_resolve_precision_follows_the_checkpoint_and_the_device(monkeypatch) ->
     assert resolve_precision(None, "cpu", torch.float64) == Precision(torch.float32,
                                                                       torch.float32)
     assert resolve_precision("fp32", "cpu", torch.bfloat16).weights == torch.float32
+    from lalm.model.quant import SCHEMES
+
+    assert lalm.config.QUANT_SCHEMES == tuple(SCHEMES)  # config cannot import the model layer
+    for scheme in ("int8", "int4"):
+        assert resolve_precision(scheme, "cpu", torch.bfloat16) == Precision(
+            torch.bfloat16, torch.bfloat16, scheme)
+        with pytest.raises(PrecisionError, match="needs a checkpoint"):
+            resolve_dtype(scheme)
+    assert resolve_precision("bf16", "cpu", torch.bfloat16).quant is None
     _force_fast(monkeypatch, False)
     with pytest.warns(UserWarning, match="stay torch.bfloat16 in memory"):
         resolved = resolve_precision("auto", "cpu", torch.bfloat16)
     assert resolved == Precision(torch.bfloat16, torch.float32) and resolved.upcast
 
 
-@pytest.mark.parametrize("name", ["int4", "fp8", "", "FP32"])
+@pytest.mark.parametrize("name", ["int2", "fp8", "", "FP32"])
 def test_a_bad_precision_name_is_a_typed_error(bf16_dir, name) -> None:
     with pytest.raises(PrecisionError, match=repr(name)):
         load_model(bf16_dir, name)
@@ -180,24 +189,29 @@ def test_cli_precision_flag(command, capsys) -> None:
     assert parser.parse_args([*command, "--precision", "bf16"]).precision == "bf16"
     assert parser.parse_args([*command, "--dtype", "fp16"]).precision == "fp16"  # old name
     with pytest.raises(SystemExit) as exit_:
-        parser.parse_args([*command, "--precision", "int4"])
-    assert exit_.value.code == 2 and "invalid choice: 'int4'" in capsys.readouterr().err
+        parser.parse_args([*command, "--precision", "int2"])
+    assert exit_.value.code == 2 and "invalid choice: 'int2'" in capsys.readouterr().err
 
 
-def test_int8_precision_quantises_the_decoder_of_a_float_checkpoint(bf16_dir) -> None:
-    from lalm.model.quant import Int8Linear
+@pytest.mark.parametrize(("scheme", "codes", "bound"),
+                         [("int8", torch.int8, 0.05), ("int4", torch.uint8, 0.3)])
+def test_int8_and_int4_precisions_quantise_the_decoder_of_a_float_checkpoint(
+        bf16_dir, scheme, codes, bound) -> None:
+    from lalm.model.quant import HEAD_SCHEMES, SCHEMES
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no bf16 units here: float32 products
-        model = load_model(bf16_dir, "int8")
+        warnings.simplefilter("ignore")  # without bf16 units: float32 products
+        model = load_model(bf16_dir, scheme)
         reference = load_model(bf16_dir, "fp32")
-    layer = model.decoder.layers[0]
-    assert isinstance(layer.mlp.up, Int8Linear) and isinstance(model.decoder.lm_head, Int8Linear)
-    assert layer.mlp.up.weight.dtype == torch.int8
+    layer, kind = model.decoder.layers[0], SCHEMES[scheme]
+    assert isinstance(layer.mlp.up, kind)
+    assert isinstance(model.decoder.lm_head, SCHEMES[HEAD_SCHEMES[scheme]])
+    assert layer.mlp.up.weight.dtype == codes
+    assert type(model.encoder.blocks[0].attn.query) is not kind  # the encoder stays float
     assert model.decoder.embed.weight.dtype == torch.bfloat16  # the rest as "auto"
     ids = torch.randint(0, 8192, (1, 7), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         a, b = model(ids).logits, reference(ids).logits
-    assert float((a - b).norm() / b.norm()) < 0.05  # int8 rounding only
-    assert cli.build_parser().parse_args(["chat", "--model", "m", "--precision", "int8",
-                                          "hi"]).precision == "int8"
+    assert float((a - b).norm() / b.norm()) < bound  # the codes' rounding only
+    assert cli.build_parser().parse_args(["chat", "--model", "m", "--precision", scheme,
+                                          "hi"]).precision == scheme
