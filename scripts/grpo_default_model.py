@@ -98,10 +98,10 @@ def evaluate_model(model: Path, test: Path, out: Path, batch_size: int,
 
 def sampling_probe(overrides: list[str], manifest: Path, split: str, group_size: int,
                    prompts: int, seed: int) -> dict[str, dict[str, float]]:
-    """What the stage's sampler finds on the `split` items of `manifest` before any GRPO step: per task the
-    items, the mean reward of ``group_size`` sampled answers per item (the stage's own rollouts:
-    its model, prompts, sampling options and rewards) and pass@G, the share of items with at
-    least one answer of reward 1. GRPO can only strengthen answers that sampling finds."""
+    """What the stage's sampler finds on the `split` items of `manifest` before any GRPO step:
+    per task the items, the mean reward of ``group_size`` sampled answers per item (the stage's
+    own rollouts: its model, prompts, sampling options and rewards) and pass@G, the share of
+    items with at least one answer of reward 1. GRPO can only strengthen what sampling finds."""
     from lalm.training import TrainConfig
     from lalm.training.build import build_dataset, build_model, load_stage_tokenizer
     from lalm.training.grpo import answer_text, rollout_seeds, sample_answers
