@@ -30,7 +30,8 @@ TINY = DefaultModelSpec(
 def _args(model: Path, out: Path) -> list[str]:
     return ["--out", str(out), "--model", str(model),
             "--data", str(model.with_name(model.name + ".work") / "lalm-synth"),
-            "--tasks", ",".join(TASKS), "--test-items", "2", "--valid-items", "1",
+            "--tasks", ",".join(TASKS), "--train-tasks", ",".join(TASKS), "--train-items", "4",
+            "--test-items", "2", "--valid-items", "1",
             "--steps", "2", "--group-size", "2", "--prompts", "1", "--warmup", "1",
             "--max-new-tokens", "4", "--eval-max-new-tokens", "4", "--eval-batch-size", "4"]
 
@@ -121,3 +122,19 @@ def test_the_held_out_form_keeps_single_choice_training_items_of_choice_tasks() 
     kept = grpo_default_model.in_held_out_form(train, valid)
     # sound_event: its open question goes; mixed_qa is open in valid too; tempo has no valid
     assert [e.id for e in kept] == ["sound_event-train-1", "mixed_qa-train-0", "tempo-train-0"]
+
+
+def test_train_items_0_trains_on_the_models_own_items_in_the_held_out_form(
+        run: tuple[Path, Path], tmp_path: Path) -> None:
+    model, out = run
+    data = model.with_name(model.name + ".work") / "lalm-synth"
+    args = _args(model, tmp_path) + ["--train-items", "0", "--valid-only"]
+    assert grpo_default_model.main(args) == 0
+    own = {e.id: e for e in read_manifest(data / "train.jsonl") if e.task.name in TASKS}
+    made = read_manifest(tmp_path / "train.jsonl")
+    assert made and {e.id for e in made} <= set(own)
+    assert all(e.task.choices for e in made)  # both tasks are single choice in valid
+    assert {e.id for e in made} == {k for k, e in own.items() if e.task.choices}
+    # the items of `run` (--train-items 4) were made here, the first ones being the model's own
+    assert {e.id for e in read_manifest(out / "synth-train" / "train.jsonl")} == {
+        f"{t}-train-{k:05d}" for t in TASKS for k in range(4)}
