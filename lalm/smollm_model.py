@@ -19,6 +19,7 @@ evaluates on the lalm-synth test split and publishes the folder with its model c
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Mapping
@@ -35,7 +36,7 @@ from lalm.eval.report import file_sha256
 RECIPE = Path(__file__).resolve().parent / "training" / "configs" / "smollm_model.yaml"
 #: The shipped trained tensors and their digest.
 PARTS = Path(__file__).resolve().parent / "shipped" / "smollm_model" / "parts.safetensors"
-PARTS_SHA256 = "089da5e1fbd6d6899ed607b42803d2e399feb49269f52d3c5251a312c274ede9"
+PARTS_SHA256 = "1e7a0870e4d95b24d75d18e294576b7a949cee866c05fed0aab2654ee8f56abe"
 #: The name `lalm demo --model` takes for this model.
 NAME = "smollm"
 #: lalm-synth tasks left out of the training mix: text_chat (text only, no gradient reaches the
@@ -44,6 +45,11 @@ LEFT_OUT_TASKS = ("text_chat", "s2tt")
 #: Tokens added to SmolLM2's vocabulary by `lalm from-parts` (their rows are in `PARTS`).
 NEW_ROWS = 3
 _ROW_KEYS = ("decoder.embed.weight", "decoder.lm_head.weight")
+#: More English speech for training: lalm-synth `SPEECH_SIZE` of these tasks (seed 0), beside
+#: the small set (``<small set>-speech``); its test split's English items are the held-out
+#: English ASR test (`english_asr_manifest`).
+SPEECH_TASKS = ("asr", "srwt")
+SPEECH_SIZE = "medium"
 
 
 def smollm_model_dir() -> Path:
@@ -139,12 +145,53 @@ def _write_lines(out: Path, lines: list[str]) -> Path:
     return out
 
 
-def audio_manifest(data: Path) -> Path:
+def _plain_asr(item: dict[str, Any]) -> dict[str, Any]:
+    """An srwt item as an ASR item: the same clip and sentence, no timestamps, id ``<id>-asr``."""
+    task = {**item["task"], "name": "asr", "instruction": "Transcribe the speech.",
+            "timestamps": False}
+    return {**item, "id": item["id"] + "-asr", "task": task, "words": []}
+
+
+def _speech_lines(speech: Path, split: str, base: Path) -> list[dict[str, Any]]:
+    """`speech`'s `split` items (`SPEECH_TASKS`), each srwt item also as `_plain_asr`, with
+    audio paths relative to `base` (the folder of the manifest they go into)."""
+    rel = Path(os.path.relpath(speech, base))
+    items = []
+    for line in (speech / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        item["audios"] = [{**a, "path": str(rel / a["path"])} for a in item["audios"]]
+        items.append(item)
+        if item["task"]["name"] == "srwt":
+            items.append(_plain_asr(item))
+    return items
+
+
+def audio_manifest(data: Path, speech: Path | None = None) -> Path:
     """lalm-synth's training items without `LEFT_OUT_TASKS`, as ``train_audio.jsonl`` beside
-    ``train.jsonl`` (relative audio paths stay valid)."""
+    ``train.jsonl`` (relative audio paths stay valid).
+
+    With `speech` (lalm-synth `SPEECH_SIZE` of `SPEECH_TASKS`, the same seed), its ASR and srwt
+    items replace `data`'s (whose items are its first ones: items are seeded by index), and
+    each srwt clip also comes as a plain ASR item (English speech, its sentence as target)."""
     lines = [line for line in (data / "train.jsonl").read_text(encoding="utf-8").splitlines()
-             if line.strip() and json.loads(line)["task"]["name"] not in LEFT_OUT_TASKS]
+             if line.strip() and json.loads(line)["task"]["name"] not in LEFT_OUT_TASKS
+             and (speech is None or json.loads(line)["task"]["name"] not in SPEECH_TASKS)]
+    if speech is not None:
+        lines += [json.dumps(item, ensure_ascii=False)
+                  for item in _speech_lines(speech, "train", data)]
     return _write_lines(data / "train_audio.jsonl", lines)
+
+
+def english_asr_manifest(speech: Path) -> Path:
+    """The held-out English ASR items of `speech`'s test split (its English ASR items and its
+    srwt clips as plain ASR: sentences of the test split, never trained on) as
+    ``test_english_asr.jsonl`` in `speech`."""
+    items = [item for item in _speech_lines(speech, "test", speech)
+             if item["task"]["name"] == "asr" and item["task"]["audio_language"] == "en"]
+    return _write_lines(speech / "test_english_asr.jsonl",
+                        [json.dumps(item, ensure_ascii=False) for item in items])
 
 
 def test_manifest(data: Path, per_task: int | None) -> Path:
@@ -164,11 +211,14 @@ def test_manifest(data: Path, per_task: int | None) -> Path:
 
 
 def train_parts(data: Path, work: Path, out: Path, overrides: tuple[str, ...] = (),
-                log: Any = print) -> dict[str, Any]:
-    """Reproduce the shipped parts: `RECIPE` from the untrained model on lalm-synth at `data`.
+                log: Any = print, speech: Path | None = None) -> dict[str, Any]:
+    """Reproduce the shipped parts: `RECIPE` from the untrained model on lalm-synth at `data`
+    (with the English speech of `speech`: `audio_manifest`).
 
     Args:
         data: a lalm-synth folder (size small, seed 0 for the shipped parts).
+        speech: lalm-synth `SPEECH_SIZE` of `SPEECH_TASKS` (seed 0 for the shipped parts), or
+            None (`data`'s own ASR and srwt items only).
         work: scratch folder (init and run; removed at the end).
         out: where the trained tensors go (safetensors).
         overrides: ``key=value`` recipe overrides (tests shorten the run).
@@ -184,7 +234,7 @@ def train_parts(data: Path, work: Path, out: Path, overrides: tuple[str, ...] = 
 
     init = init_from_parts(work / "init")
     config = TrainConfig.from_file(RECIPE, [
-        f"model.checkpoint={init}", f"data.train.0.manifest={audio_manifest(data)}",
+        f"model.checkpoint={init}", f"data.train.0.manifest={audio_manifest(data, speech)}",
         f"data.valid.manifest={data / 'valid.jsonl'}", f"run.out_dir={work / 'run'}",
         "run.progress=false", *overrides])
     log(f"      training by {RECIPE.name} ({config.run.max_steps} steps)")
@@ -231,7 +281,8 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
                        overrides: tuple[str, ...] = (), log: Any = print,
                        data: Path | None = None, synth_size: str = "small",
                        synth_tasks: tuple[str, ...] | None = None,
-                       eval_per_task: int | None = 5, max_new_tokens: int = 32) -> Path:
+                       eval_per_task: int | None = 5, max_new_tokens: int = 32,
+                       speech_size: str = SPEECH_SIZE) -> Path:
     """Assemble (or, with `retrain`, train by `RECIPE` and assemble) the model, evaluate it on
     the lalm-synth test split and publish it at `target` with its card (`lalm.demo.CARD`).
 
@@ -243,6 +294,8 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
         log: progress messages.
         data, synth_size, synth_tasks: the lalm-synth folder, size and tasks (seed 0); default:
             small, all tasks, in the default model's work folder (made or resumed there).
+        speech_size: with `retrain`, the size of the extra English speech (`SPEECH_TASKS`,
+            seed 0) made or resumed at ``<data>-speech`` (`audio_manifest`).
         eval_per_task, max_new_tokens: the evaluation's first items of each task (None: the
             whole test split) and decoding budget (CPU time: ~10-20 s per item on 2 busy cores).
 
@@ -271,7 +324,11 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
     if retrain:
         log(f"[2/4] training the parts by {RECIPE.name} (decoder and encoder frozen)")
         parts = work / "parts.safetensors"
-        training = train_parts(data, work / "train", parts, overrides, log)
+        speech = data.with_name(data.name + "-speech")
+        log(f"      English speech: lalm-synth {speech_size} {', '.join(SPEECH_TASKS)} -> "
+            f"{speech}")
+        generate(speech, speech_size, 0, list(SPEECH_TASKS))
+        training = train_parts(data, work / "train", parts, overrides, log, speech)
         sha256 = training["sha256"]
         same = "equal to" if sha256 == PARTS_SHA256 else "different from"
         log(f"      {training['steps']} steps in {training['train_s']:.0f} s; sha256 {sha256} "

@@ -8,6 +8,10 @@ projector's stride-2 pool (25 audio tokens per second, the Qwen2-Audio layout) a
 `k` times coarser (the decoder then sees 1/k of the audio rows: what a longer pool would save).
 
     python scripts/default_model_cost.py --model INIT_DIR [--seconds 3,6] [--pool 1,4]
+        [--precision fp32,bf16] [--modes frozen,lora]
+
+``--precision bf16`` times the step under bf16 autocast, as ``run.precision: bf16`` trains
+(`lalm.config.resolve_dtype`: a CPU without bf16 units falls back to fp32, with a warning).
 
 INIT_DIR is ``lalm from-parts --encoder WHISPER --decoder SmolLM2.gguf INIT_DIR``. Prints one
 line per setting: ms per example (median of the repeats), sequence length, audio rows.
@@ -16,19 +20,22 @@ line per setting: ms per example (median of the repeats), sequence length, audio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
 import torch
 
 from lalm.checkpoint.load import load_model
+from lalm.config import resolve_dtype
 from lalm.training.lora import apply_lora
 from lalm.training.stages import LoraConfig
 
 
 def step_ms(model: torch.nn.Module, batch: int, seconds: float, pool: int, text: int,
-            repeats: int) -> tuple[float, int, int]:
-    """Median ms per example of forward + backward; the sequence length; the audio rows."""
+            repeats: int, dtype: torch.dtype = torch.float32) -> tuple[float, int, int]:
+    """Median ms per example of forward + backward (under `dtype` autocast unless float32);
+    the sequence length; the audio rows."""
     n_enc = int(seconds * 50) // pool  # encoder positions (50 per second) seen by the pool
     rows = n_enc // 2
     seq = rows + text
@@ -43,8 +50,10 @@ def step_ms(model: torch.nn.Module, batch: int, seconds: float, pool: int, text:
     times = []
     for _ in range(repeats + 1):  # the first is a warm-up
         t = time.perf_counter()
-        out = model(ids, audio_slot_mask=slots, labels=labels, output="targets",
-                    encoder_states=states, encoder_state_lens=lens)
+        with (contextlib.nullcontext() if dtype == torch.float32
+              else torch.autocast("cpu", dtype=dtype)):
+            out = model(ids, audio_slot_mask=slots, labels=labels, output="targets",
+                        encoder_states=states, encoder_state_lens=lens)
         out.loss.backward()
         times.append(time.perf_counter() - t)
         model.zero_grad(set_to_none=True)
@@ -60,21 +69,28 @@ def main() -> None:
     ap.add_argument("--text", type=int, default=40, help="prompt + answer tokens per example")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--precision", default="fp32", help="fp32 and/or bf16 (autocast)")
+    ap.add_argument("--modes", default="frozen,lora", help="decoder frozen and/or LoRA r8")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     model.train()
     model.requires_grad_(False)
     model.projector.requires_grad_(True)
-    for mode in ("frozen", "lora"):
+    for mode in args.modes.split(","):
         if mode == "lora":
             apply_lora(model.decoder, LoraConfig(rank=8, targets=("attn.q", "attn.k", "attn.v",
                        "attn.o", "mlp.gate", "mlp.up", "mlp.down")), prefix="decoder")
         for seconds in (float(s) for s in args.seconds.split(",")):
             for pool in (int(p) for p in args.pool.split(",")):
-                ms, seq, rows = step_ms(model, args.batch, seconds, pool, args.text, args.repeats)
-                print(f"decoder {mode:<6} clip {seconds:4.1f} s  pool x{2 * pool:<2} "
-                      f"audio rows {rows:4d}  seq {seq:4d}  {ms:7.0f} ms/example", flush=True)
+                for precision in args.precision.split(","):
+                    dtype = resolve_dtype(precision)
+                    ms, seq, rows = step_ms(model, args.batch, seconds, pool, args.text,
+                                            args.repeats, dtype)
+                    print(f"decoder {mode:<6} {precision:<4} ({str(dtype)[6:]})  clip "
+                          f"{seconds:4.1f} s  pool x{2 * pool:<2} "
+                          f"audio rows {rows:4d}  seq {seq:4d}  {ms:7.0f} ms/example",
+                          flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The SmolLM2 audio model's quality bars (issue 18), measured in one run.
 
-    python scripts/smollm_eval.py [--model DIR] [--out report.json]
+    python scripts/smollm_eval.py [--model DIR] [--out report.json] [--speech DIR]
 
 * real recorded English speech (`lalm.testing.real_speech`: Debian's pocketsphinx-testdata):
   the model's WER next to Whisper tiny.en's own (its CTranslate2 weights, the encoder the model
@@ -8,8 +8,11 @@
 * text-only chat: 50 fixed questions (`QUESTIONS`), greedy; how many of the model's answers
   equal SmolLM2-135M-Instruct's own (the untrained `lalm from-parts` model: the same GGUF
   decoder, whose logits tests/parity/test_gguf_parity.py checks against transformers');
-* held-out synthetic speech and every lalm-synth family: read from the model's card (the
-  lalm-synth test split, scored when the model was built), when the folder has one.
+* held-out synthetic English speech: lalm-synth medium's ASR and srwt test items in English
+  (`lalm.smollm_model.english_asr_manifest`: sentences of the test split, never trained on),
+  transcribed greedily; WER (made or resumed at ``--speech``);
+* every lalm-synth family: read from the model's card (the lalm-synth test split, scored when
+  the model was built), when the folder has one.
 
 Prints the figures and writes them as JSON (`--out`).
 """
@@ -78,7 +81,11 @@ def main() -> None:
     from lalm.demo import CARD
     from lalm.eval.metrics import error_rate
     from lalm.generation import GenerationOptions, Pipeline
-    from lalm.smollm_model import init_from_parts, smollm_model_dir
+    from lalm.assets import default_model_dir
+    from lalm.data.manifest import read_manifest
+    from lalm.smollm_model import (SPEECH_SIZE, SPEECH_TASKS, english_asr_manifest,
+                                   init_from_parts, smollm_model_dir)
+    from lalm.synth import generate
     from lalm.testing.real_speech import real_speech_clips
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -86,6 +93,8 @@ def main() -> None:
     ap.add_argument("--out", default="smollm_eval.json")
     ap.add_argument("--questions", type=int, default=50, help="the first N of the 50")
     ap.add_argument("--max-new-tokens", type=int, default=32, help="greedy answer budget")
+    ap.add_argument("--speech", default=None, help="lalm-synth medium asr+srwt folder "
+                    "(default: lalm-synth-speech beside the default model's lalm-synth)")
     args = ap.parse_args()
     folder = Path(args.model) if args.model else smollm_model_dir()
     pipe = Pipeline.from_pretrained(folder)
@@ -107,6 +116,23 @@ def main() -> None:
           f"tiny.en {report['real_speech']['whisper_tiny_en_wer']:.3f}", flush=True)
 
     t = time.perf_counter()
+    work = default_model_dir().with_name(default_model_dir().name + ".work")
+    speech = Path(args.speech) if args.speech else work / "lalm-synth-speech"
+    generate(speech, SPEECH_SIZE, 0, list(SPEECH_TASKS))
+    manifest = english_asr_manifest(speech)
+    items = read_manifest(manifest)
+    heard = [pipe.chat(e.task.instruction, [manifest.parent / e.audios[0].path], greedy).text
+             for e in items]
+    report["synthetic_english_asr"] = {
+        "items": len(items), "wer": error_rate(heard, [e.target for e in items], "en").score,
+        "manifest": str(manifest),
+        "answers": [{"id": e.id, "reference": e.target, "model": h}
+                    for e, h in zip(items, heard)],
+        "seconds": time.perf_counter() - t}
+    print(f"held-out synthetic English ASR ({len(items)} items): WER "
+          f"{report['synthetic_english_asr']['wer']:.3f}", flush=True)
+
+    t = time.perf_counter()
     questions = QUESTIONS[: args.questions]
     answers = [pipe.chat(q, [], greedy).text for q in questions]
     del pipe
@@ -126,8 +152,6 @@ def main() -> None:
     if (folder / CARD).is_file():  # the card of a published model: its lalm-synth scores
         scores = json.loads((folder / CARD).read_text(encoding="utf-8"))["scores"]
         report["lalm_synth"] = scores
-        en = scores["tasks"].get("asr", {}).get("per_language", {}).get("en")
-        print(f"held-out synthetic English ASR WER (lalm-synth test): {en}")
     Path(args.out).write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
     print(f"wrote {args.out}")
 

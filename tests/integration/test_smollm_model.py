@@ -1,7 +1,8 @@
 """The SmolLM2 audio model end to end on its real parts (Whisper tiny.en from its PyPI package,
 SmolLM2-135M-Instruct's GGUF from its wheel), scaled down: `build_smollm_model` with
-``retrain`` on a tiny lalm-synth set for one step (train_parts, assembly with the digest
-checked, evaluation, the card, the demo's three turns), and the shipped parts' assembly."""
+``retrain`` on a tiny lalm-synth set (and tiny extra English speech) for one step (train_parts,
+assembly with the digest checked, evaluation, the card, the demo's three turns), and the
+shipped parts' assembly."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("smollm")
     return sm.build_smollm_model(
         root / "smollm-model", retrain=True, log=lambda _: None, data=root / "lalm-synth",
-        synth_size="tiny", synth_tasks=("asr", "sound_event"),
+        synth_size="tiny", synth_tasks=("asr", "sound_event"), speech_size="tiny",
         overrides=("run.max_steps=1", "optim.warmup_steps=1"))
 
 

@@ -87,3 +87,41 @@ def test_test_manifest_keeps_the_first_items_of_every_task(tmp_path: Path) -> No
     out = sm.test_manifest(tmp_path, 2)
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [
         "asr-0", "asr-1", "tempo-0", "tempo-1"]
+
+
+def _speech_item(task: str, split: str, i: int, language: str = "en") -> dict:
+    return {"id": f"{task}-{split}-{i}", "target": f"sentence {i}", "words": [{"word": "w"}],
+            "audios": [{"path": f"audio/{split}/{task}/{i}.wav"}],
+            "task": {"name": task, "audio_language": language, "timestamps": task == "srwt",
+                     "instruction": "Transcribe." if task == "asr" else "With times."}}
+
+
+def test_audio_manifest_takes_the_english_speech_of_the_speech_set(tmp_path: Path) -> None:
+    data, speech = tmp_path / "small", tmp_path / "small-speech"
+    data.mkdir()
+    speech.mkdir()
+    rows = [{"id": f"{t}-0", "task": {"name": t}} for t in ("asr", "srwt", "text_chat", "tempo")]
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = [_speech_item("asr", "train", 0, "de"), _speech_item("srwt", "train", 1)]
+    (speech / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    out = [json.loads(line) for line in sm.audio_manifest(data, speech).read_text().splitlines()]
+    # small's asr/srwt give way to the speech set's; each srwt clip also comes as plain ASR
+    assert [r["id"] for r in out] == ["tempo-0", "asr-train-0", "srwt-train-1",
+                                      "srwt-train-1-asr"]
+    plain = out[-1]
+    assert plain["task"]["name"] == "asr" and not plain["task"]["timestamps"]
+    assert plain["task"]["instruction"] == "Transcribe the speech." and plain["words"] == []
+    assert plain["target"] == "sentence 1"
+    assert plain["audios"][0]["path"] == "../small-speech/audio/train/srwt/1.wav"
+    assert (data / plain["audios"][0]["path"]).resolve() == (
+        speech / "audio/train/srwt/1.wav").resolve()
+
+
+def test_english_asr_manifest_holds_the_english_test_speech_only(tmp_path: Path) -> None:
+    items = [_speech_item("asr", "test", 0, "fr"), _speech_item("asr", "test", 1),
+             _speech_item("srwt", "test", 2)]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    out = [json.loads(line) for line in sm.english_asr_manifest(tmp_path).read_text().splitlines()]
+    assert [(r["id"], r["task"]["name"]) for r in out] == [
+        ("asr-test-1", "asr"), ("srwt-test-2-asr", "asr")]
+    assert out[1]["audios"][0]["path"] == "audio/test/srwt/2.wav"
