@@ -175,9 +175,9 @@ def audio_manifest(data: Path, speech: Path | None = None) -> Path:
     With `speech` (lalm-synth `SPEECH_SIZE` of `SPEECH_TASKS`, the same seed), its ASR and srwt
     items replace `data`'s (whose items are its first ones: items are seeded by index), and
     each srwt clip also comes as a plain ASR item (English speech, its sentence as target)."""
+    left_out = LEFT_OUT_TASKS + (SPEECH_TASKS if speech is not None else ())
     lines = [line for line in (data / "train.jsonl").read_text(encoding="utf-8").splitlines()
-             if line.strip() and json.loads(line)["task"]["name"] not in LEFT_OUT_TASKS
-             and (speech is None or json.loads(line)["task"]["name"] not in SPEECH_TASKS)]
+             if line.strip() and json.loads(line)["task"]["name"] not in left_out]
     if speech is not None:
         lines += [json.dumps(item, ensure_ascii=False)
                   for item in _speech_lines(speech, "train", data)]
