@@ -384,7 +384,7 @@ class Int4Linear(QuantizedLinear):
             raise RuntimeError("Int4Linear: the kernel's packed codes were never built "
                                "(pack() after setting the buffers)")
         return torch._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size,
-                                                 self.scales_and_zeros.to(_KERNEL_DTYPE))
+                                                 self.scales_and_zeros)  # bf16 since pack()
 
 
 def _pack_after_load(module: Int4Linear, _incompatible: object) -> None:
