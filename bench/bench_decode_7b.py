@@ -13,7 +13,8 @@ of a step = bytes it must read (every weight once, plus the KV cache) / read ban
 bandwidth being the faster of a large-tensor sum (bytes read per second) and a large copy
 (bytes read + written per second), measured between the runs.
 transformers' Qwen2 decode on the same bf16 tensors (shared, not copied) is the reference
-where `--reference` is given.
+where `--reference` is given; `--torch-kernels` also times the bf16 and int8 decoders with
+torch's products instead of lalm's (`lalm.kernels.torch_kernels`), in the same run.
 One thread by default: on a shared machine two-thread kernels wait at OpenMP barriers.
 
 Run:  PYTHONPATH=. .venv/bin/python bench/bench_decode_7b.py [--precisions fp32,bf16,int8,int4]
@@ -22,12 +23,14 @@ Run:  PYTHONPATH=. .venv/bin/python bench/bench_decode_7b.py [--precisions fp32,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import time
 from collections.abc import Callable
 
 import torch
 
+from lalm import kernels
 from lalm.config import DecoderConfig, ModelConfig
 from lalm.model.decoder import TextDecoder
 from lalm.model.quant import quantize_model
@@ -166,6 +169,25 @@ def reference_timer(decoder: TextDecoder, context: int) -> Callable[[], object]:
     return step
 
 
+def time_precision(config: DecoderConfig, precision: str,
+                   args: argparse.Namespace) -> tuple[float, float, int, int, int]:
+    """(step seconds, head seconds, bytes a layer reads, bytes the head reads, KV bytes per
+    layer) of the real-shape decoder in `precision`."""
+    decoder = build(config, precision)
+    # the saved tensors: for int4 as many bytes as the kernel's packed copy it reads
+    layer_bytes = sum(t.numel() * t.element_size()
+                      for t in decoder.layers[0].state_dict().values())
+    head_bytes = sum(t.numel() * t.element_size() for t in
+                     (*decoder.lm_head.state_dict().values(), decoder.norm.weight))
+    kv_bytes = 2 * args.context * config.n_kv_head * config.head_dim * DTYPES[
+        precision].itemsize  # one layer's keys + values read per step
+    t_step = best_time(step_timer(decoder, args.context), args.rounds, args.repeat)
+    t_head = best_time(head_timer(decoder), args.rounds, args.repeat)
+    del decoder
+    gc.collect()
+    return t_step, t_head, layer_bytes + kv_bytes, head_bytes, kv_bytes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precisions", default="fp32,bf16,int8,int4")
@@ -176,34 +198,33 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reference", action="store_true",
                         help="also time transformers' decode step on the bf16 tensors")
+    parser.add_argument("--torch-kernels", action="store_true",
+                        help="also time bf16 and int8 with torch's products, not lalm's")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = ModelConfig.from_name("qwen2-audio-7b", decoder={
         "n_layer": args.layers, "max_seq_len": args.context + 1}).decoder
     print(f"Qwen2-Audio-7B decoder shapes, {args.layers} layers built, context {args.context}, "
           f"{args.threads} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"lalm kernels {kernels.isa() if kernels.available() else 'unavailable'}, "
           f"best of {args.rounds} rounds x {args.repeat} steps")
     rows: list[tuple[str, float, float, int, int, int]] = []
     bandwidth = read_bandwidth()
     reference = None
-    for precision in args.precisions.split(","):
-        decoder = build(config, precision)
-        # the saved tensors: for int4 as many bytes as the kernel's packed copy it reads
-        layer_bytes = sum(t.numel() * t.element_size()
-                          for t in decoder.layers[0].state_dict().values())
-        head_bytes = sum(t.numel() * t.element_size() for t in
-                         (*decoder.lm_head.state_dict().values(), decoder.norm.weight))
-        kv_bytes = 2 * args.context * config.n_kv_head * config.head_dim * DTYPES[
-            precision].itemsize  # one layer's keys + values read per step
-        t_step = best_time(step_timer(decoder, args.context), args.rounds, args.repeat)
-        t_head = best_time(head_timer(decoder), args.rounds, args.repeat)
-        bandwidth = max(bandwidth, read_bandwidth())
-        rows.append((precision, t_step, t_head, layer_bytes + kv_bytes, head_bytes, kv_bytes))
-        if args.reference and precision == "bf16":
-            reference = best_time(reference_timer(decoder, args.context), args.rounds,
-                                  args.repeat)
-        del decoder
-        gc.collect()
+    runs = [(p, False) for p in args.precisions.split(",")]
+    if args.torch_kernels:
+        runs += [(p, True) for p in ("bf16", "int8") if p in args.precisions.split(",")]
+    for precision, torch_only in runs:
+        with kernels.torch_kernels() if torch_only else contextlib.nullcontext():
+            label = precision + ("/torch" if torch_only else "")
+            rows.append((label, *time_precision(config, precision, args)))
+            bandwidth = max(bandwidth, read_bandwidth())
+            if args.reference and precision == "bf16" and not torch_only:
+                decoder = build(config, precision)
+                reference = best_time(reference_timer(decoder, args.context), args.rounds,
+                                      args.repeat)
+                del decoder
+                gc.collect()
     # the floor uses the best bandwidth seen in the whole run (load from other jobs only
     # lowers a probe, so the best is the machine's)
     print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s (best probe of the run)")

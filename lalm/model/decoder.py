@@ -33,6 +33,7 @@ from lalm.model.layers import (
     rope_cos_sin,
     rope_inv_freq,
 )
+from lalm.model.upcast import stream_bf16
 
 DecoderOutput = Literal["logits", "last_logits", "hidden"]
 
@@ -212,7 +213,9 @@ class TextDecoder(nn.Module):
         return self.cache
 
     def use_decode_layout(self) -> None:
-        """Store every Linear weight of a float32 CPU decoder [in, out]-major in memory.
+        """Store every Linear weight of a float32 CPU decoder [in, out]-major in memory, and
+        give a bf16 CPU decoder's Linear layers lalm's streaming bf16 product
+        (`lalm.model.upcast.stream_bf16`: same weights and names; no-grad products only).
 
         Each weight keeps its shape [out, in], its values, its name and its Parameter object;
         only its strides change (to (1, out)), once. `F.linear` then hands MKL a plain
@@ -223,6 +226,7 @@ class TextDecoder(nn.Module):
         float32 summation order. Other devices and dtypes are left as they are. Saving is
         unaffected: the checkpoint writer stores contiguous copies.
         """
+        stream_bf16(self)
         for module in self.modules():
             if not isinstance(module, nn.Linear):
                 continue

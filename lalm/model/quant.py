@@ -21,13 +21,16 @@ decoder's products read the narrow codes, which quarter/eighth (fp32) or halve/q
 the bytes a decode step reads.
 
 Product paths, chosen per layer from the device and the shapes, never from the batch (batched
-= single holds: a row's result does not depend on the other rows, checked for both kernels at
+= single holds: a row's result does not depend on the other rows, checked for every kernel at
 1, 3, 7 and 16 rows):
-- CPU int8, per-channel scales, `in` a multiple of 8: `torch._weight_int8pack_mm`;
+- CPU int8, per-channel scales: lalm's own kernel (`lalm.kernels.int8_linear`: the codes
+  widened in registers, float32 products over the activations as they are), or where it is
+  unavailable (`lalm.kernels.available`), `torch._weight_int8pack_mm` on bf16 activations
+  (`in` a multiple of 8);
 - CPU int4, `out` a multiple of 16, group size 32/64/128/256:
-  `torch._weight_int4pack_mm_for_cpu`;
-  both on bf16 activations (the kernels are 10-30x slower on fp32 activations on AVX2 CPUs;
-  bf16 activations and scales add a relative error of ~2^-9, well below the codes' own).
+  `torch._weight_int4pack_mm_for_cpu` on bf16 activations
+  (torch's kernels are 10-30x slower on fp32 activations on AVX2 CPUs; bf16 activations and
+  scales add a relative error of ~2^-9, well below the codes' own).
 - otherwise: the weight dequantised to the activation dtype for the product (correct on every
   device; it reads the codes and writes a float copy, so it is slower).
 
@@ -45,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lalm import kernels
 from lalm.model.decoder import TextDecoder
 from lalm.model.lalm import AudioLanguageModel
 
@@ -242,14 +246,14 @@ class QuantizedLinear(nn.Module):
         raise NotImplementedError
 
     def _kernel(self, rows: Tensor) -> Tensor:
-        """[N, in] bf16 -> [N, out] through the kernel."""
+        """[N, in] float (the activations' dtype) -> [N, out] float through the kernel."""
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [..., in] float -> [..., out] in x's dtype."""
         if self.uses_kernel():
-            rows = x.reshape(-1, self.in_features).to(_KERNEL_DTYPE).contiguous()
-            y = self._kernel(rows).to(x.dtype).view(*x.shape[:-1], self.out_features)
+            y = self._kernel(x.reshape(-1, self.in_features))
+            y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias.to(x.dtype)
         return F.linear(x, self.dequantize(x.dtype),
                         None if self.bias is None else self.bias.to(x.dtype))
@@ -292,10 +296,13 @@ class Int8Linear(QuantizedLinear):
 
     def uses_kernel(self) -> bool:
         return (self.weight.device.type == "cpu" and self.group_size is None
-                and self.in_features % 8 == 0)
+                and (kernels.available() or self.in_features % 8 == 0))
 
     def _kernel(self, rows: Tensor) -> Tensor:
-        return torch._weight_int8pack_mm(rows, self.weight, self.scales.to(_KERNEL_DTYPE))
+        if kernels.available():
+            return kernels.int8_linear(rows, self.weight, self.scales)
+        return torch._weight_int8pack_mm(rows.to(_KERNEL_DTYPE).contiguous(), self.weight,
+                                         self.scales.to(_KERNEL_DTYPE))
 
 
 def int4_group_size(in_features: int, group_size: int) -> int:
@@ -383,7 +390,8 @@ class Int4Linear(QuantizedLinear):
         if self.packed is None:
             raise RuntimeError("Int4Linear: the kernel's packed codes were never built "
                                "(pack() after setting the buffers)")
-        return torch._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size,
+        return torch._weight_int4pack_mm_for_cpu(rows.to(_KERNEL_DTYPE).contiguous(),
+                                                 self.packed, self.group_size,
                                                  self.scales_and_zeros)  # bf16 since pack()
 
 

@@ -14,6 +14,12 @@ in its storage dtype and computes in float32:
 
 The result equals a float32 model holding the same (bf16-rounded) weights up to float32
 summation order. Inference only: a Linear's gradient would reach its narrow weight.
+
+`StreamLinear` is the decoder's form of the same layer for decoding (`TextDecoder.
+use_decode_layout` makes a bf16 CPU decoder's Linear layers one, upcast or not): without
+gradients its product is `lalm.kernels.bf16_linear`, which reads the bf16 weight once and
+widens it in registers (float32 sums; the result in the input's dtype), a decode step at the
+bandwidth floor where torch's bf16 product and the block upcast read at 0.5-0.7 of it.
 Shape alphabet: N leading dims, I in features, O out features.
 """
 
@@ -22,6 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lalm import kernels
 
 #: float32 bytes of one just-in-time weight block (rows of a Linear weight).
 BLOCK_BYTES = 1 << 22
@@ -48,6 +56,39 @@ class UpcastLinear(nn.Linear):
             block.copy_(weight[i:i + rows])
             outs.append(F.linear(x, block, None if bias is None else bias[i:i + rows]))
         return torch.cat(outs, dim=-1)
+
+
+class StreamLinear(UpcastLinear):
+    """`UpcastLinear` whose bf16 CPU product runs in `lalm.kernels.bf16_linear` where no
+    gradient is wanted (module docstring); otherwise, and for other weights, `UpcastLinear`'s."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [N..., I] float -> [N..., O] in x's dtype."""
+        weight = self.weight
+        if not (weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
+                and weight.is_contiguous() and kernels.available()
+                and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):
+            return super().forward(x)
+        y = kernels.bf16_linear(x, weight).to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+
+def stream_bf16(module: nn.Module) -> int:
+    """Make every bf16 CPU `nn.Linear` / `UpcastLinear` under `module` a `StreamLinear` (same
+    parameters, names and state dict), where lalm's kernels are available. Idempotent.
+
+    Returns:
+        How many layers became one.
+    """
+    if not kernels.available():
+        return 0
+    changed = 0
+    for child in module.modules():
+        if type(child) in (nn.Linear, UpcastLinear) and child.weight.dtype == torch.bfloat16 \
+                and child.weight.device.type == "cpu":
+            child.__class__ = StreamLinear
+            changed += 1
+    return changed
 
 
 class UpcastEmbedding(nn.Embedding):

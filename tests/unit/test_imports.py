@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "lalm"
 
 LAYERS = {
     "lalm.errors": 0, "lalm.files": 0, "lalm.assets": 0, "lalm.config": 0, "lalm.audio": 0,
-    "lalm.audio_decode": 0,
+    "lalm.audio_decode": 0, "lalm.kernels": 0,
     "lalm.tokenizer": 0, "lalm.prompt": 0, "lalm.longform": 0, "lalm.subtitles": 0,
     "lalm.model": 1,
     "lalm.checkpoint": 2, "lalm.generation": 2, "lalm.api": 2,
@@ -31,7 +31,7 @@ LAYERS = {
     "lalm.cli": 4, "lalm.serve": 4, "lalm.__main__": 4, "lalm.demo": 4, "lalm.testing": 4,
     "lalm.smollm_model": 4, "lalm.shipped": 0,
 }
-MODEL_MAY_IMPORT = {"torch", "lalm.config", "lalm.model"}
+MODEL_MAY_IMPORT = {"torch", "lalm.config", "lalm.model", "lalm.kernels"}
 
 
 def _module_name(path: Path, package: Path = PACKAGE) -> str:

@@ -1,0 +1,225 @@
+"""lalm's CPU kernels for weight-streaming products (decoding reads every weight once a step).
+
+`int8_linear` and `bf16_linear` compute y = x W^T with W kept in its narrow storage (int8
+codes and a scale per output row; bf16), widened to float32 in registers as it streams from
+memory (`linear.c`): at batch 1 a decode step is bound by how fast the weights are read, and
+these kernels read at the machine's bandwidth where torch's int8/bf16 CPU kernels read at
+0.5-0.8 of it (`bench/README.md`). Every output row is computed the same way whatever the
+number of rows or threads, so a sequence decodes to the same bits alone or in a batch.
+
+The C source is compiled on first use with the machine's C compiler (`$CC`, else `cc`;
+`-O3 -march=native -fopenmp`) into lalm's cache (`$LALM_CACHE/kernels`, named by a hash of the
+source, the flags, the compiler and the CPU's feature flags, written atomically), then loaded
+with ctypes; OpenMP threads are torch's own pool (the same libgomp), `torch.get_num_threads()`
+of them. Where no compiler works or `LALM_KERNELS=0` is set, `available()` is False and
+callers use torch's kernels instead (a warning says why, once): a choice made once per
+process, never per call, so it cannot split a batch (`torch_kernels()` lets a benchmark or a
+test run torch's inside a block, for the whole model at once).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from lalm.assets import cache_dir
+
+SOURCE = Path(__file__).with_name("linear.c")
+#: The compiler flags; `-march` is added by `build` (native by default).
+CFLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno", "-std=c11")
+#: Set to 0 to use torch's kernels instead of lalm's (e.g. to compare the two in one run).
+ENV_SWITCH = "LALM_KERNELS"
+
+
+class KernelBuildError(RuntimeError):
+    """The C kernels could not be compiled or loaded (the message has the compiler's output)."""
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (Linux /proc/cpuinfo), '' where unreadable."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def build(march: str = "native", directory: Path | None = None) -> ctypes.CDLL:
+    """Compile (or find compiled) `linear.c` for `-march=<march>` and load it.
+
+    Args:
+        march: the `-march` target ("native": this CPU; e.g. "x86-64-v3" builds the AVX2
+            path, "x86-64" the portable one, which tests compare).
+        directory: where the library is kept; default `cache_dir() / "kernels"`.
+
+    Returns:
+        The loaded library, its argument types set.
+
+    Raises:
+        KernelBuildError: no compiler, or it failed (its output in the message).
+    """
+    compiler = os.environ.get("CC") or "cc"
+    if shutil.which(compiler) is None:
+        raise KernelBuildError(f"no C compiler {compiler!r} on PATH")
+    flags = (*CFLAGS, f"-march={march}")
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                                 check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise KernelBuildError(f"{compiler} --version failed: {e}") from e
+    key = hashlib.sha256("\0".join((SOURCE.read_text(), " ".join(flags), version,
+                                    platform.machine(), _cpu_flags())).encode()).hexdigest()
+    directory = directory or cache_dir() / "kernels"
+    target = directory / f"linear-{march}-{key[:16]}.so"
+    if not target.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=directory) as tmp:
+            out = Path(tmp) / target.name
+            run = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(out), "-lm"],
+                                 capture_output=True, text=True)
+            if run.returncode:
+                raise KernelBuildError(f"compiling {SOURCE.name} failed:\n{run.stderr[-2000:]}")
+            os.replace(out, target)  # atomic: another process may be reading an older copy
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError as e:
+        raise KernelBuildError(f"loading {target}: {e}") from e
+    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.lalm_int8_linear.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
+    lib.lalm_int8_linear.restype = None
+    lib.lalm_bf16_linear.argtypes = [ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
+    lib.lalm_bf16_linear.restype = None
+    lib.lalm_kernel_isa.restype = ctypes.c_char_p
+    return lib
+
+
+@cache
+def library() -> ctypes.CDLL | None:
+    """This process's kernel library, built on first call; None where `LALM_KERNELS=0` or the
+    build failed (with a warning saying why: torch's kernels are used then)."""
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return None
+    try:
+        return build()
+    except KernelBuildError as e:
+        warnings.warn(f"lalm's CPU kernels are unavailable ({e}); using torch's", stacklevel=2)
+        return None
+
+
+_TORCH_ONLY: list[bool] = []
+
+
+@contextmanager
+def torch_kernels() -> Iterator[None]:
+    """Inside the block `available()` is False: every product takes torch's kernels (so a
+    benchmark can compare the two in one run)."""
+    _TORCH_ONLY.append(True)
+    try:
+        yield
+    finally:
+        _TORCH_ONLY.pop()
+
+
+def available() -> bool:
+    """Whether lalm's kernels run here: built (`library`) and not inside `torch_kernels`."""
+    return not _TORCH_ONLY and library() is not None
+
+
+def isa(lib: ctypes.CDLL | None = None) -> str:
+    """The vector path of a build ("avx512" | "avx2" | "generic"); default this process's."""
+    lib = lib or library()
+    if lib is None:
+        raise KernelBuildError("lalm's CPU kernels are unavailable")
+    return lib.lalm_kernel_isa().decode()
+
+
+def _rows(x: Tensor, in_features: int) -> Tensor:
+    """x [..., in] float -> contiguous float32 [M, in] (a bf16 row widens exactly)."""
+    if x.device.type != "cpu" or not x.is_floating_point():
+        raise ValueError(f"lalm's kernels take CPU float activations, got {x.dtype} on "
+                         f"{x.device}")
+    if x.shape[-1] != in_features:
+        raise ValueError(f"activations end in {x.shape[-1]}, the weight takes {in_features}")
+    return x.reshape(-1, in_features).to(torch.float32).contiguous()
+
+
+def _check_weight(weight: Tensor, dtype: torch.dtype) -> None:
+    if weight.device.type != "cpu" or weight.dtype != dtype or weight.ndim != 2 \
+            or not weight.is_contiguous():
+        raise ValueError(f"the weight must be a contiguous 2-D {dtype} CPU tensor, got "
+                         f"{weight.dtype} {tuple(weight.shape)} on {weight.device}"
+                         f"{'' if weight.is_contiguous() else ' (not contiguous)'}")
+
+
+def int8_linear(x: Tensor, q: Tensor, scales: Tensor, lib: ctypes.CDLL | None = None) -> Tensor:
+    """x (q * scales[:, None])^T with the int8 codes read as they are.
+
+    Args:
+        x: [..., K] float activations (any float dtype; widened to float32).
+        q: [N, K] int8 codes, contiguous.
+        scales: [N] float, one per output row.
+        lib: a library from `build` (default this process's).
+
+    Returns:
+        [..., N] float32.
+
+    Raises:
+        ValueError: tensors off the CPU, of other dtypes or shapes.
+        KernelBuildError: no kernels in this process.
+    """
+    lib = lib or library()
+    if lib is None:
+        raise KernelBuildError("lalm's CPU kernels are unavailable")
+    _check_weight(q, torch.int8)
+    n, k = q.shape
+    if scales.shape != (n,):
+        raise ValueError(f"scales must be [{n}], got {tuple(scales.shape)}")
+    rows = _rows(x, k)
+    scales = scales.to(torch.float32).contiguous()
+    y = torch.empty(rows.shape[0], n, dtype=torch.float32)
+    lib.lalm_int8_linear(rows.data_ptr(), q.data_ptr(), scales.data_ptr(), y.data_ptr(),
+                         rows.shape[0], n, k, torch.get_num_threads())
+    return y.view(*x.shape[:-1], n)
+
+
+def bf16_linear(x: Tensor, weight: Tensor, lib: ctypes.CDLL | None = None) -> Tensor:
+    """x weight^T with the bf16 weight read as it is, in float32.
+
+    Args:
+        x: [..., K] float activations (any float dtype; widened to float32).
+        weight: [N, K] bf16, contiguous.
+        lib: a library from `build` (default this process's).
+
+    Returns:
+        [..., N] float32.
+
+    Raises:
+        ValueError: tensors off the CPU, of other dtypes or shapes.
+        KernelBuildError: no kernels in this process.
+    """
+    lib = lib or library()
+    if lib is None:
+        raise KernelBuildError("lalm's CPU kernels are unavailable")
+    _check_weight(weight, torch.bfloat16)
+    n, k = weight.shape
+    rows = _rows(x, k)
+    y = torch.empty(rows.shape[0], n, dtype=torch.float32)
+    lib.lalm_bf16_linear(rows.data_ptr(), weight.data_ptr(), y.data_ptr(), rows.shape[0], n, k,
+                         torch.get_num_threads())
+    return y.view(*x.shape[:-1], n)
+

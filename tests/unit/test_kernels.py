@@ -1,0 +1,203 @@
+"""lalm's CPU kernels (`lalm.kernels`): each product against a float64 reference, rows that
+do not depend on the other rows or the thread count, the AVX2 and portable builds (equal bit for
+bit: same lanes, same order), the build cache, the switches and the errors; and the layers that
+use them (`Int8Linear`, `StreamLinear`) against torch's own kernels."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from lalm import kernels
+from lalm.config import DecoderConfig
+from lalm.model.decoder import TextDecoder
+from lalm.model.quant import Int8Linear
+from lalm.model.upcast import StreamLinear, UpcastLinear
+
+pytestmark = pytest.mark.skipif(not kernels.available(),
+                                reason="lalm's kernels did not build here (no C compiler)")
+
+X86 = platform.machine() in ("x86_64", "AMD64")
+
+
+def _int8(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g),
+            torch.rand(n, generator=g) * 0.01 + 1e-3)
+
+
+def _reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return x.double() @ weight.double().t()
+
+
+@pytest.mark.parametrize("n,k", [(64, 64), (37, 77), (130, 16), (9, 1), (70, 4096)])
+def test_int8_and_bf16_products_equal_a_float64_reference(n, k) -> None:
+    q, scales = _int8(n, k)
+    x = torch.randn(5, k, generator=torch.Generator().manual_seed(1))
+    ref = _reference(x, q.double() * scales.double()[:, None])
+    y = kernels.int8_linear(x, q, scales)
+    assert y.dtype == torch.float32 and y.shape == (5, n)
+    assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(2)).bfloat16()
+    ref = _reference(x, w)
+    y = kernels.bf16_linear(x, w)
+    assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    # bf16 activations widen exactly: the same as passing their float32 values
+    assert torch.equal(kernels.bf16_linear(x.bfloat16(), w), kernels.bf16_linear(
+        x.bfloat16().float(), w))
+
+
+def test_leading_dims_are_kept() -> None:
+    q, scales = _int8(24, 32)
+    x = torch.randn(2, 3, 32)
+    y = kernels.int8_linear(x, q, scales)
+    assert y.shape == (2, 3, 24)
+    assert torch.equal(y[1, 2], kernels.int8_linear(x[1, 2], q, scales))
+
+
+@pytest.mark.parametrize("kind", ["int8", "bf16"])
+def test_a_row_gives_the_same_bits_alone_among_others_and_at_any_thread_count(kind) -> None:
+    n, k = 200, 4096 + 5  # a tail of 5 columns, and rows in blocks of 4 and 8 plus leftovers
+    q, scales = _int8(n, k)
+    w = torch.randn(n, k).bfloat16()
+
+    def product(x: torch.Tensor) -> torch.Tensor:
+        return kernels.int8_linear(x, q, scales) if kind == "int8" else \
+            kernels.bf16_linear(x, w)
+
+    x = torch.randn(16, k, generator=torch.Generator().manual_seed(3))
+    threads = torch.get_num_threads()
+    try:
+        results = {}
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results[count] = product(x)
+            for rows in (1, 3, 7):
+                for start in range(0, 16 - rows + 1, rows):
+                    assert torch.equal(product(x[start:start + rows]),
+                                       results[count][start:start + rows])
+        assert torch.equal(results[1], results[2])
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not X86, reason="the AVX2 and portable builds are x86-64 targets")
+def test_the_avx2_and_portable_builds_agree_bit_for_bit(tmp_path) -> None:
+    avx2, generic = kernels.build("x86-64-v3", tmp_path), kernels.build("x86-64", tmp_path)
+    assert (kernels.isa(avx2), kernels.isa(generic)) == ("avx2", "generic")
+    q, scales = _int8(45, 203)
+    w = torch.randn(45, 203).bfloat16()
+    x = torch.randn(6, 203)
+    for lib in (avx2, generic):
+        ref = _reference(x, q.double() * scales.double()[:, None])
+        assert torch.allclose(kernels.int8_linear(x, q, scales, lib).double(), ref,
+                              rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    assert torch.equal(kernels.int8_linear(x, q, scales, avx2),
+                       kernels.int8_linear(x, q, scales, generic))
+    assert torch.equal(kernels.bf16_linear(x, w, avx2), kernels.bf16_linear(x, w, generic))
+
+
+def test_a_build_is_cached_by_its_inputs_and_leaves_no_temporary_files(tmp_path) -> None:
+    kernels.build(directory=tmp_path)
+    (built,) = tmp_path.iterdir()
+    stamp = built.stat().st_mtime_ns
+    kernels.build(directory=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [built.name]
+    assert built.stat().st_mtime_ns == stamp  # found, not compiled again
+
+
+def test_a_missing_compiler_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CC", "no-such-compiler-lalm")
+    with pytest.raises(kernels.KernelBuildError, match="no C compiler"):
+        kernels.build(directory=tmp_path)
+
+
+@pytest.mark.parametrize("env", [{"LALM_KERNELS": "0"}, {"CC": "no-such-compiler-lalm"}])
+def test_without_kernels_a_process_falls_back_to_torch_and_says_why(env, tmp_path) -> None:
+    script = ("import warnings, torch; warnings.simplefilter('always')\n"
+              "from lalm import kernels\n"
+              "from lalm.model.quant import Int8Linear\n"
+              "layer = Int8Linear.from_linear(torch.nn.Linear(64, 32))\n"
+              "print(kernels.available(), layer.uses_kernel(), layer(torch.randn(2, 64)).shape)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**__import__("os").environ, "LALM_CACHE": str(tmp_path), **env})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False", "True", "torch.Size([2,", "32])"]
+    if "CC" in env:
+        assert "kernels are unavailable" in run.stderr and "no C compiler" in run.stderr
+
+
+def test_bad_inputs_are_value_errors() -> None:
+    q, scales = _int8(8, 16)
+    with pytest.raises(ValueError, match="int8"):
+        kernels.int8_linear(torch.randn(1, 16), q.float(), scales)
+    with pytest.raises(ValueError, match="end in 15"):
+        kernels.int8_linear(torch.randn(1, 15), q, scales)
+    with pytest.raises(ValueError, match="scales must be"):
+        kernels.int8_linear(torch.randn(1, 16), q, scales[:4])
+    with pytest.raises(ValueError, match="not contiguous"):
+        kernels.bf16_linear(torch.randn(1, 8), torch.randn(8, 16).bfloat16().t())
+    with pytest.raises(ValueError, match="float activations"):
+        kernels.bf16_linear(torch.ones(1, 16, dtype=torch.int64), torch.randn(8, 16).bfloat16())
+
+
+def test_int8_linear_takes_lalms_kernel_and_agrees_with_torchs() -> None:
+    torch.manual_seed(0)
+    layer = Int8Linear.from_linear(nn.Linear(256, 96, bias=True).bfloat16())
+    x = torch.randn(4, 256).bfloat16()
+    ours = layer(x)
+    expected = (kernels.int8_linear(x, layer.weight, layer.scales).bfloat16()
+                + layer.bias)
+    assert torch.equal(ours, expected)
+    with kernels.torch_kernels():
+        assert not kernels.available()
+        theirs = layer(x)
+    assert kernels.available()
+    assert torch.allclose(ours.float(), theirs.float(), rtol=2e-2, atol=2e-2)
+
+
+def _bf16_decoder() -> TextDecoder:
+    torch.manual_seed(0)
+    config = DecoderConfig(vocab_size=300, dim=64, n_layer=2, n_head=4, n_kv_head=2,
+                           hidden_dim=160, max_seq_len=64)
+    return TextDecoder(config).bfloat16().eval()
+
+
+def test_a_bf16_decoder_streams_its_products_once_it_decodes() -> None:
+    decoder = _bf16_decoder()
+    ids = torch.randint(0, 300, (3, 9), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        before = decoder(decoder.embed(ids), torch.arange(9).expand(3, 9))
+    decoder.setup_caches(3, 16)
+    decoder.clear_caches()
+    linears = [m for m in decoder.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(type(m) is StreamLinear for m in linears)
+    assert set(decoder.state_dict()) == set(_bf16_decoder().state_dict())
+    with torch.inference_mode():
+        after = decoder(decoder.embed(ids), torch.arange(9).expand(3, 9))
+        row = decoder(decoder.embed(ids[1:2]), torch.arange(9)[None])
+    assert torch.allclose(after.float(), before.float(), rtol=0.05, atol=0.05)
+    assert torch.equal(row[0], after[1])  # rows do not depend on each other
+    # with gradients wanted the layer takes torch's product (the kernel has no backward)
+    layer = linears[0]
+    x = torch.randn(2, 64, dtype=torch.bfloat16, requires_grad=True)
+    layer(x).sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
+def test_stream_linear_equals_upcast_for_float32_activations() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(96, 40).bfloat16()
+    layer.__class__ = UpcastLinear
+    x = torch.randn(3, 96)
+    with torch.no_grad():
+        upcast = layer(x)
+        layer.__class__ = StreamLinear
+        streamed = layer(x)
+    assert streamed.dtype == torch.float32
+    assert torch.allclose(streamed, upcast, rtol=1e-5, atol=1e-5)
