@@ -7,7 +7,8 @@ matrix (a step reads one embedding row, so this only saves memory). For each pre
 (fp32, bf16, int8 / int4 = `quantize_model` of the bf16 weights, lm_head included: int8 for
 int4 models, `HEAD_SCHEMES`; int4 in groups of `INT4_GROUP_SIZE` columns): time decode steps
 over a KV context of `--context` positions (best of `--rounds`), and time the final norm +
-lm_head product alone. Per layer = (step - head) / layers; the 7B step = head + 32 x per
+lm_head product alone (and with `--prefill` a prefill of `--context` positions: 280 is about
+a 10 s clip's prompt). Per layer = (step - head) / layers; the 7B step = head + 32 x per
 layer. The context's keys/values are written into the cache directly (no prefill). The floor
 of a step = bytes it must read (every weight once, plus the KV cache) / read bandwidth, the
 bandwidth being the faster of a large-tensor sum (bytes read per second) and a large copy
@@ -119,6 +120,24 @@ def step_timer(decoder: TextDecoder, context: int) -> Callable[[], object]:
     return step
 
 
+def prefill_timer(decoder: TextDecoder, context: int) -> Callable[[], object]:
+    """A callable running the prefill of `context` positions into an empty cache (the last
+    position's logits, as generation asks), rewound after each call."""
+    dim, dtype = decoder.config.dim, decoder.embed.weight.dtype
+    cache = decoder.setup_caches(1, context + 1)
+    gen = torch.Generator().manual_seed(2)
+    embeds = torch.randn(1, context, dim, generator=gen).to(dtype)
+    pos = torch.arange(context)[None]
+
+    def prefill() -> object:
+        cache.length = 0
+        cache.key_mask.zero_()
+        with torch.inference_mode():
+            return decoder(embeds, pos, output="last_logits")
+
+    return prefill
+
+
 def head_timer(decoder: TextDecoder) -> Callable[[], object]:
     """A callable running the final norm + lm_head of one position (what a step adds to its
     layers)."""
@@ -183,6 +202,11 @@ def time_precision(config: DecoderConfig, precision: str,
         precision].itemsize  # one layer's keys + values read per step
     t_step = best_time(step_timer(decoder, args.context), args.rounds, args.repeat)
     t_head = best_time(head_timer(decoder), args.rounds, args.repeat)
+    if args.prefill:
+        t_prefill = best_time(prefill_timer(decoder, args.context), 1, 1)
+        print(f"  {precision}{' (torch kernels)' if not kernels.available() else ''}: prefill "
+              f"of {args.context} positions {t_prefill:.2f} s for {args.layers} layers + head, "
+              f"{(t_prefill - t_head) / args.layers * REAL_LAYERS + t_head:.1f} s for the 7B")
     del decoder
     gc.collect()
     return t_step, t_head, layer_bytes + kv_bytes, head_bytes, kv_bytes
@@ -198,6 +222,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reference", action="store_true",
                         help="also time transformers' decode step on the bf16 tensors")
+    parser.add_argument("--prefill", action="store_true",
+                        help="also time a prefill of --context positions per precision")
     parser.add_argument("--torch-kernels", action="store_true",
                         help="also time bf16 and int8 with torch's products, not lalm's")
     args = parser.parse_args()

@@ -5,8 +5,11 @@ memory-read probe measured in the same run.
 Shapes: [1, 4096] x [4096, 4096] (attention), [1, 4096] x [11008, 4096] (MLP gate/up) and
 [1, 4096] x [156032, 4096] (the lm_head). Formats, each the path lalm's decoder takes:
 - fp32: the weight [in, out]-major (`TextDecoder.use_decode_layout`), `F.linear`;
-- bf16: the weight [out, in], bf16 activations, `F.linear`;
-- int8: `Int8Linear` (per-channel scales, `torch._weight_int8pack_mm`, bf16 activations);
+- bf16: the weight [out, in], bf16 activations: `F.linear` (torch's product, "bf16-torch")
+  and `StreamLinear` (lalm's, `lalm.kernels.bf16_linear`, what a bf16 CPU decoder takes);
+- int8: `Int8Linear` (per-channel scales): lalm's kernel (`lalm.kernels.int8_linear`) and,
+  as "int8-torch", `torch._weight_int8pack_mm` on bf16 activations
+  (`lalm.kernels.torch_kernels`);
 - int4-gG: `Int4Linear` with group size G (`torch._weight_int4pack_mm_for_cpu`, bf16
   activations).
 Weights are random codes/values (the kernels' speed does not depend on them). Each product
@@ -26,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from bench_decode_7b import read_bandwidth
 
+from lalm import kernels
 from lalm.model.quant import Int4Linear, Int8Linear
+from lalm.model.upcast import StreamLinear
 
 SHAPES = {"attn 4096x4096": (4096, 4096), "mlp 11008x4096": (11008, 4096),
           "lm_head 156032x4096": (156032, 4096)}
@@ -42,11 +47,20 @@ def products(out_dim: int, in_dim: int, groups: list[int]
     runs["fp32"] = (lambda: F.linear(x, w32), w32.numel() * 4)
     w16 = w32.to(torch.bfloat16).contiguous()
     xb = x.to(torch.bfloat16)
-    runs["bf16"] = (lambda: F.linear(xb, w16), w16.numel() * 2)
+    runs["bf16-torch"] = (lambda: F.linear(xb, w16), w16.numel() * 2)
     linear = torch.nn.Linear(in_dim, out_dim, bias=False, dtype=torch.bfloat16)
     linear.weight.data = w16
+    stream = StreamLinear(in_dim, out_dim, bias=False, device="meta")
+    stream.weight = torch.nn.Parameter(w16, requires_grad=False)
+    runs["bf16"] = (lambda: stream(xb), w16.numel() * 2)
     int8 = Int8Linear.from_linear(linear)
     runs["int8"] = (lambda: int8(xb), _bytes(int8))
+
+    def int8_torch() -> object:
+        with kernels.torch_kernels():
+            return int8(xb)
+
+    runs["int8-torch"] = (int8_torch, _bytes(int8))
     for group in groups:
         int4 = Int4Linear.from_linear(linear, group)
         runs[f"int4-g{group}"] = (lambda m=int4: m(xb), _bytes(int4))
