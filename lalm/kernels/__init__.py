@@ -71,7 +71,8 @@ def build(march: str = "native", directory: Path | None = None) -> ctypes.CDLL:
         The loaded library, its argument types set.
 
     Raises:
-        KernelBuildError: no compiler, or it failed (its output in the message).
+        KernelBuildError: no compiler, it failed (its output in the message) or timed out, the
+            cache folder is not writable, or the library does not load.
     """
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
@@ -87,14 +88,18 @@ def build(march: str = "native", directory: Path | None = None) -> ctypes.CDLL:
     directory = directory or cache_dir() / "kernels"
     target = directory / f"linear-{march}-{key[:16]}.so"
     if not target.exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=directory) as tmp:
-            out = Path(tmp) / target.name
-            run = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(out), "-lm"],
-                                 capture_output=True, text=True)
-            if run.returncode:
-                raise KernelBuildError(f"compiling {SOURCE.name} failed:\n{run.stderr[-2000:]}")
-            os.replace(out, target)  # atomic: another process may be reading an older copy
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=directory) as tmp:
+                out = Path(tmp) / target.name
+                run = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(out), "-lm"],
+                                     capture_output=True, text=True, timeout=300)
+                if run.returncode:
+                    raise KernelBuildError(f"compiling {SOURCE.name} failed:\n"
+                                           f"{run.stderr[-2000:]}")
+                os.replace(out, target)  # atomic: another process may be reading an old copy
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise KernelBuildError(f"building {target}: {e}") from e
     try:
         lib = ctypes.CDLL(str(target))
     except OSError as e:

@@ -117,6 +117,13 @@ def test_a_missing_compiler_is_a_clear_error(tmp_path, monkeypatch) -> None:
         kernels.build(directory=tmp_path)
 
 
+def test_an_unwritable_cache_is_a_build_error(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(kernels.KernelBuildError, match="building"):
+        kernels.build(directory=blocker / "kernels")
+
+
 @pytest.mark.parametrize("env", [{"LALM_KERNELS": "0"}, {"CC": "no-such-compiler-lalm"}])
 def test_without_kernels_a_process_falls_back_to_torch_and_says_why(env, tmp_path) -> None:
     script = ("import warnings, torch; warnings.simplefilter('always')\n"
