@@ -145,11 +145,17 @@ def available() -> bool:
     return not _TORCH_ONLY and library() is not None
 
 
-def isa(lib: ctypes.CDLL | None = None) -> str:
-    """The vector path of a build ("avx512" | "avx2" | "generic"); default this process's."""
+def _loaded(lib: ctypes.CDLL | None) -> ctypes.CDLL:
+    """`lib`, or this process's library; KernelBuildError where there is none."""
     lib = lib or library()
     if lib is None:
         raise KernelBuildError("lalm's CPU kernels are unavailable")
+    return lib
+
+
+def isa(lib: ctypes.CDLL | None = None) -> str:
+    """The vector path of a build ("avx512" | "avx2" | "generic"); default this process's."""
+    lib = _loaded(lib)
     return lib.lalm_kernel_isa().decode()
 
 
@@ -187,9 +193,7 @@ def int8_linear(x: Tensor, q: Tensor, scales: Tensor, lib: ctypes.CDLL | None = 
         ValueError: tensors off the CPU, of other dtypes or shapes.
         KernelBuildError: no kernels in this process.
     """
-    lib = lib or library()
-    if lib is None:
-        raise KernelBuildError("lalm's CPU kernels are unavailable")
+    lib = _loaded(lib)
     _check_weight(q, torch.int8)
     n, k = q.shape
     if scales.shape != (n,):
@@ -217,9 +221,7 @@ def bf16_linear(x: Tensor, weight: Tensor, lib: ctypes.CDLL | None = None) -> Te
         ValueError: tensors off the CPU, of other dtypes or shapes.
         KernelBuildError: no kernels in this process.
     """
-    lib = lib or library()
-    if lib is None:
-        raise KernelBuildError("lalm's CPU kernels are unavailable")
+    lib = _loaded(lib)
     _check_weight(weight, torch.bfloat16)
     n, k = weight.shape
     rows = _rows(x, k)
