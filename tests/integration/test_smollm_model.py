@@ -27,7 +27,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return sm.build_smollm_model(
         root / "smollm-model", retrain=True, log=lambda _: None, data=root / "lalm-synth",
         synth_size="tiny", synth_tasks=("asr", "sound_event"), speech_size="tiny",
-        sentences=(4, 2), overrides=("run.max_steps=1", "optim.warmup_steps=1"))
+        sentences=(4, 2), sentence_stage=True, overrides=("run.max_steps=1", "optim.warmup_steps=1"))
 
 
 def test_the_card_says_what_was_trained_and_scored(built: Path) -> None:
