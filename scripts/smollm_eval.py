@@ -11,6 +11,9 @@
 * held-out synthetic English speech: lalm-synth medium's ASR and srwt test items in English
   (`lalm.smollm_model.english_asr_manifest`: sentences of the test split, never trained on),
   transcribed greedily; WER (made or resumed at ``--speech``);
+* held-out spoken natural sentences: `lalm.synth.sentences`' test items (sentences of its test
+  split, eSpeak NG voices held out of training), greedy; WER (made or resumed at
+  ``--sentences``);
 * every lalm-synth family: read from the model's card (the lalm-synth test split, scored when
   the model was built), when the folder has one.
 
@@ -83,9 +86,10 @@ def main() -> None:
     from lalm.generation import GenerationOptions, Pipeline
     from lalm.assets import default_model_dir
     from lalm.data.manifest import read_manifest
-    from lalm.smollm_model import (SPEECH_SIZE, SPEECH_TASKS, english_asr_manifest,
+    from lalm.smollm_model import (SENTENCES, SPEECH_SIZE, SPEECH_TASKS, english_asr_manifest,
                                    init_from_parts, smollm_model_dir)
     from lalm.synth import generate
+    from lalm.synth.sentences import make_sentence_speech
     from lalm.testing.real_speech import real_speech_clips
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -95,6 +99,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32, help="greedy answer budget")
     ap.add_argument("--speech", default=None, help="lalm-synth medium asr+srwt folder "
                     "(default: lalm-synth-speech beside the default model's lalm-synth)")
+    ap.add_argument("--sentences", default=None, help="lalm.synth.sentences folder (default: "
+                    "lalm-synth-sentences beside the default model's lalm-synth)")
     args = ap.parse_args()
     folder = Path(args.model) if args.model else smollm_model_dir()
     pipe = Pipeline.from_pretrained(folder)
@@ -115,22 +121,30 @@ def main() -> None:
     print(f"real speech ({len(paths)} clips): WER {report['real_speech']['wer']:.3f}, Whisper "
           f"tiny.en {report['real_speech']['whisper_tiny_en_wer']:.3f}", flush=True)
 
-    t = time.perf_counter()
     work = default_model_dir().with_name(default_model_dir().name + ".work")
     speech = Path(args.speech) if args.speech else work / "lalm-synth-speech"
+    sentences = Path(args.sentences) if args.sentences else work / "lalm-synth-sentences"
+
+    def transcribe(key: str, title: str, manifest: Path, t: float) -> None:
+        items = read_manifest(manifest)
+        heard = [pipe.chat(e.task.instruction, [manifest.parent / e.audios[0].path],
+                           greedy).text for e in items]
+        report[key] = {
+            "items": len(items), "wer": error_rate(heard, [e.target for e in items], "en").score,
+            "manifest": str(manifest),
+            "answers": [{"id": e.id, "reference": e.target, "model": h}
+                        for e, h in zip(items, heard)],
+            "seconds": time.perf_counter() - t}
+        print(f"{title} ({len(items)} items): WER {report[key]['wer']:.3f}", flush=True)
+
+    t = time.perf_counter()
     generate(speech, SPEECH_SIZE, 0, list(SPEECH_TASKS))
-    manifest = english_asr_manifest(speech)
-    items = read_manifest(manifest)
-    heard = [pipe.chat(e.task.instruction, [manifest.parent / e.audios[0].path], greedy).text
-             for e in items]
-    report["synthetic_english_asr"] = {
-        "items": len(items), "wer": error_rate(heard, [e.target for e in items], "en").score,
-        "manifest": str(manifest),
-        "answers": [{"id": e.id, "reference": e.target, "model": h}
-                    for e, h in zip(items, heard)],
-        "seconds": time.perf_counter() - t}
-    print(f"held-out synthetic English ASR ({len(items)} items): WER "
-          f"{report['synthetic_english_asr']['wer']:.3f}", flush=True)
+    transcribe("synthetic_english_asr", "held-out synthetic English ASR",
+               english_asr_manifest(speech), t)
+    t = time.perf_counter()
+    make_sentence_speech(sentences, "test", SENTENCES[1])
+    transcribe("held_out_sentences", "held-out spoken sentences (held-out voices)",
+               sentences / "test.jsonl", t)
 
     t = time.perf_counter()
     questions = QUESTIONS[: args.questions]

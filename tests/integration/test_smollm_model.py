@@ -1,6 +1,7 @@
 """The SmolLM2 audio model end to end on its real parts (Whisper tiny.en from its PyPI package,
 SmolLM2-135M-Instruct's GGUF from its wheel), scaled down: `build_smollm_model` with
-``retrain`` on a tiny lalm-synth set (and tiny extra English speech) for one step (train_parts,
+``retrain`` on a tiny lalm-synth set (and tiny extra English speech, then four spoken
+sentences) for one step a stage (train_parts of both stages,
 assembly with the digest checked, evaluation, the card, the demo's three turns), and the
 shipped parts' assembly."""
 
@@ -26,13 +27,14 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return sm.build_smollm_model(
         root / "smollm-model", retrain=True, log=lambda _: None, data=root / "lalm-synth",
         synth_size="tiny", synth_tasks=("asr", "sound_event"), speech_size="tiny",
-        overrides=("run.max_steps=1", "optim.warmup_steps=1"))
+        sentences=(4, 2), sentence_stage=True, overrides=("run.max_steps=1", "optim.warmup_steps=1"))
 
 
 def test_the_card_says_what_was_trained_and_scored(built: Path) -> None:
     card = json.loads((built / CARD).read_text())
     assert card["name"] == sm.NAME and "SmolLM2-135M-Instruct" in card["what"]
-    assert card["training"]["steps"] == 1
+    assert card["training"]["steps"] == 1 and card["training"]["stage1"]["steps"] == 1
+    assert card["spec"]["recipe"] == [str(sm.RECIPE), str(sm.SENTENCE_RECIPE)]
     assert card["spec"]["parts_sha256"] == card["training"]["sha256"]
     assert card["parameters"]["decoder"] > 100e6 and card["parameters"]["projector"] < 1e6
     assert set(card["scores"]["tasks"]) == {"asr", "sound_event"}
