@@ -125,9 +125,9 @@ def main() -> None:
     speech = Path(args.speech) if args.speech else work / "lalm-synth-speech"
     sentences = Path(args.sentences) if args.sentences else work / "lalm-synth-sentences"
 
-    def transcribe(key: str, title: str, manifest: Path, t: float) -> None:
+    def transcribe(model: Pipeline, key: str, title: str, manifest: Path, t: float) -> None:
         items = read_manifest(manifest)
-        heard = [pipe.chat(e.task.instruction, [manifest.parent / e.audios[0].path],
+        heard = [model.chat(e.task.instruction, [manifest.parent / e.audios[0].path],
                            greedy).text for e in items]
         report[key] = {
             "items": len(items), "wer": error_rate(heard, [e.target for e in items], "en").score,
@@ -139,11 +139,11 @@ def main() -> None:
 
     t = time.perf_counter()
     generate(speech, SPEECH_SIZE, 0, list(SPEECH_TASKS))
-    transcribe("synthetic_english_asr", "held-out synthetic English ASR",
+    transcribe(pipe, "synthetic_english_asr", "held-out synthetic English ASR",
                english_asr_manifest(speech), t)
     t = time.perf_counter()
     make_sentence_speech(sentences, "test", SENTENCES[1])
-    transcribe("held_out_sentences", "held-out spoken sentences (held-out voices)",
+    transcribe(pipe, "held_out_sentences", "held-out spoken sentences (held-out voices)",
                sentences / "test.jsonl", t)
 
     t = time.perf_counter()
