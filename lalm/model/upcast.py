@@ -18,8 +18,9 @@ summation order. Inference only: a Linear's gradient would reach its narrow weig
 `StreamLinear` is the decoder's form of the same layer for decoding (`TextDecoder.
 use_decode_layout` makes a bf16 CPU decoder's Linear layers one, upcast or not): without
 gradients its product is `lalm.kernels.bf16_linear`, which reads the bf16 weight once and
-widens it in registers (float32 sums; the result in the input's dtype), a decode step at the
-bandwidth floor where torch's bf16 product and the block upcast read at 0.5-0.7 of it.
+widens it in registers (float32 sums; the result in the input's dtype): a 7B-shaped decode
+step at 1.0-1.2x its bandwidth floor, where torch's bf16 product ran at 1.6-2x
+(`bench/README.md`).
 Shape alphabet: N leading dims, I in features, O out features.
 """
 
