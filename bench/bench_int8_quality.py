@@ -153,6 +153,9 @@ def main() -> None:
           f"{f'{len(prompts)}/{len(prompts)}':>14s} {ref_ppl:8.3f} {1.0:9.4f}   "
           f"({time.perf_counter() - start:.0f} s)", flush=True)
     for name, model in models.items():
+        # the products decoding takes, from the first prompt on (the fp32 reference's greedy
+        # run above re-laid it before its logits): a bf16 copy's `StreamLinear`
+        model.use_decode_layout()
         errors, top1, agree, identical = [], 0, 0, 0
         for i, ids in enumerate(prompts):
             last = forward_logits(model, ids)[-1]
