@@ -99,8 +99,9 @@ static inline vec tail_bf16(const uint16_t *p, int64_t n) {
     uint16_t buf[LANES] = {0}; memcpy(buf, p, (size_t)n * 2); return v_bf16(buf);
 }
 
-/* How far ahead (bytes) each weight row's stream is prefetched, once per cache line: at one
- * thread 512 read 5-10 % faster than none or 2048 (bench_quant_kernels.py, 2026-12-02). */
+/* How far ahead (bytes) each weight row's stream is prefetched, once per cache line. A sweep
+ * of 0-2048 bytes and the T0/T1/T2/NTA hints (2026-12-02, an AVX-512 Xeon) stayed within the
+ * run-to-run noise of about 10 %; 512 with T0 was never the slowest. */
 #define AHEAD 512
 
 /* One block: MB rows of x against NB rows of W. ELEM is the weight element type, LOAD/TAIL
