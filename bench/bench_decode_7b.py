@@ -188,10 +188,11 @@ def reference_timer(decoder: TextDecoder, context: int) -> Callable[[], object]:
     return step
 
 
-def time_precision(config: DecoderConfig, precision: str,
-                   args: argparse.Namespace) -> tuple[float, float, int, int, int]:
-    """(step seconds, head seconds, bytes a layer reads, bytes the head reads, KV bytes per
-    layer) of the real-shape decoder in `precision`."""
+def time_precision(config: DecoderConfig, precision: str, args: argparse.Namespace,
+                   reference: bool = False) -> tuple[float, float, int, int, float | None]:
+    """(step seconds, head seconds, bytes a layer reads, bytes the head reads, transformers'
+    step seconds on the same tensors where `reference`, else None) of the real-shape decoder
+    in `precision`."""
     decoder = build(config, precision)
     # the saved tensors: for int4 as many bytes as the kernel's packed copy it reads
     layer_bytes = sum(t.numel() * t.element_size()
@@ -207,9 +208,11 @@ def time_precision(config: DecoderConfig, precision: str,
         print(f"  {precision}{' (torch kernels)' if not kernels.available() else ''}: prefill "
               f"of {args.context} positions {t_prefill:.2f} s for {args.layers} layers + head, "
               f"{(t_prefill - t_head) / args.layers * REAL_LAYERS + t_head:.1f} s for the 7B")
+    t_reference = best_time(reference_timer(decoder, args.context), args.rounds,
+                            args.repeat) if reference else None
     del decoder
     gc.collect()
-    return t_step, t_head, layer_bytes + kv_bytes, head_bytes, kv_bytes
+    return t_step, t_head, layer_bytes + kv_bytes, head_bytes, t_reference
 
 
 def main() -> None:
@@ -234,7 +237,7 @@ def main() -> None:
           f"{args.threads} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"lalm kernels {kernels.isa() if kernels.available() else 'unavailable'}, "
           f"best of {args.rounds} rounds x {args.repeat} steps")
-    rows: list[tuple[str, float, float, int, int, int]] = []
+    rows: list[tuple[str, float, float, int, int]] = []
     bandwidth = read_bandwidth()
     reference = None
     runs = [(p, False) for p in args.precisions.split(",")]
@@ -243,20 +246,17 @@ def main() -> None:
     for precision, torch_only in runs:
         with kernels.torch_kernels() if torch_only else contextlib.nullcontext():
             label = precision + ("/torch" if torch_only else "")
-            rows.append((label, *time_precision(config, precision, args)))
+            *row, t_reference = time_precision(
+                config, precision, args, args.reference and precision == "bf16" and not torch_only)
+            rows.append((label, *row))
+            reference = reference if t_reference is None else t_reference
             bandwidth = max(bandwidth, read_bandwidth())
-            if args.reference and precision == "bf16" and not torch_only:
-                decoder = build(config, precision)
-                reference = best_time(reference_timer(decoder, args.context), args.rounds,
-                                      args.repeat)
-                del decoder
-                gc.collect()
     # the floor uses the best bandwidth seen in the whole run (load from other jobs only
     # lowers a probe, so the best is the machine's)
     print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s (best probe of the run)")
     print(f"{'precision':9s} {'step':>8s} {'head':>8s} {'layer':>7s} {'floor l/h':>11s} "
           f"{'x floor':>7s} {'7B step':>8s} {'7B floor':>8s} {'x floor':>7s} {'tok/s':>6s}")
-    for precision, t_step, t_head, layer_bytes, head_bytes, _ in rows:
+    for precision, t_step, t_head, layer_bytes, head_bytes in rows:
         per_layer = (t_step - t_head) / args.layers
         floor_layer, floor_head = layer_bytes / bandwidth, head_bytes / bandwidth
         floor_step = args.layers * floor_layer + floor_head

@@ -5,6 +5,7 @@ use them (`Int8Linear`, `StreamLinear`) against torch's own kernels."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -132,7 +133,7 @@ def test_without_kernels_a_process_falls_back_to_torch_and_says_why(env, tmp_pat
               "layer = Int8Linear.from_linear(torch.nn.Linear(64, 32))\n"
               "print(kernels.available(), layer.uses_kernel(), layer(torch.randn(2, 64)).shape)\n")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env={**__import__("os").environ, "LALM_CACHE": str(tmp_path), **env})
+                         env={**os.environ, "LALM_CACHE": str(tmp_path), **env})
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["False", "True", "torch.Size([2,", "32])"]
     if "CC" in env:
