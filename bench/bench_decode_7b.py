@@ -233,9 +233,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = ModelConfig.from_name("qwen2-audio-7b", decoder={
         "n_layer": args.layers, "max_seq_len": args.context + 1}).decoder
+    paths = f"{kernels.isa()}, int8 {kernels.int8_isa()}" if kernels.available() else \
+        "unavailable"
     print(f"Qwen2-Audio-7B decoder shapes, {args.layers} layers built, context {args.context}, "
           f"{args.threads} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"lalm kernels {kernels.isa() if kernels.available() else 'unavailable'}, "
+          f"lalm kernels {paths}, "
           f"best of {args.rounds} rounds x {args.repeat} steps")
     rows: list[tuple[str, float, float, int, int]] = []
     bandwidth = read_bandwidth()

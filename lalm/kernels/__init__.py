@@ -1,11 +1,16 @@
 """lalm's CPU kernels for weight-streaming products (decoding reads every weight once a step).
 
 `int8_linear` and `bf16_linear` compute y = x W^T with W kept in its narrow storage (int8
-codes and a scale per output row; bf16), widened to float32 in registers as it streams from
-memory (`linear.c`): at batch 1 a decode step is bound by how fast the weights are read, and
-these kernels read at the machine's bandwidth where torch's int8/bf16 CPU kernels read at
-0.5-0.8 of it (`bench/README.md`). Every output row is computed the same way whatever the
-number of rows or threads, so a sequence decodes to the same bits alone or in a batch.
+codes and a scale per output row; bf16) as it streams from memory (`linear.c`): at batch 1 a
+decode step is bound by how fast the weights are read, and these kernels read at the
+machine's bandwidth where torch's int8/bf16 CPU kernels read at 0.5-0.8 of it
+(`bench/README.md`). bf16 is widened to float32 in registers. int8 is multiplied in integers,
+exactly: each row of x is rounded once to a 24-bit fixed-point grid (an error of about its
+largest element's float32 rounding, at most) held as three int8 digits, and 64 code bytes take
+four u8 x s8 dot-product instructions (AVX-512 VNNI, AVX-VNNI: the three digits and W's row
+sum) where widening them to float32 takes twelve. Every output row is computed the same way
+whatever the number of rows or threads, so a sequence decodes to the same bits alone or in a
+batch; the int8 product's bits are also the same on every vector path (its sums are exact).
 
 The C source is compiled on first use with the machine's C compiler (`$CC`, else `cc`;
 `-O3 -march=native -fopenmp`) into lalm's cache (`$LALM_CACHE/kernels`, named by a hash of the
@@ -106,10 +111,11 @@ def build(march: str = "native", directory: Path | None = None) -> ctypes.CDLL:
         raise KernelBuildError(f"loading {target}: {e}") from e
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.lalm_int8_linear.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
-    lib.lalm_int8_linear.restype = None
+    lib.lalm_int8_linear.restype = ctypes.c_int
     lib.lalm_bf16_linear.argtypes = [ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
     lib.lalm_bf16_linear.restype = None
     lib.lalm_kernel_isa.restype = ctypes.c_char_p
+    lib.lalm_int8_isa.restype = ctypes.c_char_p
     return lib
 
 
@@ -154,9 +160,17 @@ def _loaded(lib: ctypes.CDLL | None) -> ctypes.CDLL:
 
 
 def isa(lib: ctypes.CDLL | None = None) -> str:
-    """The vector path of a build ("avx512" | "avx2" | "generic"); default this process's."""
+    """The bf16 product's vector path in a build ("avx512" | "avx2" | "generic"); default
+    this process's."""
     lib = _loaded(lib)
     return lib.lalm_kernel_isa().decode()
+
+
+def int8_isa(lib: ctypes.CDLL | None = None) -> str:
+    """The int8 product's path in a build ("avx512-vnni" | "avx-vnni" | "avx2" | "generic");
+    default this process's."""
+    lib = _loaded(lib)
+    return lib.lalm_int8_isa().decode()
 
 
 def _rows(x: Tensor, in_features: int) -> Tensor:
@@ -177,12 +191,20 @@ def _check_weight(weight: Tensor, dtype: torch.dtype) -> None:
                          f"{'' if weight.is_contiguous() else ' (not contiguous)'}")
 
 
+#: The longest int8 row (K) whose integer sums `linear.c` keeps exact (int32 lanes).
+INT8_MAX_K = 1 << 19
+
+
 def int8_linear(x: Tensor, q: Tensor, scales: Tensor, lib: ctypes.CDLL | None = None) -> Tensor:
     """x (q * scales[:, None])^T with the int8 codes read as they are.
 
+    Each row of x is rounded to the fixed-point grid max|x_i| / (127 * 254^2) (at most half a
+    step off: about the float32 rounding of its largest element); the products are then exact, and
+    the output is rounded once to float32. A row that is not finite gives a row of NaN.
+
     Args:
         x: [..., K] float activations (any float dtype; widened to float32).
-        q: [N, K] int8 codes, contiguous.
+        q: [N, K] int8 codes, contiguous; K <= `INT8_MAX_K`.
         scales: [N] float, one per output row.
         lib: a library from `build` (default this process's).
 
@@ -190,7 +212,8 @@ def int8_linear(x: Tensor, q: Tensor, scales: Tensor, lib: ctypes.CDLL | None = 
         [..., N] float32.
 
     Raises:
-        ValueError: tensors off the CPU, of other dtypes or shapes.
+        ValueError: tensors off the CPU, of other dtypes or shapes; K over `INT8_MAX_K`.
+        MemoryError: the digits of x could not be allocated.
         KernelBuildError: no kernels in this process.
     """
     lib = _loaded(lib)
@@ -198,11 +221,16 @@ def int8_linear(x: Tensor, q: Tensor, scales: Tensor, lib: ctypes.CDLL | None = 
     n, k = q.shape
     if scales.shape != (n,):
         raise ValueError(f"scales must be [{n}], got {tuple(scales.shape)}")
+    if k > INT8_MAX_K:
+        raise ValueError(f"int8 rows of {k} columns: lalm's kernel keeps sums exact up to "
+                         f"{INT8_MAX_K}")
     rows = _rows(x, k)
     scales = scales.to(torch.float32).contiguous()
     y = torch.empty(rows.shape[0], n, dtype=torch.float32)
-    lib.lalm_int8_linear(rows.data_ptr(), q.data_ptr(), scales.data_ptr(), y.data_ptr(),
-                         rows.shape[0], n, k, torch.get_num_threads())
+    if lib.lalm_int8_linear(rows.data_ptr(), q.data_ptr(), scales.data_ptr(), y.data_ptr(),
+                            rows.shape[0], n, k, torch.get_num_threads()):
+        raise MemoryError(f"lalm's int8 kernel: no memory for the digits of {rows.shape[0]} "
+                          f"rows of {k}")
     return y.view(*x.shape[:-1], n)
 
 

@@ -23,8 +23,9 @@ the bytes a decode step reads.
 Product paths, chosen per layer from the device and the shapes, never from the batch (batched
 = single holds: a row's result does not depend on the other rows, checked for every kernel at
 1, 3, 7 and 16 rows):
-- CPU int8, per-channel scales: lalm's own kernel (`lalm.kernels.int8_linear`: the codes
-  widened in registers, float32 products over the activations as they are), or where it is
+- CPU int8, per-channel scales: lalm's own kernel (`lalm.kernels.int8_linear`: integer
+  products of the codes and the activations on a per-row 24-bit fixed-point grid, exact but
+  for that rounding, about float32's), or where it is
   unavailable (`lalm.kernels.available`), `torch._weight_int8pack_mm` on bf16 activations
   (`in` a multiple of 8);
 - CPU int4, `out` a multiple of 16, group size 32/64/128/256:

@@ -1,7 +1,8 @@
-"""lalm's CPU kernels (`lalm.kernels`): each product against a float64 reference, rows that
-do not depend on the other rows or the thread count, the AVX2 and portable builds (equal bit for
-bit: same lanes, same order), the build cache, the switches and the errors; and the layers that
-use them (`Int8Linear`, `StreamLinear`) against torch's own kernels."""
+"""lalm's CPU kernels (`lalm.kernels`): each product against a float64 reference (int8 within
+its fixed-point rounding bound), rows that do not depend on the other rows or the thread count,
+the AVX2 and portable builds (bf16 equal bit for bit: same lanes, same order; int8 equal to the
+native build too: exact sums), the build cache, the switches and the errors; and the layers
+that use them (`Int8Linear`, `StreamLinear`) against torch's own kernels."""
 
 from __future__ import annotations
 
@@ -94,13 +95,43 @@ def test_the_avx2_and_portable_builds_agree_bit_for_bit(tmp_path) -> None:
     q, scales = _int8(45, 203)
     w = torch.randn(45, 203).bfloat16()
     x = torch.randn(6, 203)
+    assert (kernels.int8_isa(avx2), kernels.int8_isa(generic)) == ("avx2", "generic")
+    native = kernels.int8_linear(x, q, scales)
     for lib in (avx2, generic):
-        ref = _reference(x, q.double() * scales.double()[:, None])
-        assert torch.allclose(kernels.int8_linear(x, q, scales, lib).double(), ref,
-                              rtol=1e-5, atol=1e-5 * ref.abs().max().item())
-    assert torch.equal(kernels.int8_linear(x, q, scales, avx2),
-                       kernels.int8_linear(x, q, scales, generic))
+        assert torch.equal(kernels.int8_linear(x, q, scales, lib), native)
     assert torch.equal(kernels.bf16_linear(x, w, avx2), kernels.bf16_linear(x, w, generic))
+
+
+@pytest.mark.parametrize("outlier", [1.0, 1e3])
+def test_int8_error_is_the_fixed_point_rounding_of_the_activations_at_most(outlier) -> None:
+    """|y - x W^T| <= (max|x| / 2Q) sum|W| + y's own float32 rounding, Q = 127 * 254^2,
+    with and without one outlier column a thousand times the others."""
+    q, scales = _int8(33, 1000 + 7, seed=4)
+    x = torch.randn(9, 1007, generator=torch.Generator().manual_seed(5))
+    x[:, 17] *= outlier
+    w = q.double() * scales.double()[:, None]
+    ref = _reference(x, w)
+    y = kernels.int8_linear(x, q, scales).double()
+    step = x.abs().amax(1, keepdim=True).double() / (127 * 254 ** 2)
+    bound = step / 2 * w.abs().sum(1)[None] + ref.abs() * 2.0 ** -24
+    assert ((y - ref).abs() <= bound * (1 + 1e-9)).all()
+    # activations on the grid are not rounded at all: the product is exact (then rounded once)
+    on_grid = torch.randint(-127, 128, (4, 1007), generator=torch.Generator().manual_seed(6)
+                            ).float()
+    on_grid[:, 0] = 127.0  # max|x| = 127: x * Q / 127 is an integer, no rounding at all
+    exact = (on_grid.double() @ q.double().t()) * scales.double()[None]
+    assert torch.equal(kernels.int8_linear(on_grid, q, scales), exact.float())
+
+
+def test_int8_rows_of_zeros_and_of_non_finite_values() -> None:
+    q, scales = _int8(20, 64)
+    x = torch.randn(3, 64)
+    x[0] = 0.0
+    x[2, 5] = float("inf")
+    y = kernels.int8_linear(x, q, scales)
+    assert torch.equal(y[0], torch.zeros(20))
+    assert torch.equal(y[1], kernels.int8_linear(x[1], q, scales))
+    assert y[2].isnan().all()  # loud, not a row of plausible numbers
 
 
 def test_a_build_is_cached_by_its_inputs_and_leaves_no_temporary_files(tmp_path) -> None:
@@ -148,6 +179,9 @@ def test_bad_inputs_are_value_errors() -> None:
         kernels.int8_linear(torch.randn(1, 15), q, scales)
     with pytest.raises(ValueError, match="scales must be"):
         kernels.int8_linear(torch.randn(1, 16), q, scales[:4])
+    wide = torch.zeros(1, kernels.INT8_MAX_K + 1, dtype=torch.int8)
+    with pytest.raises(ValueError, match="exact up to"):
+        kernels.int8_linear(torch.randn(1, kernels.INT8_MAX_K + 1), wide, torch.ones(1))
     with pytest.raises(ValueError, match="not contiguous"):
         kernels.bf16_linear(torch.randn(1, 8), torch.randn(8, 16).bfloat16().t())
     with pytest.raises(ValueError, match="float activations"):
