@@ -178,6 +178,7 @@ void lalm_bf16_linear(const float *x, const uint16_t *w, float *y,
 #define DIGIT 254                        /* the digits' base */
 #define Q (127 * DIGIT * DIGIT)          /* the fixed-point grid of a row: |P| <= Q */
 #define DIGITS 3
+#define HALF2 (DIGIT * DIGIT / 2)        /* half the first digit's weight */
 #define OFFSET 128                       /* a digit is stored as d + 128, an unsigned byte */
 #define ALIGN 64                         /* digit rows are zero-padded to whole 64 bytes */
 
@@ -284,22 +285,29 @@ static void i8_digits(const float *x, int64_t M, int64_t K, int64_t kp, uint8_t 
     memset(ones, 1, (size_t)K);
     for (int64_t i = 0; i < M; i++) {
         const float *row = x + i * K;
-        float top = 0;
-        int finite = 1;
+        /* max|x| on the bits: non-negative floats order as their bit patterns, infinity and
+         * NaN above every finite value */
+        int32_t top_bits = 0;
         for (int64_t k = 0; k < K; k++) {
-            finite &= isfinite(row[k]) != 0;
-            top = fmaxf(top, fabsf(row[k]));
+            int32_t bits;
+            memcpy(&bits, row + k, 4);
+            bits &= 0x7fffffff;
+            top_bits = bits > top_bits ? bits : top_bits;
         }
+        float top;
+        memcpy(&top, &top_bits, 4);
+        int finite = top_bits < 0x7f800000;
         c[i] = !finite ? NAN : (double)top / Q;
         if (!finite || top == 0) continue;
         double grid = Q / (double)top;
         uint8_t *d = a + i * DIGITS * kp;
+        /* balanced digits by floor divisions of shifted, non-negative values */
         for (int64_t k = 0; k < K; k++) {
-            int64_t p = (int64_t)nearbyint((double)row[k] * grid);   /* |p| <= Q */
-            int64_t d0 = (int64_t)nearbyint((double)p / (DIGIT * DIGIT));
-            int64_t rem = p - d0 * DIGIT * DIGIT;                     /* |rem| <= 254^2 / 2 */
-            int64_t d1 = (int64_t)nearbyint((double)rem / DIGIT);
-            int64_t d2 = rem - d1 * DIGIT;                            /* |d2| <= 127 */
+            int32_t p = (int32_t)nearbyint((double)row[k] * grid);   /* |p| <= Q */
+            int32_t d0 = (int32_t)((uint32_t)(p + Q + HALF2) / (DIGIT * DIGIT)) - 127;
+            int32_t rem = p - d0 * DIGIT * DIGIT;                     /* in [-32258, 32257] */
+            int32_t d1 = (int32_t)((uint32_t)(rem + 127 * DIGIT + 127) / DIGIT) - 127;
+            int32_t d2 = rem - d1 * DIGIT;                            /* in [-127, 126] */
             d[k] = (uint8_t)(d0 + OFFSET);
             d[kp + k] = (uint8_t)(d1 + OFFSET);
             d[2 * kp + k] = (uint8_t)(d2 + OFFSET);
