@@ -32,7 +32,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -112,10 +112,11 @@ def build(march: str = "native", directory: Path | None = None) -> ctypes.CDLL:
     except OSError as e:
         raise KernelBuildError(f"loading {target}: {e}") from e
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.lalm_int8_linear.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
+    flag = ctypes.c_int
+    lib.lalm_int8_linear.argtypes = [ptr, ptr, ptr, flag, ptr, ptr, flag, i64, i64, i64, flag]
     lib.lalm_int8_linear.restype = ctypes.c_int
-    lib.lalm_bf16_linear.argtypes = [ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
-    lib.lalm_bf16_linear.restype = None
+    lib.lalm_bf16_linear.argtypes = [ptr, ptr, ptr, ptr, flag, i64, i64, i64, flag]
+    lib.lalm_bf16_linear.restype = ctypes.c_int
     lib.lalm_kernel_isa.restype = ctypes.c_char_p
     lib.lalm_int8_isa.restype = ctypes.c_char_p
     return lib
@@ -175,14 +176,50 @@ def int8_isa(lib: ctypes.CDLL | None = None) -> str:
     return lib.lalm_int8_isa().decode()
 
 
+#: The activation dtypes the kernels read and write as they are (others go through float32).
+_NATIVE = (torch.float32, torch.bfloat16)
+
+
 def _rows(x: Tensor, in_features: int) -> Tensor:
-    """x [..., in] float -> contiguous float32 [M, in] (a bf16 row widens exactly)."""
+    """x [..., in] float -> contiguous [M, in], float32 or bf16 as it is (other float dtypes
+    widened to float32)."""
     if x.device.type != "cpu" or not x.is_floating_point():
         raise ValueError(f"lalm's kernels take CPU float activations, got {x.dtype} on "
                          f"{x.device}")
     if x.shape[-1] != in_features:
         raise ValueError(f"activations end in {x.shape[-1]}, the weight takes {in_features}")
-    return x.reshape(-1, in_features).to(torch.float32).contiguous()
+    rows = x.reshape(-1, in_features)
+    return (rows if rows.dtype in _NATIVE else rows.to(torch.float32)).contiguous()
+
+
+def _bias(bias: Tensor | None, dtype: torch.dtype, n: int) -> Tensor | None:
+    """The bias [n] in the output's dtype (contiguous), or None."""
+    if bias is None:
+        return None
+    if bias.shape != (n,) or bias.device.type != "cpu":
+        raise ValueError(f"the bias must be a CPU tensor [{n}], got {tuple(bias.shape)} on "
+                         f"{bias.device}")
+    return bias.to(dtype).contiguous()
+
+
+def _call(kernel: Callable[..., int], x: Tensor, rows: Tensor, n: int, bias: Tensor | None,
+          *weights: object) -> Tensor:
+    """Run a product kernel on `rows` ([M, K], `_rows`) into y [..., n] in x's dtype, bias
+    added; float dtypes the kernels do not take are computed in float32 and converted."""
+    y = torch.empty(rows.shape[0], n, dtype=rows.dtype)
+    native_bias = _bias(bias, rows.dtype, n) if rows.dtype == x.dtype else None
+    if kernel(rows.data_ptr(), *weights,
+              None if native_bias is None else native_bias.data_ptr(), y.data_ptr(),
+              rows.dtype == torch.bfloat16, rows.shape[0], n, rows.shape[1],
+              torch.get_num_threads()):
+        raise MemoryError(f"lalm's kernel: no memory for the buffers of {rows.shape[0]} rows "
+                          f"of {rows.shape[1]}")
+    y = y.view(*x.shape[:-1], n)
+    if rows.dtype != x.dtype:  # e.g. float16: the product in float32, rounded once
+        y = y.to(x.dtype)
+        if bias is not None:
+            y = y + _bias(bias, x.dtype, n)
+    return y
 
 
 def _check_weight(weight: Tensor, dtype: torch.dtype) -> None:
@@ -197,25 +234,28 @@ def _check_weight(weight: Tensor, dtype: torch.dtype) -> None:
 INT8_MAX_K = 1 << 19
 
 
-def int8_linear(x: Tensor, q: Tensor, scales: Tensor, lib: ctypes.CDLL | None = None) -> Tensor:
-    """x (q * scales[:, None])^T with the int8 codes read as they are.
+def int8_linear(x: Tensor, q: Tensor, scales: Tensor, bias: Tensor | None = None, *,
+                lib: ctypes.CDLL | None = None) -> Tensor:
+    """x (q * scales[:, None])^T + bias with the int8 codes read as they are.
 
     Each row of x is rounded to the fixed-point grid max|x_i| / (127 * 254^2) (at most half a
-    step off: about the float32 rounding of its largest element); the products are then exact, and
-    the output is rounded once to float32. A row that is not finite gives a row of NaN.
+    step off: about the float32 rounding of its largest element); the products are then
+    exact, rounded once to float32, then to x's dtype with the bias added as
+    `product.to(x.dtype) + bias.to(x.dtype)` rounds. A row that is not finite gives NaN.
 
     Args:
-        x: [..., K] float activations (any float dtype; widened to float32).
+        x: [..., K] float activations (float32 and bf16 read as they are; others widened).
         q: [N, K] int8 codes, contiguous; K <= `INT8_MAX_K`.
-        scales: [N] float, one per output row.
+        scales: [N] float, one per output row (float32 and bf16 read as they are).
+        bias: [N] or None.
         lib: a library from `build` (default this process's).
 
     Returns:
-        [..., N] float32.
+        [..., N] in x's dtype.
 
     Raises:
         ValueError: tensors off the CPU, of other dtypes or shapes; K over `INT8_MAX_K`.
-        MemoryError: the digits of x could not be allocated.
+        MemoryError: the kernel's buffers could not be allocated.
         KernelBuildError: no kernels in this process.
     """
     lib = _loaded(lib)
@@ -226,37 +266,32 @@ def int8_linear(x: Tensor, q: Tensor, scales: Tensor, lib: ctypes.CDLL | None = 
     if k > INT8_MAX_K:
         raise ValueError(f"int8 rows of {k} columns: lalm's kernel keeps sums exact up to "
                          f"{INT8_MAX_K}")
-    rows = _rows(x, k)
-    scales = scales.to(torch.float32).contiguous()
-    y = torch.empty(rows.shape[0], n, dtype=torch.float32)
-    if lib.lalm_int8_linear(rows.data_ptr(), q.data_ptr(), scales.data_ptr(), y.data_ptr(),
-                            rows.shape[0], n, k, torch.get_num_threads()):
-        raise MemoryError(f"lalm's int8 kernel: no memory for the digits of {rows.shape[0]} "
-                          f"rows of {k}")
-    return y.view(*x.shape[:-1], n)
+    scales = scales if scales.dtype in _NATIVE else scales.to(torch.float32)
+    scales = scales.contiguous()
+    return _call(lib.lalm_int8_linear, x, _rows(x, k), n, bias, q.data_ptr(),
+                 scales.data_ptr(), scales.dtype == torch.bfloat16)
 
 
-def bf16_linear(x: Tensor, weight: Tensor, lib: ctypes.CDLL | None = None) -> Tensor:
-    """x weight^T with the bf16 weight read as it is, in float32.
+def bf16_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
+                lib: ctypes.CDLL | None = None) -> Tensor:
+    """x weight^T + bias with the bf16 weight read as it is, summed in float32, then in x's
+    dtype with the bias added as `product.to(x.dtype) + bias.to(x.dtype)` rounds.
 
     Args:
-        x: [..., K] float activations (any float dtype; widened to float32).
+        x: [..., K] float activations (float32 and bf16 read as they are; others widened).
         weight: [N, K] bf16, contiguous.
+        bias: [N] or None.
         lib: a library from `build` (default this process's).
 
     Returns:
-        [..., N] float32.
+        [..., N] in x's dtype.
 
     Raises:
         ValueError: tensors off the CPU, of other dtypes or shapes.
+        MemoryError: the kernel's buffers could not be allocated.
         KernelBuildError: no kernels in this process.
     """
     lib = _loaded(lib)
     _check_weight(weight, torch.bfloat16)
     n, k = weight.shape
-    rows = _rows(x, k)
-    y = torch.empty(rows.shape[0], n, dtype=torch.float32)
-    lib.lalm_bf16_linear(rows.data_ptr(), weight.data_ptr(), y.data_ptr(), rows.shape[0], n, k,
-                         torch.get_num_threads())
-    return y.view(*x.shape[:-1], n)
-
+    return _call(lib.lalm_bf16_linear, x, _rows(x, k), n, bias, weight.data_ptr())

@@ -98,6 +98,51 @@ static inline vec tail_bf16(const uint16_t *p, int64_t n) {
     uint16_t buf[LANES] = {0}; memcpy(buf, p, (size_t)n * 2); return v_bf16(buf);
 }
 
+/* Activations and outputs are float32 or bf16 (torch's dtypes, as their bits). */
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16; float f; memcpy(&f, &bits, 4); return f;
+}
+static inline uint16_t f32_to_bf16(float f) {  /* to nearest even, NaN to 0x7fc0: as torch */
+    uint32_t bits; memcpy(&bits, &f, 4);
+    if (f != f) return 0x7fc0;
+    return (uint16_t)((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+}
+
+/* x [n] as float32: x itself, or (bf16) a widened copy in *owned, to free; NULL: no memory. */
+static const float *f32_rows(const void *x, int bf16, int64_t n, float **owned) {
+    *owned = NULL;
+    if (!bf16) return (const float *)x;
+    float *wide = malloc((size_t)n * sizeof(float));
+    if (!wide) return NULL;
+    const uint16_t *h = (const uint16_t *)x;
+    for (int64_t i = 0; i < n; i++) wide[i] = bf16_to_f32(h[i]);
+    return *owned = wide;
+}
+
+/* Columns n0..n1 of y [M, N] in its dtype from the float32 products yf (which is y itself for
+ * float32), plus the bias [N] (y's dtype, or NULL), rounded as torch rounds
+ * `product.to(dtype) + bias`. */
+static void finish(const float *yf, void *y, int bf16, const void *bias, int64_t M,
+                   int64_t N, int64_t n0, int64_t n1) {
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = n0; j < n1; j++) {
+            float v = yf[i * N + j];
+            if (bf16) {
+                uint16_t t = f32_to_bf16(v);
+                if (bias)
+                    t = f32_to_bf16(bf16_to_f32(t) + bf16_to_f32(((const uint16_t *)bias)[j]));
+                ((uint16_t *)y)[i * N + j] = t;
+            } else if (bias) {
+                ((float *)y)[i * N + j] = v + ((const float *)bias)[j];
+            }
+        }
+}
+
+/* The float32 products' buffer: y itself (float32 output) or a new [M, N] (bf16). */
+static float *products_buffer(void *y, int bf16, int64_t M, int64_t N) {
+    return bf16 ? malloc((size_t)(M * N) * sizeof(float)) : (float *)y;
+}
+
 /* How far ahead (bytes) each weight row's stream is prefetched, once per cache line. A sweep
  * of 0-2048 bytes and the T0/T1/T2/NTA hints (2026-12-02, an AVX-512 Xeon) stayed within the
  * run-to-run noise of about 10 %; 512 with T0 was never the slowest. */
@@ -159,15 +204,24 @@ static void NAME(const float *x, const ELEM *w, float *y, int64_t M, int64_t N, 
 
 DEFINE_CHUNK(bf_chunk, uint16_t, bf_1x8, bf_4x4, bf_1x1)
 
-/* y [M, N] = x [M, K] w [N, K]^T, w in bf16 (as uint16 bits), in float32. */
-void lalm_bf16_linear(const float *x, const uint16_t *w, float *y,
-                      int64_t M, int64_t N, int64_t K, int threads) {
+/* y [M, N] = x [M, K] w [N, K]^T + bias, w in bf16 (as uint16 bits); x, y and bias (or NULL)
+ * float32, or bf16 where `bf16`. Returns 0, or -1 where a buffer could not be allocated. */
+int lalm_bf16_linear(const void *x, const uint16_t *w, const void *bias, void *y, int bf16,
+                     int64_t M, int64_t N, int64_t K, int threads) {
+    float *owned;
+    const float *xf = f32_rows(x, bf16, M * K, &owned);
+    float *yf = products_buffer(y, bf16, M, N);
+    if (!xf || !yf) { free(owned); if (yf != y) free(yf); return -1; }
     int64_t chunks = (N + CHUNK - 1) / CHUNK;
     #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t c = 0; c < chunks; c++) {
         int64_t n0 = c * CHUNK, n1 = n0 + CHUNK < N ? n0 + CHUNK : N;
-        bf_chunk(x, w, y, M, N, K, n0, n1);
+        bf_chunk(xf, w, yf, M, N, K, n0, n1);
+        finish(yf, y, bf16, bias, M, N, n0, n1);
     }
+    free(owned);
+    if (yf != y) free(yf);
+    return 0;
 }
 
 /* ---- int8 ---- */
@@ -324,8 +378,8 @@ static inline float i8_output(const int64_t *d, int stride, int64_t sum_w, doubl
     return (float)((double)scale * c * (double)t);
 }
 
-/* Columns n0..n1 of y [M, N] (a, ones: the digit rows of x and the row of ones, kp bytes
- * each; c: each row's max|x| / Q). */
+/* Columns n0..n1 of y [M, N] in float32 (a, ones: the digit rows of x and the row of ones,
+ * kp bytes each; scale [n1 - n0]: those columns' scales; c: each row's max|x| / Q). */
 static void i8_columns(const uint8_t *a, const uint8_t *ones, int64_t kp, const int8_t *q,
                        const float *scale, const double *c, float *y, int64_t M, int64_t N,
                        int64_t K, int64_t n0, int64_t n1) {
@@ -338,7 +392,8 @@ static void i8_columns(const uint8_t *a, const uint8_t *ones, int64_t kp, const 
             int b = j + NB <= n1 ? NB : 1;
             (b == NB ? i8_decode : i8_decode1)(rows, q + j * K, K, dot);
             for (int jj = 0; jj < b; jj++)
-                y[j + jj] = i8_output(dot + jj, b, dot[DIGITS * b + jj], c[0], scale[j + jj]);
+                y[j + jj] = i8_output(dot + jj, b, dot[DIGITS * b + jj], c[0],
+                                      scale[j - n0 + jj]);
             j += b;
         }
         return;
@@ -356,30 +411,43 @@ static void i8_columns(const uint8_t *a, const uint8_t *ones, int64_t kp, const 
             (b == NB ? i8_prefill : i8_prefill1)(rows, q + j * K, K, dot);
             for (int jj = 0; jj < b; jj++)
                 y[i * N + j + jj] = i8_output(dot + jj, b, sum_w[j - n0 + jj], c[i],
-                                              scale[j + jj]);
+                                              scale[j - n0 + jj]);
             j += b;
         }
     }
 }
 
-/* y [M, N] = x [M, K] (q [N, K] int8 * scale [N])^T, in float32. K <= 2^19 (the integer sums'
- * range; the caller checks). Returns 0, or -1 where the digit buffer could not be allocated. */
-int lalm_int8_linear(const float *x, const int8_t *q, const float *scale, float *y,
-                     int64_t M, int64_t N, int64_t K, int threads) {
+/* y [M, N] = x [M, K] (q [N, K] int8 * scale [N])^T + bias; x, y and bias (or NULL) float32,
+ * or bf16 where `bf16`; scale float32, or bf16 where `scale_bf16`. K <= 2^19 (the integer
+ * sums' range; the caller checks). Returns 0, or -1 where a buffer could not be allocated. */
+int lalm_int8_linear(const void *x, const int8_t *q, const void *scale, int scale_bf16,
+                     const void *bias, void *y, int bf16, int64_t M, int64_t N, int64_t K,
+                     int threads) {
     int64_t kp = (K + ALIGN - 1) / ALIGN * ALIGN;
+    float *owned;
+    const float *xf = f32_rows(x, bf16, M * K, &owned);
     uint8_t *a = aligned_alloc(ALIGN, (size_t)((M * DIGITS + 1) * kp));
     double *c = malloc((size_t)M * sizeof(double));
-    if (!a || !c) { free(a); free(c); return -1; }
-    uint8_t *ones = a + M * DIGITS * kp;
-    i8_digits(x, M, K, kp, a, ones, c);
-    int64_t chunks = (N + CHUNK - 1) / CHUNK;
-    #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (int64_t ch = 0; ch < chunks; ch++) {
-        int64_t n0 = ch * CHUNK, n1 = n0 + CHUNK < N ? n0 + CHUNK : N;
-        i8_columns(a, ones, kp, q, scale, c, y, M, N, K, n0, n1);
+    float *yf = products_buffer(y, bf16, M, N);
+    int ok = xf && a && c && yf;
+    if (ok) {
+        uint8_t *ones = a + M * DIGITS * kp;
+        i8_digits(xf, M, K, kp, a, ones, c);
+        int64_t chunks = (N + CHUNK - 1) / CHUNK;
+        #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+        for (int64_t ch = 0; ch < chunks; ch++) {
+            int64_t n0 = ch * CHUNK, n1 = n0 + CHUNK < N ? n0 + CHUNK : N;
+            float s[CHUNK];
+            for (int64_t j = n0; j < n1; j++)
+                s[j - n0] = scale_bf16 ? bf16_to_f32(((const uint16_t *)scale)[j])
+                                       : ((const float *)scale)[j];
+            i8_columns(a, ones, kp, q, s, c, yf, M, N, K, n0, n1);
+            finish(yf, y, bf16, bias, M, N, n0, n1);
+        }
     }
-    free(a); free(c);
-    return 0;
+    free(owned); free(a); free(c);
+    if (yf != y) free(yf);
+    return ok ? 0 : -1;
 }
 
 /* Which path this build's int8 product took ("avx512-vnni", "avx-vnni", "avx2", "generic"). */

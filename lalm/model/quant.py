@@ -299,9 +299,13 @@ class Int8Linear(QuantizedLinear):
         return (self.weight.device.type == "cpu" and self.group_size is None
                 and (kernels.available() or self.in_features % 8 == 0))
 
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [..., in] float -> [..., out] in x's dtype (lalm's kernel adds the bias itself)."""
+        if self.uses_kernel() and kernels.available():
+            return kernels.int8_linear(x, self.weight, self.scales, self.bias)
+        return super().forward(x)
+
     def _kernel(self, rows: Tensor) -> Tensor:
-        if kernels.available():
-            return kernels.int8_linear(rows, self.weight, self.scales)
         return torch._weight_int8pack_mm(rows.to(_KERNEL_DTYPE).contiguous(), self.weight,
                                          self.scales.to(_KERNEL_DTYPE))
 

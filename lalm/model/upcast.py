@@ -70,8 +70,7 @@ class StreamLinear(UpcastLinear):
                 and weight.is_contiguous() and kernels.available()
                 and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):
             return super().forward(x)
-        y = kernels.bf16_linear(x, weight).to(x.dtype)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
+        return kernels.bf16_linear(x, weight, self.bias)
 
 
 def stream_bf16(module: nn.Module) -> int:

@@ -49,9 +49,30 @@ def test_int8_and_bf16_products_equal_a_float64_reference(n, k) -> None:
     ref = _reference(x, w)
     y = kernels.bf16_linear(x, w)
     assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
-    # bf16 activations widen exactly: the same as passing their float32 values
+    # bf16 activations widen exactly: the same as passing their float32 values, the output
+    # then rounded to bf16
     assert torch.equal(kernels.bf16_linear(x.bfloat16(), w), kernels.bf16_linear(
-        x.bfloat16().float(), w))
+        x.bfloat16().float(), w).bfloat16())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind", ["int8", "bf16"])
+def test_outputs_and_bias_are_rounded_as_torch_rounds_them(kind, dtype) -> None:
+    """In x's dtype, `product.to(dtype) + bias.to(dtype)`, bit for bit (fp16 through float32)."""
+    q, scales = _int8(70, 203)
+    w = torch.randn(70, 203).bfloat16()
+    bias = torch.randn(70).bfloat16()
+    x = torch.randn(3, 5, 203).to(dtype)
+
+    def product(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return kernels.int8_linear(x, q, scales.bfloat16(), bias) if kind == "int8" else \
+            kernels.bf16_linear(x, w, bias)
+
+    y = product(x, bias)
+    assert y.dtype == dtype and y.shape == (3, 5, 70)
+    float32 = product(x.float())  # the products alone, in float32
+    assert torch.equal(product(x), float32.to(dtype))
+    assert torch.equal(y, float32.to(dtype) + bias.to(dtype))
 
 
 def test_leading_dims_are_kept() -> None:
@@ -98,8 +119,9 @@ def test_the_avx2_and_portable_builds_agree_bit_for_bit(tmp_path) -> None:
     assert (kernels.int8_isa(avx2), kernels.int8_isa(generic)) == ("avx2", "generic")
     native = kernels.int8_linear(x, q, scales)
     for lib in (avx2, generic):
-        assert torch.equal(kernels.int8_linear(x, q, scales, lib), native)
-    assert torch.equal(kernels.bf16_linear(x, w, avx2), kernels.bf16_linear(x, w, generic))
+        assert torch.equal(kernels.int8_linear(x, q, scales, lib=lib), native)
+    assert torch.equal(kernels.bf16_linear(x, w, lib=avx2),
+                       kernels.bf16_linear(x, w, lib=generic))
 
 
 @pytest.mark.parametrize("outlier", [1.0, 1e3])
@@ -193,8 +215,7 @@ def test_int8_linear_takes_lalms_kernel_and_agrees_with_torchs() -> None:
     layer = Int8Linear.from_linear(nn.Linear(256, 96, bias=True).bfloat16())
     x = torch.randn(4, 256).bfloat16()
     ours = layer(x)
-    expected = (kernels.int8_linear(x, layer.weight, layer.scales).bfloat16()
-                + layer.bias)
+    expected = kernels.int8_linear(x.float(), layer.weight, layer.scales).bfloat16() + layer.bias
     assert torch.equal(ours, expected)
     with kernels.torch_kernels():
         assert not kernels.available()
