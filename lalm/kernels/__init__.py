@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -188,7 +189,7 @@ def _rows(x: Tensor, in_features: int) -> Tensor:
                          f"{x.device}")
     if x.shape[-1] != in_features:
         raise ValueError(f"activations end in {x.shape[-1]}, the weight takes {in_features}")
-    rows = x.reshape(-1, in_features)
+    rows = x.reshape(math.prod(x.shape[:-1]), in_features)
     return (rows if rows.dtype in _NATIVE else rows.to(torch.float32)).contiguous()
 
 
@@ -207,6 +208,9 @@ def _call(kernel: Callable[..., int], x: Tensor, rows: Tensor, n: int, bias: Ten
     """Run a product kernel on `rows` ([M, K], `_rows`) into y [..., n] in x's dtype, bias
     added; float dtypes the kernels do not take are computed in float32 and converted."""
     y = torch.empty(rows.shape[0], n, dtype=rows.dtype)
+    if not rows.numel() or not n:  # nothing to multiply (the kernels' buffers would be empty)
+        y = y.zero_().view(*x.shape[:-1], n).to(x.dtype)
+        return y if bias is None else y + _bias(bias, x.dtype, n)
     native_bias = _bias(bias, rows.dtype, n) if rows.dtype == x.dtype else None
     if kernel(rows.data_ptr(), *weights,
               None if native_bias is None else native_bias.data_ptr(), y.data_ptr(),

@@ -145,6 +145,18 @@ def test_int8_error_is_the_fixed_point_rounding_of_the_activations_at_most(outli
     assert torch.equal(kernels.int8_linear(on_grid, q, scales), exact.float())
 
 
+@pytest.mark.parametrize("kind", ["int8", "bf16"])
+def test_empty_products(kind) -> None:
+    """No rows, or rows of no columns (then the bias alone)."""
+    bias = torch.randn(6)
+    for m, k in ((0, 16), (3, 0)):
+        q, scales = _int8(6, k)
+        x = torch.randn(m, k)
+        y = kernels.int8_linear(x, q, scales, bias) if kind == "int8" else \
+            kernels.bf16_linear(x, q.bfloat16(), bias)
+        assert torch.equal(y, torch.zeros(m, 6) + bias)
+
+
 def test_int8_rows_of_zeros_and_of_non_finite_values() -> None:
     q, scales = _int8(20, 64)
     x = torch.randn(3, 64)
