@@ -8,9 +8,11 @@ matrix (a step reads one embedding row, so this only saves memory). For each pre
 int4 models, `HEAD_SCHEMES`; int4 in groups of `INT4_GROUP_SIZE` columns): time decode steps
 over a KV context of `--context` positions (best of `--rounds`), and time the final norm +
 lm_head product alone (and with `--prefill` a prefill of `--context` positions: 280 is about
-a 10 s clip's prompt). Per layer = (step - head) / layers; the 7B step = head + 32 x per
-layer. The context's keys/values are written into the cache directly (no prefill). The floor
-of a step = bytes it must read (every weight once, plus the KV cache) / read bandwidth, the
+a 10 s clip's prompt). Per layer = (step - base) / layers, base being the same step with the
+layers taken out (what a step does once whatever its depth: masks, RoPE tables, the final
+norm and lm_head: ~0.3 ms besides the head, which the earlier (step - head) / layers counted
+16 times over); the 7B step = base + 32 x per layer. The context's keys/values are written
+into the cache directly (no prefill). The floor of a step = bytes it must read (every weight once, plus the KV cache) / read bandwidth, the
 bandwidth being the faster of a large-tensor sum (bytes read per second) and a large copy
 (bytes read + written per second), measured between the runs.
 transformers' Qwen2 decode on the same bf16 tensors (shared, not copied) is the reference
@@ -189,10 +191,11 @@ def reference_timer(decoder: TextDecoder, context: int) -> Callable[[], object]:
 
 
 def time_precision(config: DecoderConfig, precision: str, args: argparse.Namespace,
-                   reference: bool = False) -> tuple[float, float, int, int, float | None]:
-    """(step seconds, head seconds, bytes a layer reads, bytes the head reads, transformers'
-    step seconds on the same tensors where `reference`, else None) of the real-shape decoder
-    in `precision`."""
+                   reference: bool = False
+                   ) -> tuple[float, float, float, int, int, float | None]:
+    """(step seconds, seconds of the step without its layers, head seconds, bytes a layer
+    reads, bytes the head reads, transformers' step seconds on the same tensors where
+    `reference`, else None) of the real-shape decoder in `precision`."""
     decoder = build(config, precision)
     # the saved tensors: for int4 as many bytes as the kernel's packed copy it reads
     layer_bytes = sum(t.numel() * t.element_size()
@@ -201,7 +204,11 @@ def time_precision(config: DecoderConfig, precision: str, args: argparse.Namespa
                      (*decoder.lm_head.state_dict().values(), decoder.norm.weight))
     kv_bytes = 2 * args.context * config.n_kv_head * config.head_dim * DTYPES[
         precision].itemsize  # one layer's keys + values read per step
-    t_step = best_time(step_timer(decoder, args.context), args.rounds, args.repeat)
+    step = step_timer(decoder, args.context)
+    t_step = best_time(step, args.rounds, args.repeat)
+    layers, decoder.layers = decoder.layers, torch.nn.ModuleList()
+    t_base = best_time(step, args.rounds, args.repeat)  # the step's once-a-step work
+    decoder.layers = layers
     t_head = best_time(head_timer(decoder), args.rounds, args.repeat)
     if args.prefill:
         t_prefill = best_time(prefill_timer(decoder, args.context), 1, 1)
@@ -212,7 +219,7 @@ def time_precision(config: DecoderConfig, precision: str, args: argparse.Namespa
                             args.repeat) if reference else None
     del decoder
     gc.collect()
-    return t_step, t_head, layer_bytes + kv_bytes, head_bytes, t_reference
+    return t_step, t_base, t_head, layer_bytes + kv_bytes, head_bytes, t_reference
 
 
 def main() -> None:
@@ -239,7 +246,7 @@ def main() -> None:
           f"{args.threads} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"lalm kernels {paths}, "
           f"best of {args.rounds} rounds x {args.repeat} steps")
-    rows: list[tuple[str, float, float, int, int]] = []
+    rows: list[tuple[str, float, float, float, int, int]] = []
     bandwidth = read_bandwidth()
     reference = None
     runs = [(p, False) for p in args.precisions.split(",")]
@@ -258,17 +265,18 @@ def main() -> None:
     print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s (best probe of the run)")
     print(f"{'precision':9s} {'step':>8s} {'head':>8s} {'layer':>7s} {'floor l/h':>11s} "
           f"{'x floor':>7s} {'7B step':>8s} {'7B floor':>8s} {'x floor':>7s} {'tok/s':>6s}")
-    for precision, t_step, t_head, layer_bytes, head_bytes in rows:
-        per_layer = (t_step - t_head) / args.layers
+    for precision, t_step, t_base, t_head, layer_bytes, head_bytes in rows:
+        per_layer = (t_step - t_base) / args.layers
         floor_layer, floor_head = layer_bytes / bandwidth, head_bytes / bandwidth
         floor_step = args.layers * floor_layer + floor_head
-        step_7b = t_head + REAL_LAYERS * per_layer
+        step_7b = t_base + REAL_LAYERS * per_layer
         floor_7b = REAL_LAYERS * floor_layer + floor_head
         print(f"{precision:9s} {t_step * 1e3:6.0f}ms {t_head * 1e3:6.0f}ms "
               f"{per_layer * 1e3:5.0f}ms {floor_layer * 1e3:4.0f}/{floor_head * 1e3:4.0f}ms "
               f"{t_step / floor_step:6.2f}x {step_7b:7.2f}s {floor_7b:7.2f}s "
               f"{step_7b / floor_7b:6.2f}x {1 / step_7b:6.2f}   (layer "
-              f"{per_layer / floor_layer:.2f}x, head {t_head / floor_head:.2f}x floor; "
+              f"{per_layer / floor_layer:.2f}x, head {t_head / floor_head:.2f}x floor; the step "
+              f"without layers {t_base * 1e3:.0f} ms; "
               f"{(REAL_LAYERS * layer_bytes + head_bytes) / 1e9:.2f} GB per 7B step)")
         if precision == "bf16" and reference is not None:
             print(f"{'  transformers':9s} {reference * 1e3:6.0f}ms step = "
