@@ -12,9 +12,10 @@ a 10 s clip's prompt). Per layer = (step - base) / layers, base being the same s
 layers taken out (what a step does once whatever its depth: masks, RoPE tables, the final
 norm and lm_head: ~0.3 ms besides the head, which the earlier (step - head) / layers counted
 16 times over); the 7B step = base + 32 x per layer. The context's keys/values are written
-into the cache directly (no prefill). The floor of a step = bytes it must read (every weight once, plus the KV cache) / read bandwidth, the
-bandwidth being the faster of a large-tensor sum (bytes read per second) and a large copy
-(bytes read + written per second), measured between the runs.
+into the cache directly (no prefill). The floor of a step = bytes it must read (every weight
+once, plus the KV cache) / read bandwidth, the bandwidth being the faster of a large-tensor
+sum (bytes read per second) and a large copy (bytes read + written per second), measured
+between the runs.
 transformers' Qwen2 decode on the same bf16 tensors (shared, not copied) is the reference
 where `--reference` is given; `--torch-kernels` also times the bf16 and int8 decoders with
 torch's products instead of lalm's (`lalm.kernels.torch_kernels`), in the same run.
