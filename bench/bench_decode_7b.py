@@ -8,17 +8,18 @@ matrix (a step reads one embedding row, so this only saves memory). For each pre
 int4 models, `HEAD_SCHEMES`; int4 in groups of `INT4_GROUP_SIZE` columns): time decode steps
 over a KV context of `--context` positions (best of `--rounds`), and time the final norm +
 lm_head product alone (and with `--prefill` a prefill of `--context` positions: 280 is about
-a 10 s clip's prompt). Per layer = (step - base) / layers, base being the same step with the
-layers taken out (what a step does once whatever its depth: masks, RoPE tables, the final
-norm and lm_head: ~0.3 ms besides the head, which the earlier (step - head) / layers counted
-16 times over); the 7B step = base + 32 x per layer. The context's keys/values are written
+a 10 s clip's prompt). Per layer = (step - head - base) / layers, base being the same step
+with the layers and the lm_head taken out (what a step does once whatever its depth: masks,
+RoPE tables, the final norm: ~0.3 ms, which the earlier (step - head) / layers counted 16
+times over); the 7B step = base + head + 32 x per layer. The context's keys/values are written
 into the cache directly (no prefill). The floor of a step = bytes it must read (every weight
 once, plus the KV cache) / read bandwidth, the bandwidth being the faster of a large-tensor
 sum (bytes read per second) and a large copy (bytes read + written per second), measured
 between the runs.
 transformers' Qwen2 decode on the same bf16 tensors (shared, not copied) is the reference
 where `--reference` is given; `--torch-kernels` also times the bf16 and int8 decoders with
-torch's products instead of lalm's (`lalm.kernels.torch_kernels`), in the same run.
+torch's products instead of lalm's (`lalm.kernels.torch_kernels`), on the same decoder, the two
+taking turns within every round (the host's memory traffic varies from minute to minute).
 One thread by default: on a shared machine two-thread kernels wait at OpenMP barriers.
 
 Run:  PYTHONPATH=. .venv/bin/python bench/bench_decode_7b.py [--precisions fp32,bf16,int8,int4]
@@ -191,12 +192,45 @@ def reference_timer(decoder: TextDecoder, context: int) -> Callable[[], object]:
     return step
 
 
+def bare(decoder: TextDecoder, step: Callable[[], object]) -> Callable[[], object]:
+    """`step` with the decoder's layers and lm_head taken out: the work a step does once
+    whatever its depth (masks, RoPE tables, the final norm)."""
+    def run() -> object:
+        layers, head = decoder.layers, decoder.lm_head
+        decoder.layers, decoder.lm_head = torch.nn.ModuleList(), torch.nn.Identity()
+        try:
+            return step()
+        finally:
+            decoder.layers, decoder.lm_head = layers, head
+
+    return run
+
+
+def alternating_best(runs: dict[str, Callable[[], object]], rounds: int, repeat: int
+                     ) -> dict[str, float]:
+    """Best over `rounds` of each run's mean seconds over `repeat` calls (after one warm-up
+    call each), the runs taking turns within every round: load from other jobs, and the
+    host's memory traffic, hit them all alike."""
+    for run in runs.values():
+        run()
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            for _ in range(repeat):
+                run()
+            best[name] = min(best[name], (time.perf_counter() - start) / repeat)
+    return best
+
+
 def time_precision(config: DecoderConfig, precision: str, args: argparse.Namespace,
-                   reference: bool = False
-                   ) -> tuple[float, float, float, int, int, float | None]:
-    """(step seconds, seconds of the step without its layers, head seconds, bytes a layer
-    reads, bytes the head reads, transformers' step seconds on the same tensors where
-    `reference`, else None) of the real-shape decoder in `precision`."""
+                   reference: bool = False, torch_too: bool = False
+                   ) -> tuple[list[tuple[str, float, float, float]], int, int, float | None]:
+    """The real-shape decoder in `precision`: ([(label, step seconds, seconds of the step
+    without its layers and head (`bare`), head seconds)] for lalm's products and, with
+    `torch_too`, torch's (`lalm.kernels.torch_kernels`) on the same decoder, timed in turns;
+    bytes a layer reads, bytes the head reads; transformers' step seconds on the same tensors where `reference`,
+    else None)."""
     decoder = build(config, precision)
     # the saved tensors: for int4 as many bytes as the kernel's packed copy it reads
     layer_bytes = sum(t.numel() * t.element_size()
@@ -205,22 +239,35 @@ def time_precision(config: DecoderConfig, precision: str, args: argparse.Namespa
                      (*decoder.lm_head.state_dict().values(), decoder.norm.weight))
     kv_bytes = 2 * args.context * config.n_kv_head * config.head_dim * DTYPES[
         precision].itemsize  # one layer's keys + values read per step
-    step = step_timer(decoder, args.context)
-    t_step = best_time(step, args.rounds, args.repeat)
-    layers, decoder.layers = decoder.layers, torch.nn.ModuleList()
-    t_base = best_time(step, args.rounds, args.repeat)  # the step's once-a-step work
-    decoder.layers = layers
-    t_head = best_time(head_timer(decoder), args.rounds, args.repeat)
+    step, head = step_timer(decoder, args.context), head_timer(decoder)
+    ways = {precision: contextlib.nullcontext}
+    if torch_too:
+        ways[f"{precision}/torch"] = kernels.torch_kernels
+
+    def under(way: Callable[[], contextlib.AbstractContextManager], run: Callable[[], object]
+              ) -> Callable[[], object]:
+        def wrapped() -> object:
+            with way():
+                return run()
+        return wrapped
+
+    runs = {(label, part): under(way, run) for label, way in ways.items()
+            for part, run in (("step", step), ("base", bare(decoder, step)), ("head", head))}
+    best = alternating_best(runs, args.rounds, args.repeat)
+    rows = [(label, best[label, "step"], best[label, "base"], best[label, "head"])
+            for label in ways]
     if args.prefill:
-        t_prefill = best_time(prefill_timer(decoder, args.context), 1, 1)
-        print(f"  {precision}{' (torch kernels)' if not kernels.available() else ''}: prefill "
-              f"of {args.context} positions {t_prefill:.2f} s for {args.layers} layers + head, "
-              f"{(t_prefill - t_head) / args.layers * REAL_LAYERS + t_head:.1f} s for the 7B")
+        prefill = prefill_timer(decoder, args.context)
+        for label, way in ways.items():
+            t_prefill, t_head = best_time(under(way, prefill), 1, 1), best[label, "head"]
+            print(f"  {label}: prefill of {args.context} positions {t_prefill:.2f} s for "
+                  f"{args.layers} layers + head, "
+                  f"{(t_prefill - t_head) / args.layers * REAL_LAYERS + t_head:.1f} s for the 7B")
     t_reference = best_time(reference_timer(decoder, args.context), args.rounds,
                             args.repeat) if reference else None
     del decoder
     gc.collect()
-    return t_step, t_base, t_head, layer_bytes + kv_bytes, head_bytes, t_reference
+    return rows, layer_bytes + kv_bytes, head_bytes, t_reference
 
 
 def main() -> None:
@@ -250,34 +297,30 @@ def main() -> None:
     rows: list[tuple[str, float, float, float, int, int]] = []
     bandwidth = read_bandwidth()
     reference = None
-    runs = [(p, False) for p in args.precisions.split(",")]
-    if args.torch_kernels:
-        runs += [(p, True) for p in ("bf16", "int8") if p in args.precisions.split(",")]
-    for precision, torch_only in runs:
-        with kernels.torch_kernels() if torch_only else contextlib.nullcontext():
-            label = precision + ("/torch" if torch_only else "")
-            *row, t_reference = time_precision(
-                config, precision, args, args.reference and precision == "bf16" and not torch_only)
-            rows.append((label, *row))
-            reference = reference if t_reference is None else t_reference
-            bandwidth = max(bandwidth, read_bandwidth())
+    for precision in args.precisions.split(","):
+        timed, layer_bytes, head_bytes, t_reference = time_precision(
+            config, precision, args, args.reference and precision == "bf16",
+            args.torch_kernels and precision in ("bf16", "int8"))
+        rows += [(*row, layer_bytes, head_bytes) for row in timed]
+        reference = reference if t_reference is None else t_reference
+        bandwidth = max(bandwidth, read_bandwidth())
     # the floor uses the best bandwidth seen in the whole run (load from other jobs only
     # lowers a probe, so the best is the machine's)
     print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s (best probe of the run)")
     print(f"{'precision':9s} {'step':>8s} {'head':>8s} {'layer':>7s} {'floor l/h':>11s} "
           f"{'x floor':>7s} {'7B step':>8s} {'7B floor':>8s} {'x floor':>7s} {'tok/s':>6s}")
     for precision, t_step, t_base, t_head, layer_bytes, head_bytes in rows:
-        per_layer = (t_step - t_base) / args.layers
+        per_layer = (t_step - t_head - t_base) / args.layers
         floor_layer, floor_head = layer_bytes / bandwidth, head_bytes / bandwidth
         floor_step = args.layers * floor_layer + floor_head
-        step_7b = t_base + REAL_LAYERS * per_layer
+        step_7b = t_base + t_head + REAL_LAYERS * per_layer
         floor_7b = REAL_LAYERS * floor_layer + floor_head
         print(f"{precision:9s} {t_step * 1e3:6.0f}ms {t_head * 1e3:6.0f}ms "
               f"{per_layer * 1e3:5.0f}ms {floor_layer * 1e3:4.0f}/{floor_head * 1e3:4.0f}ms "
               f"{t_step / floor_step:6.2f}x {step_7b:7.2f}s {floor_7b:7.2f}s "
               f"{step_7b / floor_7b:6.2f}x {1 / step_7b:6.2f}   (layer "
-              f"{per_layer / floor_layer:.2f}x, head {t_head / floor_head:.2f}x floor; the step "
-              f"without layers {t_base * 1e3:.0f} ms; "
+              f"{per_layer / floor_layer:.2f}x, head {t_head / floor_head:.2f}x floor; the rest "
+              f"of a step {t_base * 1e3:.1f} ms; "
               f"{(REAL_LAYERS * layer_bytes + head_bytes) / 1e9:.2f} GB per 7B step)")
         if precision == "bf16" and reference is not None:
             print(f"{'  transformers':9s} {reference * 1e3:6.0f}ms step = "
