@@ -229,8 +229,8 @@ def time_precision(config: DecoderConfig, precision: str, args: argparse.Namespa
     """The real-shape decoder in `precision`: ([(label, step seconds, seconds of the step
     without its layers and head (`bare`), head seconds)] for lalm's products and, with
     `torch_too`, torch's (`lalm.kernels.torch_kernels`) on the same decoder, timed in turns;
-    bytes a layer reads, bytes the head reads; transformers' step seconds on the same tensors where `reference`,
-    else None)."""
+    bytes a layer reads, bytes the head reads; transformers' step seconds on the same
+    tensors where `reference`, else None)."""
     decoder = build(config, precision)
     # the saved tensors: for int4 as many bytes as the kernel's packed copy it reads
     layer_bytes = sum(t.numel() * t.element_size()
