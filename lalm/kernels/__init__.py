@@ -33,7 +33,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -116,6 +116,9 @@ def build(march: str = "native", directory: Path | None = None) -> ctypes.CDLL:
     flag = ctypes.c_int
     lib.lalm_int8_linear.argtypes = [ptr, ptr, ptr, flag, ptr, ptr, flag, i64, i64, i64, flag]
     lib.lalm_int8_linear.restype = ctypes.c_int
+    lib.lalm_int8_linear_many.argtypes = [ptr, flag, ptr, ptr, flag, ptr, ptr, flag, i64, ptr,
+                                          i64, flag]
+    lib.lalm_int8_linear_many.restype = ctypes.c_int
     lib.lalm_bf16_linear.argtypes = [ptr, ptr, ptr, ptr, flag, i64, i64, i64, flag]
     lib.lalm_bf16_linear.restype = ctypes.c_int
     lib.lalm_kernel_isa.restype = ctypes.c_char_p
@@ -238,6 +241,20 @@ def _check_weight(weight: Tensor, dtype: torch.dtype) -> None:
 INT8_MAX_K = 1 << 19
 
 
+def _check_int8(q: Tensor, scales: Tensor, in_features: int) -> None:
+    """q [N, K] int8 contiguous on the CPU, scales [N], K <= INT8_MAX_K (ValueError if not;
+    the activations' width is checked by `_rows`)."""
+    _check_weight(q, torch.int8)
+    n, k = q.shape
+    if scales.shape != (n,):
+        raise ValueError(f"scales must be [{n}], got {tuple(scales.shape)}")
+    if k > INT8_MAX_K:
+        raise ValueError(f"int8 rows of {k} columns: lalm's kernel keeps sums exact up to "
+                         f"{INT8_MAX_K}")
+    if k != in_features:
+        raise ValueError(f"activations end in {in_features}, the weight takes {k}")
+
+
 def int8_linear(x: Tensor, q: Tensor, scales: Tensor, bias: Tensor | None = None, *,
                 lib: ctypes.CDLL | None = None) -> Tensor:
     """x (q * scales[:, None])^T + bias with the int8 codes read as they are.
@@ -263,17 +280,69 @@ def int8_linear(x: Tensor, q: Tensor, scales: Tensor, bias: Tensor | None = None
         KernelBuildError: no kernels in this process.
     """
     lib = _loaded(lib)
-    _check_weight(q, torch.int8)
+    _check_int8(q, scales, x.shape[-1])
     n, k = q.shape
-    if scales.shape != (n,):
-        raise ValueError(f"scales must be [{n}], got {tuple(scales.shape)}")
-    if k > INT8_MAX_K:
-        raise ValueError(f"int8 rows of {k} columns: lalm's kernel keeps sums exact up to "
-                         f"{INT8_MAX_K}")
     scales = scales if scales.dtype in _NATIVE else scales.to(torch.float32)
     scales = scales.contiguous()
     return _call(lib.lalm_int8_linear, x, _rows(x, k), n, bias, q.data_ptr(),
                  scales.data_ptr(), scales.dtype == torch.bfloat16)
+
+
+#: The most products `int8_linear_many` takes at once (`linear.c`).
+MAX_MANY = 8
+
+
+def int8_linear_many(x: Tensor, weights: Sequence[tuple[Tensor, Tensor, Tensor | None]], *,
+                     lib: ctypes.CDLL | None = None) -> list[Tensor]:
+    """`int8_linear(x, q, scales, bias)` for each (q, scales, bias) of `weights`, in one pass:
+    x's digits made once and the rows of every weight shared among the threads at once (one
+    parallel loop, one barrier), each output bit for bit what `int8_linear` gives.
+
+    Args:
+        x: [..., K] float activations.
+        weights: 1 to `MAX_MANY` (q [N_p, K] int8, scales [N_p], bias [N_p] or None); the
+            scales all of one dtype.
+        lib: a library from `build` (default this process's).
+
+    Returns:
+        One [..., N_p] tensor per weight, in x's dtype.
+
+    Raises:
+        ValueError: as `int8_linear`; no weights, too many, or scales of mixed dtypes.
+        MemoryError: the kernel's buffers could not be allocated.
+        KernelBuildError: no kernels in this process.
+    """
+    lib = _loaded(lib)
+    if not 1 <= len(weights) <= MAX_MANY:
+        raise ValueError(f"int8_linear_many takes 1 to {MAX_MANY} weights, got {len(weights)}")
+    k = x.shape[-1]
+    rows = _rows(x, k)
+    if rows.dtype != x.dtype or not rows.numel():  # through float32, or nothing to multiply
+        return [int8_linear(x, q, scales, bias, lib=lib) for q, scales, bias in weights]
+    codes, scale_list, biases = [], [], []
+    for q, scales, bias in weights:
+        _check_int8(q, scales, k)
+        codes.append(q)
+        scale_list.append(scales if scales.dtype in _NATIVE else scales.to(torch.float32))
+        biases.append(_bias(bias, rows.dtype, q.shape[0]))
+    if len({s.dtype for s in scale_list}) != 1:
+        raise ValueError(f"int8_linear_many: scales of one dtype, got "
+                         f"{sorted(str(s.dtype) for s in scale_list)}")
+    scale_list = [s.contiguous() for s in scale_list]
+    outs = [torch.empty(rows.shape[0], q.shape[0], dtype=rows.dtype) for q in codes]
+
+    def pointers(tensors: Sequence[Tensor | None]) -> ctypes.Array:
+        return (ctypes.c_void_p * len(tensors))(*(None if t is None else t.data_ptr()
+                                                  for t in tensors))
+
+    widths = (ctypes.c_int64 * len(codes))(*(q.shape[0] for q in codes))
+    if lib.lalm_int8_linear_many(rows.data_ptr(), len(codes), pointers(codes),
+                                 pointers(scale_list), scale_list[0].dtype == torch.bfloat16,
+                                 pointers(biases), pointers(outs), rows.dtype == torch.bfloat16,
+                                 rows.shape[0], widths, k, torch.get_num_threads()):
+        raise MemoryError(f"lalm's int8 kernel: no memory for the buffers of {rows.shape[0]} "
+                          f"rows of {k}")
+    return [y.view(*x.shape[:-1], y.shape[1]) for y in outs]
 
 
 def bf16_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,

@@ -417,37 +417,60 @@ static void i8_columns(const uint8_t *a, const uint8_t *ones, int64_t kp, const 
     }
 }
 
-/* y [M, N] = x [M, K] (q [N, K] int8 * scale [N])^T + bias; x, y and bias (or NULL) float32,
- * or bf16 where `bf16`; scale float32, or bf16 where `scale_bf16`. K <= 2^19 (the integer
- * sums' range; the caller checks). Returns 0, or -1 where a buffer could not be allocated. */
-int lalm_int8_linear(const void *x, const int8_t *q, const void *scale, int scale_bf16,
-                     const void *bias, void *y, int bf16, int64_t M, int64_t N, int64_t K,
-                     int threads) {
+/* Products of one x with several int8 weights: y_p [M, N_p] = x [M, K] (q_p [N_p, K] int8 *
+ * scale_p [N_p])^T + bias_p for p < n (arrays of n; bias_p may be NULL); x, every y_p and bias_p
+ * float32, or bf16 where `bf16`; the scales float32, or bf16 where `scale_bf16`. x's digits are
+ * made once and the chunks of all n weights share one parallel loop (one pass, one barrier);
+ * each y_p is what a product of its own gives, bit for bit. K <= 2^19 (the integer sums' range;
+ * the caller checks), n <= 8. Returns 0, or -1 where a buffer could not be allocated. */
+int lalm_int8_linear_many(const void *x, int n, const int8_t *const *q,
+                          const void *const *scale, int scale_bf16, const void *const *bias,
+                          void *const *y, int bf16, int64_t M, const int64_t *N, int64_t K,
+                          int threads) {
+    enum { MAX_MANY = 8 };
+    if (n < 1 || n > MAX_MANY) return -1;
     int64_t kp = (K + ALIGN - 1) / ALIGN * ALIGN;
+    int64_t first[MAX_MANY + 1] = {0}, columns = 0;  /* first chunk of each product */
+    for (int p = 0; p < n; p++) {
+        first[p + 1] = first[p] + (N[p] + CHUNK - 1) / CHUNK;
+        columns += N[p];
+    }
     float *owned;
     const float *xf = f32_rows(x, bf16, M * K, &owned);
     uint8_t *a = aligned_alloc(ALIGN, (size_t)((M * DIGITS + 1) * kp));
     double *c = malloc((size_t)M * sizeof(double));
-    float *yf = products_buffer(y, bf16, M, N);
-    int ok = xf && a && c && yf;
+    float *wide = bf16 ? malloc((size_t)(M * columns) * sizeof(float)) : NULL;
+    int ok = xf && a && c && (wide || !bf16);
     if (ok) {
+        float *yf[MAX_MANY];
+        for (int64_t p = 0, at = 0; p < n; at += N[p], p++)
+            yf[p] = bf16 ? wide + M * at : (float *)y[p];
         uint8_t *ones = a + M * DIGITS * kp;
         i8_digits(xf, M, K, kp, a, ones, c);
-        int64_t chunks = (N + CHUNK - 1) / CHUNK;
         #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-        for (int64_t ch = 0; ch < chunks; ch++) {
-            int64_t n0 = ch * CHUNK, n1 = n0 + CHUNK < N ? n0 + CHUNK : N;
+        for (int64_t ch = 0; ch < first[n]; ch++) {
+            int p = 0;
+            while (ch >= first[p + 1]) p++;
+            int64_t n0 = (ch - first[p]) * CHUNK, n1 = n0 + CHUNK < N[p] ? n0 + CHUNK : N[p];
             float s[CHUNK];
             for (int64_t j = n0; j < n1; j++)
-                s[j - n0] = scale_bf16 ? bf16_to_f32(((const uint16_t *)scale)[j])
-                                       : ((const float *)scale)[j];
-            i8_columns(a, ones, kp, q, s, c, yf, M, N, K, n0, n1);
-            finish(yf, y, bf16, bias, M, N, n0, n1);
+                s[j - n0] = scale_bf16 ? bf16_to_f32(((const uint16_t *)scale[p])[j])
+                                       : ((const float *)scale[p])[j];
+            i8_columns(a, ones, kp, q[p], s, c, yf[p], M, N[p], K, n0, n1);
+            finish(yf[p], y[p], bf16, bias[p], M, N[p], n0, n1);
         }
     }
-    free(owned); free(a); free(c);
-    if (yf != y) free(yf);
+    free(owned); free(a); free(c); free(wide);
     return ok ? 0 : -1;
+}
+
+/* One product: y [M, N] = x [M, K] (q [N, K] int8 * scale [N])^T + bias, as
+ * lalm_int8_linear_many with n = 1. */
+int lalm_int8_linear(const void *x, const int8_t *q, const void *scale, int scale_bf16,
+                     const void *bias, void *y, int bf16, int64_t M, int64_t N, int64_t K,
+                     int threads) {
+    return lalm_int8_linear_many(x, 1, &q, &scale, scale_bf16, &bias, &y, bf16, M, &N, K,
+                                 threads);
 }
 
 /* Which path this build's int8 product took ("avx512-vnni", "avx-vnni", "avx2", "generic"). */

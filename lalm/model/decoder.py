@@ -30,6 +30,7 @@ from lalm.model.layers import (
     mrope_cos_sin,
     ntk_alpha,
     ntk_rope_base,
+    project,
     rope_cos_sin,
     rope_inv_freq,
 )
@@ -113,12 +114,13 @@ class Attention(nn.Module):
             [B, S, D].
         """
         batch, seq, _ = x.shape
-        q = self.q(x).view(batch, seq, self.n_head, self.head_dim)
-        k = self.k(x).view(batch, seq, self.n_kv_head, self.head_dim)
+        q, k, v = project(x, self.q, self.k, self.v)
+        q = q.view(batch, seq, self.n_head, self.head_dim)
+        k = k.view(batch, seq, self.n_kv_head, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
-        v = self.v(x).view(batch, seq, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(batch, seq, self.n_kv_head, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if q_scale is not None:
             q = q * q_scale.to(q.dtype)

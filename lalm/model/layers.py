@@ -12,6 +12,25 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _module
+
+from lalm import kernels
+
+
+def project(x: Tensor, *layers: nn.Module) -> tuple[Tensor, ...]:
+    """Each of `layers` applied to x: [..., in] -> one [..., out_i] per layer.
+
+    Where every layer's product is a plain call of lalm's int8 kernel (`kernel_operands`:
+    CPU int8 layers, no hooks) and no gradient is wanted, the products share one pass over x
+    (`lalm.kernels.int8_linear_many`: x's digits made once, one parallel loop over every
+    layer's rows), bit for bit what the layers give one by one; otherwise one by one.
+    """
+    operands = [getattr(layer, "kernel_operands", lambda: None)() for layer in layers]
+    if (len(layers) < 2 or any(o is None for o in operands)
+            or (torch.is_grad_enabled() and x.requires_grad)
+            or _module._global_forward_hooks or _module._global_forward_pre_hooks):
+        return tuple(layer(x) for layer in layers)
+    return tuple(kernels.int8_linear_many(x, operands))
 
 
 class LayerNorm(nn.LayerNorm):
@@ -50,7 +69,8 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [..., D] -> [..., D]."""
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        gate, up = project(x, self.gate, self.up)
+        return self.down(F.silu(gate) * up)
 
 
 def rope_inv_freq(head_dim: int, base: Tensor) -> Tensor:

@@ -305,6 +305,15 @@ class Int8Linear(QuantizedLinear):
             return kernels.int8_linear(x, self.weight, self.scales, self.bias)
         return super().forward(x)
 
+    def kernel_operands(self) -> tuple[Tensor, Tensor, Tensor | None] | None:
+        """(codes, scales, bias) where `forward` is a plain call of lalm's int8 kernel (no
+        hooks, no replaced forward), so `lalm.model.layers.project` may run it with other
+        products of the same input; else None."""
+        if not (self.uses_kernel() and kernels.available()) or self._forward_hooks \
+                or self._forward_pre_hooks or "forward" in self.__dict__:
+            return None
+        return self.weight, self.scales, self.bias
+
     def _kernel(self, rows: Tensor) -> Tensor:
         return torch._weight_int8pack_mm(rows.to(_KERNEL_DTYPE).contiguous(), self.weight,
                                          self.scales.to(_KERNEL_DTYPE))

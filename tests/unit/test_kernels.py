@@ -222,6 +222,65 @@ def test_bad_inputs_are_value_errors() -> None:
         kernels.bf16_linear(torch.ones(1, 16, dtype=torch.int64), torch.randn(8, 16).bfloat16())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_linear_many_equals_one_product_at_a_time(dtype) -> None:
+    """Several weights over one x in one pass: each output bit for bit `int8_linear`'s, for
+    widths that do not fill the last chunk, one and several rows, one and two threads."""
+    weights = []
+    for seed, n in enumerate((200, 64, 37)):
+        q, scales = _int8(n, 4096 + 5, seed=seed)
+        bias = torch.randn(n, generator=torch.Generator().manual_seed(seed)) if seed else None
+        weights.append((q, scales.to(dtype), bias))
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            for rows in (1, 5):
+                x = torch.randn(rows, 4096 + 5, generator=torch.Generator().manual_seed(9)
+                                ).to(dtype)
+                many = kernels.int8_linear_many(x, weights)
+                assert [y.shape for y in many] == [(rows, 200), (rows, 64), (rows, 37)]
+                for y, (q, scales, bias) in zip(many, weights):
+                    assert y.dtype == dtype
+                    assert torch.equal(y, kernels.int8_linear(x, q, scales, bias))
+    finally:
+        torch.set_num_threads(threads)
+    q, scales = _int8(8, 16)
+    with pytest.raises(ValueError, match="1 to 8 weights"):
+        kernels.int8_linear_many(torch.randn(1, 16), [])
+    with pytest.raises(ValueError, match="one dtype"):
+        kernels.int8_linear_many(torch.randn(1, 16), [(q, scales, None),
+                                                      (q, scales.bfloat16(), None)])
+
+
+def test_an_int8_decoder_fuses_its_shared_input_products_to_the_same_bits(monkeypatch) -> None:
+    """q/k/v and gate/up run as one pass each (`lalm.model.layers.project`); a hooked layer
+    (the hook must see its call) makes its group run one by one: same outputs either way."""
+    from lalm.model.quant import quantize_model
+
+    decoder = _bf16_decoder()
+    quantize_model(decoder, "int8")
+    ids = torch.randint(0, 300, (2, 7), generator=torch.Generator().manual_seed(1))
+    pos = torch.arange(7).expand(2, 7)
+    passes, hooked = [], []
+    many = kernels.int8_linear_many
+    monkeypatch.setattr(kernels, "int8_linear_many",
+                        lambda x, weights: passes.append(len(weights)) or many(x, weights))
+    with torch.inference_mode():
+        fused = decoder(decoder.embed(ids), pos)
+        assert passes == [3, 2, 3, 2]  # per layer: q/k/v, gate/up
+        attention = decoder.layers[0].attn
+        handle = attention.k.register_forward_hook(lambda *_: hooked.append(1))
+        gate = decoder.layers[1].mlp.gate
+        gate.forward = gate.forward  # a replaced forward, as profilers do: not fused either
+        passes.clear()
+        one_by_one = decoder(decoder.embed(ids), pos)
+        handle.remove()
+    assert passes == [2, 3] and hooked == [1]
+    assert torch.equal(fused, one_by_one)
+    assert attention.q.kernel_operands() is not None and gate.kernel_operands() is None
+
+
 def test_int8_linear_takes_lalms_kernel_and_agrees_with_torchs() -> None:
     torch.manual_seed(0)
     layer = Int8Linear.from_linear(nn.Linear(256, 96, bias=True).bfloat16())
