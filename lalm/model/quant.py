@@ -25,9 +25,9 @@ Product paths, chosen per layer from the device and the shapes, never from the b
 1, 3, 7 and 16 rows):
 - CPU int8, per-channel scales: lalm's own kernel (`lalm.kernels.int8_linear`: integer
   products of the codes and the activations on a per-row 24-bit fixed-point grid, exact but
-  for that rounding, about float32's), or where it is
-  unavailable (`lalm.kernels.available`), `torch._weight_int8pack_mm` on bf16 activations
-  (`in` a multiple of 8);
+  for that rounding, about float32's; layers that share an input, q/k/v and gate/up, in one
+  pass: `lalm.model.layers.project`), or where it is unavailable (`lalm.kernels.available`),
+  `torch._weight_int8pack_mm` on bf16 activations (`in` a multiple of 8);
 - CPU int4, `out` a multiple of 16, group size 32/64/128/256:
   `torch._weight_int4pack_mm_for_cpu` on bf16 activations
   (torch's kernels are 10-30x slower on fp32 activations on AVX2 CPUs; bf16 activations and
