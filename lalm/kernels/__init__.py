@@ -242,8 +242,8 @@ INT8_MAX_K = 1 << 19
 
 
 def _check_int8(q: Tensor, scales: Tensor, in_features: int) -> None:
-    """q [N, K] int8 contiguous on the CPU, scales [N], K <= INT8_MAX_K (ValueError if not;
-    the activations' width is checked by `_rows`)."""
+    """q [N, K] int8 contiguous on the CPU, scales [N], K <= INT8_MAX_K and K the
+    activations' width `in_features` (ValueError if not)."""
     _check_weight(q, torch.int8)
     n, k = q.shape
     if scales.shape != (n,):
