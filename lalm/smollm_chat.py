@@ -5,8 +5,8 @@ A LoRA stage changes the decoder, so a text-only prompt no longer reaches SmolLM
 untouched weights. Mixing in text-only items whose targets are the untouched model's own greedy
 answers (self-distillation) pulls the adapted decoder back to them. `chat_prompts` draws varied
 questions from templates (facts, definitions, arithmetic, word questions, advice, short writing)
-with a seed, leaving out the questions a caller evaluates on (`exclude`: e.g. the 50 questions of
-scripts/smollm_eval.py, so the bar measures chat on prompts training never showed);
+with a seed, leaving out the questions a caller evaluates on (`exclude`: e.g. `EVAL_QUESTIONS`,
+the 50 of scripts/smollm_eval.py, so the bar measures chat on prompts training never showed);
 `distill_chat` answers them greedily with a model and writes the finished answers (those that
 end in a stop token within the budget) as a lalm manifest of ``text_chat`` items.
 """
@@ -22,6 +22,35 @@ import numpy as np
 
 from lalm.data.manifest import Example, ExampleTask, ExampleTurn, write_manifest
 from lalm.errors import ConfigError
+
+#: The 50 fixed text-only questions of the chat bar (scripts/smollm_eval.py): facts,
+#: definitions, arithmetic, advice, short writing. Training prompts must not be among them.
+EVAL_QUESTIONS: tuple[str, ...] = (
+    "What is the capital of France?", "What is the capital of Japan?",
+    "What is the capital of Italy?", "What is the largest planet in the solar system?",
+    "What is the boiling point of water in Celsius?", "How many days are in a week?",
+    "How many legs does a spider have?", "What color is the sky on a clear day?",
+    "Who wrote Romeo and Juliet?", "What is photosynthesis?", "What is gravity?",
+    "What is the chemical symbol for gold?", "What is 2 plus 2?", "What is 10 times 3?",
+    "What is the square root of 81?", "Name three primary colors.",
+    "What is the opposite of hot?", "What language is spoken in Spain?",
+    "What is a noun?", "What is the main ingredient of bread?",
+    "Give me a tip for sleeping better.", "How can I stay focused while studying?",
+    "What should I pack for a beach trip?", "How do I make a cup of tea?",
+    "Write a haiku about the sea.", "Write one sentence about autumn.",
+    "Suggest a name for a pet cat.", "What is the freezing point of water in Fahrenheit?",
+    "What is the tallest mountain on Earth?", "What is the longest river in the world?",
+    "What do bees make?", "What is the speed of light?", "What is DNA?",
+    "What is an atom?", "Why do leaves change color in the fall?",
+    "What is the difference between weather and climate?", "What is a prime number?",
+    "Is 17 a prime number?", "What is the plural of mouse?", "Translate 'thank you' into French.",
+    "What is the past tense of run?", "What is a synonym for happy?",
+    "How many continents are there?", "What is the smallest ocean?",
+    "Who painted the Mona Lisa?", "What is the currency of the United Kingdom?",
+    "What is machine learning?", "What is a computer?", "Tell me a fun fact about dolphins.",
+    "What are the benefits of drinking water?",
+)
+assert len(EVAL_QUESTIONS) == 50 and len(set(EVAL_QUESTIONS)) == 50
 
 _ANIMALS = ("cat dog horse cow owl eagle shark whale frog snake rabbit fox wolf bear tiger "
             "lion penguin octopus ant butterfly").split()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,23 +10,22 @@ from safetensors.torch import load_file, save_file
 from lalm.data.manifest import read_manifest
 from lalm.errors import ConfigError
 from lalm.generation import GenerationOptions, Pipeline
-from lalm.smollm_chat import chat_examples, chat_prompts, distill_chat, prompt_pool
+from lalm.smollm_chat import (EVAL_QUESTIONS, chat_examples, chat_prompts, distill_chat,
+                              prompt_pool)
 from lalm.testing.server import save_tiny_checkpoint
 from lalm.tokenizer import Tokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from smollm_eval import QUESTIONS  # noqa: E402
 
 
 def test_prompts_are_distinct_seeded_and_never_the_evaluation_questions() -> None:
-    prompts = chat_prompts(240, 0, QUESTIONS)
+    prompts = chat_prompts(240, 0, EVAL_QUESTIONS)
     assert len(set(prompts)) == 240
-    assert not set(prompts) & set(QUESTIONS)
-    assert chat_prompts(240, 0, QUESTIONS) == prompts
-    assert chat_prompts(240, 1, QUESTIONS) != prompts
+    assert not set(prompts) & set(EVAL_QUESTIONS)
+    assert chat_prompts(240, 0, EVAL_QUESTIONS) == prompts
+    assert chat_prompts(240, 1, EVAL_QUESTIONS) != prompts
     # the templates do make some of them: the exclusion is what keeps them out
-    assert "What language is spoken in Spain?" in set(prompt_pool()) & set(QUESTIONS)
-    assert "What language is spoken in Spain?" not in prompt_pool(QUESTIONS)
+    assert "What language is spoken in Spain?" in set(prompt_pool()) & set(EVAL_QUESTIONS)
+    assert "What language is spoken in Spain?" not in prompt_pool(EVAL_QUESTIONS)
     with pytest.raises(ConfigError, match="template pool has"):
         chat_prompts(len(prompt_pool()) + 1)
 
@@ -53,7 +51,7 @@ def test_distilled_answers_are_the_models_own_finished_greedy_answers(
     im_end = Tokenizer.from_hf(model).im_end_id
     state["language_model.lm_head.weight"][im_end] *= 8
     save_file(state, str(weights), metadata={"format": "pt"})
-    prompts = chat_prompts(8, 0, QUESTIONS)
+    prompts = chat_prompts(8, 0, EVAL_QUESTIONS)
     out = tmp_path / "chat.jsonl"
     facts = distill_chat(model, out, prompts, max_new_tokens=6, batch_size=4)
     pipe = Pipeline.from_pretrained(model)
