@@ -6,8 +6,9 @@
   the model's WER next to Whisper tiny.en's own (its CTranslate2 weights, the encoder the model
   uses, with Whisper's decoder, greedy, through ctranslate2) on the same clips;
 * text-only chat: 50 fixed questions (`lalm.smollm_chat.EVAL_QUESTIONS`), greedy; how many
-  of the model's answers equal SmolLM2-135M-Instruct's own (the untrained `lalm from-parts` model: the same GGUF
-  decoder, whose logits tests/parity/test_gguf_parity.py checks against transformers');
+  of the model's answers equal SmolLM2-135M-Instruct's own (the untrained `lalm from-parts`
+  model: the same GGUF decoder, whose logits tests/parity/test_gguf_parity.py checks against
+  transformers');
 * held-out synthetic English speech: lalm-synth medium's ASR and srwt test items in English
   (`lalm.smollm_model.english_asr_manifest`: sentences of the test split, never trained on),
   transcribed greedily; WER (made or resumed at ``--speech``);
