@@ -8,11 +8,15 @@ stage config (`RECIPE`) on lalm-synth's audio items; the decoder is untouched, s
 prompt gets SmolLM2-Instruct's own answer. A second stage, ``smollm_model_sentences``
 (`SENTENCE_RECIPE`: from stage 1's parts, thousands of spoken natural sentences of
 `lalm.synth.sentences` mixed in), is available (`build_smollm_model(sentence_stage=True)`) but
-not shipped: measured, it was worse on the bars (docs/smollm-model.md).
+not shipped: measured, it was worse on the bars (docs/smollm-model.md). So is a LoRA stage,
+``smollm_model_lora`` (`LORA_RECIPE`, `build_smollm_model(lora_stage=True)`: from stage 1's
+parts, LoRA adapters on the decoder with the projector, self-distilled text chat mixed in so
+text-only answers stay SmolLM2-Instruct's; `lalm.smollm_chat`).
 
 The trained tensors (`PARTS`: the projector and the three new embedding and LM-head rows of
-``<|AUDIO|>``, ``<|audio_bos|>``, ``<|audio_eos|>``; under 1 MB) ship in the package, with their
-sha256 (`PARTS_SHA256`). `assemble` rebuilds the model from the real parts (`lalm from-parts`,
+``<|AUDIO|>``, ``<|audio_bos|>``, ``<|audio_eos|>``; under 1 MB; a LoRA stage's parts add the
+decoder's adapter factors and record their alpha in the file's metadata) ship in the package,
+with their sha256 (`PARTS_SHA256`). `assemble` rebuilds the model from the real parts (`lalm from-parts`,
 seed 0) plus these, after checking the hash; `train_parts` trains one stage (from the
 untrained model or from given parts), and ``lalm demo --model smollm --retrain`` reproduces
 the shipped parts by `RECIPE`. `build_smollm_model` assembles (or retrains),
@@ -35,11 +39,15 @@ import torch
 from lalm.assets import asset_path, cache_dir
 from lalm.errors import CheckpointError, ConfigError
 from lalm.eval.report import file_sha256
+from lalm.training.stages import LoraConfig
 
 #: The stage configs that train the parts: stage 1 from the untrained model on lalm-synth,
 #: stage 2 from stage 1's parts with spoken natural sentences mixed in (`SENTENCES`).
 RECIPE = Path(__file__).resolve().parent / "training" / "configs" / "smollm_model.yaml"
 SENTENCE_RECIPE = RECIPE.with_name("smollm_model_sentences.yaml")
+#: The LoRA stage (opt-in): from stage 1's parts, LoRA on the decoder with the projector, on
+#: stage 1's items, the spoken sentences and self-distilled text chat (`lalm.smollm_chat`).
+LORA_RECIPE = RECIPE.with_name("smollm_model_lora.yaml")
 #: The shipped trained tensors and their digest.
 PARTS = Path(__file__).resolve().parent / "shipped" / "smollm_model" / "parts.safetensors"
 PARTS_SHA256 = "1e7a0870e4d95b24d75d18e294576b7a949cee866c05fed0aab2654ee8f56abe"
@@ -51,6 +59,7 @@ LEFT_OUT_TASKS = ("text_chat", "s2tt")
 #: Tokens added to SmolLM2's vocabulary by `lalm from-parts` (their rows are in `PARTS`).
 NEW_ROWS = 3
 _ROW_KEYS = ("decoder.embed.weight", "decoder.lm_head.weight")
+_ADAPTER_KEYS = (".lora_a", ".lora_b")
 #: More English speech for training: lalm-synth `SPEECH_SIZE` of these tasks (seed 0), beside
 #: the small set (``<small set>-speech``); its test split's English items are the held-out
 #: English ASR test (`english_asr_manifest`).
@@ -76,24 +85,55 @@ def init_from_parts(out: Path) -> Path:
 
 
 def extract_parts(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The trained tensors of a model's state dict (lalm names): every projector tensor, and
-    the new vocabulary rows (``<key>.new_rows``: [NEW_ROWS, D] of the embedding and LM head)."""
+    """The trained tensors of a model's state dict (lalm names): every projector tensor, the
+    new vocabulary rows (``<key>.new_rows``: [NEW_ROWS, D] of the embedding and LM head) and,
+    from a LoRA-adapted decoder (`lalm.training.lora`; unmerged), its adapter factors
+    (``decoder.<layer>.lora_a`` [r, in], ``.lora_b`` [out, r])."""
     parts = {k: v.detach().clone().contiguous() for k, v in state.items()
-             if k.startswith("projector.")}
+             if k.startswith("projector.") or _is_adapter(k)}
     for key in _ROW_KEYS:
         parts[f"{key}.new_rows"] = state[key][-NEW_ROWS:].detach().clone().contiguous()
     return parts
 
 
+def _is_adapter(key: str) -> bool:
+    return key.startswith("decoder.") and key.endswith(_ADAPTER_KEYS)
+
+
+def parts_lora(parts: Mapping[str, torch.Tensor], alpha: float | None,
+               source: str) -> LoraConfig | None:
+    """The LoRA layout of `parts`' adapter factors (rank from their shape, targets from their
+    layer names, `alpha` from the file's ``lora_alpha`` metadata: `read_parts_alpha`), or
+    None where the parts have none.
+
+    Raises:
+        CheckpointError: factors of different ranks, or factors without an alpha (naming
+            `source`).
+    """
+    downs = {k: v for k, v in parts.items() if _is_adapter(k) and k.endswith(".lora_a")}
+    if not downs:
+        return None
+    ranks = {v.shape[0] for v in downs.values()}
+    if len(ranks) != 1:
+        raise CheckpointError(f"{source}: LoRA factors of ranks {sorted(ranks)}: one rank "
+                              f"expected")
+    if alpha is None:
+        raise CheckpointError(f"{source}: LoRA factors without lora_alpha in the metadata")
+    # decoder.layers.<i>.<attn|mlp>.<name>.lora_a -> <attn|mlp>.<name>
+    targets = sorted({".".join(k.split(".")[-3:-1]) for k in downs})
+    return LoraConfig(rank=ranks.pop(), alpha=alpha, targets=tuple(targets))
+
+
 def apply_parts(model: torch.nn.Module, parts: dict[str, torch.Tensor], source: str) -> None:
-    """Write `parts` (`extract_parts`' layout) into `model` in place.
+    """Write `parts` (`extract_parts`' layout) into `model` in place (a model whose decoder
+    carries the parts' LoRA adapters, `parts_lora`, when they have some).
 
     Raises:
         CheckpointError: a missing, unknown or misshapen tensor (naming `source`).
     """
     state = model.state_dict()
-    want = {k for k in state if k.startswith("projector.")} | {f"{k}.new_rows"
-                                                                for k in _ROW_KEYS}
+    want = {k for k in state if k.startswith("projector.") or _is_adapter(k)} | {
+        f"{k}.new_rows" for k in _ROW_KEYS}
     if set(parts) != want:
         raise CheckpointError(f"{source}: tensors {sorted(set(parts) ^ want)[:4]} do not fit "
                               f"the model (expected exactly {sorted(want)})")
@@ -107,6 +147,24 @@ def apply_parts(model: torch.nn.Module, parts: dict[str, torch.Tensor], source: 
                 raise CheckpointError(f"{source}: {key} has shape {tuple(value.shape)}, the "
                                       f"model {tuple(target.shape)}")
             target.copy_(value)
+
+
+def install_parts(model: torch.nn.Module, parts: dict[str, torch.Tensor], alpha: float | None,
+                  source: str) -> None:
+    """`apply_parts` on an un-adapted `model`, in place: with LoRA factors among `parts`
+    (`parts_lora`), the decoder is adapted first and the adapters are then merged into its
+    weights, so `model` keeps its plain architecture and key names.
+
+    Raises:
+        CheckpointError: as `apply_parts` and `parts_lora` do.
+    """
+    from lalm.training.lora import apply_lora, merge_lora
+
+    lora = parts_lora(parts, alpha, source)
+    if lora is not None:
+        apply_lora(model.decoder, lora, prefix="decoder")
+    apply_parts(model, parts, source)
+    merge_lora(model)
 
 
 def read_parts(path: Path = PARTS, sha256: str | None = PARTS_SHA256) -> dict[str, torch.Tensor]:
@@ -125,9 +183,19 @@ def read_parts(path: Path = PARTS, sha256: str | None = PARTS_SHA256) -> dict[st
     return load_file(str(path))
 
 
+def read_parts_alpha(path: Path) -> float | None:
+    """The ``lora_alpha`` a parts file's metadata records (written with LoRA factors), or None."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    return float(meta["lora_alpha"]) if "lora_alpha" in meta else None
+
+
 def assemble(out: Path, parts: Path = PARTS, sha256: str | None = PARTS_SHA256,
              work: Path | None = None) -> Path:
-    """Write the model at `out`: the real parts (`init_from_parts`) plus the trained tensors.
+    """Write the model at `out`: the real parts (`init_from_parts`) plus the trained tensors
+    (LoRA factors among them merged into the decoder's weights).
 
     Args:
         out: the destination checkpoint folder (Qwen2-Audio layout, config.json written last).
@@ -138,10 +206,12 @@ def assemble(out: Path, parts: Path = PARTS, sha256: str | None = PARTS_SHA256,
     from lalm.checkpoint.save import save_with_tokenizer
 
     tensors = read_parts(parts, sha256)  # before the minute of building: a bad file fails fast
+    alpha = read_parts_alpha(parts)
+    parts_lora(tensors, alpha, str(parts))  # LoRA factors without an alpha fail here, too
     init = work or out.with_name(out.name + ".init")
     init_from_parts(init)
     model = load_model(init)
-    apply_parts(model, tensors, str(parts))
+    install_parts(model, tensors, alpha, str(parts))
     save_with_tokenizer(model, out, init, "qwen2_audio", torch.float32)
     shutil.rmtree(init, ignore_errors=True)
     return out
@@ -221,7 +291,8 @@ def test_manifest(data: Path, per_task: int | None) -> Path:
 
 def train_parts(data: Path, work: Path, out: Path, overrides: tuple[str, ...] = (),
                 log: Any = print, speech: Path | None = None, recipe: Path = RECIPE,
-                start: Path | None = None, sentences: Path | None = None) -> dict[str, Any]:
+                start: Path | None = None, sentences: Path | None = None,
+                chat: Path | None = None) -> dict[str, Any]:
     """Train the parts by `recipe` on lalm-synth at `data` (with the English speech of
     `speech`: `audio_manifest`), from the untrained model or from the parts `start`.
 
@@ -233,10 +304,13 @@ def train_parts(data: Path, work: Path, out: Path, overrides: tuple[str, ...] = 
         out: where the trained tensors go (safetensors).
         overrides: ``key=value`` recipe overrides (tests shorten the run).
         log: progress messages.
-        recipe: the stage config (`RECIPE`: stage 1; `SENTENCE_RECIPE`: stage 2).
+        recipe: the stage config (`RECIPE`: stage 1; `SENTENCE_RECIPE` or `LORA_RECIPE`: a
+            second stage; a LoRA recipe's parts carry the adapters unmerged, with their alpha).
         start: trained parts to start from (`extract_parts`' layout, not hash-checked: a
             file this process just wrote), or None (the untrained model, `init_from_parts`).
         sentences: a `lalm.synth.sentences` folder, the recipe's second manifest (stage 2).
+        chat: self-distilled text chat (`lalm.smollm_chat`), the recipe's third manifest
+            (`LORA_RECIPE`).
 
     Returns:
         The training's facts: steps, seconds, last loss, examples/s and the file's sha256.
@@ -251,6 +325,7 @@ def train_parts(data: Path, work: Path, out: Path, overrides: tuple[str, ...] = 
     else:
         init = assemble(work / "init", start, None, work / "init.base")
     extra = [] if sentences is None else [f"data.train.1.manifest={sentences / 'train.jsonl'}"]
+    extra += [] if chat is None else [f"data.train.2.manifest={chat}"]
     config = TrainConfig.from_file(recipe, [
         f"model.checkpoint={init}", f"data.train.0.manifest={audio_manifest(data, speech)}",
         *extra, f"data.valid.manifest={data / 'valid.jsonl'}", f"run.out_dir={work / 'run'}",
@@ -263,7 +338,12 @@ def train_parts(data: Path, work: Path, out: Path, overrides: tuple[str, ...] = 
         raise ConfigError(f"{recipe}: the recipe must export (run.export: true)")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
-    save_file(extract_parts(load_model(result.export_dir).state_dict()), str(partial))
+    if config.parts.decoder == "lora":  # the adapters unmerged, from the last checkpoint
+        state = torch.load(result.checkpoint / "model.pt", map_location="cpu",
+                           weights_only=True)
+        save_file(extract_parts(state), str(partial), {"lora_alpha": str(config.lora.alpha)})
+    else:
+        save_file(extract_parts(load_model(result.export_dir).state_dict()), str(partial))
     partial.replace(out)
     shutil.rmtree(work, ignore_errors=True)
     return {"steps": result.step, "train_s": seconds, "last_loss": result.losses[-1],
@@ -273,6 +353,18 @@ def train_parts(data: Path, work: Path, out: Path, overrides: tuple[str, ...] = 
 
 #: Facts about the shipped parts' training run, shipped beside them (steps, time, command).
 PARTS_CARD = PARTS.with_name("parts.json")
+
+
+def _distill_chat(init: Path, out: Path, count: int | None) -> dict[str, Any]:
+    """`lalm.smollm_chat.distill_chat` of the untrained model (built at `init`, removed after)
+    on `count` prompts (None: the whole pool) less the chat bar's questions (seed 0), at `out`."""
+    from lalm.smollm_chat import EVAL_QUESTIONS, chat_prompts, distill_chat, prompt_pool
+
+    count = len(prompt_pool(EVAL_QUESTIONS)) if count is None else count
+    prompts = chat_prompts(count, 0, EVAL_QUESTIONS)
+    facts = distill_chat(init_from_parts(init), out, prompts)
+    shutil.rmtree(init, ignore_errors=True)
+    return facts
 
 
 def _test_items(manifest: Path) -> list[dict[str, Any]]:
@@ -302,7 +394,8 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
                        eval_per_task: int | None = 5, max_new_tokens: int = 32,
                        speech_size: str = SPEECH_SIZE,
                        sentences: tuple[int, int] = SENTENCES,
-                       sentence_stage: bool = False) -> Path:
+                       sentence_stage: bool = False, lora_stage: bool = False,
+                       chat_size: int | None = None) -> Path:
     """Assemble (or, with `retrain`, train by `RECIPE` and assemble) the model, evaluate it on
     the lalm-synth test split and publish it at `target` with its card (`lalm.demo.CARD`).
 
@@ -314,6 +407,12 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
             parts on `SENTENCES` spoken sentences made at ``<data>-sentences``. Off by default:
             measured, its parts were worse on the bars (docs/smollm-model.md), so the shipped
             parts are stage 1's.
+        lora_stage: with `retrain`, then train the LoRA stage (`LORA_RECIPE`) from stage 1's
+            parts on stage 1's items, the spoken sentences and self-distilled text chat
+            (`lalm.smollm_chat`: SmolLM2-Instruct's own answers to prompts that are not the
+            chat bar's). Not with `sentence_stage`.
+        chat_size: with `lora_stage`, the self-distilled prompts (None: the whole pool, less
+            the chat bar's questions).
         overrides: ``key=value`` recipe overrides (with `retrain`).
         log: progress messages.
         data, synth_size, synth_tasks: the lalm-synth folder, size and tasks (seed 0); default:
@@ -337,6 +436,9 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
     from lalm.synth import generate
     from lalm.synth.sentences import make_sentence_speech
 
+    if sentence_stage and lora_stage:
+        raise ConfigError("build_smollm_model: sentence_stage and lora_stage are two second "
+                          "stages from stage 1's parts; choose one")
     target = Path(target) if target is not None else smollm_model_dir()
     work = target.with_name(target.name + ".work")
     if data is None:
@@ -347,10 +449,11 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
     generate(data, synth_size, 0, list(synth_tasks) if synth_tasks else None)
     times["data_s"] = time.perf_counter() - t
     parts, sha256 = PARTS, PARTS_SHA256
+    second = SENTENCE_RECIPE if sentence_stage else LORA_RECIPE if lora_stage else None
     training = json.loads(PARTS_CARD.read_text(encoding="utf-8"))
     if retrain:
-        recipes = RECIPE.name + (f", then {SENTENCE_RECIPE.name}" if sentence_stage else "")
-        log(f"[2/4] training the parts by {recipes} (decoder and encoder frozen)")
+        recipes = RECIPE.name + (f", then {second.name}" if second else "")
+        log(f"[2/4] training the parts by {recipes}")
         speech = data.with_name(data.name + "-speech")
         log(f"      English speech: lalm-synth {speech_size} {', '.join(SPEECH_TASKS)} -> "
             f"{speech}")
@@ -358,17 +461,22 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
         parts = work / "parts.safetensors"
         training = train_parts(data, work / "train", parts, overrides, log, speech)
         times["train_s"] = training["train_s"]
-        if sentence_stage:
+        if second is not None:
             log(f"      stage 1: {training['steps']} steps in {training['train_s']:.0f} s")
             spoken = data.with_name(data.name + "-sentences")
             log(f"      spoken sentences ({sentences[0]} train, {sentences[1]} test) -> "
                 f"{spoken}")
             for split, n in zip(("train", "test"), sentences):
                 make_sentence_speech(spoken, split, n, 0, log)
+            chat = work / "chat_distill.jsonl" if lora_stage else None
+            if chat is not None:
+                facts = _distill_chat(work / "chat-init", chat, chat_size)
+                log(f"      self-distilled text chat: {facts['kept']} of {facts['prompts']} "
+                    f"answers kept -> {chat}")
             stage1 = training
-            parts = work / "parts-stage2.safetensors"
+            parts = work / f"parts-{second.stem}.safetensors"
             training = train_parts(data, work / "train", parts, overrides, log, speech,
-                                   SENTENCE_RECIPE, work / "parts.safetensors", spoken)
+                                   second, work / "parts.safetensors", spoken, chat)
             training["stage1"] = stage1
             times["train_s"] += training["train_s"]
         sha256 = training["sha256"]
@@ -401,8 +509,10 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
         "name": NAME,
         "what": "Whisper tiny.en encoder (frozen) -> a projector trained by lalm's "
                 "smollm_model recipe on lalm-synth (Piper and eSpeak speech, sounds, music) -> "
-                "SmolLM2-135M-Instruct (frozen, from its GGUF file)",
-        "spec": {"recipe": [str(RECIPE)] + ([str(SENTENCE_RECIPE)] if sentence_stage else []),
+                "SmolLM2-135M-Instruct (from its GGUF file; "
+                + ("LoRA trained by smollm_model_lora, merged)" if read_parts_alpha(parts)
+                   is not None else "frozen)"),
+        "spec": {"recipe": [str(RECIPE)] + ([str(second)] if retrain and second else []),
                  "parts": str(parts),
                  "parts_sha256": sha256,
                  "decoder": {"n_layer": model.config.decoder.n_layer,

@@ -5,9 +5,10 @@
 * real recorded English speech (`lalm.testing.real_speech`: Debian's pocketsphinx-testdata):
   the model's WER next to Whisper tiny.en's own (its CTranslate2 weights, the encoder the model
   uses, with Whisper's decoder, greedy, through ctranslate2) on the same clips;
-* text-only chat: 50 fixed questions (`QUESTIONS`), greedy; how many of the model's answers
-  equal SmolLM2-135M-Instruct's own (the untrained `lalm from-parts` model: the same GGUF
-  decoder, whose logits tests/parity/test_gguf_parity.py checks against transformers');
+* text-only chat: 50 fixed questions (`lalm.smollm_chat.EVAL_QUESTIONS`), greedy; how many
+  of the model's answers equal SmolLM2-135M-Instruct's own (the untrained `lalm from-parts`
+  model: the same GGUF decoder, whose logits tests/parity/test_gguf_parity.py checks against
+  transformers');
 * held-out synthetic English speech: lalm-synth medium's ASR and srwt test items in English
   (`lalm.smollm_model.english_asr_manifest`: sentences of the test split, never trained on),
   transcribed greedily; WER (made or resumed at ``--speech``);
@@ -29,33 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-#: 50 fixed text-only questions: facts, definitions, arithmetic, advice, short writing.
-QUESTIONS: tuple[str, ...] = (
-    "What is the capital of France?", "What is the capital of Japan?",
-    "What is the capital of Italy?", "What is the largest planet in the solar system?",
-    "What is the boiling point of water in Celsius?", "How many days are in a week?",
-    "How many legs does a spider have?", "What color is the sky on a clear day?",
-    "Who wrote Romeo and Juliet?", "What is photosynthesis?", "What is gravity?",
-    "What is the chemical symbol for gold?", "What is 2 plus 2?", "What is 10 times 3?",
-    "What is the square root of 81?", "Name three primary colors.",
-    "What is the opposite of hot?", "What language is spoken in Spain?",
-    "What is a noun?", "What is the main ingredient of bread?",
-    "Give me a tip for sleeping better.", "How can I stay focused while studying?",
-    "What should I pack for a beach trip?", "How do I make a cup of tea?",
-    "Write a haiku about the sea.", "Write one sentence about autumn.",
-    "Suggest a name for a pet cat.", "What is the freezing point of water in Fahrenheit?",
-    "What is the tallest mountain on Earth?", "What is the longest river in the world?",
-    "What do bees make?", "What is the speed of light?", "What is DNA?",
-    "What is an atom?", "Why do leaves change color in the fall?",
-    "What is the difference between weather and climate?", "What is a prime number?",
-    "Is 17 a prime number?", "What is the plural of mouse?", "Translate 'thank you' into French.",
-    "What is the past tense of run?", "What is a synonym for happy?",
-    "How many continents are there?", "What is the smallest ocean?",
-    "Who painted the Mona Lisa?", "What is the currency of the United Kingdom?",
-    "What is machine learning?", "What is a computer?", "Tell me a fun fact about dolphins.",
-    "What are the benefits of drinking water?",
-)
-assert len(QUESTIONS) == 50 and len(set(QUESTIONS)) == 50
+from lalm.smollm_chat import EVAL_QUESTIONS as QUESTIONS
+
 
 
 def whisper_tiny_transcripts(clips: list[Path]) -> list[str]:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from lalm import cli
 from lalm import smollm_model as sm
@@ -74,3 +75,31 @@ def test_cli_demo_takes_the_model_name(monkeypatch: pytest.MonkeyPatch, built: P
                      "--audio", str(built / json.loads((built / CARD).read_text())["demo"][0][
                          "audio"])]) == 0
     assert "Say hi." in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def built_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("smollm-lora")
+    return sm.build_smollm_model(
+        root / "smollm-model", retrain=True, log=lambda _: None, data=root / "lalm-synth",
+        synth_size="tiny", synth_tasks=("asr", "sound_event"), speech_size="tiny",
+        sentences=(4, 2), lora_stage=True, chat_size=4,
+        overrides=("run.max_steps=2", "optim.warmup_steps=1"))
+
+
+def test_the_lora_stage_ships_its_adapters_merged(built_lora: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    card = json.loads((built_lora / CARD).read_text())
+    assert card["spec"]["recipe"] == [str(sm.RECIPE), str(sm.LORA_RECIPE)]
+    assert "LoRA" in card["what"] and card["training"]["steps"] == 2
+    parts = sm.read_parts(Path(card["spec"]["parts"]), card["spec"]["parts_sha256"])
+    lora = sm.parts_lora(parts, sm.read_parts_alpha(Path(card["spec"]["parts"])), "parts")
+    assert lora is not None and lora.rank == 8 and len(lora.targets) == 7
+    # the published model has the plain architecture, its decoder weights moved by the LoRA
+    merged = load_file(str(built_lora / "model.safetensors"))
+    base = load_file(str(sm.init_from_parts(tmp_path / "init") / "model.safetensors"))
+    assert set(merged) == set(base)
+    key = "language_model.model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged[key], base[key])
+    assert torch.equal(merged["audio_tower.conv1.weight"], base["audio_tower.conv1.weight"])

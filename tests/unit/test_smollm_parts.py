@@ -14,6 +14,8 @@ from lalm import smollm_model as sm
 from lalm.errors import CheckpointError
 from lalm.testing.models import random_model
 from lalm.training import TrainConfig
+from lalm.training.lora import apply_lora, merge_lora
+from lalm.training.stages import LoraConfig
 
 
 def test_parts_round_trip_into_another_model() -> None:
@@ -125,3 +127,47 @@ def test_english_asr_manifest_holds_the_english_test_speech_only(tmp_path: Path)
     assert [(r["id"], r["task"]["name"]) for r in out] == [
         ("asr-test-1", "asr"), ("srwt-test-2-asr", "asr")]
     assert out[1]["audios"][0]["path"] == "audio/test/srwt/2.wav"
+
+
+def _adapted(seed: int) -> torch.nn.Module:
+    """A random model whose decoder carries trained-looking (non-zero) LoRA adapters."""
+    model = random_model(seed=seed)
+    apply_lora(model.decoder, LoraConfig(rank=4, alpha=8.0, targets=("attn.q", "mlp.down")),
+               prefix="decoder")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".lora_b"):
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    return model
+
+
+def test_lora_parts_install_as_the_merged_decoder_of_the_trained_model() -> None:
+    trained, fresh = _adapted(seed=1), random_model(seed=1)
+    parts = sm.extract_parts(trained.state_dict())
+    adapters = {k for k in parts if k.endswith((".lora_a", ".lora_b"))}
+    assert len(adapters) == 2 * 2 * trained.config.decoder.n_layer
+    assert sm.parts_lora(parts, 8.0, "t") == LoraConfig(rank=4, alpha=8.0,
+                                                       targets=("attn.q", "mlp.down"))
+    sm.install_parts(fresh, parts, 8.0, "t")
+    merge_lora(trained)
+    assert set(fresh.state_dict()) == set(trained.state_dict())  # plain layers, plain names
+    for key, value in trained.state_dict().items():
+        assert torch.allclose(fresh.state_dict()[key], value, atol=1e-6), key
+    # the adapters did change the decoder: the base model is not what was installed
+    base = random_model(seed=1).state_dict()
+    assert not torch.allclose(base["decoder.layers.0.attn.q.weight"],
+                              fresh.state_dict()["decoder.layers.0.attn.q.weight"])
+
+
+def test_lora_parts_need_their_alpha_and_an_adapted_model(tmp_path: Path) -> None:
+    parts = sm.extract_parts(_adapted(seed=1).state_dict())
+    with pytest.raises(CheckpointError, match="lora_alpha"):
+        sm.parts_lora(parts, None, "p.st")
+    with pytest.raises(CheckpointError, match="do not fit"):  # LoRA factors, a plain decoder
+        sm.apply_parts(random_model(), parts, "p.st")
+    path = tmp_path / "parts.safetensors"
+    save_file(parts, str(path), {"lora_alpha": "8.0"})
+    assert sm.read_parts_alpha(path) == 8.0
+    save_file(sm.extract_parts(random_model().state_dict()), str(path))
+    assert sm.read_parts_alpha(path) is None
+    assert sm.parts_lora(sm.read_parts(path, None), None, "p.st") is None
