@@ -11,11 +11,14 @@ from pathlib import Path
 import numpy as np
 
 
-def best_alternating(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Best wall seconds of each ``run()`` over ``repeats`` rounds, after one warm-up round.
+def best_alternating(runs: dict[str, Callable[[], object]], repeats: int, calls: int = 1
+                     ) -> dict[str, float]:
+    """Best over ``repeats`` rounds of each ``run()``'s mean wall seconds over ``calls``
+    calls, after one warm-up round.
 
-    The runs alternate within each round, so load from other jobs on a shared machine hits
-    every implementation alike, and the best of the rounds is the least disturbed figure.
+    The runs alternate within each round, so load from other jobs on a shared machine (and the
+    host's memory traffic) hits every implementation alike, and the best of the rounds is the
+    least disturbed figure.
     """
     for run in runs.values():
         run()
@@ -23,8 +26,9 @@ def best_alternating(runs: dict[str, Callable[[], object]], repeats: int) -> dic
     for _ in range(repeats):
         for name, run in runs.items():
             start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
+            for _ in range(calls):
+                run()
+            best[name] = min(best[name], (time.perf_counter() - start) / calls)
     return best
 
 

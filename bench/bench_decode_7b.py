@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from _common import best_alternating
 
 from lalm import kernels
 from lalm.config import DecoderConfig, ModelConfig
@@ -206,23 +207,6 @@ def bare(decoder: TextDecoder, step: Callable[[], object]) -> Callable[[], objec
     return run
 
 
-def alternating_best(runs: dict[str, Callable[[], object]], rounds: int, repeat: int
-                     ) -> dict[str, float]:
-    """Best over `rounds` of each run's mean seconds over `repeat` calls (after one warm-up
-    call each), the runs taking turns within every round: load from other jobs, and the
-    host's memory traffic, hit them all alike."""
-    for run in runs.values():
-        run()
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            for _ in range(repeat):
-                run()
-            best[name] = min(best[name], (time.perf_counter() - start) / repeat)
-    return best
-
-
 def time_precision(config: DecoderConfig, precision: str, args: argparse.Namespace,
                    reference: bool = False, torch_too: bool = False
                    ) -> tuple[list[tuple[str, float, float, float]], int, int, float | None]:
@@ -253,7 +237,7 @@ def time_precision(config: DecoderConfig, precision: str, args: argparse.Namespa
 
     runs = {(label, part): under(way, run) for label, way in ways.items()
             for part, run in (("step", step), ("base", bare(decoder, step)), ("head", head))}
-    best = alternating_best(runs, args.rounds, args.repeat)
+    best = best_alternating(runs, args.rounds, args.repeat)
     rows = [(label, best[label, "step"], best[label, "base"], best[label, "head"])
             for label in ways]
     if args.prefill:
