@@ -29,7 +29,7 @@ LAYERS = {
     "lalm.checkpoint": 2, "lalm.generation": 2, "lalm.api": 2,
     "lalm.data": 3, "lalm.training": 3, "lalm.eval": 3, "lalm.synth": 3,
     "lalm.cli": 4, "lalm.serve": 4, "lalm.__main__": 4, "lalm.demo": 4, "lalm.testing": 4,
-    "lalm.smollm_model": 4, "lalm.shipped": 0,
+    "lalm.smollm_model": 4, "lalm.smollm_chat": 4, "lalm.shipped": 0,
 }
 MODEL_MAY_IMPORT = {"torch", "lalm.config", "lalm.model", "lalm.kernels"}
 
