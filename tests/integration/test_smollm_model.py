@@ -22,13 +22,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 pytest.importorskip("gguf")
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("smollm")
+def _build_tiny(tmp_path_factory: pytest.TempPathFactory, name: str, steps: int,
+                **stage: object) -> Path:
+    """`build_smollm_model` retraining on tiny lalm-synth data for `steps` steps a stage,
+    `stage` choosing the second stage."""
+    root = tmp_path_factory.mktemp(name)
     return sm.build_smollm_model(
         root / "smollm-model", retrain=True, log=lambda _: None, data=root / "lalm-synth",
         synth_size="tiny", synth_tasks=("asr", "sound_event"), speech_size="tiny",
-        sentences=(4, 2), sentence_stage=True, overrides=("run.max_steps=1", "optim.warmup_steps=1"))
+        sentences=(4, 2), overrides=(f"run.max_steps={steps}", "optim.warmup_steps=1"),
+        **stage)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build_tiny(tmp_path_factory, "smollm", 1, sentence_stage=True)
 
 
 def test_the_card_says_what_was_trained_and_scored(built: Path) -> None:
@@ -79,12 +87,7 @@ def test_cli_demo_takes_the_model_name(monkeypatch: pytest.MonkeyPatch, built: P
 
 @pytest.fixture(scope="module")
 def built_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("smollm-lora")
-    return sm.build_smollm_model(
-        root / "smollm-model", retrain=True, log=lambda _: None, data=root / "lalm-synth",
-        synth_size="tiny", synth_tasks=("asr", "sound_event"), speech_size="tiny",
-        sentences=(4, 2), lora_stage=True, chat_size=4,
-        overrides=("run.max_steps=2", "optim.warmup_steps=1"))
+    return _build_tiny(tmp_path_factory, "smollm-lora", 2, lora_stage=True, chat_size=4)
 
 
 def test_the_lora_stage_ships_its_adapters_merged(built_lora: Path, tmp_path: Path) -> None:
