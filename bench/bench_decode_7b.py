@@ -13,9 +13,10 @@ with the layers and the lm_head taken out (what a step does once whatever its de
 RoPE tables, the final norm: ~0.3 ms, which the earlier (step - head) / layers counted 16
 times over); the 7B step = base + head + 32 x per layer. The context's keys/values are written
 into the cache directly (no prefill). The floor of a step = bytes it must read (every weight
-once, plus the KV cache) / read bandwidth, the bandwidth being the faster of a large-tensor
-sum (bytes read per second) and a large copy (bytes read + written per second), measured
-between the runs.
+once, plus the KV cache) / read bandwidth, the bandwidth being the fastest of three probes
+over 1 GiB (`probes`: a sum, a copy, MKL's fp32 matrix-vector product), which take turns
+with the steps within every round (the host's memory traffic moves the bandwidth by ±15 %
+from minute to minute, so a probe taken apart from the steps measures another moment).
 transformers' Qwen2 decode on the same bf16 tensors (shared, not copied) is the reference
 where `--reference` is given; `--torch-kernels` also times the bf16 and int8 decoders with
 torch's products instead of lalm's (`lalm.kernels.torch_kernels`), on the same decoder, the two
@@ -46,13 +47,23 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16,
 REAL_LAYERS = 32
 
 
-def read_bandwidth(n_bytes: int = 1 << 28) -> float:
-    """Bytes per second a large tensor is read (sum) or moved (copy, read + write counted),
-    whichever is faster: the floor uses the highest rate the machine shows."""
+def probes(n_bytes: int = 1 << 30) -> dict[str, tuple[Callable[[], object], int]]:
+    """Read-bandwidth probes over `n_bytes` (past a 260 MiB L3) of float32: a sum, a copy of
+    half of it (read + written counted) and MKL's matrix-vector product over it as a
+    [rows, 4096] matrix (the stream an fp32 decode step reads): {name: (run, bytes moved)}."""
     src = torch.ones(n_bytes // 4)
-    dst = torch.empty_like(src)
+    half = torch.empty(n_bytes // 8)
+    matrix, vector = src.view(-1, 4096), torch.ones(4096)
+    return {"sum": (src.sum, n_bytes),
+            "copy": (lambda: half.copy_(src[:half.numel()]), n_bytes),
+            "mv": (lambda: torch.mv(matrix, vector), n_bytes)}
+
+
+def read_bandwidth(n_bytes: int = 1 << 30) -> float:
+    """Bytes per second of the fastest of `probes`, best of 3 calls each: the floor uses
+    the highest rate the machine shows."""
     best = 0.0
-    for run, moved in ((lambda: src.sum(), n_bytes), (lambda: dst.copy_(src), 2 * n_bytes)):
+    for run, moved in probes(n_bytes).values():
         run()
         for _ in range(3):
             start = time.perf_counter()
@@ -209,12 +220,14 @@ def bare(decoder: TextDecoder, step: Callable[[], object]) -> Callable[[], objec
 
 def time_precision(config: DecoderConfig, precision: str, args: argparse.Namespace,
                    reference: bool = False, torch_too: bool = False
-                   ) -> tuple[list[tuple[str, float, float, float]], int, int, float | None]:
+                   ) -> tuple[list[tuple[str, float, float, float]], int, int, float | None,
+                              float]:
     """The real-shape decoder in `precision`: ([(label, step seconds, seconds of the step
     without its layers and head (`bare`), head seconds)] for lalm's products and, with
-    `torch_too`, torch's (`lalm.kernels.torch_kernels`) on the same decoder, timed in turns;
-    bytes a layer reads, bytes the head reads; transformers' step seconds on the same
-    tensors where `reference`, else None)."""
+    `torch_too`, torch's (`lalm.kernels.torch_kernels`) on the same decoder, timed in turns
+    with the bandwidth `probes`; bytes a layer reads, bytes the head reads; transformers'
+    step seconds on the same tensors where `reference`, else None; the best probe's bytes
+    per second)."""
     decoder = build(config, precision)
     # the saved tensors: for int4 as many bytes as the kernel's packed copy it reads
     layer_bytes = sum(t.numel() * t.element_size()
@@ -237,9 +250,13 @@ def time_precision(config: DecoderConfig, precision: str, args: argparse.Namespa
 
     runs = {(label, part): under(way, run) for label, way in ways.items()
             for part, run in (("step", step), ("base", bare(decoder, step)), ("head", head))}
+    probe = probes()
+    runs.update({("probe", name): run for name, (run, _) in probe.items()})
     best = best_alternating(runs, args.rounds, args.repeat)
     rows = [(label, best[label, "step"], best[label, "base"], best[label, "head"])
             for label in ways]
+    bandwidth = max(moved / best["probe", name] for name, (_, moved) in probe.items())
+    del probe
     if args.prefill:
         prefill = prefill_timer(decoder, args.context)
         for label, way in ways.items():
@@ -251,7 +268,7 @@ def time_precision(config: DecoderConfig, precision: str, args: argparse.Namespa
                             args.repeat) if reference else None
     del decoder
     gc.collect()
-    return rows, layer_bytes + kv_bytes, head_bytes, t_reference
+    return rows, layer_bytes + kv_bytes, head_bytes, t_reference, bandwidth
 
 
 def main() -> None:
@@ -279,15 +296,15 @@ def main() -> None:
           f"lalm kernels {paths}, "
           f"best of {args.rounds} rounds x {args.repeat} steps")
     rows: list[tuple[str, float, float, float, int, int]] = []
-    bandwidth = read_bandwidth()
+    bandwidth = 0.0
     reference = None
     for precision in args.precisions.split(","):
-        timed, layer_bytes, head_bytes, t_reference = time_precision(
+        timed, layer_bytes, head_bytes, t_reference, probed = time_precision(
             config, precision, args, args.reference and precision == "bf16",
             args.torch_kernels and precision in ("bf16", "int8"))
         rows += [(*row, layer_bytes, head_bytes) for row in timed]
         reference = reference if t_reference is None else t_reference
-        bandwidth = max(bandwidth, read_bandwidth())
+        bandwidth = max(bandwidth, probed)
     # the floor uses the best bandwidth seen in the whole run (load from other jobs only
     # lowers a probe, so the best is the machine's)
     print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s (best probe of the run)")
