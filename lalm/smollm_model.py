@@ -11,17 +11,19 @@ prompt gets SmolLM2-Instruct's own answer. A second stage, ``smollm_model_senten
 not shipped: measured, it was worse on the bars (docs/smollm-model.md). So is a LoRA stage,
 ``smollm_model_lora`` (`LORA_RECIPE`, `build_smollm_model(lora_stage=True)`: from stage 1's
 parts, LoRA adapters on the decoder with the projector, self-distilled text chat mixed in so
-text-only answers stay SmolLM2-Instruct's; `lalm.smollm_chat`).
+text-only answers stay SmolLM2-Instruct's; `lalm.smollm_chat`), and an encoder stage,
+``smollm_model_encoder`` (`ENCODER_RECIPE`, `build_smollm_model(encoder_stage=True)`: from stage
+1's parts, LoRA adapters on the Whisper encoder with the projector, the decoder frozen).
 
 The trained tensors (`PARTS`: the projector and the three new embedding and LM-head rows of
 ``<|AUDIO|>``, ``<|audio_bos|>``, ``<|audio_eos|>``; under 1 MB; a LoRA stage's parts add the
-decoder's adapter factors and record their alpha in the file's metadata) ship in the package,
-with their sha256 (`PARTS_SHA256`). `assemble` rebuilds the model from the real parts (`lalm from-parts`,
-seed 0) plus these, after checking the hash; `train_parts` trains one stage (from the
-untrained model or from given parts), and ``lalm demo --model smollm --retrain`` reproduces
-the shipped parts by `RECIPE`. `build_smollm_model` assembles (or retrains),
-evaluates on the lalm-synth test split and publishes the folder with its model card, which
-`lalm.demo` then uses as it uses the default model.
+encoder's or decoder's adapter factors and record their alpha in the file's metadata) ship in
+the package, with their sha256 (`PARTS_SHA256`). `assemble` rebuilds the model from the real
+parts (`lalm from-parts`, seed 0) plus these, after checking the hash; `train_parts` trains
+one stage (from the untrained model or from given parts), and ``lalm demo --model smollm
+--retrain`` reproduces the shipped parts by `RECIPE`. `build_smollm_model` assembles (or
+retrains), evaluates on the lalm-synth test split and publishes the folder with its model card,
+which `lalm.demo` then uses as it uses the default model.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,10 @@ SENTENCE_RECIPE = RECIPE.with_name("smollm_model_sentences.yaml")
 #: The LoRA stage (opt-in): from stage 1's parts, LoRA on the decoder with the projector, on
 #: stage 1's items, the spoken sentences and self-distilled text chat (`lalm.smollm_chat`).
 LORA_RECIPE = RECIPE.with_name("smollm_model_lora.yaml")
+#: The encoder stage (opt-in): from stage 1's parts, LoRA on the Whisper encoder with the
+#: projector, the decoder frozen (text chat stays SmolLM2's own), on stage 1's items and the
+#: spoken sentences.
+ENCODER_RECIPE = RECIPE.with_name("smollm_model_encoder.yaml")
 #: The shipped trained tensors and their digest.
 PARTS = Path(__file__).resolve().parent / "shipped" / "smollm_model" / "parts.safetensors"
 PARTS_SHA256 = "1e7a0870e4d95b24d75d18e294576b7a949cee866c05fed0aab2654ee8f56abe"
@@ -60,6 +67,8 @@ LEFT_OUT_TASKS = ("text_chat", "s2tt")
 NEW_ROWS = 3
 _ROW_KEYS = ("decoder.embed.weight", "decoder.lm_head.weight")
 _ADAPTER_KEYS = (".lora_a", ".lora_b")
+#: The parts whose LoRA factors a parts file may carry (merged into them at assembly).
+_ADAPTED_PARTS = ("encoder.", "decoder.")
 #: More English speech for training: lalm-synth `SPEECH_SIZE` of these tasks (seed 0), beside
 #: the small set (``<small set>-speech``); its test split's English items are the held-out
 #: English ASR test (`english_asr_manifest`).
@@ -87,8 +96,8 @@ def init_from_parts(out: Path) -> Path:
 def extract_parts(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The trained tensors of a model's state dict (lalm names): every projector tensor, the
     new vocabulary rows (``<key>.new_rows``: [NEW_ROWS, D] of the embedding and LM head) and,
-    from a LoRA-adapted decoder (`lalm.training.lora`; unmerged), its adapter factors
-    (``decoder.<layer>.lora_a`` [r, in], ``.lora_b`` [out, r])."""
+    from a LoRA-adapted encoder or decoder (`lalm.training.lora`; unmerged), its adapter
+    factors (``<part>.<layer>.lora_a`` [r, in], ``.lora_b`` [out, r])."""
     parts = {k: v.detach().clone().contiguous() for k, v in state.items()
              if k.startswith("projector.") or _is_adapter(k)}
     for key in _ROW_KEYS:
@@ -97,14 +106,25 @@ def extract_parts(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _is_adapter(key: str) -> bool:
-    return key.startswith("decoder.") and key.endswith(_ADAPTER_KEYS)
+    return key.startswith(_ADAPTED_PARTS) and key.endswith(_ADAPTER_KEYS)
+
+
+def _adapter_targets(parts: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, ...]]:
+    """The adapted Linear layers' name suffixes of each part that has factors in `parts`:
+    ``{"encoder": ("attn.query", "mlp.0", ...), "decoder": ("attn.q", ...)}``."""
+    targets: dict[str, set[str]] = {}
+    for key in parts:
+        if _is_adapter(key) and key.endswith(".lora_a"):
+            # <part>.<stack>.<i>.<attn|mlp>.<name>.lora_a -> <attn|mlp>.<name>
+            targets.setdefault(key.split(".")[0], set()).add(".".join(key.split(".")[-3:-1]))
+    return {part: tuple(sorted(names)) for part, names in targets.items()}
 
 
 def parts_lora(parts: Mapping[str, torch.Tensor], alpha: float | None,
                source: str) -> LoraConfig | None:
     """The LoRA layout of `parts`' adapter factors (rank from their shape, targets from their
-    layer names, `alpha` from the file's ``lora_alpha`` metadata: `read_parts_alpha`), or
-    None where the parts have none.
+    layer names over every adapted part, `alpha` from the file's ``lora_alpha`` metadata:
+    `read_parts_alpha`), or None where the parts have none.
 
     Raises:
         CheckpointError: factors of different ranks, or factors without an alpha (naming
@@ -119,8 +139,7 @@ def parts_lora(parts: Mapping[str, torch.Tensor], alpha: float | None,
                               f"expected")
     if alpha is None:
         raise CheckpointError(f"{source}: LoRA factors without lora_alpha in the metadata")
-    # decoder.layers.<i>.<attn|mlp>.<name>.lora_a -> <attn|mlp>.<name>
-    targets = sorted({".".join(k.split(".")[-3:-1]) for k in downs})
+    targets = sorted({t for names in _adapter_targets(parts).values() for t in names})
     return LoraConfig(rank=ranks.pop(), alpha=alpha, targets=tuple(targets))
 
 
@@ -152,8 +171,9 @@ def apply_parts(model: torch.nn.Module, parts: dict[str, torch.Tensor], source: 
 def install_parts(model: torch.nn.Module, parts: dict[str, torch.Tensor], alpha: float | None,
                   source: str) -> None:
     """`apply_parts` on an un-adapted `model`, in place: with LoRA factors among `parts`
-    (`parts_lora`), the decoder is adapted first and the adapters are then merged into its
-    weights, so `model` keeps its plain architecture and key names.
+    (`parts_lora`), each part they adapt (encoder, decoder) gets adapters on exactly their
+    layers first, and the adapters are then merged into its weights, so `model` keeps its
+    plain architecture and key names.
 
     Raises:
         CheckpointError: as `apply_parts` and `parts_lora` do.
@@ -162,7 +182,8 @@ def install_parts(model: torch.nn.Module, parts: dict[str, torch.Tensor], alpha:
 
     lora = parts_lora(parts, alpha, source)
     if lora is not None:
-        apply_lora(model.decoder, lora, prefix="decoder")
+        for part, targets in _adapter_targets(parts).items():
+            apply_lora(getattr(model, part), replace(lora, targets=targets), prefix=part)
     apply_parts(model, parts, source)
     merge_lora(model)
 
@@ -304,8 +325,9 @@ def train_parts(data: Path, work: Path, out: Path, overrides: tuple[str, ...] = 
         out: where the trained tensors go (safetensors).
         overrides: ``key=value`` recipe overrides (tests shorten the run).
         log: progress messages.
-        recipe: the stage config (`RECIPE`: stage 1; `SENTENCE_RECIPE` or `LORA_RECIPE`: a
-            second stage; a LoRA recipe's parts carry the adapters unmerged, with their alpha).
+        recipe: the stage config (`RECIPE`: stage 1; `SENTENCE_RECIPE`, `LORA_RECIPE` or
+            `ENCODER_RECIPE`: a second stage; a LoRA recipe's parts carry the adapters
+            unmerged, with their alpha).
         start: trained parts to start from (`extract_parts`' layout, not hash-checked: a
             file this process just wrote), or None (the untrained model, `init_from_parts`).
         sentences: a `lalm.synth.sentences` folder, the recipe's second manifest (stage 2).
@@ -338,7 +360,7 @@ def train_parts(data: Path, work: Path, out: Path, overrides: tuple[str, ...] = 
         raise ConfigError(f"{recipe}: the recipe must export (run.export: true)")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
-    if config.parts.decoder == "lora":  # the adapters unmerged, from the last checkpoint
+    if config.parts.uses_lora():  # the adapters unmerged, from the last checkpoint
         state = torch.load(result.checkpoint / "model.pt", map_location="cpu",
                            weights_only=True)
         save_file(extract_parts(state), str(partial), {"lora_alpha": str(config.lora.alpha)})
@@ -365,6 +387,18 @@ def _distill_chat(init: Path, out: Path, count: int | None) -> dict[str, Any]:
     facts = distill_chat(init_from_parts(init), out, prompts)
     shutil.rmtree(init, ignore_errors=True)
     return facts
+
+
+def _what(parts: Path) -> str:
+    """The model card's one-line description of the model that `parts` make."""
+    adapted = _adapter_targets(read_parts(parts, None))
+
+    def state(part: str) -> str:
+        return "LoRA-adapted, merged" if part in adapted else "frozen"
+
+    return (f"Whisper tiny.en encoder ({state('encoder')}) -> a projector trained by lalm's "
+            f"smollm_model recipes on lalm-synth (Piper and eSpeak speech, sounds, music) -> "
+            f"SmolLM2-135M-Instruct (from its GGUF file; {state('decoder')})")
 
 
 def _test_items(manifest: Path) -> list[dict[str, Any]]:
@@ -395,7 +429,7 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
                        speech_size: str = SPEECH_SIZE,
                        sentences: tuple[int, int] = SENTENCES,
                        sentence_stage: bool = False, lora_stage: bool = False,
-                       chat_size: int | None = None) -> Path:
+                       encoder_stage: bool = False, chat_size: int | None = None) -> Path:
     """Assemble (or, with `retrain`, train by `RECIPE` and assemble) the model, evaluate it on
     the lalm-synth test split and publish it at `target` with its card (`lalm.demo.CARD`).
 
@@ -410,7 +444,10 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
         lora_stage: with `retrain`, then train the LoRA stage (`LORA_RECIPE`) from stage 1's
             parts on stage 1's items, the spoken sentences and self-distilled text chat
             (`lalm.smollm_chat`: SmolLM2-Instruct's own answers to prompts that are not the
-            chat bar's). Not with `sentence_stage`.
+            chat bar's).
+        encoder_stage: with `retrain`, then train the encoder stage (`ENCODER_RECIPE`: LoRA on
+            the Whisper encoder with the projector, the decoder frozen) from stage 1's parts on
+            stage 1's items and the spoken sentences. At most one of the three second stages.
         chat_size: with `lora_stage`, the self-distilled prompts (None: the whole pool, less
             the chat bar's questions).
         overrides: ``key=value`` recipe overrides (with `retrain`).
@@ -436,9 +473,11 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
     from lalm.synth import generate
     from lalm.synth.sentences import make_sentence_speech
 
-    if sentence_stage and lora_stage:
-        raise ConfigError("build_smollm_model: sentence_stage and lora_stage are two second "
-                          "stages from stage 1's parts; choose one")
+    seconds = {SENTENCE_RECIPE: sentence_stage, LORA_RECIPE: lora_stage,
+               ENCODER_RECIPE: encoder_stage}
+    if sum(seconds.values()) > 1:
+        raise ConfigError("build_smollm_model: sentence_stage, lora_stage and encoder_stage "
+                          "are second stages from stage 1's parts; choose one")
     target = Path(target) if target is not None else smollm_model_dir()
     work = target.with_name(target.name + ".work")
     if data is None:
@@ -449,7 +488,7 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
     generate(data, synth_size, 0, list(synth_tasks) if synth_tasks else None)
     times["data_s"] = time.perf_counter() - t
     parts, sha256 = PARTS, PARTS_SHA256
-    second = SENTENCE_RECIPE if sentence_stage else LORA_RECIPE if lora_stage else None
+    second = next((recipe for recipe, on in seconds.items() if on), None)
     training = json.loads(PARTS_CARD.read_text(encoding="utf-8"))
     if retrain:
         recipes = RECIPE.name + (f", then {second.name}" if second else "")
@@ -507,11 +546,7 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
     model = pipe.model
     card = {
         "name": NAME,
-        "what": "Whisper tiny.en encoder (frozen) -> a projector trained by lalm's "
-                "smollm_model recipe on lalm-synth (Piper and eSpeak speech, sounds, music) -> "
-                "SmolLM2-135M-Instruct (from its GGUF file; "
-                + ("LoRA trained by smollm_model_lora, merged)" if read_parts_alpha(parts)
-                   is not None else "frozen)"),
+        "what": _what(parts),
         "spec": {"recipe": [str(RECIPE)] + ([str(second)] if retrain and second else []),
                  "parts": str(parts),
                  "parts_sha256": sha256,

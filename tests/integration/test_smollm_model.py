@@ -106,3 +106,32 @@ def test_the_lora_stage_ships_its_adapters_merged(built_lora: Path, tmp_path: Pa
     key = "language_model.model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(merged[key], base[key])
     assert torch.equal(merged["audio_tower.conv1.weight"], base["audio_tower.conv1.weight"])
+
+
+@pytest.fixture(scope="module")
+def built_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build_tiny(tmp_path_factory, "smollm-encoder", 2, encoder_stage=True)
+
+
+def test_the_encoder_stage_ships_its_adapters_merged_into_the_encoder(
+        built_encoder: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    card = json.loads((built_encoder / CARD).read_text())
+    assert card["spec"]["recipe"] == [str(sm.RECIPE), str(sm.ENCODER_RECIPE)]
+    assert "encoder (LoRA-adapted, merged)" in card["what"]
+    assert "GGUF file; frozen" in card["what"]
+    parts = sm.read_parts(Path(card["spec"]["parts"]), card["spec"]["parts_sha256"])
+    assert all(k.startswith(("encoder.", "projector.")) or k.endswith(".new_rows")
+               for k in parts)
+    lora = sm.parts_lora(parts, sm.read_parts_alpha(Path(card["spec"]["parts"])), "parts")
+    assert lora is not None and lora.rank == 16 and len(lora.targets) == 6
+    # the plain architecture; the encoder's weights moved, the decoder's are SmolLM2's own
+    merged = load_file(str(built_encoder / "model.safetensors"))
+    base = load_file(str(sm.init_from_parts(tmp_path / "init") / "model.safetensors"))
+    assert set(merged) == set(base)
+    assert not torch.equal(merged["audio_tower.layers.0.self_attn.q_proj.weight"],
+                           base["audio_tower.layers.0.self_attn.q_proj.weight"])
+    assert all(torch.equal(merged[k], base[k]) for k in base
+               if k.startswith("language_model.") and "embed_tokens" not in k
+               and "lm_head" not in k)

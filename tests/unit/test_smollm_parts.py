@@ -129,11 +129,20 @@ def test_english_asr_manifest_holds_the_english_test_speech_only(tmp_path: Path)
     assert out[1]["audios"][0]["path"] == "audio/test/srwt/2.wav"
 
 
-def _adapted(seed: int) -> torch.nn.Module:
-    """A random model whose decoder carries trained-looking (non-zero) LoRA adapters."""
+#: LoRA layouts of the parts files: the decoder's (the LoRA stage), the encoder's (the encoder
+#: stage) and both at once; the targets of each part, as `sm.parts_lora` reports them.
+ADAPTED = {"decoder": {"decoder": ("attn.q", "mlp.down")},
+           "encoder": {"encoder": ("attn.query", "mlp.2")},
+           "both": {"decoder": ("attn.q", "mlp.down"), "encoder": ("attn.query", "mlp.2")}}
+
+
+def _adapted(seed: int, layout: str = "decoder") -> torch.nn.Module:
+    """A random model whose parts of `layout` (`ADAPTED`) carry trained-looking (non-zero)
+    LoRA adapters."""
     model = random_model(seed=seed)
-    apply_lora(model.decoder, LoraConfig(rank=4, alpha=8.0, targets=("attn.q", "mlp.down")),
-               prefix="decoder")
+    for part, targets in ADAPTED[layout].items():
+        apply_lora(getattr(model, part), LoraConfig(rank=4, alpha=8.0, targets=targets),
+                   prefix=part)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(".lora_b"):
@@ -141,22 +150,30 @@ def _adapted(seed: int) -> torch.nn.Module:
     return model
 
 
-def test_lora_parts_install_as_the_merged_decoder_of_the_trained_model() -> None:
-    trained, fresh = _adapted(seed=1), random_model(seed=1)
+@pytest.mark.parametrize("layout", sorted(ADAPTED))
+def test_lora_parts_install_as_the_merged_parts_of_the_trained_model(layout: str) -> None:
+    trained, fresh = _adapted(seed=1, layout=layout), random_model(seed=1)
     parts = sm.extract_parts(trained.state_dict())
     adapters = {k for k in parts if k.endswith((".lora_a", ".lora_b"))}
-    assert len(adapters) == 2 * 2 * trained.config.decoder.n_layer
+    n_layer = {"decoder": trained.config.decoder.n_layer,
+               "encoder": trained.config.encoder.n_layer}
+    assert len(adapters) == sum(2 * 2 * n_layer[part] for part in ADAPTED[layout])
+    targets = sorted({t for names in ADAPTED[layout].values() for t in names})
     assert sm.parts_lora(parts, 8.0, "t") == LoraConfig(rank=4, alpha=8.0,
-                                                       targets=("attn.q", "mlp.down"))
+                                                       targets=tuple(targets))
     sm.install_parts(fresh, parts, 8.0, "t")
     merge_lora(trained)
     assert set(fresh.state_dict()) == set(trained.state_dict())  # plain layers, plain names
     for key, value in trained.state_dict().items():
         assert torch.allclose(fresh.state_dict()[key], value, atol=1e-6), key
-    # the adapters did change the decoder: the base model is not what was installed
+    # the adapters did change each adapted part, and only its targeted layers
     base = random_model(seed=1).state_dict()
-    assert not torch.allclose(base["decoder.layers.0.attn.q.weight"],
-                              fresh.state_dict()["decoder.layers.0.attn.q.weight"])
+    changed = {k for k, v in fresh.state_dict().items() if not torch.equal(v, base[k])}
+    stack = {"decoder": "layers", "encoder": "blocks"}
+    assert {k for k in changed if not k.startswith(("projector.", "decoder.embed.",
+                                                    "decoder.lm_head."))} == {
+        f"{part}.{stack[part]}.{i}.{t}.weight" for part, names in ADAPTED[layout].items()
+        for i in range(n_layer[part]) for t in names}
 
 
 def test_lora_parts_need_their_alpha_and_an_adapted_model(tmp_path: Path) -> None:
