@@ -473,9 +473,9 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
     from lalm.synth import generate
     from lalm.synth.sentences import make_sentence_speech
 
-    seconds = {SENTENCE_RECIPE: sentence_stage, LORA_RECIPE: lora_stage,
-               ENCODER_RECIPE: encoder_stage}
-    if sum(seconds.values()) > 1:
+    second_stages = {SENTENCE_RECIPE: sentence_stage, LORA_RECIPE: lora_stage,
+                     ENCODER_RECIPE: encoder_stage}
+    if sum(second_stages.values()) > 1:
         raise ConfigError("build_smollm_model: sentence_stage, lora_stage and encoder_stage "
                           "are second stages from stage 1's parts; choose one")
     target = Path(target) if target is not None else smollm_model_dir()
@@ -488,7 +488,7 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
     generate(data, synth_size, 0, list(synth_tasks) if synth_tasks else None)
     times["data_s"] = time.perf_counter() - t
     parts, sha256 = PARTS, PARTS_SHA256
-    second = next((recipe for recipe, on in seconds.items() if on), None)
+    second = next((recipe for recipe, on in second_stages.items() if on), None)
     training = json.loads(PARTS_CARD.read_text(encoding="utf-8"))
     if retrain:
         recipes = RECIPE.name + (f", then {second.name}" if second else "")

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from lalm import smollm_model as sm
-from lalm.errors import CheckpointError
+from lalm.errors import CheckpointError, ConfigError
 from lalm.testing.models import random_model
 from lalm.training import TrainConfig
 from lalm.training.lora import apply_lora, merge_lora
@@ -188,3 +188,10 @@ def test_lora_parts_need_their_alpha_and_an_adapted_model(tmp_path: Path) -> Non
     save_file(sm.extract_parts(random_model().state_dict()), str(path))
     assert sm.read_parts_alpha(path) is None
     assert sm.parts_lora(sm.read_parts(path, None), None, "p.st") is None
+
+
+def test_only_one_second_stage_can_be_asked_for(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="choose one"):
+        sm.build_smollm_model(tmp_path / "m", retrain=True, sentence_stage=True,
+                              encoder_stage=True, data=tmp_path / "data")
+    assert not (tmp_path / "data").exists()  # refused before any work
