@@ -14,8 +14,8 @@ own items (`lalm.testing.real_speech`'s 10 clips and the 55 held-out synthetic E
   embedding of a space up to the clip's row count) or ``stretch`` (each token repeated evenly
   over the clip's rows, as speech spreads over time); the prompt is the training one.
 
-Any model folder with the SmolLM2 decoder frozen gives the same figures (the decoder is all
-that is measured; the audio slot's BOS/EOS rows are the model's). Prints the figures and writes
+The text figures are the same for any model folder whose SmolLM2 decoder is frozen; the
+embedding figures also depend on the model's audio BOS/EOS rows around the slot. Prints the figures and writes
 them as JSON (`--out`).
 """
 
