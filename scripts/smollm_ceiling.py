@@ -15,8 +15,8 @@ own items (`lalm.testing.real_speech`'s 10 clips and the 55 held-out synthetic E
   over the clip's rows, as speech spreads over time); the prompt is the training one.
 
 The text figures are the same for any model folder whose SmolLM2 decoder is frozen; the
-embedding figures also depend on the model's audio BOS/EOS rows around the slot. Prints the figures and writes
-them as JSON (`--out`).
+embedding figures also depend on the model's audio BOS/EOS rows around the slot. Prints the
+figures and writes them as JSON (`--out`).
 """
 
 from __future__ import annotations
