@@ -19,6 +19,7 @@ from torch import Tensor
 
 from lalm.checkpoint.formats import CheckpointFormat, detect_format
 from lalm.checkpoint.hf_json import read_json
+from lalm.checkpoint.peft import load_audio_adapter
 from lalm.checkpoint.quantized import from_disk
 from lalm.checkpoint.safetensors_io import read_checkpoint_dir
 from lalm.config import ModelConfig, resolve_precision
@@ -113,6 +114,8 @@ def load_model(
     Returns:
         The model in eval mode on `device`: Linear and Embedding weights in the resolved
         weight dtype, everything else in the compute dtype (the same dtype unless upcast).
+        A folder's `lalm.checkpoint.peft.AUDIO_ADAPTER` (gated adapters) is applied to it;
+        the adapted layers are not quantised (int8/int4 leave them float).
 
     Raises:
         PrecisionError: an unknown precision, or `precision` and `dtype` both given.
@@ -142,6 +145,7 @@ def load_model(
             state[name] = tensor.to(device=device)
     model.load_state_dict(state, strict=True, assign=True)
     del state
+    load_audio_adapter(model, directory)
     saved_quantised = any(isinstance(m, QuantizedLinear) for m in model.modules())
     if target.quant and not saved_quantised:  # weight-only int8/int4 decoder; each float
         quantize_model(model, target.quant)  # weight it replaces is freed

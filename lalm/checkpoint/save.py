@@ -26,10 +26,11 @@ import torch
 
 from lalm.checkpoint.formats import FORMATS, native_format
 from lalm.checkpoint.load import CONFIG_FILE
+from lalm.checkpoint.peft import AUDIO_ADAPTER, save_audio_adapter
 from lalm.checkpoint.quantized import QUANT_KEY, quantization_config, to_disk
 from lalm.checkpoint.safetensors_io import write_checkpoint_dir, write_json
-from lalm.errors import CheckpointError
 from lalm.config import ModelConfig
+from lalm.errors import CheckpointError
 from lalm.model import AudioLanguageModel
 from lalm.tokenizer import Tokenizer, load_tokenizer
 
@@ -76,14 +77,19 @@ def save_model(
 
     Raises:
         CheckpointError: unknown or read-only format, or a model the format cannot express.
+
+    A decoder with gated adapters (`lalm.model.lora.gate_adapters`) is written as its base
+    weights plus the adapters in PEFT's format (`lalm.checkpoint.peft.AUDIO_ADAPTER`).
     """
     format = format or native_format(model.config)
     fmt = FORMATS.get(format)
     if fmt is None or fmt.from_lalm is None or fmt.config_to_hf is None:
         writable = sorted(name for name, f in FORMATS.items() if f.from_lalm is not None)
         raise CheckpointError(f"cannot save format {format!r}; writable formats: {writable}")
+    gated = model.decoder.adapter_gate is not None  # its adapters go to AUDIO_ADAPTER
     state = {name: t if dtype is None or not t.is_floating_point() else t.to(dtype)
-             for name, t in model.state_dict().items()}  # int8 codes stay int8
+             for name, t in model.state_dict().items()  # int8 codes stay int8
+             if not (gated and name.endswith((".lora_a", ".lora_b")))}
     if model.config.decoder.tie_embeddings:  # stored once, as the embedding (as HF does)
         del state["decoder.lm_head.weight"]
     weight_dtype = dtype or model.decoder.embed.weight.dtype
@@ -105,6 +111,10 @@ def save_model(
             hf_config["audio_token_index"] = tokenizer.audio_pad_id  # 151646 in Qwen's BPE
             written.append(directory / GENERATION_CONFIG)
             write_json(written[-1], generation_config(tokenizer, decoding))
+    if gated:
+        written += save_audio_adapter(model, directory)
+    else:  # an earlier save's adapters must not gate this model
+        shutil.rmtree(directory / AUDIO_ADAPTER, ignore_errors=True)
     config_path = directory / CONFIG_FILE
     write_json(config_path, hf_config)
     return [*written, config_path]

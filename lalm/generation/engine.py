@@ -25,6 +25,11 @@ the engine's prefix rows (``prefix_slots``, least recently used first out): thos
 copied and only the rest of its prompt is prefilled. The KV of a prefix does not depend on what
 follows it, so the tokens are those of a full prefill (tested).
 
+Gated adapters (`lalm.model.lora.gate_adapters`): each sequence says whether the model's
+adapters act on it (``adapted``, the pipeline's "its prompt holds audio"); every forward hands
+the decoder its rows' flags, and a prefix is shared only between sequences of one flag (its KV
+differs between the two).
+
 Beam search does not run here (its beams of one prompt reorder each other's caches every
 step): `lalm.generation.generate.beam_search` keeps its own loop.
 
@@ -190,8 +195,9 @@ class Generation:
     def __init__(self, embeds: Tensor, ids: Tensor, options: GenerationOptions,
                  stop_ids: Sequence[int], seed: int | None, keys: Sequence[Hashable] | None,
                  top_logprobs: int | None, text: TextStream | None,
-                 on_event: Callable[[Event], None] | None) -> None:
+                 on_event: Callable[[Event], None] | None, adapted: bool = False) -> None:
         self.embeds, self.ids = embeds, ids  # [S, D], [S]
+        self.adapted = adapted  # gated adapters act on it
         self.options = options
         self.stop_ids = tuple(stop_ids)
         self.seed = seed
@@ -243,6 +249,7 @@ class _Prefix:
     keys: list[Hashable]
     key_cols: list[int]
     used: float
+    adapted: bool  # computed with gated adapters acting (`Generation.adapted`)
 
 
 @dataclass
@@ -345,7 +352,8 @@ class Engine:
     def submit(self, embeds: Tensor, ids: Tensor, options: GenerationOptions,
                stop_ids: Sequence[int], seed: int | None = None,
                keys: Sequence[Hashable] | None = None, top_logprobs: int | None = None,
-               on_event: Callable[[Event], None] | None = None) -> Generation:
+               on_event: Callable[[Event], None] | None = None,
+               adapted: bool | None = None) -> Generation:
         """Queue a sequence; it joins at the next step with a free slot.
 
         Args:
@@ -360,6 +368,8 @@ class Engine:
             top_logprobs: record each token's log-probability and this many alternatives
                 (0..20) in ``result.token_logprobs``; None: not recorded.
             on_event: called with each `Event` (from the thread that steps the engine).
+            adapted: whether the model's gated adapters act on it (module docstring); needed
+                for a model with them, ignored without.
 
         Returns:
             Its `Generation`.
@@ -367,7 +377,8 @@ class Engine:
         Raises:
             GenerationError: beam search options, an empty prompt, a prompt +
                 max_new_tokens beyond ``max_seq_len``, stop sequences without a decoder,
-                keys or top_logprobs that do not fit.
+                keys or top_logprobs that do not fit, or a model with gated adapters and no
+                ``adapted``.
         """
         if options.num_beams > 1:
             raise GenerationError("the engine does not beam search; use beam_search")
@@ -383,10 +394,14 @@ class Engine:
         if top_logprobs is not None and not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
             raise GenerationError(f"top_logprobs must lie in 0..{MAX_TOP_LOGPROBS}, got "
                                   f"{top_logprobs}")
+        gated = self.model.decoder.adapter_gate is not None
+        if gated and adapted is None:
+            raise GenerationError("this model's LoRA adapters act on some sequences only: say "
+                                  "whether they act on this one (adapted=)")
         text = None if self.decode is None else TextStream(self.decode, options.stop_sequences)
         gen = Generation(embeds, ids, options, stop_ids,
                          options.seed if seed is None else seed, keys, top_logprobs, text,
-                         on_event)
+                         on_event, gated and bool(adapted))
         with self._lock:
             self._waiting.append(gen)
         return gen
@@ -421,14 +436,17 @@ class Engine:
     # ------------------------------------------------------------------ the step's parts
 
     def _forward(self, first_row: int, embeds: Tensor, input_pos: Tensor,
-                 token_mask: Tensor | None = None) -> Tensor:
-        """Decoder forward on cache rows ``first_row ..``: [B, V] float32 last logits."""
+                 adapted: Sequence[bool], token_mask: Tensor | None = None) -> Tensor:
+        """Decoder forward on cache rows ``first_row ..`` of sequences with [B] `adapted`
+        flags: [B, V] float32 last logits."""
         assert self.cache is not None
         decoder = self.model.decoder
         self.cache.use_rows(first_row, first_row + embeds.shape[0])
         decoder.cache = self.cache
+        adapter_mask = torch.tensor(adapted, device=embeds.device)
         try:
-            return decoder(embeds, input_pos, token_mask, output="last_logits")
+            return decoder(embeds, input_pos, token_mask, output="last_logits",
+                           adapter_mask=adapter_mask)
         finally:
             decoder.cache = None
 
@@ -449,11 +467,13 @@ class Engine:
             self.cache.grow(rows, min(width, self.max_seq_len))
         return self.cache
 
-    def _candidates(self) -> list[tuple[int, list[Hashable], list[int]]]:
-        """(cache row, keys, key columns) of every row a newcomer may copy a prefix from."""
-        out = [(i, p.keys, p.key_cols) for i, p in enumerate(self._prefixes) if p is not None]
+    def _candidates(self, adapted: bool) -> list[tuple[int, list[Hashable], list[int]]]:
+        """(cache row, keys, key columns) of every row a newcomer of flag `adapted` may copy a
+        prefix from."""
+        out = [(i, p.keys, p.key_cols) for i, p in enumerate(self._prefixes)
+               if p is not None and p.adapted == adapted]
         out += [(self.prefix_slots + i, r.keys, r.key_cols) for i, r in enumerate(self._rows)
-                if r.keys is not None]
+                if r.keys is not None and r.gen.adapted == adapted]
         return out
 
     def _find_prefix(self, gen: Generation) -> tuple[int, int, int]:
@@ -463,7 +483,7 @@ class Engine:
         limit = gen.prompt_tokens - 1  # the last prompt token is prefilled: it gives logits
         best = (0, -1, 0)
         base = None
-        for row, keys, cols in self._candidates():
+        for row, keys, cols in self._candidates(gen.adapted):
             n = _common_prefix(gen.keys, keys, limit)
             if n < max(MIN_PREFIX_TOKENS, best[0] + 1):
                 continue
@@ -525,7 +545,8 @@ class Engine:
         lengths = torch.tensor([g.prompt_tokens for g, _, _, _ in batch], device=device)
         cache.use_rows(first, first + len(batch))
         cache.rope_base = self.model.decoder.rope_base(lengths)
-        logits = self._forward(first, embeds, input_pos, mask)
+        logits = self._forward(first, embeds, input_pos, [g.adapted for g, _, _, _ in batch],
+                               mask)
         vocab = logits.shape[-1]
         for i, (gen, reused, source, copied) in enumerate(batch):
             new = gen.prompt_tokens - reused
@@ -624,13 +645,15 @@ class Engine:
         for j, prefix in enumerate(self._prefixes):
             if prefix is None:
                 slot = j if slot is None else slot
-            elif _common_prefix(prefix.keys, row.keys, len(prefix.keys)) == len(prefix.keys):
+            elif prefix.adapted == row.gen.adapted and \
+                    _common_prefix(prefix.keys, row.keys, len(prefix.keys)) == len(prefix.keys):
                 slot = j  # it extends a kept prefix: replace that one
                 break
         if slot is None:
             slot = min(range(self.prefix_slots), key=lambda j: self._prefixes[j].used)  # type: ignore[union-attr]
         self.cache.copy_row(self.prefix_slots + i, slot)
-        self._prefixes[slot] = _Prefix(list(row.keys), list(row.key_cols), time.monotonic())
+        self._prefixes[slot] = _Prefix(list(row.keys), list(row.key_cols), time.monotonic(),
+                                       row.gen.adapted)
 
     def _drop(self, gone: list[bool], retain: bool) -> None:
         """Remove rows (finished or cancelled), filling their slots from the end (steps 1, 4)."""
@@ -665,7 +688,8 @@ class Engine:
         positions = torch.tensor([[r.pos] for r in self._rows], device=device)
         first = self.prefix_slots
         columns = self.cache.lengths[first:first + len(self._rows)]
-        self._logits = self._forward(first, self.model.decoder.embed(tokens), positions)
+        self._logits = self._forward(first, self.model.decoder.embed(tokens), positions,
+                                     [r.gen.adapted for r in self._rows])
         for row, column in zip(self._rows, columns):
             row.pos += 1
             if row.keys is not None:

@@ -33,11 +33,14 @@ class PromptBatch:
         ids: [B, S] int64 token ids (pad ids where `token_mask` is False).
         token_mask: [B, S] bool, True for real tokens; every row's last column is real.
         embeds: [B, S, D] input embeddings in the model dtype (audio rows spliced in).
+        adapted: [B] bool, the rows a model's gated adapters act on (`lalm.model.lora`: the
+            rows holding audio); None: not said (a model with gated adapters refuses it).
     """
 
     ids: Tensor
     token_mask: Tensor
     embeds: Tensor
+    adapted: Tensor | None = None
 
     @property
     def lengths(self) -> Tensor:
@@ -78,13 +81,16 @@ def _prefill(model: AudioLanguageModel, prompt: PromptBatch, columns: int) -> Te
     """Set up a cache of `columns` columns and run the prompts: [B, V] float32 last logits."""
     model.decoder.setup_caches(prompt.ids.shape[0], columns)
     return model.decoder(prompt.embeds, positions_from_mask(prompt.token_mask),
-                         prompt.token_mask, output="last_logits")
+                         prompt.token_mask, output="last_logits", adapter_mask=prompt.adapted)
 
 
-def _step(model: AudioLanguageModel, tokens: Tensor, input_pos: Tensor) -> Tensor:
-    """Feed one token per row at `input_pos` [B]: [B, V] float32 next logits."""
+def _step(model: AudioLanguageModel, tokens: Tensor, input_pos: Tensor,
+          adapted: Tensor | None) -> Tensor:
+    """Feed one token per row at `input_pos` [B] (gated adapters acting on [B] `adapted`):
+    [B, V] float32 next logits."""
     embeds = model.decoder.embed(tokens[:, None])
-    return model.decoder(embeds, input_pos[:, None], output="last_logits")
+    return model.decoder(embeds, input_pos[:, None], output="last_logits",
+                         adapter_mask=adapted)
 
 
 def _banned(options: GenerationOptions, stop_ids: Sequence[int], n_done: int) -> list[int]:
@@ -132,8 +138,10 @@ def generate(
     if len(seeds) != batch:
         raise GenerationError(f"{len(seeds)} seeds for a batch of {batch} prompts")
     engine = Engine(model, decode, slots=batch)
+    adapted = [None] * batch if prompt.adapted is None else prompt.adapted.tolist()
     gens = [engine.submit(prompt.embeds[b][prompt.token_mask[b]],
-                          prompt.ids[b][prompt.token_mask[b]], options, stop_ids, seed)
+                          prompt.ids[b][prompt.token_mask[b]], options, stop_ids, seed,
+                          adapted=adapted[b])
             for b, seed in enumerate(seeds)]
     engine.run(gens)
     return [g.result for g in gens]
@@ -176,6 +184,7 @@ def beam_search(
     seen = _seen_mask(prompt, vocab) if options.repetition_penalty != 1.0 else None
     expand = torch.arange(batch, device=prompt.ids.device).repeat_interleave(beams)  # [B*K]
     input_pos = prompt.lengths[expand]
+    adapted = None if prompt.adapted is None else prompt.adapted[expand]  # beams keep their row's
     # 1. beam k of prompt b lives in row b * K + k; all start from the prompt, and only beam 0
     #    may extend at the first step (the others are its copies)
     scores = torch.full((batch, beams), float("-inf"), device=prompt.ids.device)
@@ -237,7 +246,7 @@ def beam_search(
             if seen is not None:
                 seen = seen[rows]
                 seen[torch.arange(batch * beams), chosen] = True
-            logits = _step(model, chosen, input_pos)
+            logits = _step(model, chosen, input_pos, adapted)
             input_pos += 1
     finally:
         model.decoder.clear_caches()

@@ -453,7 +453,8 @@ class Pipeline:
             else:
                 embeds = model.embed_prompt(ids, [x.to(device) for x in rows],
                                             torch.isin(ids, slots) & mask)
-        return PromptBatch(ids=ids, token_mask=mask, embeds=embeds), keys
+        adapted = torch.tensor([bool(r.prompt.audios) for r in requests], device=device)
+        return PromptBatch(ids=ids, token_mask=mask, embeds=embeds, adapted=adapted), keys
 
     def submit(self, requests: Sequence[Request], options: Sequence[GenerationOptions],
                top_logprobs: Sequence[int | None] | None = None,
@@ -486,7 +487,8 @@ class Pipeline:
             gens.append(self.engine.submit(
                 batch.embeds[b][real], batch.ids[b][real], option, self.stop_ids(option),
                 keys=keys[b], top_logprobs=None if top_logprobs is None else top_logprobs[b],
-                on_event=None if on_event is None else on_event[b]))
+                on_event=None if on_event is None else on_event[b],
+                adapted=bool(batch.adapted[b])))
         return gens
 
     def stop_ids(self, options: GenerationOptions) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ Shape alphabet: B batch, S positions, K keys, D width, V vocab, H heads.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 import torch
@@ -34,6 +35,7 @@ from lalm.model.layers import (
     rope_cos_sin,
     rope_inv_freq,
 )
+from lalm.model.lora import AdapterGate
 from lalm.model.upcast import stream_bf16
 
 DecoderOutput = Literal["logits", "last_logits", "hidden"]
@@ -176,6 +178,9 @@ class TextDecoder(nn.Module):
             # loading (assign=True) gives each name its own Parameter: share them again
             self.register_load_state_dict_post_hook(lambda module, _keys: module.tie_weights())
         self.cache: KVCache | None = None
+        # set by lalm.model.lora.gate_adapters: the blocks' adapters act where a forward's
+        # adapter_mask says
+        self.adapter_gate: AdapterGate | None = None
 
     def tie_weights(self) -> None:
         """Make `lm_head` use the embedding's weight (tied configs only)."""
@@ -271,6 +276,7 @@ class TextDecoder(nn.Module):
         token_mask: Tensor | None = None,
         output: DecoderOutput = "logits",
         segment_ids: Tensor | None = None,
+        adapter_mask: Tensor | None = None,
     ) -> Tensor:
         """Run the decoder over new positions (all of them, or the next ones after the cache).
 
@@ -286,13 +292,16 @@ class TextDecoder(nn.Module):
                 tokens of its own segment; `input_pos` restart at 0 in each segment. Under
                 dynamic NTK every segment must be at most `train_seq_len` long (its alpha is
                 then 1, as alone).
+            adapter_mask: where gated adapters act (`adapter_gate`; needed with one, ignored
+                without): [B] bool per row, or [B, S] per position (packed rows).
 
         Returns:
             See `output`.
 
         Raises:
             ValueError: mismatched shapes, a batch/length the KV cache cannot take, segments
-                with a KV cache, or a segment too long for dynamic NTK.
+                with a KV cache, a segment too long for dynamic NTK, or gated adapters
+                without an adapter_mask.
         """
         batch, seq, dim = embeds.shape
         mrope_pos = None
@@ -332,9 +341,16 @@ class TextDecoder(nn.Module):
         if self.config.logn_attn:
             q_scale = logn_scale(input_pos, self.config.train_seq_len)
 
+        gated = contextlib.nullcontext()
+        if self.adapter_gate is not None:
+            if adapter_mask is None:
+                raise ValueError("this decoder's LoRA adapters are gated: pass adapter_mask "
+                                 "(the rows, or positions, they act on)")
+            gated = self.adapter_gate.acting_on(adapter_mask)
         x = embeds
-        for index, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, q_scale, cache, index)
+        with gated:
+            for index, layer in enumerate(self.layers):
+                x = layer(x, cos, sin, mask, q_scale, cache, index)
         if cache is not None:
             cache.advance(seq)
         if output == "hidden":

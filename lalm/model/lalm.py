@@ -50,6 +50,19 @@ class ModelOutput:
     loss: Tensor | None
 
 
+def audio_rows_mask(audio_slot_mask: Tensor, segment_ids: Tensor | None = None) -> Tensor:
+    """Which sequences hold audio: [B] bool per row, or with [B, S] int64 `segment_ids`
+    (packed rows) [B, S] bool per position, True where its segment holds an audio slot.
+
+    Args:
+        audio_slot_mask: [B, S] bool audio slots.
+    """
+    if segment_ids is None:
+        return audio_slot_mask.any(dim=1)
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, S, S]
+    return (same & audio_slot_mask[:, None, :]).any(dim=2)
+
+
 class AudioLanguageModel(nn.Module):
     """Encoder, projector and decoder with the narrow protocol generation needs:
     `embed_audio`, `embed_prompt`, `decoder.setup_caches`, `decoder(embeds, input_pos, ...)`."""
@@ -144,7 +157,8 @@ class AudioLanguageModel(nn.Module):
 
         Returns:
             `ModelOutput` with logits ([B, S, V]; [B, V] for "last_logits"; [N, V] for "targets";
-            float32) and the loss when labels are given.
+            float32) and the loss when labels are given. Gated decoder adapters
+            (`lalm.model.lora.gate_adapters`) act on the rows (segments) holding audio.
         """
         if labels is not None and output not in ("logits", "targets"):
             raise ValueError("a loss needs output='logits' or 'targets'")
@@ -168,13 +182,19 @@ class AudioLanguageModel(nn.Module):
             input_pos = positions_from_mask(token_mask)
         else:
             input_pos = positions_from_segments(segment_ids, token_mask)
+        adapter_mask = None
+        if self.decoder.adapter_gate is not None:  # gated adapters act where audio is
+            audio = torch.zeros_like(token_mask) if audio_slot_mask is None or \
+                (features is None and encoder_states is None) else audio_slot_mask
+            adapter_mask = audio_rows_mask(audio, segment_ids)
         if output == "targets" and labels is not None:
             hidden = self.decoder(embeds, input_pos, token_mask, output="hidden",
-                                  segment_ids=segment_ids)
+                                  segment_ids=segment_ids, adapter_mask=adapter_mask)
             keep = labels[:, 1:] != IGNORE_INDEX  # [B, S - 1]: position s predicts s + 1
             logits = self.decoder.lm_head(hidden[:, :-1][keep]).float()  # [N, V]
             return ModelOutput(logits=logits, loss=F.cross_entropy(logits, labels[:, 1:][keep]))
-        logits = self.decoder(embeds, input_pos, token_mask, output=output, segment_ids=segment_ids)
+        logits = self.decoder(embeds, input_pos, token_mask, output=output,
+                              segment_ids=segment_ids, adapter_mask=adapter_mask)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(

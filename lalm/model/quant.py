@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from lalm import kernels
 from lalm.model.decoder import TextDecoder
 from lalm.model.lalm import AudioLanguageModel
+from lalm.model.lora import LoRALinear
 
 #: Largest magnitude of a symmetric int8 code (-127..127; -128 is never used).
 INT8_MAX = 127
@@ -436,7 +437,8 @@ def quantize_model(model: AudioLanguageModel | TextDecoder, scheme: str = "int8"
     The encoder, projector, embedding and norms keep their dtype (module docstring). Works on
     a meta-device model too (then the code buffers are meta, to be filled by
     `load_state_dict(assign=True)` from a saved quantised checkpoint). Modules already in
-    their scheme are left as they are.
+    their scheme are left as they are, and so are LoRA-adapted ones (`lalm.model.lora`: a
+    gated adapter stays unmerged on its float base).
 
     Args:
         model: the model (or its decoder alone).
@@ -466,7 +468,7 @@ def quantize_model(model: AudioLanguageModel | TextDecoder, scheme: str = "int8"
         parent_name, _, attr = name.rpartition(".")
         parent = decoder.get_submodule(parent_name) if parent_name else decoder
         linear = getattr(parent, attr)
-        if isinstance(linear, kind):
+        if isinstance(linear, (kind, LoRALinear)):  # adapted layers keep their float weights
             continue
         if isinstance(linear, QuantizedLinear):
             raise ValueError(f"decoder.{name} is already int{linear.bits}, not {kind_name}")

@@ -27,10 +27,11 @@ from lalm.data.manifest import AudioRef, Example
 from lalm.errors import ConfigError, DataError, LalmError
 from lalm.model import AudioLanguageModel
 from lalm.model.encoder import AudioEncoder
+from lalm.model.lora import gate_adapters, merge_lora
 from lalm.tokenizer import Tokenizer, load_tokenizer
 from lalm.training.dpo import PreferenceDataset, read_pairs
 from lalm.training.encoder_cache import EncodedDataset
-from lalm.training.lora import apply_lora, merge_lora
+from lalm.training.lora import apply_lora
 from lalm.training.qlora import quantize_lora_base
 from lalm.training.stages import PARTS, DataSource, LoraConfig, PartsConfig, TrainConfig
 
@@ -99,7 +100,15 @@ def enable_grad_checkpointing(model: AudioLanguageModel) -> None:
 def set_parts(model: AudioLanguageModel, parts: PartsConfig, lora: LoraConfig) -> None:
     """Freeze, unfreeze or LoRA-adapt each part in place (`PartsConfig`; with
     ``lora.base_precision: int8`` the decoder's adapted layers get an int8 base,
-    `lalm.training.qlora`)."""
+    `lalm.training.qlora`; with ``lora.applies_to: audio`` its adapters are gated to the
+    sequences holding audio, `lalm.model.lora.gate_adapters`).
+
+    Raises:
+        ConfigError: ``applies_to: audio`` without ``parts.decoder: lora``.
+    """
+    if lora.applies_to == "audio" and parts.decoder != "lora":
+        raise ConfigError("lora.applies_to: audio gates the decoder's adapters; it needs "
+                          "parts.decoder: lora")
     for part in PARTS:
         mode = getattr(parts, part)
         module = getattr(model, part)
@@ -108,12 +117,14 @@ def set_parts(model: AudioLanguageModel, parts: PartsConfig, lora: LoraConfig) -
             apply_lora(module, lora, prefix=part)
             if part == "decoder" and lora.base_precision == "int8":
                 quantize_lora_base(module)
+            if part == "decoder" and lora.applies_to == "audio":
+                gate_adapters(module)
 
 
 def merged_copy(model: AudioLanguageModel, state: dict[str, Tensor],
                 parts: PartsConfig, lora: LoraConfig) -> AudioLanguageModel:
     """A CPU copy of the trained model with LoRA merged: same architecture and key names as a
-    model that never had adapters.
+    model that never had adapters (gated adapters stay unmerged: `lalm.model.lora`).
 
     Args:
         model: the trained model (only its config is read).

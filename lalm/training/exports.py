@@ -3,7 +3,7 @@
 * ``export/``: the trained model with LoRA merged, in its family's checkpoint layout (the
   Qwen2-Audio HF layout that transformers reads, or Qwen-Audio v1) with the tokenizer files;
 * ``adapter/``: when LoRA is all a stage trains (the other parts frozen) on a Qwen2-Audio
-  model, the adapters alone in PEFT's format (`lalm.training.peft_adapter`), to be applied to
+  model, the adapters alone in PEFT's format (`lalm.checkpoint.peft`), to be applied to
   the stage's starting checkpoint with ``PeftModel.from_pretrained``.
 
 `export_checkpoint` writes both from a ``checkpoints/step-*`` folder, so any step of a run, not
@@ -19,12 +19,12 @@ from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from lalm.checkpoint.load import load_config
+from lalm.checkpoint.peft import save_peft_adapter
 from lalm.config import ModelConfig
 from lalm.errors import CheckpointError, ConfigError
 from lalm.model import AudioLanguageModel
 from lalm.training.build import export, merged_copy
 from lalm.training.distributed import unwrap
-from lalm.training.peft_adapter import adapter_only, save_peft_adapter
 from lalm.training.stages import TrainConfig
 from lalm.training.state import read_trainer, verify_checkpoint
 
@@ -48,7 +48,7 @@ def write_exports(model_config: ModelConfig, state: dict[str, Tensor], config: T
     out_dir = Path(out_dir)
     export(merged, config.data.tokenizer or config.model.checkpoint, out_dir / "export")
     written = [out_dir / "export"]
-    if adapter_only(config.parts) and not model_config.projector.audio_bos_eos:
+    if config.parts.adapter_only() and not model_config.projector.audio_bos_eos:
         save_peft_adapter(state, model_config, config.lora.alpha, out_dir / "adapter",
                           config.lora.dropout, config.model.checkpoint)
         written.append(out_dir / "adapter")

@@ -36,7 +36,7 @@ from lalm.data.collate import collate
 from lalm.generation.generate import PromptBatch, generate, left_pad
 from lalm.generation.options import GenerationOptions
 from lalm.model import AudioLanguageModel
-from lalm.model.lalm import IGNORE_INDEX
+from lalm.model.lalm import IGNORE_INDEX, audio_rows_mask
 from lalm.tokenizer import Tokenizer
 from lalm.training.stages import GrpoConfig
 
@@ -169,7 +169,8 @@ def sample_answers(model: AudioLanguageModel, items: Sequence[dict[str, Any]],
             embeds = model.decoder.embed(ids)
         g = config.group_size
         prompt = PromptBatch(ids.repeat_interleave(g, 0), mask.repeat_interleave(g, 0),
-                             embeds.repeat_interleave(g, 0))
+                             embeds.repeat_interleave(g, 0),
+                             audio_rows_mask(slots & mask).repeat_interleave(g, 0))
         options = GenerationOptions(max_new_tokens=config.max_new_tokens,
                                     temperature=config.temperature, top_p=config.top_p,
                                     top_k=config.top_k)

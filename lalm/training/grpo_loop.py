@@ -32,6 +32,7 @@ from lalm.config import resolve_dtype
 from lalm.data.collate import model_inputs
 from lalm.errors import ConfigError
 from lalm.model.lalm import IGNORE_INDEX
+from lalm.model.lora import adapters_disabled
 from lalm.training.build import (
     build_dataset,
     build_model,
@@ -59,11 +60,9 @@ from lalm.training.grpo import (
     rollout_seeds,
     sample_answers,
 )
-from lalm.training.lora import adapters_disabled
 from lalm.training.loop import TrainResult, seed_everything, to_device, update_allowed
 from lalm.training.metrics import task_metrics
 from lalm.training.optim import build_optimizer, build_scheduler
-from lalm.training.peft_adapter import adapter_only
 from lalm.training.rewards import check_rewards, score
 from lalm.training.runlog import RunLog, Throughput
 from lalm.training.stages import TrainConfig
@@ -101,7 +100,7 @@ class PromptStream:
 
 def _reference(config: TrainConfig, base: nn.Module) -> nn.Module | None:
     """A frozen copy for the KL term, or None (no KL, or LoRA-only: adapters switched off)."""
-    if config.grpo.kl_coef == 0 or adapter_only(config.parts):
+    if config.grpo.kl_coef == 0 or config.parts.adapter_only():
         return None
     source = (load_model(config.grpo.reference, dtype="fp32") if config.grpo.reference
               else copy.deepcopy(base))

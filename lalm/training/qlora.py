@@ -7,7 +7,7 @@ fp32 bytes; its product on CPU is the int8 kernel), the adapters ``lora_a`` / ``
 they were (the same parameters, model dtype, trained). The int8 kernel has no backward, so
 the base product runs in `FrozenInt8Product`: forward the int8 layer, backward only the
 gradient of its input, ``grad @ (q * scales)`` (the base gets none: it is frozen). The adapters
-are the same objects as without int8, so the PEFT export (`lalm.training.peft_adapter`)
+are the same objects as without int8, so the PEFT export (`lalm.checkpoint.peft`)
 and the merge (``W_int8 + (alpha / r) B A``, in full precision) work unchanged; the adapter
 applies to the full-precision base as QLoRA adapters do, off by int8's rounding of the base.
 """
@@ -15,12 +15,11 @@ applies to the full-precision base as QLoRA adapters do, off by int8's rounding 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lalm.errors import ConfigError
+from lalm.model.lora import LoRALinear
 from lalm.model.quant import LAYER_LINEARS, Int8Linear, dequantize_int8, quantize_int8
-from lalm.training.lora import LoRALinear
 
 
 class FrozenInt8Product(torch.autograd.Function):
@@ -70,10 +69,7 @@ class Int8LoRALinear(LoRALinear):
         y = FrozenInt8Product.apply(x, self.base)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
-        if not self.adapter_enabled:
-            return y
-        return y + self.scaling * F.linear(F.linear(self.lora_dropout(x), self.lora_a),
-                                           self.lora_b)
+        return y + self.update(x) if self.adapter_enabled else y
 
     def merged_weight(self) -> Tensor:
         """(q * scales) + (alpha / r) B A: [out, in] in the adapters' dtype, computed in fp32."""

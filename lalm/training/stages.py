@@ -84,6 +84,12 @@ class PartsConfig:
         """True when some part trains through LoRA adapters."""
         return any(getattr(self, part) == "lora" for part in PARTS)
 
+    def adapter_only(self) -> bool:
+        """Whether LoRA adapters are all the stage trains (the other parts frozen): then the
+        adapters alone, on the starting weights, are the trained model."""
+        modes = {getattr(self, part) for part in PARTS}
+        return "lora" in modes and "full" not in modes
+
 
 @dataclass
 class LoraConfig:
@@ -100,11 +106,17 @@ class LoraConfig:
     # adapters stay in the model dtype; needs parts.decoder: lora and every decoder Linear
     # among the targets)
     base_precision: Literal["model", "int8"] = "model"
+    # which sequences the decoder's adapters act on: "all", or "audio" (only those that hold
+    # audio; text-only ones run the base decoder exactly: lalm.model.lora.gate_adapters; the
+    # model is then saved as its base weights plus a PEFT adapter, lalm.checkpoint.peft)
+    applies_to: Literal["all", "audio"] = "all"
 
     def __post_init__(self) -> None:
         if self.rank <= 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
             raise ConfigError(f"lora: need rank > 0, alpha > 0, 0 <= dropout < 1; got "
                               f"rank={self.rank} alpha={self.alpha} dropout={self.dropout}")
+        if self.applies_to not in ("all", "audio"):
+            raise ConfigError(f"lora.applies_to must be all or audio, got {self.applies_to!r}")
 
 
 @dataclass

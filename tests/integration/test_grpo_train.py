@@ -24,7 +24,7 @@ from lalm.testing.training import tiny_stage, write_tiny_tokenizer, write_tone_d
 from lalm.tokenizer import load_tokenizer
 from lalm.training import TrainConfig, train
 from lalm.training.build import init_weights
-from lalm.training.peft_adapter import load_peft_adapter
+from lalm.checkpoint.peft import load_peft_adapter
 from lalm.training.rewards import REWARDS, register_reward
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -21,8 +21,9 @@ from lalm.checkpoint import save_model  # noqa: E402
 from lalm.errors import CheckpointError  # noqa: E402
 from lalm.testing.models import random_features, random_model  # noqa: E402
 from lalm.training.build import set_parts  # noqa: E402
-from lalm.training.lora import LoRALinear  # noqa: E402
-from lalm.training.peft_adapter import (  # noqa: E402
+from lalm.model.lora import LoRALinear  # noqa: E402
+from lalm.checkpoint.peft import (  # noqa: E402
+    AUDIO_ADAPTER,
     CONFIG_FILE,
     load_peft_adapter,
     save_peft_adapter,
@@ -219,3 +220,36 @@ def test_transformers4_paths_load_and_unknown_keys_are_named(exported, tmp_path)
               tmp_path / "bad" / "adapter_model.safetensors")
     with pytest.raises(CheckpointError, match="nowhere"):
         load_peft_adapter(load_model(base, dtype="fp32"), tmp_path / "bad")
+
+
+def test_peft_computes_a_gated_models_rows_from_its_checkpoint(tmp_path) -> None:
+    """A model whose decoder adapters act on audio only saves as its base plus AUDIO_ADAPTER:
+    PEFT with the adapter computes lalm's rows holding audio, PEFT without it the text rows."""
+    model = random_model("tiny-random", seed=7)
+    set_parts(model, PartsConfig(encoder="frozen", projector="frozen", decoder="lora"),
+              LoraConfig(rank=4, alpha=12.0, applies_to="audio"))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, LoRALinear):
+                module.lora_b.copy_(0.3 * torch.randn(module.lora_b.shape, generator=gen))
+    model.eval()
+    save_model(model, tmp_path)
+    hf = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(tmp_path)
+    reference = peft.PeftModel.from_pretrained(hf, tmp_path / AUDIO_ADAPTER).eval()
+    features, lens = random_features([60], n_mels=128, seed=3)
+    slot = 9
+    n = int(model.audio_row_counts(lens))
+    ids = torch.tensor([[5, 6, *[slot] * n, 7, 8]])
+    text = torch.arange(5, 30)[None]
+    with torch.no_grad():
+        ours_audio = model(ids, features, lens, ids == slot).logits[:, -1]
+        embeds = model.embed_prompt(ids, model.embed_audio(features, lens), ids == slot)
+        theirs_audio = reference(inputs_embeds=embeds).logits[:, -1].float()
+        ours_text = model(text).logits[:, -1]
+        adapted_text = reference(input_ids=text).logits[:, -1].float()
+        with reference.disable_adapter():
+            theirs_text = reference(input_ids=text).logits[:, -1].float()
+    assert _rel_err(ours_audio, theirs_audio) <= REL
+    assert _rel_err(ours_text, theirs_text) <= REL
+    assert _rel_err(adapted_text, theirs_text) > 1e-3  # the adapter acts where it is on

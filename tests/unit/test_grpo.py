@@ -16,7 +16,7 @@ from lalm.model.lalm import IGNORE_INDEX
 from lalm.testing.models import random_model
 from lalm.training.dpo import token_logprobs
 from lalm.training.grpo import group_advantages, grpo_loss, prompt_length, rollout_seeds
-from lalm.training.lora import LoRALinear, adapters_disabled
+from lalm.model.lora import LoRALinear, adapters_disabled
 from lalm.training.rewards import (
     REWARDS,
     check_rewards,

@@ -12,8 +12,8 @@ from lalm.model.quant import Int8Linear, dequantize_int8
 from lalm.testing.training import tiny_config, write_tiny_tokenizer, write_tone_dataset
 from lalm.training import train
 from lalm.training.build import build_model, load_stage_tokenizer
-from lalm.training.lora import LoRALinear, merge_lora
-from lalm.training.peft_adapter import load_peft_adapter
+from lalm.checkpoint.peft import load_peft_adapter
+from lalm.model.lora import LoRALinear, merge_lora
 from lalm.training.qlora import Int8LoRALinear
 
 LORA_ONLY = {"encoder": "frozen", "projector": "frozen", "decoder": "lora"}

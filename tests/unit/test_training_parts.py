@@ -16,7 +16,8 @@ from lalm.errors import ConfigError, DataError
 from lalm.model.lalm import IGNORE_INDEX
 from lalm.testing.models import random_model
 from lalm.training.dpo import PreferencePair, dpo_loss, read_pairs, sequence_logprobs, write_pairs
-from lalm.training.lora import LoRALinear, apply_lora, merge_lora
+from lalm.model.lora import LoRALinear, merge_lora
+from lalm.training.lora import apply_lora
 from lalm.training.optim import build_optimizer, param_groups, warmup_cosine
 from lalm.training.stages import LoraConfig, OptimConfig, TrainConfig, apply_override
 

@@ -33,9 +33,13 @@ from lalm.checkpoint.safetensors_io import read_safetensors, write_json
 from lalm.config import ModelConfig
 from lalm.errors import CheckpointError
 from lalm.files import write_atomic
-from lalm.training.lora import LoRALinear
-from lalm.training.stages import PARTS, PartsConfig
+from lalm.model import AudioLanguageModel
+from lalm.model.lora import LoRALinear, gate_adapters
 
+#: A checkpoint folder's subfolder holding its decoder's gated adapters (`lalm.model.lora`:
+#: they act on the sequences that hold audio), in PEFT's format; the folder's own weights are
+#: the base model's.
+AUDIO_ADAPTER = "audio_adapter"
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."
@@ -44,13 +48,6 @@ _FACTORS = {"lora_a": "lora_A", "lora_b": "lora_B"}
 _PLAIN = {"use_dora": False, "use_rslora": False, "bias": "none", "fan_in_fan_out": False,
           "rank_pattern": {}, "alpha_pattern": {}, "modules_to_save": None,
           "layers_to_transform": None, "target_parameters": None}
-
-
-def adapter_only(parts: PartsConfig) -> bool:
-    """Whether LoRA adapters are all a stage trains (the other parts frozen): then the adapters
-    alone, on the starting weights, are the trained model."""
-    modes = {getattr(parts, part) for part in PARTS}
-    return "lora" in modes and "full" not in modes
 
 
 def _check_family(config: ModelConfig) -> None:
@@ -199,3 +196,41 @@ def load_peft_adapter(model: nn.Module, directory: str | Path) -> list[str]:
     if not adapted:
         raise CheckpointError(f"{directory}: the adapter holds no LoRA weights")
     return adapted
+
+
+def save_audio_adapter(model: AudioLanguageModel, directory: str | Path) -> list[Path]:
+    """Write the decoder's gated adapters (`lalm.model.lora.gate_adapters`) as the PEFT folder
+    ``directory/AUDIO_ADAPTER`` (`save_peft_adapter`); the checkpoint's weights are then the
+    base model's (`lalm.checkpoint.save_model`).
+
+    Raises:
+        CheckpointError: adapters of different alphas, and as `save_peft_adapter`.
+    """
+    layers = [m for m in model.decoder.modules() if isinstance(m, LoRALinear)]
+    alphas = {round(m.scaling * m.rank, 6) for m in layers}
+    if len(alphas) != 1:
+        raise CheckpointError(f"gated adapters of different alphas {sorted(alphas)} cannot "
+                              "share one PEFT config")
+    state = {k: v for k, v in model.state_dict().items() if k.startswith("decoder.")}
+    return save_peft_adapter(state, model.config, alphas.pop(), Path(directory) / AUDIO_ADAPTER)
+
+
+def load_audio_adapter(model: AudioLanguageModel, directory: str | Path) -> list[str]:
+    """Adapt and gate `model` in place with a checkpoint's ``AUDIO_ADAPTER`` folder, if it has
+    one (`load_peft_adapter`, then `lalm.model.lora.gate_adapters`).
+
+    Returns:
+        The adapted layers' names (none: no such folder).
+
+    Raises:
+        CheckpointError: a bad adapter folder, or adapted layers outside the decoder blocks.
+    """
+    folder = Path(directory) / AUDIO_ADAPTER
+    if not folder.exists():
+        return []
+    names = load_peft_adapter(model, folder)
+    try:
+        gate_adapters(model.decoder)
+    except ValueError as e:
+        raise CheckpointError(f"{folder}: {e}") from e
+    return names
