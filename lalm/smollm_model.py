@@ -13,7 +13,10 @@ not shipped: measured, it was worse on the bars (docs/smollm-model.md). So is a 
 parts, LoRA adapters on the decoder with the projector, self-distilled text chat mixed in so
 text-only answers stay SmolLM2-Instruct's; `lalm.smollm_chat`), and an encoder stage,
 ``smollm_model_encoder`` (`ENCODER_RECIPE`, `build_smollm_model(encoder_stage=True)`: from stage
-1's parts, LoRA adapters on the Whisper encoder with the projector, the decoder frozen).
+1's parts, LoRA adapters on the Whisper encoder with the projector, the decoder frozen), and
+an audio-gated LoRA stage, ``smollm_model_audio_lora`` (`AUDIO_LORA_RECIPE`,
+`build_smollm_model(audio_lora_stage=True)`: the LoRA stage's adapters acting only on
+conversations that hold audio, so text-only ones run SmolLM2-Instruct as it is).
 
 The trained tensors (`PARTS`: the projector and the three new embedding and LM-head rows of
 ``<|AUDIO|>``, ``<|audio_bos|>``, ``<|audio_eos|>``; under 1 MB; a LoRA stage's parts add the
@@ -55,6 +58,10 @@ LORA_RECIPE = RECIPE.with_name("smollm_model_lora.yaml")
 #: projector, the decoder frozen (text chat stays SmolLM2's own), on stage 1's items and the
 #: spoken sentences.
 ENCODER_RECIPE = RECIPE.with_name("smollm_model_encoder.yaml")
+#: The audio-gated LoRA stage (opt-in): from stage 1's parts, LoRA on the decoder that acts
+#: only on conversations holding audio (text chat stays SmolLM2's own), with the projector, on
+#: stage 1's items and the spoken sentences.
+AUDIO_LORA_RECIPE = RECIPE.with_name("smollm_model_audio_lora.yaml")
 #: The shipped trained tensors and their digest.
 PARTS = Path(__file__).resolve().parent / "shipped" / "smollm_model" / "parts.safetensors"
 PARTS_SHA256 = "1e7a0870e4d95b24d75d18e294576b7a949cee866c05fed0aab2654ee8f56abe"
@@ -121,14 +128,15 @@ def _adapter_targets(parts: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, 
 
 
 def parts_lora(parts: Mapping[str, torch.Tensor], alpha: float | None,
-               source: str) -> LoraConfig | None:
+               source: str, applies_to: str = "all") -> LoraConfig | None:
     """The LoRA layout of `parts`' adapter factors (rank from their shape, targets from their
-    layer names over every adapted part, `alpha` from the file's ``lora_alpha`` metadata:
-    `read_parts_alpha`), or None where the parts have none.
+    layer names over every adapted part, `alpha` and `applies_to` from the file's
+    ``lora_alpha`` and ``lora_applies_to`` metadata: `read_parts_alpha`,
+    `read_parts_applies_to`), or None where the parts have none.
 
     Raises:
-        CheckpointError: factors of different ranks, or factors without an alpha (naming
-            `source`).
+        CheckpointError: factors of different ranks, factors without an alpha, or
+            ``applies_to: audio`` without decoder factors (naming `source`).
     """
     downs = {k: v for k, v in parts.items() if _is_adapter(k) and k.endswith(".lora_a")}
     if not downs:
@@ -139,8 +147,16 @@ def parts_lora(parts: Mapping[str, torch.Tensor], alpha: float | None,
                               f"expected")
     if alpha is None:
         raise CheckpointError(f"{source}: LoRA factors without lora_alpha in the metadata")
-    targets = sorted({t for names in _adapter_targets(parts).values() for t in names})
-    return LoraConfig(rank=ranks.pop(), alpha=alpha, targets=tuple(targets))
+    adapted = _adapter_targets(parts)
+    if applies_to == "audio" and "decoder" not in adapted:
+        raise CheckpointError(f"{source}: lora_applies_to audio gates the decoder's adapters, "
+                              f"and it has none")
+    targets = sorted({t for names in adapted.values() for t in names})
+    try:
+        return LoraConfig(rank=ranks.pop(), alpha=alpha, targets=tuple(targets),
+                          applies_to=applies_to)  # type: ignore[arg-type]
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: {e}") from e
 
 
 def apply_parts(model: torch.nn.Module, parts: dict[str, torch.Tensor], source: str) -> None:
@@ -169,21 +185,26 @@ def apply_parts(model: torch.nn.Module, parts: dict[str, torch.Tensor], source: 
 
 
 def install_parts(model: torch.nn.Module, parts: dict[str, torch.Tensor], alpha: float | None,
-                  source: str) -> None:
+                  source: str, applies_to: str = "all") -> None:
     """`apply_parts` on an un-adapted `model`, in place: with LoRA factors among `parts`
     (`parts_lora`), each part they adapt (encoder, decoder) gets adapters on exactly their
     layers first, and the adapters are then merged into its weights, so `model` keeps its
-    plain architecture and key names.
+    plain architecture and key names; with `applies_to` "audio" the decoder's adapters stay
+    unmerged and gated to the sequences holding audio (`lalm.model.lora.gate_adapters`; saved
+    as a PEFT adapter beside the base weights, `lalm.checkpoint.peft.AUDIO_ADAPTER`).
 
     Raises:
         CheckpointError: as `apply_parts` and `parts_lora` do.
     """
-    from lalm.training.lora import apply_lora, merge_lora
+    from lalm.model.lora import gate_adapters, merge_lora
+    from lalm.training.lora import apply_lora
 
-    lora = parts_lora(parts, alpha, source)
+    lora = parts_lora(parts, alpha, source, applies_to)
     if lora is not None:
         for part, targets in _adapter_targets(parts).items():
             apply_lora(getattr(model, part), replace(lora, targets=targets), prefix=part)
+        if lora.applies_to == "audio":
+            gate_adapters(model.decoder)
     apply_parts(model, parts, source)
     merge_lora(model)
 
@@ -204,13 +225,23 @@ def read_parts(path: Path = PARTS, sha256: str | None = PARTS_SHA256) -> dict[st
     return load_file(str(path))
 
 
-def read_parts_alpha(path: Path) -> float | None:
-    """The ``lora_alpha`` a parts file's metadata records (written with LoRA factors), or None."""
+def _parts_meta(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+        return f.metadata() or {}
+
+
+def read_parts_alpha(path: Path) -> float | None:
+    """The ``lora_alpha`` a parts file's metadata records (written with LoRA factors), or None."""
+    meta = _parts_meta(path)
     return float(meta["lora_alpha"]) if "lora_alpha" in meta else None
+
+
+def read_parts_applies_to(path: Path) -> str:
+    """Which sequences a parts file's decoder adapters act on: its ``lora_applies_to``
+    metadata (`LoraConfig.applies_to`), "all" where it records none."""
+    return _parts_meta(path).get("lora_applies_to", "all")
 
 
 def assemble(out: Path, parts: Path = PARTS, sha256: str | None = PARTS_SHA256,
@@ -227,12 +258,12 @@ def assemble(out: Path, parts: Path = PARTS, sha256: str | None = PARTS_SHA256,
     from lalm.checkpoint.save import save_with_tokenizer
 
     tensors = read_parts(parts, sha256)  # before the minute of building: a bad file fails fast
-    alpha = read_parts_alpha(parts)
-    parts_lora(tensors, alpha, str(parts))  # LoRA factors without an alpha fail here, too
+    alpha, applies_to = read_parts_alpha(parts), read_parts_applies_to(parts)
+    parts_lora(tensors, alpha, str(parts), applies_to)  # bad LoRA metadata fails here, too
     init = work or out.with_name(out.name + ".init")
     init_from_parts(init)
     model = load_model(init)
-    install_parts(model, tensors, alpha, str(parts))
+    install_parts(model, tensors, alpha, str(parts), applies_to)
     save_with_tokenizer(model, out, init, "qwen2_audio", torch.float32)
     shutil.rmtree(init, ignore_errors=True)
     return out
@@ -325,9 +356,9 @@ def train_parts(data: Path, work: Path, out: Path, overrides: tuple[str, ...] = 
         out: where the trained tensors go (safetensors).
         overrides: ``key=value`` recipe overrides (tests shorten the run).
         log: progress messages.
-        recipe: the stage config (`RECIPE`: stage 1; `SENTENCE_RECIPE`, `LORA_RECIPE` or
-            `ENCODER_RECIPE`: a second stage; a LoRA recipe's parts carry the adapters
-            unmerged, with their alpha).
+        recipe: the stage config (`RECIPE`: stage 1; `SENTENCE_RECIPE`, `LORA_RECIPE`,
+            `ENCODER_RECIPE` or `AUDIO_LORA_RECIPE`: a second stage; a LoRA recipe's parts
+            carry the adapters unmerged, with their alpha and ``applies_to``).
         start: trained parts to start from (`extract_parts`' layout, not hash-checked: a
             file this process just wrote), or None (the untrained model, `init_from_parts`).
         sentences: a `lalm.synth.sentences` folder, the recipe's second manifest (stage 2).
@@ -363,7 +394,8 @@ def train_parts(data: Path, work: Path, out: Path, overrides: tuple[str, ...] = 
     if config.parts.uses_lora():  # the adapters unmerged, from the last checkpoint
         state = torch.load(result.checkpoint / "model.pt", map_location="cpu",
                            weights_only=True)
-        save_file(extract_parts(state), str(partial), {"lora_alpha": str(config.lora.alpha)})
+        save_file(extract_parts(state), str(partial), {
+            "lora_alpha": str(config.lora.alpha), "lora_applies_to": config.lora.applies_to})
     else:
         save_file(extract_parts(load_model(result.export_dir).state_dict()), str(partial))
     partial.replace(out)
@@ -392,8 +424,11 @@ def _distill_chat(init: Path, out: Path, count: int | None) -> dict[str, Any]:
 def _what(parts: Path) -> str:
     """The model card's one-line description of the model that `parts` make."""
     adapted = _adapter_targets(read_parts(parts, None))
+    gated = read_parts_applies_to(parts) == "audio"
 
     def state(part: str) -> str:
+        if part == "decoder" and part in adapted and gated:
+            return "LoRA-adapted for conversations that hold audio; text-only ones run it as is"
         return "LoRA-adapted, merged" if part in adapted else "frozen"
 
     return (f"Whisper tiny.en encoder ({state('encoder')}) -> a projector trained by lalm's "
@@ -429,7 +464,8 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
                        speech_size: str = SPEECH_SIZE,
                        sentences: tuple[int, int] = SENTENCES,
                        sentence_stage: bool = False, lora_stage: bool = False,
-                       encoder_stage: bool = False, chat_size: int | None = None) -> Path:
+                       encoder_stage: bool = False, audio_lora_stage: bool = False,
+                       chat_size: int | None = None) -> Path:
     """Assemble (or, with `retrain`, train by `RECIPE` and assemble) the model, evaluate it on
     the lalm-synth test split and publish it at `target` with its card (`lalm.demo.CARD`).
 
@@ -447,7 +483,10 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
             chat bar's).
         encoder_stage: with `retrain`, then train the encoder stage (`ENCODER_RECIPE`: LoRA on
             the Whisper encoder with the projector, the decoder frozen) from stage 1's parts on
-            stage 1's items and the spoken sentences. At most one of the three second stages.
+            stage 1's items and the spoken sentences.
+        audio_lora_stage: with `retrain`, then train the audio-gated LoRA stage
+            (`AUDIO_LORA_RECIPE`) from stage 1's parts on stage 1's items and the spoken
+            sentences. At most one of the four second stages.
         chat_size: with `lora_stage`, the self-distilled prompts (None: the whole pool, less
             the chat bar's questions).
         overrides: ``key=value`` recipe overrides (with `retrain`).
@@ -474,10 +513,10 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
     from lalm.synth.sentences import make_sentence_speech
 
     second_stages = {SENTENCE_RECIPE: sentence_stage, LORA_RECIPE: lora_stage,
-                     ENCODER_RECIPE: encoder_stage}
+                     ENCODER_RECIPE: encoder_stage, AUDIO_LORA_RECIPE: audio_lora_stage}
     if sum(second_stages.values()) > 1:
-        raise ConfigError("build_smollm_model: sentence_stage, lora_stage and encoder_stage "
-                          "are second stages from stage 1's parts; choose one")
+        raise ConfigError("build_smollm_model: sentence_stage, lora_stage, encoder_stage and "
+                          "audio_lora_stage are second stages from stage 1's parts; choose one")
     target = Path(target) if target is not None else smollm_model_dir()
     work = target.with_name(target.name + ".work")
     if data is None:

@@ -135,3 +135,36 @@ def test_the_encoder_stage_ships_its_adapters_merged_into_the_encoder(
     assert all(torch.equal(merged[k], base[k]) for k in base
                if k.startswith("language_model.") and "embed_tokens" not in k
                and "lm_head" not in k)
+
+
+@pytest.fixture(scope="module")
+def built_audio_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build_tiny(tmp_path_factory, "smollm-audio-lora", 2, audio_lora_stage=True)
+
+
+def test_the_audio_gated_stage_ships_base_weights_and_a_gated_adapter(
+        built_audio_lora: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from lalm.checkpoint.peft import AUDIO_ADAPTER, CONFIG_FILE
+
+    card = json.loads((built_audio_lora / CARD).read_text())
+    assert card["spec"]["recipe"] == [str(sm.RECIPE), str(sm.AUDIO_LORA_RECIPE)]
+    assert "conversations that hold audio" in card["what"]
+    parts_file = Path(card["spec"]["parts"])
+    assert sm.read_parts_applies_to(parts_file) == "audio"
+    # the weights are SmolLM2's own; the adapter lies beside them in PEFT's format
+    assert (built_audio_lora / AUDIO_ADAPTER / CONFIG_FILE).is_file()
+    ours = load_file(str(built_audio_lora / "model.safetensors"))
+    init = sm.init_from_parts(tmp_path / "init")
+    base = load_file(str(init / "model.safetensors"))
+    assert set(ours) == set(base)
+    assert all(torch.equal(ours[k], base[k]) for k in base
+               if k.startswith("language_model.") and "embed_tokens" not in k
+               and "lm_head" not in k)
+    pipe = Pipeline.from_pretrained(built_audio_lora)
+    assert pipe.model.decoder.adapter_gate is not None
+    # a text-only conversation runs SmolLM2-Instruct as it is
+    question = "What is the capital of France?"
+    own = Pipeline.from_pretrained(init).chat(question, [], max_new_tokens=12).text
+    assert pipe.chat(question, [], max_new_tokens=12).text == own

@@ -12,9 +12,10 @@ from safetensors.torch import save_file
 
 from lalm import smollm_model as sm
 from lalm.errors import CheckpointError, ConfigError
+from lalm.model.lora import LoRALinear, merge_lora
 from lalm.testing.models import random_model
 from lalm.training import TrainConfig
-from lalm.training.lora import apply_lora, merge_lora
+from lalm.training.lora import apply_lora
 from lalm.training.stages import LoraConfig
 
 
@@ -174,6 +175,29 @@ def test_lora_parts_install_as_the_merged_parts_of_the_trained_model(layout: str
                                                     "decoder.lm_head."))} == {
         f"{part}.{stack[part]}.{i}.{t}.weight" for part, names in ADAPTED[layout].items()
         for i in range(n_layer[part]) for t in names}
+
+
+def test_audio_gated_parts_install_with_the_decoder_adapters_gated(tmp_path: Path) -> None:
+    trained = _adapted(seed=1, layout="both")
+    parts = sm.extract_parts(trained.state_dict())
+    fresh = random_model(seed=1)
+    sm.install_parts(fresh, parts, 8.0, "t", "audio")
+    kept = [m for m in fresh.modules() if isinstance(m, LoRALinear)]
+    assert len(kept) == 2 * fresh.config.decoder.n_layer  # the decoder's, unmerged
+    assert fresh.decoder.adapter_gate is not None and all(m.gate is not None for m in kept)
+    assert not any(isinstance(m, LoRALinear) for m in fresh.encoder.modules())  # merged
+    merge_lora(trained.encoder)
+    assert fresh.state_dict().keys() == trained.state_dict().keys()
+    for key, value in trained.state_dict().items():
+        assert torch.allclose(fresh.state_dict()[key], value, atol=1e-6), key
+    encoder_only = sm.extract_parts(_adapted(seed=1, layout="encoder").state_dict())
+    with pytest.raises(CheckpointError, match="has none"):
+        sm.parts_lora(encoder_only, 8.0, "p.st", "audio")
+    path = tmp_path / "parts.safetensors"
+    save_file(parts, str(path), {"lora_alpha": "8.0", "lora_applies_to": "audio"})
+    assert sm.read_parts_applies_to(path) == "audio"
+    save_file(parts, str(path), {"lora_alpha": "8.0"})
+    assert sm.read_parts_applies_to(path) == "all"
 
 
 def test_lora_parts_need_their_alpha_and_an_adapted_model(tmp_path: Path) -> None:
