@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from lalm.assets import asset_path, cache_dir
+from lalm.assets import asset_path, cache_dir, default_model_dir
 from lalm.errors import CheckpointError, ConfigError
 from lalm.eval.report import file_sha256
 from lalm.training.stages import LoraConfig
@@ -89,6 +89,13 @@ SENTENCES = (3000, 150)
 def smollm_model_dir() -> Path:
     """Where the assembled model lives: ``cache_dir()/smollm-model``."""
     return cache_dir() / "smollm-model"
+
+
+def synth_work_dir() -> Path:
+    """The default model's work folder, where the lalm-synth sets live (``lalm-synth`` and,
+    beside it, ``lalm-synth-speech`` and ``lalm-synth-sentences``)."""
+    default = default_model_dir()
+    return default.with_name(default.name + ".work")
 
 
 def init_from_parts(out: Path) -> Path:
@@ -503,7 +510,6 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
     Returns:
         `target`.
     """
-    from lalm.assets import default_model_dir
     from lalm.demo import CARD, DEMO_CLIP, format_scores, parameters, publish
     from lalm.eval.evaluate import evaluate
     from lalm.eval.report import write_strict_json
@@ -520,7 +526,7 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
     target = Path(target) if target is not None else smollm_model_dir()
     work = target.with_name(target.name + ".work")
     if data is None:
-        data = default_model_dir().with_name(default_model_dir().name + ".work") / "lalm-synth"
+        data = synth_work_dir() / "lalm-synth"
     times: dict[str, float] = {}
     t_all = t = time.perf_counter()
     log(f"[1/4] lalm-synth ({synth_size}, seed 0) -> {data}")

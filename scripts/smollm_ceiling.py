@@ -68,13 +68,12 @@ class TranscriptRows(nn.Module):
 
 
 def main() -> None:
-    from lalm.assets import default_model_dir
     from lalm.data.manifest import read_manifest
     from lalm.eval.metrics import error_rate
     from lalm.generation import GenerationOptions, Pipeline
     from lalm.generation.encoder_cache import EncoderCache
     from lalm.smollm_model import (SPEECH_SIZE, SPEECH_TASKS, english_asr_manifest,
-                                   smollm_model_dir)
+                                   smollm_model_dir, synth_work_dir)
     from lalm.synth import generate
     from lalm.testing.real_speech import real_speech_clips
 
@@ -87,7 +86,7 @@ def main() -> None:
     args = ap.parse_args()
     pipe = Pipeline.from_pretrained(Path(args.model) if args.model else smollm_model_dir())
     greedy = GenerationOptions(max_new_tokens=args.max_new_tokens)
-    work = default_model_dir().with_name(default_model_dir().name + ".work")
+    work = synth_work_dir()
     speech = Path(args.speech) if args.speech else work / "lalm-synth-speech"
     generate(speech, SPEECH_SIZE, 0, list(SPEECH_TASKS))
     manifest = english_asr_manifest(speech)

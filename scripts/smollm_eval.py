@@ -60,10 +60,9 @@ def main() -> None:
     from lalm.demo import CARD
     from lalm.eval.metrics import error_rate
     from lalm.generation import GenerationOptions, Pipeline
-    from lalm.assets import default_model_dir
     from lalm.data.manifest import read_manifest
     from lalm.smollm_model import (SENTENCES, SPEECH_SIZE, SPEECH_TASKS, english_asr_manifest,
-                                   init_from_parts, smollm_model_dir)
+                                   init_from_parts, smollm_model_dir, synth_work_dir)
     from lalm.synth import generate
     from lalm.synth.sentences import make_sentence_speech
     from lalm.testing.real_speech import real_speech_clips
@@ -97,7 +96,7 @@ def main() -> None:
     print(f"real speech ({len(paths)} clips): WER {report['real_speech']['wer']:.3f}, Whisper "
           f"tiny.en {report['real_speech']['whisper_tiny_en_wer']:.3f}", flush=True)
 
-    work = default_model_dir().with_name(default_model_dir().name + ".work")
+    work = synth_work_dir()
     speech = Path(args.speech) if args.speech else work / "lalm-synth-speech"
     sentences = Path(args.sentences) if args.sentences else work / "lalm-synth-sentences"
 
