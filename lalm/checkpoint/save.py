@@ -89,7 +89,8 @@ def save_model(
     gated = model.decoder.adapter_gate is not None  # its adapters go to AUDIO_ADAPTER
     state = {name: t if dtype is None or not t.is_floating_point() else t.to(dtype)
              for name, t in model.state_dict().items()  # int8 codes stay int8
-             if not (gated and name.endswith((".lora_a", ".lora_b")))}
+             if not (gated and name.startswith("decoder.")
+                     and name.endswith((".lora_a", ".lora_b")))}
     if model.config.decoder.tie_embeddings:  # stored once, as the embedding (as HF does)
         del state["decoder.lm_head.weight"]
     weight_dtype = dtype or model.decoder.embed.weight.dtype

@@ -145,6 +145,8 @@ class DecoderLayer(nn.Module):
         self.attn = Attention(config)
         self.mlp_norm = RMSNorm(config.dim, config.norm_eps)
         self.mlp = SwiGLU(config.dim, config.hidden_dim)
+        # set by lalm.model.lora.gate_adapters: the block's adapters act where adapter_mask says
+        self.adapter_gate: AdapterGate | None = None
 
     def forward(
         self,
@@ -155,10 +157,17 @@ class DecoderLayer(nn.Module):
         q_scale: Tensor | None,
         cache: KVCache | None,
         layer: int,
+        adapter_mask: Tensor | None = None,
     ) -> Tensor:
-        """x: [B, S, D] -> [B, S, D]; other arguments as in `Attention.forward`."""
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, q_scale, cache, layer)
-        return x + self.mlp(self.mlp_norm(x))
+        """x: [B, S, D] -> [B, S, D]; `adapter_mask` as in `TextDecoder.forward` (an argument,
+        so a recomputed block, `lalm.training.build.enable_grad_checkpointing`, gets it too);
+        other arguments as in `Attention.forward`."""
+        gated = contextlib.nullcontext()
+        if self.adapter_gate is not None and adapter_mask is not None:
+            gated = self.adapter_gate.acting_on(adapter_mask)
+        with gated:
+            x = x + self.attn(self.attn_norm(x), cos, sin, mask, q_scale, cache, layer)
+            return x + self.mlp(self.mlp_norm(x))
 
 
 class TextDecoder(nn.Module):
@@ -341,16 +350,12 @@ class TextDecoder(nn.Module):
         if self.config.logn_attn:
             q_scale = logn_scale(input_pos, self.config.train_seq_len)
 
-        gated = contextlib.nullcontext()
-        if self.adapter_gate is not None:
-            if adapter_mask is None:
-                raise ValueError("this decoder's LoRA adapters are gated: pass adapter_mask "
-                                 "(the rows, or positions, they act on)")
-            gated = self.adapter_gate.acting_on(adapter_mask)
+        if self.adapter_gate is not None and adapter_mask is None:
+            raise ValueError("this decoder's LoRA adapters are gated: pass adapter_mask (the "
+                             "rows, or positions, they act on)")
         x = embeds
-        with gated:
-            for index, layer in enumerate(self.layers):
-                x = layer(x, cos, sin, mask, q_scale, cache, index)
+        for index, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, q_scale, cache, index, adapter_mask)
         if cache is not None:
             cache.advance(seq)
         if output == "hidden":

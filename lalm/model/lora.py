@@ -131,7 +131,8 @@ class AdapterGate:
 
 def gate_adapters(decoder: nn.Module) -> AdapterGate:
     """Gate every `LoRALinear` of the decoder's blocks (``decoder.layers``) with one new
-    `AdapterGate`, kept as ``decoder.adapter_gate``; its forward then needs ``adapter_mask``.
+    `AdapterGate`, kept as ``decoder.adapter_gate`` and each block's ``adapter_gate`` (a block
+    sets it around its own forward); the decoder's forward then needs ``adapter_mask``.
 
     Raises:
         ValueError: no adapted layer in the blocks, or one outside them (the lm_head runs on
@@ -145,6 +146,8 @@ def gate_adapters(decoder: nn.Module) -> AdapterGate:
     gate = AdapterGate()
     for layer in layers:
         layer.gate = gate
+    for block in decoder.layers:  # type: ignore[union-attr]
+        block.adapter_gate = gate
     decoder.adapter_gate = gate
     return gate
 

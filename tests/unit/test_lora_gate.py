@@ -212,3 +212,17 @@ def test_a_gated_checkpoint_keeps_its_adapters_in_other_precisions(tmp_path,
         want = gated(**batch).logits
         got = loaded(**batch).logits
     assert float((got - want).abs().max() / want.abs().max()) < 0.05
+
+
+def test_recomputed_blocks_keep_their_gate() -> None:
+    from lalm.training.build import enable_grad_checkpointing
+
+    grads = []
+    for recompute in (False, True):
+        gated = _adapted("audio").train()
+        if recompute:
+            enable_grad_checkpointing(gated)
+        batch = _audio_batch(gated)
+        gated(**batch, labels=batch["ids"]).loss.backward()
+        grads.append([m.lora_a.grad for m in gated.modules() if isinstance(m, LoRALinear)])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
