@@ -443,7 +443,8 @@ class Engine:
         decoder = self.model.decoder
         self.cache.use_rows(first_row, first_row + embeds.shape[0])
         decoder.cache = self.cache
-        adapter_mask = torch.tensor(adapted, device=embeds.device)
+        adapter_mask = None if decoder.adapter_gate is None else torch.tensor(
+            adapted, device=embeds.device)
         try:
             return decoder(embeds, input_pos, token_mask, output="last_logits",
                            adapter_mask=adapter_mask)

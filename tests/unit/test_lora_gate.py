@@ -94,8 +94,7 @@ def test_a_gated_decoder_refuses_a_forward_that_does_not_say_where() -> None:
 def _tokens(model: torch.nn.Module, embeds: torch.Tensor, ids: torch.Tensor,
             adapted: bool | None = None) -> list[int]:
     engine = Engine(model)
-    (gen,) = [engine.submit(embeds, ids, GenerationOptions(max_new_tokens=6), (),
-                            adapted=adapted)]
+    gen = engine.submit(embeds, ids, GenerationOptions(max_new_tokens=6), (), adapted=adapted)
     engine.run([gen])
     return gen.result.tokens
 
