@@ -232,6 +232,29 @@ def read_parts(path: Path = PARTS, sha256: str | None = PARTS_SHA256) -> dict[st
     return load_file(str(path))
 
 
+def save_parts(parts: Mapping[str, torch.Tensor], out: Path,
+               metadata: Mapping[str, str] | None = None) -> None:
+    """Write `parts` as safetensors at `out` (atomically: ``<out>.partial``, then a rename), the
+    same bytes for the same tensors and `metadata`: safetensors writes its metadata map in an
+    order that changes from call to call, so the header is written again with the metadata
+    keys sorted (same length, the tensors' offsets unchanged), which keeps a retrained file's
+    sha256 comparable with the shipped one (`PARTS_SHA256`)."""
+    from safetensors.torch import save
+
+    data = save(dict(parts), dict(metadata) if metadata else None)
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    if "__metadata__" in header:
+        header = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    if len(text) > size:  # the same keys and values reordered cannot be longer
+        raise CheckpointError(f"{out}: safetensors wrote a header lalm does not read back")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    partial.write_bytes(data[:8] + text.ljust(size) + data[8 + size:])
+    partial.replace(out)
+
+
 def _parts_meta(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 
@@ -375,8 +398,6 @@ def train_parts(data: Path, work: Path, out: Path, overrides: tuple[str, ...] = 
     Returns:
         The training's facts: steps, seconds, last loss, examples/s and the file's sha256.
     """
-    from safetensors.torch import save_file
-
     from lalm.checkpoint.load import load_model
     from lalm.training import TrainConfig, train
 
@@ -396,16 +417,13 @@ def train_parts(data: Path, work: Path, out: Path, overrides: tuple[str, ...] = 
     seconds = time.perf_counter() - t
     if result.export_dir is None:
         raise ConfigError(f"{recipe}: the recipe must export (run.export: true)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
     if config.parts.uses_lora():  # the adapters unmerged, from the last checkpoint
         state = torch.load(result.checkpoint / "model.pt", map_location="cpu",
                            weights_only=True)
-        save_file(extract_parts(state), str(partial), {
+        save_parts(extract_parts(state), out, {
             "lora_alpha": str(config.lora.alpha), "lora_applies_to": config.lora.applies_to})
     else:
-        save_file(extract_parts(load_model(result.export_dir).state_dict()), str(partial))
-    partial.replace(out)
+        save_parts(extract_parts(load_model(result.export_dir).state_dict()), out)
     shutil.rmtree(work, ignore_errors=True)
     return {"steps": result.step, "train_s": seconds, "last_loss": result.losses[-1],
             "examples_per_s": result.examples_per_s, "tokens_per_s": result.tokens_per_s,

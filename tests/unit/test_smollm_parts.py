@@ -57,6 +57,21 @@ def test_a_parts_file_with_another_digest_is_refused(tmp_path: Path) -> None:
         sm.read_parts(tmp_path / "none.safetensors")
 
 
+def test_saved_parts_are_the_same_bytes_every_time(tmp_path: Path) -> None:
+    # safetensors' own writer orders the metadata differently from call to call; a retrained
+    # LoRA stage's sha256 could then never equal the shipped one
+    parts = sm.extract_parts(random_model().state_dict())
+    meta = {"lora_alpha": "16.0", "lora_applies_to": "audio", "c": "3", "d": "4", "e": "5"}
+    digests = set()
+    for i in range(8):
+        sm.save_parts(parts, tmp_path / f"{i}.safetensors", meta)
+        digests.add(sm.file_sha256(tmp_path / f"{i}.safetensors"))
+    assert len(digests) == 1
+    assert sm._parts_meta(tmp_path / "0.safetensors") == meta
+    back = sm.read_parts(tmp_path / "0.safetensors", None)
+    assert set(back) == set(parts) and all(torch.equal(back[k], parts[k]) for k in parts)
+    assert not list(tmp_path.glob("*.partial"))
+
 def test_the_shipped_parts_match_their_digest_and_card() -> None:
     tensors = sm.read_parts()  # checks PARTS_SHA256
     assert tensors["projector.proj.weight"].shape == (576, 384)  # Whisper tiny -> SmolLM2 width
