@@ -30,6 +30,19 @@ def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> None
             param.copy_(value.to(param.dtype))
 
 
+def randomize_adapters_(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> None:
+    """Fill both factors of every `LoRALinear` under `model` ~ N(0, std) in place (B too, so
+    the adapters change the output, unlike their zero-B start)."""
+    from lalm.model.lora import LoRALinear
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, LoRALinear):
+                module.lora_a.copy_(std * torch.randn(module.lora_a.shape, generator=gen))
+                module.lora_b.copy_(std * torch.randn(module.lora_b.shape, generator=gen))
+
+
 def random_model(
     config: ModelConfig | str = "tiny-random", seed: int = 0, dtype: torch.dtype = torch.float32
 ) -> AudioLanguageModel:

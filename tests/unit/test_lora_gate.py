@@ -15,7 +15,8 @@ from lalm.errors import ConfigError, GenerationError
 from lalm.generation import GenerationOptions, Pipeline
 from lalm.generation.engine import Engine
 from lalm.model.lora import LoRALinear, merge_lora
-from lalm.testing.models import audio_span, random_features, random_model
+from lalm.testing.models import (audio_span, random_features, random_model,
+                                 randomize_adapters_)
 from lalm.tokenizer import load_tokenizer
 from lalm.training.build import set_parts
 from lalm.training.stages import LoraConfig, PartsConfig
@@ -30,12 +31,7 @@ def _adapted(applies_to: str, config: ModelConfig | str = "tiny-random",
     shows)."""
     model = random_model(config, seed=seed)
     set_parts(model, DECODER_LORA, LoraConfig(rank=4, alpha=8.0, applies_to=applies_to))
-    gen = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, LoRALinear):
-                module.lora_a.copy_(0.1 * torch.randn(module.lora_a.shape, generator=gen))
-                module.lora_b.copy_(0.1 * torch.randn(module.lora_b.shape, generator=gen))
+    randomize_adapters_(model, seed=11, std=0.1)
     return model.eval()
 
 
