@@ -784,7 +784,7 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
                         "assembled on first run) or a default-model folder")
     p.add_argument("--retrain", action="store_true",
                    help="make the model again even if it is cached (smollm: train its parts "
-                        "by its recipe)")
+                        "by its two stage configs)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: fastest on 2 busy cores)")
 

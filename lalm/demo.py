@@ -315,7 +315,8 @@ def describe(card: dict[str, Any]) -> str:
              f"{p['projector'] / 1e6:.2f} M, decoder {p['decoder'] / 1e6:.1f} M "
              f"({dec['n_layer']} layers x {dec['dim']}, vocabulary {card['tokenizer_size']}); "
              f"total {p['total'] / 1e6:.1f} M")
-    speed = (f"  trained {tr['steps']} steps in {t['train_s']:.0f} s ({tr['tokens_per_s']:.0f} "
+    steps = " + ".join(str(stage["steps"]) for stage in (tr.get("stage1"), tr) if stage)
+    speed = (f"  trained {steps} steps in {t['train_s']:.0f} s ({tr['tokens_per_s']:.0f} "
              f"tokens/s); whole build {t['total_s']:.0f} s")
     lines = [f"lalm {card['name']} model: {card['what']}.", sizes, speed]
     if card["spec"].get("parts_sha256"):
@@ -336,7 +337,7 @@ def run_demo(model_dir: str | os.PathLike[str] | None = None, audio: str | None 
         audio: the clip to ask about (default: the test clips stored with the model).
         question: the question (default: each stored clip's question).
         retrain: build the named model again even if it is cached (``smollm``: train its
-            parts by its recipe, then assemble).
+            parts by its two stage configs, then assemble).
         threads: torch CPU threads (see `DefaultModelSpec.threads`).
         out: where the demo's report goes.
 

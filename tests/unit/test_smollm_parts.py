@@ -77,9 +77,17 @@ def test_the_shipped_parts_match_their_digest_and_card() -> None:
     assert tensors["projector.proj.weight"].shape == (576, 384)  # Whisper tiny -> SmolLM2 width
     card = json.loads(sm.PARTS_CARD.read_text())
     assert card["sha256"] == sm.PARTS_SHA256
-    assert card["steps"] == TrainConfig.from_file(sm.RECIPE).run.max_steps
+    # two stages: the projector alone (RECIPE), then the gated decoder adapters with it
+    stage1, stage2 = (TrainConfig.from_file(r) for r in sm.SHIPPED_RECIPES)
+    assert card["stage1"]["steps"] == stage1.run.max_steps
+    assert card["steps"] == stage2.run.max_steps
+    lora = sm.parts_lora(tensors, sm.read_parts_alpha(sm.PARTS), "parts",
+                         sm.read_parts_applies_to(sm.PARTS))
+    assert lora is not None and lora.applies_to == "audio" == stage2.lora.applies_to
+    assert (lora.rank, lora.alpha, lora.targets) == (
+        stage2.lora.rank, stage2.lora.alpha, tuple(sorted(stage2.lora.targets)))
     assert "lalm demo --model smollm --retrain" in card["command"]
-    assert sm.PARTS.stat().st_size < 4_000_000
+    assert sm.PARTS.stat().st_size < 12_000_000  # fp32 factors of 2.44 M parameters: 10.7 MB
 
 
 def test_recipe_trains_the_projector_only() -> None:
