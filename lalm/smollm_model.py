@@ -249,9 +249,10 @@ def save_parts(parts: Mapping[str, torch.Tensor], out: Path,
     header = json.loads(data[8:8 + size])
     if "__metadata__" in header:
         header = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
-    text = json.dumps(header, separators=(",", ":")).encode()
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     if len(text) > size:  # the same keys and values reordered cannot be longer
-        raise CheckpointError(f"{out}: safetensors wrote a header lalm does not read back")
+        raise CheckpointError(f"{out}: safetensors wrote its header in a form lalm did not "
+                              f"expect (the metadata could not be put in order)")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     partial.write_bytes(data[:8] + text.ljust(size) + data[8 + size:])
