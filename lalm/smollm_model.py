@@ -23,9 +23,10 @@ whose alpha and ``applies_to`` the file's metadata records; about 11 MB) ship in
 with their sha256 (`PARTS_SHA256`). `assemble` rebuilds the model from the real parts (`lalm
 from-parts`, seed 0) plus these, after checking the hash; `train_parts` trains one stage
 (from the untrained model or from given parts), and ``lalm demo --model smollm --retrain``
-reproduces the shipped parts by `RECIPE` then `AUDIO_LORA_RECIPE`. `build_smollm_model`
-assembles (or retrains), evaluates on the lalm-synth test split and publishes the folder with
-its model card, which `lalm.demo` then uses as it uses the default model.
+trains them again by `RECIPE` then `AUDIO_LORA_RECIPE` (and says whether the digest is the
+shipped one). `build_smollm_model` assembles (or retrains), evaluates on the lalm-synth test
+split and publishes the folder with its model card, which `lalm.demo` then uses as it uses the
+default model.
 """
 
 from __future__ import annotations
