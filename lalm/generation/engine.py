@@ -27,7 +27,8 @@ follows it, so the tokens are those of a full prefill (tested).
 
 Gated adapters (`lalm.model.lora.gate_adapters`): each sequence says whether the model's
 adapters act on it (``adapted``, the pipeline's "its prompt holds audio"); every forward hands
-the decoder its rows' flags, and a prefix is shared only between sequences of one flag (its KV
+the decoder its rows' flags (a forward with no adapted row skips the adapters' products:
+`AdapterGate.shut_for`), and a prefix is shared only between sequences of one flag (its KV
 differs between the two).
 
 Beam search does not run here (its beams of one prompt reorder each other's caches every
@@ -443,11 +444,12 @@ class Engine:
         decoder = self.model.decoder
         self.cache.use_rows(first_row, first_row + embeds.shape[0])
         decoder.cache = self.cache
-        adapter_mask = None if decoder.adapter_gate is None else torch.tensor(
-            adapted, device=embeds.device)
         try:
-            return decoder(embeds, input_pos, token_mask, output="last_logits",
-                           adapter_mask=adapter_mask)
+            if decoder.adapter_gate is None:
+                return decoder(embeds, input_pos, token_mask, output="last_logits")
+            with decoder.adapter_gate.shut_for(not any(adapted)):
+                return decoder(embeds, input_pos, token_mask, output="last_logits",
+                               adapter_mask=torch.tensor(adapted, device=embeds.device))
         finally:
             decoder.cache = None
 

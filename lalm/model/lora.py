@@ -74,7 +74,9 @@ class LoRALinear(nn.Linear):
         weight = self.weight.to(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         base = F.linear(x, weight, bias)
-        return base + self.update(x) if self.adapter_enabled else base
+        if not self.adapter_enabled or (self.gate is not None and self.gate.shut):
+            return base
+        return base + self.update(x)
 
     def update(self, x: Tensor) -> Tensor:
         """The adapters' part of the output: g (alpha / r) dropout(x) A^T B^T, [B, S, out]
@@ -100,6 +102,18 @@ class AdapterGate:
 
     def __init__(self) -> None:
         self.mask: Tensor | None = None  # [B, 1] or [B, S] bool while a forward runs
+        self.shut = False  # True: the caller knows no row is adapted (`shut_for`)
+
+    @contextlib.contextmanager
+    def shut_for(self, no_row_adapted: bool) -> Iterator[None]:
+        """Within the block, with `no_row_adapted`, the gated layers skip their update (it
+        would be multiplied by zero everywhere): a caller that knows every row's flag as a
+        Python bool (the decode engine) saves the adapters' products without a device sync."""
+        self.shut = no_row_adapted
+        try:
+            yield
+        finally:
+            self.shut = False
 
     @contextlib.contextmanager
     def acting_on(self, mask: Tensor) -> Iterator[None]:

@@ -95,6 +95,21 @@ def _tokens(model: torch.nn.Module, embeds: torch.Tensor, ids: torch.Tensor,
     return gen.result.tokens
 
 
+def test_a_step_without_adapted_rows_skips_the_adapters(monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    base, gated = random_model(seed=2), _adapted("audio")
+    text_ids = torch.tensor([11, 12, 13, 14, 15, 16, 17, 18])
+    text_embeds = base.decoder.embed(text_ids).detach()
+    want = _tokens(base, text_embeds, text_ids)
+    calls: list[int] = []
+    update = LoRALinear.update
+    monkeypatch.setattr(LoRALinear, "update", lambda self, x: calls.append(1) or update(self, x))
+    assert _tokens(gated, text_embeds, text_ids, adapted=False) == want
+    assert not calls  # no product of the factors for a text-only step
+    assert _tokens(gated, text_embeds, text_ids, adapted=True) != want and calls
+    assert gated.decoder.adapter_gate.shut is False  # reset after each step
+
+
 def test_the_engine_gates_each_sequence_and_shares_prefixes_within_a_flag() -> None:
     base, plain, gated = random_model(seed=2), _adapted("all"), _adapted("audio")
     batch = _audio_batch(base)
