@@ -32,6 +32,17 @@ def best_alternating(runs: dict[str, Callable[[], object]], repeats: int, calls:
     return best
 
 
+def decode_step_seconds(run: Callable[[int], object], steps: int) -> float:
+    """Wall seconds of one decode step: ``(run(steps) - run(1)) / (steps - 1)``, `run(n)`
+    decoding n new tokens from the same prompt (the difference takes the prefill out)."""
+    start = time.perf_counter()
+    run(1)
+    one = time.perf_counter() - start
+    start = time.perf_counter()
+    run(steps)
+    return (time.perf_counter() - start - one) / (steps - 1)
+
+
 def clips(seconds: list[float], seed: int = 0) -> list[np.ndarray]:
     """Tone + noise clips of the given durations, lengths not multiples of 160 samples."""
     rng = np.random.default_rng(seed)

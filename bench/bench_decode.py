@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 import transformers
+from _common import decode_step_seconds
 
 from lalm.checkpoint.qwen2_audio import from_lalm
 from lalm.config import ModelConfig
@@ -97,13 +98,7 @@ def main() -> None:
     for _ in range(args.rounds):
         bandwidth = max(bandwidth, copy_bandwidth())
         for name, run in runs.items():
-            start = time.perf_counter()
-            run(1)
-            one = time.perf_counter() - start
-            start = time.perf_counter()
-            run(args.steps)
-            full = time.perf_counter() - start
-            best[name] = min(best[name], (full - one) / (args.steps - 1))
+            best[name] = min(best[name], decode_step_seconds(run, args.steps))
     floor = step_bytes / bandwidth
     print(f"decoder {args.layers} x {args.dim}, vocab {config.decoder.vocab_size}: "
           f"{n_params / 1e6:.0f}M parameters, {step_bytes / 1e9:.2f} GB read per step (fp32); "

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
 import torch
+from _common import decode_step_seconds
 
 from lalm.config import ModelConfig
 from lalm.generation import GenerationOptions, PromptBatch, generate, left_pad
@@ -78,13 +78,7 @@ def main() -> None:
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(args.rounds):  # alternating rounds, best of them (see _common)
         for name, run_ in runs.items():
-            start = time.perf_counter()
-            run_(1)
-            one = time.perf_counter() - start
-            start = time.perf_counter()
-            run_(args.steps)
-            full = time.perf_counter() - start
-            best[name] = min(best[name], (full - one) / (args.steps - 1))
+            best[name] = min(best[name], decode_step_seconds(run_, args.steps))
     adapters = sum(m.lora_a.numel() + m.lora_b.numel() for m in gated.modules()
                    if isinstance(m, LoRALinear))
     print(f"decoder 30 x 576 (SmolLM2-135M shape), LoRA rank {args.rank} on {len(TARGETS)} "
