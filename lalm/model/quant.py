@@ -214,6 +214,8 @@ class QuantizedLinear(nn.Module):
 
     bits: int
     weight: Tensor
+    #: Buffers held in the kernel's own dtype, which `lalm.model.upcast.upcast_compute` keeps.
+    kernel_buffers: tuple[str, ...] = ()
 
     def __init__(self, in_features: int, out_features: int, bias: bool,
                  group_size: int | None, dtype: torch.dtype | None,
@@ -349,6 +351,7 @@ class Int4Linear(QuantizedLinear):
     """
 
     bits = 4
+    kernel_buffers = ("scales_and_zeros",)
     scales: Tensor
     zeros: Tensor
     packed: Tensor | None
