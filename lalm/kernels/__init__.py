@@ -8,7 +8,9 @@ machine's bandwidth where torch's int8/bf16 CPU kernels read at 0.5-0.8 of it
 exactly: each row of x is rounded once to a 24-bit fixed-point grid (an error of about its
 largest element's float32 rounding, at most) held as three int8 digits, and 64 code bytes take
 four u8 x s8 dot-product instructions (AVX-512 VNNI, AVX-VNNI: the three digits and W's row
-sum) where widening them to float32 takes twelve. Every output row is computed the same way
+sum) where widening them to float32 takes twelve; AVX2 without VNNI holds it as two int16
+digits and multiplies them with the codes widened to int16 (two multiply-adds per 16 codes).
+Every output row is computed the same way
 whatever the number of rows or threads, so a sequence decodes to the same bits alone or in a
 batch; the int8 product's bits are also the same on every vector path (its sums are exact).
 

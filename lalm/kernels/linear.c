@@ -16,15 +16,18 @@
  * int8: integer products, exact. Each row of x is rounded once to fixed point, P = rint(x Q /
  * max|x|) with Q = 127 * 254^2 (a 24-bit grid like float32's significand: the rounding error
  * is at most max|x| / 2Q, about float32's rounding of the row's largest element), and P is
- * written as three int8 digits, P = 254^2 d0 + 254 d1 + d2 (each in [-127, 127]). The sums
- * d W over k are exact in integers (u8 x s8 dot products: AVX-512 VNNI, AVX-VNNI, or AVX2 /
- * portable C doing the same integer arithmetic), so T = sum_k P W is exact and equal on every
- * path and in every order: y = scale[j] (max|x| / Q) T, in float64, rounded to float32 once.
- * At batch 1, 64 code bytes take four dot-product instructions (the three digits, and the
- * row of ones for W's row sum, which takes the digits' offset off) where widening them to
- * float32 takes twelve: the int8 product stays bound by memory, not by the core.
+ * written in digits: three int8 digits, P = 254^2 d0 + 254 d1 + d2 (each in [-127, 127]), for
+ * u8 x s8 dot products (AVX-512 VNNI, AVX-VNNI, portable C), or two int16 digits, P = 4096 d0
+ * + d1, for AVX2's s16 x s16 products (`WORDS`). The sums d W over k are exact in integers, so
+ * T = sum_k P W is exact and equal on every path and in every order: y = scale[j] (max|x| / Q)
+ * T, in float64, rounded to float32 once. At batch 1, 64 code bytes take four dot-product
+ * instructions (the three digits, and the row of ones for W's row sum, which takes the digits'
+ * offset off) where widening them to float32 takes twelve; on AVX2, 16 codes take a widening
+ * and two multiply-adds (one core of an AMD EPYC, Zen 3, runs that at ~23 GB/s of codes from
+ * its L2 and reads ~20 GB/s from memory): the int8 product stays bound by memory.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -148,6 +151,15 @@ static float *products_buffer(void *y, int bf16, int64_t M, int64_t N) {
  * run-to-run noise of about 10 %; 512 with T0 was never the slowest. */
 #define AHEAD 512
 
+/* What row j of a block of B rows of W (w: the block's first row; rows of `row` bytes) is
+ * prefetched when the block reads byte `at` of its rows: AHEAD bytes further along the row,
+ * or, past the row's end, that far into row j of the next block (this block's rows j + 1..
+ * are streaming already). A prefetch past W's end is harmless (prefetches never fault). */
+static inline const void *ahead(const void *w, int64_t j, int64_t B, int64_t row, int64_t at) {
+    at += AHEAD;
+    return (const char *)w + (at < row ? j * row + at : (B + j) * row + at - row);
+}
+
 /* One block: MB rows of x against NB rows of W. ELEM is the weight element type, LOAD/TAIL
  * its widening loads; y gets the raw dot products (scaled by the caller's epilogue). */
 #define DEFINE_BLOCK(NAME, ELEM, LOAD, TAIL, MB, NB)                                       \
@@ -158,7 +170,8 @@ static void NAME(const float *x, const ELEM *w, float *y, int64_t K, int64_t N) 
     for (; k + LANES <= K; k += LANES) {                                                   \
         vec wv[NB];                                                                        \
         if (k % (64 / sizeof(ELEM)) == 0) /* once per cache line of each row */            \
-            for (int j = 0; j < NB; j++) prefetch((const char *)(w + j * K + k) + AHEAD);  \
+            for (int j = 0; j < NB; j++)                                                   \
+                prefetch(ahead(w, j, NB, K * sizeof(ELEM), k * sizeof(ELEM)));            \
         for (int j = 0; j < NB; j++) wv[j] = LOAD(w + j * K + k);                          \
         for (int i = 0; i < MB; i++) {                                                     \
             vec xv = v_load(x + i * K + k);                                                \
@@ -227,17 +240,19 @@ int lalm_bf16_linear(const void *x, const uint16_t *w, const void *bias, void *y
 /* ---- int8 ---- */
 
 #include <math.h>
-#include <stdlib.h>
 
-#define DIGIT 254                        /* the digits' base */
-#define Q (127 * DIGIT * DIGIT)          /* the fixed-point grid of a row: |P| <= Q */
-#define DIGITS 3
-#define HALF2 (DIGIT * DIGIT / 2)        /* half the first digit's weight */
-#define OFFSET 128                       /* a digit is stored as d + 128, an unsigned byte */
-#define ALIGN 64                         /* digit rows are zero-padded to whole 64 bytes */
+#define Q (127 * 254 * 254)              /* the fixed-point grid of a row: |P| <= Q */
+#define ALIGN 64                         /* digit rows are zero-padded to whole 64 digits */
 
-/* The u8 x s8 dot-product step: acc's lanes += groups of adjacent a * w products (which lanes
- * get which products does not matter: the sums are exact). IB bytes per step. */
+/* How a row's P is held, by path. Bytes (VNNI, portable): three balanced base-254 digits in
+ * [-127, 127], each stored as d + OFFSET, an unsigned byte (u8 x s8 products), with a row of
+ * ones (ONES) whose products give W's row sums, which take the offsets off. Words (AVX2
+ * without VNNI, which has no u8 x s8 dot product that cannot saturate): two balanced base-4096
+ * digits as int16, multiplied with W's codes widened to int16 (s16 x s16 pairs summed into
+ * int32 lanes, exact): two products per code where bytes need four. The step: acc's lanes +=
+ * groups of adjacent a * w products (which lanes get which products does not matter: the sums
+ * are exact); IB codes per step; SEG codes at most between the lanes' spills into int64 (the
+ * int32 lanes' range). */
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define I8_ISA "avx512-vnni"
 #define IB 64
@@ -252,23 +267,25 @@ static inline int64_t i_sum(ivec v) {
     return _mm512_reduce_add_epi64(_mm512_add_epi64(lo, hi));
 }
 #elif defined(__AVX2__)
-#define IB 32
-#define NB 2
 typedef __m256i ivec;
 static inline ivec i_zero(void) { return _mm256_setzero_si256(); }
 static inline ivec i_load(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
 #if defined(__AVXVNNI__)
 #define I8_ISA "avx-vnni"
+#define IB 32
+#define NB 2
 static inline ivec i_dot(ivec acc, ivec a, ivec w) { return _mm256_dpbusd_avx_epi32(acc, a, w); }
 #else
 #define I8_ISA "avx2"
-static inline ivec i_dot(ivec acc, ivec a, ivec w) {  /* widened to int16, pairs summed */
-    __m256i a0 = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(a));
-    __m256i a1 = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(a, 1));
-    __m256i w0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(w));
-    __m256i w1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(w, 1));
-    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(a0, w0));
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(a1, w1));
+#define WORDS 1
+#define IB 16
+#define NB 2
+/* 16 codes widened to int16 */
+static inline ivec i_load_w(const int8_t *p) {
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p));
+}
+static inline ivec i_dot(ivec acc, ivec a, ivec w) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, w));
 }
 #endif
 static inline int64_t i_sum(ivec v) {
@@ -293,50 +310,83 @@ static inline int64_t i_sum(ivec v) {
 }
 #endif
 
-/* The last K % IB codes of a row, zero-padded to a whole vector. */
+#ifdef WORDS
+typedef int16_t digit_t;
+#define DIGIT 4096                       /* the digits' base */
+#define DIGITS 2
+#define OFFSET 0
+#define ONES 0
+/* a step's lane gets two products of at most 2048 * 128: 2^19, so 2^11 steps stay in int32 */
+#define SEG (IB << 11)
+static inline ivec i_load_a(const digit_t *p) { return i_load(p); }
+#else
+typedef uint8_t digit_t;
+#define DIGIT 254
+#define DIGITS 3
+#define OFFSET 128                       /* a digit is stored as d + 128, an unsigned byte */
+#define ONES 1
+#define SEG INT64_MAX                    /* K <= 2^19 keeps the lanes in int32 (the caller checks) */
+static inline ivec i_load_a(const digit_t *p) { return i_load(p); }
+static inline ivec i_load_w(const int8_t *p) { return i_load(p); }
+#endif
+
+/* The last K % IB codes of a row, zero-padded to a whole step. */
 static inline ivec i_tail(const int8_t *p, int64_t n) {
-    int8_t buf[IB] = {0}; memcpy(buf, p, (size_t)n); return i_load(buf);
+    int8_t buf[IB] = {0}; memcpy(buf, p, (size_t)n); return i_load_w(buf);
 }
 
-/* One block: R rows of unsigned bytes (kp each, zero-padded: a row of x's digits, the row of
- * ones, or both) against B rows of W: dot[r * B + j] = sum_k a[r][k] w[j][k], exact. */
-#define DEFINE_I8_BLOCK(NAME, R, B)                                                        \
-static void NAME(const uint8_t *const *a, const int8_t *w, int64_t K, int64_t *dot) {      \
-    ivec acc[R][B];                                                                        \
-    for (int r = 0; r < R; r++) for (int j = 0; j < B; j++) acc[r][j] = i_zero();          \
-    int64_t k = 0;                                                                         \
-    for (; k < K; k += IB) {                                                               \
+/* One step of a block at column k: acc[r][j] += a[r][k..k+IB) . w[j][k..k+IB), the codes of
+ * row j loaded by LOAD(j). */
+#define I8_STEP(R, B, LOAD)                                                                \
+    do {                                                                                   \
         ivec wv[B];                                                                        \
-        if (k + IB <= K) {                                                                 \
-            if (k % 64 == 0) for (int j = 0; j < B; j++) prefetch(w + j * K + k + AHEAD);  \
-            for (int j = 0; j < B; j++) wv[j] = i_load(w + j * K + k);                     \
-        } else {                                                                           \
-            for (int j = 0; j < B; j++) wv[j] = i_tail(w + j * K + k, K - k);              \
-        }                                                                                  \
+        for (int j = 0; j < B; j++) wv[j] = LOAD(j);                                       \
         for (int r = 0; r < R; r++) {                                                      \
-            ivec av = i_load(a[r] + k);                                                    \
+            ivec av = i_load_a(ar[r] + k);                                                 \
             for (int j = 0; j < B; j++) acc[r][j] = i_dot(acc[r][j], av, wv[j]);           \
         }                                                                                  \
+    } while (0)
+#define I8_CODES(j) i_load_w(w + (j) * K + k)
+#define I8_TAIL(j) (k + IB <= e ? i_load_w(w + (j) * K + k) : i_tail(w + (j) * K + k, e - k))
+
+/* One block: R rows of digits (kp each, zero-padded: a row of x's digits, the row of ones, or
+ * both) against B rows of W: dot[r * B + j] = sum_k a[r][k] w[j][k], exact. A cache line of
+ * each row of W a time, its prefetch ahead, then the rest of the row. */
+#define DEFINE_I8_BLOCK(NAME, R, B)                                                        \
+static void NAME(const digit_t *const *a, const int8_t *w, int64_t K, int64_t *dot) {      \
+    const digit_t *ar[R];                                                                  \
+    for (int r = 0; r < R; r++) ar[r] = a[r];                                              \
+    for (int r = 0; r < R; r++) for (int j = 0; j < B; j++) dot[r * B + j] = 0;            \
+    for (int64_t s = 0; s < K; s += SEG) {                                                 \
+        int64_t e = K - s > SEG ? s + SEG : K, k = s;                                      \
+        ivec acc[R][B];                                                                    \
+        for (int r = 0; r < R; r++) for (int j = 0; j < B; j++) acc[r][j] = i_zero();      \
+        for (int64_t line = s; line + 64 <= e; line += 64) {                               \
+            for (int j = 0; j < B; j++) prefetch(ahead(w, j, B, K, line));                 \
+            for (k = line; k < line + 64; k += IB) I8_STEP(R, B, I8_CODES);                \
+        }                                                                                  \
+        for (; k < e; k += IB) I8_STEP(R, B, I8_TAIL);                                     \
+        for (int r = 0; r < R; r++) for (int j = 0; j < B; j++)                            \
+            dot[r * B + j] += i_sum(acc[r][j]);                                            \
     }                                                                                      \
-    for (int r = 0; r < R; r++) for (int j = 0; j < B; j++) dot[r * B + j] = i_sum(acc[r][j]); \
 }
 
-/* decode: a row of x's digits and the row of ones (W's row sums) against NB rows of W, or 1 */
-DEFINE_I8_BLOCK(i8_decode, DIGITS + 1, NB)
-DEFINE_I8_BLOCK(i8_decode1, DIGITS + 1, 1)
-/* prefill (several rows of x): W's row sums once, then each row's digits */
+/* decode: a row of x's digits (and the row of ones: W's row sums) against NB rows of W, or 1 */
+DEFINE_I8_BLOCK(i8_decode, DIGITS + ONES, NB)
+DEFINE_I8_BLOCK(i8_decode1, DIGITS + ONES, 1)
+/* prefill (several rows of x): W's row sums once (where ONES), then each row's digits */
 DEFINE_I8_BLOCK(i8_sums, 1, NB)
 DEFINE_I8_BLOCK(i8_sums1, 1, 1)
 DEFINE_I8_BLOCK(i8_prefill, DIGITS, NB)
 DEFINE_I8_BLOCK(i8_prefill1, DIGITS, 1)
 
-/* Rows of x as digits: a [M][DIGITS][kp] and the row of ones [kp] (kp = K rounded up to
- * ALIGN bytes, the padding 0); c[i] = max|x_i| / Q (NaN where the row is not finite). */
-static void i8_digits(const float *x, int64_t M, int64_t K, int64_t kp, uint8_t *a,
-                      uint8_t *ones, double *c) {
-    memset(a, 0, (size_t)(M * DIGITS * kp));
-    memset(ones, 0, (size_t)kp);
-    memset(ones, 1, (size_t)K);
+/* Rows of x as digits: a [M][DIGITS][kp] and (where ONES) the row of ones [kp] (kp = K
+ * rounded up to ALIGN digits, the padding 0); c[i] = max|x_i| / Q (NaN where the row is not
+ * finite). */
+static void i8_digits(const float *x, int64_t M, int64_t K, int64_t kp, digit_t *a,
+                      digit_t *ones, double *c) {
+    memset(a, 0, (size_t)(M * DIGITS * kp) * sizeof(digit_t));
+    for (int64_t k = 0; k < kp * ONES; k++) ones[k] = k < K;
     for (int64_t i = 0; i < M; i++) {
         const float *row = x + i * K;
         /* max|x| on the bits: non-negative floats order as their bit patterns, infinity and
@@ -354,23 +404,24 @@ static void i8_digits(const float *x, int64_t M, int64_t K, int64_t kp, uint8_t 
         c[i] = !finite ? NAN : (double)top / Q;
         if (!finite || top == 0) continue;
         double grid = Q / (double)top;
-        uint8_t *d = a + i * DIGITS * kp;
-        /* balanced digits by floor divisions of shifted, non-negative values */
+        digit_t *d = a + i * DIGITS * kp;
+        /* balanced digits, lowest first, each in [-DIGIT / 2, DIGIT / 2): the highest is at
+         * most (Q + Q / 127) / DIGIT^(DIGITS - 1) in size (127 for bytes, 2001 for words) */
         for (int64_t k = 0; k < K; k++) {
-            int32_t p = (int32_t)nearbyint((double)row[k] * grid);   /* |p| <= Q */
-            int32_t d0 = (int32_t)((uint32_t)(p + Q + HALF2) / (DIGIT * DIGIT)) - 127;
-            int32_t rem = p - d0 * DIGIT * DIGIT;                     /* in [-32258, 32257] */
-            int32_t d1 = (int32_t)((uint32_t)(rem + 127 * DIGIT + 127) / DIGIT) - 127;
-            int32_t d2 = rem - d1 * DIGIT;                            /* in [-127, 126] */
-            d[k] = (uint8_t)(d0 + OFFSET);
-            d[kp + k] = (uint8_t)(d1 + OFFSET);
-            d[2 * kp + k] = (uint8_t)(d2 + OFFSET);
+            int32_t rest = (int32_t)nearbyint((double)row[k] * grid);   /* |P| <= Q */
+            for (int r = DIGITS - 1; r > 0; r--) {
+                int32_t low = (rest + DIGIT / 2) % DIGIT;
+                low += (low < 0) * DIGIT - DIGIT / 2;
+                d[r * kp + k] = (digit_t)(low + OFFSET);
+                rest = (rest - low) / DIGIT;
+            }
+            d[k] = (digit_t)(rest + OFFSET);
         }
     }
 }
 
 /* y[i, j] from the digits' sums d[r] = sum_k (digit r + OFFSET) W (r = 0..DIGITS-1, stride
- * `stride`) and W's row sum: each offset taken off, T = sum_k P W exact. */
+ * `stride`) and W's row sum (0 without ONES): each offset taken off, T = sum_k P W exact. */
 static inline float i8_output(const int64_t *d, int stride, int64_t sum_w, double c,
                               float scale) {
     int64_t t = 0;
@@ -379,27 +430,27 @@ static inline float i8_output(const int64_t *d, int stride, int64_t sum_w, doubl
 }
 
 /* Columns n0..n1 of y [M, N] in float32 (a, ones: the digit rows of x and the row of ones,
- * kp bytes each; scale [n1 - n0]: those columns' scales; c: each row's max|x| / Q). */
-static void i8_columns(const uint8_t *a, const uint8_t *ones, int64_t kp, const int8_t *q,
+ * kp digits each; scale [n1 - n0]: those columns' scales; c: each row's max|x| / Q). */
+static void i8_columns(const digit_t *a, const digit_t *ones, int64_t kp, const int8_t *q,
                        const float *scale, const double *c, float *y, int64_t M, int64_t N,
                        int64_t K, int64_t n0, int64_t n1) {
-    int64_t dot[(DIGITS + 1) * NB];
-    const uint8_t *rows[DIGITS + 1];
+    int64_t dot[(DIGITS + ONES) * NB];
+    const digit_t *rows[DIGITS + ONES];
     if (M == 1) {
         for (int r = 0; r < DIGITS; r++) rows[r] = a + r * kp;
-        rows[DIGITS] = ones;
+        if (ONES) rows[DIGITS] = ones;
         for (int64_t j = n0; j < n1; ) {
             int b = j + NB <= n1 ? NB : 1;
             (b == NB ? i8_decode : i8_decode1)(rows, q + j * K, K, dot);
             for (int jj = 0; jj < b; jj++)
-                y[j + jj] = i8_output(dot + jj, b, dot[DIGITS * b + jj], c[0],
+                y[j + jj] = i8_output(dot + jj, b, ONES ? dot[DIGITS * b + jj] : 0, c[0],
                                       scale[j - n0 + jj]);
             j += b;
         }
         return;
     }
-    int64_t sum_w[CHUNK];
-    for (int64_t j = n0; j < n1; ) {
+    int64_t sum_w[CHUNK] = {0};
+    for (int64_t j = n0; j < n1 && ONES; ) {
         int b = j + NB <= n1 ? NB : 1;
         (b == NB ? i8_sums : i8_sums1)(&ones, q + j * K, K, sum_w + (j - n0));
         j += b;
@@ -437,7 +488,7 @@ int lalm_int8_linear_many(const void *x, int n, const int8_t *const *q,
     }
     float *owned;
     const float *xf = f32_rows(x, bf16, M * K, &owned);
-    uint8_t *a = aligned_alloc(ALIGN, (size_t)((M * DIGITS + 1) * kp));
+    digit_t *a = aligned_alloc(ALIGN, (size_t)((M * DIGITS + ONES) * kp) * sizeof(digit_t));
     double *c = malloc((size_t)M * sizeof(double));
     float *wide = bf16 ? malloc((size_t)(M * columns) * sizeof(float)) : NULL;
     int ok = xf && a && c && (wide || !bf16);
@@ -445,7 +496,7 @@ int lalm_int8_linear_many(const void *x, int n, const int8_t *const *q,
         float *yf[MAX_MANY];
         for (int64_t p = 0, at = 0; p < n; at += N[p], p++)
             yf[p] = bf16 ? wide + M * at : (float *)y[p];
-        uint8_t *ones = a + M * DIGITS * kp;
+        digit_t *ones = a + M * DIGITS * kp;
         i8_digits(xf, M, K, kp, a, ones, c);
         #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
         for (int64_t ch = 0; ch < first[n]; ch++) {

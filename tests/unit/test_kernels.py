@@ -124,6 +124,26 @@ def test_the_avx2_and_portable_builds_agree_bit_for_bit(tmp_path) -> None:
                        kernels.bf16_linear(x, w, lib=generic))
 
 
+@pytest.mark.skipif(not X86, reason="the AVX2 and portable builds are x86-64 targets")
+def test_int8_sums_stay_exact_at_the_longest_rows_and_the_extreme_codes(tmp_path) -> None:
+    """K = INT8_MAX_K with every code at -128 or 127 and every activation at max|x| (the
+    largest digits): the integer sums' worst case, past any int32 lane without its spills.
+    x = 1 puts every P at Q, so y = scale * sum(q), exactly, on every build (two rows: the
+    prefill path too; a sign-alternating row: the lanes' cancellations)."""
+    k = kernels.INT8_MAX_K
+    q = torch.full((3, k), 127, dtype=torch.int8)
+    q[1] = -128
+    q[2, ::2] = -128
+    scales = torch.tensor([1.0, 0.5, 0.25])
+    x = torch.ones(2, k)
+    x[1, 1::2] = -1.0
+    expected = (x.double() @ q.double().t()) * scales.double()[None]
+    libs = [None, kernels.build("x86-64-v3", tmp_path), kernels.build("x86-64", tmp_path)]
+    for lib in libs:
+        assert torch.equal(kernels.int8_linear(x, q, scales, lib=lib), expected.float())
+        assert torch.equal(kernels.int8_linear(x[:1], q, scales, lib=lib), expected[:1].float())
+
+
 @pytest.mark.parametrize("outlier", [1.0, 1e3])
 def test_int8_error_is_the_fixed_point_rounding_of_the_activations_at_most(outlier) -> None:
     """|y - x W^T| <= (max|x| / 2Q) sum|W| + y's own float32 rounding, Q = 127 * 254^2,
