@@ -5,7 +5,9 @@ The decoder is built in memory with the real shapes (width 4096, MLP 11008, 32/3
 vocab 156,032) but `--layers` (2) layers, random weights; the embedding shares the lm_head's
 matrix (a step reads one embedding row, so this only saves memory). For each precision
 (fp32, bf16, int8 / int4 = `quantize_model` of the bf16 weights, lm_head included: int8 for
-int4 models, `HEAD_SCHEMES`; int4 in groups of `INT4_GROUP_SIZE` columns): time decode steps
+int4 models, `HEAD_SCHEMES`; int4 in groups of `INT4_GROUP_SIZE` columns; the activations
+in the dtype `load_model` would compute in on this machine, `resolve_precision`: float32 on a
+CPU without bf16 units, or with `--compute storage` the weights' own): time decode steps
 over a KV context of `--context` positions (best of `--rounds`), and time the final norm +
 lm_head product alone (and with `--prefill` a prefill of `--context` positions: 280 is about
 a 10 s clip's prompt). Per layer = (step - head - base) / layers, base being the same step
@@ -17,8 +19,9 @@ once, plus the KV cache) / read bandwidth, the bandwidth being the fastest of th
 over 1 GiB (`probes`: a sum, a copy, MKL's fp32 matrix-vector product), which take turns
 with the steps within every round (the host's memory traffic moves the bandwidth by ±15 %
 from minute to minute, so a probe taken apart from the steps measures another moment).
-transformers' Qwen2 decode on the same bf16 tensors (shared, not copied) is the reference
-where `--reference` is given; `--torch-kernels` also times the bf16 and int8 decoders with
+transformers' Qwen2 decode on the same bf16 tensors (shared, not copied; a bf16 decoder of
+its own where lalm's computes in float32) is the reference where `--reference` is given;
+`--torch-kernels` also times the bf16 and int8 decoders with
 torch's products instead of lalm's (`lalm.kernels.torch_kernels`), on the same decoder, the two
 taking turns within every round (the host's memory traffic varies from minute to minute).
 One thread by default: on a shared machine two-thread kernels wait at OpenMP barriers.
@@ -32,15 +35,17 @@ import argparse
 import contextlib
 import gc
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
 from _common import best_alternating
 
 from lalm import kernels
-from lalm.config import DecoderConfig, ModelConfig
+from lalm.config import DecoderConfig, ModelConfig, resolve_precision
 from lalm.model.decoder import TextDecoder
 from lalm.model.quant import quantize_model
+from lalm.model.upcast import upcast_compute
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16,
           "int4": torch.bfloat16}
@@ -72,8 +77,27 @@ def read_bandwidth(n_bytes: int = 1 << 30) -> float:
     return best
 
 
-def build(config: DecoderConfig, precision: str, seed: int = 0) -> TextDecoder:
-    """The real-shape decoder in `precision`: N(0, 0.02) weights, norms 1, biases 0.01."""
+def compute_dtype(precision: str, compute: str) -> torch.dtype:
+    """The activations' dtype of a `precision` decoder: "auto" as `load_model` picks it for a
+    bf16 checkpoint on this machine (`resolve_precision`: a CPU without bf16 units computes in
+    float32 over the narrow weights), "storage" the weights' own dtype whatever the machine."""
+    if compute == "storage":
+        return DTYPES[precision]
+    with warnings.catch_warnings():  # the warning that it computes in float32 (printed later)
+        warnings.simplefilter("ignore")
+        return resolve_precision(precision, "cpu", DTYPES[precision]).compute
+
+
+def activations(decoder: TextDecoder) -> torch.dtype:
+    """The dtype `decoder` computes in (its norms are cast to it, `upcast_compute`)."""
+    return decoder.norm.weight.dtype
+
+
+def build(config: DecoderConfig, precision: str, seed: int = 0,
+          compute: torch.dtype | None = None) -> TextDecoder:
+    """The real-shape decoder in `precision`: N(0, 0.02) weights, norms 1, biases 0.01;
+    computing in `compute` (default: the weights' dtype) over its narrow weights, as
+    `load_model` makes it (`upcast_compute`)."""
     with torch.device("meta"):
         decoder = TextDecoder(config).to(DTYPES[precision])  # allocated in its dtype below
     decoder.embed.weight = decoder.lm_head.weight  # one [V, D] matrix (module docstring)
@@ -98,6 +122,8 @@ def build(config: DecoderConfig, precision: str, seed: int = 0) -> TextDecoder:
     decoder.eval()
     if precision in ("int8", "int4"):
         quantize_model(decoder, precision)
+    if compute is not None and compute != DTYPES[precision]:
+        upcast_compute(decoder, compute)
     return decoder
 
 
@@ -116,7 +142,7 @@ def best_time(run: Callable[[], object], rounds: int, repeat: int) -> float:
 def step_timer(decoder: TextDecoder, context: int) -> Callable[[], object]:
     """A callable running one decode step at KV length `context` (the cache is rewound after
     each step, so every call attends over the same context)."""
-    dim, dtype = decoder.config.dim, decoder.embed.weight.dtype
+    dim, dtype = decoder.config.dim, activations(decoder)
     cache = decoder.setup_caches(1, context + 1)
     gen = torch.Generator().manual_seed(1)
     # the context's keys/values written directly (a bf16 prefill is slow on CPUs without
@@ -139,7 +165,7 @@ def step_timer(decoder: TextDecoder, context: int) -> Callable[[], object]:
 def prefill_timer(decoder: TextDecoder, context: int) -> Callable[[], object]:
     """A callable running the prefill of `context` positions into an empty cache (the last
     position's logits, as generation asks), rewound after each call."""
-    dim, dtype = decoder.config.dim, decoder.embed.weight.dtype
+    dim, dtype = decoder.config.dim, activations(decoder)
     cache = decoder.setup_caches(1, context + 1)
     gen = torch.Generator().manual_seed(2)
     embeds = torch.randn(1, context, dim, generator=gen).to(dtype)
@@ -157,7 +183,7 @@ def prefill_timer(decoder: TextDecoder, context: int) -> Callable[[], object]:
 def head_timer(decoder: TextDecoder) -> Callable[[], object]:
     """A callable running the final norm + lm_head of one position (what a step adds to its
     layers)."""
-    x = torch.randn(1, decoder.config.dim).to(decoder.embed.weight.dtype)
+    x = torch.randn(1, decoder.config.dim).to(activations(decoder))
 
     def head() -> object:
         with torch.inference_mode():
@@ -228,14 +254,14 @@ def time_precision(config: DecoderConfig, precision: str, args: argparse.Namespa
     with the bandwidth `probes`; bytes a layer reads, bytes the head reads; transformers'
     step seconds on the same tensors where `reference`, else None; the best probe's bytes
     per second)."""
-    decoder = build(config, precision)
+    decoder = build(config, precision, compute=compute_dtype(precision, args.compute))
     # the saved tensors: for int4 as many bytes as the kernel's packed copy it reads
     layer_bytes = sum(t.numel() * t.element_size()
                       for t in decoder.layers[0].state_dict().values())
     head_bytes = sum(t.numel() * t.element_size() for t in
                      (*decoder.lm_head.state_dict().values(), decoder.norm.weight))
-    kv_bytes = 2 * args.context * config.n_kv_head * config.head_dim * DTYPES[
-        precision].itemsize  # one layer's keys + values read per step
+    kv_bytes = 2 * args.context * config.n_kv_head * config.head_dim * activations(
+        decoder).itemsize  # one layer's keys + values read per step (the compute dtype)
     step, head = step_timer(decoder, args.context), head_timer(decoder)
     ways = {precision: contextlib.nullcontext}
     if torch_too:
@@ -264,6 +290,8 @@ def time_precision(config: DecoderConfig, precision: str, args: argparse.Namespa
             print(f"  {label}: prefill of {args.context} positions {t_prefill:.2f} s for "
                   f"{args.layers} layers + head, "
                   f"{(t_prefill - t_head) / args.layers * REAL_LAYERS + t_head:.1f} s for the 7B")
+    if reference and activations(decoder) != DTYPES[precision]:
+        decoder = build(config, precision)  # transformers computes in the weights' dtype
     t_reference = best_time(reference_timer(decoder, args.context), args.rounds,
                             args.repeat) if reference else None
     del decoder
@@ -285,16 +313,23 @@ def main() -> None:
                         help="also time a prefill of --context positions per precision")
     parser.add_argument("--torch-kernels", action="store_true",
                         help="also time bf16 and int8 with torch's products, not lalm's")
+    parser.add_argument("--compute", choices=("auto", "storage"), default="auto",
+                        help="activations' dtype: as load_model picks it on this machine "
+                             "(auto), or the weights' own (storage: bf16 even without "
+                             "bf16 units)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = ModelConfig.from_name("qwen2-audio-7b", decoder={
         "n_layer": args.layers, "max_seq_len": args.context + 1}).decoder
     paths = f"{kernels.isa()}, int8 {kernels.int8_isa()}" if kernels.available() else \
         "unavailable"
+    computes = ", ".join(f"{p} {str(compute_dtype(p, args.compute)).removeprefix('torch.')}"
+                         for p in args.precisions.split(","))
     print(f"Qwen2-Audio-7B decoder shapes, {args.layers} layers built, context {args.context}, "
           f"{args.threads} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"lalm kernels {paths}, "
-          f"best of {args.rounds} rounds x {args.repeat} steps")
+          f"best of {args.rounds} rounds x {args.repeat} steps; activations ({args.compute}): "
+          f"{computes}")
     rows: list[tuple[str, float, float, float, int, int]] = []
     bandwidth = 0.0
     reference = None
