@@ -409,8 +409,8 @@ static void i8_digits(const float *x, int64_t M, int64_t K, int64_t kp, digit_t 
         if (!finite || top == 0) continue;
         double grid = Q / (double)top;
         digit_t *d = a + i * DIGITS * kp;
-        /* balanced digits, lowest first, each in [-DIGIT / 2, DIGIT / 2): the highest is at
-         * most (Q + Q / 127) / DIGIT^(DIGITS - 1) in size (127 for bytes, 2001 for words) */
+        /* balanced digits, lowest first, each in [-DIGIT / 2, DIGIT / 2); the highest, what
+         * is left, is at most 127 in size for bytes and 2000 for words (|P| <= Q) */
         for (int64_t k = 0; k < K; k++) {
             int32_t rest = (int32_t)nearbyint((double)row[k] * grid);   /* |P| <= Q */
             for (int r = DIGITS - 1; r > 0; r--) {
