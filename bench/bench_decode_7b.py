@@ -21,9 +21,9 @@ with the steps within every round (the host's memory traffic moves the bandwidth
 from minute to minute, so a probe taken apart from the steps measures another moment).
 transformers' Qwen2 decode on the same bf16 tensors (shared, not copied; a bf16 decoder of
 its own where lalm's computes in float32) is the reference where `--reference` is given;
-`--torch-kernels` also times the bf16 and int8 decoders with
-torch's products instead of lalm's (`lalm.kernels.torch_kernels`), on the same decoder, the two
-taking turns within every round (the host's memory traffic varies from minute to minute).
+`--torch-kernels` also times the bf16 and int8 decoders with torch's products instead of
+lalm's (`lalm.kernels.torch_kernels`), on the same decoder, the two taking turns within every
+round (the host's memory traffic varies from minute to minute).
 One thread by default: on a shared machine two-thread kernels wait at OpenMP barriers.
 
 Run:  PYTHONPATH=. .venv/bin/python bench/bench_decode_7b.py [--precisions fp32,bf16,int8,int4]

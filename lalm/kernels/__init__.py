@@ -10,9 +10,9 @@ largest element's float32 rounding, at most) held as three int8 digits, and 64 c
 four u8 x s8 dot-product instructions (AVX-512 VNNI, AVX-VNNI: the three digits and W's row
 sum) where widening them to float32 takes twelve; AVX2 without VNNI holds it as two int16
 digits and multiplies them with the codes widened to int16 (two multiply-adds per 16 codes).
-Every output row is computed the same way
-whatever the number of rows or threads, so a sequence decodes to the same bits alone or in a
-batch; the int8 product's bits are also the same on every vector path (its sums are exact).
+Every output row is computed the same way whatever the number of rows or threads, so a
+sequence decodes to the same bits alone or in a batch; the int8 product's bits are also the
+same on every vector path (its sums are exact).
 
 The C source is compiled on first use with the machine's C compiler (`$CC`, else `cc`;
 `-O3 -march=native -fopenmp`) into lalm's cache (`$LALM_CACHE/kernels`, named by a hash of the
