@@ -214,8 +214,10 @@ class QuantizedLinear(nn.Module):
 
     bits: int
     weight: Tensor
-    #: Buffers held in the kernel's own dtype, which `lalm.model.upcast.upcast_compute` keeps.
-    kernel_buffers: tuple[str, ...] = ()
+    #: Buffers that `lalm.model.upcast.upcast_compute` keeps in their dtype, as it keeps the
+    #: Linear weights: the kernel's copies (read in that dtype) and what only a dequantisation
+    #: reads.
+    narrow_buffers: tuple[str, ...] = ()
 
     def __init__(self, in_features: int, out_features: int, bias: bool,
                  group_size: int | None, dtype: torch.dtype | None,
@@ -351,7 +353,7 @@ class Int4Linear(QuantizedLinear):
     """
 
     bits = 4
-    kernel_buffers = ("scales_and_zeros",)
+    narrow_buffers = (SCALES, ZEROS, "scales_and_zeros")
     scales: Tensor
     zeros: Tensor
     packed: Tensor | None

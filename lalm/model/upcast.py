@@ -106,8 +106,8 @@ def upcast_compute(model: nn.Module, compute: torch.dtype = torch.float32) -> No
 
     In place: every `nn.Linear` becomes an `UpcastLinear`, every `nn.Embedding` an
     `UpcastEmbedding` (same parameters, names and state dict), and every other floating
-    parameter or buffer is cast to `compute` (but a quantised layer's `kernel_buffers`, which
-    its kernel reads in their own dtype). Idempotent.
+    parameter or buffer is cast to `compute` (but a quantised layer's `narrow_buffers`: its
+    int4 scales and zeros, and their copy the kernel reads in bf16). Idempotent.
 
     Args:
         model: the model (its weights in bf16 or fp16, say).
@@ -127,7 +127,7 @@ def upcast_compute(model: nn.Module, compute: torch.dtype = torch.float32) -> No
             for _, param in module.named_parameters(recurse=False):
                 if id(param) not in big and param.is_floating_point():
                     param.data = param.data.to(compute)
-            kept = getattr(module, "kernel_buffers", ())  # lalm.model.quant's kernel copies
+            kept = getattr(module, "narrow_buffers", ())  # lalm.model.quant's layers
             for name, buffer in module.named_buffers(recurse=False):
                 if buffer is not None and buffer.is_floating_point() and name not in kept:
                     setattr(module, name, buffer.to(compute))

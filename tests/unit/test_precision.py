@@ -209,6 +209,8 @@ def test_int8_and_int4_precisions_quantise_the_decoder_of_a_float_checkpoint(
     assert layer.mlp.up.weight.dtype == codes
     assert type(model.encoder.blocks[0].attn.query) is not kind  # the encoder stays float
     assert model.decoder.embed.weight.dtype == torch.bfloat16  # the rest as "auto"
+    if scheme == "int4":  # its scales and zeros stay as stored, computing in float32 or not
+        assert layer.mlp.up.scales.dtype == layer.mlp.up.zeros.dtype == torch.bfloat16
     ids = torch.randint(0, 8192, (1, 7), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         a, b = model(ids).logits, reference(ids).logits
