@@ -1,5 +1,6 @@
 /* lalm's CPU products for decoding: y = x W^T with W stored narrow (int8 codes with one scale
- * per output row, or bf16), read once from memory as it streams through the cores.
+ * per output row, or bf16), read once from memory as it streams through the cores; and a
+ * decode step's attention over the KV cache (`lalm_decode_attention`, its comment).
  *
  * Shapes (all row-major, contiguous): x [M, K] float32, W [N, K], y [M, N] float32.
  *
@@ -26,6 +27,7 @@
  * and two multiply-adds (one core of an AMD EPYC, Zen 3, runs that at ~23 GB/s of codes from
  * its L2 and reads ~20 GB/s from memory): the int8 product stays bound by memory.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +40,7 @@ typedef __m512 vec;
 static inline vec v_zero(void) { return _mm512_setzero_ps(); }
 static inline vec v_load(const float *p) { return _mm512_loadu_ps(p); }
 static inline vec v_fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vec v_fill(float f) { return _mm512_set1_ps(f); }
 static inline vec v_bf16(const uint16_t *p) {
     __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
@@ -58,6 +61,7 @@ typedef __m256 vec;
 static inline vec v_zero(void) { return _mm256_setzero_ps(); }
 static inline vec v_load(const float *p) { return _mm256_loadu_ps(p); }
 static inline vec v_fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vec v_fill(float f) { return _mm256_set1_ps(f); }
 static inline vec v_bf16(const uint16_t *p) {
     __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
@@ -70,7 +74,6 @@ static inline float v_sum(vec v) {
 }
 static inline void prefetch(const void *p) { _mm_prefetch((const char *)p, _MM_HINT_T0); }
 #else
-#include <math.h>
 #define ISA "generic"
 #define LANES 8
 typedef struct { float l[LANES]; } vec;
@@ -79,6 +82,11 @@ static inline vec v_load(const float *p) { vec v; memcpy(v.l, p, sizeof v.l); re
 static inline vec v_fma(vec a, vec b, vec c) {
     for (int i = 0; i < LANES; i++) c.l[i] = fmaf(a.l[i], b.l[i], c.l[i]);
     return c;
+}
+static inline vec v_fill(float f) {
+    vec v;
+    for (int i = 0; i < LANES; i++) v.l[i] = f;
+    return v;
 }
 static inline vec v_bf16(const uint16_t *p) {
     vec v;
@@ -238,9 +246,85 @@ int lalm_bf16_linear(const void *x, const uint16_t *w, const void *bias, void *y
     return 0;
 }
 
+/* ---- attention of a decode step ---- */
+
+DEFINE_BLOCK(f32_1x4, float, v_load, tail_f32, 1, 4)
+DEFINE_BLOCK(f32_1x1, float, v_load, tail_f32, 1, 1)
+DEFINE_BLOCK(bf_1x4, uint16_t, v_bf16, tail_bf16, 1, 4)
+
+/* One new query per row against the row's cached keys and values (a decode step):
+ * out [B, H, D] = softmax(scale q k^T over the keys mask allows) v, for q [B, H, D]
+ * (contiguous), k and v [B, Hkv, T, D] at strides (sb, sh, D, 1) elements, mask [B, T] bytes
+ * (nonzero: attend); head h reads key/value head h / (H / Hkv). q, k, v and out float32, or
+ * bf16 where `bf16` (computed in float32, out rounded once). A row's keys are taken in order
+ * (scores by the bf16 product's dot, the softmax's sum and the weighted sum of values key by
+ * key, masked keys skipped), so its result does not depend on T past its last key, on B or on
+ * the threads. A row with no key to attend gets zeros. D % LANES == 0 (the caller checks).
+ * Returns 0, or -1 where a buffer could not be allocated. */
+int lalm_decode_attention(const void *q, const void *k, const void *v, const uint8_t *mask,
+                          void *out, int bf16, int64_t B, int64_t H, int64_t Hkv, int64_t T,
+                          int64_t D, int64_t sb, int64_t sh, float scale, int threads) {
+    int failed = 0;
+    int64_t group = H / Hkv, size = bf16 ? 2 : 4;
+    #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t bh = 0; bh < B * H; bh++) {
+        int64_t b = bh / H, h = bh % H;
+        const char *keys = (const char *)k + (b * sb + h / group * sh) * size;
+        const char *values = (const char *)v + (b * sb + h / group * sh) * size;
+        const uint8_t *allowed = mask + b * T;
+        float *qf = malloc((size_t)(D + T) * sizeof(float));
+        vec *acc = aligned_alloc(64, (size_t)(D / LANES * sizeof(vec) + 63) / 64 * 64);
+        if (!qf || !acc) {
+            free(qf); free(acc);
+            #pragma omp atomic write
+            failed = 1;
+            continue;
+        }
+        float *s = qf + D;
+        for (int64_t d = 0; d < D; d++)
+            qf[d] = bf16 ? bf16_to_f32(((const uint16_t *)q)[bh * D + d])
+                         : ((const float *)q)[bh * D + d];
+        int64_t t = 0;
+        if (bf16) {
+            for (; t + 4 <= T; t += 4) bf_1x4(qf, (const uint16_t *)keys + t * D, s + t, D, 1);
+            for (; t < T; t++) bf_1x1(qf, (const uint16_t *)keys + t * D, s + t, D, 1);
+        } else {
+            for (; t + 4 <= T; t += 4) f32_1x4(qf, (const float *)keys + t * D, s + t, D, 1);
+            for (; t < T; t++) f32_1x1(qf, (const float *)keys + t * D, s + t, D, 1);
+        }
+        float top = -INFINITY;
+        for (t = 0; t < T; t++)
+            if (allowed[t] && s[t] * scale > top) top = s[t] * scale;
+        float total = 0.0f;
+        for (int64_t c = 0; c < D / LANES; c++) acc[c] = v_zero();
+        for (t = 0; t < T; t++) {
+            if (!allowed[t]) continue;
+            float p = expf(s[t] * scale - top);
+            total += p;
+            vec pv = v_fill(p);
+            if (bf16) {
+                const uint16_t *row = (const uint16_t *)values + t * D;
+                for (int64_t c = 0; c < D / LANES; c++)
+                    acc[c] = v_fma(pv, v_bf16(row + c * LANES), acc[c]);
+            } else {
+                const float *row = (const float *)values + t * D;
+                for (int64_t c = 0; c < D / LANES; c++)
+                    acc[c] = v_fma(pv, v_load(row + c * LANES), acc[c]);
+            }
+        }
+        float *o = (float *)acc;  /* the weighted sums, in place */
+        for (int64_t d = 0; d < D; d++) {
+            float y = total > 0.0f ? o[d] / total : 0.0f;
+            if (bf16) ((uint16_t *)out)[bh * D + d] = f32_to_bf16(y);
+            else ((float *)out)[bh * D + d] = y;
+        }
+        free(qf); free(acc);
+    }
+    return failed ? -1 : 0;
+}
+
 /* ---- int8 ---- */
 
-#include <math.h>
 
 #define Q (127 * 254 * 254)              /* the fixed-point grid of a row: |P| <= Q */
 #define ALIGN 64                         /* digit rows are zero-padded to whole 64 digits */

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lalm import kernels
 from lalm.config import DecoderConfig
 from lalm.model.kv_cache import KVCache
 from lalm.model.layers import (
@@ -128,11 +129,14 @@ class Attention(nn.Module):
             q = q * q_scale.to(q.dtype)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # [B, H_kv, K, hd] including earlier tokens
-        # grouped heads read their shared key/value head in place (no repeat_interleave copy);
-        # the result is bit-identical to attending over repeated heads
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, enable_gqa=self.n_kv_head != self.n_head
-        )  # [B, H, S, hd]
+        if cache is not None and kernels.attends(q, k, v, mask):  # a decode step on the CPU
+            out = kernels.decode_attention(q, k, v, mask)  # the cache read as it streams
+        else:
+            # grouped heads read their shared key/value head in place (no repeat_interleave
+            # copy); the result is bit-identical to attending over repeated heads
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, enable_gqa=self.n_kv_head != self.n_head
+            )  # [B, H, S, hd]
         return self.o(out.transpose(1, 2).reshape(batch, seq, -1))
 
 

@@ -1,8 +1,9 @@
 """lalm's CPU kernels (`lalm.kernels`): each product against a float64 reference (int8 within
 its fixed-point rounding bound), rows that do not depend on the other rows or the thread count,
 the AVX2 and portable builds (bf16 equal bit for bit: same lanes, same order; int8 equal to the
-native build too: exact sums), the build cache, the switches and the errors; and the layers
-that use them (`Int8Linear`, `StreamLinear`) against torch's own kernels."""
+native build too: exact sums), the build cache, the switches and the errors; the layers
+that use them (`Int8Linear`, `StreamLinear`) against torch's own kernels; and the decode
+step's attention (`decode_attention`) against torch's, alone and in a decoder."""
 
 from __future__ import annotations
 
@@ -122,6 +123,10 @@ def test_the_avx2_and_portable_builds_agree_bit_for_bit(tmp_path) -> None:
         assert torch.equal(kernels.int8_linear(x, q, scales, lib=lib), native)
     assert torch.equal(kernels.bf16_linear(x, w, lib=avx2),
                        kernels.bf16_linear(x, w, lib=generic))
+    for dtype in (torch.float32, torch.bfloat16):
+        operands = _attention_operands(dtype)
+        assert torch.equal(kernels.decode_attention(*operands, lib=avx2),
+                           kernels.decode_attention(*operands, lib=generic))
 
 
 @pytest.mark.skipif(not X86, reason="the AVX2 and portable builds are x86-64 targets")
@@ -355,3 +360,118 @@ def test_stream_linear_equals_upcast_for_float32_activations() -> None:
         streamed = layer(x)
     assert streamed.dtype == torch.float32
     assert torch.allclose(streamed, upcast, rtol=1e-5, atol=1e-5)
+
+
+def _attention_operands(dtype: torch.dtype, batch: int = 3, heads: int = 8, kv_heads: int = 2,
+                        keys: int = 37, width: int = 64, columns: int = 50
+                        ) -> tuple[torch.Tensor, ...]:
+    """q [B, H, 1, D]; k, v [B, H_kv, keys, D] windows of a cache of `columns` columns; a mask
+    [B, 1, 1, keys] with rows of different lengths and holes (left pads, a dropped key)."""
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(batch, heads, 1, width, generator=g).to(dtype)
+    cache = torch.randn(2, batch, kv_heads, columns, width, generator=g).to(dtype)
+    mask = torch.ones(batch, 1, 1, keys, dtype=torch.bool)
+    mask[0, ..., 30:] = False  # a shorter row
+    mask[1, ..., :4] = False  # left padding
+    mask[2, ..., 17] = False
+    return q, cache[0, :, :, :keys], cache[1, :, :, :keys], mask
+
+
+@pytest.mark.parametrize("kv_heads", [2, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_attention_equals_torchs_attention(dtype, kv_heads) -> None:
+    q, k, v, mask = _attention_operands(dtype, kv_heads=kv_heads)
+    assert kernels.attends(q, k, v, mask)
+    out = kernels.decode_attention(q, k, v, mask)
+    assert out.shape == q.shape and out.dtype == dtype
+    reference = torch.nn.functional.scaled_dot_product_attention(
+        q.double(), k.double(), v.double(), attn_mask=mask, enable_gqa=True)
+    # float32: summed in float32; bf16: the output rounded once to bf16 (8 significant bits)
+    tolerance = 1e-6 if dtype == torch.float32 else 2 ** -8
+    assert torch.allclose(out.double(), reference, rtol=tolerance, atol=tolerance)
+
+
+def test_decode_attention_gives_a_row_the_same_bits_alone_and_at_any_thread_count() -> None:
+    """A row's keys are taken in order: alone, in a window cut after its last key, or among
+    rows of other lengths, at one thread or two, it gets the same bits."""
+    q, k, v, mask = _attention_operands(torch.float32, keys=45)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kernels.decode_attention(q, k, v, mask)
+        torch.set_num_threads(2)
+        assert torch.equal(kernels.decode_attention(q, k, v, mask), one)
+    finally:
+        torch.set_num_threads(threads)
+    alone = kernels.decode_attention(q[:1], k[:1, :, :30], v[:1, :, :30], mask[:1, ..., :30])
+    assert torch.equal(alone, one[:1])
+    assert torch.equal(kernels.decode_attention(q[1:], k[1:], v[1:], mask[1:]), one[1:])
+
+
+def test_decode_attention_of_a_row_with_no_key_is_zero() -> None:
+    q, k, v, mask = _attention_operands(torch.float32)
+    mask[1] = False
+    out = kernels.decode_attention(q, k, v, mask)
+    assert torch.equal(out[1], torch.zeros_like(out[1])) and out.isfinite().all()
+
+
+def test_decode_attention_refuses_what_it_does_not_take() -> None:
+    q, k, v, mask = _attention_operands(torch.float32)
+    assert not kernels.attends(q.expand(3, 8, 2, 64), k, v, mask)  # two positions: a prefill
+    assert not kernels.attends(q.half(), k.half(), v.half(), mask)
+    assert not kernels.attends(q, k.transpose(2, 3).contiguous().transpose(2, 3), v, mask)
+    assert not kernels.attends(q[..., :40], k[..., :40], v[..., :40], mask)  # 40 % 16
+    assert not kernels.attends(q.clone().requires_grad_(), k, v, mask)
+    with torch.no_grad():
+        assert kernels.attends(q.clone().requires_grad_(), k, v, mask)
+    with kernels.torch_kernels():
+        assert not kernels.attends(q, k, v, mask)
+    assert not kernels.attends(q, k, v, mask[..., :30])
+    assert not kernels.attends(q, k, v, torch.zeros(mask.shape))  # an additive mask
+    with pytest.raises(ValueError, match="bool mask"):
+        kernels.decode_attention(q, k, v, mask[..., :30])
+    with pytest.raises(ValueError, match="KVCache window"):
+        kernels.decode_attention(q.half(), k.half(), v.half(), mask)
+
+
+def test_a_decoder_attends_its_decode_steps_with_lalms_kernel(monkeypatch) -> None:
+    """Decode steps (one new position over the cache) take `decode_attention`; the prefill
+    takes torch's; the logits agree with torch's attention to float32 rounding and the greedy
+    tokens are the same."""
+    torch.manual_seed(0)
+    config = DecoderConfig(vocab_size=300, dim=64, n_layer=2, n_head=4, n_kv_head=2,
+                           hidden_dim=160, max_seq_len=64)
+    decoder = TextDecoder(config).eval()
+    ids = torch.randint(0, 300, (2, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, :3] = False  # a left-padded row
+    calls = []
+    attend = kernels.decode_attention
+    monkeypatch.setattr(kernels, "decode_attention",
+                        lambda *a: calls.append(1) or attend(*a))
+
+    def greedy(use_kernel: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        monkeypatch.setattr(kernels, "attends", kernels.attends if use_kernel else
+                            lambda *a: False)
+        decoder.setup_caches(2, 20)
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        steps, tokens = [], []
+        with torch.inference_mode():
+            logits = decoder(decoder.embed(ids), pos, mask, output="last_logits")
+            for step in range(5):
+                token = logits.argmax(-1)
+                tokens.append(token)
+                logits = decoder(decoder.embed(token[:, None]), pos[:, -1:] + step + 1,
+                                 output="last_logits")
+                steps.append(logits)
+        return steps, torch.stack(tokens)
+
+    real_attends = kernels.attends
+    with_kernel, tokens = greedy(True)
+    assert len(calls) == 5 * config.n_layer
+    monkeypatch.setattr(kernels, "attends", real_attends)
+    without, torch_tokens = greedy(False)
+    assert len(calls) == 5 * config.n_layer
+    assert torch.equal(tokens, torch_tokens)
+    for a, b in zip(with_kernel, without):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
