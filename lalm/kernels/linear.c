@@ -325,7 +325,6 @@ int lalm_decode_attention(const void *q, const void *k, const void *v, const uin
 
 /* ---- int8 ---- */
 
-
 #define Q (127 * 254 * 254)              /* the fixed-point grid of a row: |P| <= Q */
 #define ALIGN 64                         /* digit rows are zero-padded to whole 64 digits */
 
