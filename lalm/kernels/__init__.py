@@ -382,6 +382,8 @@ def bf16_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
 
 def _operands_fit(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> bool:
     """`attends` but for the kernels' availability."""
+    if q.ndim != 4:
+        return False
     batch, heads, seq, width = q.shape
     return (seq == 1 and width % 16 == 0 and q.device.type == "cpu" and q.dtype in _NATIVE
             and k.dtype == v.dtype == q.dtype and k.device.type == v.device.type == "cpu"
@@ -399,7 +401,7 @@ def attends(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> bool:
     gradient wanted, D a multiple of 16, k and v [B, H_kv, T, D] of one layout whose rows of
     D are contiguous (a `KVCache` window), and a bool mask [B, 1, 1, T]. In practice a choice
     per model and machine: every decode step of a model answers the same."""
-    return q.ndim == 4 and available() and _operands_fit(q, k, v, mask)
+    return available() and _operands_fit(q, k, v, mask)
 
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, *,
@@ -428,7 +430,7 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, *,
         KernelBuildError: no kernels in this process.
     """
     lib = _loaded(lib)
-    if q.ndim != 4 or not _operands_fit(q, k, v, mask):
+    if not _operands_fit(q, k, v, mask):
         raise ValueError(f"decode_attention takes one CPU float32/bf16 query per row over a "
                          f"KVCache window and a bool mask [B, 1, 1, T], got q "
                          f"{tuple(q.shape)} {q.dtype}, k {tuple(k.shape)} {k.dtype} strides "

@@ -269,8 +269,8 @@ int lalm_decode_attention(const void *q, const void *k, const void *v, const uin
     #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t bh = 0; bh < B * H; bh++) {
         int64_t b = bh / H, h = bh % H;
-        const char *keys = (const char *)k + (b * sb + h / group * sh) * size;
-        const char *values = (const char *)v + (b * sb + h / group * sh) * size;
+        int64_t at = (b * sb + h / group * sh) * size;  /* this head's window, in bytes */
+        const char *keys = (const char *)k + at, *values = (const char *)v + at;
         const uint8_t *allowed = mask + b * T;
         float *qf = malloc((size_t)(D + T) * sizeof(float));
         vec *acc = aligned_alloc(64, (size_t)(D / LANES * sizeof(vec) + 63) / 64 * 64);

@@ -418,6 +418,7 @@ def test_decode_attention_of_a_row_with_no_key_is_zero() -> None:
 def test_decode_attention_refuses_what_it_does_not_take() -> None:
     q, k, v, mask = _attention_operands(torch.float32)
     assert not kernels.attends(q.expand(3, 8, 2, 64), k, v, mask)  # two positions: a prefill
+    assert not kernels.attends(q[:, :, 0], k, v, mask)  # [B, H, D]: not a query per row
     assert not kernels.attends(q.half(), k.half(), v.half(), mask)
     assert not kernels.attends(q, k.transpose(2, 3).contiguous().transpose(2, 3), v, mask)
     assert not kernels.attends(q[..., :40], k[..., :40], v[..., :40], mask)  # 40 % 16
@@ -446,13 +447,12 @@ def test_a_decoder_attends_its_decode_steps_with_lalms_kernel(monkeypatch) -> No
     mask = torch.ones(2, 9, dtype=torch.bool)
     mask[1, :3] = False  # a left-padded row
     calls = []
-    attend = kernels.decode_attention
+    attend, attends = kernels.decode_attention, kernels.attends
     monkeypatch.setattr(kernels, "decode_attention",
                         lambda *a: calls.append(1) or attend(*a))
 
     def greedy(use_kernel: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
-        monkeypatch.setattr(kernels, "attends", kernels.attends if use_kernel else
-                            lambda *a: False)
+        monkeypatch.setattr(kernels, "attends", attends if use_kernel else lambda *a: False)
         decoder.setup_caches(2, 20)
         pos = (mask.cumsum(1) - 1).clamp(min=0)
         steps, tokens = [], []
@@ -466,10 +466,8 @@ def test_a_decoder_attends_its_decode_steps_with_lalms_kernel(monkeypatch) -> No
                 steps.append(logits)
         return steps, torch.stack(tokens)
 
-    real_attends = kernels.attends
     with_kernel, tokens = greedy(True)
     assert len(calls) == 5 * config.n_layer
-    monkeypatch.setattr(kernels, "attends", real_attends)
     without, torch_tokens = greedy(False)
     assert len(calls) == 5 * config.n_layer
     assert torch.equal(tokens, torch_tokens)
