@@ -11,25 +11,32 @@ from pathlib import Path
 import numpy as np
 
 
-def best_alternating(runs: dict[str, Callable[[], object]], repeats: int, calls: int = 1
-                     ) -> dict[str, float]:
-    """Best over ``repeats`` rounds of each ``run()``'s mean wall seconds over ``calls``
-    calls, after one warm-up round.
+def alternating_rounds(runs: dict[str, Callable[[], object]], repeats: int, calls: int = 1
+                       ) -> dict[str, list[float]]:
+    """Each ``run()``'s mean wall seconds over ``calls`` calls in each of ``repeats`` rounds
+    (in order), after one warm-up round.
 
     The runs alternate within each round, so load from other jobs on a shared machine (and the
-    host's memory traffic) hits every implementation alike, and the best of the rounds is the
-    least disturbed figure.
+    host's memory traffic) hits every implementation alike, and the figures of one round are
+    taken at one moment of the machine.
     """
     for run in runs.values():
         run()
-    best = dict.fromkeys(runs, float("inf"))
+    rounds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
             start = time.perf_counter()
             for _ in range(calls):
                 run()
-            best[name] = min(best[name], (time.perf_counter() - start) / calls)
-    return best
+            rounds[name].append((time.perf_counter() - start) / calls)
+    return rounds
+
+
+def best_alternating(runs: dict[str, Callable[[], object]], repeats: int, calls: int = 1
+                     ) -> dict[str, float]:
+    """Best over ``repeats`` rounds of each ``run()``'s mean wall seconds over ``calls``
+    calls (`alternating_rounds`): the least disturbed figure of each."""
+    return {name: min(times) for name, times in alternating_rounds(runs, repeats, calls).items()}
 
 
 def decode_step_seconds(run: Callable[[int], object], steps: int) -> float:

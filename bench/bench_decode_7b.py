@@ -19,6 +19,9 @@ once, plus the KV cache) / read bandwidth, the bandwidth being the fastest of th
 over 1 GiB (`probes`: a sum, a copy, MKL's fp32 matrix-vector product), which take turns
 with the steps within every round (the host's memory traffic moves the bandwidth by ±15 %
 from minute to minute, so a probe taken apart from the steps measures another moment).
+"x floor" takes the best probe of the whole run; "paired" each round's 7B step against the
+floor at that round's own fastest probe, taken seconds apart (median and min over the rounds:
+the best probe catches the host's fastest moment, a round's mean step does not).
 transformers' Qwen2 decode on the same bf16 tensors (shared, not copied; a bf16 decoder of
 its own where lalm's computes in float32) is the reference where `--reference` is given;
 `--torch-kernels` also times the bf16 and int8 decoders with torch's products instead of
@@ -34,12 +37,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import statistics
 import time
 import warnings
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
-from _common import best_alternating
+from _common import alternating_rounds
 
 from lalm import kernels
 from lalm.config import DecoderConfig, ModelConfig, resolve_precision
@@ -244,16 +249,36 @@ def bare(decoder: TextDecoder, step: Callable[[], object]) -> Callable[[], objec
     return run
 
 
+class Round(NamedTuple):
+    """One round of `time_precision` for one way: seconds of its step, its `bare` step and
+    its head, and the bytes per second of the round's fastest probe."""
+
+    step: float
+    base: float
+    head: float
+    bandwidth: float
+
+
+def extrapolate(step: float, base: float, head: float, layer_bytes: int, head_bytes: int,
+                bandwidth: float, layers: int) -> tuple[float, float, float]:
+    """(seconds a layer takes, the 7B step's seconds, the 7B step's floor in seconds) from a
+    `layers`-layer step's timings, each layer reading `layer_bytes` and the head `head_bytes`
+    at `bandwidth` bytes per second."""
+    per_layer = (step - head - base) / layers
+    floor_7b = (REAL_LAYERS * layer_bytes + head_bytes) / bandwidth
+    return per_layer, base + head + REAL_LAYERS * per_layer, floor_7b
+
+
 def time_precision(config: DecoderConfig, precision: str, args: argparse.Namespace,
                    reference: bool = False, torch_too: bool = False
-                   ) -> tuple[list[tuple[str, float, float, float]], int, int, float | None,
-                              float]:
+                   ) -> tuple[list[tuple[str, float, float, float, list[Round]]], int, int,
+                              float | None, float]:
     """The real-shape decoder in `precision`: ([(label, step seconds, seconds of the step
-    without its layers and head (`bare`), head seconds)] for lalm's products and, with
-    `torch_too`, torch's (`lalm.kernels.torch_kernels`) on the same decoder, timed in turns
-    with the bandwidth `probes`; bytes a layer reads, bytes the head reads; transformers'
-    step seconds on the same tensors where `reference`, else None; the best probe's bytes
-    per second)."""
+    without its layers and head (`bare`), head seconds, the bests of the rounds; every
+    round's `Round`)] for lalm's products and, with `torch_too`, torch's
+    (`lalm.kernels.torch_kernels`) on the same decoder, timed in turns with the bandwidth
+    `probes`; bytes a layer reads, bytes the head reads; transformers' step seconds on the
+    same tensors where `reference`, else None; the best probe's bytes per second)."""
     decoder = build(config, precision, compute=compute_dtype(precision, args.compute))
     # the saved tensors: for int4 as many bytes as the kernel's packed copy it reads
     layer_bytes = sum(t.numel() * t.element_size()
@@ -278,10 +303,17 @@ def time_precision(config: DecoderConfig, precision: str, args: argparse.Namespa
             for part, run in (("step", step), ("base", bare(decoder, step)), ("head", head))}
     probe = probes()
     runs.update({("probe", name): run for name, (run, _) in probe.items()})
-    best = best_alternating(runs, args.rounds, args.repeat)
-    rows = [(label, best[label, "step"], best[label, "base"], best[label, "head"])
+    rounds = alternating_rounds(runs, args.rounds, args.repeat)
+    best = {key: min(times) for key, times in rounds.items()}
+    # each round's bandwidth: its fastest probe, taken seconds from that round's steps
+    bandwidths = [max(moved / rounds["probe", name][r] for name, (_, moved) in probe.items())
+                  for r in range(args.rounds)]
+    rows = [(label, best[label, "step"], best[label, "base"], best[label, "head"],
+             [Round(*times, bandwidth) for *times, bandwidth in zip(
+                 rounds[label, "step"], rounds[label, "base"], rounds[label, "head"],
+                 bandwidths)])
             for label in ways]
-    bandwidth = max(moved / best["probe", name] for name, (_, moved) in probe.items())
+    bandwidth = max(bandwidths)
     del probe
     if args.prefill:
         prefill = prefill_timer(decoder, args.context)
@@ -330,7 +362,7 @@ def main() -> None:
           f"lalm kernels {paths}, "
           f"best of {args.rounds} rounds x {args.repeat} steps; activations ({args.compute}): "
           f"{computes}")
-    rows: list[tuple[str, float, float, float, int, int]] = []
+    rows: list[tuple[str, float, float, float, list[Round], int, int]] = []
     bandwidth = 0.0
     reference = None
     for precision in args.precisions.split(","):
@@ -344,17 +376,23 @@ def main() -> None:
     # lowers a probe, so the best is the machine's)
     print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s (best probe of the run)")
     print(f"{'precision':9s} {'step':>8s} {'head':>8s} {'layer':>7s} {'floor l/h':>11s} "
-          f"{'x floor':>7s} {'7B step':>8s} {'7B floor':>8s} {'x floor':>7s} {'tok/s':>6s}")
-    for precision, t_step, t_base, t_head, layer_bytes, head_bytes in rows:
-        per_layer = (t_step - t_head - t_base) / args.layers
+          f"{'x floor':>7s} {'7B step':>8s} {'7B floor':>8s} {'x floor':>7s} {'tok/s':>6s} "
+          f"{'paired med/min':>14s}")
+    for precision, t_step, t_base, t_head, rounds, layer_bytes, head_bytes in rows:
+        per_layer, step_7b, floor_7b = extrapolate(t_step, t_base, t_head, layer_bytes,
+                                                   head_bytes, bandwidth, args.layers)
         floor_layer, floor_head = layer_bytes / bandwidth, head_bytes / bandwidth
         floor_step = args.layers * floor_layer + floor_head
-        step_7b = t_base + t_head + REAL_LAYERS * per_layer
-        floor_7b = REAL_LAYERS * floor_layer + floor_head
+        # each round's 7B step against its own probe (the same moment of the host)
+        paired = sorted(step / floor for _, step, floor in (
+            extrapolate(r.step, r.base, r.head, layer_bytes, head_bytes, r.bandwidth,
+                        args.layers)
+            for r in rounds))
         print(f"{precision:9s} {t_step * 1e3:6.0f}ms {t_head * 1e3:6.0f}ms "
               f"{per_layer * 1e3:5.0f}ms {floor_layer * 1e3:4.0f}/{floor_head * 1e3:4.0f}ms "
               f"{t_step / floor_step:6.2f}x {step_7b:7.2f}s {floor_7b:7.2f}s "
-              f"{step_7b / floor_7b:6.2f}x {1 / step_7b:6.2f}   (layer "
+              f"{step_7b / floor_7b:6.2f}x {1 / step_7b:6.2f} "
+              f"{statistics.median(paired):5.2f}x/{paired[0]:.2f}x   (layer "
               f"{per_layer / floor_layer:.2f}x, head {t_head / floor_head:.2f}x floor; the rest "
               f"of a step {t_base * 1e3:.1f} ms; "
               f"{(REAL_LAYERS * layer_bytes + head_bytes) / 1e9:.2f} GB per 7B step)")
