@@ -375,7 +375,12 @@ def test_logprobs_plain_and_streamed(client) -> None:
                                                  logprobs=True, top_logprobs=3, stream=True))
     streamed = [e for c in chunks if c.choices and c.choices[0].logprobs
                 for e in c.choices[0].logprobs.content]
-    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+    # the same tokens; the logprobs to float32 rounding: the streamed request reuses the plain
+    # one's prompt KV and prefills its last prompt token alone (another batch shape for torch's
+    # products and attention, whose rounding varies with it; "batched = single" is on tokens)
+    assert [e.token for e in streamed] == [e.token for e in content]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in content],
+                                                         rel=1e-5, abs=1e-5)
     plain = client.chat.completions.create(model="tiny", messages=messages, max_tokens=5)
     assert plain.choices[0].logprobs is None
 
