@@ -19,6 +19,12 @@ which torch's CPU attention reads from memory at a fraction of the bandwidth (1.
 in float32 and 5-7x in bf16 on a CPU without bf16 units, `bench/bench_decode_attention.py`);
 `Attention` takes it wherever `attends` says it can.
 
+`rms_norm` and `rope` are the row-wise steps between a layer's products (RMSNorm; RoPE, with
+the bits of torch's ops) in one pass each: in a decode step, after the products have streamed
+hundreds of MiB through the caches, each of torch's small ops costs tens of microseconds more
+than in isolation, and an RMSNorm takes six of them. `RMSNorm` and `apply_rope` take them
+wherever `normalizes` and `rotates` say they can (inference on the CPU).
+
 The C source is compiled on first use with the machine's C compiler (`$CC`, else `cc`;
 `-O3 -march=native -fopenmp`) into lalm's cache (`$LALM_CACHE/kernels`, named by a hash of the
 source, the flags, the compiler and the CPU's feature flags, written atomically), then loaded
@@ -131,6 +137,10 @@ def build(march: str = "native", directory: Path | None = None) -> ctypes.CDLL:
     lib.lalm_decode_attention.argtypes = [ptr, ptr, ptr, ptr, ptr, flag, i64, i64, i64, i64,
                                           i64, i64, i64, ctypes.c_float, flag]
     lib.lalm_decode_attention.restype = ctypes.c_int
+    lib.lalm_rms_norm.argtypes = [ptr, ptr, ptr, flag, i64, i64, ctypes.c_float, flag]
+    lib.lalm_rms_norm.restype = None
+    lib.lalm_rope.argtypes = [ptr, ptr, ptr, ptr, flag, *[i64] * 9, flag]
+    lib.lalm_rope.restype = None
     lib.lalm_kernel_isa.restype = ctypes.c_char_p
     lib.lalm_int8_isa.restype = ctypes.c_char_p
     return lib
@@ -446,3 +456,110 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, *,
         raise MemoryError(f"lalm's attention kernel: no memory for {batch * heads} rows of "
                           f"{keys} scores")
     return out.view(batch, heads, 1, width)
+
+
+def _wants_grad(*tensors: Tensor) -> bool:
+    """Whether autograd would record an op on `tensors` (the kernels have no backward)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _norm_fits(x: Tensor, weight: Tensor) -> bool:
+    """`normalizes` but for the kernels' availability."""
+    return (x.ndim >= 1 and x.device.type == weight.device.type == "cpu"
+            and x.dtype in _NATIVE and weight.dtype == x.dtype
+            and weight.shape == (x.shape[-1],) and not _wants_grad(x, weight))
+
+
+def normalizes(x: Tensor, weight: Tensor) -> bool:
+    """Whether `rms_norm` takes these operands: lalm's kernels `available()`, x [..., D] and
+    weight [D] CPU tensors of one dtype, float32 or bf16, and no gradient wanted (a model's
+    forward in inference; a training forward keeps torch's formula)."""
+    return available() and _norm_fits(x, weight)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float, *, lib: ctypes.CDLL | None = None
+             ) -> Tensor:
+    """RMSNorm of each row in one pass: weight * (x * rsqrt(mean(x^2) + eps)), the normed
+    row rounded to x's dtype before the weight (`lalm.model.layers.RMSNorm`'s formula).
+
+    The mean of the squares is summed in float64 in a fixed order, so a row gets the same
+    bits whatever the other rows or the threads; against torch's float32 mean the result
+    may differ in the last bit (a relative 1e-7 in float32).
+
+    Args:
+        x: [..., D] float32 or bf16 (`normalizes` says which operands it takes).
+        weight: [D], x's dtype.
+        eps: added to the mean of the squares.
+        lib: a library from `build` (default this process's).
+
+    Returns:
+        [..., D] in x's dtype, contiguous.
+
+    Raises:
+        ValueError: operands `normalizes` refuses (kernels aside).
+        KernelBuildError: no kernels in this process.
+    """
+    lib = _loaded(lib)
+    if not _norm_fits(x, weight):
+        raise ValueError(f"rms_norm takes CPU float32/bf16 rows [..., D] and a weight [D] of "
+                         f"their dtype, no gradient; got x {tuple(x.shape)} {x.dtype} on "
+                         f"{x.device}, weight {tuple(weight.shape)} {weight.dtype}")
+    rows, weight = x.contiguous(), weight.contiguous()
+    y = torch.empty_like(rows)
+    width = x.shape[-1]
+    lib.lalm_rms_norm(rows.data_ptr(), weight.data_ptr(), y.data_ptr(),
+                      x.dtype == torch.bfloat16, rows.numel() // max(width, 1), width, eps,
+                      torch.get_num_threads())
+    return y
+
+
+def _rope_fits(x: Tensor, cos: Tensor, sin: Tensor) -> bool:
+    """`rotates` but for the kernels' availability."""
+    if x.ndim != 4:
+        return False
+    batch, _, seq, width = x.shape
+    return (x.device.type == cos.device.type == sin.device.type == "cpu"
+            and x.dtype in _NATIVE and cos.dtype == sin.dtype == x.dtype and width % 2 == 0
+            and cos.shape == sin.shape == (batch, 1, seq, width)
+            and cos.stride() == sin.stride() and cos.stride(3) == 1 and x.stride(3) == 1
+            and not _wants_grad(x, cos, sin))
+
+
+def rotates(x: Tensor, cos: Tensor, sin: Tensor) -> bool:
+    """Whether `rope` takes these operands: lalm's kernels `available()`, x [B, H, S, D]
+    with its rows of D contiguous (e.g. the heads of a projection, transposed), cos and sin
+    [B, 1, S, D] of x's dtype (float32 or bf16) with rows of D contiguous, CPU tensors, no
+    gradient wanted."""
+    return available() and _rope_fits(x, cos, sin)
+
+
+def rope(x: Tensor, cos: Tensor, sin: Tensor, *, lib: ctypes.CDLL | None = None) -> Tensor:
+    """Rotate-half RoPE in one pass: x * cos + [-x[..., D/2:], x[..., :D/2]] * sin, with the
+    bits of those torch ops (`lalm.model.layers.apply_rope`: each product and the sum
+    rounded to x's dtype in turn).
+
+    Args:
+        x: [B, H, S, D] (`rotates` says which operands it takes).
+        cos, sin: [B, 1, S, D] RoPE tables in x's dtype.
+        lib: a library from `build` (default this process's).
+
+    Returns:
+        [B, H, S, D] in x's dtype, contiguous.
+
+    Raises:
+        ValueError: operands `rotates` refuses (kernels aside).
+        KernelBuildError: no kernels in this process.
+    """
+    lib = _loaded(lib)
+    if not _rope_fits(x, cos, sin):
+        raise ValueError(f"rope takes CPU float32/bf16 x [B, H, S, D] (rows of D contiguous, "
+                         f"D even) and cos/sin [B, 1, S, D] of its dtype, no gradient; got x "
+                         f"{tuple(x.shape)} {x.dtype} strides {x.stride()}, cos "
+                         f"{tuple(cos.shape)} {cos.dtype} strides {cos.stride()}")
+    batch, heads, seq, width = x.shape
+    y = torch.empty(batch, heads, seq, width, dtype=x.dtype)
+    lib.lalm_rope(x.data_ptr(), cos.data_ptr(), sin.data_ptr(), y.data_ptr(),
+                  x.dtype == torch.bfloat16, batch, heads, seq, width, x.stride(0),
+                  x.stride(1), x.stride(2), cos.stride(0), cos.stride(2),
+                  torch.get_num_threads())
+    return y

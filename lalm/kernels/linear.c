@@ -323,6 +323,83 @@ int lalm_decode_attention(const void *q, const void *k, const void *v, const uin
     return failed ? -1 : 0;
 }
 
+/* ---- the row-wise steps between a layer's products: RMSNorm, RoPE ---- */
+
+/* Elements past which the row-wise steps split their rows among the threads (a prefill's;
+ * a decode step's few rows stay on one). */
+#define ROWWISE_SPLIT (1 << 16)
+
+/* Element i of a float32 or (bf16) bf16 array, as float32; a float32 rounded to the dtype
+ * (torch rounds every bf16 op's float32 result once, to nearest even); a store in the dtype. */
+static inline float load_el(const void *p, int bf16, int64_t i) {
+    return bf16 ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+static inline float round_el(float f, int bf16) { return bf16 ? bf16_to_f32(f32_to_bf16(f)) : f; }
+static inline void store_el(void *p, int bf16, int64_t i, float f) {
+    if (bf16) ((uint16_t *)p)[i] = f32_to_bf16(f);
+    else ((float *)p)[i] = f;
+}
+
+/* RMSNorm of rows: y [M, D] = w * round(x * rsqrt(mean(x^2) + eps)), x, w and y float32, or
+ * bf16 where `bf16` (x widened; the normed row rounded to bf16 before the weight, the product
+ * rounded: torch's `weight * normed.to(dtype)`). The mean of the squares in float64, four
+ * partial sums over k in a fixed order: a row's bits do not depend on M or the threads (they
+ * may differ from torch's float32 mean in the last bit of the scale). Rows split among the
+ * threads where there are enough of them (a prefill). */
+void lalm_rms_norm(const void *x, const void *w, void *y, int bf16, int64_t M, int64_t D,
+                   float eps, int threads) {
+    int split = threads > 1 && M * D >= ROWWISE_SPLIT;
+    #pragma omp parallel for schedule(static) num_threads(threads) if (split)
+    for (int64_t i = 0; i < M; i++) {
+        double part[4] = {0.0, 0.0, 0.0, 0.0};
+        int64_t k = 0;
+        for (; k + 4 <= D; k += 4)
+            for (int r = 0; r < 4; r++) {
+                double e = load_el(x, bf16, i * D + k + r);
+                part[r] += e * e;
+            }
+        for (; k < D; k++) {
+            double e = load_el(x, bf16, i * D + k);
+            part[0] += e * e;
+        }
+        float mean = (float)(((part[0] + part[1]) + (part[2] + part[3])) / (double)D);
+        float scale = 1.0f / sqrtf(mean + eps);
+        for (k = 0; k < D; k++) {
+            float normed = round_el(load_el(x, bf16, i * D + k) * scale, bf16);
+            store_el(y, bf16, i * D + k, load_el(w, bf16, k) * normed);
+        }
+    }
+}
+
+/* Rotate-half RoPE: y [B, H, S, D] (contiguous) = x * cos + rot(x) * sin, rot(x) = [-x[D/2:],
+ * x[:D/2]] along D, for x [B, H, S, D] at element strides (xb, xh, xs, 1) and cos, sin
+ * [B, S, D] at (cb, cs, 1); float32, or bf16 where `bf16`. The two products and their sum are
+ * rounded one at a time, as torch's three ops round them (separate statements: no fused
+ * multiply-add), so y has `apply_rope`'s bits. Rows (b, h, s) split among the threads where
+ * there are enough of them (a prefill). */
+static inline void rope_el(const void *x, const void *cos, const void *sin, void *y, int bf16,
+                           int64_t at, int64_t table, int64_t out, int64_t d, float turned) {
+    float straight = round_el(load_el(x, bf16, at + d) * load_el(cos, bf16, table + d), bf16);
+    float across = round_el(turned * load_el(sin, bf16, table + d), bf16);
+    store_el(y, bf16, out + d, straight + across);
+}
+
+void lalm_rope(const void *x, const void *cos, const void *sin, void *y, int bf16, int64_t B,
+               int64_t H, int64_t S, int64_t D, int64_t xb, int64_t xh, int64_t xs,
+               int64_t cb, int64_t cs, int threads) {
+    int64_t half = D / 2;
+    int split = threads > 1 && B * H * S * D >= ROWWISE_SPLIT;
+    #pragma omp parallel for schedule(static) num_threads(threads) if (split)
+    for (int64_t row = 0; row < B * H * S; row++) {
+        int64_t b = row / (H * S), h = row / S % H, s = row % S;
+        int64_t at = b * xb + h * xh + s * xs, table = b * cb + s * cs, out = row * D;
+        for (int64_t d = 0; d < half; d++)
+            rope_el(x, cos, sin, y, bf16, at, table, out, d, -load_el(x, bf16, at + d + half));
+        for (int64_t d = half; d < D; d++)
+            rope_el(x, cos, sin, y, bf16, at, table, out, d, load_el(x, bf16, at + d - half));
+    }
+}
+
 /* ---- int8 ---- */
 
 #define Q (127 * 254 * 254)              /* the fixed-point grid of a row: |P| <= Q */

@@ -52,7 +52,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: [..., D] -> [..., D] same dtype."""
+        """x: [..., D] -> [..., D] same dtype; in one pass of lalm's kernel where it takes the
+        operands (`lalm.kernels.normalizes`: inference on the CPU; the same formula, its
+        mean of squares summed in float64)."""
+        if kernels.normalizes(x, self.weight):
+            return kernels.rms_norm(x, self.weight, self.eps)
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * normed.to(x.dtype)
@@ -128,7 +132,11 @@ def mrope_cos_sin(input_pos: Tensor, inv_freq: Tensor, sections: list[int], dtyp
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x: [B, H, S, hd]; cos/sin: [B, 1, S, hd] -> x rotated (rotate-half / NeoX layout)."""
+    """x: [B, H, S, hd]; cos/sin: [B, 1, S, hd] -> x rotated (rotate-half / NeoX layout); in
+    one pass of lalm's kernel, with the same bits, where it takes the operands
+    (`lalm.kernels.rotates`)."""
+    if kernels.rotates(x, cos, sin):
+        return kernels.rope(x, cos, sin)
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin

@@ -19,6 +19,7 @@ from torch import nn
 from lalm import kernels
 from lalm.config import DecoderConfig
 from lalm.model.decoder import TextDecoder
+from lalm.model.layers import RMSNorm, apply_rope, rope_cos_sin, rope_inv_freq
 from lalm.model.quant import Int8Linear
 from lalm.model.upcast import StreamLinear, UpcastLinear
 
@@ -435,41 +436,176 @@ def test_decode_attention_refuses_what_it_does_not_take() -> None:
         kernels.decode_attention(q.half(), k.half(), v.half(), mask)
 
 
+def _greedy_decode(decoder: TextDecoder, steps: int = 5
+                   ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """A two-row prompt (one left-padded) through `decoder`'s KV cache and `steps` greedy
+    decode steps: (each step's logits, the [steps, 2] tokens)."""
+    ids = torch.randint(0, decoder.config.vocab_size, (2, 9),
+                        generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, :3] = False  # a left-padded row
+    decoder.setup_caches(2, 20)
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    logits_seen, tokens = [], []
+    with torch.inference_mode():
+        logits = decoder(decoder.embed(ids), pos, mask, output="last_logits")
+        for step in range(steps):
+            token = logits.argmax(-1)
+            tokens.append(token)
+            logits = decoder(decoder.embed(token[:, None]), pos[:, -1:] + step + 1,
+                             output="last_logits")
+            logits_seen.append(logits)
+    return logits_seen, torch.stack(tokens)
+
+
+def _small_decoder() -> TextDecoder:
+    torch.manual_seed(0)
+    config = DecoderConfig(vocab_size=300, dim=64, n_layer=2, n_head=4, n_kv_head=2,
+                           hidden_dim=160, max_seq_len=64)
+    return TextDecoder(config).eval()
+
+
 def test_a_decoder_attends_its_decode_steps_with_lalms_kernel(monkeypatch) -> None:
     """Decode steps (one new position over the cache) take `decode_attention`; the prefill
     takes torch's; the logits agree with torch's attention to float32 rounding and the greedy
     tokens are the same."""
-    torch.manual_seed(0)
-    config = DecoderConfig(vocab_size=300, dim=64, n_layer=2, n_head=4, n_kv_head=2,
-                           hidden_dim=160, max_seq_len=64)
-    decoder = TextDecoder(config).eval()
-    ids = torch.randint(0, 300, (2, 9), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones(2, 9, dtype=torch.bool)
-    mask[1, :3] = False  # a left-padded row
+    decoder = _small_decoder()
     calls = []
-    attend, attends = kernels.decode_attention, kernels.attends
+    attend = kernels.decode_attention
     monkeypatch.setattr(kernels, "decode_attention",
                         lambda *a: calls.append(1) or attend(*a))
-
-    def greedy(use_kernel: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
-        monkeypatch.setattr(kernels, "attends", attends if use_kernel else lambda *a: False)
-        decoder.setup_caches(2, 20)
-        pos = (mask.cumsum(1) - 1).clamp(min=0)
-        steps, tokens = [], []
-        with torch.inference_mode():
-            logits = decoder(decoder.embed(ids), pos, mask, output="last_logits")
-            for step in range(5):
-                token = logits.argmax(-1)
-                tokens.append(token)
-                logits = decoder(decoder.embed(token[:, None]), pos[:, -1:] + step + 1,
-                                 output="last_logits")
-                steps.append(logits)
-        return steps, torch.stack(tokens)
-
-    with_kernel, tokens = greedy(True)
-    assert len(calls) == 5 * config.n_layer
-    without, torch_tokens = greedy(False)
-    assert len(calls) == 5 * config.n_layer
+    with_kernel, tokens = _greedy_decode(decoder)
+    assert len(calls) == 5 * decoder.config.n_layer
+    monkeypatch.setattr(kernels, "attends", lambda *a: False)
+    without, torch_tokens = _greedy_decode(decoder)
+    assert len(calls) == 5 * decoder.config.n_layer
     assert torch.equal(tokens, torch_tokens)
     for a, b in zip(with_kernel, without):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _norm_operands(dtype: torch.dtype, rows: int = 5, width: int = 96
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [rows, 1, width] (rows of different scales, one of zeros) and a weight [width]."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(rows, 1, width, generator=g) * torch.logspace(-3, 3, rows)[:, None, None]
+    x[1] = 0.0
+    return x.to(dtype), (torch.rand(width, generator=g) + 0.5).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_equals_the_float64_formula_and_torchs(dtype) -> None:
+    x, weight = _norm_operands(dtype)
+    assert kernels.normalizes(x, weight)
+    out = kernels.rms_norm(x, weight, 1e-6)
+    assert out.shape == x.shape and out.dtype == dtype
+    wide = x.double()
+    exact = weight.double() * wide / (wide.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt()
+    # float32: a few roundings; bf16: the normed row and the product rounded to 8 bits
+    tolerance = 1e-6 if dtype == torch.float32 else 2 ** -7
+    assert torch.allclose(out.double(), exact, rtol=tolerance, atol=0)
+    with kernels.torch_kernels():
+        theirs = RMSNorm(x.shape[-1], 1e-6).to(dtype)
+        theirs.weight.data = weight
+        with torch.no_grad():
+            torch_out = theirs(x)
+    assert torch.allclose(out.double(), torch_out.double(), rtol=tolerance, atol=0)
+
+
+def test_rms_norm_gives_a_row_the_same_bits_alone_among_others_and_at_any_thread_count(
+        ) -> None:
+    """Rows split among threads past 2^16 elements (a prefill); a row's bits stay its own."""
+    x, weight = _norm_operands(torch.float32, rows=80, width=1024)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kernels.rms_norm(x, weight, 1e-5)
+        torch.set_num_threads(2)
+        assert torch.equal(kernels.rms_norm(x, weight, 1e-5), one)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(kernels.rms_norm(x[3:4], weight, 1e-5), one[3:4])
+    strided = x.transpose(0, 1).contiguous().transpose(0, 1)  # the same values, not contiguous
+    assert torch.equal(kernels.rms_norm(strided, weight, 1e-5), one)
+
+
+def test_rms_norm_of_non_finite_rows_is_torchs() -> None:
+    """An infinite element makes its row's scale 0 (that element NaN, the rest 0), a NaN the
+    whole row NaN, as torch's ops give; a row of zeros stays zeros."""
+    x, weight = _norm_operands(torch.float32)
+    x[0, 0, 3], x[2, 0, 5] = float("inf"), float("nan")
+    out = kernels.rms_norm(x, weight, 1e-6)
+    norm = RMSNorm(x.shape[-1], 1e-6)
+    norm.weight.data = weight
+    with kernels.torch_kernels(), torch.no_grad():
+        theirs = norm(x)
+    assert torch.equal(out.isnan(), theirs.isnan()) and out[2].isnan().all()
+    assert torch.equal(out[0].nan_to_num(), theirs[0].nan_to_num())
+    assert torch.equal(out[1], torch.zeros_like(out[1])) and out[3:].isfinite().all()
+
+
+def _rope_operands(dtype: torch.dtype, batch: int = 2, heads: int = 4, seq: int = 3,
+                   width: int = 64) -> tuple[torch.Tensor, ...]:
+    """x [B, H, S, D] as a decoder makes it (heads of a [B, S, H * D] projection,
+    transposed) and the rows' RoPE tables at different positions."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(batch, seq, heads, width, generator=g).to(dtype).transpose(1, 2)
+    pos = torch.arange(seq)[None] + torch.arange(batch)[:, None] * 100
+    cos, sin = rope_cos_sin(pos, rope_inv_freq(width, torch.full((batch,), 1e4)), dtype)
+    return x, cos, sin
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 3, 64), (1, 8, 64, 128)])  # a prefill: threads
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_has_the_bits_of_torchs_ops(dtype, shape) -> None:
+    x, cos, sin = _rope_operands(dtype, *shape)
+    assert kernels.rotates(x, cos, sin)
+    out = kernels.rope(x, cos, sin)
+    with kernels.torch_kernels():
+        theirs = apply_rope(x, cos, sin)
+    assert out.is_contiguous() and torch.equal(out, theirs)
+    assert torch.equal(kernels.rope(x[1:], cos[1:], sin[1:]), out[1:])
+
+
+def test_norm_and_rope_refuse_what_they_do_not_take() -> None:
+    x, weight = _norm_operands(torch.float32)
+    assert not kernels.normalizes(x.half(), weight.half())
+    assert not kernels.normalizes(x, weight.double())
+    assert not kernels.normalizes(x[..., :50], weight)
+    assert not kernels.normalizes(x, weight.clone().requires_grad_())  # a training forward
+    with torch.no_grad():
+        assert kernels.normalizes(x, weight.clone().requires_grad_())
+    with kernels.torch_kernels():
+        assert not kernels.normalizes(x, weight)
+    with pytest.raises(ValueError, match="weight"):
+        kernels.rms_norm(x, weight[:50], 1e-6)
+    q, cos, sin = _rope_operands(torch.float32)
+    assert not kernels.rotates(q, cos[:1], sin[:1])  # tables broadcast over rows
+    assert not kernels.rotates(q.half(), cos.half(), sin.half())
+    assert not kernels.rotates(q[..., :63], cos[..., :63], sin[..., :63])  # an odd width
+    assert not kernels.rotates(q.transpose(2, 3), cos, sin)
+    assert not kernels.rotates(q.clone().requires_grad_(), cos, sin)
+    with kernels.torch_kernels():
+        assert not kernels.rotates(q, cos, sin)
+    with pytest.raises(ValueError, match="cos/sin"):
+        kernels.rope(q[0], cos, sin)
+
+
+def test_a_decoder_norms_and_rotates_with_lalms_kernels(monkeypatch) -> None:
+    """A decoder's RMSNorms and RoPE (prefill and decode steps, every layer) take lalm's
+    kernels in inference; the logits agree with torch's ops to float32 rounding and the
+    greedy tokens are the same."""
+    decoder = _small_decoder()
+    calls = []
+    norm, rope = kernels.rms_norm, kernels.rope
+    monkeypatch.setattr(kernels, "rms_norm", lambda *a: calls.append("norm") or norm(*a))
+    monkeypatch.setattr(kernels, "rope", lambda *a: calls.append("rope") or rope(*a))
+    with_kernels, tokens = _greedy_decode(decoder)
+    layers = decoder.config.n_layer
+    # 6 forwards, each: two norms and RoPE of q and k a layer, and the final norm
+    assert calls.count("norm") == 6 * (2 * layers + 1) and calls.count("rope") == 6 * 2 * layers
+    with kernels.torch_kernels():
+        without, torch_tokens = _greedy_decode(decoder)
+    assert torch.equal(tokens, torch_tokens)
+    for a, b in zip(with_kernels, without):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
