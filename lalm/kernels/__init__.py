@@ -473,8 +473,9 @@ def _norm_fits(x: Tensor, weight: Tensor) -> bool:
 def normalizes(x: Tensor, weight: Tensor) -> bool:
     """Whether `rms_norm` takes these operands: lalm's kernels `available()`, x [..., D] and
     weight [D] CPU tensors of one dtype, float32 or bf16, and no gradient wanted (a model's
-    forward in inference; a training forward keeps torch's formula)."""
-    return available() and _norm_fits(x, weight)
+    forward in inference; a training forward keeps torch's formula). The operands are checked
+    first, so a GPU or training forward never builds the kernels."""
+    return _norm_fits(x, weight) and available()
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float, *, lib: ctypes.CDLL | None = None
@@ -529,8 +530,8 @@ def rotates(x: Tensor, cos: Tensor, sin: Tensor) -> bool:
     """Whether `rope` takes these operands: lalm's kernels `available()`, x [B, H, S, D]
     with its rows of D contiguous (e.g. the heads of a projection, transposed), cos and sin
     [B, 1, S, D] of x's dtype (float32 or bf16) with rows of D contiguous, CPU tensors, no
-    gradient wanted."""
-    return available() and _rope_fits(x, cos, sin)
+    gradient wanted (checked before the kernels are built, as `normalizes`)."""
+    return _rope_fits(x, cos, sin) and available()
 
 
 def rope(x: Tensor, cos: Tensor, sin: Tensor, *, lib: ctypes.CDLL | None = None) -> Tensor:

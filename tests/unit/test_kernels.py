@@ -591,6 +591,22 @@ def test_norm_and_rope_refuse_what_they_do_not_take() -> None:
         kernels.rope(q[0], cos, sin)
 
 
+def test_a_training_forward_never_builds_the_kernels() -> None:
+    """`normalizes` and `rotates` check the operands before `available()`: a forward that
+    wants gradients (or runs off the CPU) takes torch's ops without compiling anything."""
+    code = ("import torch\n"
+            "from lalm import kernels\n"
+            "from lalm.model.layers import RMSNorm, apply_rope\n"
+            "norm = RMSNorm(8, 1e-6)\n"
+            "x = torch.randn(1, 2, 3, 8, requires_grad=True)\n"
+            "table = torch.ones(1, 1, 3, 8)\n"
+            "(norm(x).sum() + apply_rope(x, table, table).sum()).backward()\n"
+            "assert kernels.library.cache_info().currsize == 0\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "LALM_CACHE": "/nonexistent/lalm-cache"})
+    assert run.returncode == 0, run.stderr
+
+
 def test_a_decoder_norms_and_rotates_with_lalms_kernels(monkeypatch) -> None:
     """A decoder's RMSNorms and RoPE (prefill and decode steps, every layer) take lalm's
     kernels in inference; the logits agree with torch's ops to float32 rounding and the
