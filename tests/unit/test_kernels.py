@@ -322,10 +322,7 @@ def test_int8_linear_takes_lalms_kernel_and_agrees_with_torchs() -> None:
 
 
 def _bf16_decoder() -> TextDecoder:
-    torch.manual_seed(0)
-    config = DecoderConfig(vocab_size=300, dim=64, n_layer=2, n_head=4, n_kv_head=2,
-                           hidden_dim=160, max_seq_len=64)
-    return TextDecoder(config).bfloat16().eval()
+    return _small_decoder().bfloat16()
 
 
 def test_a_bf16_decoder_streams_its_products_once_it_decodes() -> None:
