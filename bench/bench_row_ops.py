@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import torch
+from _common import alternating_rounds
 from bench_decode_7b import build, step_timer
 
 from lalm import kernels
@@ -73,22 +74,25 @@ def timed_products(seconds: list[float]) -> Iterator[None]:
 
 def rounds_of(ways: dict[str, Callable[[], object]], rounds: int, repeat: int
               ) -> dict[str, list[tuple[float, float]]]:
-    """Per way, every round's (mean step seconds, mean seconds outside the int8 products),
-    the ways taking turns within each round after one warm-up step each."""
-    for run in ways.values():
-        run()
-    out: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
+    """Per way, every round's (mean step seconds, mean seconds outside the int8 products):
+    `alternating_rounds` with each call's product seconds kept beside it."""
     products = [0.0]
+    spent: dict[str, list[float]] = {name: [] for name in ways}
+
+    def counted(name: str, run: Callable[[], object]) -> Callable[[], object]:
+        def call() -> object:
+            products[0] = 0.0
+            out = run()
+            spent[name].append(products[0])
+            return out
+        return call
+
     with timed_products(products):
-        for _ in range(rounds):
-            for name, run in ways.items():
-                products[0] = 0.0
-                start = time.perf_counter()
-                for _ in range(repeat):
-                    run()
-                total = (time.perf_counter() - start) / repeat
-                out[name].append((total, total - products[0] / repeat))
-    return out
+        times = alternating_rounds({name: counted(name, run) for name, run in ways.items()},
+                                   rounds, repeat)
+    # spent[name][0] is the warm-up call; then `repeat` calls a round
+    return {name: [(t, t - sum(spent[name][1 + r * repeat:1 + (r + 1) * repeat]) / repeat)
+                   for r, t in enumerate(times[name])] for name in ways}
 
 
 def main() -> None:
