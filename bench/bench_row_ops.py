@@ -1,20 +1,25 @@
-"""A decode step's row-wise steps, lalm's kernels vs torch's ops: RMSNorm and RoPE
-(`lalm.kernels.rms_norm`, `lalm.kernels.rope`, what `RMSNorm` and `apply_rope` take on the
-CPU in inference) against the same formulas as torch ops, in the decode step of real shapes.
+"""A decode step's steps beside its products, three ways in the int8 decode step of real
+shapes: all layers in one call of lalm's kernels (`lalm.kernels.decode_layers`, what
+`TextDecoder` takes for int8 decoders on the CPU), the modules with lalm's row-wise kernels
+(`rms_norm`, `rope`, `silu_mul`, what `RMSNorm`, `apply_rope` and `SwiGLU` take in inference),
+and the modules with torch's ops for those steps.
 
 A decode step streams every weight through the caches (hundreds of MiB), so each small op after
 a product finds torch's code and data cold (bench/README.md: an RMSNorm of 4096 floats, six
-torch ops, several times slower right after a large product than alone); the kernels do each
-step in one call. Two decoders, int8 weights (`bench_decode_7b.build`), float32
-activations, KV context 280, two threads by default: the Qwen2-Audio-7B decoder's shapes with
-`--layers` layers and its head, and SmolLM2-135M's (576 wide, 9/3 heads of 64, MLP 1536, 30
-layers, vocab 49,152), whose small products leave the row-wise steps a large share. The two
-ways take turns within every round (the host's memory traffic moves from minute to minute);
-a round is the mean of `--repeat` steps, timed whole and outside the int8 products (a timer
-around `kernels.int8_linear` and `kernels.int8_linear_many`: what the row-wise steps change,
-without the products' noise, which is most of a 7B step); the medians of the rounds are
-printed. The logits of the two ways are compared: RoPE has torch's bits; RMSNorm sums its
-squares in float64.
+torch ops, several times slower right after a large product than alone); the row kernels do
+each step in one call, the fused layers take the Python and torch ops of a layer out. Two
+decoders, int8 weights (`bench_decode_7b.build`), float32 activations, KV context 280, two
+threads by default: the Qwen2-Audio-7B decoder's shapes with `--layers` layers and its head,
+and SmolLM2-135M's (576 wide, 9/3 heads of 64, MLP 1536, 30 layers, vocab 49,152), whose
+small products leave the rest a large share. The ways take turns within every round (the
+host's memory traffic moves from minute to minute); a round is the mean of `--repeat` steps,
+timed whole and, for the module ways, outside the int8 products (a timer around
+`kernels.int8_linear` and `kernels.int8_linear_many`: what the row-wise steps change, without
+the products' noise, which is most of a 7B step); for the fused way, whose products run
+inside one call, that figure is its step less the same round's product seconds of the
+modules with lalm's kernels (the same product calls). The medians of the rounds are printed.
+The logits are compared: the fused layers have the modules' bits; RoPE has torch's bits;
+RMSNorm sums its squares in float64 and silu's exponential is lalm's.
 
 Run:  PYTHONPATH=. .venv/bin/python bench/bench_row_ops.py [--rounds 9] [--threads 2]
 """
@@ -33,21 +38,35 @@ from bench_decode_7b import build, step_timer
 
 from lalm import kernels
 from lalm.config import ModelConfig
+from lalm.model.decoder import TextDecoder
 
 SMOLLM2 = {"dim": 576, "n_head": 9, "n_kv_head": 3, "hidden_dim": 1536, "vocab_size": 49152,
            "qkv_bias": False, "n_layer": 30}
 
 
 @contextlib.contextmanager
-def torch_row_ops() -> Iterator[None]:
-    """Inside the block RMSNorm and RoPE take torch's ops (`kernels.normalizes` and
-    `kernels.rotates` answer False); the products and the attention stay lalm's."""
-    normalizes, rotates = kernels.normalizes, kernels.rotates
-    kernels.normalizes = kernels.rotates = lambda *operands: False
+def module_path() -> Iterator[None]:
+    """Inside the block a decode step runs the layers' modules (`decode_operands` None)."""
+    operands = TextDecoder.decode_operands
+    TextDecoder.decode_operands = lambda self: None  # type: ignore[method-assign]
     try:
         yield
     finally:
-        kernels.normalizes, kernels.rotates = normalizes, rotates
+        TextDecoder.decode_operands = operands  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def torch_row_ops() -> Iterator[None]:
+    """Inside the block the modules run with torch's ops for RMSNorm, RoPE and silu * up
+    (`kernels.normalizes`, `rotates` and `activates` answer False); the products and the
+    attention stay lalm's."""
+    checks = kernels.normalizes, kernels.rotates, kernels.activates
+    kernels.normalizes = kernels.rotates = kernels.activates = lambda *operands: False
+    try:
+        with module_path():
+            yield
+    finally:
+        kernels.normalizes, kernels.rotates, kernels.activates = checks
 
 
 @contextlib.contextmanager
@@ -116,22 +135,35 @@ def main() -> None:
         decoder = build(config, "int8", compute=torch.float32)
         step = step_timer(decoder, args.context)
 
-        def with_torch_ops() -> object:
-            with torch_row_ops():
-                return step()
+        def in_(context: Callable[[], contextlib.AbstractContextManager[None]]
+                ) -> Callable[[], object]:
+            def run() -> object:
+                with context():
+                    return step()
+            return run
 
-        difference = (step() - with_torch_ops()).abs().max().item()
-        rounds = rounds_of({"lalm": step, "torch": with_torch_ops}, args.rounds, args.repeat)
-        (ours, ours_rest), (theirs, theirs_rest) = (
-            (statistics.median(t for t, _ in rounds[way]),
-             statistics.median(r for _, r in rounds[way])) for way in ("lalm", "torch"))
-        per_layer = (theirs_rest - ours_rest) / config.n_layer
-        print(f"{name}: step {ours * 1e3:.2f} ms with lalm's row kernels, {theirs * 1e3:.2f} "
-              f"ms with torch's ops ({theirs / ours:.3f}x); outside the int8 products "
-              f"{ours_rest * 1e3:.2f} vs {theirs_rest * 1e3:.2f} ms "
-              f"({theirs_rest / ours_rest:.2f}x, {per_layer * 1e3:.3f} ms a layer, the final "
-              f"norm counted in); logits max |difference| {difference:.1e}")
-
+        ways = {"fused": step, "modules": in_(module_path), "torch": in_(torch_row_ops)}
+        fused_logits = step()
+        differences = {way: (fused_logits - ways[way]()).abs().max().item()
+                       for way in ("modules", "torch")}
+        rounds = rounds_of(ways, args.rounds, args.repeat)
+        whole = {way: statistics.median(t for t, _ in rounds[way]) for way in ways}
+        rest = {way: statistics.median(r for _, r in rounds[way]) for way in ways}
+        # the fused step's products are the modules' product calls: their seconds, same round
+        rest["fused"] = statistics.median(
+            fused - (modules - modules_rest) for (fused, _), (modules, modules_rest)
+            in zip(rounds["fused"], rounds["modules"]))
+        print(f"{name}: step {whole['fused'] * 1e3:.2f} ms fused, {whole['modules'] * 1e3:.2f} "
+              f"modules with lalm's row kernels ({whole['modules'] / whole['fused']:.3f}x), "
+              f"{whole['torch'] * 1e3:.2f} with torch's ops "
+              f"({whole['torch'] / whole['modules']:.3f}x the modules); outside the int8 "
+              f"products {rest['fused'] * 1e3:.2f} / {rest['modules'] * 1e3:.2f} / "
+              f"{rest['torch'] * 1e3:.2f} ms, a layer "
+              f"{(rest['modules'] - rest['fused']) / config.n_layer * 1e3:.3f} ms less fused "
+              f"than the modules and {(rest['torch'] - rest['modules']) / config.n_layer * 1e3:.3f}"
+              f" ms less with the row kernels than torch's ops (the final norm counted in); "
+              f"logits max |difference| from the fused: modules {differences['modules']:.1e}, "
+              f"torch's ops {differences['torch']:.1e}")
 
 if __name__ == "__main__":
     main()

@@ -23,7 +23,13 @@ in float32 and 5-7x in bf16 on a CPU without bf16 units, `bench/bench_decode_att
 the bits of torch's ops) in one pass each: in a decode step, after the products have streamed
 hundreds of MiB through the caches, each of torch's small ops costs tens of microseconds more
 than in isolation, and an RMSNorm takes six of them. `RMSNorm` and `apply_rope` take them
-wherever `normalizes` and `rotates` say they can (inference on the CPU).
+wherever `normalizes` and `rotates` say they can (inference on the CPU); `silu_mul` is
+SwiGLU's activation, which `SwiGLU` takes where `activates` says so.
+
+`decode_layers` runs a decode step's decoder layers (int8 products) in one call, each step by
+the kernel the modules call, so with the modules' bits: a step of a 7B layer spends ~0.5 ms
+less beside its products, one of SmolLM2-135M's 30 small layers 1.7x less in all
+(`bench/bench_row_ops.py`). `TextDecoder` takes it where `decodes` says so.
 
 The C source is compiled on first use with the machine's C compiler (`$CC`, else `cc`;
 `-O3 -march=native -fopenmp`) into lalm's cache (`$LALM_CACHE/kernels`, named by a hash of the
@@ -141,6 +147,15 @@ def build(march: str = "native", directory: Path | None = None) -> ctypes.CDLL:
     lib.lalm_rms_norm.restype = None
     lib.lalm_rope.argtypes = [ptr, ptr, ptr, ptr, flag, *[i64] * 9, flag]
     lib.lalm_rope.restype = None
+    lib.lalm_silu_mul.argtypes = [ptr, ptr, ptr, flag, i64, flag]
+    lib.lalm_silu_mul.restype = None
+    lib.lalm_decode_layers.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64,
+                                       ptr, ptr, i64, flag, flag, *[i64] * 6, ctypes.c_float,
+                                       ctypes.c_float, flag]
+    lib.lalm_decode_layers.restype = ctypes.c_int
+    if lib.lalm_layer_operands() != len(LAYER_OPERANDS):
+        raise KernelBuildError(f"{target} takes {lib.lalm_layer_operands()} operands a layer, "
+                               f"lalm.kernels names {len(LAYER_OPERANDS)}")
     lib.lalm_kernel_isa.restype = ctypes.c_char_p
     lib.lalm_int8_isa.restype = ctypes.c_char_p
     return lib
@@ -564,3 +579,213 @@ def rope(x: Tensor, cos: Tensor, sin: Tensor, *, lib: ctypes.CDLL | None = None)
                   x.stride(1), x.stride(2), cos.stride(0), cos.stride(2),
                   torch.get_num_threads())
     return y
+
+
+def _activation_fits(gate: Tensor, up: Tensor) -> bool:
+    """`activates` but for the kernels' availability."""
+    return (gate.device.type == up.device.type == "cpu" and gate.dtype in _NATIVE
+            and up.dtype == gate.dtype and up.shape == gate.shape
+            and not _wants_grad(gate, up))
+
+
+def activates(gate: Tensor, up: Tensor) -> bool:
+    """Whether `silu_mul` takes these operands: lalm's kernels `available()`, gate and up CPU
+    tensors of one shape and dtype, float32 or bf16, no gradient wanted (checked before the
+    kernels are built, as `normalizes`)."""
+    return _activation_fits(gate, up) and available()
+
+
+def silu_mul(gate: Tensor, up: Tensor, *, lib: ctypes.CDLL | None = None) -> Tensor:
+    """SwiGLU's activation `F.silu(gate) * up` in one pass (bf16: silu rounded to bf16, then
+    the product, as those two ops round).
+
+    silu's exponential is lalm's own (`linear.c`: a polynomial, within a few ulp of the exact
+    silu; torch's differs in the last bits), the same on every vector path, and each element
+    is computed alone: an element's bits never depend on the other rows or the threads.
+
+    Args:
+        gate, up: [...] float32 or bf16 of one shape (`activates` says which it takes).
+        lib: a library from `build` (default this process's).
+
+    Returns:
+        [...] in gate's dtype, contiguous.
+
+    Raises:
+        ValueError: operands `activates` refuses (kernels aside).
+        KernelBuildError: no kernels in this process.
+    """
+    lib = _loaded(lib)
+    if not _activation_fits(gate, up):
+        raise ValueError(f"silu_mul takes CPU float32/bf16 gate and up of one shape and dtype, "
+                         f"no gradient; got {tuple(gate.shape)} {gate.dtype} on {gate.device} "
+                         f"and {tuple(up.shape)} {up.dtype} on {up.device}")
+    gate, up = gate.contiguous(), up.contiguous()
+    y = torch.empty_like(gate)
+    lib.lalm_silu_mul(gate.data_ptr(), up.data_ptr(), y.data_ptr(), gate.dtype == torch.bfloat16,
+                      gate.numel(), torch.get_num_threads())
+    return y
+
+
+#: A layer's operands for `decode_layers`, in `linear.c`'s order (its `OP_*`).
+LAYER_OPERANDS = ("attn_norm", "q", "q_scales", "q_bias", "k", "k_scales", "k_bias", "v",
+                  "v_scales", "v_bias", "q_norm", "k_norm", "o", "o_scales", "mlp_norm",
+                  "gate", "gate_scales", "up", "up_scales", "down", "down_scales")
+#: The operands a layer may leave out (None): the q/k/v biases, the q/k norms (both or none).
+OPTIONAL_OPERANDS = frozenset({"q_bias", "k_bias", "v_bias", "q_norm", "k_norm"})
+
+
+def _layer_problem(layer: dict[str, Tensor | None], dtype: torch.dtype, scale_dtype: torch.dtype,
+                   dim: int, heads: int, kv_heads: int, width: int, hidden: int) -> str | None:
+    """What in one layer's operands `decode_layers` cannot take, or None."""
+    if set(layer) != set(LAYER_OPERANDS):
+        return f"operands {sorted(layer)}, not {sorted(LAYER_OPERANDS)}"
+    if (layer["q_norm"] is None) != (layer["k_norm"] is None):
+        return "a q norm without a k norm (or the reverse)"
+    biases = [layer[name] is None for name in ("q_bias", "k_bias", "v_bias")]
+    if len(set(biases)) != 1:
+        return "some of the q/k/v products have a bias and some not"
+    products = {"q": (heads * width, dim), "k": (kv_heads * width, dim),
+                "v": (kv_heads * width, dim), "o": (dim, heads * width), "gate": (hidden, dim),
+                "up": (hidden, dim), "down": (dim, hidden)}
+    vectors = {"attn_norm": dim, "mlp_norm": dim, "q_norm": width, "k_norm": width,
+               "q_bias": heads * width, "k_bias": kv_heads * width, "v_bias": kv_heads * width}
+    for name, shape in products.items():
+        codes, scales = layer[name], layer[f"{name}_scales"]
+        if codes is None or scales is None:
+            return f"no {name} codes or scales"
+        if (codes.dtype != torch.int8 or codes.shape != shape or not codes.is_contiguous()
+                or codes.device.type != "cpu" or shape[1] > INT8_MAX_K):
+            return f"{name}: {codes.dtype} {tuple(codes.shape)}, not contiguous int8 {shape}"
+        if (scales.dtype != scale_dtype or scales.shape != (shape[0],)
+                or not scales.is_contiguous() or scales.device.type != "cpu"):
+            return f"{name}_scales: {scales.dtype} {tuple(scales.shape)}, not {scale_dtype} " \
+                   f"[{shape[0]}]"
+    for name, n in vectors.items():
+        vector = layer[name]
+        if vector is None and name in OPTIONAL_OPERANDS:
+            continue
+        if (vector is None or vector.dtype != dtype or vector.shape != (n,)
+                or not vector.is_contiguous() or vector.device.type != "cpu"):
+            return f"{name}: not a contiguous {dtype} [{n}]"
+    return None
+
+
+def decode_problem(x: Tensor, layers: Sequence[dict[str, Tensor | None]], cos: Tensor,
+                   sin: Tensor, mask: Tensor, keys: Tensor, values: Tensor,
+                   columns: Sequence[int], *, heads: int,
+                   q_scale: Tensor | None = None) -> str | None:
+    """What in these operands `decode_layers` cannot take (its arguments), or None where it
+    takes them all; the kernels' availability aside."""
+    if x.ndim != 3 or x.shape[1] != 1 or x.device.type != "cpu" or x.dtype not in _NATIVE:
+        return f"x {tuple(x.shape)} {x.dtype} on {x.device}, not CPU float32/bf16 [B, 1, D]"
+    batch, _, dim = x.shape
+    if keys.ndim != 5 or keys.shape != values.shape or keys.stride() != values.stride():
+        return (f"keys {tuple(keys.shape)} and values {tuple(values.shape)}, not "
+                f"[n_layer, B, H_kv, max_seq_len, hd] of one layout")
+    n_layer, rows, kv_heads, max_len, width = keys.shape
+    strides = keys.stride()
+    if rows != batch or n_layer != len(layers) or strides[4] != 1 or strides[3] != width:
+        return (f"a KV cache {tuple(keys.shape)} strides {strides} for {batch} rows of "
+                f"{len(layers)} layers")
+    if keys.dtype != x.dtype or values.dtype != x.dtype or keys.device.type != "cpu":
+        return f"a {keys.dtype} cache for {x.dtype} activations"
+    if kv_heads < 1 or heads % kv_heads or width % 16:
+        return f"{heads} heads over {kv_heads} key/value heads of {width}"
+    seen = mask.shape[-1] if mask.ndim == 4 else -1
+    if mask.dtype != torch.bool or mask.shape != (batch, 1, 1, seen) or seen > max_len:
+        return f"a mask {tuple(mask.shape)} {mask.dtype}"
+    if len(columns) != batch or any(not 0 <= c < seen for c in columns):
+        return f"columns {list(columns)} for {batch} rows of {seen} keys"
+    for name, table in (("cos", cos), ("sin", sin)):
+        if table.shape != (batch, 1, 1, width) or table.dtype != x.dtype \
+                or table.device.type != "cpu":
+            return f"{name} {tuple(table.shape)} {table.dtype}"
+    if q_scale is not None and q_scale.shape != (batch, 1, 1, 1):
+        return f"q_scale {tuple(q_scale.shape)}"
+    if torch.is_grad_enabled():  # the operands may want gradients: no graph is recorded
+        return "gradients enabled (no_grad or inference_mode wanted)"
+    if not layers:
+        return "no layers"
+    first = layers[0]
+    scale_dtype = getattr(first.get("q_scales"), "dtype", None)
+    if scale_dtype not in _NATIVE:
+        return f"scales of {scale_dtype}"
+    hidden = getattr(first.get("gate"), "shape", (0,))[0]
+    for index, layer in enumerate(layers):
+        problem = _layer_problem(layer, x.dtype, scale_dtype, dim, heads, kv_heads, width, hidden)
+        if problem:
+            return f"layer {index}: {problem}"
+    return None
+
+
+def decodes(x: Tensor, layers: Sequence[dict[str, Tensor | None]], cos: Tensor, sin: Tensor,
+            mask: Tensor, keys: Tensor, values: Tensor, columns: Sequence[int], *, heads: int,
+            q_scale: Tensor | None = None) -> bool:
+    """Whether `decode_layers` takes these operands: no `decode_problem` and lalm's kernels
+    `available()` (checked in that order, so a GPU forward builds nothing). In practice a
+    choice per model and machine, as `attends`."""
+    return decode_problem(x, layers, cos, sin, mask, keys, values, columns, heads=heads,
+                          q_scale=q_scale) is None and available()
+
+
+def decode_layers(x: Tensor, layers: Sequence[dict[str, Tensor | None]], cos: Tensor,
+                  sin: Tensor, mask: Tensor, keys: Tensor, values: Tensor,
+                  columns: Sequence[int], *, heads: int, eps: float,
+                  q_scale: Tensor | None = None, lib: ctypes.CDLL | None = None) -> Tensor:
+    """A decode step's pre-norm decoder layers (`lalm.model.decoder.DecoderLayer` with int8
+    products) in one call: each layer's RMSNorm, q/k/v products (one pass), q/k norms,
+    RoPE, logn factor, KV cache write, attention, o product, residual add, RMSNorm, gate/up
+    products (one pass), `silu_mul`, down product and residual add, each by the kernel the
+    modules call in inference, so the result has their bits.
+
+    Args:
+        x: [B, 1, D] the layers' input (one new position per row), float32 or bf16.
+        layers: per layer, its operands by the names of `LAYER_OPERANDS` (codes [N, K] int8
+            contiguous, scales [N] of one float32/bf16 dtype for all, norm weights and biases
+            in x's dtype; `OPTIONAL_OPERANDS` may be None).
+        cos, sin: [B, 1, 1, hd] the step's RoPE tables, x's dtype.
+        mask: [B, 1, 1, T] bool, the keys each row attends to (its new one included).
+        keys, values: [n_layer, B, H_kv, max_seq_len, hd] the KV cache's window (x's dtype,
+            rows of hd contiguous, one layout); row b's new key and value go to column
+            `columns[b]` (< T <= max_seq_len) of every layer.
+        columns: [B] the column each row writes.
+        heads: query heads (a multiple of H_kv; hd a multiple of 16).
+        eps: every RMSNorm's epsilon.
+        q_scale: [B, 1, 1, 1] float32 logn factors, or None.
+        lib: a library from `build` (default this process's).
+
+    Returns:
+        [B, 1, D] the last layer's output, in x's dtype.
+
+    Raises:
+        ValueError: operands of other shapes, dtypes or layouts (the message says which).
+        MemoryError: the kernels' buffers could not be allocated.
+        KernelBuildError: no kernels in this process.
+    """
+    lib = _loaded(lib)
+    problem = decode_problem(x, layers, cos, sin, mask, keys, values, columns, heads=heads,
+                             q_scale=q_scale)
+    if problem:
+        raise ValueError(f"decode_layers: {problem}")
+    batch, _, dim = x.shape
+    _, _, kv_heads, _, width = keys.shape
+    strides, seen = keys.stride(), mask.shape[-1]
+    scale_dtype = layers[0]["q_scales"].dtype  # type: ignore[union-attr]
+    hidden = layers[0]["gate"].shape[0]  # type: ignore[union-attr]
+    out = x.contiguous().clone().view(batch, dim)
+    cos, sin = cos.contiguous(), sin.contiguous()
+    pointers = (ctypes.c_void_p * (len(layers) * len(LAYER_OPERANDS)))(*(
+        None if layer[name] is None else layer[name].data_ptr()  # type: ignore[union-attr]
+        for layer in layers for name in LAYER_OPERANDS))
+    allowed = mask.reshape(batch, seen).contiguous()
+    written = (ctypes.c_int64 * batch)(*columns)
+    factors = None if q_scale is None else q_scale.to(x.dtype).float().reshape(batch).contiguous()
+    if lib.lalm_decode_layers(out.data_ptr(), pointers, len(layers), cos.data_ptr(),
+                              sin.data_ptr(), None if factors is None else factors.data_ptr(),
+                              keys.data_ptr(), values.data_ptr(), strides[0], strides[1],
+                              strides[2], written, allowed.data_ptr(), seen,
+                              x.dtype == torch.bfloat16, scale_dtype == torch.bfloat16, batch,
+                              dim, heads, kv_heads, width, hidden, eps, width ** -0.5,
+                              torch.get_num_threads()):
+        raise MemoryError(f"lalm's decode_layers: no memory for the buffers of {batch} rows")
+    return out.view(batch, 1, dim)

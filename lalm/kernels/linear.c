@@ -1,6 +1,8 @@
 /* lalm's CPU products for decoding: y = x W^T with W stored narrow (int8 codes with one scale
- * per output row, or bf16), read once from memory as it streams through the cores; and a
- * decode step's attention over the KV cache (`lalm_decode_attention`, its comment).
+ * per output row, or bf16), read once from memory as it streams through the cores; a decode
+ * step's attention over the KV cache (`lalm_decode_attention`, its comment); the row-wise
+ * steps between a layer's products (RMSNorm, RoPE, SwiGLU's silu * up); and a decode step's
+ * decoder layers made of them, in one call (`lalm_decode_layers`).
  *
  * Shapes (all row-major, contiguous): x [M, K] float32, W [N, K], y [M, N] float32.
  *
@@ -693,3 +695,147 @@ const char *lalm_int8_isa(void) { return I8_ISA; }
 
 /* Which vector path this build took ("avx512", "avx2" or "generic"). */
 const char *lalm_kernel_isa(void) { return ISA; }
+
+/* ---- SwiGLU's activation: silu(gate) * up ---- */
+
+/* silu(x) = x / (1 + e^-x), e^-x by n = rint(t log2 e), r = t - n ln 2 (ln 2 in two parts,
+ * the first exact in n), Cephes' degree-7 expf polynomial in r, times 2^n built in the
+ * exponent's bits; t clamped to [-87, 88] (past 88, e^t is taken as infinite: x / inf = -0,
+ * and -inf / inf = NaN as torch). Within a few ulp of the exact silu. Only IEEE adds,
+ * multiplies, a divide and integer steps, no contraction (-std=c11), so the vector loops
+ * the compiler makes give the bits of the scalar code on every path. */
+static inline float silu(float x) {
+    float t = -x;
+    float c = t == t ? t : 0.0f;  /* NaN: x / (1 + e) is NaN anyway */
+    c = c < -87.0f ? -87.0f : c;
+    c = c > 88.0f ? 88.0f : c;
+    float n = c * 1.44269504088896341f + 12582912.0f;  /* 1.5 * 2^23: rounds to an integer */
+    n = n - 12582912.0f;
+    float r = c - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r;
+    p = p + 1.0f;
+    int32_t bits = ((int32_t)n + 127) * (1 << 23);
+    float two_n;
+    memcpy(&two_n, &bits, 4);
+    float e = t > 88.0f ? INFINITY : p * two_n;
+    return x / (1.0f + e);
+}
+
+/* y [n] = silu(g) * u for float32 arrays; bf16 where `bf16` (silu(g) rounded to bf16, then
+ * the product: torch's `F.silu(gate) * up`). Elements split among the threads where there are
+ * enough of them; each element is computed alone, so the bits never depend on n or threads. */
+void lalm_silu_mul(const void *g, const void *u, void *y, int bf16, int64_t n, int threads) {
+    int split = threads > 1 && n >= ROWWISE_SPLIT;
+    if (!bf16) {
+        const float *gf = g, *uf = u;
+        float *yf = y;
+        #pragma omp parallel for schedule(static) num_threads(threads) if (split)
+        for (int64_t i = 0; i < n; i++) yf[i] = silu(gf[i]) * uf[i];
+        return;
+    }
+    const uint16_t *gh = g, *uh = u;
+    uint16_t *yh = y;
+    #pragma omp parallel for schedule(static) num_threads(threads) if (split)
+    for (int64_t i = 0; i < n; i++) {
+        float s = bf16_to_f32(f32_to_bf16(silu(bf16_to_f32(gh[i]))));
+        yh[i] = f32_to_bf16(s * bf16_to_f32(uh[i]));
+    }
+}
+
+/* ---- a decode step's decoder layers in one call ---- */
+
+/* The operands of one layer, `LAYER_OPERANDS` pointers in this order (NULL: absent). */
+enum {
+    OP_ATTN_NORM, OP_Q, OP_Q_SCALE, OP_Q_BIAS, OP_K, OP_K_SCALE, OP_K_BIAS, OP_V, OP_V_SCALE,
+    OP_V_BIAS, OP_Q_NORM, OP_K_NORM, OP_O, OP_O_SCALE, OP_MLP_NORM, OP_GATE, OP_GATE_SCALE,
+    OP_UP, OP_UP_SCALE, OP_DOWN, OP_DOWN_SCALE, LAYER_OPERANDS
+};
+
+int lalm_layer_operands(void) { return LAYER_OPERANDS; }
+
+/* x [B, D] += a layer's two sub-layers, rounded as torch's `x + y` rounds. */
+static void add_rows(void *x, const void *y, int bf16, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        store_el(x, bf16, i, load_el(x, bf16, i) + load_el(y, bf16, i));
+}
+
+/* L pre-norm decoder layers (`lalm.model.decoder.DecoderLayer`, int8 products) over one new
+ * position per row, in place on x [B, D] (float32, or bf16 where `bf16`; every activation,
+ * norm weight, bias and cos/sin table in that dtype; the scales float32, or bf16 where
+ * `scale_bf16`). Layer l's operands are ops[l * LAYER_OPERANDS + OP_*]; cos, sin [B, hd]
+ * (the step's RoPE tables); q_scale [B] float32 logn factors (already rounded to the dtype) or
+ * NULL; kc, vc the KV cache's first element of layer 0, row 0 of the window, at element
+ * strides (s_layer, s_row, s_head, hd, 1); row b writes its key and value at column cols[b]
+ * and attends to the T columns where mask [B, T] is nonzero. Each step is the function the
+ * module path calls (rms_norm, the int8 products, rope, decode_attention, silu_mul) on the
+ * same operands, so x gets that path's bits. Returns 0, or -1 where a buffer could not be
+ * allocated (x then holds a partial result). */
+int lalm_decode_layers(void *x, const void *const *ops, int64_t L, const void *cos,
+                       const void *sin, const float *q_scale, void *kc, void *vc,
+                       int64_t s_layer, int64_t s_row, int64_t s_head, const int64_t *cols,
+                       const uint8_t *mask, int64_t T, int bf16, int scale_bf16, int64_t B,
+                       int64_t D, int64_t H, int64_t Hkv, int64_t hd, int64_t F, float eps,
+                       float scale, int threads) {
+    int64_t size = bf16 ? 2 : 4, nq = H * hd, nkv = Hkv * hd;
+    int64_t total = B * (2 * D + 3 * nq + 3 * nkv + 3 * F);
+    char *buf = malloc((size_t)(total * size));
+    if (!buf) return -1;
+    char *normed = buf, *q = normed + B * D * size, *k = q + B * nq * size;
+    char *v = k + B * nkv * size, *qr = v + B * nkv * size, *kr = qr + B * nq * size;
+    char *att = kr + B * nkv * size, *out = att + B * nq * size, *gate = out + B * D * size;
+    char *up = gate + B * F * size, *act = up + B * F * size;
+    int failed = 0;
+    for (int64_t l = 0; l < L && !failed; l++) {
+        const void *const *p = ops + l * LAYER_OPERANDS;
+        lalm_rms_norm(x, p[OP_ATTN_NORM], normed, bf16, B, D, eps, threads);
+        const int8_t *qkv[3] = {p[OP_Q], p[OP_K], p[OP_V]};
+        const void *qkv_scale[3] = {p[OP_Q_SCALE], p[OP_K_SCALE], p[OP_V_SCALE]};
+        const void *qkv_bias[3] = {p[OP_Q_BIAS], p[OP_K_BIAS], p[OP_V_BIAS]};
+        void *qkv_out[3] = {q, k, v};
+        int64_t widths[3] = {nq, nkv, nkv};
+        failed |= lalm_int8_linear_many(normed, 3, qkv, qkv_scale, scale_bf16, qkv_bias,
+                                        qkv_out, bf16, B, widths, D, threads);
+        if (p[OP_Q_NORM]) {
+            lalm_rms_norm(q, p[OP_Q_NORM], q, bf16, B * H, hd, eps, threads);
+            lalm_rms_norm(k, p[OP_K_NORM], k, bf16, B * Hkv, hd, eps, threads);
+        }
+        lalm_rope(q, cos, sin, qr, bf16, B, H, 1, hd, nq, hd, nq, hd, hd, threads);
+        lalm_rope(k, cos, sin, kr, bf16, B, Hkv, 1, hd, nkv, hd, nkv, hd, hd, threads);
+        if (q_scale)
+            for (int64_t i = 0; i < B * nq; i++)
+                store_el(qr, bf16, i, load_el(qr, bf16, i) * q_scale[i / nq]);
+        char *keys = (char *)kc + l * s_layer * size, *values = (char *)vc + l * s_layer * size;
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < Hkv; h++) {
+                int64_t at = (b * s_row + h * s_head + cols[b] * hd) * size;
+                memcpy(keys + at, kr + (b * Hkv + h) * hd * size, (size_t)(hd * size));
+                memcpy(values + at, v + (b * Hkv + h) * hd * size, (size_t)(hd * size));
+            }
+        failed |= lalm_decode_attention(qr, keys, values, mask, att, bf16, B, H, Hkv, T, hd,
+                                        s_row, s_head, scale, threads);
+        failed |= lalm_int8_linear(att, p[OP_O], p[OP_O_SCALE], scale_bf16, NULL, out, bf16,
+                                   B, D, nq, threads);
+        add_rows(x, out, bf16, B * D);
+        lalm_rms_norm(x, p[OP_MLP_NORM], normed, bf16, B, D, eps, threads);
+        const int8_t *gu[2] = {p[OP_GATE], p[OP_UP]};
+        const void *gu_scale[2] = {p[OP_GATE_SCALE], p[OP_UP_SCALE]};
+        const void *gu_bias[2] = {NULL, NULL};
+        void *gu_out[2] = {gate, up};
+        int64_t gu_widths[2] = {F, F};
+        failed |= lalm_int8_linear_many(normed, 2, gu, gu_scale, scale_bf16, gu_bias, gu_out,
+                                        bf16, B, gu_widths, D, threads);
+        lalm_silu_mul(gate, up, act, bf16, B * F, threads);
+        failed |= lalm_int8_linear(act, p[OP_DOWN], p[OP_DOWN_SCALE], scale_bf16, NULL, out,
+                                   bf16, B, D, F, threads);
+        add_rows(x, out, bf16, B * D);
+    }
+    free(buf);
+    return failed ? -1 : 0;
+}

@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _module
 
 from lalm import kernels
 from lalm.config import DecoderConfig
@@ -282,6 +283,72 @@ class TextDecoder(nn.Module):
             cache.rope_base = base
         return base
 
+    def decode_operands(self) -> list[dict[str, Tensor | None]] | None:
+        """Every layer's operands for `lalm.kernels.decode_layers` (by its `LAYER_OPERANDS`
+        names) where the layers are plain modules whose products are calls of lalm's int8
+        kernel: no adapters, no hooks and no replaced forward anywhere in them (a fused step
+        would pass them by) and one epsilon; else None. A property of the model, never of a
+        batch."""
+        if (self.adapter_gate is not None or _module._global_forward_hooks
+                or _module._global_forward_pre_hooks or not self.layers
+                or any(cls.forward is not plain for cls, plain in _PLAIN_FORWARDS)):
+            return None
+        eps = self.layers[0].attn_norm.eps
+        operands = []
+        for layer in self.layers:
+            attn, mlp = layer.attn, layer.mlp
+            if (type(layer) is not DecoderLayer or type(attn) is not Attention
+                    or type(mlp) is not SwiGLU or layer.adapter_gate is not None
+                    or {type(layer.attn_norm), type(layer.mlp_norm)} != {RMSNorm}):
+                return None
+            for module in layer.modules():
+                if (module._forward_hooks or module._forward_pre_hooks
+                        or "forward" in module.__dict__):
+                    return None
+            norms = [layer.attn_norm, layer.mlp_norm, *[n for n in (attn.q_norm, attn.k_norm)
+                                                        if n is not None]]
+            if any(norm.eps != eps for norm in norms):
+                return None
+            found: dict[str, Tensor | None] = {
+                "attn_norm": layer.attn_norm.weight, "mlp_norm": layer.mlp_norm.weight,
+                "q_norm": None if attn.q_norm is None else attn.q_norm.weight,
+                "k_norm": None if attn.k_norm is None else attn.k_norm.weight}
+            for name, linear in (("q", attn.q), ("k", attn.k), ("v", attn.v), ("o", attn.o),
+                                 ("gate", mlp.gate), ("up", mlp.up), ("down", mlp.down)):
+                kernel = getattr(linear, "kernel_operands", lambda: None)()
+                if kernel is None:
+                    return None
+                found[name], found[f"{name}_scales"], bias = kernel
+                if name in ("q", "k", "v"):
+                    found[f"{name}_bias"] = bias
+                elif bias is not None:
+                    return None
+            operands.append(found)
+        return operands
+
+    def _decode_step(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor,
+                     q_scale: Tensor | None) -> Tensor | None:
+        """A decode step's layers in one call of lalm's kernels (`kernels.decode_layers`:
+        the modules' bits) where the model's layers and the step's operands allow it
+        (`decode_operands`, `kernels.decodes`), writing the KV cache as the modules do; else
+        None (the modules run). x: [B, 1, D]; the rest as in `DecoderLayer.forward`."""
+        cache = self.cache
+        if cache is None:
+            return None
+        operands = self.decode_operands()
+        if operands is None:
+            return None
+        start, stop = cache.rows
+        keys, values = cache.k[:, start:stop], cache.v[:, start:stop]
+        columns = cache.lengths[start:stop]
+        heads = self.config.n_head
+        if not kernels.decodes(x, operands, cos, sin, mask, keys, values, columns, heads=heads,
+                               q_scale=q_scale):
+            return None
+        return kernels.decode_layers(x, operands, cos, sin, mask, keys, values, columns,
+                                     heads=heads, eps=self.layers[0].attn_norm.eps,
+                                     q_scale=q_scale)
+
     def forward(
         self,
         embeds: Tensor,
@@ -357,9 +424,11 @@ class TextDecoder(nn.Module):
         if self.adapter_gate is not None and adapter_mask is None:
             raise ValueError("this decoder's LoRA adapters are gated: pass adapter_mask (the "
                              "rows, or positions, they act on)")
-        x = embeds
-        for index, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, q_scale, cache, index, adapter_mask)
+        x = self._decode_step(embeds, cos, sin, mask, q_scale) if seq == 1 else None
+        if x is None:
+            x = embeds
+            for index, layer in enumerate(self.layers):
+                x = layer(x, cos, sin, mask, q_scale, cache, index, adapter_mask)
         if cache is not None:
             cache.advance(seq)
         if output == "hidden":
@@ -367,3 +436,9 @@ class TextDecoder(nn.Module):
         if output == "last_logits":
             return self.lm_head(self.norm(x[:, -1])).float()
         return self.lm_head(self.norm(x)).float()
+
+
+#: The forwards `TextDecoder.decode_operands` requires unchanged (a fused decode step stands
+#: for them; one patched, e.g. by a test, keeps the modules' path).
+_PLAIN_FORWARDS = ((DecoderLayer, DecoderLayer.forward), (Attention, Attention.forward),
+                   (SwiGLU, SwiGLU.forward), (RMSNorm, RMSNorm.forward))
