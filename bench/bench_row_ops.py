@@ -1,5 +1,5 @@
 """A decode step's steps beside its products, three ways in the int8 decode step of real
-shapes: all layers in one call of lalm's kernels (`lalm.kernels.decode_layers`, what
+shapes: all layers in one call of lalm's kernels (`lalm.kernels.DecodeLayers`, what
 `TextDecoder` takes for int8 decoders on the CPU), the modules with lalm's row-wise kernels
 (`rms_norm`, `rope`, `silu_mul`, what `RMSNorm`, `apply_rope` and `SwiGLU` take in inference),
 and the modules with torch's ops for those steps.
@@ -46,13 +46,13 @@ SMOLLM2 = {"dim": 576, "n_head": 9, "n_kv_head": 3, "hidden_dim": 1536, "vocab_s
 
 @contextlib.contextmanager
 def module_path() -> Iterator[None]:
-    """Inside the block a decode step runs the layers' modules (`decode_operands` None)."""
-    operands = TextDecoder.decode_operands
-    TextDecoder.decode_operands = lambda self: None  # type: ignore[method-assign]
+    """Inside the block a decode step runs the layers' modules (no fused step)."""
+    fused = TextDecoder._decode_step
+    TextDecoder._decode_step = lambda self, *step: None  # type: ignore[method-assign]
     try:
         yield
     finally:
-        TextDecoder.decode_operands = operands  # type: ignore[method-assign]
+        TextDecoder._decode_step = fused  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager

@@ -26,10 +26,10 @@ than in isolation, and an RMSNorm takes six of them. `RMSNorm` and `apply_rope` 
 wherever `normalizes` and `rotates` say they can (inference on the CPU); `silu_mul` is
 SwiGLU's activation, which `SwiGLU` takes where `activates` says so.
 
-`decode_layers` runs a decode step's decoder layers (int8 products) in one call, each step by
-the kernel the modules call, so with the modules' bits: a step of a 7B layer spends ~0.5 ms
-less beside its products, one of SmolLM2-135M's 30 small layers 1.7x less in all
-(`bench/bench_row_ops.py`). `TextDecoder` takes it where `decodes` says so.
+`DecodeLayers` runs a decode step's decoder layers in one call, each step by the kernel the
+modules call (float32 weights: `f32_linear`, a float32 weight streamed in its decode layout,
+where the modules take MKL's), so with the modules' bits: the Python and torch ops between the
+products are gone (`bench/bench_row_ops.py`). `TextDecoder` takes it where it fits.
 
 The C source is compiled on first use with the machine's C compiler (`$CC`, else `cc`;
 `-O3 -march=native -fopenmp`) into lalm's cache (`$LALM_CACHE/kernels`, named by a hash of the
@@ -140,6 +140,8 @@ def build(march: str = "native", directory: Path | None = None) -> ctypes.CDLL:
     lib.lalm_int8_linear_many.restype = ctypes.c_int
     lib.lalm_bf16_linear.argtypes = [ptr, ptr, ptr, ptr, flag, i64, i64, i64, flag]
     lib.lalm_bf16_linear.restype = ctypes.c_int
+    lib.lalm_f32_linear_kn.argtypes = [ptr, ptr, ptr, ptr, flag, i64, i64, i64, flag]
+    lib.lalm_f32_linear_kn.restype = ctypes.c_int
     lib.lalm_decode_attention.argtypes = [ptr, ptr, ptr, ptr, ptr, flag, i64, i64, i64, i64,
                                           i64, i64, i64, ctypes.c_float, flag]
     lib.lalm_decode_attention.restype = ctypes.c_int
@@ -150,8 +152,8 @@ def build(march: str = "native", directory: Path | None = None) -> ctypes.CDLL:
     lib.lalm_silu_mul.argtypes = [ptr, ptr, ptr, flag, i64, flag]
     lib.lalm_silu_mul.restype = None
     lib.lalm_decode_layers.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64,
-                                       ptr, ptr, i64, flag, flag, *[i64] * 6, ctypes.c_float,
-                                       ctypes.c_float, flag]
+                                       ptr, ptr, i64, flag, flag, flag, *[i64] * 6,
+                                       ctypes.c_float, ctypes.c_float, flag]
     lib.lalm_decode_layers.restype = ctypes.c_int
     if lib.lalm_layer_operands() != len(LAYER_OPERANDS):
         raise KernelBuildError(f"{target} takes {lib.lalm_layer_operands()} operands a layer, "
@@ -405,6 +407,43 @@ def bf16_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
     return _call(lib.lalm_bf16_linear, x, _rows(x, k), n, bias, weight.data_ptr())
 
 
+def f32_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
+               lib: ctypes.CDLL | None = None) -> Tensor:
+    """x weight^T + bias for a float32 weight in the decode layout (`TextDecoder.
+    use_decode_layout`: [N, K] at strides (1, N), i.e. [K, N] rows), read once as it streams:
+    each output is one chain of fused multiply-adds in k order (its bits do not depend on the
+    rows, the threads or the vector path; against MKL's they differ by summation order).
+
+    Args:
+        x: [..., K] float activations (float32 and bf16 read as they are; others widened).
+        weight: [N, K] float32 at strides (1, N).
+        bias: [N] or None.
+        lib: a library from `build` (default this process's).
+
+    Returns:
+        [..., N] in x's dtype.
+
+    Raises:
+        ValueError: tensors off the CPU, of other dtypes, shapes or layouts.
+        MemoryError: the kernel's buffers could not be allocated.
+        KernelBuildError: no kernels in this process.
+    """
+    lib = _loaded(lib)
+    if weight.ndim != 2 or not _decode_layout(weight):
+        raise ValueError(f"f32_linear takes a float32 CPU weight [N, K] at strides (1, N), got "
+                         f"{weight.dtype} {tuple(weight.shape)} strides {weight.stride()} on "
+                         f"{weight.device}")
+    n, k = weight.shape
+    return _call(lib.lalm_f32_linear_kn, x, _rows(x, k), n, bias, weight.data_ptr())
+
+
+def _decode_layout(weight: Tensor) -> bool:
+    """Whether a 2-D weight is float32 on the CPU at strides (1, N) (`f32_linear`; an empty
+    one has no layout to keep)."""
+    return (weight.dtype == torch.float32 and weight.device.type == "cpu"
+            and (weight.stride() == (1, weight.shape[0]) or not weight.numel()))
+
+
 def _operands_fit(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> bool:
     """`attends` but for the kernels' availability."""
     if q.ndim != 4:
@@ -426,7 +465,7 @@ def attends(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> bool:
     gradient wanted, D a multiple of 16, k and v [B, H_kv, T, D] of one layout whose rows of
     D are contiguous (a `KVCache` window), and a bool mask [B, 1, 1, T]. In practice a choice
     per model and machine: every decode step of a model answers the same."""
-    return available() and _operands_fit(q, k, v, mask)
+    return _operands_fit(q, k, v, mask) and available()  # a GPU step builds nothing
 
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, *,
@@ -626,17 +665,42 @@ def silu_mul(gate: Tensor, up: Tensor, *, lib: ctypes.CDLL | None = None) -> Ten
     return y
 
 
-#: A layer's operands for `decode_layers`, in `linear.c`'s order (its `OP_*`).
+#: A layer's operands for `DecodeLayers`, in `linear.c`'s order (its `OP_*`).
 LAYER_OPERANDS = ("attn_norm", "q", "q_scales", "q_bias", "k", "k_scales", "k_bias", "v",
                   "v_scales", "v_bias", "q_norm", "k_norm", "o", "o_scales", "mlp_norm",
                   "gate", "gate_scales", "up", "up_scales", "down", "down_scales")
-#: The operands a layer may leave out (None): the q/k/v biases, the q/k norms (both or none).
+#: The operands a layer may leave out (None): the q/k/v biases, the q/k norms (both or none);
+#: the scales are None for bf16 and float32 weights.
 OPTIONAL_OPERANDS = frozenset({"q_bias", "k_bias", "v_bias", "q_norm", "k_norm"})
 
 
-def _layer_problem(layer: dict[str, Tensor | None], dtype: torch.dtype, scale_dtype: torch.dtype,
-                   dim: int, heads: int, kv_heads: int, width: int, hidden: int) -> str | None:
-    """What in one layer's operands `decode_layers` cannot take, or None."""
+#: The weight formats of `DecodeLayers` by the weights' dtype (`linear.c`'s FORMAT_*): int8
+#: codes [N, K] with scales, bf16 [N, K] (contiguous), float32 [N, K] at strides (1, N).
+_FORMATS = {torch.int8: 0, torch.bfloat16: 1, torch.float32: 2}
+
+
+def _weight_problem(name: str, weight: Tensor, scales: Tensor | None, fmt: torch.dtype,
+                    scale_dtype: torch.dtype | None, shape: tuple[int, int]) -> str | None:
+    """What `DecodeLayers` cannot take in one product's weight (and scales), or None."""
+    if weight.dtype != fmt or weight.shape != shape or weight.device.type != "cpu":
+        return f"{name}: {weight.dtype} {tuple(weight.shape)}, not {fmt} {shape}"
+    if fmt == torch.float32:
+        if not _decode_layout(weight):
+            return f"{name}: strides {weight.stride()}, not the decode layout (1, {shape[0]})"
+    elif not weight.is_contiguous() or shape[1] > INT8_MAX_K:
+        return f"{name}: not contiguous, or rows over {INT8_MAX_K}"
+    if fmt != torch.int8:
+        return None if scales is None else f"{name}_scales given for {fmt} weights"
+    if (scales is None or scales.dtype != scale_dtype or scales.shape != (shape[0],)
+            or not scales.is_contiguous() or scales.device.type != "cpu"):
+        return f"{name}_scales: not a contiguous {scale_dtype} [{shape[0]}]"
+    return None
+
+
+def _layer_problem(layer: dict[str, Tensor | None], dtype: torch.dtype, fmt: torch.dtype,
+                   scale_dtype: torch.dtype | None, dim: int, heads: int, kv_heads: int,
+                   width: int, hidden: int) -> str | None:
+    """What in one layer's operands `DecodeLayers` cannot take, or None."""
     if set(layer) != set(LAYER_OPERANDS):
         return f"operands {sorted(layer)}, not {sorted(LAYER_OPERANDS)}"
     if (layer["q_norm"] is None) != (layer["k_norm"] is None):
@@ -650,16 +714,12 @@ def _layer_problem(layer: dict[str, Tensor | None], dtype: torch.dtype, scale_dt
     vectors = {"attn_norm": dim, "mlp_norm": dim, "q_norm": width, "k_norm": width,
                "q_bias": heads * width, "k_bias": kv_heads * width, "v_bias": kv_heads * width}
     for name, shape in products.items():
-        codes, scales = layer[name], layer[f"{name}_scales"]
-        if codes is None or scales is None:
-            return f"no {name} codes or scales"
-        if (codes.dtype != torch.int8 or codes.shape != shape or not codes.is_contiguous()
-                or codes.device.type != "cpu" or shape[1] > INT8_MAX_K):
-            return f"{name}: {codes.dtype} {tuple(codes.shape)}, not contiguous int8 {shape}"
-        if (scales.dtype != scale_dtype or scales.shape != (shape[0],)
-                or not scales.is_contiguous() or scales.device.type != "cpu"):
-            return f"{name}_scales: {scales.dtype} {tuple(scales.shape)}, not {scale_dtype} " \
-                   f"[{shape[0]}]"
+        weight = layer[name]
+        if weight is None:
+            return f"no {name} weight"
+        problem = _weight_problem(name, weight, layer[f"{name}_scales"], fmt, scale_dtype, shape)
+        if problem:
+            return problem
     for name, n in vectors.items():
         vector = layer[name]
         if vector is None and name in OPTIONAL_OPERANDS:
@@ -670,122 +730,160 @@ def _layer_problem(layer: dict[str, Tensor | None], dtype: torch.dtype, scale_dt
     return None
 
 
-def decode_problem(x: Tensor, layers: Sequence[dict[str, Tensor | None]], cos: Tensor,
-                   sin: Tensor, mask: Tensor, keys: Tensor, values: Tensor,
-                   columns: Sequence[int], *, heads: int,
-                   q_scale: Tensor | None = None) -> str | None:
-    """What in these operands `decode_layers` cannot take (its arguments), or None where it
-    takes them all; the kernels' availability aside."""
-    if x.ndim != 3 or x.shape[1] != 1 or x.device.type != "cpu" or x.dtype not in _NATIVE:
-        return f"x {tuple(x.shape)} {x.dtype} on {x.device}, not CPU float32/bf16 [B, 1, D]"
-    batch, _, dim = x.shape
-    if keys.ndim != 5 or keys.shape != values.shape or keys.stride() != values.stride():
-        return (f"keys {tuple(keys.shape)} and values {tuple(values.shape)}, not "
-                f"[n_layer, B, H_kv, max_seq_len, hd] of one layout")
-    n_layer, rows, kv_heads, max_len, width = keys.shape
-    strides = keys.stride()
-    if rows != batch or n_layer != len(layers) or strides[4] != 1 or strides[3] != width:
-        return (f"a KV cache {tuple(keys.shape)} strides {strides} for {batch} rows of "
-                f"{len(layers)} layers")
-    if keys.dtype != x.dtype or values.dtype != x.dtype or keys.device.type != "cpu":
-        return f"a {keys.dtype} cache for {x.dtype} activations"
-    if kv_heads < 1 or heads % kv_heads or width % 16:
-        return f"{heads} heads over {kv_heads} key/value heads of {width}"
-    seen = mask.shape[-1] if mask.ndim == 4 else -1
-    if mask.dtype != torch.bool or mask.shape != (batch, 1, 1, seen) or seen > max_len:
-        return f"a mask {tuple(mask.shape)} {mask.dtype}"
-    if len(columns) != batch or any(not 0 <= c < seen for c in columns):
-        return f"columns {list(columns)} for {batch} rows of {seen} keys"
-    for name, table in (("cos", cos), ("sin", sin)):
-        if table.shape != (batch, 1, 1, width) or table.dtype != x.dtype \
-                or table.device.type != "cpu":
-            return f"{name} {tuple(table.shape)} {table.dtype}"
-    if q_scale is not None and q_scale.shape != (batch, 1, 1, 1):
-        return f"q_scale {tuple(q_scale.shape)}"
-    if torch.is_grad_enabled():  # the operands may want gradients: no graph is recorded
-        return "gradients enabled (no_grad or inference_mode wanted)"
+def layers_problem(layers: Sequence[dict[str, Tensor | None]], dtype: torch.dtype, *,
+                   heads: int, kv_heads: int, head_dim: int) -> str | None:
+    """What `DecodeLayers` cannot take in these layers' operands (its arguments), or None."""
+    if dtype not in _NATIVE:
+        return f"{dtype} activations, not float32 or bf16"
     if not layers:
         return "no layers"
+    if kv_heads < 1 or heads % kv_heads or head_dim % 16:
+        return f"{heads} heads over {kv_heads} key/value heads of {head_dim}"
     first = layers[0]
+    fmt = getattr(first.get("q"), "dtype", None)
+    if fmt not in _FORMATS:
+        return f"weights of {fmt}, not int8, bf16 or float32"
     scale_dtype = getattr(first.get("q_scales"), "dtype", None)
-    if scale_dtype not in _NATIVE:
-        return f"scales of {scale_dtype}"
+    if fmt == torch.int8 and scale_dtype not in _NATIVE:
+        return f"int8 scales of {scale_dtype}"
+    dim = getattr(first.get("attn_norm"), "shape", (0,))[0]
     hidden = getattr(first.get("gate"), "shape", (0,))[0]
     for index, layer in enumerate(layers):
-        problem = _layer_problem(layer, x.dtype, scale_dtype, dim, heads, kv_heads, width, hidden)
+        problem = _layer_problem(layer, dtype, fmt, scale_dtype, dim, heads, kv_heads, head_dim,
+                                 hidden)
         if problem:
             return f"layer {index}: {problem}"
     return None
 
 
-def decodes(x: Tensor, layers: Sequence[dict[str, Tensor | None]], cos: Tensor, sin: Tensor,
-            mask: Tensor, keys: Tensor, values: Tensor, columns: Sequence[int], *, heads: int,
-            q_scale: Tensor | None = None) -> bool:
-    """Whether `decode_layers` takes these operands: no `decode_problem` and lalm's kernels
-    `available()` (checked in that order, so a GPU forward builds nothing). In practice a
-    choice per model and machine, as `attends`."""
-    return decode_problem(x, layers, cos, sin, mask, keys, values, columns, heads=heads,
-                          q_scale=q_scale) is None and available()
-
-
-def decode_layers(x: Tensor, layers: Sequence[dict[str, Tensor | None]], cos: Tensor,
-                  sin: Tensor, mask: Tensor, keys: Tensor, values: Tensor,
-                  columns: Sequence[int], *, heads: int, eps: float,
-                  q_scale: Tensor | None = None, lib: ctypes.CDLL | None = None) -> Tensor:
-    """A decode step's pre-norm decoder layers (`lalm.model.decoder.DecoderLayer` with int8
-    products) in one call: each layer's RMSNorm, q/k/v products (one pass), q/k norms,
-    RoPE, logn factor, KV cache write, attention, o product, residual add, RMSNorm, gate/up
-    products (one pass), `silu_mul`, down product and residual add, each by the kernel the
-    modules call in inference, so the result has their bits.
+class DecodeLayers:
+    """A decode step's pre-norm decoder layers (`lalm.model.decoder.DecoderLayer`) for one
+    call of lalm's kernels a step (`lalm_decode_layers`): each layer's RMSNorm, q/k/v products,
+    q/k norms, RoPE, logn factor, KV cache write, attention, o product, residual add, RMSNorm,
+    gate/up products, `silu_mul`, down product and residual add, each by the kernel the modules
+    call in inference (int8: q/k/v and gate/up in one pass each), so the result has their
+    bits; float32 weights take `f32_linear` where the modules take MKL's product (the same
+    sums in another order). The operands are checked once, here; a call checks the step's.
 
     Args:
-        x: [B, 1, D] the layers' input (one new position per row), float32 or bf16.
-        layers: per layer, its operands by the names of `LAYER_OPERANDS` (codes [N, K] int8
-            contiguous, scales [N] of one float32/bf16 dtype for all, norm weights and biases
-            in x's dtype; `OPTIONAL_OPERANDS` may be None).
-        cos, sin: [B, 1, 1, hd] the step's RoPE tables, x's dtype.
-        mask: [B, 1, 1, T] bool, the keys each row attends to (its new one included).
-        keys, values: [n_layer, B, H_kv, max_seq_len, hd] the KV cache's window (x's dtype,
-            rows of hd contiguous, one layout); row b's new key and value go to column
-            `columns[b]` (< T <= max_seq_len) of every layer.
-        columns: [B] the column each row writes.
-        heads: query heads (a multiple of H_kv; hd a multiple of 16).
+        layers: per layer, its operands by the names of `LAYER_OPERANDS`: the products'
+            weights all of one format (int8 codes [N, K] contiguous with scales [N] of one
+            float32/bf16 dtype; bf16 [N, K] contiguous; float32 [N, K] at strides (1, N);
+            no scales, None, but int8's), norm weights and biases in `dtype`;
+            `OPTIONAL_OPERANDS` may be None. They must stay alive and in place while this is
+            used (`lalm.model.decoder` checks that before each step).
+        dtype: the activations' dtype, float32 or bf16.
+        heads, kv_heads, head_dim: query heads, key/value heads (dividing them), their width
+            (a multiple of 16).
         eps: every RMSNorm's epsilon.
-        q_scale: [B, 1, 1, 1] float32 logn factors, or None.
-        lib: a library from `build` (default this process's).
-
-    Returns:
-        [B, 1, D] the last layer's output, in x's dtype.
 
     Raises:
-        ValueError: operands of other shapes, dtypes or layouts (the message says which).
-        MemoryError: the kernels' buffers could not be allocated.
-        KernelBuildError: no kernels in this process.
+        ValueError: what `layers_problem` finds.
     """
-    lib = _loaded(lib)
-    problem = decode_problem(x, layers, cos, sin, mask, keys, values, columns, heads=heads,
-                             q_scale=q_scale)
-    if problem:
-        raise ValueError(f"decode_layers: {problem}")
-    batch, _, dim = x.shape
-    _, _, kv_heads, _, width = keys.shape
-    strides, seen = keys.stride(), mask.shape[-1]
-    scale_dtype = layers[0]["q_scales"].dtype  # type: ignore[union-attr]
-    hidden = layers[0]["gate"].shape[0]  # type: ignore[union-attr]
-    out = x.contiguous().clone().view(batch, dim)
-    cos, sin = cos.contiguous(), sin.contiguous()
-    pointers = (ctypes.c_void_p * (len(layers) * len(LAYER_OPERANDS)))(*(
-        None if layer[name] is None else layer[name].data_ptr()  # type: ignore[union-attr]
-        for layer in layers for name in LAYER_OPERANDS))
-    allowed = mask.reshape(batch, seen).contiguous()
-    written = (ctypes.c_int64 * batch)(*columns)
-    factors = None if q_scale is None else q_scale.to(x.dtype).float().reshape(batch).contiguous()
-    if lib.lalm_decode_layers(out.data_ptr(), pointers, len(layers), cos.data_ptr(),
-                              sin.data_ptr(), None if factors is None else factors.data_ptr(),
-                              keys.data_ptr(), values.data_ptr(), strides[0], strides[1],
-                              strides[2], written, allowed.data_ptr(), seen,
-                              x.dtype == torch.bfloat16, scale_dtype == torch.bfloat16, batch,
-                              dim, heads, kv_heads, width, hidden, eps, width ** -0.5,
-                              torch.get_num_threads()):
-        raise MemoryError(f"lalm's decode_layers: no memory for the buffers of {batch} rows")
-    return out.view(batch, 1, dim)
+
+    def __init__(self, layers: Sequence[dict[str, Tensor | None]], dtype: torch.dtype, *,
+                 heads: int, kv_heads: int, head_dim: int, eps: float) -> None:
+        problem = layers_problem(layers, dtype, heads=heads, kv_heads=kv_heads,
+                                 head_dim=head_dim)
+        if problem:
+            raise ValueError(f"DecodeLayers: {problem}")
+        first = layers[0]
+        self.dtype, self.heads, self.kv_heads, self.head_dim = dtype, heads, kv_heads, head_dim
+        self.eps, self.n_layer = eps, len(layers)
+        self.dim = first["attn_norm"].shape[0]  # type: ignore[union-attr]
+        self.hidden = first["gate"].shape[0]  # type: ignore[union-attr]
+        self.format = _FORMATS[first["q"].dtype]  # type: ignore[union-attr]
+        self.bf16_scales = getattr(first["q_scales"], "dtype", None) == torch.bfloat16
+        self.pointers = tuple(None if layer[name] is None
+                              else layer[name].data_ptr()  # type: ignore[union-attr]
+                              for layer in layers for name in LAYER_OPERANDS)
+
+    def step_problem(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, keys: Tensor,
+                     values: Tensor, columns: Sequence[int], q_scale: Tensor | None = None
+                     ) -> str | None:
+        """What a call cannot take in these step operands (its arguments), or None."""
+        if (x.ndim != 3 or x.shape[1:] != (1, self.dim) or x.dtype != self.dtype
+                or x.device.type != "cpu"):
+            return (f"x {tuple(x.shape)} {x.dtype} on {x.device}, not CPU {self.dtype} "
+                    f"[B, 1, {self.dim}]")
+        batch = x.shape[0]
+        if keys.ndim != 5 or keys.shape != values.shape or keys.stride() != values.stride():
+            return (f"keys {tuple(keys.shape)} and values {tuple(values.shape)}, not "
+                    f"[n_layer, B, H_kv, max_seq_len, hd] of one layout")
+        strides = keys.stride()
+        if (keys.shape[:3] != (self.n_layer, batch, self.kv_heads) or strides[4] != 1
+                or keys.shape[4] != self.head_dim or strides[3] != self.head_dim):
+            return (f"a KV cache {tuple(keys.shape)} strides {strides} for {batch} rows of "
+                    f"{self.n_layer} layers, {self.kv_heads} heads of {self.head_dim}")
+        if keys.dtype != x.dtype or values.dtype != x.dtype or keys.device.type != "cpu":
+            return f"a {keys.dtype} cache for {x.dtype} activations"
+        seen = mask.shape[-1] if mask.ndim == 4 else -1
+        if mask.dtype != torch.bool or mask.shape != (batch, 1, 1, seen) \
+                or seen > keys.shape[3]:
+            return f"a mask {tuple(mask.shape)} {mask.dtype}"
+        if len(columns) != batch or any(not 0 <= c < seen for c in columns):
+            return f"columns {list(columns)} for {batch} rows of {seen} keys"
+        for name, table in (("cos", cos), ("sin", sin)):
+            if table.shape != (batch, 1, 1, self.head_dim) or table.dtype != x.dtype \
+                    or table.device.type != "cpu":
+                return f"{name} {tuple(table.shape)} {table.dtype}"
+        if q_scale is not None and q_scale.shape != (batch, 1, 1, 1):
+            return f"q_scale {tuple(q_scale.shape)}"
+        if torch.is_grad_enabled():  # the operands may want gradients: no graph is recorded
+            return "gradients enabled (no_grad or inference_mode wanted)"
+        return None
+
+    def fits(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, keys: Tensor,
+             values: Tensor, columns: Sequence[int], q_scale: Tensor | None = None) -> bool:
+        """Whether a call takes these step operands: no `step_problem` and lalm's kernels
+        `available()`. In practice a choice per model and machine, as `attends`."""
+        return self.step_problem(x, cos, sin, mask, keys, values, columns,
+                                 q_scale) is None and available()
+
+    def __call__(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, keys: Tensor,
+                 values: Tensor, columns: Sequence[int], q_scale: Tensor | None = None, *,
+                 lib: ctypes.CDLL | None = None) -> Tensor:
+        """Run the layers over one new position per row, writing each row's key and value
+        into every layer's cache.
+
+        Args:
+            x: [B, 1, D] the layers' input, in `dtype`.
+            cos, sin: [B, 1, 1, hd] the step's RoPE tables, in `dtype`.
+            mask: [B, 1, 1, T] bool, the keys each row attends to (its new one included).
+            keys, values: [n_layer, B, H_kv, max_seq_len, hd] the KV cache's window (`dtype`,
+                rows of hd contiguous, one layout); row b's new key and value go to column
+                `columns[b]` (< T <= max_seq_len) of every layer.
+            columns: [B] the column each row writes.
+            q_scale: [B, 1, 1, 1] float32 logn factors, or None.
+            lib: a library from `build` (default this process's).
+
+        Returns:
+            [B, 1, D] the last layer's output, in `dtype`.
+
+        Raises:
+            ValueError: what `step_problem` finds.
+            MemoryError: the kernels' buffers could not be allocated.
+            KernelBuildError: no kernels in this process.
+        """
+        lib = _loaded(lib)
+        problem = self.step_problem(x, cos, sin, mask, keys, values, columns, q_scale)
+        if problem:
+            raise ValueError(f"DecodeLayers: {problem}")
+        batch, seen, strides = x.shape[0], mask.shape[-1], keys.stride()
+        out = x.contiguous().clone().view(batch, self.dim)
+        cos, sin = cos.contiguous(), sin.contiguous()
+        allowed = mask.reshape(batch, seen).contiguous()
+        factors = None if q_scale is None else (
+            q_scale.to(x.dtype).float().reshape(batch).contiguous())
+        if lib.lalm_decode_layers(
+                out.data_ptr(), (ctypes.c_void_p * len(self.pointers))(*self.pointers),
+                self.n_layer, cos.data_ptr(), sin.data_ptr(),
+                None if factors is None else factors.data_ptr(), keys.data_ptr(),
+                values.data_ptr(), strides[0], strides[1], strides[2],
+                (ctypes.c_int64 * batch)(*columns), allowed.data_ptr(), seen,
+                x.dtype == torch.bfloat16, self.format, self.bf16_scales, batch, self.dim,
+                self.heads, self.kv_heads, self.head_dim, self.hidden, self.eps,
+                self.head_dim ** -0.5, torch.get_num_threads()):
+            raise MemoryError(f"lalm's decode_layers: no memory for the buffers of {batch} "
+                              f"rows")
+        return out.view(batch, 1, self.dim)

@@ -43,6 +43,7 @@ static inline vec v_zero(void) { return _mm512_setzero_ps(); }
 static inline vec v_load(const float *p) { return _mm512_loadu_ps(p); }
 static inline vec v_fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
 static inline vec v_fill(float f) { return _mm512_set1_ps(f); }
+static inline void v_store(float *p, vec v) { _mm512_storeu_ps(p, v); }
 static inline vec v_bf16(const uint16_t *p) {
     __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
@@ -64,6 +65,7 @@ static inline vec v_zero(void) { return _mm256_setzero_ps(); }
 static inline vec v_load(const float *p) { return _mm256_loadu_ps(p); }
 static inline vec v_fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
 static inline vec v_fill(float f) { return _mm256_set1_ps(f); }
+static inline void v_store(float *p, vec v) { _mm256_storeu_ps(p, v); }
 static inline vec v_bf16(const uint16_t *p) {
     __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
@@ -90,6 +92,7 @@ static inline vec v_fill(float f) {
     for (int i = 0; i < LANES; i++) v.l[i] = f;
     return v;
 }
+static inline void v_store(float *p, vec v) { memcpy(p, v.l, sizeof v.l); }
 static inline vec v_bf16(const uint16_t *p) {
     vec v;
     for (int i = 0; i < LANES; i++) { uint32_t bits = (uint32_t)p[i] << 16; memcpy(&v.l[i], &bits, 4); }
@@ -241,6 +244,67 @@ int lalm_bf16_linear(const void *x, const uint16_t *w, const void *bias, void *y
     for (int64_t c = 0; c < chunks; c++) {
         int64_t n0 = c * CHUNK, n1 = n0 + CHUNK < N ? n0 + CHUNK : N;
         bf_chunk(xf, w, yf, M, N, K, n0, n1);
+        finish(yf, y, bf16, bias, M, N, n0, n1);
+    }
+    free(owned);
+    if (yf != y) free(yf);
+    return 0;
+}
+
+/* Rows of W a thread reads at once in `lalm_f32_linear_kn` (8 ran 0-20 % faster than 4, 12
+ * or 16 on an AMD EPYC, Zen 3, at two threads; 16 leaves AVX2 no register to spare). */
+#define KN_ROWS 8
+
+/* y [M, N] = x [M, K] W + bias for a float32 W held [K, N] row-major (a Linear weight [N, K] at
+ * strides (1, N): `TextDecoder.use_decode_layout`); x, y and bias (or NULL) float32, or bf16
+ * where `bf16`. The columns are split among the threads in one slice each (whole vectors); a
+ * thread goes down W's rows KN_ROWS at a time over its slice, so each row streams in one long
+ * run a thread. y[i, j] = fma(x[i, K-1], W[K-1, j], ... fma(x[i, 0], W[0, j], 0)), one chain
+ * in k order whatever M, the slices or the threads (and on every vector path: the tail is the
+ * same chain in scalar fmaf). Returns 0, or -1 where a buffer could not be allocated. */
+int lalm_f32_linear_kn(const void *x, const float *w, const void *bias, void *y, int bf16,
+                       int64_t M, int64_t N, int64_t K, int threads) {
+    float *owned;
+    const float *xf = f32_rows(x, bf16, M * K, &owned);
+    float *yf = products_buffer(y, bf16, M, N);
+    if (!xf || !yf) { free(owned); if (yf != y) free(yf); return -1; }
+    int64_t vecs = N / LANES, parts = threads > 1 ? threads : 1;
+    #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t t = 0; t < parts; t++) {
+        int64_t n0 = vecs * t / parts * LANES;
+        int64_t n1 = t + 1 == parts ? N : vecs * (t + 1) / parts * LANES;
+        for (int64_t i = 0; i < M; i++)
+            memset(yf + i * N + n0, 0, (size_t)(n1 - n0) * sizeof(float));
+        for (int64_t k = 0; k < K; k += KN_ROWS) {
+            int64_t rows = K - k < KN_ROWS ? K - k : KN_ROWS;
+            const float *wk = w + k * N;
+            for (int64_t i = 0; i < M; i++) {
+                const float *xi = xf + i * K + k;
+                float *yi = yf + i * N;
+                int64_t j = n0;
+                if (rows == KN_ROWS) {
+                    vec xv[KN_ROWS];
+                    for (int r = 0; r < KN_ROWS; r++) xv[r] = v_fill(xi[r]);
+                    for (; j + LANES <= n1; j += LANES) {
+                        vec acc = v_load(yi + j);
+                        for (int r = 0; r < KN_ROWS; r++)
+                            acc = v_fma(xv[r], v_load(wk + r * N + j), acc);
+                        v_store(yi + j, acc);
+                    }
+                }
+                for (; j + LANES <= n1; j += LANES) {
+                    vec acc = v_load(yi + j);
+                    for (int64_t r = 0; r < rows; r++)
+                        acc = v_fma(v_fill(xi[r]), v_load(wk + r * N + j), acc);
+                    v_store(yi + j, acc);
+                }
+                for (; j < n1; j++) {
+                    float acc = yi[j];
+                    for (int64_t r = 0; r < rows; r++) acc = fmaf(xi[r], wk[r * N + j], acc);
+                    yi[j] = acc;
+                }
+            }
+        }
         finish(yf, y, bf16, bias, M, N, n0, n1);
     }
     free(owned);
@@ -760,27 +824,53 @@ enum {
 
 int lalm_layer_operands(void) { return LAYER_OPERANDS; }
 
+/* The layers' weight formats (`lalm_decode_layers`). */
+enum { FORMAT_INT8, FORMAT_BF16, FORMAT_F32_KN };
+
+/* y_p [B, N_p] = x [B, K] W_p^T + bias_p for p < n in one weight format: int8 codes with
+ * scales (one pass, `lalm_int8_linear_many`), bf16 [N, K] (`lalm_bf16_linear`) or float32
+ * [K, N] (`lalm_f32_linear_kn`), one product at a time for the last two as the modules run
+ * them. Returns 0, or -1 where a buffer could not be allocated. */
+static int layer_products(int format, const void *x, int n, const void *const *w,
+                          const void *const *scale, int scale_bf16, const void *const *bias,
+                          void *const *y, int bf16, int64_t B, const int64_t *N, int64_t K,
+                          int threads) {
+    if (format == FORMAT_INT8)
+        return lalm_int8_linear_many(x, n, (const int8_t *const *)w, scale, scale_bf16, bias,
+                                     y, bf16, B, N, K, threads);
+    int failed = 0;
+    for (int p = 0; p < n; p++)
+        failed |= format == FORMAT_BF16
+            ? lalm_bf16_linear(x, w[p], bias[p], y[p], bf16, B, N[p], K, threads)
+            : lalm_f32_linear_kn(x, w[p], bias[p], y[p], bf16, B, N[p], K, threads);
+    return failed;
+}
+
 /* x [B, D] += a layer's two sub-layers, rounded as torch's `x + y` rounds. */
 static void add_rows(void *x, const void *y, int bf16, int64_t n) {
     for (int64_t i = 0; i < n; i++)
         store_el(x, bf16, i, load_el(x, bf16, i) + load_el(y, bf16, i));
 }
 
-/* L pre-norm decoder layers (`lalm.model.decoder.DecoderLayer`, int8 products) over one new
- * position per row, in place on x [B, D] (float32, or bf16 where `bf16`; every activation,
- * norm weight, bias and cos/sin table in that dtype; the scales float32, or bf16 where
- * `scale_bf16`). Layer l's operands are ops[l * LAYER_OPERANDS + OP_*]; cos, sin [B, hd]
+/* L pre-norm decoder layers (`lalm.model.decoder.DecoderLayer`) over one new position per
+ * row, in place on x [B, D] (float32, or bf16 where `bf16`; every activation, norm weight,
+ * bias and cos/sin table in that dtype). The products' weights are all of one `format`:
+ * int8 codes [N, K] with scales [N] (float32, or bf16 where `scale_bf16`), bf16 [N, K], or
+ * float32 [K, N] (no scales: NULL). Layer l's operands are ops[l * LAYER_OPERANDS + OP_*];
+ * cos, sin [B, hd]
  * (the step's RoPE tables); q_scale [B] float32 logn factors (already rounded to the dtype) or
  * NULL; kc, vc the KV cache's first element of layer 0, row 0 of the window, at element
  * strides (s_layer, s_row, s_head, hd, 1); row b writes its key and value at column cols[b]
  * and attends to the T columns where mask [B, T] is nonzero. Each step is the function the
  * module path calls (rms_norm, the int8 products, rope, decode_attention, silu_mul) on the
- * same operands, so x gets that path's bits. Returns 0, or -1 where a buffer could not be
- * allocated (x then holds a partial result). */
+ * same operands, so x gets that path's bits (float32 weights: the modules' products are
+ * MKL's; these `lalm_f32_linear_kn`). Returns 0, or -1 where a buffer could not be allocated
+ * (x then holds a partial result). */
 int lalm_decode_layers(void *x, const void *const *ops, int64_t L, const void *cos,
                        const void *sin, const float *q_scale, void *kc, void *vc,
                        int64_t s_layer, int64_t s_row, int64_t s_head, const int64_t *cols,
-                       const uint8_t *mask, int64_t T, int bf16, int scale_bf16, int64_t B,
+                       const uint8_t *mask, int64_t T, int bf16, int format, int scale_bf16,
+                       int64_t B,
                        int64_t D, int64_t H, int64_t Hkv, int64_t hd, int64_t F, float eps,
                        float scale, int threads) {
     int64_t size = bf16 ? 2 : 4, nq = H * hd, nkv = Hkv * hd;
@@ -795,13 +885,13 @@ int lalm_decode_layers(void *x, const void *const *ops, int64_t L, const void *c
     for (int64_t l = 0; l < L && !failed; l++) {
         const void *const *p = ops + l * LAYER_OPERANDS;
         lalm_rms_norm(x, p[OP_ATTN_NORM], normed, bf16, B, D, eps, threads);
-        const int8_t *qkv[3] = {p[OP_Q], p[OP_K], p[OP_V]};
+        const void *qkv[3] = {p[OP_Q], p[OP_K], p[OP_V]};
         const void *qkv_scale[3] = {p[OP_Q_SCALE], p[OP_K_SCALE], p[OP_V_SCALE]};
         const void *qkv_bias[3] = {p[OP_Q_BIAS], p[OP_K_BIAS], p[OP_V_BIAS]};
         void *qkv_out[3] = {q, k, v};
         int64_t widths[3] = {nq, nkv, nkv};
-        failed |= lalm_int8_linear_many(normed, 3, qkv, qkv_scale, scale_bf16, qkv_bias,
-                                        qkv_out, bf16, B, widths, D, threads);
+        failed |= layer_products(format, normed, 3, qkv, qkv_scale, scale_bf16, qkv_bias,
+                                 qkv_out, bf16, B, widths, D, threads);
         if (p[OP_Q_NORM]) {
             lalm_rms_norm(q, p[OP_Q_NORM], q, bf16, B * H, hd, eps, threads);
             lalm_rms_norm(k, p[OP_K_NORM], k, bf16, B * Hkv, hd, eps, threads);
@@ -820,20 +910,23 @@ int lalm_decode_layers(void *x, const void *const *ops, int64_t L, const void *c
             }
         failed |= lalm_decode_attention(qr, keys, values, mask, att, bf16, B, H, Hkv, T, hd,
                                         s_row, s_head, scale, threads);
-        failed |= lalm_int8_linear(att, p[OP_O], p[OP_O_SCALE], scale_bf16, NULL, out, bf16,
-                                   B, D, nq, threads);
+        const void *none = NULL, *o_weight = p[OP_O], *o_scale = p[OP_O_SCALE];
+        void *o_out = out;
+        failed |= layer_products(format, att, 1, &o_weight, &o_scale, scale_bf16, &none,
+                                 &o_out, bf16, B, &D, nq, threads);
         add_rows(x, out, bf16, B * D);
         lalm_rms_norm(x, p[OP_MLP_NORM], normed, bf16, B, D, eps, threads);
-        const int8_t *gu[2] = {p[OP_GATE], p[OP_UP]};
+        const void *gu[2] = {p[OP_GATE], p[OP_UP]};
         const void *gu_scale[2] = {p[OP_GATE_SCALE], p[OP_UP_SCALE]};
         const void *gu_bias[2] = {NULL, NULL};
         void *gu_out[2] = {gate, up};
         int64_t gu_widths[2] = {F, F};
-        failed |= lalm_int8_linear_many(normed, 2, gu, gu_scale, scale_bf16, gu_bias, gu_out,
-                                        bf16, B, gu_widths, D, threads);
+        failed |= layer_products(format, normed, 2, gu, gu_scale, scale_bf16, gu_bias, gu_out,
+                                 bf16, B, gu_widths, D, threads);
         lalm_silu_mul(gate, up, act, bf16, B * F, threads);
-        failed |= lalm_int8_linear(act, p[OP_DOWN], p[OP_DOWN_SCALE], scale_bf16, NULL, out,
-                                   bf16, B, D, F, threads);
+        const void *down = p[OP_DOWN], *down_scale = p[OP_DOWN_SCALE];
+        failed |= layer_products(format, act, 1, &down, &down_scale, scale_bf16, &none, &o_out,
+                                 bf16, B, &D, F, threads);
         add_rows(x, out, bf16, B * D);
     }
     free(buf);

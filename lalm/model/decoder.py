@@ -38,7 +38,7 @@ from lalm.model.layers import (
     rope_inv_freq,
 )
 from lalm.model.lora import AdapterGate
-from lalm.model.upcast import stream_bf16
+from lalm.model.upcast import StreamLinear, UpcastLinear, stream_bf16
 
 DecoderOutput = Literal["logits", "last_logits", "hidden"]
 
@@ -74,6 +74,27 @@ def positions_from_segments(segment_ids: Tensor, token_mask: Tensor) -> Tensor:
     first[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
     before = torch.where(first, count - real, 0).cummax(dim=1).values  # real tokens before it
     return (count - 1 - before).clamp(min=0)
+
+
+def _product_operands(linear: nn.Module) -> tuple[Tensor, Tensor | None, Tensor | None] | None:
+    """(weight, scales, bias) of a Linear whose product `lalm.kernels.decode_layers` runs: an
+    int8 layer on lalm's kernel (`kernel_operands`: the same product), a bf16 `StreamLinear`
+    on the CPU (the same `bf16_linear`), or a float32 `nn.Linear` on the CPU in the decode
+    layout (`TextDecoder.use_decode_layout`; lalm's `f32_linear` where the module's is MKL's:
+    the same sums in another order); else None. Scales are int8's only."""
+    operands = getattr(linear, "kernel_operands", None)
+    if operands is not None:
+        return operands()
+    weight = getattr(linear, "weight", None)
+    if (not isinstance(weight, Tensor) or weight.device.type != "cpu" or weight.ndim != 2
+            or linear._forward_hooks or linear._forward_pre_hooks or "forward" in linear.__dict__):
+        return None
+    streams = type(linear) is StreamLinear and weight.dtype == torch.bfloat16
+    if (streams and weight.is_contiguous()) or (
+            type(linear) in (nn.Linear, UpcastLinear, StreamLinear)
+            and weight.dtype == torch.float32 and weight.stride() == (1, weight.shape[0])):
+        return weight, None, linear.bias
+    return None
 
 
 class Attention(nn.Module):
@@ -195,6 +216,7 @@ class TextDecoder(nn.Module):
         # set by lalm.model.lora.gate_adapters: the blocks' adapters act where a forward's
         # adapter_mask says
         self.adapter_gate: AdapterGate | None = None
+        self._decode_plan: _DecodePlan | None = None  # `_decode_step`'s, made on first use
 
     def tie_weights(self) -> None:
         """Make `lm_head` use the embedding's weight (tied configs only)."""
@@ -285,8 +307,9 @@ class TextDecoder(nn.Module):
 
     def decode_operands(self) -> list[dict[str, Tensor | None]] | None:
         """Every layer's operands for `lalm.kernels.decode_layers` (by its `LAYER_OPERANDS`
-        names) where the layers are plain modules whose products are calls of lalm's int8
-        kernel: no adapters, no hooks and no replaced forward anywhere in them (a fused step
+        names) where the layers are plain modules whose products it can run
+        (`_product_operands`: int8 on lalm's kernel, bf16 streamed, float32 in the decode
+        layout): no adapters, no hooks and no replaced forward anywhere in them (a fused step
         would pass them by) and one epsilon; else None. A property of the model, never of a
         batch."""
         if (self.adapter_gate is not None or _module._global_forward_hooks
@@ -298,56 +321,60 @@ class TextDecoder(nn.Module):
         for layer in self.layers:
             attn, mlp = layer.attn, layer.mlp
             if (type(layer) is not DecoderLayer or type(attn) is not Attention
-                    or type(mlp) is not SwiGLU or layer.adapter_gate is not None
-                    or {type(layer.attn_norm), type(layer.mlp_norm)} != {RMSNorm}):
+                    or type(mlp) is not SwiGLU or layer.adapter_gate is not None):
                 return None
-            for module in layer.modules():
-                if (module._forward_hooks or module._forward_pre_hooks
-                        or "forward" in module.__dict__):
-                    return None
-            norms = [layer.attn_norm, layer.mlp_norm, *[n for n in (attn.q_norm, attn.k_norm)
-                                                        if n is not None]]
-            if any(norm.eps != eps for norm in norms):
-                return None
-            found: dict[str, Tensor | None] = {
-                "attn_norm": layer.attn_norm.weight, "mlp_norm": layer.mlp_norm.weight,
-                "q_norm": None if attn.q_norm is None else attn.q_norm.weight,
-                "k_norm": None if attn.k_norm is None else attn.k_norm.weight}
+            found: dict[str, Tensor | None] = {}
             for name, linear in (("q", attn.q), ("k", attn.k), ("v", attn.v), ("o", attn.o),
                                  ("gate", mlp.gate), ("up", mlp.up), ("down", mlp.down)):
-                kernel = getattr(linear, "kernel_operands", lambda: None)()
-                if kernel is None:
+                product = _product_operands(linear)
+                if product is None:
                     return None
-                found[name], found[f"{name}_scales"], bias = kernel
+                found[name], found[f"{name}_scales"], bias = product
                 if name in ("q", "k", "v"):
                     found[f"{name}_bias"] = bias
                 elif bias is not None:
+                    return None
+            norms = {"attn_norm": layer.attn_norm, "mlp_norm": layer.mlp_norm,
+                     "q_norm": attn.q_norm, "k_norm": attn.k_norm}
+            for name, norm in norms.items():
+                if norm is not None and (type(norm) is not RMSNorm or norm.eps != eps):
+                    return None
+                found[name] = None if norm is None else norm.weight
+            # the modules a layer's forward calls: none hooked or with a replaced forward (the
+            # linears' own are checked by `_product_operands`; they have no children)
+            for module in (layer, attn, mlp, *norms.values()):
+                if module is not None and (module._forward_hooks or module._forward_pre_hooks
+                                           or "forward" in module.__dict__):
                     return None
             operands.append(found)
         return operands
 
     def _decode_step(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor,
                      q_scale: Tensor | None) -> Tensor | None:
-        """A decode step's layers in one call of lalm's kernels (`kernels.decode_layers`:
-        the modules' bits) where the model's layers and the step's operands allow it
-        (`decode_operands`, `kernels.decodes`), writing the KV cache as the modules do; else
-        None (the modules run). x: [B, 1, D]; the rest as in `DecoderLayer.forward`."""
+        """A decode step's layers in one call of lalm's kernels (`kernels.DecodeLayers`: the
+        modules' bits, but float32 products' order) where the model's layers and the step's
+        operands allow it (`decode_operands`, `DecodeLayers.fits`), writing the KV cache as
+        the modules do; else None (the modules run). The layers' operands are gathered and
+        checked once, then kept while they hold (`_DecodePlan`). x: [B, 1, D]; the rest as
+        in `DecoderLayer.forward`."""
         cache = self.cache
-        if cache is None:
+        if (cache is None or x.device.type != "cpu" or torch.is_grad_enabled()
+                or self.adapter_gate is not None or _module._global_forward_hooks
+                or _module._global_forward_pre_hooks
+                or any(cls.forward is not plain for cls, plain in _PLAIN_FORWARDS)
+                or not kernels.available()):  # last: a GPU or training step builds nothing
             return None
-        operands = self.decode_operands()
-        if operands is None:
+        plan = self._decode_plan
+        if plan is None or not plan.holds(self, x.dtype):
+            operands = self.decode_operands()
+            plan = None if operands is None else _DecodePlan(self, operands, x.dtype)
+            self._decode_plan = plan
+        if plan is None or plan.kernel is None:
             return None
         start, stop = cache.rows
-        keys, values = cache.k[:, start:stop], cache.v[:, start:stop]
-        columns = cache.lengths[start:stop]
-        heads = self.config.n_head
-        if not kernels.decodes(x, operands, cos, sin, mask, keys, values, columns, heads=heads,
-                               q_scale=q_scale):
-            return None
-        return kernels.decode_layers(x, operands, cos, sin, mask, keys, values, columns,
-                                     heads=heads, eps=self.layers[0].attn_norm.eps,
-                                     q_scale=q_scale)
+        step = (x, cos, sin, mask, cache.k[:, start:stop], cache.v[:, start:stop],
+                cache.lengths[start:stop], q_scale)
+        return plan.kernel(*step) if plan.kernel.fits(*step) else None
 
     def forward(
         self,
@@ -442,3 +469,76 @@ class TextDecoder(nn.Module):
 #: for them; one patched, e.g. by a test, keeps the modules' path).
 _PLAIN_FORWARDS = ((DecoderLayer, DecoderLayer.forward), (Attention, Attention.forward),
                    (SwiGLU, SwiGLU.forward), (RMSNorm, RMSNorm.forward))
+
+
+class _DecodePlan:
+    """A decoder's layers as one call of lalm's kernels (`kernels.DecodeLayers`; `kernel`
+    None where their operands do not fit it), kept with what it was made from, so that each
+    step checks cheaply, by identity, that it still holds (`holds`) instead of gathering and
+    checking the operands again: the same layer modules of the same types, none hooked or with
+    a replaced forward, no adapter gate, the same epsilons, the same tensors at the same
+    addresses. It holds them (strong references): the kernel's addresses are never freed
+    memory; a plan that no longer holds is dropped at the next step."""
+
+    #: Per parent module of a layer, the children a layer's forward calls.
+    CHILDREN = (("", ("attn", "mlp", "attn_norm", "mlp_norm")),
+                ("attn", ("q", "k", "v", "o", "q_norm", "k_norm")),
+                ("mlp", ("gate", "up", "down")))
+    #: The tensors of a layer's modules that the kernel reads.
+    TENSORS = ("weight", "scales", "bias")
+
+    def __init__(self, decoder: TextDecoder, operands: list[dict[str, Tensor | None]],
+                 dtype: torch.dtype) -> None:
+        cfg = decoder.config
+        self.dtype = dtype
+        self.layer_list = (decoder.layers._modules, tuple(decoder.layers))
+        self.layers = tuple(decoder.layers)
+        children, modules, tensors, eps = [], [], [], []
+        for layer in decoder.layers:
+            modules.append((layer, type(layer)))
+            for path, names in self.CHILDREN:
+                parent = layer.get_submodule(path)
+                for name in names:
+                    child = parent._modules.get(name)
+                    children.append((parent._modules, name, child))
+                    if child is None:
+                        continue
+                    modules.append((child, type(child)))
+                    if isinstance(child, RMSNorm):
+                        eps.append((child, child.eps))
+                    for attr in self.TENSORS:  # where each lives; an absent one stays absent
+                        where = child._buffers if attr in child._buffers else child._parameters
+                        tensor = where.get(attr)
+                        tensors.append((where, attr, tensor,
+                                        0 if tensor is None else tensor.data_ptr()))
+        self.children, self.modules = tuple(children), tuple(modules)
+        self.tensors, self.eps = tuple(tensors), tuple(eps)
+        try:
+            self.kernel: kernels.DecodeLayers | None = kernels.DecodeLayers(
+                operands, dtype, heads=cfg.n_head, kv_heads=cfg.n_kv_head,
+                head_dim=cfg.head_dim, eps=decoder.layers[0].attn_norm.eps)
+        except ValueError:
+            self.kernel = None
+
+    def holds(self, decoder: TextDecoder, dtype: torch.dtype) -> bool:
+        """Whether `decoder` computing in `dtype` still has what this plan was made from."""
+        listed, layers = self.layer_list
+        if (dtype != self.dtype or decoder.layers._modules is not listed
+                or tuple(listed.values()) != layers
+                or any(layer.adapter_gate is not None for layer in self.layers)):
+            return False
+        for where, name, child in self.children:
+            if where.get(name) is not child:
+                return False
+        for module, kind in self.modules:
+            if (type(module) is not kind or module._forward_hooks or module._forward_pre_hooks
+                    or "forward" in module.__dict__):
+                return False
+        for norm, eps in self.eps:
+            if norm.eps != eps:
+                return False
+        for where, attr, tensor, pointer in self.tensors:
+            if where.get(attr) is not tensor or (tensor is not None
+                                                 and tensor.data_ptr() != pointer):
+                return False
+        return True

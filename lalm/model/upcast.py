@@ -80,15 +80,14 @@ def stream_bf16(module: nn.Module) -> int:
     Returns:
         How many layers became one.
     """
-    if not kernels.available():
+    layers = [child for child in module.modules()
+              if type(child) in (nn.Linear, UpcastLinear) and child.weight.dtype == torch.bfloat16
+              and child.weight.device.type == "cpu"]
+    if not layers or not kernels.available():  # in that order: other models build nothing
         return 0
-    changed = 0
-    for child in module.modules():
-        if type(child) in (nn.Linear, UpcastLinear) and child.weight.dtype == torch.bfloat16 \
-                and child.weight.device.type == "cpu":
-            child.__class__ = StreamLinear
-            changed += 1
-    return changed
+    for child in layers:
+        child.__class__ = StreamLinear
+    return len(layers)
 
 
 class UpcastEmbedding(nn.Embedding):

@@ -18,6 +18,7 @@ from lalm import kernels
 from lalm.config import DecoderConfig
 from lalm.model.decoder import DecoderLayer, TextDecoder
 from lalm.model.quant import quantize_model
+from lalm.model.upcast import upcast_compute
 
 pytestmark = pytest.mark.skipif(not kernels.available(),
                                 reason="lalm's kernels did not build here (no C compiler)")
@@ -132,11 +133,17 @@ def _decode(decoder: TextDecoder, steps: int = 5
 
 
 def _counted(monkeypatch) -> list[int]:
+    """A list that gets an item at each fused step (`kernels.DecodeLayers.__call__`)."""
     calls: list[int] = []
-    fused = kernels.decode_layers
-    monkeypatch.setattr(kernels, "decode_layers",
+    fused = kernels.DecodeLayers.__call__
+    monkeypatch.setattr(kernels.DecodeLayers, "__call__",
                         lambda *a, **k: calls.append(1) or fused(*a, **k))
     return calls
+
+
+def _modules_only(monkeypatch, decoder: TextDecoder) -> None:
+    """Make `decoder`'s decode steps run its modules."""
+    monkeypatch.setattr(decoder, "_decode_step", lambda *step: None)
 
 
 @pytest.mark.parametrize("qkv_bias,qk_norm,dtype,logn", [
@@ -151,11 +158,59 @@ def test_a_fused_decode_step_has_the_modules_bits(monkeypatch, qkv_bias, qk_norm
     calls = _counted(monkeypatch)
     fused, tokens, cache = _decode(decoder)
     assert len(calls) == 5
-    monkeypatch.setattr(decoder, "decode_operands", lambda: None)
+    _modules_only(monkeypatch, decoder)
     modules, module_tokens, module_cache = _decode(decoder)
     assert len(calls) == 5
     assert torch.equal(tokens, module_tokens) and torch.equal(cache, module_cache)
     assert all(torch.equal(a, b) for a, b in zip(fused, modules))
+
+
+def _float_decoder(dtype: torch.dtype, compute: torch.dtype | None = None) -> TextDecoder:
+    """`_int8_decoder`'s shapes with weights in `dtype` (bf16: computing in `compute`, float32
+    over the bf16 weights as `load_model` makes it on a CPU without bf16 units, or bf16)."""
+    decoder = _int8_decoder()
+    torch.manual_seed(0)
+    plain = TextDecoder(decoder.config).eval()
+    with torch.no_grad():
+        for param in plain.parameters():
+            if param.ndim == 1:
+                param.normal_(0.5, 0.3)
+    plain = plain.to(dtype)
+    if compute is not None:
+        upcast_compute(plain, compute)
+    return plain
+
+
+@pytest.mark.parametrize("dtype,compute", [(torch.bfloat16, torch.float32),
+                                           (torch.bfloat16, None)])
+def test_a_fused_decode_step_of_bf16_weights_has_the_modules_bits(monkeypatch, dtype,
+                                                                   compute) -> None:
+    """bf16 weights (streamed, `StreamLinear`), computing in float32 or bf16: one call a
+    step, the modules' bits."""
+    decoder = _float_decoder(dtype, compute)
+    calls = _counted(monkeypatch)
+    fused, tokens, cache = _decode(decoder)
+    assert len(calls) == 5 and decoder.decode_operands()[0]["q"].dtype == torch.bfloat16
+    _modules_only(monkeypatch, decoder)
+    modules, module_tokens, module_cache = _decode(decoder)
+    assert torch.equal(tokens, module_tokens) and torch.equal(cache, module_cache)
+    assert all(torch.equal(a, b) for a, b in zip(fused, modules))
+
+
+def test_a_fused_decode_step_of_float32_weights_equals_the_modules_to_rounding(
+        monkeypatch) -> None:
+    """float32 weights take `f32_linear` where the modules take MKL's product: the same
+    tokens, logits within float32 rounding of each other."""
+    decoder = _float_decoder(torch.float32)
+    calls = _counted(monkeypatch)
+    fused, tokens, cache = _decode(decoder)
+    assert len(calls) == 5
+    _modules_only(monkeypatch, decoder)
+    modules, module_tokens, module_cache = _decode(decoder)
+    assert torch.equal(tokens, module_tokens)
+    assert torch.allclose(cache, module_cache, rtol=1e-5, atol=1e-5)
+    for a, b in zip(fused, modules):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_rows_at_different_cache_lengths_decode_as_they_do_alone(monkeypatch) -> None:
@@ -192,7 +247,7 @@ def test_rows_at_different_cache_lengths_decode_as_they_do_alone(monkeypatch) ->
     together, alone = run(True), run(False)
     assert len(calls) == 12
     assert all(torch.equal(a, b) for a, b in zip(together, alone))
-    monkeypatch.setattr(decoder, "decode_operands", lambda: None)
+    _modules_only(monkeypatch, decoder)
     assert all(torch.equal(a, b) for a, b in zip(run(True), together))
 
 
@@ -222,30 +277,71 @@ def test_decoders_the_fused_step_would_pass_by_keep_their_modules(monkeypatch) -
     assert decoder.decode_operands() is None
 
 
+def test_a_plan_that_no_longer_holds_is_made_again(monkeypatch) -> None:
+    """The fused step's operands are gathered once and kept while they hold: a hook added
+    between steps sends the next step to the modules (the hook sees it); weights replaced
+    between steps (a new tensor, or new storage under the same one) are the ones read next."""
+    decoder = _int8_decoder()
+    calls = _counted(monkeypatch)
+    _decode(decoder, steps=2)
+    plan = decoder._decode_plan
+    assert plan is not None and plan.holds(decoder, torch.float32) and len(calls) == 2
+    seen = []
+    handle = decoder.layers[0].attn.o.register_forward_hook(lambda *_: seen.append(1))
+    assert not plan.holds(decoder, torch.float32)
+    _decode(decoder, steps=2)
+    assert len(calls) == 2 and len(seen) == 3  # the modules ran every forward
+    handle.remove()
+    down = decoder.layers[1].mlp.down
+    before, _, _ = _decode(decoder, steps=2)
+    down.weight = torch.flip(down.weight, dims=[0]).contiguous()  # another tensor
+    after, _, _ = _decode(decoder, steps=2)
+    assert not torch.equal(before[0], after[0])
+    _modules_only(monkeypatch, decoder)
+    modules, _, _ = _decode(decoder, steps=2)
+    assert all(torch.equal(a, b) for a, b in zip(after, modules))
+    monkeypatch.undo()
+    calls = _counted(monkeypatch)
+    down.weight.data = torch.flip(down.weight, dims=[1]).contiguous()  # new storage only
+    again, _, _ = _decode(decoder, steps=2)
+    _modules_only(monkeypatch, decoder)
+    modules, _, _ = _decode(decoder, steps=2)
+    assert len(calls) == 2 and all(torch.equal(a, b) for a, b in zip(again, modules))
+
+
 def test_decode_layers_refuses_what_it_does_not_take() -> None:
     decoder = _int8_decoder()
     layers = decoder.decode_operands()
+    shape = {"heads": 4, "kv_heads": 2, "head_dim": 16}
+    assert kernels.layers_problem(layers, torch.float32, **shape) is None
+    mixed = [dict(layers[0], k_bias=None), layers[1]]
+    assert "layer 0: some of the q/k/v products have a bias" in kernels.layers_problem(
+        mixed, torch.float32, **shape)
+    odd = [layers[0], dict(layers[1], down_scales=layers[1]["down_scales"].bfloat16())]
+    assert "layer 1: down_scales" in kernels.layers_problem(odd, torch.float32, **shape)
+    assert "norm" in kernels.layers_problem(layers, torch.bfloat16, **shape)
+    assert "heads" in kernels.layers_problem(layers, torch.float32, heads=4, kv_heads=3,
+                                             head_dim=16)
+    with pytest.raises(ValueError, match="DecodeLayers: layer 0"):
+        kernels.DecodeLayers(mixed, torch.float32, eps=1e-6, **shape)
+    fused = kernels.DecodeLayers(layers, torch.float32, eps=1e-6, **shape)
     cache = decoder.setup_caches(1, 8)
-    x = torch.randn(1, 1, 64)
-    table = torch.ones(1, 1, 1, 16)
+    x, table = torch.randn(1, 1, 64), torch.ones(1, 1, 1, 16)
     mask = torch.ones(1, 1, 1, 3, dtype=torch.bool)
-    args = (table, table, mask, cache.k, cache.v, [2])
+    step = (x, table, table, mask, cache.k, cache.v, [2])
 
-    def problem(x=x, layers=layers, args=args, **kw) -> str | None:
-        return kernels.decode_problem(x, layers, *args, heads=4, **kw)
+    def problem(*changed, **kw) -> str | None:
+        return fused.step_problem(*changed, *step[len(changed):], **kw)
 
     assert "gradients enabled" in problem()  # the step records no autograd graph
     with torch.no_grad():
-        assert problem() is None and kernels.decodes(x, layers, *args, heads=4)
-        assert "x (1, 2, 64)" in problem(x=torch.randn(1, 2, 64))
-        assert "cache" in problem(x=x.bfloat16())
-        assert "columns [3]" in problem(args=(*args[:5], [3]))
+        assert problem() is None and fused.fits(*step)
+        assert "x (1, 2, 64)" in problem(torch.randn(1, 2, 64))
+        assert "x (1, 1, 64) torch.bfloat16" in problem(x.bfloat16())
+        assert "a KV cache" in problem(*step[:4], cache.k[:1], cache.v[:1])
+        assert "columns [3]" in problem(*step[:6], [3])
         assert "q_scale" in problem(q_scale=torch.ones(2, 1, 1, 1))
-        mixed = [dict(layers[0], k_bias=None), layers[1]]
-        assert "layer 0: some of the q/k/v products have a bias" in problem(layers=mixed)
-        odd = [layers[0], dict(layers[1], down_scales=layers[1]["down_scales"].bfloat16())]
-        assert "layer 1: down_scales" in problem(layers=odd)
         with kernels.torch_kernels():
-            assert not kernels.decodes(x, layers, *args, heads=4)
-        with pytest.raises(ValueError, match="decode_layers: columns"):
-            kernels.decode_layers(x, layers, *args[:5], [5], heads=4, eps=1e-6)
+            assert not fused.fits(*step)
+        with pytest.raises(ValueError, match="DecodeLayers: columns"):
+            fused(*step[:6], [5])

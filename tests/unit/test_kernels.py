@@ -1,7 +1,8 @@
-"""lalm's CPU kernels (`lalm.kernels`): each product against a float64 reference (int8 within
-its fixed-point rounding bound), rows that do not depend on the other rows or the thread count,
-the AVX2 and portable builds (bf16 equal bit for bit: same lanes, same order; int8 equal to the
-native build too: exact sums), the build cache, the switches and the errors; the layers
+"""lalm's CPU kernels (`lalm.kernels`): each product (int8, bf16, float32 in the decode
+layout) against a float64 reference (int8 within its fixed-point rounding bound), rows that do
+not depend on the other rows or the thread count, the AVX2 and portable builds (bf16 and f32
+equal bit for bit: same lanes, same order; int8 equal to the native build too: exact sums),
+the build cache, the switches and the errors; the layers
 that use them (`Int8Linear`, `StreamLinear`) against torch's own kernels; and the decode
 step's attention (`decode_attention`) against torch's, alone and in a decoder."""
 
@@ -39,8 +40,14 @@ def _reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return x.double() @ weight.double().t()
 
 
+def _decode_layout(n: int, k: int, seed: int = 2) -> torch.Tensor:
+    """A float32 weight [n, k] at strides (1, n), as `TextDecoder.use_decode_layout` keeps
+    one (`kernels.f32_linear`)."""
+    return torch.randn(k, n, generator=torch.Generator().manual_seed(seed)).t()
+
+
 @pytest.mark.parametrize("n,k", [(64, 64), (37, 77), (130, 16), (9, 1), (70, 4096)])
-def test_int8_and_bf16_products_equal_a_float64_reference(n, k) -> None:
+def test_int8_bf16_and_f32_products_equal_a_float64_reference(n, k) -> None:
     q, scales = _int8(n, k)
     x = torch.randn(5, k, generator=torch.Generator().manual_seed(1))
     ref = _reference(x, q.double() * scales.double()[:, None])
@@ -55,18 +62,25 @@ def test_int8_and_bf16_products_equal_a_float64_reference(n, k) -> None:
     # then rounded to bf16
     assert torch.equal(kernels.bf16_linear(x.bfloat16(), w), kernels.bf16_linear(
         x.bfloat16().float(), w).bfloat16())
+    w32 = _decode_layout(n, k)
+    ref = _reference(x, w32)
+    y = kernels.f32_linear(x, w32)
+    assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("kind", ["int8", "bf16"])
+@pytest.mark.parametrize("kind", ["int8", "bf16", "f32"])
 def test_outputs_and_bias_are_rounded_as_torch_rounds_them(kind, dtype) -> None:
     """In x's dtype, `product.to(dtype) + bias.to(dtype)`, bit for bit (fp16 through float32)."""
     q, scales = _int8(70, 203)
     w = torch.randn(70, 203).bfloat16()
+    w32 = _decode_layout(70, 203)
     bias = torch.randn(70).bfloat16()
     x = torch.randn(3, 5, 203).to(dtype)
 
     def product(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if kind == "f32":
+            return kernels.f32_linear(x, w32, bias)
         return kernels.int8_linear(x, q, scales.bfloat16(), bias) if kind == "int8" else \
             kernels.bf16_linear(x, w, bias)
 
@@ -85,13 +99,16 @@ def test_leading_dims_are_kept() -> None:
     assert torch.equal(y[1, 2], kernels.int8_linear(x[1, 2], q, scales))
 
 
-@pytest.mark.parametrize("kind", ["int8", "bf16"])
+@pytest.mark.parametrize("kind", ["int8", "bf16", "f32"])
 def test_a_row_gives_the_same_bits_alone_among_others_and_at_any_thread_count(kind) -> None:
     n, k = 200, 4096 + 5  # a tail of 5 columns, and rows in blocks of 4 and 8 plus leftovers
     q, scales = _int8(n, k)
     w = torch.randn(n, k).bfloat16()
+    w32 = _decode_layout(n + 3, k)  # f32: column slices of whole vectors plus a tail
 
     def product(x: torch.Tensor) -> torch.Tensor:
+        if kind == "f32":
+            return kernels.f32_linear(x, w32)
         return kernels.int8_linear(x, q, scales) if kind == "int8" else \
             kernels.bf16_linear(x, w)
 
@@ -124,6 +141,9 @@ def test_the_avx2_and_portable_builds_agree_bit_for_bit(tmp_path) -> None:
         assert torch.equal(kernels.int8_linear(x, q, scales, lib=lib), native)
     assert torch.equal(kernels.bf16_linear(x, w, lib=avx2),
                        kernels.bf16_linear(x, w, lib=generic))
+    w32 = _decode_layout(45, 203)
+    assert torch.equal(kernels.f32_linear(x, w32, lib=avx2),
+                       kernels.f32_linear(x, w32, lib=generic))
     for dtype in (torch.float32, torch.bfloat16):
         operands = _attention_operands(dtype)
         assert torch.equal(kernels.decode_attention(*operands, lib=avx2),
@@ -171,15 +191,18 @@ def test_int8_error_is_the_fixed_point_rounding_of_the_activations_at_most(outli
     assert torch.equal(kernels.int8_linear(on_grid, q, scales), exact.float())
 
 
-@pytest.mark.parametrize("kind", ["int8", "bf16"])
+@pytest.mark.parametrize("kind", ["int8", "bf16", "f32"])
 def test_empty_products(kind) -> None:
     """No rows, or rows of no columns (then the bias alone)."""
     bias = torch.randn(6)
     for m, k in ((0, 16), (3, 0)):
         q, scales = _int8(6, k)
         x = torch.randn(m, k)
-        y = kernels.int8_linear(x, q, scales, bias) if kind == "int8" else \
-            kernels.bf16_linear(x, q.bfloat16(), bias)
+        if kind == "f32":
+            y = kernels.f32_linear(x, torch.zeros(k, 6).t(), bias)
+        else:
+            y = kernels.int8_linear(x, q, scales, bias) if kind == "int8" else \
+                kernels.bf16_linear(x, q.bfloat16(), bias)
         assert torch.equal(y, torch.zeros(m, 6) + bias)
 
 
@@ -246,6 +269,8 @@ def test_bad_inputs_are_value_errors() -> None:
         kernels.bf16_linear(torch.randn(1, 8), torch.randn(8, 16).bfloat16().t())
     with pytest.raises(ValueError, match="float activations"):
         kernels.bf16_linear(torch.ones(1, 16, dtype=torch.int64), torch.randn(8, 16).bfloat16())
+    with pytest.raises(ValueError, match=r"strides \(1, N\)"):
+        kernels.f32_linear(torch.randn(1, 16), torch.randn(8, 16))  # [N, K] contiguous
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -467,6 +492,8 @@ def test_a_decoder_attends_its_decode_steps_with_lalms_kernel(monkeypatch) -> No
     takes torch's; the logits agree with torch's attention to float32 rounding and the greedy
     tokens are the same."""
     decoder = _small_decoder()
+    # the modules' path: a fused step calls the same kernel from C (test_decode_layers)
+    monkeypatch.setattr(decoder, "_decode_step", lambda *step: None)
     calls = []
     attend = kernels.decode_attention
     monkeypatch.setattr(kernels, "decode_attention",
@@ -589,15 +616,24 @@ def test_norm_and_rope_refuse_what_they_do_not_take() -> None:
 
 
 def test_a_training_forward_never_builds_the_kernels() -> None:
-    """`normalizes` and `rotates` check the operands before `available()`: a forward that
-    wants gradients (or runs off the CPU) takes torch's ops without compiling anything."""
+    """`normalizes`, `rotates` and a decoder's fused decode step check the operands before
+    `available()`: a forward that wants gradients (or runs off the CPU) takes torch's ops
+    without compiling anything."""
     code = ("import torch\n"
             "from lalm import kernels\n"
+            "from lalm.config import DecoderConfig\n"
+            "from lalm.model.decoder import TextDecoder\n"
             "from lalm.model.layers import RMSNorm, apply_rope\n"
             "norm = RMSNorm(8, 1e-6)\n"
             "x = torch.randn(1, 2, 3, 8, requires_grad=True)\n"
             "table = torch.ones(1, 1, 3, 8)\n"
             "(norm(x).sum() + apply_rope(x, table, table).sum()).backward()\n"
+            "decoder = TextDecoder(DecoderConfig(vocab_size=40, dim=32, n_layer=1, n_head=2,\n"
+            "                                    n_kv_head=1, hidden_dim=48, max_seq_len=8))\n"
+            "decoder.setup_caches(1, 4)\n"
+            "ids = torch.tensor([[1, 2]])\n"
+            "decoder(decoder.embed(ids), torch.arange(2)[None])  # gradients enabled\n"
+            "decoder(decoder.embed(ids[:, :1]), torch.tensor([[2]]))  # a decode step\n"
             "assert kernels.library.cache_info().currsize == 0\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "LALM_CACHE": "/nonexistent/lalm-cache"})
@@ -609,6 +645,8 @@ def test_a_decoder_norms_and_rotates_with_lalms_kernels(monkeypatch) -> None:
     kernels in inference; the logits agree with torch's ops to float32 rounding and the
     greedy tokens are the same."""
     decoder = _small_decoder()
+    # the modules' path: a fused step calls the same kernels from C (test_decode_layers)
+    monkeypatch.setattr(decoder, "_decode_step", lambda *step: None)
     calls = []
     norm, rope = kernels.rms_norm, kernels.rope
     monkeypatch.setattr(kernels, "rms_norm", lambda *a: calls.append("norm") or norm(*a))
