@@ -1,33 +1,35 @@
-"""A decode step's steps beside its products, three ways in the int8 decode step of real
-shapes: all layers in one call of lalm's kernels (`lalm.kernels.DecodeLayers`, what
-`TextDecoder` takes for int8 decoders on the CPU), the modules with lalm's row-wise kernels
-(`rms_norm`, `rope`, `silu_mul`, what `RMSNorm`, `apply_rope` and `SwiGLU` take in inference),
-and the modules with torch's ops for those steps.
+"""A decode step's steps beside its products, three ways in the decode step of real shapes:
+all layers in one call of lalm's kernels (`lalm.kernels.DecodeLayers`, what `TextDecoder`
+takes on the CPU in inference), the modules with lalm's row-wise kernels (`rms_norm`, `rope`,
+`silu_mul`, what `RMSNorm`, `apply_rope` and `SwiGLU` take in inference), and the modules with
+torch's ops for those steps.
 
 A decode step streams every weight through the caches (hundreds of MiB), so each small op after
 a product finds torch's code and data cold (bench/README.md: an RMSNorm of 4096 floats, six
 torch ops, several times slower right after a large product than alone); the row kernels do
 each step in one call, the fused layers take the Python and torch ops of a layer out. Two
-decoders, int8 weights (`bench_decode_7b.build`), float32 activations, KV context 280, two
-threads by default: the Qwen2-Audio-7B decoder's shapes with `--layers` layers and its head,
-and SmolLM2-135M's (576 wide, 9/3 heads of 64, MLP 1536, 30 layers, vocab 49,152), whose
-small products leave the rest a large share. The ways take turns within every round (the
-host's memory traffic moves from minute to minute); a round is the mean of `--repeat` steps,
-timed whole and, for the module ways, outside the int8 products (a timer around
-`kernels.int8_linear` and `kernels.int8_linear_many`: what the row-wise steps change, without
-the products' noise, which is most of a 7B step); for the fused way, whose products run
-inside one call, that figure is its step less the same round's product seconds of the
-modules with lalm's kernels (the same product calls). The medians of the rounds are printed.
-The logits are compared: the fused layers have the modules' bits; RoPE has torch's bits;
-RMSNorm sums its squares in float64 and silu's exponential is lalm's.
+decoders per precision (`--precisions`: int8, bf16 or fp32 weights, `bench_decode_7b.build`),
+float32 activations, KV context 280, two threads by default: the Qwen2-Audio-7B decoder's
+shapes with `--layers` layers and its head, and SmolLM2-135M's (576 wide, 9/3 heads of 64, MLP
+1536, 30 layers, vocab 49,152), whose small products leave the rest a large share. The ways
+take turns within every round (the host's memory traffic moves from minute to minute); a
+round is the mean of `--repeat` steps, timed whole and, for the modules' ways of int8
+weights, outside the int8 products (a timer around `kernels.int8_linear` and
+`kernels.int8_linear_many`, their Python wrappers counted in: what the row-wise steps change,
+without the products' noise, which is most of a 7B step; the fused way's products run inside
+its one call, untimed). The medians of the rounds are printed. The logits are compared: the fused layers have the modules' bits (fp32: the modules'
+products are MKL's, the fused step's `f32_linear`); RoPE has torch's bits; RMSNorm sums its
+squares in float64 and silu's exponential is lalm's.
 
-Run:  PYTHONPATH=. .venv/bin/python bench/bench_row_ops.py [--rounds 9] [--threads 2]
+Run:  PYTHONPATH=. .venv/bin/python bench/bench_row_ops.py [--precisions int8,bf16,fp32]
+      [--rounds 9] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -116,6 +118,9 @@ def rounds_of(ways: dict[str, Callable[[], object]], rounds: int, repeat: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--precisions", default="int8",
+                        help="comma-separated weight precisions: int8, bf16, fp32 (the times "
+                             "outside the products are int8's only)")
     parser.add_argument("--layers", type=int, default=2, help="layers of the 7B shapes built")
     parser.add_argument("--context", type=int, default=280)
     parser.add_argument("--rounds", type=int, default=9)
@@ -125,14 +130,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if not kernels.available():
         raise SystemExit("lalm's kernels did not build here: nothing to compare")
-    print(f"int8 decoders, float32 activations, context {args.context}, {args.threads} "
-          f"threads, {args.rounds} rounds x {args.repeat} steps (medians of the rounds)")
+    print(f"float32 activations, context {args.context}, {args.threads} threads, "
+          f"{args.rounds} rounds x {args.repeat} steps (medians of the rounds)")
     shapes = {f"Qwen2-Audio-7B, {args.layers} layers": {"n_layer": args.layers},
               "SmolLM2-135M, 30 layers": SMOLLM2}
-    for name, overrides in shapes.items():
+    for precision, (name, overrides) in itertools.product(args.precisions.split(","),
+                                                          shapes.items()):
         config = ModelConfig.from_name("qwen2-audio-7b", decoder={
             **overrides, "max_seq_len": args.context + 1}).decoder
-        decoder = build(config, "int8", compute=torch.float32)
+        decoder = build(config, precision, compute=torch.float32)
         step = step_timer(decoder, args.context)
 
         def in_(context: Callable[[], contextlib.AbstractContextManager[None]]
@@ -148,22 +154,20 @@ def main() -> None:
                        for way in ("modules", "torch")}
         rounds = rounds_of(ways, args.rounds, args.repeat)
         whole = {way: statistics.median(t for t, _ in rounds[way]) for way in ways}
-        rest = {way: statistics.median(r for _, r in rounds[way]) for way in ways}
-        # the fused step's products are the modules' product calls: their seconds, same round
-        rest["fused"] = statistics.median(
-            fused - (modules - modules_rest) for (fused, _), (modules, modules_rest)
-            in zip(rounds["fused"], rounds["modules"]))
-        print(f"{name}: step {whole['fused'] * 1e3:.2f} ms fused, {whole['modules'] * 1e3:.2f} "
-              f"modules with lalm's row kernels ({whole['modules'] / whole['fused']:.3f}x), "
-              f"{whole['torch'] * 1e3:.2f} with torch's ops "
-              f"({whole['torch'] / whole['modules']:.3f}x the modules); outside the int8 "
-              f"products {rest['fused'] * 1e3:.2f} / {rest['modules'] * 1e3:.2f} / "
-              f"{rest['torch'] * 1e3:.2f} ms, a layer "
-              f"{(rest['modules'] - rest['fused']) / config.n_layer * 1e3:.3f} ms less fused "
-              f"than the modules and {(rest['torch'] - rest['modules']) / config.n_layer * 1e3:.3f}"
-              f" ms less with the row kernels than torch's ops (the final norm counted in); "
-              f"logits max |difference| from the fused: modules {differences['modules']:.1e}, "
-              f"torch's ops {differences['torch']:.1e}")
+        line = (f"{precision} {name}: step {whole['fused'] * 1e3:.2f} ms fused, "
+                f"{whole['modules'] * 1e3:.2f} modules with lalm's row kernels "
+                f"({whole['modules'] / whole['fused']:.3f}x), {whole['torch'] * 1e3:.2f} with "
+                f"torch's ops ({whole['torch'] / whole['modules']:.3f}x the modules)")
+        if precision == "int8":
+            rest = {way: statistics.median(r for _, r in rounds[way]) for way in ways}
+            line += (f"; the modules outside the int8 products {rest['modules'] * 1e3:.2f} "
+                     f"ms with the row kernels, {rest['torch'] * 1e3:.2f} with torch's ops "
+                     f"({(rest['torch'] - rest['modules']) / config.n_layer * 1e3:.3f} ms a "
+                     f"layer; the final norm counted in)")
+        print(f"{line}; logits max |difference| from the fused: modules "
+              f"{differences['modules']:.1e}, torch's ops {differences['torch']:.1e}",
+              flush=True)
+
 
 if __name__ == "__main__":
     main()

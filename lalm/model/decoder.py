@@ -14,6 +14,7 @@ Shape alphabet: B batch, S positions, K keys, D width, V vocab, H heads.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Literal
 
 import torch
@@ -77,7 +78,7 @@ def positions_from_segments(segment_ids: Tensor, token_mask: Tensor) -> Tensor:
 
 
 def _product_operands(linear: nn.Module) -> tuple[Tensor, Tensor | None, Tensor | None] | None:
-    """(weight, scales, bias) of a Linear whose product `lalm.kernels.decode_layers` runs: an
+    """(weight, scales, bias) of a Linear whose product `lalm.kernels.DecodeLayers` runs: an
     int8 layer on lalm's kernel (`kernel_operands`: the same product), a bf16 `StreamLinear`
     on the CPU (the same `bf16_linear`), or a float32 `nn.Linear` on the CPU in the decode
     layout (`TextDecoder.use_decode_layout`; lalm's `f32_linear` where the module's is MKL's:
@@ -216,7 +217,6 @@ class TextDecoder(nn.Module):
         # set by lalm.model.lora.gate_adapters: the blocks' adapters act where a forward's
         # adapter_mask says
         self.adapter_gate: AdapterGate | None = None
-        self._decode_plan: _DecodePlan | None = None  # `_decode_step`'s, made on first use
 
     def tie_weights(self) -> None:
         """Make `lm_head` use the embedding's weight (tied configs only)."""
@@ -306,7 +306,7 @@ class TextDecoder(nn.Module):
         return base
 
     def decode_operands(self) -> list[dict[str, Tensor | None]] | None:
-        """Every layer's operands for `lalm.kernels.decode_layers` (by its `LAYER_OPERANDS`
+        """Every layer's operands for `lalm.kernels.DecodeLayers` (by its `LAYER_OPERANDS`
         names) where the layers are plain modules whose products it can run
         (`_product_operands`: int8 on lalm's kernel, bf16 streamed, float32 in the decode
         layout): no adapters, no hooks and no replaced forward anywhere in them (a fused step
@@ -364,11 +364,16 @@ class TextDecoder(nn.Module):
                 or any(cls.forward is not plain for cls, plain in _PLAIN_FORWARDS)
                 or not kernels.available()):  # last: a GPU or training step builds nothing
             return None
-        plan = self._decode_plan
-        if plan is None or not plan.holds(self, x.dtype):
+        plan = _DECODE_PLANS.get(self)
+        held = None if plan is None else plan.holds(self, x.dtype)
+        if held is None:
             operands = self.decode_operands()
             plan = None if operands is None else _DecodePlan(self, operands, x.dtype)
-            self._decode_plan = plan
+            _DECODE_PLANS.pop(self, None)
+            if plan is not None:
+                _DECODE_PLANS[self] = plan
+            held = operands
+        # `held`: the plan's tensors, alive in this frame while the kernel reads them
         if plan is None or plan.kernel is None:
             return None
         start, stop = cache.rows
@@ -477,8 +482,8 @@ class _DecodePlan:
     step checks cheaply, by identity, that it still holds (`holds`) instead of gathering and
     checking the operands again: the same layer modules of the same types, none hooked or with
     a replaced forward, no adapter gate, the same epsilons, the same tensors at the same
-    addresses. It holds them (strong references): the kernel's addresses are never freed
-    memory; a plan that no longer holds is dropped at the next step."""
+    addresses. Weak references only: a plan keeps no replaced module or weight alive (`holds`
+    hands back the tensors it found, for the caller to hold while the kernel reads them)."""
 
     #: Per parent module of a layer, the children a layer's forward calls.
     CHILDREN = (("", ("attn", "mlp", "attn_norm", "mlp_norm")),
@@ -491,25 +496,27 @@ class _DecodePlan:
                  dtype: torch.dtype) -> None:
         cfg = decoder.config
         self.dtype = dtype
-        self.layer_list = (decoder.layers._modules, tuple(decoder.layers))
-        self.layers = tuple(decoder.layers)
+        self.layer_list = weakref.ref(decoder.layers)
+        self.layers = tuple(weakref.ref(layer) for layer in decoder.layers)
         children, modules, tensors, eps = [], [], [], []
         for layer in decoder.layers:
-            modules.append((layer, type(layer)))
+            modules.append((weakref.ref(layer), type(layer)))
             for path, names in self.CHILDREN:
                 parent = layer.get_submodule(path)
                 for name in names:
                     child = parent._modules.get(name)
-                    children.append((parent._modules, name, child))
+                    children.append((weakref.ref(parent), name,
+                                     None if child is None else weakref.ref(child)))
                     if child is None:
                         continue
-                    modules.append((child, type(child)))
+                    modules.append((weakref.ref(child), type(child)))
                     if isinstance(child, RMSNorm):
-                        eps.append((child, child.eps))
+                        eps.append((weakref.ref(child), child.eps))
                     for attr in self.TENSORS:  # where each lives; an absent one stays absent
-                        where = child._buffers if attr in child._buffers else child._parameters
-                        tensor = where.get(attr)
-                        tensors.append((where, attr, tensor,
+                        buffer = attr in child._buffers
+                        tensor = (child._buffers if buffer else child._parameters).get(attr)
+                        tensors.append((weakref.ref(child), buffer, attr,
+                                        None if tensor is None else weakref.ref(tensor),
                                         0 if tensor is None else tensor.data_ptr()))
         self.children, self.modules = tuple(children), tuple(modules)
         self.tensors, self.eps = tuple(tensors), tuple(eps)
@@ -520,25 +527,41 @@ class _DecodePlan:
         except ValueError:
             self.kernel = None
 
-    def holds(self, decoder: TextDecoder, dtype: torch.dtype) -> bool:
-        """Whether `decoder` computing in `dtype` still has what this plan was made from."""
-        listed, layers = self.layer_list
-        if (dtype != self.dtype or decoder.layers._modules is not listed
-                or tuple(listed.values()) != layers
-                or any(layer.adapter_gate is not None for layer in self.layers)):
-            return False
-        for where, name, child in self.children:
-            if where.get(name) is not child:
-                return False
-        for module, kind in self.modules:
+    def holds(self, decoder: TextDecoder, dtype: torch.dtype) -> list[Tensor] | None:
+        """The tensors the plan reads (to hold while the kernel runs) where `decoder`
+        computing in `dtype` still has what this plan was made from; else None."""
+        if (dtype != self.dtype or decoder.layers is not self.layer_list()
+                or len(decoder.layers) != len(self.layers)):
+            return None
+        for module, ref in zip(decoder.layers, self.layers):
+            if module is not ref() or module.adapter_gate is not None:
+                return None
+        for parent_ref, name, child in self.children:
+            parent = parent_ref()
+            if parent is None or parent._modules.get(name) is not (
+                    None if child is None else child()):
+                return None
+        for ref, kind in self.modules:
+            module = ref()
             if (type(module) is not kind or module._forward_hooks or module._forward_pre_hooks
                     or "forward" in module.__dict__):
-                return False
-        for norm, eps in self.eps:
-            if norm.eps != eps:
-                return False
-        for where, attr, tensor, pointer in self.tensors:
-            if where.get(attr) is not tensor or (tensor is not None
-                                                 and tensor.data_ptr() != pointer):
-                return False
-        return True
+                return None
+        for ref, eps in self.eps:
+            if ref().eps != eps:  # type: ignore[union-attr]  # alive: its parent holds it
+                return None
+        held = []
+        for owner, buffer, attr, ref, pointer in self.tensors:
+            module = owner()
+            now = (module._buffers if buffer else module._parameters).get(  # type: ignore
+                attr)
+            if now is not (None if ref is None else ref()) or (
+                    now is not None and now.data_ptr() != pointer):
+                return None
+            if now is not None:
+                held.append(now)
+        return held
+
+
+#: Each decoder's `_DecodePlan`, made at its first fused step; kept outside the module (no
+#: state dict, copy or pickle of a decoder carries it), dropped with the decoder.
+_DECODE_PLANS: weakref.WeakKeyDictionary[TextDecoder, _DecodePlan] = weakref.WeakKeyDictionary()

@@ -7,6 +7,7 @@ and torch, and its bits across rows, threads and builds."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import platform
 
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 
 from lalm import kernels
 from lalm.config import DecoderConfig
-from lalm.model.decoder import DecoderLayer, TextDecoder
+from lalm.model.decoder import _DECODE_PLANS, DecoderLayer, TextDecoder
+from lalm.model.layers import SwiGLU
 from lalm.model.quant import quantize_model
 from lalm.model.upcast import upcast_compute
 
@@ -91,6 +93,20 @@ def test_silu_mul_refuses_what_it_does_not_take() -> None:
         assert not kernels.activates(gate, gate)
     with pytest.raises(ValueError, match="one shape and dtype"):
         kernels.silu_mul(gate, gate.double())
+
+
+def test_swiglu_takes_silu_mul_in_inference_and_torchs_ops_in_training(monkeypatch) -> None:
+    mlp = SwiGLU(16, 40)
+    x = torch.randn(3, 16)
+    calls = []
+    fused = kernels.silu_mul
+    monkeypatch.setattr(kernels, "silu_mul", lambda *a: calls.append(1) or fused(*a))
+    with torch.no_grad():
+        ours = mlp(x)
+    assert calls == [1]
+    theirs = mlp(x)  # gradients wanted: torch's silu
+    assert calls == [1] and theirs.requires_grad
+    assert torch.allclose(ours, theirs, rtol=1e-6, atol=1e-6)
 
 
 def _int8_decoder(qkv_bias: bool = True, qk_norm: bool = False, dtype: torch.dtype =
@@ -284,13 +300,16 @@ def test_a_plan_that_no_longer_holds_is_made_again(monkeypatch) -> None:
     decoder = _int8_decoder()
     calls = _counted(monkeypatch)
     _decode(decoder, steps=2)
-    plan = decoder._decode_plan
-    assert plan is not None and plan.holds(decoder, torch.float32) and len(calls) == 2
+    plan = _DECODE_PLANS[decoder]
+    assert plan.holds(decoder, torch.float32) is not None and len(calls) == 2
+    twin = copy.deepcopy(decoder)  # a copy makes its own plan, of its own tensors
+    assert torch.equal(_decode(twin, steps=2)[0][1], _decode(decoder, steps=2)[0][1])
+    assert len(calls) == 6 and _DECODE_PLANS[twin] is not plan
     seen = []
     handle = decoder.layers[0].attn.o.register_forward_hook(lambda *_: seen.append(1))
-    assert not plan.holds(decoder, torch.float32)
+    assert plan.holds(decoder, torch.float32) is None
     _decode(decoder, steps=2)
-    assert len(calls) == 2 and len(seen) == 3  # the modules ran every forward
+    assert len(calls) == 6 and len(seen) == 3  # the modules ran every forward
     handle.remove()
     down = decoder.layers[1].mlp.down
     before, _, _ = _decode(decoder, steps=2)
