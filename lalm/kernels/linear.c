@@ -251,8 +251,9 @@ int lalm_bf16_linear(const void *x, const uint16_t *w, const void *bias, void *y
     return 0;
 }
 
-/* Rows of W a thread reads at once in `lalm_f32_linear_kn` (8 ran 0-20 % faster than 4, 12
- * or 16 on an AMD EPYC, Zen 3, at two threads; 16 leaves AVX2 no register to spare). */
+/* Rows of W a thread reads at once in `lalm_f32_linear_kn` (8 was the fastest, or within 5 %,
+ * against 4, 12 and 16 in two A/B runs on an AMD EPYC, Zen 3, at two threads; 16 leaves AVX2
+ * no register to spare). */
 #define KN_ROWS 8
 
 /* y [M, N] = x [M, K] W + bias for a float32 W held [K, N] row-major (a Linear weight [N, K] at
@@ -852,27 +853,25 @@ static void add_rows(void *x, const void *y, int bf16, int64_t n) {
         store_el(x, bf16, i, load_el(x, bf16, i) + load_el(y, bf16, i));
 }
 
-/* L pre-norm decoder layers (`lalm.model.decoder.DecoderLayer`) over one new position per
- * row, in place on x [B, D] (float32, or bf16 where `bf16`; every activation, norm weight,
- * bias and cos/sin table in that dtype). The products' weights are all of one `format`:
- * int8 codes [N, K] with scales [N] (float32, or bf16 where `scale_bf16`), bf16 [N, K], or
- * float32 [K, N] (no scales: NULL). Layer l's operands are ops[l * LAYER_OPERANDS + OP_*];
- * cos, sin [B, hd]
- * (the step's RoPE tables); q_scale [B] float32 logn factors (already rounded to the dtype) or
- * NULL; kc, vc the KV cache's first element of layer 0, row 0 of the window, at element
- * strides (s_layer, s_row, s_head, hd, 1); row b writes its key and value at column cols[b]
- * and attends to the T columns where mask [B, T] is nonzero. Each step is the function the
- * module path calls (rms_norm, the int8 products, rope, decode_attention, silu_mul) on the
- * same operands, so x gets that path's bits (float32 weights: the modules' products are
- * MKL's; these `lalm_f32_linear_kn`). Returns 0, or -1 where a buffer could not be allocated
- * (x then holds a partial result). */
+/* L pre-norm decoder layers (`lalm.model.decoder.DecoderLayer`) over one new position per row,
+ * in place on x [B, D] (float32, or bf16 where `bf16`; every activation, norm weight, bias and
+ * cos/sin table in that dtype). The products' weights are all of one `format`: int8
+ * codes [N, K] with scales [N] (float32, or bf16 where `scale_bf16`), bf16 [N, K], or float32
+ * [K, N] (no scales: NULL). Layer l's operands are ops[l * LAYER_OPERANDS + OP_*]; cos, sin [B, hd] the
+ * step's RoPE tables; q_scale [B] float32 logn factors (already rounded to the dtype) or NULL;
+ * kc, vc the KV cache's first element of layer 0, row 0 of the window, at element strides
+ * (s_layer, s_row, s_head, hd, 1); row b writes its key and value at column cols[b] and attends
+ * to the T columns where mask [B, T] is nonzero. Each step is the function the module path
+ * calls (rms_norm, the int8 products, rope, decode_attention, silu_mul) on the same operands,
+ * so x gets that path's bits (float32 weights: the modules' products are MKL's; these
+ * `lalm_f32_linear_kn`). Returns 0, or -1 where a buffer could not be allocated (x then holds a
+ * partial result). */
 int lalm_decode_layers(void *x, const void *const *ops, int64_t L, const void *cos,
                        const void *sin, const float *q_scale, void *kc, void *vc,
                        int64_t s_layer, int64_t s_row, int64_t s_head, const int64_t *cols,
                        const uint8_t *mask, int64_t T, int bf16, int format, int scale_bf16,
-                       int64_t B,
-                       int64_t D, int64_t H, int64_t Hkv, int64_t hd, int64_t F, float eps,
-                       float scale, int threads) {
+                       int64_t B, int64_t D, int64_t H, int64_t Hkv, int64_t hd, int64_t F,
+                       float eps, float scale, int threads) {
     int64_t size = bf16 ? 2 : 4, nq = H * hd, nkv = Hkv * hd;
     int64_t total = B * (2 * D + 3 * nq + 3 * nkv + 3 * F);
     char *buf = malloc((size_t)(total * size));
