@@ -456,18 +456,29 @@ class TextDecoder(nn.Module):
         if self.adapter_gate is not None and adapter_mask is None:
             raise ValueError("this decoder's LoRA adapters are gated: pass adapter_mask (the "
                              "rows, or positions, they act on)")
-        x = self._decode_step(embeds, cos, sin, mask, q_scale) if seq == 1 else None
-        if x is None:
-            x = embeds
+        fused = self._decode_step(embeds, cos, sin, mask, q_scale) if seq == 1 else None
+        x = embeds if fused is None else fused
+        if fused is None:
             for index, layer in enumerate(self.layers):
                 x = layer(x, cos, sin, mask, q_scale, cache, index, adapter_mask)
         if cache is not None:
             cache.advance(seq)
         if output == "hidden":
             return self.norm(x)
+        head = self._fused_head if fused is not None else self.lm_head
         if output == "last_logits":
-            return self.lm_head(self.norm(x[:, -1])).float()
-        return self.lm_head(self.norm(x)).float()
+            return head(self.norm(x[:, -1])).float()
+        return head(self.norm(x)).float()
+
+    def _fused_head(self, x: Tensor) -> Tensor:
+        """A fused decode step's `lm_head`: a float32 head in the decode layout through lalm's
+        `f32_linear`, as the step's layers (`DecodeLayers`); any other head as it is (an int8
+        or bf16 head is lalm's kernel already). x: [..., D] -> [..., V]."""
+        operands = _product_operands(self.lm_head)
+        if operands is None or operands[0].dtype != torch.float32:
+            return self.lm_head(x)
+        weight, _, bias = operands
+        return kernels.f32_linear(x, weight, bias)
 
 
 #: The forwards `TextDecoder.decode_operands` requires unchanged (a fused decode step stands

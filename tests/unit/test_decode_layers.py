@@ -215,12 +215,15 @@ def test_a_fused_decode_step_of_bf16_weights_has_the_modules_bits(monkeypatch, d
 
 def test_a_fused_decode_step_of_float32_weights_equals_the_modules_to_rounding(
         monkeypatch) -> None:
-    """float32 weights take `f32_linear` where the modules take MKL's product: the same
-    tokens, logits within float32 rounding of each other."""
+    """float32 weights take `f32_linear` where the modules take MKL's product (the layers in
+    the fused call, the head through `f32_linear`): the same tokens, logits within float32
+    rounding of each other."""
     decoder = _float_decoder(torch.float32)
-    calls = _counted(monkeypatch)
+    calls, heads = _counted(monkeypatch), []
+    f32_linear = kernels.f32_linear
+    monkeypatch.setattr(kernels, "f32_linear", lambda *a: heads.append(1) or f32_linear(*a))
     fused, tokens, cache = _decode(decoder)
-    assert len(calls) == 5
+    assert len(calls) == len(heads) == 5
     _modules_only(monkeypatch, decoder)
     modules, module_tokens, module_cache = _decode(decoder)
     assert torch.equal(tokens, module_tokens)
