@@ -187,12 +187,13 @@ def prefill_timer(decoder: TextDecoder, context: int) -> Callable[[], object]:
 
 def head_timer(decoder: TextDecoder) -> Callable[[], object]:
     """A callable running the final norm + lm_head of one position (what a step adds to its
-    layers)."""
+    layers: `TextDecoder.decode_head`, a float32 head through lalm's kernel as the fused step
+    runs it, torch's inside `kernels.torch_kernels`)."""
     x = torch.randn(1, decoder.config.dim).to(activations(decoder))
 
     def head() -> object:
         with torch.inference_mode():
-            return decoder.lm_head(decoder.norm(x)).float()
+            return decoder.decode_head(decoder.norm(x)).float()
 
     return head
 
@@ -237,14 +238,18 @@ def reference_timer(decoder: TextDecoder, context: int) -> Callable[[], object]:
 
 def bare(decoder: TextDecoder, step: Callable[[], object]) -> Callable[[], object]:
     """`step` with the decoder's layers and lm_head taken out: the work a step does once
-    whatever its depth (masks, RoPE tables, the final norm)."""
+    whatever its depth (masks, RoPE tables, the final norm). The layers are skipped where a
+    fused step would run them (`TextDecoder._decode_step` answers its input), so the decoder's
+    layers, and the fused step's plan of them, stay as they are."""
     def run() -> object:
-        layers, head = decoder.layers, decoder.lm_head
-        decoder.layers, decoder.lm_head = torch.nn.ModuleList(), torch.nn.Identity()
+        head = decoder.lm_head
+        decoder.lm_head = torch.nn.Identity()
+        decoder._decode_step = lambda x, *step_operands: x  # type: ignore[method-assign]
         try:
             return step()
         finally:
-            decoder.layers, decoder.lm_head = layers, head
+            decoder.lm_head = head
+            del decoder._decode_step
 
     return run
 

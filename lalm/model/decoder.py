@@ -465,17 +465,19 @@ class TextDecoder(nn.Module):
             cache.advance(seq)
         if output == "hidden":
             return self.norm(x)
-        head = self._fused_head if fused is not None else self.lm_head
+        head = self.decode_head if fused is not None else self.lm_head
         if output == "last_logits":
             return head(self.norm(x[:, -1])).float()
         return head(self.norm(x)).float()
 
-    def _fused_head(self, x: Tensor) -> Tensor:
-        """A fused decode step's `lm_head`: a float32 head in the decode layout through lalm's
-        `f32_linear`, as the step's layers (`DecodeLayers`); any other head as it is (an int8
-        or bf16 head is lalm's kernel already). x: [..., D] -> [..., V]."""
+    def decode_head(self, x: Tensor) -> Tensor:
+        """The `lm_head` as a fused decode step runs it: with lalm's kernels available, a
+        float32 head in the decode layout through `kernels.f32_linear`, as the step's layers
+        (`DecodeLayers`); any other head as it is (an int8 or bf16 head is lalm's kernel
+        already). x: [..., D] -> [..., V]."""
         operands = _product_operands(self.lm_head)
-        if operands is None or operands[0].dtype != torch.float32:
+        if (operands is None or operands[0].dtype != torch.float32 or torch.is_grad_enabled()
+                or not kernels.available()):
             return self.lm_head(x)
         weight, _, bias = operands
         return kernels.f32_linear(x, weight, bias)
