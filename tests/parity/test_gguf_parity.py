@@ -7,11 +7,13 @@ undo it as transformers does. Checked: the tokenizer built from the file's metad
 transformers' ids on a ChatML prompt, last-position logits agree to 1e-5 relative, ten greedy
 tokens are identical, and the model built by ``lalm from-parts`` (a real Whisper encoder + the
 GGUF decoder) answers a text question correctly through lalm's own pipeline and loads in
-transformers' ``Qwen2AudioForConditionalGeneration`` with the same logits.
+transformers' ``Qwen2AudioForConditionalGeneration`` with the same logits. lalm's fused decode
+steps (`lalm.kernels.DecodeLayers`) keep the modules' greedy answer, in float32 and in int8.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ import torch
 from lalm.assets import asset_path
 from lalm.checkpoint.gguf import GGUFDecoder, build_from_parts, read_gguf, save_tokenizer
 from lalm.model.decoder import TextDecoder
+from lalm.model.quant import quantize_model
 from lalm.tokenizer import Tokenizer
 
 pytest.importorskip("gguf")
@@ -93,6 +96,42 @@ def test_tokenizer_logits_and_greedy_match_transformers(lalm_side, hf_side, tmp_
     assert rel <= 1e-5, rel
     assert greedy == ref_tokens.tolist()
     assert len(set(greedy)) > 3  # a real answer, not one token repeated
+
+
+def test_fused_decode_steps_keep_the_real_models_greedy_answer(lalm_side, monkeypatch,
+                                                               tmp_path) -> None:
+    """The real decoder's decode steps in one call of lalm's kernels (`TextDecoder.
+    _decode_step`) against its modules, 12 greedy steps: float32 (lalm's `f32_linear` against
+    MKL) the same tokens and each step's logits to float32 rounding; int8 the same tokens and
+    logits bit for bit."""
+    decoder, model = lalm_side
+    save_tokenizer(decoder, tmp_path)
+    ids = torch.tensor([Tokenizer.from_hf(tmp_path).encode(PROMPT)])
+    quantized = copy.deepcopy(model)
+    quantize_model(quantized, "int8")
+
+    def steps(candidate: TextDecoder) -> tuple[list[int], list[torch.Tensor]]:
+        candidate.setup_caches(1, ids.shape[1] + 12)
+        tokens, seen = [], []
+        with torch.inference_mode():
+            logits = candidate(candidate.embed(ids), torch.arange(ids.shape[1])[None],
+                               output="last_logits")
+            for step in range(12):
+                tokens.append(int(logits.argmax(-1)))
+                logits = candidate(candidate.embed(torch.tensor([[tokens[-1]]])),
+                                   torch.tensor([[ids.shape[1] + step]]), output="last_logits")
+                seen.append(logits)
+        candidate.clear_caches()
+        return tokens, seen
+
+    for candidate, exact in ((model, False), (quantized, True)):
+        fused, fused_logits = steps(candidate)
+        with monkeypatch.context() as patch:
+            patch.setattr(candidate, "_decode_step", lambda *step: None)
+            modules, module_logits = steps(candidate)
+        assert fused == modules
+        for a, b in zip(fused_logits, module_logits):
+            assert torch.equal(a, b) if exact else torch.allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_from_parts_answers_and_loads_in_transformers(gguf_file, lalm_side, tmp_path) -> None:
