@@ -1,25 +1,25 @@
-"""A decode step's steps beside its products, three ways in the decode step of real shapes:
-all layers in one call of lalm's kernels (`lalm.kernels.DecodeLayers`, what `TextDecoder`
-takes on the CPU in inference), the modules with lalm's row-wise kernels (`rms_norm`, `rope`,
-`silu_mul`, what `RMSNorm`, `apply_rope` and `SwiGLU` take in inference), and the modules with
-torch's ops for those steps.
+"""A decode step's steps beside its products, three ways in the decode step of real shapes: all
+layers in one call of lalm's kernels (`lalm.kernels.DecodeLayers`, what `TextDecoder` takes on
+the CPU in inference), the modules with lalm's row-wise kernels (`rms_norm`, `rope`, `silu_mul`,
+what `RMSNorm`, `apply_rope` and `SwiGLU` take in inference), and the modules with torch's ops
+for those steps.
 
 A decode step streams every weight through the caches (hundreds of MiB), so each small op after
 a product finds torch's code and data cold (bench/README.md: an RMSNorm of 4096 floats, six
-torch ops, several times slower right after a large product than alone); the row kernels do
-each step in one call, the fused layers take the Python and torch ops of a layer out. Two
-decoders per precision (`--precisions`: int8, bf16 or fp32 weights, `bench_decode_7b.build`),
-float32 activations, KV context 280, two threads by default: the Qwen2-Audio-7B decoder's
-shapes with `--layers` layers and its head, and SmolLM2-135M's (576 wide, 9/3 heads of 64, MLP
-1536, 30 layers, vocab 49,152), whose small products leave the rest a large share. The ways
-take turns within every round (the host's memory traffic moves from minute to minute); a
-round is the mean of `--repeat` steps, timed whole and, for the modules' ways of int8
-weights, outside the int8 products (a timer around `kernels.int8_linear` and
-`kernels.int8_linear_many`, their Python wrappers counted in: what the row-wise steps change,
-without the products' noise, which is most of a 7B step; the fused way's products run inside
-its one call, untimed). The medians of the rounds are printed. The logits are compared: the fused layers have the modules' bits (fp32: the modules'
-products are MKL's, the fused step's `f32_linear`); RoPE has torch's bits; RMSNorm sums its
-squares in float64 and silu's exponential is lalm's.
+torch ops, several times slower right after a large product than alone); the row kernels do each
+step in one call, the fused layers take the Python and torch ops of a layer out. Two decoders
+per precision (`--precisions`: int8, bf16 or fp32 weights, `bench_decode_7b.build`), float32
+activations, KV context 280, two threads by default: the Qwen2-Audio-7B decoder's shapes with
+`--layers` layers and its head, and SmolLM2-135M's (576 wide, 9/3 heads of 64, MLP 1536, 30
+layers, vocab 49,152), whose small products leave the rest a large share. The ways take turns
+within every round (the host's memory traffic moves from minute to minute); a round is the mean
+of `--repeat` steps, timed whole and, for the modules' ways of int8 weights, outside the int8
+products (a timer around `kernels.int8_linear` and `kernels.int8_linear_many`, their Python
+wrappers counted in: what the row-wise steps change, without the products' noise, which is most
+of a 7B step; the fused way's products run inside its one call, untimed). The medians of the
+rounds are printed. The logits are compared: the fused layers have the modules' bits (fp32: the
+modules' products are MKL's, the fused step's `f32_linear`); RoPE has torch's bits; RMSNorm sums
+its squares in float64 and silu's exponential is lalm's.
 
 Run:  PYTHONPATH=. .venv/bin/python bench/bench_row_ops.py [--precisions int8,bf16,fp32]
       [--rounds 9] [--threads 2]

@@ -855,9 +855,9 @@ static void add_rows(void *x, const void *y, int bf16, int64_t n) {
 
 /* L pre-norm decoder layers (`lalm.model.decoder.DecoderLayer`) over one new position per row,
  * in place on x [B, D] (float32, or bf16 where `bf16`; every activation, norm weight, bias and
- * cos/sin table in that dtype). The products' weights are all of one `format`: int8
- * codes [N, K] with scales [N] (float32, or bf16 where `scale_bf16`), bf16 [N, K], or float32
- * [K, N] (no scales: NULL). Layer l's operands are ops[l * LAYER_OPERANDS + OP_*]; cos, sin [B, hd] the
+ * cos/sin table in that dtype). The products' weights are all of one `format`: int8 codes [N,
+ * K] with scales [N] (float32, or bf16 where `scale_bf16`), bf16 [N, K], or float32 [K, N] (no
+ * scales: NULL). Layer l's operands are ops[l * LAYER_OPERANDS + OP_*]; cos, sin [B, hd] the
  * step's RoPE tables; q_scale [B] float32 logn factors (already rounded to the dtype) or NULL;
  * kc, vc the KV cache's first element of layer 0, row 0 of the window, at element strides
  * (s_layer, s_row, s_head, hd, 1); row b writes its key and value at column cols[b] and attends

@@ -23,6 +23,7 @@ from lalm.model.decoder import _DECODE_PLANS, DecoderLayer, TextDecoder
 from lalm.model.layers import SwiGLU
 from lalm.model.quant import quantize_model
 from lalm.model.upcast import upcast_compute
+from tests.unit.test_kernels import _greedy_decode
 
 pytestmark = pytest.mark.skipif(not kernels.available(),
                                 reason="lalm's kernels did not build here (no C compiler)")
@@ -128,28 +129,6 @@ def _int8_decoder(qkv_bias: bool = True, qk_norm: bool = False, dtype: torch.dty
     return decoder.to(dtype)
 
 
-def _decode(decoder: TextDecoder, steps: int = 5
-            ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """A two-row prompt (one left-padded) and `steps` greedy decode steps through the KV
-    cache: (each step's logits, the [steps, 2] tokens, the cache's keys and values)."""
-    ids = torch.randint(0, decoder.config.vocab_size, (2, 9),
-                        generator=torch.Generator().manual_seed(1))
-    mask = torch.ones(2, 9, dtype=torch.bool)
-    mask[1, :3] = False
-    cache = decoder.setup_caches(2, 20)
-    pos = (mask.cumsum(1) - 1).clamp(min=0)
-    seen, tokens = [], []
-    with torch.inference_mode():
-        logits = decoder(decoder.embed(ids), pos, mask, output="last_logits")
-        for step in range(steps):
-            token = logits.argmax(-1)
-            tokens.append(token)
-            logits = decoder(decoder.embed(token[:, None]), pos[:, -1:] + step + 1,
-                             output="last_logits")
-            seen.append(logits)
-    return seen, torch.stack(tokens), torch.stack((cache.k, cache.v))
-
-
 def _counted(monkeypatch) -> list[int]:
     """A list that gets an item at each fused step (`kernels.DecodeLayers.__call__`)."""
     calls: list[int] = []
@@ -174,10 +153,10 @@ def test_a_fused_decode_step_has_the_modules_bits(monkeypatch, qkv_bias, qk_norm
     decoder = _int8_decoder(qkv_bias, qk_norm, dtype, logn)
     assert decoder.decode_operands() is not None
     calls = _counted(monkeypatch)
-    fused, tokens, cache = _decode(decoder)
+    fused, tokens, cache = _greedy_decode(decoder)
     assert len(calls) == 5
     _modules_only(monkeypatch, decoder)
-    modules, module_tokens, module_cache = _decode(decoder)
+    modules, module_tokens, module_cache = _greedy_decode(decoder)
     assert len(calls) == 5
     assert torch.equal(tokens, module_tokens) and torch.equal(cache, module_cache)
     assert all(torch.equal(a, b) for a, b in zip(fused, modules))
@@ -207,10 +186,10 @@ def test_a_fused_decode_step_of_bf16_weights_has_the_modules_bits(monkeypatch, d
     step, the modules' bits."""
     decoder = _float_decoder(dtype, compute)
     calls = _counted(monkeypatch)
-    fused, tokens, cache = _decode(decoder)
+    fused, tokens, cache = _greedy_decode(decoder)
     assert len(calls) == 5 and decoder.decode_operands()[0]["q"].dtype == torch.bfloat16
     _modules_only(monkeypatch, decoder)
-    modules, module_tokens, module_cache = _decode(decoder)
+    modules, module_tokens, module_cache = _greedy_decode(decoder)
     assert torch.equal(tokens, module_tokens) and torch.equal(cache, module_cache)
     assert all(torch.equal(a, b) for a, b in zip(fused, modules))
 
@@ -224,10 +203,10 @@ def test_a_fused_decode_step_of_float32_weights_equals_the_modules_to_rounding(
     calls, heads = _counted(monkeypatch), []
     f32_linear = kernels.f32_linear
     monkeypatch.setattr(kernels, "f32_linear", lambda *a: heads.append(1) or f32_linear(*a))
-    fused, tokens, cache = _decode(decoder)
+    fused, tokens, cache = _greedy_decode(decoder)
     assert len(calls) == len(heads) == 5
     _modules_only(monkeypatch, decoder)
-    modules, module_tokens, module_cache = _decode(decoder)
+    modules, module_tokens, module_cache = _greedy_decode(decoder)
     assert torch.equal(tokens, module_tokens)
     assert torch.allclose(cache, module_cache, rtol=1e-5, atol=1e-5)
     for a, b in zip(fused, modules):
@@ -284,7 +263,7 @@ def test_decoders_the_fused_step_would_pass_by_keep_their_modules(monkeypatch) -
     handle = decoder.layers[1].mlp.register_forward_hook(lambda *_: seen.append(1))
     assert decoder.decode_operands() is None
     calls = _counted(monkeypatch)
-    _decode(decoder)
+    _greedy_decode(decoder)
     assert calls == [] and len(seen) == 6  # the prefill and 5 steps
     handle.remove()
     norm = decoder.layers[0].attn_norm
@@ -304,32 +283,33 @@ def test_a_plan_that_no_longer_holds_is_made_again(monkeypatch) -> None:
     between steps (a new tensor, or new storage under the same one) are the ones read next."""
     decoder = _int8_decoder()
     calls = _counted(monkeypatch)
-    _decode(decoder, steps=2)
+    _greedy_decode(decoder, steps=2)
     plan = _DECODE_PLANS[decoder]
     assert plan.holds(decoder, torch.float32) is not None and len(calls) == 2
     twin = copy.deepcopy(decoder)  # a copy makes its own plan, of its own tensors
-    assert torch.equal(_decode(twin, steps=2)[0][1], _decode(decoder, steps=2)[0][1])
+    twin_logits, ours = _greedy_decode(twin, steps=2)[0], _greedy_decode(decoder, steps=2)[0]
+    assert torch.equal(twin_logits[1], ours[1])
     assert len(calls) == 6 and _DECODE_PLANS[twin] is not plan
     seen = []
     handle = decoder.layers[0].attn.o.register_forward_hook(lambda *_: seen.append(1))
     assert plan.holds(decoder, torch.float32) is None
-    _decode(decoder, steps=2)
+    _greedy_decode(decoder, steps=2)
     assert len(calls) == 6 and len(seen) == 3  # the modules ran every forward
     handle.remove()
     down = decoder.layers[1].mlp.down
-    before, _, _ = _decode(decoder, steps=2)
+    before, _, _ = _greedy_decode(decoder, steps=2)
     down.weight = torch.flip(down.weight, dims=[0]).contiguous()  # another tensor
-    after, _, _ = _decode(decoder, steps=2)
+    after, _, _ = _greedy_decode(decoder, steps=2)
     assert not torch.equal(before[0], after[0])
     _modules_only(monkeypatch, decoder)
-    modules, _, _ = _decode(decoder, steps=2)
+    modules, _, _ = _greedy_decode(decoder, steps=2)
     assert all(torch.equal(a, b) for a, b in zip(after, modules))
     monkeypatch.undo()
     calls = _counted(monkeypatch)
     down.weight.data = torch.flip(down.weight, dims=[1]).contiguous()  # new storage only
-    again, _, _ = _decode(decoder, steps=2)
+    again, _, _ = _greedy_decode(decoder, steps=2)
     _modules_only(monkeypatch, decoder)
-    modules, _, _ = _decode(decoder, steps=2)
+    modules, _, _ = _greedy_decode(decoder, steps=2)
     assert len(calls) == 2 and all(torch.equal(a, b) for a, b in zip(again, modules))
 
 

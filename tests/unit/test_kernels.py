@@ -459,14 +459,14 @@ def test_decode_attention_refuses_what_it_does_not_take() -> None:
 
 
 def _greedy_decode(decoder: TextDecoder, steps: int = 5
-                   ) -> tuple[list[torch.Tensor], torch.Tensor]:
+                   ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """A two-row prompt (one left-padded) through `decoder`'s KV cache and `steps` greedy
-    decode steps: (each step's logits, the [steps, 2] tokens)."""
+    decode steps: (each step's logits, the [steps, 2] tokens, the cache's keys and values)."""
     ids = torch.randint(0, decoder.config.vocab_size, (2, 9),
                         generator=torch.Generator().manual_seed(1))
     mask = torch.ones(2, 9, dtype=torch.bool)
     mask[1, :3] = False  # a left-padded row
-    decoder.setup_caches(2, 20)
+    cache = decoder.setup_caches(2, 20)
     pos = (mask.cumsum(1) - 1).clamp(min=0)
     logits_seen, tokens = [], []
     with torch.inference_mode():
@@ -477,7 +477,7 @@ def _greedy_decode(decoder: TextDecoder, steps: int = 5
             logits = decoder(decoder.embed(token[:, None]), pos[:, -1:] + step + 1,
                              output="last_logits")
             logits_seen.append(logits)
-    return logits_seen, torch.stack(tokens)
+    return logits_seen, torch.stack(tokens), torch.stack((cache.k, cache.v))
 
 
 def _small_decoder() -> TextDecoder:
@@ -498,10 +498,10 @@ def test_a_decoder_attends_its_decode_steps_with_lalms_kernel(monkeypatch) -> No
     attend = kernels.decode_attention
     monkeypatch.setattr(kernels, "decode_attention",
                         lambda *a: calls.append(1) or attend(*a))
-    with_kernel, tokens = _greedy_decode(decoder)
+    with_kernel, tokens, _ = _greedy_decode(decoder)
     assert len(calls) == 5 * decoder.config.n_layer
     monkeypatch.setattr(kernels, "attends", lambda *a: False)
-    without, torch_tokens = _greedy_decode(decoder)
+    without, torch_tokens, _ = _greedy_decode(decoder)
     assert len(calls) == 5 * decoder.config.n_layer
     assert torch.equal(tokens, torch_tokens)
     for a, b in zip(with_kernel, without):
@@ -651,12 +651,12 @@ def test_a_decoder_norms_and_rotates_with_lalms_kernels(monkeypatch) -> None:
     norm, rope = kernels.rms_norm, kernels.rope
     monkeypatch.setattr(kernels, "rms_norm", lambda *a: calls.append("norm") or norm(*a))
     monkeypatch.setattr(kernels, "rope", lambda *a: calls.append("rope") or rope(*a))
-    with_kernels, tokens = _greedy_decode(decoder)
+    with_kernels, tokens, _ = _greedy_decode(decoder)
     layers = decoder.config.n_layer
     # 6 forwards, each: two norms and RoPE of q and k a layer, and the final norm
     assert calls.count("norm") == 6 * (2 * layers + 1) and calls.count("rope") == 6 * 2 * layers
     with kernels.torch_kernels():
-        without, torch_tokens = _greedy_decode(decoder)
+        without, torch_tokens, _ = _greedy_decode(decoder)
     assert torch.equal(tokens, torch_tokens)
     for a, b in zip(with_kernels, without):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
